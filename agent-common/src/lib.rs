@@ -1,0 +1,355 @@
+//! Types shared by Umbra's kernel programs (`agent-ebpf`) and its userspace agent.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, and has no implicit padding, so the kernel
+//! and userspace agree on its layout byte for byte; a `const` assertion pins each size.
+//! The `user` feature adds `aya::Pod` so userspace can read them out of maps.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Length of a task's `comm`, as in the kernel's `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+/// Bytes of an exec'd file name carried in a lifecycle event (longer names are cut).
+pub const FILENAME_LEN: usize = 256;
+/// Buckets of a log2 latency histogram: bucket `i` counts values in `[2^i, 2^(i+1))` ns,
+/// bucket 0 also counts 0; the last bucket also counts everything larger.
+pub const HIST_BUCKETS: usize = 32;
+
+/// Members of `kmem/rss_stat`, as in the kernel's `enum { MM_FILEPAGES, MM_ANONPAGES,
+/// MM_SWAPENTS, MM_SHMEMPAGES }`.
+pub const RSS_MEMBERS: usize = 4;
+pub const RSS_FILE: usize = 0;
+pub const RSS_ANON: usize = 1;
+pub const RSS_SWAP: usize = 2;
+pub const RSS_SHMEM: usize = 3;
+
+/// Per-process (thread group) counters, the value of the `PROC_STATS` map keyed by tgid.
+///
+/// Counters only grow; userspace turns them into per-interval deltas. `rss` holds the
+/// latest value per member in bytes, `rss_seen` has bit `i` set once member `i` was reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcStats {
+    /// cgroup v2 id of the process, refreshed whenever it is switched out.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_boot_ns` when the kernel first saw the process; tells a reused tgid apart.
+    pub first_seen_ns: u64,
+    pub cpu_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub runq_wait_ns: u64,
+    pub runq_waits: u64,
+    pub rss: [i64; RSS_MEMBERS],
+    pub rss_seen: u64,
+    pub page_faults: u64,
+    pub syscalls: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_calls: u64,
+    pub write_calls: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    pub block_ios: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_calls: u64,
+    pub net_rx_calls: u64,
+    pub conn_opened: u64,
+    pub conn_accepted: u64,
+    pub conn_closed: u64,
+    pub retransmits: u64,
+    pub runq_hist: [u32; HIST_BUCKETS],
+    pub block_hist: [u32; HIST_BUCKETS],
+}
+const _: () = assert!(size_of::<ProcStats>() == 8 * 29 + 4 * HIST_BUCKETS * 2);
+
+/// Per-thread scheduler state, the value of the `THREADS` map keyed by tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// When the thread was last switched in (0: not on a CPU as far as we know).
+    pub oncpu_since: u64,
+    /// When the thread became runnable (woken or preempted); 0 when not waiting.
+    pub wait_since: u64,
+    /// The last completed run-queue wait, not yet added to its process (needs the tgid,
+    /// which is known only while the thread itself runs).
+    pub pending_wait: u64,
+}
+const _: () = assert!(size_of::<ThreadState>() == 24);
+
+/// Kinds of [`LifecycleEvent`].
+pub const EVENT_EXEC: u32 = 1;
+pub const EVENT_FORK: u32 = 2;
+pub const EVENT_EXIT: u32 = 3;
+
+/// [`LifecycleEvent::flags`]: the exiting thread was the last of its process.
+pub const FLAG_GROUP_DEAD: u32 = 1;
+/// The fork created a thread, not a process.
+pub const FLAG_THREAD: u32 = 2;
+/// `tgid`/`ppid`/`exit_code` could not be read (no BTF offsets); userspace resolves them.
+pub const FLAG_PARTIAL: u32 = 4;
+/// Whether the exiting thread's process is known to be dead is not known (old kernel, no BTF).
+pub const FLAG_GROUP_UNKNOWN: u32 = 8;
+
+/// Exec, fork and exit events, sent through the `EVENTS` ring buffer.
+///
+/// exec: `pid`/`tgid` of the new image, `ppid` its parent's tgid, `filename` the path.
+/// fork: `pid`/`tgid` of the child, `ppid` the parent's tgid.
+/// exit: `pid`/`tgid` of the exiting thread, `exit_code` as `wait(2)` reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleEvent {
+    pub kind: u32,
+    pub flags: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub exit_code: i32,
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+}
+const _: () = assert!(size_of::<LifecycleEvent>() == 40 + COMM_LEN + FILENAME_LEN);
+
+/// A pending block request, keyed by [`BlockKey`] from queue to completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockPending {
+    pub queued_ns: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<BlockPending>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub sector: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<BlockKey>() == 16);
+
+/// Where each drop counter lives in the `DROPS` per-CPU array. Every failure to record
+/// something is counted in exactly one slot; userspace sums the CPUs and reports them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// `PROC_STATS` was full: a new process could not be tracked.
+    ProcMapFull = 0,
+    /// `THREADS` was full: a thread's on-CPU time or run-queue wait was lost.
+    ThreadMapFull = 1,
+    /// The `EVENTS` ring buffer had no room: an exec/fork/exit event was lost.
+    RingBufFull = 2,
+    /// A tracepoint field could not be read.
+    ReadFailed = 3,
+    /// `BLOCK_PENDING` could not take a request: its latency was lost (bytes still counted).
+    BlockPendingFull = 4,
+    /// A socket event (close, retransmit) for a socket whose owner was never seen.
+    SockOwnerUnknown = 5,
+    /// A memory-map owner could not be recorded: an rss_stat from another context was lost.
+    MmOwnerFull = 6,
+}
+pub const DROP_KINDS: usize = 7;
+
+impl Drop {
+    pub const ALL: [Drop; DROP_KINDS] = [
+        Drop::ProcMapFull,
+        Drop::ThreadMapFull,
+        Drop::RingBufFull,
+        Drop::ReadFailed,
+        Drop::BlockPendingFull,
+        Drop::SockOwnerUnknown,
+        Drop::MmOwnerFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Drop::ProcMapFull => "proc_map_full",
+            Drop::ThreadMapFull => "thread_map_full",
+            Drop::RingBufFull => "ringbuf_full",
+            Drop::ReadFailed => "read_failed",
+            Drop::BlockPendingFull => "block_pending_full",
+            Drop::SockOwnerUnknown => "sock_owner_unknown",
+            Drop::MmOwnerFull => "mm_owner_full",
+        }
+    }
+}
+
+/// Offsets of the tracepoint fields the programs read, resolved at start-up from
+/// `/sys/kernel/tracing/events/<group>/<name>/format`, so one object runs on kernels whose
+/// tracepoint layouts differ. An offset of [`ABSENT`] means the field does not exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpOffsets {
+    pub switch_prev_pid: u32,
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
+    pub wakeup_pid: u32,
+    pub exec_filename: u32,
+    pub fork_child_pid: u32,
+    pub exit_group_dead: u32,
+    pub rss_mm_id: u32,
+    pub rss_curr: u32,
+    pub rss_member: u32,
+    pub rss_size: u32,
+    pub sys_exit_id: u32,
+    pub sys_exit_ret: u32,
+    pub bio_dev: u32,
+    pub bio_sector: u32,
+    pub bio_nr_sector: u32,
+    pub bio_rwbs: u32,
+    pub rq_done_dev: u32,
+    pub rq_done_sector: u32,
+    pub sock_len_sk: u32,
+    pub sock_len_family: u32,
+    pub sock_len_ret: u32,
+    pub set_state_sk: u32,
+    pub set_state_old: u32,
+    pub set_state_new: u32,
+    pub set_state_protocol: u32,
+    pub retrans_sk: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TpOffsets>() == 28 * 4);
+pub const ABSENT: u32 = u32::MAX;
+
+/// Offsets into kernel structures, from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+/// `valid == 0` when the kernel has no BTF: the programs then skip what needs them and
+/// mark their events [`FLAG_PARTIAL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub valid: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_exit_code: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TaskOffsets>() == 32);
+
+/// Syscall numbers of this architecture that the `sys_exit` program classifies.
+/// Unused slots hold -1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallNrs {
+    pub read: [i64; 5],
+    pub write: [i64; 5],
+    pub accept: [i64; 2],
+}
+const _: () = assert!(size_of::<SyscallNrs>() == 12 * 8);
+
+/// Everything userspace tells the programs before they load, as one read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub tp: TpOffsets,
+    pub task: TaskOffsets,
+    pub syscalls: SyscallNrs,
+    /// Reserved, zero.
+    pub _reserved: u64,
+}
+const _: () = assert!(size_of::<KernelConfig>() == 28 * 4 + 32 + 12 * 8 + 8);
+
+impl KernelConfig {
+    /// A configuration with every field absent; the programs then record nothing that
+    /// needs a field. Userspace fills it in from tracefs and BTF before loading.
+    pub const EMPTY: KernelConfig = KernelConfig {
+        tp: TpOffsets {
+            switch_prev_pid: ABSENT,
+            switch_prev_state: ABSENT,
+            switch_next_pid: ABSENT,
+            wakeup_pid: ABSENT,
+            exec_filename: ABSENT,
+            fork_child_pid: ABSENT,
+            exit_group_dead: ABSENT,
+            rss_mm_id: ABSENT,
+            rss_curr: ABSENT,
+            rss_member: ABSENT,
+            rss_size: ABSENT,
+            sys_exit_id: ABSENT,
+            sys_exit_ret: ABSENT,
+            bio_dev: ABSENT,
+            bio_sector: ABSENT,
+            bio_nr_sector: ABSENT,
+            bio_rwbs: ABSENT,
+            rq_done_dev: ABSENT,
+            rq_done_sector: ABSENT,
+            sock_len_sk: ABSENT,
+            sock_len_family: ABSENT,
+            sock_len_ret: ABSENT,
+            set_state_sk: ABSENT,
+            set_state_old: ABSENT,
+            set_state_new: ABSENT,
+            set_state_protocol: ABSENT,
+            retrans_sk: ABSENT,
+            _pad: 0,
+        },
+        task: TaskOffsets {
+            valid: 0,
+            task_pid: 0,
+            task_tgid: 0,
+            task_real_parent: 0,
+            task_exit_code: 0,
+            task_signal: 0,
+            signal_live: 0,
+            _pad: 0,
+        },
+        syscalls: SyscallNrs {
+            read: [-1; 5],
+            write: [-1; 5],
+            accept: [-1; 2],
+        },
+        _reserved: 0,
+    };
+}
+
+/// Log2 bucket of a latency in nanoseconds.
+#[inline(always)]
+pub fn hist_bucket(ns: u64) -> usize {
+    let b = if ns == 0 { 0 } else { 63 - ns.leading_zeros() as usize };
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, have no padding (asserted above) and
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for ProcStats {}
+    unsafe impl aya::Pod for ThreadState {}
+    unsafe impl aya::Pod for LifecycleEvent {}
+    unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for BlockPending {}
+    unsafe impl aya::Pod for KernelConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_log2_and_clamped() {
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1), 0);
+        assert_eq!(hist_bucket(2), 1);
+        assert_eq!(hist_bucket(3), 1);
+        assert_eq!(hist_bucket(1024), 10);
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn drop_slots_are_dense() {
+        for (i, d) in Drop::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! `exceptions/page_fault_user` (x86 only): user page faults per process. Optional:
+//! userspace attaches it where the tracepoint exists and reports faults as unavailable
+//! elsewhere.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::util::{add, current_ids, proc_entry};
+
+#[tracepoint(category = "exceptions", name = "page_fault_user")]
+pub fn page_fault_user(_ctx: TracePointContext) -> u32 {
+    let (_, tgid) = current_ids();
+    if let Some(p) = proc_entry(tgid) {
+        add(&mut p.page_faults, 1);
+    }
+    0
+}

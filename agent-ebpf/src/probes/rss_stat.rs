@@ -1,0 +1,49 @@
+//! `kmem/rss_stat`: a process's resident memory per member (file, anon, swap, shmem), in
+//! bytes, as the kernel's counters hold it. Reported in the owner's context (`curr`) or
+//! from another task (reclaim, exit), where the hashed `mm_id` finds the owner.
+
+use agent_common::{Drop, RSS_MEMBERS};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::{
+    config,
+    maps::MM_OWNER,
+    util::{count_drop, current_ids, proc_entry, proc_existing, tp_field},
+};
+
+#[tracepoint(category = "kmem", name = "rss_stat")]
+pub fn rss_stat(ctx: TracePointContext) -> u32 {
+    let _ = try_rss_stat(&ctx);
+    0
+}
+
+fn try_rss_stat(ctx: &TracePointContext) -> Option<()> {
+    let mm_id: u32 = tp_field(ctx, config!(tp.rss_mm_id))?;
+    let curr: u32 = tp_field(ctx, config!(tp.rss_curr))?;
+    let member: i32 = tp_field(ctx, config!(tp.rss_member))?;
+    let size: i64 = tp_field(ctx, config!(tp.rss_size))?;
+    let member = member as usize;
+    if member >= RSS_MEMBERS {
+        return None;
+    }
+    let proc = if curr != 0 {
+        let (_, tgid) = current_ids();
+        // SAFETY: map value read.
+        if unsafe { MM_OWNER.get(&mm_id) } != Some(&tgid)
+            && MM_OWNER.insert(&mm_id, &tgid, 0).is_err()
+        {
+            count_drop(Drop::MmOwnerFull);
+        }
+        proc_entry(tgid)?
+    } else {
+        // SAFETY: map value read.
+        let owner = *unsafe { MM_OWNER.get(&mm_id) }?;
+        proc_existing(owner)?
+    };
+    proc.rss[member] = size;
+    let bit = 1u64 << member;
+    if proc.rss_seen & bit == 0 {
+        proc.rss_seen |= bit;
+    }
+    Some(())
+}

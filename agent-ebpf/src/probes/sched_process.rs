@@ -1,0 +1,159 @@
+//! Process lifecycle: `sched/sched_process_exec`, `sched_process_fork` and
+//! `sched_process_exit` become [`LifecycleEvent`]s in the `EVENTS` ring buffer.
+//!
+//! Thread creation and thread exits are not sent (the per-process counters cover threads);
+//! only process forks and the exit of a process's last thread are. The parent's tgid, the
+//! exit code and whether an exit ends the process come from BTF offsets; without BTF the
+//! event is flagged [`FLAG_PARTIAL`] and userspace resolves what it can.
+
+use agent_common::{
+    ABSENT, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FILENAME_LEN, FLAG_GROUP_DEAD,
+    FLAG_GROUP_UNKNOWN, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent,
+};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::{
+    config,
+    maps::EVENTS,
+    util::{count_drop, current_ids, kread, task_ids, tp_field},
+};
+
+/// Reserves an event, fills the common fields from `current`, lets `fill` finish it.
+#[inline(always)]
+fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
+    let Some(mut entry) = EVENTS.reserve::<LifecycleEvent>(0) else {
+        count_drop(Drop::RingBufFull);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot of the right size.
+    let ev = unsafe { &mut *ev };
+    let (pid, tgid) = current_ids();
+    ev.kind = kind;
+    ev.flags = 0;
+    ev.pid = pid;
+    ev.tgid = tgid;
+    ev.ppid = 0;
+    ev.exit_code = 0;
+    ev.timestamp_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.filename[0] = 0;
+    fill(ev);
+    entry.submit(0);
+}
+
+/// tgid of `current`'s parent, or `None` without BTF.
+#[inline(always)]
+fn current_ppid() -> Option<u32> {
+    if config!(task.valid) == 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let parent: *const u8 = kread(task, config!(task.task_real_parent))?;
+    let tgid: i32 = kread(parent, config!(task.task_tgid))?;
+    Some(tgid as u32)
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let loc: Option<u32> = tp_field(&ctx, config!(tp.exec_filename));
+    emit(EVENT_EXEC, |ev| {
+        match current_ppid() {
+            Some(ppid) => ev.ppid = ppid,
+            None => ev.flags |= FLAG_PARTIAL,
+        }
+        if let Some(loc) = loc {
+            // __data_loc: low 16 bits offset from the record start, high 16 bits length.
+            let off = (loc & 0xffff) as usize;
+            let src = unsafe { (ctx.as_ptr() as *const u8).add(off) };
+            let dst: &mut [u8; FILENAME_LEN] = &mut ev.filename;
+            if unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_err() {
+                ev.filename[0] = 0;
+                count_drop(Drop::ReadFailed);
+            }
+        }
+    });
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> i32 {
+    let child: *const u8 = ctx.arg(1);
+    let Some((child_pid, child_tgid)) = task_ids(child) else {
+        return 0;
+    };
+    let (_, parent_tgid) = current_ids();
+    if child_tgid == parent_tgid {
+        // A new thread: its work lands in its process's counters.
+        return 0;
+    }
+    emit(EVENT_FORK, |ev| {
+        ev.ppid = parent_tgid;
+        ev.pid = child_pid;
+        ev.tgid = child_tgid;
+    });
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let Some(child) = tp_field::<i32>(&ctx, config!(tp.fork_child_pid)) else {
+        return 0;
+    };
+    emit(EVENT_FORK, |ev| {
+        // Without the child's task we cannot tell a thread from a process: userspace does.
+        ev.ppid = ev.tgid;
+        ev.pid = child as u32;
+        ev.tgid = 0;
+        ev.flags |= FLAG_PARTIAL | FLAG_THREAD;
+    });
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (pid, tgid) = current_ids();
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let btf = config!(task.valid) != 0;
+    // Whether this thread is the last of its process: the tracepoint's own `group_dead`
+    // (6.16+), else `signal->live` (decremented before the tracepoint), else unknown.
+    let group = match config!(tp.exit_group_dead) {
+        ABSENT if btf => kread::<*const u8>(task, config!(task.task_signal))
+            .and_then(|sig| kread::<i32>(sig, config!(task.signal_live)))
+            .map(|live| live == 0),
+        ABSENT => None,
+        off => tp_field::<u8>(&ctx, off).map(|d| d != 0),
+    };
+    let flags = match group {
+        Some(true) => FLAG_GROUP_DEAD,
+        Some(false) => return 0,
+        // Unknown: report the leader's exit, flagged.
+        None if pid == tgid => FLAG_GROUP_UNKNOWN,
+        None => return 0,
+    };
+    let code: Option<i32> = if btf {
+        kread(task, config!(task.task_exit_code))
+    } else {
+        None
+    };
+    emit(EVENT_EXIT, |ev| {
+        ev.flags = flags;
+        match code {
+            Some(c) => ev.exit_code = c,
+            None => ev.flags |= FLAG_PARTIAL,
+        }
+        if let Some(ppid) = current_ppid() {
+            ev.ppid = ppid;
+        }
+    });
+    0
+}

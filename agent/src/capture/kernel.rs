@@ -1,0 +1,703 @@
+//! The live kernel source: loads the embedded object, attaches every hook (BTF tracepoint
+//! where the kernel offers one, classic tracepoint otherwise), and reads maps and the ring
+//! buffer into plain values.
+
+use std::{
+    collections::{HashMap as StdHashMap, VecDeque},
+    fmt,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::Path,
+    time::Duration,
+};
+
+use agent_common::{
+    ABSENT, DROP_KINDS, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, KernelConfig, LifecycleEvent,
+    ProcStats,
+};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use serde::Serialize;
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{debug, info, warn};
+
+use super::{
+    CaptureError, CaptureItem, Source, btf, procfs, syscalls,
+    tracefs::{self, Tracefs},
+    types::{DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters, ProcessSample, Tick},
+};
+use crate::config::CaptureConfig;
+
+/// The kernel object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/umbra"));
+
+/// A kernel hook: what it measures, where it attaches, whether the agent can run without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    SchedSwitch,
+    SchedWakeup,
+    SchedWakeupNew,
+    SchedProcessExec,
+    SchedProcessFork,
+    SchedProcessExit,
+    RssStat,
+    PageFaultUser,
+    SysExit,
+    BlockBioQueue,
+    BlockRqComplete,
+    SockSendLength,
+    SockRecvLength,
+    InetSockSetState,
+    TcpRetransmitSkb,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 15] = [
+        Hook::SchedSwitch,
+        Hook::SchedWakeup,
+        Hook::SchedWakeupNew,
+        Hook::SchedProcessExec,
+        Hook::SchedProcessFork,
+        Hook::SchedProcessExit,
+        Hook::RssStat,
+        Hook::PageFaultUser,
+        Hook::SysExit,
+        Hook::BlockBioQueue,
+        Hook::BlockRqComplete,
+        Hook::SockSendLength,
+        Hook::SockRecvLength,
+        Hook::InetSockSetState,
+        Hook::TcpRetransmitSkb,
+    ];
+
+    /// (tracefs category, tracepoint name); the name is also the config name of the hook.
+    pub const fn tracepoint(self) -> (&'static str, &'static str) {
+        match self {
+            Hook::SchedSwitch => ("sched", "sched_switch"),
+            Hook::SchedWakeup => ("sched", "sched_wakeup"),
+            Hook::SchedWakeupNew => ("sched", "sched_wakeup_new"),
+            Hook::SchedProcessExec => ("sched", "sched_process_exec"),
+            Hook::SchedProcessFork => ("sched", "sched_process_fork"),
+            Hook::SchedProcessExit => ("sched", "sched_process_exit"),
+            Hook::RssStat => ("kmem", "rss_stat"),
+            Hook::PageFaultUser => ("exceptions", "page_fault_user"),
+            Hook::SysExit => ("raw_syscalls", "sys_exit"),
+            Hook::BlockBioQueue => ("block", "block_bio_queue"),
+            Hook::BlockRqComplete => ("block", "block_rq_complete"),
+            Hook::SockSendLength => ("sock", "sock_send_length"),
+            Hook::SockRecvLength => ("sock", "sock_recv_length"),
+            Hook::InetSockSetState => ("sock", "inet_sock_set_state"),
+            Hook::TcpRetransmitSkb => ("tcp", "tcp_retransmit_skb"),
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        self.tracepoint().1
+    }
+
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// The agent refuses to start without these: no CPU accounting or lifecycle otherwise.
+    pub const fn required(self) -> bool {
+        matches!(
+            self,
+            Hook::SchedSwitch | Hook::SchedProcessExec | Hook::SchedProcessExit
+        )
+    }
+
+    /// Name of the BTF-tracepoint program, where there is one.
+    const fn btf_program(self) -> Option<&'static str> {
+        match self {
+            Hook::SchedSwitch => Some("sched_switch_btf"),
+            Hook::SchedWakeup => Some("sched_wakeup_btf"),
+            Hook::SchedWakeupNew => Some("sched_wakeup_new_btf"),
+            Hook::SchedProcessFork => Some("sched_process_fork_btf"),
+            _ => None,
+        }
+    }
+
+    /// Fields of the classic tracepoint the program needs (all must resolve).
+    fn fields(self, o: &agent_common::TpOffsets) -> Vec<(&'static str, u32)> {
+        match self {
+            Hook::SchedSwitch => vec![
+                ("prev_state", o.switch_prev_state),
+                ("next_pid", o.switch_next_pid),
+            ],
+            Hook::SchedWakeup | Hook::SchedWakeupNew => vec![("pid", o.wakeup_pid)],
+            Hook::SchedProcessExec => vec![("filename", o.exec_filename)],
+            Hook::SchedProcessFork => vec![("child_pid", o.fork_child_pid)],
+            Hook::SchedProcessExit | Hook::PageFaultUser => vec![],
+            Hook::RssStat => vec![
+                ("mm_id", o.rss_mm_id),
+                ("curr", o.rss_curr),
+                ("member", o.rss_member),
+                ("size", o.rss_size),
+            ],
+            Hook::SysExit => vec![("id", o.sys_exit_id), ("ret", o.sys_exit_ret)],
+            Hook::BlockBioQueue => vec![
+                ("dev", o.bio_dev),
+                ("sector", o.bio_sector),
+                ("nr_sector", o.bio_nr_sector),
+                ("rwbs", o.bio_rwbs),
+            ],
+            Hook::BlockRqComplete => vec![("dev", o.rq_done_dev), ("sector", o.rq_done_sector)],
+            Hook::SockSendLength | Hook::SockRecvLength => vec![
+                ("sk", o.sock_len_sk),
+                ("family", o.sock_len_family),
+                ("ret", o.sock_len_ret),
+            ],
+            Hook::InetSockSetState => vec![
+                ("skaddr", o.set_state_sk),
+                ("oldstate", o.set_state_old),
+                ("newstate", o.set_state_new),
+                ("protocol", o.set_state_protocol),
+            ],
+            Hook::TcpRetransmitSkb => vec![("skaddr", o.retrans_sk)],
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (c, n) = self.tracepoint();
+        write!(f, "{c}/{n}")
+    }
+}
+
+/// How a hook ended up attached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "reason")]
+pub enum HookStatus {
+    BtfTracepoint,
+    Tracepoint,
+    /// Left off by configuration (`capture.disable`).
+    Disabled,
+    /// Not on this kernel; the reason says what is missing.
+    Unavailable(String),
+}
+
+/// What the start-up probe found, for logs, `umbra trace` and status messages.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachReport {
+    pub kernel: String,
+    pub btf: bool,
+    pub hooks: Vec<(Hook, HookStatus)>,
+}
+
+impl AttachReport {
+    pub fn status(&self, hook: Hook) -> Option<&HookStatus> {
+        self.hooks.iter().find(|(h, _)| *h == hook).map(|(_, s)| s)
+    }
+
+    pub fn attached(&self, hook: Hook) -> bool {
+        matches!(
+            self.status(hook),
+            Some(HookStatus::BtfTracepoint | HookStatus::Tracepoint)
+        )
+    }
+}
+
+/// What userspace knows of a tracked process beyond its counters.
+#[derive(Clone, Debug, Default)]
+struct ProcInfo {
+    start_ns: u64,
+    comm: String,
+    exe: Option<String>,
+    ppid: Option<u32>,
+    /// RSS from /proc for members the kernel has not reported since attach.
+    seed: Option<Memory>,
+    exit: Option<Exit>,
+}
+
+/// The live kernel source.
+pub struct KernelCapture {
+    ebpf: Ebpf,
+    stats: HashMap<MapData, u32, ProcStats>,
+    threads: HashMap<MapData, u32, agent_common::ThreadState>,
+    drops: PerCpuArray<MapData, u64>,
+    ring: RingBuf<MapData>,
+    ring_fd: Option<AsyncFd<OwnedFd>>,
+    report: AttachReport,
+    procs: StdHashMap<u32, ProcInfo>,
+    pending: VecDeque<CaptureItem>,
+    interval: Duration,
+    ticker: Option<tokio::time::Interval>,
+    ticks: u64,
+}
+
+/// Exits younger than this are finalised at the next tick: the dying thread's last
+/// switch-out (its final CPU slice) lands just after the exit tracepoint.
+const EXIT_SETTLE_NS: u64 = 20_000_000;
+/// Every this many ticks, processes whose exit was never seen are checked in /proc.
+const GC_EVERY_TICKS: u64 = 30;
+
+impl KernelCapture {
+    /// Loads and attaches everything, as configured.
+    pub fn load(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        raise_memlock();
+        let tracefs = Tracefs::new(tracefs::root()?);
+        let mut kc = KernelConfig::EMPTY;
+        kc.tp = tracefs.offsets();
+        kc.syscalls = syscalls::NRS;
+        let btf_path = Path::new(btf::VMLINUX_BTF);
+        let kernel_btf = if cfg.btf_tracepoints && btf_path.exists() {
+            match (btf::task_offsets(btf_path), Btf::from_sys_fs()) {
+                (Ok(task), Ok(b)) => {
+                    kc.task = task;
+                    Some(b)
+                }
+                (Err(e), _) => {
+                    warn!(error = %e, "Kernel BTF unusable; using classic tracepoints only");
+                    None
+                }
+                (_, Err(e)) => {
+                    warn!(error = %e, "Kernel BTF unusable; using classic tracepoints only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(kernel_btf.as_ref())
+            .override_global("CONFIG", &kc, true)
+            .map_max_entries("PROC_STATS", cfg.max_processes)
+            .map_max_entries("THREADS", cfg.max_threads)
+            .map_max_entries("EVENTS", cfg.ring_buffer_bytes())
+            .map_max_entries("BLOCK_PENDING", cfg.max_block_requests)
+            .map_max_entries("SOCK_OWNER", cfg.max_sockets)
+            .map_max_entries("MM_OWNER", cfg.max_processes);
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|source| CaptureError::Load { source })?;
+        init_kernel_log(&mut ebpf);
+
+        let mut hooks = Vec::new();
+        for hook in Hook::ALL {
+            let status = if cfg.disable.iter().any(|d| d == hook.name()) {
+                HookStatus::Disabled
+            } else {
+                attach(&mut ebpf, &tracefs, &kc, kernel_btf.as_ref(), hook)?
+            };
+            match &status {
+                HookStatus::Unavailable(why) if hook.required() => {
+                    let (category, name) = hook.tracepoint();
+                    debug!(%hook, why, "Required hook unavailable");
+                    return Err(CaptureError::MissingTracepoint {
+                        category: category.into(),
+                        name: name.into(),
+                    });
+                }
+                HookStatus::Unavailable(why) => {
+                    warn!(%hook, why = %why, "Hook unavailable; its measurements are not reported")
+                }
+                s => debug!(%hook, status = ?s, "Hook"),
+            }
+            hooks.push((hook, status));
+        }
+        let report = AttachReport {
+            kernel: kernel_release(),
+            btf: kernel_btf.is_some(),
+            hooks,
+        };
+        info!(
+            kernel = %report.kernel,
+            btf = report.btf,
+            attached = report.hooks.iter().filter(|(h, _)| report.attached(*h)).count(),
+            "Kernel capture attached"
+        );
+
+        let stats = HashMap::try_from(take(&mut ebpf, "PROC_STATS")?)
+            .map_err(|source| CaptureError::Map { name: "PROC_STATS", source })?;
+        let threads = HashMap::try_from(take(&mut ebpf, "THREADS")?)
+            .map_err(|source| CaptureError::Map { name: "THREADS", source })?;
+        let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?)
+            .map_err(|source| CaptureError::Map { name: "DROPS", source })?;
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            .map_err(|source| CaptureError::Map { name: "EVENTS", source })?;
+        Ok(KernelCapture {
+            ebpf,
+            stats,
+            threads,
+            drops,
+            ring,
+            ring_fd: None,
+            report,
+            procs: StdHashMap::new(),
+            pending: VecDeque::new(),
+            interval: cfg.interval(),
+            ticker: None,
+            ticks: 0,
+        })
+    }
+
+    pub fn report(&self) -> &AttachReport {
+        &self.report
+    }
+
+    /// The loaded programs, for run-time statistics (`kernel.bpf_stats_enabled`).
+    pub fn programs(&self) -> impl Iterator<Item = (&str, &aya::programs::Program)> {
+        self.ebpf.programs()
+    }
+
+    /// Moves every event waiting in the ring buffer into `out`, updating what is known of
+    /// each process. Never blocks.
+    pub fn drain_events(&mut self, out: &mut Vec<Lifecycle>) -> usize {
+        let mut raw = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<LifecycleEvent>() {
+                // SAFETY: the kernel wrote a whole LifecycleEvent (size checked);
+                // read_unaligned copes with the ring's 8-byte alignment.
+                raw.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LifecycleEvent>()) });
+            }
+        }
+        let n = raw.len();
+        for r in raw {
+            if let Some(mut ev) = Lifecycle::from_kernel(&r) {
+                self.note(&mut ev, r.flags);
+                out.push(ev);
+            }
+        }
+        n
+    }
+
+    fn note(&mut self, ev: &mut Lifecycle, flags: u32) {
+        match &ev.kind {
+            LifecycleKind::Exec { filename } => {
+                let info = self.procs.entry(ev.tgid).or_default();
+                info.comm.clone_from(&ev.comm);
+                info.exe = Some(filename.clone());
+                if ev.ppid.is_some() {
+                    info.ppid = ev.ppid;
+                }
+            }
+            LifecycleKind::Fork => {
+                if ev.tgid == 0 {
+                    // No BTF: was it a thread or a process?
+                    match procfs::tgid_of(ev.pid) {
+                        Some(t) => ev.tgid = t,
+                        None => ev.tgid = ev.pid,
+                    }
+                }
+                let info = self.procs.entry(ev.tgid).or_default();
+                info.ppid = ev.ppid;
+                if info.comm.is_empty() {
+                    info.comm.clone_from(&ev.comm);
+                }
+            }
+            LifecycleKind::Exit { code } => {
+                if flags & (FLAG_GROUP_DEAD | FLAG_GROUP_UNKNOWN) != 0 {
+                    let info = self.procs.entry(ev.tgid).or_default();
+                    if info.comm.is_empty() {
+                        info.comm.clone_from(&ev.comm);
+                    }
+                    info.exit = Some(Exit {
+                        code: *code,
+                        timestamp_ns: ev.timestamp_ns,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads every process's counters: live ones, and the final sample of those that
+    /// exited (their kernel entries are then removed).
+    pub fn sample(&mut self) -> Result<Tick, CaptureError> {
+        let mut events = Vec::new();
+        self.drain_events(&mut events);
+        for ev in events {
+            self.pending.push_back(CaptureItem::Event(ev));
+        }
+        let now = procfs::boot_ns();
+        let wall_ms = procfs::wall_ms();
+        self.ticks += 1;
+        let gc = self.ticks % GC_EVERY_TICKS == 0;
+        let entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
+        let mut samples = Vec::with_capacity(entries.len());
+        let mut finished = Vec::new();
+        for (tgid, st) in entries {
+            let info = self.procs.entry(tgid).or_default();
+            if info.start_ns != st.first_seen_ns {
+                // A new process (or a reused tgid): learn its name, keep an exit already seen.
+                let exit = info.exit.take().filter(|e| e.timestamp_ns >= st.first_seen_ns);
+                let known = std::mem::take(info);
+                *info = ProcInfo {
+                    start_ns: st.first_seen_ns,
+                    comm: if known.comm.is_empty() {
+                        procfs::comm(tgid).unwrap_or_default()
+                    } else {
+                        known.comm
+                    },
+                    exe: known.exe.or_else(|| procfs::exe(tgid)),
+                    ppid: known.ppid.or_else(|| procfs::ppid(tgid)),
+                    seed: if st.rss_seen == 0b1111 {
+                        None
+                    } else {
+                        procfs::memory(tgid)
+                    },
+                    exit,
+                };
+            }
+            if gc && info.exit.is_none() && !procfs::alive(tgid) {
+                info.exit = Some(Exit {
+                    code: None,
+                    timestamp_ns: now,
+                });
+            }
+            let mut memory = Memory::from_kernel(&st);
+            if let Some(seed) = info.seed {
+                let seen = |bit: usize| st.rss_seen & (1 << bit) != 0;
+                if !seen(agent_common::RSS_FILE) {
+                    memory.file = seed.file;
+                }
+                if !seen(agent_common::RSS_ANON) {
+                    memory.anon = seed.anon;
+                }
+                if !seen(agent_common::RSS_SHMEM) {
+                    memory.shmem = seed.shmem;
+                }
+                if !seen(agent_common::RSS_SWAP) {
+                    memory.swap = seed.swap;
+                }
+            }
+            let exit = info
+                .exit
+                .filter(|e| e.timestamp_ns + EXIT_SETTLE_NS <= now);
+            if exit.is_some() {
+                finished.push(tgid);
+            }
+            samples.push(ProcessSample {
+                tgid,
+                start_ns: st.first_seen_ns,
+                ppid: info.ppid,
+                cgroup_id: st.cgroup_id,
+                comm: info.comm.clone(),
+                exe: info.exe.clone(),
+                counters: ProcCounters::from_kernel(&st),
+                memory,
+                exit,
+            });
+        }
+        for tgid in finished {
+            // Gone from the kernel map first, then from what we know.
+            if let Err(e) = self.stats.remove(&tgid) {
+                debug!(tgid, error = %e, "Exited process already removed");
+            }
+            self.procs.remove(&tgid);
+        }
+        // Exits of processes that never reached the stats map (or already left it).
+        self.procs
+            .retain(|_, i| i.start_ns != 0 || i.exit.is_none_or(|e| e.timestamp_ns + 10 * EXIT_SETTLE_NS > now));
+        if gc {
+            self.gc_threads();
+        }
+        samples.sort_by_key(|s| s.tgid);
+        Ok(Tick {
+            timestamp_ns: now,
+            wall_ms,
+            samples,
+            drops: self.drop_counts()?,
+        })
+    }
+
+    /// Removes thread entries of threads that are gone without a final switch seen.
+    fn gc_threads(&mut self) {
+        let dead: Vec<u32> = self
+            .threads
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tid| !procfs::alive(*tid))
+            .collect();
+        for tid in dead {
+            let _ = self.threads.remove(&tid);
+        }
+    }
+
+    pub fn drop_counts(&self) -> Result<DropCounts, CaptureError> {
+        let mut d = DropCounts::default();
+        for (i, slot) in d.0.iter_mut().enumerate().take(DROP_KINDS) {
+            let per_cpu = self
+                .drops
+                .get(&(i as u32), 0)
+                .map_err(|source| CaptureError::Map { name: "DROPS", source })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(d)
+    }
+}
+
+impl Source for KernelCapture {
+    async fn next(&mut self) -> Result<Option<CaptureItem>, CaptureError> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            if self.ring_fd.is_none() {
+                let fd = self.ring.as_fd().try_clone_to_owned()?;
+                // SAFETY: `fd` is an owned duplicate, open for as long as the AsyncFd holds it.
+                let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                self.ring_fd = Some(fd);
+            }
+            if self.ticker.is_none() {
+                let mut t = tokio::time::interval(self.interval);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t.tick().await;
+                self.ticker = Some(t);
+            }
+            let (Some(fd), Some(ticker)) = (self.ring_fd.as_ref(), self.ticker.as_mut()) else {
+                continue;
+            };
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let tick = self.sample()?;
+                    self.pending.push_back(CaptureItem::Tick(tick));
+                }
+                guard = fd.readable() => {
+                    let mut guard = guard?;
+                    guard.clear_ready();
+                    let mut events = Vec::new();
+                    self.drain_events(&mut events);
+                    self.pending.extend(events.into_iter().map(CaptureItem::Event));
+                }
+            }
+        }
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
+    ebpf.take_map(name)
+        .ok_or(CaptureError::MissingMap { name })
+}
+
+/// Attaches one hook: the BTF tracepoint if possible, the classic one otherwise.
+fn attach(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+    kc: &KernelConfig,
+    btf: Option<&Btf>,
+    hook: Hook,
+) -> Result<HookStatus, CaptureError> {
+    let (category, name) = hook.tracepoint();
+    if let (Some(prog), Some(btf)) = (hook.btf_program(), btf) {
+        match attach_btf(ebpf, prog, name, btf) {
+            Ok(()) => return Ok(HookStatus::BtfTracepoint),
+            Err(e) => debug!(%hook, error = %e, "BTF tracepoint refused; trying the classic one"),
+        }
+    }
+    if !tracefs.exists(category, name) {
+        return Ok(HookStatus::Unavailable(format!(
+            "tracepoint {category}/{name} does not exist on this kernel"
+        )));
+    }
+    let missing: Vec<&str> = hook
+        .fields(&kc.tp)
+        .into_iter()
+        .filter(|(_, off)| *off == ABSENT)
+        .map(|(f, _)| f)
+        .collect();
+    if !missing.is_empty() {
+        return Ok(HookStatus::Unavailable(format!(
+            "tracepoint {category}/{name} lacks field(s) {} on this kernel",
+            missing.join(", ")
+        )));
+    }
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| CaptureError::Attach {
+            hook: hook.to_string(),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| CaptureError::Attach {
+            hook: hook.to_string(),
+            source,
+        })?;
+    let res = prog.load().and_then(|()| prog.attach(category, name).map(drop));
+    match res {
+        Ok(()) => Ok(HookStatus::Tracepoint),
+        Err(e) if !hook.required() => Ok(HookStatus::Unavailable(format!(
+            "attaching {category}/{name} failed: {e}"
+        ))),
+        Err(source) => Err(CaptureError::Attach {
+            hook: hook.to_string(),
+            source,
+        }),
+    }
+}
+
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    func: &str,
+    btf: &Btf,
+) -> Result<(), aya::programs::ProgramError> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or(aya::programs::ProgramError::NotLoaded)?
+        .try_into()?;
+    p.load(func, btf)?;
+    if let Err(e) = p.attach() {
+        let _ = p.unload();
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Kernel log lines from the programs (rare paths only) go to `tracing`.
+fn init_kernel_log(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
+        Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+            Ok(mut fd) => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        while let Ok(mut guard) = fd.readable_mut().await {
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    });
+                }
+            }
+            Err(e) => debug!(error = %e, "Kernel log not polled"),
+        },
+        Err(e) => debug!(error = %e, "Kernel log unavailable"),
+    }
+}
+
+/// Older kernels charge BPF memory to RLIMIT_MEMLOCK; ≥ 5.11 use the memory cgroup.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!(
+            error = %std::io::Error::last_os_error(),
+            "Cannot raise RLIMIT_MEMLOCK (harmless on Linux ≥ 5.11)"
+        );
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl fmt::Debug for KernelCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelCapture")
+            .field("report", &self.report)
+            .field("ring_fd", &self.ring.as_raw_fd())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,105 @@
+//! What `/proc` adds to the kernel's counters: names of processes first seen without an
+//! exec event, a starting RSS for processes that have not touched memory since attach,
+//! and whether a process is still there.
+
+use std::{fs, path::Path};
+
+use super::types::Memory;
+
+pub fn comm(tgid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{tgid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+pub fn exe(tgid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{tgid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+pub fn alive(tgid: u32) -> bool {
+    Path::new(&format!("/proc/{tgid}")).exists()
+}
+
+/// Parent tgid from `/proc/<tgid>/status`.
+pub fn ppid(tgid: u32) -> Option<u32> {
+    status_field(tgid, "PPid:")
+}
+
+/// Thread-group id of a thread, from `/proc/<tid>/status`.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    status_field(tid, "Tgid:")
+}
+
+fn status_field(pid: u32, key: &str) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// RSS by kind from `/proc/<tgid>/status` (kB there, bytes here).
+pub fn memory(tgid: u32) -> Option<Memory> {
+    let s = fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
+    Some(parse_status_memory(&s))
+}
+
+pub fn parse_status_memory(status: &str) -> Memory {
+    let kb = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Memory {
+        file: kb("RssFile:"),
+        anon: kb("RssAnon:"),
+        shmem: kb("RssShmem:"),
+        swap: kb("VmSwap:"),
+    }
+}
+
+/// Boot-clock now, in ns: the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME exists on every supported kernel.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall clock now, ms since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_memory_is_in_bytes() {
+        let m = parse_status_memory(
+            "Name:\tx\nVmRSS:\t  300 kB\nRssAnon:\t 100 kB\nRssFile:\t 150 kB\nRssShmem:\t 50 kB\nVmSwap:\t 0 kB\n",
+        );
+        assert_eq!(m.rss(), 300 * 1024);
+        assert_eq!(m.anon, 100 * 1024);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_named() {
+        let me = std::process::id();
+        assert!(alive(me));
+        assert!(comm(me).is_some());
+        assert!(memory(me).map(|m| m.rss() > 0).unwrap_or(false));
+    }
+}

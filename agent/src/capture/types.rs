@@ -1,0 +1,304 @@
+//! Plain values of the capture stage: what every later stage consumes, free of aya.
+
+use agent_common::{DROP_KINDS, Drop, HIST_BUCKETS, ProcStats, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP};
+use serde::{Deserialize, Serialize};
+
+/// A log2 histogram of nanoseconds: bucket `i` counts values in `[2^i, 2^(i+1))`.
+pub type Histogram = [u32; HIST_BUCKETS];
+
+/// Counters of one process since the kernel first saw it. They only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcCounters {
+    pub cpu_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub runq_wait_ns: u64,
+    pub runq_waits: u64,
+    pub page_faults: u64,
+    pub syscalls: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_calls: u64,
+    pub write_calls: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    pub block_ios: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_calls: u64,
+    pub net_rx_calls: u64,
+    pub conn_opened: u64,
+    pub conn_accepted: u64,
+    pub conn_closed: u64,
+    pub retransmits: u64,
+    pub runq_hist: Histogram,
+    pub block_hist: Histogram,
+}
+
+macro_rules! each_counter {
+    ($m:ident) => {
+        $m!(
+            cpu_ns,
+            voluntary_switches,
+            involuntary_switches,
+            runq_wait_ns,
+            runq_waits,
+            page_faults,
+            syscalls,
+            read_bytes,
+            write_bytes,
+            read_calls,
+            write_calls,
+            block_read_bytes,
+            block_write_bytes,
+            block_ios,
+            net_tx_bytes,
+            net_rx_bytes,
+            net_tx_calls,
+            net_rx_calls,
+            conn_opened,
+            conn_accepted,
+            conn_closed,
+            retransmits
+        )
+    };
+}
+
+impl ProcCounters {
+    pub fn from_kernel(s: &ProcStats) -> Self {
+        macro_rules! copy {
+            ($($f:ident),*) => { ProcCounters { $($f: s.$f,)* runq_hist: s.runq_hist, block_hist: s.block_hist } };
+        }
+        each_counter!(copy)
+    }
+
+    /// What happened between `prev` and `self` (counters of the same process).
+    pub fn since(&self, prev: &ProcCounters) -> ProcCounters {
+        let mut runq_hist = [0; HIST_BUCKETS];
+        let mut block_hist = [0; HIST_BUCKETS];
+        for i in 0..HIST_BUCKETS {
+            runq_hist[i] = self.runq_hist[i].saturating_sub(prev.runq_hist[i]);
+            block_hist[i] = self.block_hist[i].saturating_sub(prev.block_hist[i]);
+        }
+        macro_rules! sub {
+            ($($f:ident),*) => { ProcCounters { $($f: self.$f.saturating_sub(prev.$f),)* runq_hist, block_hist } };
+        }
+        each_counter!(sub)
+    }
+
+    /// Adds `other` into `self` (for totals over processes).
+    pub fn add(&mut self, other: &ProcCounters) {
+        macro_rules! plus {
+            ($($f:ident),*) => { $(self.$f = self.$f.saturating_add(other.$f);)* };
+        }
+        each_counter!(plus);
+        for i in 0..HIST_BUCKETS {
+            self.runq_hist[i] = self.runq_hist[i].saturating_add(other.runq_hist[i]);
+            self.block_hist[i] = self.block_hist[i].saturating_add(other.block_hist[i]);
+        }
+    }
+}
+
+/// A quantile of a log2 histogram, as the upper bound of the bucket that holds it (ns).
+pub fn hist_quantile(h: &Histogram, q: f64) -> Option<u64> {
+    let total: u64 = h.iter().map(|&c| c as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    let mut seen = 0u64;
+    for (i, &c) in h.iter().enumerate() {
+        seen += c as u64;
+        if seen >= rank {
+            return Some(1u64 << (i + 1).min(63));
+        }
+    }
+    Some(1u64 << HIST_BUCKETS)
+}
+
+/// Resident memory of a process, bytes, as the kernel's `rss_stat` last reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub file: u64,
+    pub anon: u64,
+    pub shmem: u64,
+    pub swap: u64,
+}
+
+impl Memory {
+    pub fn from_kernel(s: &ProcStats) -> Self {
+        let b = |i: usize| s.rss[i].max(0) as u64;
+        Memory {
+            file: b(RSS_FILE),
+            anon: b(RSS_ANON),
+            shmem: b(RSS_SHMEM),
+            swap: b(RSS_SWAP),
+        }
+    }
+
+    /// Resident set size: what `VmRSS` reports (file + anon + shmem).
+    pub fn rss(&self) -> u64 {
+        self.file + self.anon + self.shmem
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// As `wait(2)` reports it; `None` when the kernel could not say (no BTF, or the
+    /// process vanished without an exit event).
+    pub code: Option<i32>,
+    pub timestamp_ns: u64,
+}
+
+/// One process at one tick. `(tgid, start_ns)` identifies a process: a reused tgid gets a
+/// new `start_ns`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSample {
+    pub tgid: u32,
+    /// Boot-clock ns when the kernel first saw the process.
+    pub start_ns: u64,
+    pub ppid: Option<u32>,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// Path of the executable, from the exec event or `/proc/<pid>/exe`.
+    pub exe: Option<String>,
+    pub counters: ProcCounters,
+    pub memory: Memory,
+    /// Set on the process's final sample; the process is not reported again.
+    pub exit: Option<Exit>,
+}
+
+/// Exec, fork and exit as they happen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LifecycleKind {
+    Exec { filename: String },
+    Fork,
+    Exit { code: Option<i32> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    pub kind: LifecycleKind,
+    pub pid: u32,
+    /// 0 when the kernel could not tell (fork without BTF).
+    pub tgid: u32,
+    pub ppid: Option<u32>,
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+impl Lifecycle {
+    pub fn from_kernel(ev: &agent_common::LifecycleEvent) -> Option<Self> {
+        use agent_common::{EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FLAG_PARTIAL};
+        let partial = ev.flags & FLAG_PARTIAL != 0;
+        let kind = match ev.kind {
+            EVENT_EXEC => LifecycleKind::Exec {
+                filename: cstr(&ev.filename),
+            },
+            EVENT_FORK => LifecycleKind::Fork,
+            EVENT_EXIT => LifecycleKind::Exit {
+                code: (!partial).then_some(ev.exit_code),
+            },
+            _ => return None,
+        };
+        Some(Lifecycle {
+            kind,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            ppid: (ev.ppid != 0).then_some(ev.ppid),
+            timestamp_ns: ev.timestamp_ns,
+            cgroup_id: ev.cgroup_id,
+            comm: cstr(&ev.comm),
+        })
+    }
+}
+
+/// A NUL-terminated byte array as a string (lossy).
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Everything the kernel could not record, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCounts(pub [u64; DROP_KINDS]);
+
+impl DropCounts {
+    pub fn get(&self, d: Drop) -> u64 {
+        self.0[d as usize]
+    }
+
+    /// Losses of data: everything but events that could not be attributed to a process.
+    pub fn lost(&self) -> u64 {
+        Drop::ALL
+            .iter()
+            .filter(|d| **d != Drop::SockOwnerUnknown)
+            .map(|d| self.get(*d))
+            .sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Drop::ALL.iter().map(|d| (d.name(), self.get(*d)))
+    }
+}
+
+/// One interval's worth of samples.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    /// Boot-clock ns at the end of the interval (the clock of every kernel timestamp).
+    pub timestamp_ns: u64,
+    /// Wall clock, ms since the Unix epoch, at the same instant.
+    pub wall_ms: u64,
+    /// Every live process, and the final sample of each that exited since the last tick.
+    pub samples: Vec<ProcessSample>,
+    pub drops: DropCounts,
+}
+
+/// What a [`super::Source`] yields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CaptureItem {
+    Event(Lifecycle),
+    Tick(Tick),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_subtracts_and_never_goes_negative() {
+        let mut a = ProcCounters {
+            cpu_ns: 10,
+            read_bytes: 5,
+            ..Default::default()
+        };
+        a.runq_hist[3] = 2;
+        let mut b = a.clone();
+        b.cpu_ns = 25;
+        b.runq_hist[3] = 5;
+        let d = b.since(&a);
+        assert_eq!(d.cpu_ns, 15);
+        assert_eq!(d.read_bytes, 0);
+        assert_eq!(d.runq_hist[3], 3);
+        assert_eq!(a.since(&b).cpu_ns, 0);
+    }
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds() {
+        let mut h = [0u32; HIST_BUCKETS];
+        assert_eq!(hist_quantile(&h, 0.5), None);
+        h[10] = 99;
+        h[20] = 1;
+        assert_eq!(hist_quantile(&h, 0.5), Some(1 << 11));
+        assert_eq!(hist_quantile(&h, 0.99), Some(1 << 11));
+        assert_eq!(hist_quantile(&h, 1.0), Some(1 << 21));
+    }
+
+    #[test]
+    fn cstr_stops_at_nul() {
+        assert_eq!(cstr(b"true\0\0junk"), "true");
+        assert_eq!(cstr(b"full"), "full");
+    }
+}

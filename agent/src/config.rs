@@ -1,0 +1,209 @@
+//! Umbra's configuration: one TOML file (`--config`), every key optional, defaults that
+//! work; unknown keys are errors. Command-line flags override the file. Validation turns
+//! it into values the stages can trust.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::Hook;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureConfig,
+}
+
+/// `[capture]`: the kernel programs and their maps.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// How often the maps are read into samples, ms.
+    pub interval_ms: u64,
+    /// Processes tracked at once (`PROC_STATS`); beyond it new processes are dropped, counted.
+    pub max_processes: u32,
+    /// Threads tracked at once (`THREADS`).
+    pub max_threads: u32,
+    /// Size of the exec/fork/exit ring buffer, KiB (a power of two, ≥ 64).
+    pub ring_buffer_kib: u32,
+    /// Block requests in flight whose latency is tracked.
+    pub max_block_requests: u32,
+    /// Sockets whose owner is remembered (for closes and retransmits).
+    pub max_sockets: u32,
+    /// Use BTF tracepoints where the kernel has them (cheaper); classic ones otherwise.
+    pub btf_tracepoints: bool,
+    /// Hooks to leave off, by tracepoint name (e.g. `"page_fault_user"`).
+    pub disable: Vec<String>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            interval_ms: 1000,
+            max_processes: 8192,
+            max_threads: 32768,
+            ring_buffer_kib: 1024,
+            max_block_requests: 16384,
+            max_sockets: 16384,
+            btf_tracepoints: true,
+            disable: Vec::new(),
+        }
+    }
+}
+
+impl CaptureConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    pub fn ring_buffer_bytes(&self) -> u32 {
+        self.ring_buffer_kib.saturating_mul(1024)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config value {key} = {value} is invalid: {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates `path`; defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    /// Checks every value; call again after command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.capture;
+        check("capture.interval_ms", c.interval_ms, 10..=60_000)?;
+        check("capture.max_processes", c.max_processes, 64..=4_194_304)?;
+        check("capture.max_threads", c.max_threads, 64..=4_194_304)?;
+        check("capture.max_block_requests", c.max_block_requests, 64..=1_048_576)?;
+        check("capture.max_sockets", c.max_sockets, 64..=4_194_304)?;
+        check("capture.ring_buffer_kib", c.ring_buffer_kib, 64..=262_144)?;
+        if !c.ring_buffer_kib.is_power_of_two() {
+            return Err(ConfigError::Invalid {
+                key: "capture.ring_buffer_kib",
+                value: c.ring_buffer_kib.to_string(),
+                expected: "a power of two (64, 128, … 262144)".into(),
+            });
+        }
+        for name in &c.disable {
+            match Hook::from_name(name) {
+                None => {
+                    let known: Vec<&str> = Hook::ALL.iter().map(|h| h.name()).collect();
+                    return Err(ConfigError::Invalid {
+                        key: "capture.disable",
+                        value: format!("{name:?}"),
+                        expected: format!("one of {}", known.join(", ")),
+                    });
+                }
+                Some(h) if h.required() => {
+                    return Err(ConfigError::Invalid {
+                        key: "capture.disable",
+                        value: format!("{name:?}"),
+                        expected: "an optional hook: the agent cannot run without this one".into(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            expected: format!("between {} and {}", range.start(), range.end()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults");
+        assert_eq!(Config::parse("").expect("empty"), Config::default());
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let c = Config::parse("[capture]\ninterval_ms = 250\ndisable = [\"page_fault_user\"]\n")
+            .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.capture.interval_ms, 250);
+        assert_eq!(c.capture.max_processes, 8192);
+    }
+
+    #[rstest]
+    #[case("[capture]\nintervall_ms = 5\n", "unknown field")]
+    #[case("[capture]\ninterval_ms = \"fast\"\n", "invalid type")]
+    #[case("[captur]\n", "unknown field")]
+    fn bad_files_name_the_problem(#[case] text: &str, #[case] needle: &str) {
+        let e = Config::parse(text).expect_err("must fail");
+        assert!(e.contains(needle), "{e}");
+    }
+
+    #[rstest]
+    #[case("[capture]\ninterval_ms = 0\n", "capture.interval_ms")]
+    #[case("[capture]\nring_buffer_kib = 100\n", "capture.ring_buffer_kib")]
+    #[case("[capture]\ndisable = [\"nope\"]\n", "capture.disable")]
+    #[case("[capture]\ndisable = [\"sched_switch\"]\n", "capture.disable")]
+    fn bad_values_name_the_key(#[case] text: &str, #[case] key: &str) {
+        let e = Config::parse(text).expect("parse").validate().expect_err("invalid");
+        assert!(e.to_string().contains(key), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let e = Config::load(Some(Path::new("/nonexistent/umbra.toml"))).expect_err("missing");
+        assert!(e.to_string().contains("/nonexistent/umbra.toml"));
+    }
+}

@@ -1,0 +1,12 @@
+//! Umbra's agent: **capture → aggregate → predict → allocate → publish**, with
+//! record/replay beside it.
+//!
+//! - [`capture`]: the kernel programs (the only module that touches aya) and plain
+//!   per-process samples and lifecycle events.
+//! - [`trace`]: the live stream for kernel engineers (`umbra trace`).
+//! - [`pipeline`]: wires the stages; the only place that knows all of them.
+
+pub mod capture;
+pub mod config;
+pub mod pipeline;
+pub mod trace;
