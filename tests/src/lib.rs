@@ -1,1 +1,211 @@
+//! Support for Umbra's privileged tests: whether they may run here, child workloads
+//! doing known work, and helpers to read what the kernel capture saw of them.
+//!
+//! Privileged tests need root and a real kernel. Outside CI they skip with a printed
+//! reason; under `CI=true` a missing privilege is a failure, never a skip.
+#![allow(clippy::unwrap_used)]
 
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use umbra::{
+    capture::{CaptureItem, KernelCapture, Lifecycle, ProcessSample},
+    config::CaptureConfig,
+};
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether a privileged test can run here. Prints why not; panics under CI.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    let why = format!("{test}: needs root (CAP_BPF, CAP_PERFMON, tracefs)");
+    assert!(!in_ci(), "{why}, and CI=true forbids skipping");
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// The kernel capture with default settings.
+pub fn capture() -> KernelCapture {
+    capture_with(&CaptureConfig::default())
+}
+
+pub fn capture_with(cfg: &CaptureConfig) -> KernelCapture {
+    match KernelCapture::load(cfg) {
+        Ok(c) => c,
+        Err(e) => panic!("kernel capture failed to load: {e}"),
+    }
+}
+
+/// Path of a binary of this workspace, next to the running test's `deps/` directory.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    dir.join(name)
+}
+
+/// A child doing known work (see `umbra-workload`).
+pub struct Workload {
+    pub child: Child,
+    out: BufReader<ChildStdout>,
+    /// What the workload printed after `ready` (e.g. a port).
+    pub info: String,
+}
+
+impl Workload {
+    pub fn start(args: &[&str]) -> Workload {
+        let bin = workspace_bin("umbra-workload");
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let info = line
+            .strip_prefix("ready")
+            .unwrap_or_else(|| panic!("workload {args:?} said {line:?}, not ready"))
+            .trim()
+            .to_string();
+        Workload { child, out, info }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the workload start its work (SIGUSR1).
+    pub fn go(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGUSR1) };
+    }
+
+    /// Waits for `done`.
+    pub fn wait_done(&mut self) {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done", "workload output");
+    }
+
+    /// Lets a `done` workload exit, and reaps it.
+    pub fn finish(mut self) {
+        self.go();
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "workload exited with {st}");
+    }
+
+    pub fn wait(mut self) {
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "workload exited with {st}");
+    }
+}
+
+/// Reads the capture until the sample of `tgid` satisfies `pred` (or `timeout` passes).
+pub fn sample_where(
+    cap: &mut KernelCapture,
+    tgid: u32,
+    timeout: Duration,
+    pred: impl Fn(&ProcessSample) -> bool,
+) -> Option<ProcessSample> {
+    let end = Instant::now() + timeout;
+    loop {
+        let tick = cap.sample().unwrap();
+        if let Some(s) = tick.samples.into_iter().find(|s| s.tgid == tgid && pred(s)) {
+            return Some(s);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The current sample of `tgid`.
+pub fn sample_now(cap: &mut KernelCapture, tgid: u32) -> ProcessSample {
+    sample_where(cap, tgid, Duration::from_secs(5), |_| true)
+        .unwrap_or_else(|| panic!("process {tgid} never appeared in the capture"))
+}
+
+/// The final sample of `tgid`, once it has exited.
+pub fn final_sample(cap: &mut KernelCapture, tgid: u32) -> ProcessSample {
+    final_samples(cap, &[tgid]).remove(0)
+}
+
+/// The final samples of several processes, in the order given. A tick reports each exited
+/// process once, so they must be collected together.
+pub fn final_samples(cap: &mut KernelCapture, tgids: &[u32]) -> Vec<ProcessSample> {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut found: Vec<Option<ProcessSample>> = vec![None; tgids.len()];
+    while found.iter().any(Option::is_none) {
+        assert!(Instant::now() < end, "no final sample for some of {tgids:?}: {found:?}");
+        for s in cap.sample().unwrap().samples {
+            if let Some(i) = tgids.iter().position(|t| *t == s.tgid)
+                && s.exit.is_some()
+            {
+                found[i] = Some(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    found.into_iter().flatten().collect()
+}
+
+/// Drains lifecycle events (and ticks, whose samples it drops) for `dur`.
+pub fn collect_events(cap: &mut KernelCapture, dur: Duration) -> Vec<Lifecycle> {
+    let mut out = Vec::new();
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        cap.drain_events(&mut out);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cap.drain_events(&mut out);
+    out
+}
+
+/// `CaptureItem`s are what the pipeline sees; tests mostly use the sync API above.
+pub fn is_tick(i: &CaptureItem) -> bool {
+    matches!(i, CaptureItem::Tick(_))
+}
+
+/// Sum of on-CPU ns of a process from `/proc/<pid>/schedstat` (single-threaded process).
+pub fn schedstat_ns(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    s.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `VmRSS` of a process, bytes.
+pub fn vm_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// A directory on a real block device (not tmpfs), for block I/O tests: the target dir.
+pub fn disk_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().join("umbra-io");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn rel_err(got: f64, want: f64) -> f64 {
+    (got - want).abs() / want
+}

@@ -1,0 +1,219 @@
+//! Capture accuracy on the real kernel: each test starts a child doing known work and
+//! compares what the kernel programs counted with what the work was (or with the
+//! kernel's own accounting in /proc).
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashSet, time::Duration};
+
+use umbra::capture::{Hook, LifecycleKind};
+use umbra_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn cpu_time_of_a_spinner_matches_schedstat() {
+    if !privileged("cpu_time_of_a_spinner_matches_schedstat") {
+        return;
+    }
+    let mut cap = capture();
+    let mut w = Workload::start(&["spin", "500"]);
+    w.go();
+    w.wait_done();
+    // Blocked now in sigwait: both counts are final for this phase.
+    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| s.counters.cpu_ns > 0)
+        .expect("no CPU time captured for the spinner");
+    let want = schedstat_ns(w.pid());
+    let got = s.counters.cpu_ns;
+    let err = rel_err(got as f64, want as f64);
+    eprintln!("cpu: captured {got} ns, schedstat {want} ns, error {:.4}%", err * 100.0);
+    assert!(want >= 450_000_000, "the spinner ran only {want} ns");
+    assert!(err <= 0.02, "captured {got} ns vs schedstat {want} ns ({:.2}%)", err * 100.0);
+    assert!(s.counters.voluntary_switches + s.counters.involuntary_switches > 0);
+    w.finish();
+}
+
+fn io_test(mode: &str) -> umbra::capture::ProcessSample {
+    let mut cap = capture();
+    let path = disk_dir().join(format!("io-{mode}-{}", std::process::id()));
+    let bytes = (64 * MIB).to_string();
+    let w = Workload::start(&["io", path.to_str().unwrap(), &bytes, mode]);
+    let pid = w.pid();
+    let before = sample_now(&mut cap, pid);
+    w.go();
+    w.wait();
+    let after = final_sample(&mut cap, pid);
+    let _ = std::fs::remove_file(&path);
+    let d = after.counters.since(&before.counters);
+    eprintln!(
+        "io {mode}: read {} write {} block_read {} block_write {} block_ios {}",
+        d.read_bytes, d.write_bytes, d.block_read_bytes, d.block_write_bytes, d.block_ios
+    );
+    assert_eq!(d.write_bytes, 64 * MIB, "write bytes");
+    assert_eq!(d.read_bytes, 64 * MIB, "read bytes");
+    d_into(after, d)
+}
+
+fn d_into(
+    mut s: umbra::capture::ProcessSample,
+    d: umbra::capture::ProcCounters,
+) -> umbra::capture::ProcessSample {
+    s.counters = d;
+    s
+}
+
+#[test]
+fn syscall_io_bytes_are_exact() {
+    if !privileged("syscall_io_bytes_are_exact") {
+        return;
+    }
+    io_test("plain");
+}
+
+#[test]
+fn block_io_of_direct_writes_is_attributed_with_latency() {
+    if !privileged("block_io_of_direct_writes_is_attributed_with_latency") {
+        return;
+    }
+    let s = io_test("direct");
+    let c = &s.counters;
+    assert!(
+        c.block_write_bytes >= 64 * MIB,
+        "block writes {} < 64 MiB",
+        c.block_write_bytes
+    );
+    let hist: u64 = c.block_hist.iter().map(|&n| n as u64).sum();
+    assert!(hist > 0, "empty block latency histogram");
+}
+
+#[test]
+fn block_io_of_fsynced_writes_is_attributed() {
+    if !privileged("block_io_of_fsynced_writes_is_attributed") {
+        return;
+    }
+    let s = io_test("fsync");
+    assert!(
+        s.counters.block_write_bytes >= 64 * MIB,
+        "block writes {} < 64 MiB",
+        s.counters.block_write_bytes
+    );
+    assert!(s.counters.block_hist.iter().any(|&n| n > 0));
+}
+
+#[test]
+fn loopback_tcp_bytes_and_connection_are_counted() {
+    if !privileged("loopback_tcp_bytes_and_connection_are_counted") {
+        return;
+    }
+    let mut cap = capture();
+    if !cap.report().attached(Hook::SockSendLength) {
+        panic!("sock/sock_send_length not attached: {:?}", cap.report().status(Hook::SockSendLength));
+    }
+    let total = 16 * MIB;
+    let recv = Workload::start(&["recv"]);
+    let port = recv.info.clone();
+    let send = Workload::start(&["send", &port, &total.to_string()]);
+    let (rp, sp) = (recv.pid(), send.pid());
+    recv.go();
+    send.go();
+    send.wait();
+    recv.wait();
+    let mut finals = final_samples(&mut cap, &[sp, rp]);
+    let r = finals.pop().unwrap();
+    let s = finals.pop().unwrap();
+    let (tx, rx) = (s.counters.net_tx_bytes, r.counters.net_rx_bytes);
+    eprintln!(
+        "net: sent {tx} received {rx} opened {} accepted {} closed {}+{}",
+        s.counters.conn_opened, r.counters.conn_accepted, s.counters.conn_closed, r.counters.conn_closed
+    );
+    assert!(rel_err(tx as f64, total as f64) <= 0.01, "sent {tx} of {total}");
+    assert!(rel_err(rx as f64, total as f64) <= 0.01, "received {rx} of {total}");
+    assert_eq!(s.counters.conn_opened, 1, "connections opened by the sender");
+    assert_eq!(r.counters.conn_accepted, 1, "connections accepted by the receiver");
+}
+
+#[test]
+fn rss_of_touched_memory_matches_vmrss() {
+    if !privileged("rss_of_touched_memory_matches_vmrss") {
+        return;
+    }
+    let mut cap = capture();
+    let mut w = Workload::start(&["touch", "256"]);
+    w.go();
+    w.wait_done();
+    let want = vm_rss(w.pid());
+    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| s.memory.rss() > 200 * MIB)
+        .expect("RSS of the toucher never passed 200 MiB");
+    let got = s.memory.rss();
+    let err = rel_err(got as f64, want as f64);
+    eprintln!("mem: captured rss {got}, VmRSS {want}, error {:.3}%", err * 100.0);
+    assert!(want >= 256 * MIB);
+    assert!(err <= 0.05, "rss {got} vs VmRSS {want}");
+    if cap.report().attached(Hook::PageFaultUser) {
+        assert!(s.counters.page_faults >= 256 * MIB / 4096, "page faults {}", s.counters.page_faults);
+    }
+    w.finish();
+}
+
+#[test]
+fn a_thousand_execs_all_arrive_without_drops() {
+    if !privileged("a_thousand_execs_all_arrive_without_drops") {
+        return;
+    }
+    const N: usize = 1000;
+    let mut cap = capture();
+    let w = Workload::start(&["exec", &N.to_string(), "/bin/true"]);
+    let parent = w.pid();
+    w.go();
+    let mut events = Vec::new();
+    let mut child = w.child;
+    loop {
+        cap.drain_events(&mut events);
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    events.extend(collect_events(&mut cap, Duration::from_millis(300)));
+    let execs: HashSet<u32> = events
+        .iter()
+        .filter(|e| e.ppid == Some(parent))
+        .filter(|e| matches!(&e.kind, LifecycleKind::Exec { filename } if filename == "/bin/true"))
+        .map(|e| e.tgid)
+        .collect();
+    let exits: HashSet<u32> = events
+        .iter()
+        .filter(|e| matches!(e.kind, LifecycleKind::Exit { code: Some(0) }))
+        .map(|e| e.tgid)
+        .filter(|t| execs.contains(t))
+        .collect();
+    let drops = cap.drop_counts().unwrap();
+    eprintln!("lifecycle: {} execs, {} exits, drops {:?}", execs.len(), exits.len(), drops);
+    assert_eq!(execs.len(), N, "exec events of /bin/true");
+    assert_eq!(exits.len(), N, "exit events of those processes");
+    assert_eq!(drops.lost(), 0, "kernel drops: {drops:?}");
+}
+
+#[test]
+fn pinned_spinners_wait_in_the_run_queue() {
+    if !privileged("pinned_spinners_wait_in_the_run_queue") {
+        return;
+    }
+    let mut cap = capture();
+    let mut a = Workload::start(&["spin", "400", "0"]);
+    let mut b = Workload::start(&["spin", "400", "0"]);
+    a.go();
+    b.go();
+    a.wait_done();
+    b.wait_done();
+    for w in [&a, &b] {
+        let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| s.counters.runq_waits > 0)
+            .unwrap_or_else(|| panic!("no run-queue wait for spinner {}", w.pid()));
+        let c = &s.counters;
+        eprintln!("runq {}: waits {} total {} ns", w.pid(), c.runq_waits, c.runq_wait_ns);
+        assert!(c.runq_wait_ns > 0);
+        assert!(c.runq_hist.iter().any(|&n| n > 0));
+        assert!(c.involuntary_switches > 0);
+    }
+    a.finish();
+    b.finish();
+}

@@ -1,0 +1,186 @@
+//! Child processes doing known work for the privileged tests.
+//!
+//! Protocol: the workload prints `ready` (plus facts such as a port) on stdout, then
+//! waits for SIGUSR1 before it works, so the test can snapshot it first. Workloads whose
+//! result is read while they live print `done` and wait for a second SIGUSR1; the others
+//! exit straight after the work with `_exit`, doing no other I/O.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    env,
+    ffi::CString,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+fn main() {
+    block_usr1();
+    let args: Vec<String> = env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let num = |i: usize| arg(i).parse::<u64>().unwrap();
+    match arg(0).as_str() {
+        // spin MS [CPU]: busy for MS ms of wall time (pinned to CPU if given).
+        "spin" => {
+            if let Ok(cpu) = arg(2).parse::<usize>() {
+                pin(cpu);
+            }
+            ready("");
+            wait_go();
+            spin(Duration::from_millis(num(1)));
+            done_then_exit();
+        }
+        // touch MIB: allocate and write every page of MIB MiB.
+        "touch" => {
+            ready("");
+            wait_go();
+            let mut v = vec![0u8; (num(1) as usize) << 20];
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            std::hint::black_box(&v);
+            done_then_exit();
+        }
+        // io PATH BYTES MODE: write BYTES to PATH and read them back (MODE: plain|fsync|direct).
+        "io" => io(&arg(1), num(2) as usize, &arg(3)),
+        // recv: accept one TCP connection on loopback, read to EOF, exit.
+        "recv" => {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            ready(&l.local_addr().unwrap().port().to_string());
+            wait_go();
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            while s.read(&mut buf).unwrap() > 0 {}
+            exit_now();
+        }
+        // send PORT BYTES: connect to loopback PORT, send BYTES, close, exit.
+        "send" => {
+            ready("");
+            wait_go();
+            let mut s = TcpStream::connect(("127.0.0.1", num(1) as u16)).unwrap();
+            let buf = vec![7u8; 1 << 16];
+            let mut left = num(2) as usize;
+            while left > 0 {
+                let n = left.min(buf.len());
+                s.write_all(&buf[..n]).unwrap();
+                left -= n;
+            }
+            drop(s);
+            exit_now();
+        }
+        // exec N PATH: run PATH N times, one after another.
+        "exec" => {
+            ready("");
+            wait_go();
+            let path = arg(2);
+            for _ in 0..num(1) {
+                let st = std::process::Command::new(&path).status().unwrap();
+                assert!(st.success());
+            }
+            exit_now();
+        }
+        other => {
+            eprintln!("umbra-workload: unknown workload {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn ready(info: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {info}").unwrap();
+    out.flush().unwrap();
+}
+
+fn done_then_exit() {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "done").unwrap();
+    out.flush().unwrap();
+    drop(out);
+    wait_go();
+    exit_now();
+}
+
+fn exit_now() -> ! {
+    // SAFETY: ends the process without flushing or unwinding: no I/O after the work.
+    unsafe { libc::_exit(0) }
+}
+
+fn block_usr1() {
+    // SAFETY: plain libc signal-mask calls on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_go() {
+    // SAFETY: as above; sigwait blocks until SIGUSR1 is pending.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn spin(d: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < d {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// Raw syscalls only, so the process's read/write bytes are exactly the work's.
+fn io(path: &str, bytes: usize, mode: &str) {
+    const CHUNK: usize = 1 << 20;
+    let direct = mode == "direct";
+    // O_DIRECT needs an aligned buffer: over-allocate and align.
+    let mut backing = vec![0x5au8; CHUNK + 4096];
+    let off = backing.as_ptr().align_offset(4096);
+    let buf = &mut backing[off..off + CHUNK];
+    let cpath = CString::new(path).unwrap();
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | if direct { libc::O_DIRECT } else { 0 };
+    ready("");
+    wait_go();
+    // SAFETY: plain syscalls on a buffer we own.
+    unsafe {
+        let fd = libc::open(cpath.as_ptr(), flags, 0o600);
+        assert!(fd >= 0, "open {path}");
+        let mut left = bytes;
+        while left > 0 {
+            let n = libc::write(fd, buf.as_ptr().cast(), left.min(CHUNK));
+            assert!(n > 0);
+            left -= n as usize;
+        }
+        if mode == "fsync" || direct {
+            libc::fsync(fd);
+        }
+        libc::lseek(fd, 0, libc::SEEK_SET);
+        let mut got = 0;
+        loop {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), CHUNK);
+            assert!(n >= 0);
+            if n == 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        assert_eq!(got, bytes);
+        libc::close(fd);
+    }
+    exit_now();
+}
