@@ -311,7 +311,11 @@ impl KernelConfig {
 /// Log2 bucket of a latency in nanoseconds.
 #[inline(always)]
 pub fn hist_bucket(ns: u64) -> usize {
-    let b = if ns == 0 { 0 } else { 63 - ns.leading_zeros() as usize };
+    let b = if ns == 0 {
+        0
+    } else {
+        63 - ns.leading_zeros() as usize
+    };
     if b >= HIST_BUCKETS {
         HIST_BUCKETS - 1
     } else {

@@ -1,9 +1,7 @@
 //! Maps and the read-only configuration global. Sizes here are defaults: userspace
 //! resizes the hash maps from its config before loading.
 
-use agent_common::{
-    BlockKey, BlockPending, DROP_KINDS, KernelConfig, ProcStats, ThreadState,
-};
+use agent_common::{BlockKey, BlockPending, DROP_KINDS, KernelConfig, ProcStats, ThreadState};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},

@@ -49,23 +49,23 @@ pub fn count_drop(kind: Drop) {
 /// when the map is full.
 #[inline(always)]
 pub fn proc_entry(tgid: u32) -> Option<&'static mut ProcStats> {
-    if let Some(p) = PROC_STATS.get_ptr_mut(&tgid) {
+    if let Some(p) = PROC_STATS.get_ptr_mut(tgid) {
         // SAFETY: map values stay valid for the program's run.
         return Some(unsafe { &mut *p });
     }
     let zero = ZERO_STATS.get_ptr(0)?;
     // SAFETY: `zero` is a valid per-CPU map value of the right type.
     let zero = unsafe { &*zero };
-    match PROC_STATS.insert(&tgid, zero, BPF_NOEXIST as u64) {
+    match PROC_STATS.insert(tgid, zero, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU inserted it first: fine, look it up below.
-        Err(e) if e == -17 => {}
+        Err(-17) => {}
         Err(_) => {
             count_drop(Drop::ProcMapFull);
             return None;
         }
     }
-    let p = PROC_STATS.get_ptr_mut(&tgid)?;
+    let p = PROC_STATS.get_ptr_mut(tgid)?;
     // SAFETY: as above.
     let p = unsafe { &mut *p };
     if p.first_seen_ns == 0 {
@@ -80,7 +80,7 @@ pub fn proc_entry(tgid: u32) -> Option<&'static mut ProcStats> {
 #[inline(always)]
 pub fn proc_existing(tgid: u32) -> Option<&'static mut ProcStats> {
     // SAFETY: map values stay valid for the program's run.
-    PROC_STATS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p })
+    PROC_STATS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
 }
 
 /// Reads a `T` at `offset` in a classic tracepoint's record. `None` when the offset is
@@ -126,4 +126,3 @@ pub fn current_ids() -> (u32, u32) {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     (id as u32, (id >> 32) as u32)
 }
-

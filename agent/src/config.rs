@@ -111,7 +111,11 @@ impl Config {
         check("capture.interval_ms", c.interval_ms, 10..=60_000)?;
         check("capture.max_processes", c.max_processes, 64..=4_194_304)?;
         check("capture.max_threads", c.max_threads, 64..=4_194_304)?;
-        check("capture.max_block_requests", c.max_block_requests, 64..=1_048_576)?;
+        check(
+            "capture.max_block_requests",
+            c.max_block_requests,
+            64..=1_048_576,
+        )?;
         check("capture.max_sockets", c.max_sockets, 64..=4_194_304)?;
         check("capture.ring_buffer_kib", c.ring_buffer_kib, 64..=262_144)?;
         if !c.ring_buffer_kib.is_power_of_two() {
@@ -197,7 +201,10 @@ mod tests {
     #[case("[capture]\ndisable = [\"nope\"]\n", "capture.disable")]
     #[case("[capture]\ndisable = [\"sched_switch\"]\n", "capture.disable")]
     fn bad_values_name_the_key(#[case] text: &str, #[case] key: &str) {
-        let e = Config::parse(text).expect("parse").validate().expect_err("invalid");
+        let e = Config::parse(text)
+            .expect("parse")
+            .validate()
+            .expect_err("invalid");
         assert!(e.to_string().contains(key), "{e}");
     }
 

@@ -11,7 +11,11 @@ use umbra::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "umbra", version, about = "Watches every process from inside the kernel")]
+#[command(
+    name = "umbra",
+    version,
+    about = "Watches every process from inside the kernel"
+)]
 struct Cli {
     /// Config file (TOML); every key is optional.
     #[arg(long, global = true)]
@@ -109,7 +113,14 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     match command {
         Command::Run { duration, top, .. } => {
-            pipeline::run(&cfg, stdout, top, duration.map(Duration::from_secs), shutdown).await?
+            pipeline::run(
+                &cfg,
+                stdout,
+                top,
+                duration.map(Duration::from_secs),
+                shutdown,
+            )
+            .await?
         }
         Command::Trace {
             pid,
@@ -126,8 +137,15 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 cgroup,
                 kinds: kind,
             };
-            pipeline::trace(&cfg, stdout, filter, json, duration.map(Duration::from_secs), shutdown)
-                .await?
+            pipeline::trace(
+                &cfg,
+                stdout,
+                filter,
+                json,
+                duration.map(Duration::from_secs),
+                shutdown,
+            )
+            .await?
         }
     }
     Ok(())
@@ -135,8 +153,10 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return;
     };
     tokio::select! {

@@ -61,10 +61,14 @@ pub async fn capture_task<S: Source>(
 }
 
 /// Starts the kernel capture and its task; returns the receiving end.
-fn start_capture(
-    cfg: &Config,
-    shutdown: &CancellationToken,
-) -> Result<(mpsc::Receiver<CaptureItem>, tokio::task::JoinHandle<Result<(), CaptureError>>, Arc<AtomicU64>), PipelineError> {
+/// The running capture: its output, its task, and the count of items dropped on the way.
+struct Running {
+    rx: mpsc::Receiver<CaptureItem>,
+    task: tokio::task::JoinHandle<Result<(), CaptureError>>,
+    dropped: Arc<AtomicU64>,
+}
+
+fn start_capture(cfg: &Config, shutdown: &CancellationToken) -> Result<Running, PipelineError> {
     let source = KernelCapture::load(&cfg.capture)?;
     for (hook, status) in &source.report().hooks {
         info!(%hook, ?status, "Hook");
@@ -72,7 +76,7 @@ fn start_capture(
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let dropped = Arc::new(AtomicU64::new(0));
     let task = tokio::spawn(capture_task(source, tx, shutdown.clone(), dropped.clone()));
-    Ok((rx, task, dropped))
+    Ok(Running { rx, task, dropped })
 }
 
 /// Stops on `shutdown` or after `duration`.
@@ -104,7 +108,11 @@ pub async fn run<W: Write>(
     duration: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let (mut rx, task, dropped) = start_capture(cfg, &shutdown)?;
+    let Running {
+        mut rx,
+        task,
+        dropped,
+    } = start_capture(cfg, &shutdown)?;
     deadline(&shutdown, duration);
     let mut table = TopTable::default();
     loop {
@@ -133,7 +141,7 @@ pub async fn trace<W: Write>(
     duration: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let (mut rx, task, _dropped) = start_capture(cfg, &shutdown)?;
+    let Running { mut rx, task, .. } = start_capture(cfg, &shutdown)?;
     deadline(&shutdown, duration);
     let mut tracer = Tracer::new(filter, json, out);
     loop {
@@ -162,8 +170,17 @@ struct TopTable {
 }
 
 impl TopTable {
-    fn render<W: Write>(&mut self, out: &mut W, t: &Tick, top: usize, dropped: u64) -> std::io::Result<()> {
-        let span = self.last_ns.map(|l| t.timestamp_ns.saturating_sub(l)).unwrap_or(0);
+    fn render<W: Write>(
+        &mut self,
+        out: &mut W,
+        t: &Tick,
+        top: usize,
+        dropped: u64,
+    ) -> std::io::Result<()> {
+        let span = self
+            .last_ns
+            .map(|l| t.timestamp_ns.saturating_sub(l))
+            .unwrap_or(0);
         self.last_ns = Some(t.timestamp_ns);
         let mut rows = Vec::new();
         let mut total = ProcCounters::default();
@@ -176,12 +193,15 @@ impl TopTable {
                 rows.push((s, d));
             }
         }
-        self.prev
-            .retain(|(tgid, start), _| t.samples.iter().any(|s| s.tgid == *tgid && s.start_ns == *start && s.exit.is_none()));
+        self.prev.retain(|(tgid, start), _| {
+            t.samples
+                .iter()
+                .any(|s| s.tgid == *tgid && s.start_ns == *start && s.exit.is_none())
+        });
         if span == 0 {
             return Ok(());
         }
-        rows.sort_by(|a, b| b.1.cpu_ns.cmp(&a.1.cpu_ns));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.cpu_ns));
         let secs = span as f64 / 1e9;
         writeln!(
             out,
@@ -194,7 +214,11 @@ impl TopTable {
             trace::bytes((total.net_rx_bytes as f64 / secs) as u64),
             t.drops.lost(),
         )?;
-        writeln!(out, "{:>8} {:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}", "PID", "COMM", "CPU%", "RSS", "READ/s", "WRITE/s", "TX/s", "RX/s")?;
+        writeln!(
+            out,
+            "{:>8} {:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "PID", "COMM", "CPU%", "RSS", "READ/s", "WRITE/s", "TX/s", "RX/s"
+        )?;
         for (s, d) in rows.iter().take(top) {
             writeln!(
                 out,

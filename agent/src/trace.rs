@@ -73,7 +73,9 @@ impl FromStr for CgroupId {
         }
         std::fs::metadata(s)
             .map(|m| CgroupId(m.ino()))
-            .map_err(|e| format!("{s:?} is neither a cgroup id nor a readable cgroup directory: {e}"))
+            .map_err(|e| {
+                format!("{s:?} is neither a cgroup id nor a readable cgroup directory: {e}")
+            })
     }
 }
 
@@ -127,7 +129,11 @@ impl<W: Write> Tracer<W> {
 
     pub fn item(&mut self, item: &CaptureItem) -> io::Result<()> {
         if !self.json && !self.header_done {
-            writeln!(self.out, "{:<14} {:<5} {:>8} {:<16} DETAILS", "TIME(s)", "KIND", "PID", "COMM")?;
+            writeln!(
+                self.out,
+                "{:<14} {:<5} {:>8} {:<16} DETAILS",
+                "TIME(s)", "KIND", "PID", "COMM"
+            )?;
             self.header_done = true;
         }
         match item {
@@ -143,7 +149,9 @@ impl<W: Write> Tracer<W> {
             _ => None,
         };
         if !self.filter.wants(Kind::Exec)
-            || !self.filter.matches(ev.pid, ev.tgid, &ev.comm, exe, ev.cgroup_id)
+            || !self
+                .filter
+                .matches(ev.pid, ev.tgid, &ev.comm, exe, ev.cgroup_id)
         {
             return Ok(());
         }
@@ -443,8 +451,10 @@ mod tests {
             ..Default::default()
         };
         let mut t = Tracer::new(filter, true, &mut out);
-        t.item(&tick(1_000_000_000, vec![sample(10, "a", 100)])).expect("write");
-        t.item(&tick(2_000_000_000, vec![sample(10, "a", 500_000_100)])).expect("write");
+        t.item(&tick(1_000_000_000, vec![sample(10, "a", 100)]))
+            .expect("write");
+        t.item(&tick(2_000_000_000, vec![sample(10, "a", 500_000_100)]))
+            .expect("write");
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .expect("utf8")
             .lines()

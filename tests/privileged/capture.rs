@@ -20,14 +20,23 @@ fn cpu_time_of_a_spinner_matches_schedstat() {
     w.go();
     w.wait_done();
     // Blocked now in sigwait: both counts are final for this phase.
-    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| s.counters.cpu_ns > 0)
-        .expect("no CPU time captured for the spinner");
+    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+        s.counters.cpu_ns > 0
+    })
+    .expect("no CPU time captured for the spinner");
     let want = schedstat_ns(w.pid());
     let got = s.counters.cpu_ns;
     let err = rel_err(got as f64, want as f64);
-    eprintln!("cpu: captured {got} ns, schedstat {want} ns, error {:.4}%", err * 100.0);
+    eprintln!(
+        "cpu: captured {got} ns, schedstat {want} ns, error {:.4}%",
+        err * 100.0
+    );
     assert!(want >= 450_000_000, "the spinner ran only {want} ns");
-    assert!(err <= 0.02, "captured {got} ns vs schedstat {want} ns ({:.2}%)", err * 100.0);
+    assert!(
+        err <= 0.02,
+        "captured {got} ns vs schedstat {want} ns ({:.2}%)",
+        err * 100.0
+    );
     assert!(s.counters.voluntary_switches + s.counters.involuntary_switches > 0);
     w.finish();
 }
@@ -106,7 +115,10 @@ fn loopback_tcp_bytes_and_connection_are_counted() {
     }
     let mut cap = capture();
     if !cap.report().attached(Hook::SockSendLength) {
-        panic!("sock/sock_send_length not attached: {:?}", cap.report().status(Hook::SockSendLength));
+        panic!(
+            "sock/sock_send_length not attached: {:?}",
+            cap.report().status(Hook::SockSendLength)
+        );
     }
     let total = 16 * MIB;
     let recv = Workload::start(&["recv"]);
@@ -123,12 +135,27 @@ fn loopback_tcp_bytes_and_connection_are_counted() {
     let (tx, rx) = (s.counters.net_tx_bytes, r.counters.net_rx_bytes);
     eprintln!(
         "net: sent {tx} received {rx} opened {} accepted {} closed {}+{}",
-        s.counters.conn_opened, r.counters.conn_accepted, s.counters.conn_closed, r.counters.conn_closed
+        s.counters.conn_opened,
+        r.counters.conn_accepted,
+        s.counters.conn_closed,
+        r.counters.conn_closed
     );
-    assert!(rel_err(tx as f64, total as f64) <= 0.01, "sent {tx} of {total}");
-    assert!(rel_err(rx as f64, total as f64) <= 0.01, "received {rx} of {total}");
-    assert_eq!(s.counters.conn_opened, 1, "connections opened by the sender");
-    assert_eq!(r.counters.conn_accepted, 1, "connections accepted by the receiver");
+    assert!(
+        rel_err(tx as f64, total as f64) <= 0.01,
+        "sent {tx} of {total}"
+    );
+    assert!(
+        rel_err(rx as f64, total as f64) <= 0.01,
+        "received {rx} of {total}"
+    );
+    assert_eq!(
+        s.counters.conn_opened, 1,
+        "connections opened by the sender"
+    );
+    assert_eq!(
+        r.counters.conn_accepted, 1,
+        "connections accepted by the receiver"
+    );
 }
 
 #[test]
@@ -141,15 +168,24 @@ fn rss_of_touched_memory_matches_vmrss() {
     w.go();
     w.wait_done();
     let want = vm_rss(w.pid());
-    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| s.memory.rss() > 200 * MIB)
-        .expect("RSS of the toucher never passed 200 MiB");
+    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+        s.memory.rss() > 200 * MIB
+    })
+    .expect("RSS of the toucher never passed 200 MiB");
     let got = s.memory.rss();
     let err = rel_err(got as f64, want as f64);
-    eprintln!("mem: captured rss {got}, VmRSS {want}, error {:.3}%", err * 100.0);
+    eprintln!(
+        "mem: captured rss {got}, VmRSS {want}, error {:.3}%",
+        err * 100.0
+    );
     assert!(want >= 256 * MIB);
     assert!(err <= 0.05, "rss {got} vs VmRSS {want}");
     if cap.report().attached(Hook::PageFaultUser) {
-        assert!(s.counters.page_faults >= 256 * MIB / 4096, "page faults {}", s.counters.page_faults);
+        assert!(
+            s.counters.page_faults >= 256 * MIB / 4096,
+            "page faults {}",
+            s.counters.page_faults
+        );
     }
     w.finish();
 }
@@ -187,7 +223,12 @@ fn a_thousand_execs_all_arrive_without_drops() {
         .filter(|t| execs.contains(t))
         .collect();
     let drops = cap.drop_counts().unwrap();
-    eprintln!("lifecycle: {} execs, {} exits, drops {:?}", execs.len(), exits.len(), drops);
+    eprintln!(
+        "lifecycle: {} execs, {} exits, drops {:?}",
+        execs.len(),
+        exits.len(),
+        drops
+    );
     assert_eq!(execs.len(), N, "exec events of /bin/true");
     assert_eq!(exits.len(), N, "exit events of those processes");
     assert_eq!(drops.lost(), 0, "kernel drops: {drops:?}");
@@ -206,10 +247,17 @@ fn pinned_spinners_wait_in_the_run_queue() {
     a.wait_done();
     b.wait_done();
     for w in [&a, &b] {
-        let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| s.counters.runq_waits > 0)
-            .unwrap_or_else(|| panic!("no run-queue wait for spinner {}", w.pid()));
+        let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+            s.counters.runq_waits > 0
+        })
+        .unwrap_or_else(|| panic!("no run-queue wait for spinner {}", w.pid()));
         let c = &s.counters;
-        eprintln!("runq {}: waits {} total {} ns", w.pid(), c.runq_waits, c.runq_wait_ns);
+        eprintln!(
+            "runq {}: waits {} total {} ns",
+            w.pid(),
+            c.runq_waits,
+            c.runq_wait_ns
+        );
         assert!(c.runq_wait_ns > 0);
         assert!(c.runq_hist.iter().any(|&n| n > 0));
         assert!(c.involuntary_switches > 0);

@@ -11,7 +11,11 @@ use umbra_tests::*;
 
 fn umbra() -> Command {
     let bin = workspace_bin("umbra");
-    assert!(bin.exists(), "{} not built (cargo build -p umbra)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built (cargo build -p umbra)",
+        bin.display()
+    );
     Command::new(bin)
 }
 
@@ -20,7 +24,7 @@ fn trace_exec_json_shows_a_true_run() {
     if !privileged("trace_exec_json_shows_a_true_run") {
         return;
     }
-    let mut child = umbra()
+    let child = umbra()
         .args(["trace", "--kind", "exec", "--json", "--duration", "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -33,9 +37,14 @@ fn trace_exec_json_shows_a_true_run() {
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "umbra trace failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "umbra trace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hit = stdout.lines().any(|l| {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
         v["event"] == "exec" && v["filename"] == "/bin/true"
     });
     assert!(hit, "no exec line for /bin/true in:\n{stdout}");
@@ -46,7 +55,10 @@ fn unknown_kind_is_a_usage_error() {
     let out = umbra().args(["trace", "--kind", "disk"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("disk") && err.contains("exec, cpu, mem, io, net"), "{err}");
+    assert!(
+        err.contains("disk") && err.contains("exec, cpu, mem, io, net"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -60,7 +72,10 @@ fn bad_config_value_is_named_and_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("capture.interval_ms") && err.contains("between"), "{err}");
+    assert!(
+        err.contains("capture.interval_ms") && err.contains("between"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -69,12 +84,21 @@ fn unknown_config_key_is_named_and_exits_2() {
     let mut f = tempfile();
     writeln!(f.1, "[capture]\nintervall_ms = 5").unwrap();
     let out = umbra()
-        .args(["--config", f.0.to_str().unwrap(), "trace", "--duration", "1"])
+        .args([
+            "--config",
+            f.0.to_str().unwrap(),
+            "trace",
+            "--duration",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("intervall_ms") && err.contains(f.0.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("intervall_ms") && err.contains(f.0.to_str().unwrap()),
+        "{err}"
+    );
 }
 
 fn tempfile() -> (std::path::PathBuf, std::fs::File) {

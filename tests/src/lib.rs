@@ -53,7 +53,11 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap();
-    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap()
+    } else {
+        dir
+    };
     dir.join(name)
 }
 
@@ -151,7 +155,10 @@ pub fn final_samples(cap: &mut KernelCapture, tgids: &[u32]) -> Vec<ProcessSampl
     let end = Instant::now() + Duration::from_secs(10);
     let mut found: Vec<Option<ProcessSample>> = vec![None; tgids.len()];
     while found.iter().any(Option::is_none) {
-        assert!(Instant::now() < end, "no final sample for some of {tgids:?}: {found:?}");
+        assert!(
+            Instant::now() < end,
+            "no final sample for some of {tgids:?}: {found:?}"
+        );
         for s in cap.sample().unwrap().samples {
             if let Some(i) = tgids.iter().position(|t| *t == s.tgid)
                 && s.exit.is_some()

@@ -61,7 +61,7 @@ fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
         tgid,
         _pad: 0,
     };
-    if BLOCK_PENDING.insert(&key, &pending, 0).is_err() {
+    if BLOCK_PENDING.insert(key, pending, 0).is_err() {
         count_drop(Drop::BlockPendingFull);
     }
     Some(())
@@ -82,8 +82,8 @@ fn try_rq_complete(ctx: &TracePointContext) -> Option<()> {
         _pad: 0,
     };
     // SAFETY: map value read, copied out before the delete.
-    let pending = *unsafe { BLOCK_PENDING.get(&key) }?;
-    let _ = BLOCK_PENDING.remove(&key);
+    let pending = *unsafe { BLOCK_PENDING.get(key) }?;
+    let _ = BLOCK_PENDING.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
     let p = proc_existing(pending.tgid)?;
     if now > pending.queued_ns {

@@ -29,15 +29,14 @@ fn try_rss_stat(ctx: &TracePointContext) -> Option<()> {
     let proc = if curr != 0 {
         let (_, tgid) = current_ids();
         // SAFETY: map value read.
-        if unsafe { MM_OWNER.get(&mm_id) } != Some(&tgid)
-            && MM_OWNER.insert(&mm_id, &tgid, 0).is_err()
+        if unsafe { MM_OWNER.get(mm_id) } != Some(&tgid) && MM_OWNER.insert(mm_id, tgid, 0).is_err()
         {
             count_drop(Drop::MmOwnerFull);
         }
         proc_entry(tgid)?
     } else {
         // SAFETY: map value read.
-        let owner = *unsafe { MM_OWNER.get(&mm_id) }?;
+        let owner = *unsafe { MM_OWNER.get(mm_id) }?;
         proc_existing(owner)?
     };
     proc.rss[member] = size;

@@ -37,7 +37,11 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         None => return 0,
     };
     let state = prev_state as u32;
-    on_switch(preempt & 1 != 0 || state == 0, state & TASK_DEAD != 0, next_tid);
+    on_switch(
+        preempt & 1 != 0 || state == 0,
+        state & TASK_DEAD != 0,
+        next_tid,
+    );
     0
 }
 
@@ -77,7 +81,7 @@ fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
         add(&mut proc.voluntary_switches, 1);
     }
     proc.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    match THREADS.get_ptr_mut(&tid) {
+    match THREADS.get_ptr_mut(tid) {
         Some(t) => {
             // SAFETY: map value, valid for the program's run.
             let t = unsafe { &mut *t };
@@ -90,7 +94,7 @@ fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
                 hist_add(&mut proc.runq_hist, t.pending_wait);
             }
             if dead {
-                let _ = THREADS.remove(&tid);
+                let _ = THREADS.remove(tid);
             } else {
                 t.oncpu_since = 0;
                 t.pending_wait = 0;
@@ -104,7 +108,7 @@ fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
                 wait_since: if involuntary { now } else { 0 },
                 pending_wait: 0,
             };
-            if THREADS.insert(&tid, &st, BPF_NOEXIST as u64).is_err() {
+            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
                 count_drop(Drop::ThreadMapFull);
             }
         }
@@ -114,7 +118,7 @@ fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
 
 #[inline(always)]
 fn switch_in(now: u64, tid: u32) {
-    match THREADS.get_ptr_mut(&tid) {
+    match THREADS.get_ptr_mut(tid) {
         Some(t) => {
             // SAFETY: map value, valid for the program's run.
             let t = unsafe { &mut *t };
@@ -130,7 +134,7 @@ fn switch_in(now: u64, tid: u32) {
                 wait_since: 0,
                 pending_wait: 0,
             };
-            if THREADS.insert(&tid, &st, BPF_NOEXIST as u64).is_err() {
+            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
                 count_drop(Drop::ThreadMapFull);
             }
         }

@@ -61,7 +61,7 @@ fn wake(tid: u32) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    match THREADS.get_ptr_mut(&tid) {
+    match THREADS.get_ptr_mut(tid) {
         // SAFETY: map value, valid for the program's run.
         Some(t) => unsafe { (*t).wait_since = now },
         None => {
@@ -70,7 +70,7 @@ fn wake(tid: u32) {
                 wait_since: now,
                 pending_wait: 0,
             };
-            if THREADS.insert(&tid, &st, BPF_NOEXIST as u64).is_err() {
+            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
                 count_drop(Drop::ThreadMapFull);
             }
         }

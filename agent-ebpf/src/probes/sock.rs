@@ -22,9 +22,9 @@ const TCP_LISTEN: i32 = 10;
 #[inline(always)]
 fn remember_owner(sk: u64, tgid: u32) {
     // SAFETY: map value read.
-    if unsafe { SOCK_OWNER.get(&sk) } != Some(&tgid) {
+    if unsafe { SOCK_OWNER.get(sk) } != Some(&tgid) {
         // LRU: never fails for lack of room; stale sockets age out.
-        let _ = SOCK_OWNER.insert(&sk, &tgid, 0);
+        let _ = SOCK_OWNER.insert(sk, tgid, 0);
     }
 }
 
@@ -88,14 +88,14 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         remember_owner(sk, tgid);
     } else if new == TCP_CLOSE && old != TCP_LISTEN {
         // SAFETY: map value read.
-        let owner = match unsafe { SOCK_OWNER.get(&sk) } {
+        let owner = match unsafe { SOCK_OWNER.get(sk) } {
             Some(o) => *o,
             None => {
                 count_drop(Drop::SockOwnerUnknown);
                 return None;
             }
         };
-        let _ = SOCK_OWNER.remove(&sk);
+        let _ = SOCK_OWNER.remove(sk);
         add(&mut proc_existing(owner)?.conn_closed, 1);
     }
     Some(())
@@ -110,7 +110,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = tp_field(ctx, config!(tp.retrans_sk))?;
     // SAFETY: map value read.
-    let Some(owner) = (unsafe { SOCK_OWNER.get(&sk) }).copied() else {
+    let Some(owner) = (unsafe { SOCK_OWNER.get(sk) }).copied() else {
         count_drop(Drop::SockOwnerUnknown);
         return None;
     };

@@ -48,7 +48,7 @@ fn find_in(btf: &Btf, st: &btf_rs::Struct, member: &str, base_bits: u32) -> Opti
         let bits = base_bits + m.bit_offset();
         match btf.resolve_name(m) {
             Ok(n) if n == member => {
-                return (bits % 8 == 0).then_some(bits / 8);
+                return bits.is_multiple_of(8).then_some(bits / 8);
             }
             Ok(n) if !n.is_empty() => continue,
             _ => {}

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 use super::{
     CaptureError, CaptureItem, Source, btf, procfs, syscalls,
     tracefs::{self, Tracefs},
-    types::{DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters, ProcessSample, Tick},
+    types::{
+        DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters, ProcessSample, Tick,
+    },
 };
 use crate::config::CaptureConfig;
 
@@ -314,14 +316,28 @@ impl KernelCapture {
             "Kernel capture attached"
         );
 
-        let stats = HashMap::try_from(take(&mut ebpf, "PROC_STATS")?)
-            .map_err(|source| CaptureError::Map { name: "PROC_STATS", source })?;
-        let threads = HashMap::try_from(take(&mut ebpf, "THREADS")?)
-            .map_err(|source| CaptureError::Map { name: "THREADS", source })?;
-        let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?)
-            .map_err(|source| CaptureError::Map { name: "DROPS", source })?;
-        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
-            .map_err(|source| CaptureError::Map { name: "EVENTS", source })?;
+        let stats = HashMap::try_from(take(&mut ebpf, "PROC_STATS")?).map_err(|source| {
+            CaptureError::Map {
+                name: "PROC_STATS",
+                source,
+            }
+        })?;
+        let threads =
+            HashMap::try_from(take(&mut ebpf, "THREADS")?).map_err(|source| CaptureError::Map {
+                name: "THREADS",
+                source,
+            })?;
+        let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(|source| {
+            CaptureError::Map {
+                name: "DROPS",
+                source,
+            }
+        })?;
+        let ring =
+            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| CaptureError::Map {
+                name: "EVENTS",
+                source,
+            })?;
         Ok(KernelCapture {
             ebpf,
             stats,
@@ -355,7 +371,9 @@ impl KernelCapture {
             if item.len() >= std::mem::size_of::<LifecycleEvent>() {
                 // SAFETY: the kernel wrote a whole LifecycleEvent (size checked);
                 // read_unaligned copes with the ring's 8-byte alignment.
-                raw.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LifecycleEvent>()) });
+                raw.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<LifecycleEvent>())
+                });
             }
         }
         let n = raw.len();
@@ -418,7 +436,7 @@ impl KernelCapture {
         let now = procfs::boot_ns();
         let wall_ms = procfs::wall_ms();
         self.ticks += 1;
-        let gc = self.ticks % GC_EVERY_TICKS == 0;
+        let gc = self.ticks.is_multiple_of(GC_EVERY_TICKS);
         let entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
         let mut samples = Vec::with_capacity(entries.len());
         let mut finished = Vec::new();
@@ -426,7 +444,10 @@ impl KernelCapture {
             let info = self.procs.entry(tgid).or_default();
             if info.start_ns != st.first_seen_ns {
                 // A new process (or a reused tgid): learn its name, keep an exit already seen.
-                let exit = info.exit.take().filter(|e| e.timestamp_ns >= st.first_seen_ns);
+                let exit = info
+                    .exit
+                    .take()
+                    .filter(|e| e.timestamp_ns >= st.first_seen_ns);
                 let known = std::mem::take(info);
                 *info = ProcInfo {
                     start_ns: st.first_seen_ns,
@@ -467,9 +488,7 @@ impl KernelCapture {
                     memory.swap = seed.swap;
                 }
             }
-            let exit = info
-                .exit
-                .filter(|e| e.timestamp_ns + EXIT_SETTLE_NS <= now);
+            let exit = info.exit.filter(|e| e.timestamp_ns + EXIT_SETTLE_NS <= now);
             if exit.is_some() {
                 finished.push(tgid);
             }
@@ -493,8 +512,11 @@ impl KernelCapture {
             self.procs.remove(&tgid);
         }
         // Exits of processes that never reached the stats map (or already left it).
-        self.procs
-            .retain(|_, i| i.start_ns != 0 || i.exit.is_none_or(|e| e.timestamp_ns + 10 * EXIT_SETTLE_NS > now));
+        self.procs.retain(|_, i| {
+            i.start_ns != 0
+                || i.exit
+                    .is_none_or(|e| e.timestamp_ns + 10 * EXIT_SETTLE_NS > now)
+        });
         if gc {
             self.gc_threads();
         }
@@ -526,7 +548,10 @@ impl KernelCapture {
             let per_cpu = self
                 .drops
                 .get(&(i as u32), 0)
-                .map_err(|source| CaptureError::Map { name: "DROPS", source })?;
+                .map_err(|source| CaptureError::Map {
+                    name: "DROPS",
+                    source,
+                })?;
             *slot = per_cpu.iter().sum();
         }
         Ok(d)
@@ -573,8 +598,7 @@ impl Source for KernelCapture {
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
-    ebpf.take_map(name)
-        .ok_or(CaptureError::MissingMap { name })
+    ebpf.take_map(name).ok_or(CaptureError::MissingMap { name })
 }
 
 /// Attaches one hook: the BTF tracepoint if possible, the classic one otherwise.
@@ -620,7 +644,9 @@ fn attach(
             hook: hook.to_string(),
             source,
         })?;
-    let res = prog.load().and_then(|()| prog.attach(category, name).map(drop));
+    let res = prog
+        .load()
+        .and_then(|()| prog.attach(category, name).map(drop));
     match res {
         Ok(()) => Ok(HookStatus::Tracepoint),
         Err(e) if !hook.required() => Ok(HookStatus::Unavailable(format!(
@@ -655,19 +681,21 @@ fn attach_btf(
 fn init_kernel_log(ebpf: &mut Ebpf) {
     match aya_log::EbpfLogger::init(ebpf) {
         // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
-        Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
-            Ok(mut fd) => {
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        while let Ok(mut guard) = fd.readable_mut().await {
-                            guard.get_inner_mut().flush();
-                            guard.clear_ready();
-                        }
-                    });
+        Ok(logger) => {
+            match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+                Ok(mut fd) => {
+                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                        handle.spawn(async move {
+                            while let Ok(mut guard) = fd.readable_mut().await {
+                                guard.get_inner_mut().flush();
+                                guard.clear_ready();
+                            }
+                        });
+                    }
                 }
+                Err(e) => debug!(error = %e, "Kernel log not polled"),
             }
-            Err(e) => debug!(error = %e, "Kernel log not polled"),
-        },
+        }
         Err(e) => debug!(error = %e, "Kernel log unavailable"),
     }
 }

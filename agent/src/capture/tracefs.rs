@@ -182,9 +182,27 @@ format:
     #[test]
     fn parses_names_offsets_and_sizes() {
         let f = Format::parse(SWITCH);
-        assert_eq!(f.fields["prev_pid"], Field { offset: 24, size: 4 });
-        assert_eq!(f.fields["prev_comm"], Field { offset: 8, size: 16 });
-        assert_eq!(f.fields["prev_state"], Field { offset: 32, size: 8 });
+        assert_eq!(
+            f.fields["prev_pid"],
+            Field {
+                offset: 24,
+                size: 4
+            }
+        );
+        assert_eq!(
+            f.fields["prev_comm"],
+            Field {
+                offset: 8,
+                size: 16
+            }
+        );
+        assert_eq!(
+            f.fields["prev_state"],
+            Field {
+                offset: 32,
+                size: 8
+            }
+        );
         assert_eq!(f.fields["filename"], Field { offset: 8, size: 4 });
         assert_eq!(f.fields["skaddr"], Field { offset: 8, size: 8 });
         assert_eq!(f.fields["common_type"], Field { offset: 0, size: 2 });

@@ -1,6 +1,8 @@
 //! Plain values of the capture stage: what every later stage consumes, free of aya.
 
-use agent_common::{DROP_KINDS, Drop, HIST_BUCKETS, ProcStats, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP};
+use agent_common::{
+    DROP_KINDS, Drop, HIST_BUCKETS, ProcStats, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
+};
 use serde::{Deserialize, Serialize};
 
 /// A log2 histogram of nanoseconds: bucket `i` counts values in `[2^i, 2^(i+1))`.

@@ -153,7 +153,8 @@ fn io(path: &str, bytes: usize, mode: &str) {
     let off = backing.as_ptr().align_offset(4096);
     let buf = &mut backing[off..off + CHUNK];
     let cpath = CString::new(path).unwrap();
-    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | if direct { libc::O_DIRECT } else { 0 };
+    let flags =
+        libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | if direct { libc::O_DIRECT } else { 0 };
     ready("");
     wait_go();
     // SAFETY: plain syscalls on a buffer we own.

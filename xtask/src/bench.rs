@@ -1,0 +1,291 @@
+//! `cargo xtask bench overhead`: what the agent costs, measured in one run.
+//!
+//! - Slowdown: a pipe ping-pong between two threads (the shape of `perf bench sched pipe`:
+//!   every round trip is two context switches, two wakeups, two reads and two writes,
+//!   all of them hooked), run alternately without and with the agent; the ratio of the
+//!   medians.
+//! - Per-program cost: `kernel.bpf_stats_enabled` on, run time / run count per program
+//!   from `bpftool prog show`, while the ping-pong runs.
+//! - Agent CPU and RSS: utime + stime and VmRSS of the agent process, idle and under load.
+
+use std::{
+    fs,
+    io::Write,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use crate::{install, util};
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Slowdown of a scheduler-heavy benchmark with the agent, per-program ns/run, agent CPU and RSS.
+    Overhead {
+        /// Alternating rounds (each runs the benchmark without and with the agent).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Round trips per benchmark run.
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u64,
+    },
+}
+
+pub fn run(b: Bench) -> Result<()> {
+    match b {
+        Bench::Overhead { rounds, iterations } => overhead(rounds, iterations),
+    }
+}
+
+fn overhead(rounds: usize, iterations: u64) -> Result<()> {
+    if !util::is_root() {
+        bail!("the overhead benchmark loads the agent: run it as root");
+    }
+    install::apt(&["bpftool"])?;
+    util::step("build (release)");
+    util::cargo(&["build", "--release", "-p", "umbra"])?;
+    let bin = util::target_dir().join("release/umbra");
+    set_bpf_stats(false)?;
+
+    util::step(&format!(
+        "{rounds} alternating rounds of {iterations} pipe round trips"
+    ));
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for r in 0..rounds {
+        // Alternate the order so that drift (thermal, caches) hits both sides alike.
+        let first_with = r % 2 == 1;
+        for agent_on in [first_with, !first_with] {
+            let ns = if agent_on {
+                let agent = Agent::start(&bin)?;
+                let ns = pingpong(iterations);
+                agent.stop()?;
+                ns
+            } else {
+                pingpong(iterations)
+            };
+            eprintln!(
+                "round {r}: agent {}: {ns:.0} ns per round trip",
+                if agent_on { "on " } else { "off" }
+            );
+            if agent_on {
+                with.push(ns)
+            } else {
+                without.push(ns)
+            }
+        }
+    }
+    let (m_without, m_with) = (median(&mut without), median(&mut with));
+    let slowdown = m_with / m_without - 1.0;
+
+    util::step("per-program cost and agent footprint");
+    let agent = Agent::start(&bin)?;
+    let idle_cpu = agent.cpu_percent(Duration::from_secs(20))?;
+    set_bpf_stats(true)?;
+    let load = thread::spawn(move || pingpong(iterations * 4));
+    let load_cpu = agent.cpu_percent(Duration::from_secs(5))?;
+    let _ = load.join();
+    let progs = prog_stats()?;
+    set_bpf_stats(false)?;
+    let rss = agent.rss_bytes()?;
+    agent.stop()?;
+
+    let mut md = String::new();
+    md.push_str("| measure | value | goal |\n|---|---|---|\n");
+    md.push_str(&format!(
+        "| pipe round trip, median without agent | {m_without:.0} ns | |\n| pipe round trip, median with agent | {m_with:.0} ns | |\n| slowdown | {:.2}% | ≤ 3% |\n",
+        slowdown * 100.0
+    ));
+    md.push_str(&format!(
+        "| agent CPU, idle machine | {idle_cpu:.3}% of one core | ≤ 0.5% |\n"
+    ));
+    md.push_str(&format!(
+        "| agent CPU, under the pipe benchmark | {load_cpu:.3}% of one core | |\n"
+    ));
+    md.push_str(&format!(
+        "| agent RSS | {:.1} MB | ≤ 25 MB |\n",
+        rss as f64 / 1e6
+    ));
+    md.push_str("\n| program | runs | ns/run |\n|---|---|---|\n");
+    for (name, cnt, ns) in &progs {
+        md.push_str(&format!("| {name} | {cnt} | {ns:.0} |\n"));
+    }
+    let out = util::target_dir().join("bench/overhead.md");
+    fs::create_dir_all(out.parent().context("bench dir")?)?;
+    fs::write(&out, &md)?;
+    println!("{md}\n(written to {})", out.display());
+    Ok(())
+}
+
+/// Mean ns per round trip of `n` ping-pongs over two pipes between two threads.
+fn pingpong(n: u64) -> f64 {
+    let mut a = [0i32; 2];
+    let mut b = [0i32; 2];
+    // SAFETY: pipe(2) fills the two-element arrays.
+    unsafe {
+        libc::pipe(a.as_mut_ptr());
+        libc::pipe(b.as_mut_ptr());
+    }
+    let (a_r, a_w, b_r, b_w) = (a[0], a[1], b[0], b[1]);
+    let start = Instant::now();
+    let peer = thread::spawn(move || {
+        let mut c = [0u8; 1];
+        for _ in 0..n {
+            // SAFETY: valid fds and a one-byte buffer.
+            unsafe {
+                libc::read(a_r, c.as_mut_ptr().cast(), 1);
+                libc::write(b_w, c.as_ptr().cast(), 1);
+            }
+        }
+    });
+    let mut c = [1u8; 1];
+    for _ in 0..n {
+        // SAFETY: as above.
+        unsafe {
+            libc::write(a_w, c.as_ptr().cast(), 1);
+            libc::read(b_r, c.as_mut_ptr().cast(), 1);
+        }
+    }
+    let _ = peer.join();
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    for fd in [a_r, a_w, b_r, b_w] {
+        // SAFETY: closing fds we opened.
+        unsafe { libc::close(fd) };
+    }
+    ns
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn set_bpf_stats(on: bool) -> Result<()> {
+    fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if on { "1" } else { "0" },
+    )
+    .context("writing /proc/sys/kernel/bpf_stats_enabled")
+}
+
+/// (program, run count, ns/run) of the agent's programs.
+fn prog_stats() -> Result<Vec<(String, u64, f64)>> {
+    let out = util::output("bpftool", &["-j", "prog", "show"]).context("bpftool prog show")?;
+    let mut rows = Vec::new();
+    // Minimal JSON scan: objects with "name", "run_time_ns", "run_cnt".
+    for obj in out.split("},{") {
+        let field = |k: &str| -> Option<String> {
+            let i = obj.find(&format!("\"{k}\":"))? + k.len() + 3;
+            let rest = &obj[i..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim_matches('"').to_string())
+        };
+        let (Some(name), Some(rt), Some(cnt)) =
+            (field("name"), field("run_time_ns"), field("run_cnt"))
+        else {
+            continue;
+        };
+        let (Ok(rt), Ok(cnt)) = (rt.parse::<u64>(), cnt.parse::<u64>()) else {
+            continue;
+        };
+        if cnt > 0
+            && OUR_PROGRAMS
+                .iter()
+                .any(|p| p.starts_with(&name) || name.starts_with(p))
+        {
+            rows.push((name, cnt, rt as f64 / cnt as f64));
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    Ok(rows)
+}
+
+const OUR_PROGRAMS: &[&str] = &[
+    "sched_switch",
+    "sched_wakeup",
+    "sched_process",
+    "rss_stat",
+    "page_fault_user",
+    "sys_exit",
+    "block_bio_queue",
+    "block_rq_compl",
+    "sock_send_lengt",
+    "sock_recv_lengt",
+    "inet_sock_set_s",
+    "tcp_retransmit_",
+];
+
+/// The agent running as a child (`umbra run`, output discarded).
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(bin: &std::path::Path) -> Result<Agent> {
+        let mut child = Command::new(bin)
+            .args(["--log", "warn", "run", "--top", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        // Attached once its programs show up; give it a moment either way.
+        thread::sleep(Duration::from_secs(2));
+        if let Some(st) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("agent exited early ({st}): {err}");
+        }
+        Ok(Agent { child })
+    }
+
+    fn ticks(&self) -> Result<u64> {
+        let s = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm.
+        Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+    }
+
+    /// CPU used over `window`, percent of one core.
+    fn cpu_percent(&self, window: Duration) -> Result<f64> {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let t0 = self.ticks()?;
+        let start = Instant::now();
+        thread::sleep(window);
+        let t1 = self.ticks()?;
+        Ok((t1 - t0) as f64 / hz / start.elapsed().as_secs_f64() * 100.0)
+    }
+
+    fn rss_bytes(&self) -> Result<u64> {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("VmRSS")?;
+        Ok(kb * 1024)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let st = self.child.wait()?;
+        if !st.success() {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            let _ = std::io::stderr().write_all(err.as_bytes());
+            bail!("agent exited with {st}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Installs what building and testing Umbra needs, idempotently: each check is cheap and
+//! silent when the thing is already there.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::util::{self, output, run};
+
+/// Debian packages: LLVM 22 for bpf-linker (nightly rustc uses LLVM 22 too).
+const PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "clang-22", "libzstd-dev"];
+/// The bpf-linker release built against Debian's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn all() -> Result<()> {
+    apt(PACKAGES)?;
+    rustup()?;
+    bpf_linker()?;
+    mounts()?;
+    Ok(())
+}
+
+/// Installs the Debian packages of `pkgs` that are missing (one `apt-get update` first).
+pub fn apt(pkgs: &[&str]) -> Result<()> {
+    apt_with(pkgs, &[])
+}
+
+pub fn apt_with(pkgs: &[&str], extra: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "missing Debian packages {}; run `sudo apt-get install -y {}` or run xtask as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    util::step(&format!("apt-get install {}", missing.join(" ")));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(extra)
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn installed(pkg: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${db:Status-Status}", pkg])
+        .is_some_and(|s| s.trim() == "installed")
+}
+
+fn rustup() -> Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        util::step("rustup toolchain install nightly");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let have = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    for c in ["rust-src", "rustfmt", "clippy"] {
+        if !have.lines().any(|l| l.starts_with(c)) {
+            util::step(&format!("rustup component add {c} --toolchain nightly"));
+            run(Command::new("rustup").args(["component", "add", c, "--toolchain", "nightly"]))?;
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let v = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if v.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    util::step(&format!(
+        "cargo install bpf-linker {BPF_LINKER_VERSION} (against LLVM 22)"
+    ));
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--force",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+/// tracefs (to attach tracepoints) and bpffs.
+fn mounts() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mounted = |fs: &str, at: &str| {
+        mounts.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some(at) && l.split_whitespace().nth(2) == Some(fs)
+        })
+    };
+    for (fs, at) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        if mounted(fs, at) || !Path::new(at).is_dir() {
+            continue;
+        }
+        if !util::is_root() {
+            eprintln!("note: {fs} is not mounted at {at}; privileged tests will skip (needs root)");
+            continue;
+        }
+        util::step(&format!("mount -t {fs} {fs} {at}"));
+        run(Command::new("mount").args(["-t", fs, fs, at]))?;
+    }
+    Ok(())
+}
+
+/// The musl triple for `arch`, with its rustup target installed.
+pub fn musl_target(arch: &str) -> Result<String> {
+    let triple = match arch {
+        "aarch64" | "arm64" | "aarch64-unknown-linux-musl" => "aarch64-unknown-linux-musl",
+        "x86_64" | "amd64" | "x86_64-unknown-linux-musl" => "x86_64-unknown-linux-musl",
+        other => bail!("unknown target {other:?}: use aarch64 or x86_64"),
+    };
+    let have = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !have.lines().any(|l| l.trim() == triple) {
+        util::step(&format!("rustup target add {triple}"));
+        run(Command::new("rustup").args(["target", "add", triple]))?;
+    }
+    Ok(triple.to_string())
+}

@@ -1,0 +1,91 @@
+//! Running commands, finding the workspace, printing steps.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+pub fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// Puts cargo's bin directory (bpf-linker) on PATH for every child.
+pub fn init_env() {
+    let bin = cargo_home().join("bin");
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut paths: Vec<PathBuf> = env::split_paths(&path).collect();
+    if !paths.contains(&bin) {
+        paths.insert(0, bin);
+        if let Ok(p) = env::join_paths(paths) {
+            // SAFETY: single-threaded at this point (called first thing in main).
+            unsafe { env::set_var("PATH", p) };
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or `None` if it cannot start or fails.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").args(args).current_dir(root()))
+}
+
+pub fn cargo_in(dir: &str, args: &[&str]) -> Result<()> {
+    run(Command::new("cargo")
+        .args(args)
+        .current_dir(root().join(dir)))
+}
+
+/// Runs `bin args` as root (through sudo when not root already).
+pub fn run_as_root(bin: &Path, args: &[String]) -> Result<()> {
+    if is_root() {
+        run(Command::new(bin).args(args))
+    } else {
+        run(Command::new("sudo").arg("-E").arg(bin).args(args))
+    }
+}
