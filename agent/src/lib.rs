@@ -6,6 +6,7 @@
 //! - [`trace`]: the live stream for kernel engineers (`umbra trace`).
 //! - [`pipeline`]: wires the stages; the only place that knows all of them.
 
+pub mod aggregate;
 pub mod capture;
 pub mod config;
 pub mod pipeline;
