@@ -30,7 +30,8 @@ pub const RSS_SHMEM: usize = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcStats {
-    /// cgroup v2 id of the process, refreshed whenever it is switched out.
+    /// cgroup v2 id of the process: set when first seen and at exec, followed through
+    /// `cgroup/cgroup_attach_task` when the process is moved.
     pub cgroup_id: u64,
     /// `bpf_ktime_get_boot_ns` when the kernel first saw the process; tells a reused tgid apart.
     pub first_seen_ns: u64,
@@ -177,6 +178,56 @@ impl Drop {
     }
 }
 
+/// The kernel programs, one id per hook (dual BTF/classic attachments share an id); drop
+/// counters are kept per program and kind. Userspace's `Hook::ALL` follows this order.
+pub mod prog {
+    pub const SCHED_SWITCH: u32 = 0;
+    pub const SCHED_WAKEUP: u32 = 1;
+    pub const SCHED_WAKEUP_NEW: u32 = 2;
+    pub const SCHED_PROCESS_EXEC: u32 = 3;
+    pub const SCHED_PROCESS_FORK: u32 = 4;
+    pub const SCHED_PROCESS_EXIT: u32 = 5;
+    pub const RSS_STAT: u32 = 6;
+    pub const PAGE_FAULT_USER: u32 = 7;
+    pub const SYS_EXIT: u32 = 8;
+    pub const BLOCK_BIO_QUEUE: u32 = 9;
+    pub const BLOCK_RQ_COMPLETE: u32 = 10;
+    pub const SOCK_SEND_LENGTH: u32 = 11;
+    pub const SOCK_RECV_LENGTH: u32 = 12;
+    pub const INET_SOCK_SET_STATE: u32 = 13;
+    pub const TCP_RETRANSMIT_SKB: u32 = 14;
+    pub const CGROUP_ATTACH_TASK: u32 = 15;
+    pub const COUNT: usize = 16;
+    /// Names, by id: the hooks' tracepoint names.
+    pub const NAMES: [&str; COUNT] = [
+        "sched_switch",
+        "sched_wakeup",
+        "sched_wakeup_new",
+        "sched_process_exec",
+        "sched_process_fork",
+        "sched_process_exit",
+        "rss_stat",
+        "page_fault_user",
+        "sys_exit",
+        "block_bio_queue",
+        "block_rq_complete",
+        "sock_send_length",
+        "sock_recv_length",
+        "inet_sock_set_state",
+        "tcp_retransmit_skb",
+        "cgroup_attach_task",
+    ];
+}
+
+/// Slots of the `DROPS` per-CPU array: one per (program, drop kind).
+pub const DROP_SLOTS: usize = prog::COUNT * DROP_KINDS;
+
+/// The `DROPS` slot of a drop of `kind` in program `prog`.
+#[inline(always)]
+pub const fn drop_slot(prog: u32, kind: Drop) -> u32 {
+    prog * DROP_KINDS as u32 + kind as u32
+}
+
 /// Offsets of the tracepoint fields the programs read, resolved at start-up from
 /// `/sys/kernel/tracing/events/<group>/<name>/format`, so one object runs on kernels whose
 /// tracepoint layouts differ. An offset of [`ABSENT`] means the field does not exist.
@@ -210,9 +261,12 @@ pub struct TpOffsets {
     pub set_state_new: u32,
     pub set_state_protocol: u32,
     pub retrans_sk: u32,
-    pub _pad: u32,
+    pub cgroup_attach_root: u32,
+    pub cgroup_attach_id: u32,
+    pub cgroup_attach_pid: u32,
+    pub _pad: [u32; 2],
 }
-const _: () = assert!(size_of::<TpOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<TpOffsets>() == 32 * 4);
 pub const ABSENT: u32 = u32::MAX;
 
 /// Offsets into kernel structures, from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
@@ -253,7 +307,7 @@ pub struct KernelConfig {
     /// Reserved, zero.
     pub _reserved: u64,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 28 * 4 + 32 + 12 * 8 + 8);
+const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 32 + 12 * 8 + 8);
 
 impl KernelConfig {
     /// A configuration with every field absent; the programs then record nothing that
@@ -287,7 +341,10 @@ impl KernelConfig {
             set_state_new: ABSENT,
             set_state_protocol: ABSENT,
             retrans_sk: ABSENT,
-            _pad: 0,
+            cgroup_attach_root: ABSENT,
+            cgroup_attach_id: ABSENT,
+            cgroup_attach_pid: ABSENT,
+            _pad: [0; 2],
         },
         task: TaskOffsets {
             valid: 0,

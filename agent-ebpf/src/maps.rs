@@ -1,7 +1,7 @@
 //! Maps and the read-only configuration global. Sizes here are defaults: userspace
 //! resizes the hash maps from its config before loading.
 
-use agent_common::{BlockKey, BlockPending, DROP_KINDS, KernelConfig, ProcStats, ThreadState};
+use agent_common::{BlockKey, BlockPending, DROP_SLOTS, KernelConfig, ProcStats, ThreadState};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -24,9 +24,9 @@ pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(32768,
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Drop counters, one slot per [`agent_common::Drop`].
+/// Drop counters, one slot per (program, [`agent_common::Drop`]): see `drop_slot`.
 #[map]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS as u32, 0);
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS as u32, 0);
 
 /// An all-zero `ProcStats`, the source of new `PROC_STATS` entries (too big for the stack).
 #[map]

@@ -3,7 +3,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use agent_common::{ABSENT, Drop, HIST_BUCKETS, ProcStats, hist_bucket};
+use agent_common::{ABSENT, Drop, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
@@ -37,8 +37,8 @@ pub fn hist_add(hist: &mut [u32; HIST_BUCKETS], ns: u64) {
 }
 
 #[inline(always)]
-pub fn count_drop(kind: Drop) {
-    if let Some(slot) = DROPS.get_ptr_mut(kind as u32) {
+pub fn count_drop(prog: u32, kind: Drop) {
+    if let Some(slot) = DROPS.get_ptr_mut(drop_slot(prog, kind)) {
         // SAFETY: per-CPU slot, not shared with another CPU; programs do not nest on a CPU
         // for the tracepoints used here.
         unsafe { *slot += 1 };
@@ -48,7 +48,7 @@ pub fn count_drop(kind: Drop) {
 /// The counters of process `tgid`, created on first sight. `None` (and a counted drop)
 /// when the map is full.
 #[inline(always)]
-pub fn proc_entry(tgid: u32) -> Option<&'static mut ProcStats> {
+pub fn proc_entry(prog: u32, tgid: u32) -> Option<&'static mut ProcStats> {
     if let Some(p) = PROC_STATS.get_ptr_mut(tgid) {
         // SAFETY: map values stay valid for the program's run.
         return Some(unsafe { &mut *p });
@@ -61,7 +61,7 @@ pub fn proc_entry(tgid: u32) -> Option<&'static mut ProcStats> {
         // Another CPU inserted it first: fine, look it up below.
         Err(-17) => {}
         Err(_) => {
-            count_drop(Drop::ProcMapFull);
+            count_drop(prog, Drop::ProcMapFull);
             return None;
         }
     }
@@ -86,7 +86,7 @@ pub fn proc_existing(tgid: u32) -> Option<&'static mut ProcStats> {
 /// Reads a `T` at `offset` in a classic tracepoint's record. `None` when the offset is
 /// [`ABSENT`] (the field does not exist on this kernel) or the read fails (counted).
 #[inline(always)]
-pub fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+pub fn tp_field<T>(ctx: &TracePointContext, prog: u32, offset: u32) -> Option<T> {
     if offset == ABSENT || offset > 4096 {
         return None;
     }
@@ -94,7 +94,7 @@ pub fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     match unsafe { ctx.read_at::<T>(offset as usize) } {
         Ok(v) => Some(v),
         Err(_) => {
-            count_drop(Drop::ReadFailed);
+            count_drop(prog, Drop::ReadFailed);
             None
         }
     }
@@ -108,6 +108,18 @@ pub fn kread<T>(base: *const u8, offset: u32) -> Option<T> {
     }
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.ok()
+}
+
+/// The pid (thread id) of a task from a BTF tracepoint argument, through its BTF offset.
+/// A direct load: the verifier checks it against the task's BTF type, no helper call.
+#[inline(always)]
+pub fn task_pid(task: *const u8) -> Option<u32> {
+    if config!(task.valid) == 0 || task.is_null() {
+        return None;
+    }
+    let off = config!(task.task_pid) as usize;
+    // SAFETY: `task` is a trusted `task_struct *` argument and `off` its `pid` member.
+    Some(unsafe { core::ptr::read(task.add(off).cast::<i32>()) } as u32)
 }
 
 /// `tgid` and `pid` of a task, through its BTF offsets.

@@ -231,12 +231,17 @@ impl<W: Write> Tracer<W> {
                 .any(|s| s.tgid == *tgid && s.start_ns == *start)
         });
         if t.drops != self.last_drops {
+            let old: Vec<_> = self.last_drops.by_program().collect();
             let changed: Vec<String> = t
                 .drops
-                .iter()
-                .zip(self.last_drops.iter())
-                .filter(|((_, n), (_, o))| n != o)
-                .map(|((k, n), (_, o))| format!("{k}=+{}", n - o))
+                .by_program()
+                .filter_map(|(p, k, n)| {
+                    let o = old
+                        .iter()
+                        .find(|(op, ok, _)| *op == p && *ok == k)
+                        .map_or(0, |x| x.2);
+                    (n != o).then(|| format!("{p}/{k}=+{}", n - o))
+                })
                 .collect();
             eprintln!("umbra: kernel drops: {}", changed.join(" "));
             self.last_drops = t.drops;

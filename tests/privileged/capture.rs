@@ -5,7 +5,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use umbra::capture::{Hook, LifecycleKind};
+use umbra::capture::{DropKind, Hook, LifecycleKind};
 use umbra_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -264,4 +264,69 @@ fn pinned_spinners_wait_in_the_run_queue() {
     }
     a.finish();
     b.finish();
+}
+
+#[test]
+fn a_process_moved_to_another_cgroup_is_followed() {
+    if !privileged("a_process_moved_to_another_cgroup_is_followed") {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        panic!("no cgroup2 mount in /proc/mounts");
+    };
+    let dir = root.join(format!("umbra-test-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
+    let mut cap = capture();
+    let mut w = Workload::start(&["spin", "50"]);
+    std::fs::write(dir.join("cgroup.procs"), w.pid().to_string()).unwrap();
+    w.go();
+    w.wait_done();
+    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+        s.cgroup_id == id
+    });
+    w.finish();
+    std::fs::remove_dir(&dir).unwrap();
+    let s = s.unwrap_or_else(|| panic!("cgroup id of the moved process never became {id}"));
+    assert_eq!(s.cgroup_id, id);
+}
+
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| std::path::PathBuf::from(f[1]))
+}
+
+#[test]
+fn a_full_process_map_is_a_counted_drop() {
+    if !privileged("a_full_process_map_is_a_counted_drop") {
+        return;
+    }
+    let cfg = umbra::config::CaptureConfig {
+        max_processes: 64,
+        ..Default::default()
+    };
+    let mut cap = capture_with(&cfg);
+    // More processes than the map holds, all alive at once.
+    let kids: Vec<Workload> = (0..100).map(|_| Workload::start(&["spin", "1"])).collect();
+    for k in &kids {
+        k.go();
+    }
+    let tick = cap.sample().unwrap();
+    let drops = cap.drop_counts().unwrap();
+    for mut k in kids {
+        k.wait_done();
+        k.finish();
+    }
+    let full = drops.get(DropKind::ProcMapFull);
+    eprintln!("map full: {} tracked, {full} drops", tick.samples.len());
+    assert!(
+        tick.samples.len() <= 64,
+        "{} processes in a 64-entry map",
+        tick.samples.len()
+    );
+    assert!(full > 0, "a full process map dropped nothing: {drops:?}");
 }

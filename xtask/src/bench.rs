@@ -6,7 +6,8 @@
 //!   medians.
 //! - Per-program cost: `kernel.bpf_stats_enabled` on, run time / run count per program
 //!   from `bpftool prog show`, while the ping-pong runs.
-//! - Agent CPU and RSS: utime + stime and VmRSS of the agent process, idle and under load.
+//! - Agent CPU and RSS: on-CPU time of all its threads (schedstat) and VmRSS, idle and
+//!   under load.
 
 use std::{
     fs,
@@ -86,7 +87,7 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
     let idle_cpu = agent.cpu_percent(Duration::from_secs(20))?;
     set_bpf_stats(true)?;
     let load = thread::spawn(move || pingpong(iterations * 4));
-    let load_cpu = agent.cpu_percent(Duration::from_secs(5))?;
+    let load_cpu = agent.cpu_percent(Duration::from_secs(10))?;
     let _ = load.join();
     let progs = prog_stats()?;
     set_bpf_stats(false)?;
@@ -243,24 +244,27 @@ impl Agent {
         Ok(Agent { child })
     }
 
-    fn ticks(&self) -> Result<u64> {
-        let s = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm.
-        Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+    /// On-CPU ns of all the agent's threads (`/proc/<pid>/task/*/schedstat`).
+    fn cpu_ns(&self) -> Result<u64> {
+        let mut total = 0;
+        for t in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let s = fs::read_to_string(t?.path().join("schedstat")).unwrap_or_default();
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// CPU used over `window`, percent of one core.
     fn cpu_percent(&self, window: Duration) -> Result<f64> {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let t0 = self.ticks()?;
+        let t0 = self.cpu_ns()?;
         let start = Instant::now();
         thread::sleep(window);
-        let t1 = self.ticks()?;
-        Ok((t1 - t0) as f64 / hz / start.elapsed().as_secs_f64() * 100.0)
+        let t1 = self.cpu_ns()?;
+        Ok((t1 - t0) as f64 / start.elapsed().as_nanos() as f64 * 100.0)
     }
 
     fn rss_bytes(&self) -> Result<u64> {

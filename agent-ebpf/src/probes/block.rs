@@ -4,7 +4,10 @@
 //! `block/block_rq_complete` closes the request and adds its latency, from queue to
 //! completion, to the issuer's histogram.
 
-use agent_common::{BlockKey, BlockPending, Drop};
+use agent_common::{
+    BlockKey, BlockPending, Drop,
+    prog::{BLOCK_BIO_QUEUE, BLOCK_RQ_COMPLETE},
+};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -20,10 +23,10 @@ pub fn block_bio_queue(ctx: TracePointContext) -> u32 {
 }
 
 fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
-    let dev: u32 = tp_field(ctx, config!(tp.bio_dev))?;
-    let sector: u64 = tp_field(ctx, config!(tp.bio_sector))?;
-    let nr_sector: u32 = tp_field(ctx, config!(tp.bio_nr_sector))?;
-    let rwbs: [u8; 8] = tp_field(ctx, config!(tp.bio_rwbs))?;
+    let dev: u32 = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_dev))?;
+    let sector: u64 = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_sector))?;
+    let nr_sector: u32 = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_nr_sector))?;
+    let rwbs: [u8; 8] = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_rwbs))?;
     if nr_sector == 0 {
         return None;
     }
@@ -43,7 +46,7 @@ fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let (_, tgid) = current_ids();
-    let p = proc_entry(tgid)?;
+    let p = proc_entry(BLOCK_BIO_QUEUE, tgid)?;
     let bytes = nr_sector as u64 * 512;
     if write {
         add(&mut p.block_write_bytes, bytes);
@@ -62,7 +65,7 @@ fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
         _pad: 0,
     };
     if BLOCK_PENDING.insert(key, pending, 0).is_err() {
-        count_drop(Drop::BlockPendingFull);
+        count_drop(BLOCK_BIO_QUEUE, Drop::BlockPendingFull);
     }
     Some(())
 }
@@ -74,8 +77,8 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
 }
 
 fn try_rq_complete(ctx: &TracePointContext) -> Option<()> {
-    let dev: u32 = tp_field(ctx, config!(tp.rq_done_dev))?;
-    let sector: u64 = tp_field(ctx, config!(tp.rq_done_sector))?;
+    let dev: u32 = tp_field(ctx, BLOCK_RQ_COMPLETE, config!(tp.rq_done_dev))?;
+    let sector: u64 = tp_field(ctx, BLOCK_RQ_COMPLETE, config!(tp.rq_done_sector))?;
     let key = BlockKey {
         sector,
         dev,

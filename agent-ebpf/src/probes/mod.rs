@@ -1,6 +1,7 @@
 //! One file per hook. Each program is a thin wrapper around a `try_` function.
 
 mod block;
+mod cgroup;
 mod page_fault;
 mod rss_stat;
 mod sched_process;

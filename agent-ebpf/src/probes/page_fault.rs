@@ -2,6 +2,7 @@
 //! userspace attaches it where the tracepoint exists and reports faults as unavailable
 //! elsewhere.
 
+use agent_common::prog::PAGE_FAULT_USER as PROG;
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::util::{add, current_ids, proc_entry};
@@ -9,7 +10,7 @@ use crate::util::{add, current_ids, proc_entry};
 #[tracepoint(category = "exceptions", name = "page_fault_user")]
 pub fn page_fault_user(_ctx: TracePointContext) -> u32 {
     let (_, tgid) = current_ids();
-    if let Some(p) = proc_entry(tgid) {
+    if let Some(p) = proc_entry(PROG, tgid) {
         add(&mut p.page_faults, 1);
     }
     0

@@ -2,7 +2,7 @@
 //! bytes, as the kernel's counters hold it. Reported in the owner's context (`curr`) or
 //! from another task (reclaim, exit), where the hashed `mm_id` finds the owner.
 
-use agent_common::{Drop, RSS_MEMBERS};
+use agent_common::{Drop, RSS_MEMBERS, prog::RSS_STAT as PROG};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -18,10 +18,10 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
 }
 
 fn try_rss_stat(ctx: &TracePointContext) -> Option<()> {
-    let mm_id: u32 = tp_field(ctx, config!(tp.rss_mm_id))?;
-    let curr: u32 = tp_field(ctx, config!(tp.rss_curr))?;
-    let member: i32 = tp_field(ctx, config!(tp.rss_member))?;
-    let size: i64 = tp_field(ctx, config!(tp.rss_size))?;
+    let mm_id: u32 = tp_field(ctx, PROG, config!(tp.rss_mm_id))?;
+    let curr: u32 = tp_field(ctx, PROG, config!(tp.rss_curr))?;
+    let member: i32 = tp_field(ctx, PROG, config!(tp.rss_member))?;
+    let size: i64 = tp_field(ctx, PROG, config!(tp.rss_size))?;
     let member = member as usize;
     if member >= RSS_MEMBERS {
         return None;
@@ -31,9 +31,9 @@ fn try_rss_stat(ctx: &TracePointContext) -> Option<()> {
         // SAFETY: map value read.
         if unsafe { MM_OWNER.get(mm_id) } != Some(&tgid) && MM_OWNER.insert(mm_id, tgid, 0).is_err()
         {
-            count_drop(Drop::MmOwnerFull);
+            count_drop(PROG, Drop::MmOwnerFull);
         }
-        proc_entry(tgid)?
+        proc_entry(PROG, tgid)?
     } else {
         // SAFETY: map value read.
         let owner = *unsafe { MM_OWNER.get(mm_id) }?;

@@ -8,7 +8,7 @@
 
 use agent_common::{
     ABSENT, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FILENAME_LEN, FLAG_GROUP_DEAD,
-    FLAG_GROUP_UNKNOWN, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent,
+    FLAG_GROUP_UNKNOWN, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent, prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -19,18 +19,24 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 
 use crate::{
     config,
     maps::EVENTS,
-    util::{count_drop, current_ids, kread, task_ids, tp_field},
+    util::{count_drop, current_ids, kread, proc_entry, task_ids, tp_field},
 };
 
 /// Reserves an event, fills the common fields from `current`, lets `fill` finish it.
 #[inline(always)]
 fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
     let Some(mut entry) = EVENTS.reserve::<LifecycleEvent>(0) else {
-        count_drop(Drop::RingBufFull);
+        let p = match kind {
+            EVENT_EXEC => prog::SCHED_PROCESS_EXEC,
+            EVENT_FORK => prog::SCHED_PROCESS_FORK,
+            _ => prog::SCHED_PROCESS_EXIT,
+        };
+        count_drop(p, Drop::RingBufFull);
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -65,7 +71,12 @@ fn current_ppid() -> Option<u32> {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let loc: Option<u32> = tp_field(&ctx, config!(tp.exec_filename));
+    // A new image: its cgroup is the one it execs in.
+    let (_, tgid) = current_ids();
+    if let Some(p) = proc_entry(prog::SCHED_PROCESS_EXEC, tgid) {
+        p.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+    let loc: Option<u32> = tp_field(&ctx, prog::SCHED_PROCESS_EXEC, config!(tp.exec_filename));
     emit(EVENT_EXEC, |ev| {
         match current_ppid() {
             Some(ppid) => ev.ppid = ppid,
@@ -78,7 +89,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             let dst: &mut [u8; FILENAME_LEN] = &mut ev.filename;
             if unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_err() {
                 ev.filename[0] = 0;
-                count_drop(Drop::ReadFailed);
+                count_drop(prog::SCHED_PROCESS_EXEC, Drop::ReadFailed);
+                warn!(&ctx, "exec of pid {}: cannot read the file name", ev.pid);
             }
         }
     });
@@ -106,7 +118,8 @@ pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let Some(child) = tp_field::<i32>(&ctx, config!(tp.fork_child_pid)) else {
+    let Some(child) = tp_field::<i32>(&ctx, prog::SCHED_PROCESS_FORK, config!(tp.fork_child_pid))
+    else {
         return 0;
     };
     emit(EVENT_FORK, |ev| {
@@ -131,7 +144,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             .and_then(|sig| kread::<i32>(sig, config!(task.signal_live)))
             .map(|live| live == 0),
         ABSENT => None,
-        off => tp_field::<u8>(&ctx, off).map(|d| d != 0),
+        off => tp_field::<u8>(&ctx, prog::SCHED_PROCESS_EXIT, off).map(|d| d != 0),
     };
     let flags = match group {
         Some(true) => FLAG_GROUP_DEAD,

@@ -8,10 +8,10 @@
 //! `THREADS` entry and added to its process when it is next switched out.
 //! <https://github.com/torvalds/linux/blob/v6.12/kernel/sched/core.c#L6684>
 
-use agent_common::{Drop, ThreadState};
+use agent_common::{Drop, ThreadState, prog::SCHED_SWITCH as PROG};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -19,7 +19,7 @@ use aya_ebpf::{
 use crate::{
     config,
     maps::THREADS,
-    util::{add, count_drop, current_ids, hist_add, proc_entry, task_ids, tp_field},
+    util::{add, count_drop, current_ids, hist_add, proc_entry, task_pid, tp_field},
 };
 
 /// Raw `TASK_DEAD` in `__state` (BTF arguments carry the raw state; kernels ≥ 5.18).
@@ -32,9 +32,8 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
-    let next_tid = match task_ids(next) {
-        Some((pid, _)) => pid,
-        None => return 0,
+    let Some(next_tid) = task_pid(next) else {
+        return 0;
     };
     let state = prev_state as u32;
     on_switch(
@@ -52,8 +51,8 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
-    let state: i64 = tp_field(ctx, config!(tp.switch_prev_state))?;
-    let next_tid: i32 = tp_field(ctx, config!(tp.switch_next_pid))?;
+    let state: i64 = tp_field(ctx, PROG, config!(tp.switch_prev_state))?;
+    let next_tid: i32 = tp_field(ctx, PROG, config!(tp.switch_next_pid))?;
     // Preempted (TASK_REPORT_MAX) or still running: nothing of TASK_REPORT | IDLE is set.
     let involuntary = state & 0xff == 0;
     on_switch(involuntary, state & REPORTED_DEAD != 0, next_tid as u32);
@@ -74,13 +73,14 @@ fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32) {
 
 #[inline(always)]
 fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
-    let Some(proc) = proc_entry(tgid) else { return };
+    let Some(proc) = proc_entry(PROG, tgid) else {
+        return;
+    };
     if involuntary {
         add(&mut proc.involuntary_switches, 1);
     } else {
         add(&mut proc.voluntary_switches, 1);
     }
-    proc.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     match THREADS.get_ptr_mut(tid) {
         Some(t) => {
             // SAFETY: map value, valid for the program's run.
@@ -109,7 +109,7 @@ fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
                 pending_wait: 0,
             };
             if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
-                count_drop(Drop::ThreadMapFull);
+                count_drop(PROG, Drop::ThreadMapFull);
             }
         }
         None => {}
@@ -135,7 +135,7 @@ fn switch_in(now: u64, tid: u32) {
                 pending_wait: 0,
             };
             if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
-                count_drop(Drop::ThreadMapFull);
+                count_drop(PROG, Drop::ThreadMapFull);
             }
         }
     }

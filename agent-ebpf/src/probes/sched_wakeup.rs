@@ -3,7 +3,10 @@
 //! BTF tracepoints read the woken task's pid through its BTF offset; the classic ones
 //! read the `pid` field.
 
-use agent_common::{Drop, ThreadState};
+use agent_common::{
+    Drop, ThreadState,
+    prog::{SCHED_WAKEUP, SCHED_WAKEUP_NEW},
+};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
@@ -14,49 +17,49 @@ use aya_ebpf::{
 use crate::{
     config,
     maps::THREADS,
-    util::{count_drop, task_ids, tp_field},
+    util::{count_drop, task_pid, tp_field},
 };
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
-    wake_task(ctx.arg(0));
+    wake_task(SCHED_WAKEUP, ctx.arg(0));
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
-    wake_task(ctx.arg(0));
+    wake_task(SCHED_WAKEUP_NEW, ctx.arg(0));
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_wakeup")]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    wake_field(&ctx);
+    wake_field(SCHED_WAKEUP, &ctx);
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    wake_field(&ctx);
+    wake_field(SCHED_WAKEUP_NEW, &ctx);
     0
 }
 
 #[inline(always)]
-fn wake_task(task: *const u8) {
-    if let Some((pid, _)) = task_ids(task) {
-        wake(pid);
+fn wake_task(prog: u32, task: *const u8) {
+    if let Some(pid) = task_pid(task) {
+        wake(prog, pid);
     }
 }
 
 #[inline(always)]
-fn wake_field(ctx: &TracePointContext) {
-    if let Some(pid) = tp_field::<i32>(ctx, config!(tp.wakeup_pid)) {
-        wake(pid as u32);
+fn wake_field(prog: u32, ctx: &TracePointContext) {
+    if let Some(pid) = tp_field::<i32>(ctx, prog, config!(tp.wakeup_pid)) {
+        wake(prog, pid as u32);
     }
 }
 
 #[inline(always)]
-fn wake(tid: u32) {
+fn wake(prog: u32, tid: u32) {
     if tid == 0 {
         return;
     }
@@ -71,7 +74,7 @@ fn wake(tid: u32) {
                 pending_wait: 0,
             };
             if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
-                count_drop(Drop::ThreadMapFull);
+                count_drop(prog, Drop::ThreadMapFull);
             }
         }
     }

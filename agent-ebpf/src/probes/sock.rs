@@ -3,7 +3,7 @@
 //! and closed) and `tcp/tcp_retransmit_skb`. Closes and retransmits often run in softirq,
 //! where `current` is unrelated: the socket's owner, learnt in process context, is used.
 
-use agent_common::Drop;
+use agent_common::{Drop, prog};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -30,24 +30,29 @@ fn remember_owner(sk: u64, tgid: u32) {
 
 #[inline(always)]
 fn on_length(ctx: &TracePointContext, send: bool) -> Option<()> {
-    let family: u16 = tp_field(ctx, config!(tp.sock_len_family))?;
+    let p = if send {
+        prog::SOCK_SEND_LENGTH
+    } else {
+        prog::SOCK_RECV_LENGTH
+    };
+    let family: u16 = tp_field(ctx, p, config!(tp.sock_len_family))?;
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let ret: i32 = tp_field(ctx, config!(tp.sock_len_ret))?;
-    let sk: u64 = tp_field(ctx, config!(tp.sock_len_sk))?;
+    let ret: i32 = tp_field(ctx, p, config!(tp.sock_len_ret))?;
+    let sk: u64 = tp_field(ctx, p, config!(tp.sock_len_sk))?;
     let (_, tgid) = current_ids();
-    let p = proc_entry(tgid)?;
+    let stats = proc_entry(p, tgid)?;
     if send {
-        add(&mut p.net_tx_calls, 1);
+        add(&mut stats.net_tx_calls, 1);
     } else {
-        add(&mut p.net_rx_calls, 1);
+        add(&mut stats.net_rx_calls, 1);
     }
     if ret > 0 {
         if send {
-            add(&mut p.net_tx_bytes, ret as u64);
+            add(&mut stats.net_tx_bytes, ret as u64);
         } else {
-            add(&mut p.net_rx_bytes, ret as u64);
+            add(&mut stats.net_rx_bytes, ret as u64);
         }
     }
     remember_owner(sk, tgid);
@@ -73,17 +78,21 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    let protocol: u16 = tp_field(ctx, config!(tp.set_state_protocol))?;
+    let protocol: u16 = tp_field(
+        ctx,
+        prog::INET_SOCK_SET_STATE,
+        config!(tp.set_state_protocol),
+    )?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let old: i32 = tp_field(ctx, config!(tp.set_state_old))?;
-    let new: i32 = tp_field(ctx, config!(tp.set_state_new))?;
-    let sk: u64 = tp_field(ctx, config!(tp.set_state_sk))?;
+    let old: i32 = tp_field(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_old))?;
+    let new: i32 = tp_field(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_new))?;
+    let sk: u64 = tp_field(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_sk))?;
     if new == TCP_SYN_SENT {
         // connect(2), in the connecting task's context.
         let (_, tgid) = current_ids();
-        let p = proc_entry(tgid)?;
+        let p = proc_entry(prog::INET_SOCK_SET_STATE, tgid)?;
         add(&mut p.conn_opened, 1);
         remember_owner(sk, tgid);
     } else if new == TCP_CLOSE && old != TCP_LISTEN {
@@ -91,7 +100,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         let owner = match unsafe { SOCK_OWNER.get(sk) } {
             Some(o) => *o,
             None => {
-                count_drop(Drop::SockOwnerUnknown);
+                count_drop(prog::INET_SOCK_SET_STATE, Drop::SockOwnerUnknown);
                 return None;
             }
         };
@@ -108,10 +117,10 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 }
 
 fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
-    let sk: u64 = tp_field(ctx, config!(tp.retrans_sk))?;
+    let sk: u64 = tp_field(ctx, prog::TCP_RETRANSMIT_SKB, config!(tp.retrans_sk))?;
     // SAFETY: map value read.
     let Some(owner) = (unsafe { SOCK_OWNER.get(sk) }).copied() else {
-        count_drop(Drop::SockOwnerUnknown);
+        count_drop(prog::TCP_RETRANSMIT_SKB, Drop::SockOwnerUnknown);
         return None;
     };
     add(&mut proc_existing(owner)?.retransmits, 1);

@@ -3,6 +3,7 @@
 //! returned byte counts; accept/accept4 count accepted connections. Syscall numbers are
 //! the architecture's, from userspace.
 
+use agent_common::prog::SYS_EXIT as PROG;
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -29,10 +30,10 @@ fn is_in(nr: i64, set: &[i64]) -> bool {
 }
 
 fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
-    let id: i64 = tp_field(ctx, config!(tp.sys_exit_id))?;
-    let ret: i64 = tp_field(ctx, config!(tp.sys_exit_ret))?;
+    let id: i64 = tp_field(ctx, PROG, config!(tp.sys_exit_id))?;
+    let ret: i64 = tp_field(ctx, PROG, config!(tp.sys_exit_ret))?;
     let (_, tgid) = current_ids();
-    let p = proc_entry(tgid)?;
+    let p = proc_entry(PROG, tgid)?;
     add(&mut p.syscalls, 1);
     let nrs = config!(syscalls);
     if is_in(id, &nrs.read) {

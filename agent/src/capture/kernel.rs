@@ -54,10 +54,11 @@ pub enum Hook {
     SockRecvLength,
     InetSockSetState,
     TcpRetransmitSkb,
+    CgroupAttachTask,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 15] = [
+    pub const ALL: [Hook; 16] = [
         Hook::SchedSwitch,
         Hook::SchedWakeup,
         Hook::SchedWakeupNew,
@@ -73,6 +74,7 @@ impl Hook {
         Hook::SockRecvLength,
         Hook::InetSockSetState,
         Hook::TcpRetransmitSkb,
+        Hook::CgroupAttachTask,
     ];
 
     /// (tracefs category, tracepoint name); the name is also the config name of the hook.
@@ -93,6 +95,7 @@ impl Hook {
             Hook::SockRecvLength => ("sock", "sock_recv_length"),
             Hook::InetSockSetState => ("sock", "inet_sock_set_state"),
             Hook::TcpRetransmitSkb => ("tcp", "tcp_retransmit_skb"),
+            Hook::CgroupAttachTask => ("cgroup", "cgroup_attach_task"),
         }
     }
 
@@ -160,6 +163,11 @@ impl Hook {
                 ("protocol", o.set_state_protocol),
             ],
             Hook::TcpRetransmitSkb => vec![("skaddr", o.retrans_sk)],
+            Hook::CgroupAttachTask => vec![
+                ("dst_root", o.cgroup_attach_root),
+                ("dst_id", o.cgroup_attach_id),
+                ("pid", o.cgroup_attach_pid),
+            ],
         }
     }
 }
@@ -224,6 +232,8 @@ pub struct KernelCapture {
     drops: PerCpuArray<MapData, u64>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
+    /// The kernel log, when no runtime polls it: flushed at each sample.
+    logger: Option<KernelLog>,
     report: AttachReport,
     procs: StdHashMap<u32, ProcInfo>,
     pending: VecDeque<CaptureItem>,
@@ -279,7 +289,7 @@ impl KernelCapture {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| CaptureError::Load { source })?;
-        init_kernel_log(&mut ebpf);
+        let logger = init_kernel_log(&mut ebpf);
 
         let mut hooks = Vec::new();
         for hook in Hook::ALL {
@@ -345,6 +355,7 @@ impl KernelCapture {
             drops,
             ring,
             ring_fd: None,
+            logger,
             report,
             procs: StdHashMap::new(),
             pending: VecDeque::new(),
@@ -428,6 +439,9 @@ impl KernelCapture {
     /// Reads every process's counters: live ones, and the final sample of those that
     /// exited (their kernel entries are then removed).
     pub fn sample(&mut self) -> Result<Tick, CaptureError> {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
         let mut events = Vec::new();
         self.drain_events(&mut events);
         for ev in events {
@@ -542,17 +556,20 @@ impl KernelCapture {
         }
     }
 
+    /// Drop counters per program and kind, summed over CPUs.
     pub fn drop_counts(&self) -> Result<DropCounts, CaptureError> {
         let mut d = DropCounts::default();
-        for (i, slot) in d.0.iter_mut().enumerate().take(DROP_KINDS) {
-            let per_cpu = self
-                .drops
-                .get(&(i as u32), 0)
-                .map_err(|source| CaptureError::Map {
-                    name: "DROPS",
-                    source,
-                })?;
-            *slot = per_cpu.iter().sum();
+        for (p, kinds) in d.0.iter_mut().enumerate() {
+            for (k, slot) in kinds.iter_mut().enumerate() {
+                let per_cpu =
+                    self.drops
+                        .get(&((p * DROP_KINDS + k) as u32), 0)
+                        .map_err(|source| CaptureError::Map {
+                            name: "DROPS",
+                            source,
+                        })?;
+                *slot = per_cpu.iter().sum();
+            }
         }
         Ok(d)
     }
@@ -677,26 +694,39 @@ fn attach_btf(
     Ok(())
 }
 
-/// Kernel log lines from the programs (rare paths only) go to `tracing`.
-fn init_kernel_log(ebpf: &mut Ebpf) {
-    match aya_log::EbpfLogger::init(ebpf) {
-        // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
-        Ok(logger) => {
-            match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
-                Ok(mut fd) => {
-                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                        handle.spawn(async move {
-                            while let Ok(mut guard) = fd.readable_mut().await {
-                                guard.get_inner_mut().flush();
-                                guard.clear_ready();
-                            }
-                        });
-                    }
-                }
-                Err(e) => debug!(error = %e, "Kernel log not polled"),
-            }
+/// aya-log's reader of the programs' log ring buffer, emitting through `log` (bridged to
+/// `tracing` by the subscriber).
+type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Kernel log lines from the programs (rare paths only) go to `tracing`: polled by a task
+/// when there is a runtime, else returned to be flushed at each sample.
+fn init_kernel_log(ebpf: &mut Ebpf) -> Option<KernelLog> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            debug!(error = %e, "Kernel log unavailable");
+            return None;
         }
-        Err(e) => debug!(error = %e, "Kernel log unavailable"),
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Some(logger);
+    };
+    let _guard = handle.enter();
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
+    match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(mut fd) => {
+            handle.spawn(async move {
+                while let Ok(mut guard) = fd.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+            None
+        }
+        Err(e) => {
+            debug!(error = %e, "Kernel log not polled");
+            None
+        }
     }
 }
 
@@ -719,6 +749,18 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_follow_the_kernel_program_ids() {
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(agent_common::prog::NAMES[i], h.name());
+        }
+    }
 }
 
 impl fmt::Debug for KernelCapture {

@@ -14,6 +14,7 @@ mod types;
 
 use std::{future::Future, path::PathBuf};
 
+pub use agent_common::Drop as DropKind;
 pub use kernel::{AttachReport, Hook, HookStatus, KernelCapture};
 pub use types::*;
 

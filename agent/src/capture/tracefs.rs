@@ -131,6 +131,7 @@ impl Tracefs {
         let send = f("sock", "sock_send_length");
         let state = f("sock", "inet_sock_set_state");
         let retrans = f("tcp", "tcp_retransmit_skb");
+        let attach = f("cgroup", "cgroup_attach_task");
         TpOffsets {
             switch_prev_pid: switch.offset("prev_pid", 4),
             switch_prev_state: switch.offset("prev_state", 8),
@@ -159,7 +160,10 @@ impl Tracefs {
             set_state_new: state.offset("newstate", 4),
             set_state_protocol: state.offset("protocol", 2),
             retrans_sk: retrans.offset("skaddr", 8),
-            _pad: 0,
+            cgroup_attach_root: attach.offset("dst_root", 4),
+            cgroup_attach_id: attach.offset("dst_id", 8),
+            cgroup_attach_pid: attach.offset("pid", 4),
+            _pad: [0; 2],
         }
     }
 }

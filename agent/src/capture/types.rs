@@ -1,7 +1,7 @@
 //! Plain values of the capture stage: what every later stage consumes, free of aya.
 
 use agent_common::{
-    DROP_KINDS, Drop, HIST_BUCKETS, ProcStats, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
+    DROP_KINDS, Drop, HIST_BUCKETS, ProcStats, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP, prog,
 };
 use serde::{Deserialize, Serialize};
 
@@ -223,13 +223,25 @@ pub fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Everything the kernel could not record, summed over CPUs, since load.
+/// Everything the kernel could not record since load, summed over CPUs, per program
+/// (index: `agent_common::prog`) and kind (index: [`Drop`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropCounts(pub [u64; DROP_KINDS]);
+pub struct DropCounts(pub [[u64; DROP_KINDS]; prog::COUNT]);
 
 impl DropCounts {
+    /// Drops of kind `d`, all programs.
     pub fn get(&self, d: Drop) -> u64 {
-        self.0[d as usize]
+        self.0.iter().map(|p| p[d as usize]).sum()
+    }
+
+    /// Non-zero counters as (program, kind, count).
+    pub fn by_program(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        self.0.iter().enumerate().flat_map(|(p, kinds)| {
+            Drop::ALL
+                .iter()
+                .map(move |d| (prog::NAMES[p], d.name(), kinds[*d as usize]))
+                .filter(|(_, _, n)| *n > 0)
+        })
     }
 
     /// Losses of data: everything but events that could not be attributed to a process.
