@@ -440,12 +440,12 @@ mod tests {
     }
 
     fn tick(ts: u64, samples: Vec<ProcessSample>) -> CaptureItem {
-        CaptureItem::Tick(Tick {
+        CaptureItem::Tick(Box::new(Tick {
             timestamp_ns: ts,
             wall_ms: 0,
             samples,
             drops: DropCounts::default(),
-        })
+        }))
     }
 
     #[test]

@@ -600,7 +600,7 @@ impl Source for KernelCapture {
             tokio::select! {
                 _ = ticker.tick() => {
                     let tick = self.sample()?;
-                    self.pending.push_back(CaptureItem::Tick(tick));
+                    self.pending.push_back(CaptureItem::Tick(Box::new(tick)));
                 }
                 guard = fd.readable() => {
                     let mut guard = guard?;
@@ -751,6 +751,15 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+impl fmt::Debug for KernelCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelCapture")
+            .field("report", &self.report)
+            .field("ring_fd", &self.ring.as_raw_fd())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,14 +769,5 @@ mod tests {
         for (i, h) in Hook::ALL.iter().enumerate() {
             assert_eq!(agent_common::prog::NAMES[i], h.name());
         }
-    }
-}
-
-impl fmt::Debug for KernelCapture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KernelCapture")
-            .field("report", &self.report)
-            .field("ring_fd", &self.ring.as_raw_fd())
-            .finish_non_exhaustive()
     }
 }

@@ -274,7 +274,8 @@ pub struct Tick {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CaptureItem {
     Event(Lifecycle),
-    Tick(Tick),
+    /// Boxed: a tick is large (samples, per-program drops) and comes once per interval.
+    Tick(Box<Tick>),
 }
 
 #[cfg(test)]
