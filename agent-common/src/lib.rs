@@ -64,19 +64,19 @@ pub struct ProcStats {
 }
 const _: () = assert!(size_of::<ProcStats>() == 8 * 29 + 4 * HIST_BUCKETS * 2);
 
-/// Per-thread scheduler state, the value of the `THREADS` map keyed by tid.
+/// What the scheduler hook knows about the task on one CPU (`CPU_STATE`, per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadState {
-    /// When the thread was last switched in (0: not on a CPU as far as we know).
-    pub oncpu_since: u64,
-    /// When the thread became runnable (woken or preempted); 0 when not waiting.
-    pub wait_since: u64,
-    /// The last completed run-queue wait, not yet added to its process (needs the tgid,
-    /// which is known only while the thread itself runs).
+pub struct CpuState {
+    /// When `tid` was switched in on this CPU.
+    pub since: u64,
+    /// How long `tid` waited in the run queue before that; added to its process (whose
+    /// tgid is known only while it runs) when it is switched out.
     pub pending_wait: u64,
+    pub tid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ThreadState>() == 24);
+const _: () = assert!(size_of::<CpuState>() == 24);
 
 /// Kinds of [`LifecycleEvent`].
 pub const EVENT_EXEC: u32 = 1;
@@ -386,7 +386,7 @@ mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, have no padding (asserted above) and
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for ProcStats {}
-    unsafe impl aya::Pod for ThreadState {}
+    unsafe impl aya::Pod for CpuState {}
     unsafe impl aya::Pod for LifecycleEvent {}
     unsafe impl aya::Pod for BlockKey {}
     unsafe impl aya::Pod for BlockPending {}

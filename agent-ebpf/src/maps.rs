@@ -1,7 +1,7 @@
 //! Maps and the read-only configuration global. Sizes here are defaults: userspace
 //! resizes the hash maps from its config before loading.
 
-use agent_common::{BlockKey, BlockPending, DROP_SLOTS, KernelConfig, ProcStats, ThreadState};
+use agent_common::{BlockKey, BlockPending, CpuState, DROP_SLOTS, KernelConfig, ProcStats};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -16,9 +16,14 @@ pub static CONFIG: KernelConfig = KernelConfig::EMPTY;
 #[map]
 pub static PROC_STATS: HashMap<u32, ProcStats> = HashMap::with_max_entries(8192, 0);
 
-/// Per-thread scheduler state keyed by tid; entries are removed when the thread dies.
+/// When each thread became runnable (woken or preempted), keyed by tid; 0 while it runs
+/// or sleeps. Entries are removed when the thread dies.
 #[map]
-pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(32768, 0);
+pub static THREADS: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
+
+/// The task on each CPU: since when, and its last run-queue wait.
+#[map]
+pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Exec, fork and exit events.
 #[map]

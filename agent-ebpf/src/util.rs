@@ -5,6 +5,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{ABSENT, Drop, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket};
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     programs::TracePointContext,
@@ -97,6 +98,23 @@ pub fn tp_field<T>(ctx: &TracePointContext, prog: u32, offset: u32) -> Option<T>
             count_drop(prog, Drop::ReadFailed);
             None
         }
+    }
+}
+
+/// Like [`tp_field`], with the offset this field has had on every kernel so far: when the
+/// running kernel agrees (the usual case) the field is a direct context load, which the
+/// verifier allows only at a constant offset, and no helper call.
+#[inline(always)]
+pub fn tp_field_at<T: Copy, const USUAL: usize>(
+    ctx: &TracePointContext,
+    prog: u32,
+    offset: u32,
+) -> Option<T> {
+    if offset as usize == USUAL {
+        // SAFETY: the tracepoint record holds a `T` at USUAL on this kernel (tracefs says so).
+        Some(unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(USUAL).cast::<T>()) })
+    } else {
+        tp_field(ctx, prog, offset)
     }
 }
 

@@ -15,7 +15,33 @@ fn cpu_time_of_a_spinner_matches_schedstat() {
     if !privileged("cpu_time_of_a_spinner_matches_schedstat") {
         return;
     }
-    let mut cap = capture();
+    cpu_test(capture());
+}
+
+/// The classic-tracepoint fallback (kernels without BTF tracepoints) is exercised here too,
+/// where the BTF path is preferred: it must measure the same.
+#[test]
+fn classic_tracepoint_fallback_measures_cpu_and_run_queue() {
+    if !privileged("classic_tracepoint_fallback_measures_cpu_and_run_queue") {
+        return;
+    }
+    let cfg = umbra::config::CaptureConfig {
+        btf_tracepoints: false,
+        ..Default::default()
+    };
+    let cap = capture_with(&cfg);
+    for h in [Hook::SchedSwitch, Hook::SchedWakeup, Hook::SchedProcessFork] {
+        assert_eq!(
+            cap.report().status(h),
+            Some(&umbra::capture::HookStatus::Tracepoint),
+            "{h}"
+        );
+    }
+    cpu_test(cap);
+    runq_test(capture_with(&cfg));
+}
+
+fn cpu_test(mut cap: umbra::capture::KernelCapture) {
     let mut w = Workload::start(&["spin", "500"]);
     w.go();
     w.wait_done();
@@ -223,11 +249,11 @@ fn a_thousand_execs_all_arrive_without_drops() {
         .filter(|t| execs.contains(t))
         .collect();
     let drops = cap.drop_counts().unwrap();
+    let lost: Vec<_> = drops.by_program().collect();
     eprintln!(
-        "lifecycle: {} execs, {} exits, drops {:?}",
+        "lifecycle: {} execs, {} exits, drops {lost:?}",
         execs.len(),
-        exits.len(),
-        drops
+        exits.len()
     );
     assert_eq!(execs.len(), N, "exec events of /bin/true");
     assert_eq!(exits.len(), N, "exit events of those processes");
@@ -239,7 +265,10 @@ fn pinned_spinners_wait_in_the_run_queue() {
     if !privileged("pinned_spinners_wait_in_the_run_queue") {
         return;
     }
-    let mut cap = capture();
+    runq_test(capture());
+}
+
+fn runq_test(mut cap: umbra::capture::KernelCapture) {
     let mut a = Workload::start(&["spin", "400", "0"]);
     let mut b = Workload::start(&["spin", "400", "0"]);
     a.go();

@@ -13,7 +13,9 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use crate::{
     config,
     maps::BLOCK_PENDING,
-    util::{add, count_drop, current_ids, hist_add, proc_entry, proc_existing, tp_field},
+    util::{
+        add, count_drop, current_ids, hist_add, proc_entry, proc_existing, tp_field, tp_field_at,
+    },
 };
 
 #[tracepoint(category = "block", name = "block_bio_queue")]
@@ -23,9 +25,9 @@ pub fn block_bio_queue(ctx: TracePointContext) -> u32 {
 }
 
 fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
-    let dev: u32 = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_dev))?;
-    let sector: u64 = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_sector))?;
-    let nr_sector: u32 = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_nr_sector))?;
+    let dev: u32 = tp_field_at::<_, 8>(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_dev))?;
+    let sector: u64 = tp_field_at::<_, 16>(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_sector))?;
+    let nr_sector: u32 = tp_field_at::<_, 24>(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_nr_sector))?;
     let rwbs: [u8; 8] = tp_field(ctx, BLOCK_BIO_QUEUE, config!(tp.bio_rwbs))?;
     if nr_sector == 0 {
         return None;
@@ -77,8 +79,8 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
 }
 
 fn try_rq_complete(ctx: &TracePointContext) -> Option<()> {
-    let dev: u32 = tp_field(ctx, BLOCK_RQ_COMPLETE, config!(tp.rq_done_dev))?;
-    let sector: u64 = tp_field(ctx, BLOCK_RQ_COMPLETE, config!(tp.rq_done_sector))?;
+    let dev: u32 = tp_field_at::<_, 8>(ctx, BLOCK_RQ_COMPLETE, config!(tp.rq_done_dev))?;
+    let sector: u64 = tp_field_at::<_, 16>(ctx, BLOCK_RQ_COMPLETE, config!(tp.rq_done_sector))?;
     let key = BlockKey {
         sector,
         dev,

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     config,
-    util::{proc_existing, tp_field},
+    util::{proc_existing, tp_field_at},
 };
 
 /// Hierarchy id of the cgroup v2 (default) hierarchy.
@@ -20,12 +20,12 @@ pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
 }
 
 fn try_attach(ctx: &TracePointContext) -> Option<()> {
-    let root: i32 = tp_field(ctx, PROG, config!(tp.cgroup_attach_root))?;
+    let root: i32 = tp_field_at::<_, 8>(ctx, PROG, config!(tp.cgroup_attach_root))?;
     if root != DFL_ROOT {
         return None;
     }
-    let id: u64 = tp_field(ctx, PROG, config!(tp.cgroup_attach_id))?;
-    let pid: i32 = tp_field(ctx, PROG, config!(tp.cgroup_attach_pid))?;
+    let id: u64 = tp_field_at::<_, 16>(ctx, PROG, config!(tp.cgroup_attach_id))?;
+    let pid: i32 = tp_field_at::<_, 24>(ctx, PROG, config!(tp.cgroup_attach_pid))?;
     // Moving a process (cgroup.procs) moves every thread, its leader (pid == tgid) included.
     proc_existing(pid as u32)?.cgroup_id = id;
     Some(())

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use crate::{
     config,
     maps::MM_OWNER,
-    util::{count_drop, current_ids, proc_entry, proc_existing, tp_field},
+    util::{count_drop, current_ids, proc_entry, proc_existing, tp_field_at},
 };
 
 #[tracepoint(category = "kmem", name = "rss_stat")]
@@ -18,10 +18,10 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
 }
 
 fn try_rss_stat(ctx: &TracePointContext) -> Option<()> {
-    let mm_id: u32 = tp_field(ctx, PROG, config!(tp.rss_mm_id))?;
-    let curr: u32 = tp_field(ctx, PROG, config!(tp.rss_curr))?;
-    let member: i32 = tp_field(ctx, PROG, config!(tp.rss_member))?;
-    let size: i64 = tp_field(ctx, PROG, config!(tp.rss_size))?;
+    let mm_id: u32 = tp_field_at::<_, 8>(ctx, PROG, config!(tp.rss_mm_id))?;
+    let curr: u32 = tp_field_at::<_, 12>(ctx, PROG, config!(tp.rss_curr))?;
+    let member: i32 = tp_field_at::<_, 16>(ctx, PROG, config!(tp.rss_member))?;
+    let size: i64 = tp_field_at::<_, 24>(ctx, PROG, config!(tp.rss_size))?;
     let member = member as usize;
     if member >= RSS_MEMBERS {
         return None;

@@ -12,6 +12,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
@@ -24,7 +25,7 @@ use aya_log_ebpf::warn;
 use crate::{
     config,
     maps::EVENTS,
-    util::{count_drop, current_ids, kread, proc_entry, task_ids, tp_field},
+    util::{count_drop, current_ids, kread, proc_entry, task_ids, tp_field, tp_field_at},
 };
 
 /// Reserves an event, fills the common fields from `current`, lets `fill` finish it.
@@ -54,7 +55,16 @@ fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.filename[0] = 0;
     fill(ev);
-    entry.submit(0);
+    // Wake the reader only once a batch has built up: a wakeup per event costs
+    // microseconds (irq_work and an IPI). The reader also drains on a short timer.
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let flags = if pending >= size / 8 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }
 
 /// tgid of `current`'s parent, or `None` without BTF.
@@ -76,7 +86,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if let Some(p) = proc_entry(prog::SCHED_PROCESS_EXEC, tgid) {
         p.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    let loc: Option<u32> = tp_field(&ctx, prog::SCHED_PROCESS_EXEC, config!(tp.exec_filename));
+    let loc: Option<u32> =
+        tp_field_at::<_, 8>(&ctx, prog::SCHED_PROCESS_EXEC, config!(tp.exec_filename));
     emit(EVENT_EXEC, |ev| {
         match current_ppid() {
             Some(ppid) => ev.ppid = ppid,
@@ -118,7 +129,8 @@ pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let Some(child) = tp_field::<i32>(&ctx, prog::SCHED_PROCESS_FORK, config!(tp.fork_child_pid))
+    let Some(child) =
+        tp_field_at::<i32, 20>(&ctx, prog::SCHED_PROCESS_FORK, config!(tp.fork_child_pid))
     else {
         return 0;
     };

@@ -3,14 +3,15 @@
 //! trace-buffer copy, an exact `preempt` flag) where the kernel offers it with BTF, and
 //! the classic tracepoint otherwise.
 //!
-//! The tracepoint fires in `__schedule` before the switch, so `current` is `prev`; the
-//! tgid of `next` is not needed: a thread's completed run-queue wait is parked in its
-//! `THREADS` entry and added to its process when it is next switched out.
+//! The tracepoint fires in `__schedule` before the switch, so `current` is `prev`. What
+//! is known about the task on a CPU (since when, and how long it waited before) lives in
+//! a per-CPU slot, so a switch costs one hash lookup for the process and one for `next`'s
+//! wait; `THREADS` holds only when each thread became runnable.
 //! <https://github.com/torvalds/linux/blob/v6.12/kernel/sched/core.c#L6684>
 
-use agent_common::{Drop, ThreadState, prog::SCHED_SWITCH as PROG};
+use agent_common::{CpuState, Drop, prog::SCHED_SWITCH as PROG};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::BPF_ANY,
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -18,8 +19,8 @@ use aya_ebpf::{
 
 use crate::{
     config,
-    maps::THREADS,
-    util::{add, count_drop, current_ids, hist_add, proc_entry, task_pid, tp_field},
+    maps::{CPU_STATE, THREADS},
+    util::{add, count_drop, current_ids, hist_add, proc_entry, task_pid, tp_field_at},
 };
 
 /// Raw `TASK_DEAD` in `__state` (BTF arguments carry the raw state; kernels ≥ 5.18).
@@ -51,8 +52,8 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
-    let state: i64 = tp_field(ctx, PROG, config!(tp.switch_prev_state))?;
-    let next_tid: i32 = tp_field(ctx, PROG, config!(tp.switch_next_pid))?;
+    let state: i64 = tp_field_at::<_, 32>(ctx, PROG, config!(tp.switch_prev_state))?;
+    let next_tid: i32 = tp_field_at::<_, 56>(ctx, PROG, config!(tp.switch_next_pid))?;
     // Preempted (TASK_REPORT_MAX) or still running: nothing of TASK_REPORT | IDLE is set.
     let involuntary = state & 0xff == 0;
     on_switch(involuntary, state & REPORTED_DEAD != 0, next_tid as u32);
@@ -62,81 +63,62 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
-    let (prev_tid, prev_tgid) = current_ids();
-    if prev_tid != 0 {
-        switch_out(now, prev_tid, prev_tgid, involuntary, prev_dead);
-    }
-    if next_tid != 0 {
-        switch_in(now, next_tid);
-    }
-}
-
-#[inline(always)]
-fn switch_out(now: u64, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
-    let Some(proc) = proc_entry(PROG, tgid) else {
+    let Some(cpu) = CPU_STATE.get_ptr_mut(0) else {
         return;
     };
-    if involuntary {
-        add(&mut proc.involuntary_switches, 1);
-    } else {
-        add(&mut proc.voluntary_switches, 1);
+    // SAFETY: this CPU's slot; programs on one CPU do not nest for this tracepoint.
+    let cpu = unsafe { &mut *cpu };
+    let (prev_tid, prev_tgid) = current_ids();
+    if prev_tid != 0 {
+        switch_out(now, cpu, prev_tid, prev_tgid, involuntary, prev_dead);
     }
-    match THREADS.get_ptr_mut(tid) {
-        Some(t) => {
-            // SAFETY: map value, valid for the program's run.
-            let t = unsafe { &mut *t };
-            if t.oncpu_since != 0 && now > t.oncpu_since {
-                add(&mut proc.cpu_ns, now - t.oncpu_since);
+    switch_in(now, cpu, next_tid);
+}
+
+#[inline(always)]
+fn switch_out(now: u64, cpu: &mut CpuState, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
+    if let Some(proc) = proc_entry(PROG, tgid) {
+        if involuntary {
+            add(&mut proc.involuntary_switches, 1);
+        } else {
+            add(&mut proc.voluntary_switches, 1);
+        }
+        // Only what this CPU saw begin: the first slice after attach is unknown.
+        if cpu.tid == tid {
+            if cpu.since != 0 && now > cpu.since {
+                add(&mut proc.cpu_ns, now - cpu.since);
             }
-            if t.pending_wait != 0 {
-                add(&mut proc.runq_wait_ns, t.pending_wait);
+            if cpu.pending_wait != 0 {
+                add(&mut proc.runq_wait_ns, cpu.pending_wait);
                 add(&mut proc.runq_waits, 1);
-                hist_add(&mut proc.runq_hist, t.pending_wait);
-            }
-            if dead {
-                let _ = THREADS.remove(tid);
-            } else {
-                t.oncpu_since = 0;
-                t.pending_wait = 0;
-                t.wait_since = if involuntary { now } else { 0 };
+                hist_add(&mut proc.runq_hist, cpu.pending_wait);
             }
         }
-        None if !dead => {
-            // First sight of a thread that was already running when we attached.
-            let st = ThreadState {
-                oncpu_since: 0,
-                wait_since: if involuntary { now } else { 0 },
-                pending_wait: 0,
-            };
-            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
-                count_drop(PROG, Drop::ThreadMapFull);
-            }
+    }
+    if dead {
+        let _ = THREADS.remove(tid);
+    } else if involuntary {
+        // Still runnable: back in the run queue from now.
+        if THREADS.insert(tid, now, BPF_ANY as u64).is_err() {
+            count_drop(PROG, Drop::ThreadMapFull);
         }
-        None => {}
     }
 }
 
 #[inline(always)]
-fn switch_in(now: u64, tid: u32) {
-    match THREADS.get_ptr_mut(tid) {
-        Some(t) => {
-            // SAFETY: map value, valid for the program's run.
-            let t = unsafe { &mut *t };
-            if t.wait_since != 0 && now > t.wait_since {
-                t.pending_wait = now - t.wait_since;
-            }
-            t.wait_since = 0;
-            t.oncpu_since = now;
+fn switch_in(now: u64, cpu: &mut CpuState, tid: u32) {
+    cpu.tid = tid;
+    cpu.since = now;
+    cpu.pending_wait = 0;
+    if tid == 0 {
+        return;
+    }
+    if let Some(w) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: map value, valid for the program's run.
+        let w = unsafe { &mut *w };
+        if *w != 0 && now > *w {
+            cpu.pending_wait = now - *w;
         }
-        None => {
-            let st = ThreadState {
-                oncpu_since: now,
-                wait_since: 0,
-                pending_wait: 0,
-            };
-            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
-                count_drop(PROG, Drop::ThreadMapFull);
-            }
-        }
+        *w = 0;
     }
 }

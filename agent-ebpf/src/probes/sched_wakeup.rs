@@ -4,7 +4,7 @@
 //! read the `pid` field.
 
 use agent_common::{
-    Drop, ThreadState,
+    Drop,
     prog::{SCHED_WAKEUP, SCHED_WAKEUP_NEW},
 };
 use aya_ebpf::{
@@ -17,7 +17,7 @@ use aya_ebpf::{
 use crate::{
     config,
     maps::THREADS,
-    util::{count_drop, task_pid, tp_field},
+    util::{count_drop, task_pid, tp_field_at},
 };
 
 #[btf_tracepoint(function = "sched_wakeup")]
@@ -53,7 +53,7 @@ fn wake_task(prog: u32, task: *const u8) {
 
 #[inline(always)]
 fn wake_field(prog: u32, ctx: &TracePointContext) {
-    if let Some(pid) = tp_field::<i32>(ctx, prog, config!(tp.wakeup_pid)) {
+    if let Some(pid) = tp_field_at::<i32, 24>(ctx, prog, config!(tp.wakeup_pid)) {
         wake(prog, pid as u32);
     }
 }
@@ -66,14 +66,9 @@ fn wake(prog: u32, tid: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     match THREADS.get_ptr_mut(tid) {
         // SAFETY: map value, valid for the program's run.
-        Some(t) => unsafe { (*t).wait_since = now },
+        Some(w) => unsafe { *w = now },
         None => {
-            let st = ThreadState {
-                oncpu_since: 0,
-                wait_since: now,
-                pending_wait: 0,
-            };
-            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
+            if THREADS.insert(tid, now, BPF_NOEXIST as u64).is_err() {
                 count_drop(prog, Drop::ThreadMapFull);
             }
         }

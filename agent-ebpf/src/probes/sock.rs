@@ -9,7 +9,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use crate::{
     config,
     maps::SOCK_OWNER,
-    util::{add, count_drop, current_ids, proc_entry, proc_existing, tp_field},
+    util::{add, count_drop, current_ids, proc_entry, proc_existing, tp_field_at},
 };
 
 const AF_INET: u16 = 2;
@@ -35,12 +35,12 @@ fn on_length(ctx: &TracePointContext, send: bool) -> Option<()> {
     } else {
         prog::SOCK_RECV_LENGTH
     };
-    let family: u16 = tp_field(ctx, p, config!(tp.sock_len_family))?;
+    let family: u16 = tp_field_at::<_, 16>(ctx, p, config!(tp.sock_len_family))?;
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let ret: i32 = tp_field(ctx, p, config!(tp.sock_len_ret))?;
-    let sk: u64 = tp_field(ctx, p, config!(tp.sock_len_sk))?;
+    let ret: i32 = tp_field_at::<_, 20>(ctx, p, config!(tp.sock_len_ret))?;
+    let sk: u64 = tp_field_at::<_, 8>(ctx, p, config!(tp.sock_len_sk))?;
     let (_, tgid) = current_ids();
     let stats = proc_entry(p, tgid)?;
     if send {
@@ -78,7 +78,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    let protocol: u16 = tp_field(
+    let protocol: u16 = tp_field_at::<_, 30>(
         ctx,
         prog::INET_SOCK_SET_STATE,
         config!(tp.set_state_protocol),
@@ -86,9 +86,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let old: i32 = tp_field(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_old))?;
-    let new: i32 = tp_field(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_new))?;
-    let sk: u64 = tp_field(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_sk))?;
+    let old: i32 = tp_field_at::<_, 16>(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_old))?;
+    let new: i32 = tp_field_at::<_, 20>(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_new))?;
+    let sk: u64 = tp_field_at::<_, 8>(ctx, prog::INET_SOCK_SET_STATE, config!(tp.set_state_sk))?;
     if new == TCP_SYN_SENT {
         // connect(2), in the connecting task's context.
         let (_, tgid) = current_ids();
@@ -117,7 +117,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 }
 
 fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
-    let sk: u64 = tp_field(ctx, prog::TCP_RETRANSMIT_SKB, config!(tp.retrans_sk))?;
+    let sk: u64 = tp_field_at::<_, 16>(ctx, prog::TCP_RETRANSMIT_SKB, config!(tp.retrans_sk))?;
     // SAFETY: map value read.
     let Some(owner) = (unsafe { SOCK_OWNER.get(sk) }).copied() else {
         count_drop(prog::TCP_RETRANSMIT_SKB, Drop::SockOwnerUnknown);

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     config,
-    util::{add, current_ids, proc_entry, tp_field},
+    util::{add, current_ids, proc_entry, tp_field_at},
 };
 
 #[tracepoint(category = "raw_syscalls", name = "sys_exit")]
@@ -30,8 +30,8 @@ fn is_in(nr: i64, set: &[i64]) -> bool {
 }
 
 fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
-    let id: i64 = tp_field(ctx, PROG, config!(tp.sys_exit_id))?;
-    let ret: i64 = tp_field(ctx, PROG, config!(tp.sys_exit_ret))?;
+    let id: i64 = tp_field_at::<_, 8>(ctx, PROG, config!(tp.sys_exit_id))?;
+    let ret: i64 = tp_field_at::<_, 16>(ctx, PROG, config!(tp.sys_exit_ret))?;
     let (_, tgid) = current_ids();
     let p = proc_entry(PROG, tgid)?;
     add(&mut p.syscalls, 1);

@@ -228,7 +228,7 @@ struct ProcInfo {
 pub struct KernelCapture {
     ebpf: Ebpf,
     stats: HashMap<MapData, u32, ProcStats>,
-    threads: HashMap<MapData, u32, agent_common::ThreadState>,
+    threads: HashMap<MapData, u32, u64>,
     drops: PerCpuArray<MapData, u64>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
@@ -239,12 +239,17 @@ pub struct KernelCapture {
     pending: VecDeque<CaptureItem>,
     interval: Duration,
     ticker: Option<tokio::time::Interval>,
+    /// Drains the ring buffer between wakeups (the programs wake the reader only when a
+    /// batch has built up).
+    drainer: Option<tokio::time::Interval>,
     ticks: u64,
 }
 
 /// Exits younger than this are finalised at the next tick: the dying thread's last
 /// switch-out (its final CPU slice) lands just after the exit tracepoint.
 const EXIT_SETTLE_NS: u64 = 20_000_000;
+/// How often the ring buffer is drained without a wakeup.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Every this many ticks, processes whose exit was never seen are checked in /proc.
 const GC_EVERY_TICKS: u64 = 30;
 
@@ -361,6 +366,7 @@ impl KernelCapture {
             pending: VecDeque::new(),
             interval: cfg.interval(),
             ticker: None,
+            drainer: None,
             ticks: 0,
         })
     }
@@ -593,8 +599,15 @@ impl Source for KernelCapture {
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t.tick().await;
                 self.ticker = Some(t);
+                let mut d = tokio::time::interval(DRAIN_EVERY);
+                d.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                self.drainer = Some(d);
             }
-            let (Some(fd), Some(ticker)) = (self.ring_fd.as_ref(), self.ticker.as_mut()) else {
+            let (Some(fd), Some(ticker), Some(drainer)) = (
+                self.ring_fd.as_ref(),
+                self.ticker.as_mut(),
+                self.drainer.as_mut(),
+            ) else {
                 continue;
             };
             tokio::select! {
@@ -605,6 +618,11 @@ impl Source for KernelCapture {
                 guard = fd.readable() => {
                     let mut guard = guard?;
                     guard.clear_ready();
+                    let mut events = Vec::new();
+                    self.drain_events(&mut events);
+                    self.pending.extend(events.into_iter().map(CaptureItem::Event));
+                }
+                _ = drainer.tick() => {
                     let mut events = Vec::new();
                     self.drain_events(&mut events);
                     self.pending.extend(events.into_iter().map(CaptureItem::Event));
