@@ -113,6 +113,16 @@ pub struct LifecycleEvent {
 }
 const _: () = assert!(size_of::<LifecycleEvent>() == 40 + COMM_LEN + FILENAME_LEN);
 
+/// Key of the `EXITED` map: a process that is gone, by tgid and first sight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExitedKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub first_seen_ns: u64,
+}
+const _: () = assert!(size_of::<ExitedKey>() == 16);
+
 /// A pending block request, keyed by [`BlockKey`] from queue to completion.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,8 +161,10 @@ pub enum Drop {
     SockOwnerUnknown = 5,
     /// A memory-map owner could not be recorded: an rss_stat from another context was lost.
     MmOwnerFull = 6,
+    /// `EXITED` was full: the final counters of a process whose pid was reused were lost.
+    ExitedMapFull = 7,
 }
-pub const DROP_KINDS: usize = 7;
+pub const DROP_KINDS: usize = 8;
 
 impl Drop {
     pub const ALL: [Drop; DROP_KINDS] = [
@@ -163,6 +175,7 @@ impl Drop {
         Drop::BlockPendingFull,
         Drop::SockOwnerUnknown,
         Drop::MmOwnerFull,
+        Drop::ExitedMapFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -174,6 +187,7 @@ impl Drop {
             Drop::BlockPendingFull => "block_pending_full",
             Drop::SockOwnerUnknown => "sock_owner_unknown",
             Drop::MmOwnerFull => "mm_owner_full",
+            Drop::ExitedMapFull => "exited_map_full",
         }
     }
 }
@@ -389,6 +403,7 @@ mod pod {
     unsafe impl aya::Pod for CpuState {}
     unsafe impl aya::Pod for LifecycleEvent {}
     unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for ExitedKey {}
     unsafe impl aya::Pod for BlockPending {}
     unsafe impl aya::Pod for KernelConfig {}
 }

@@ -1,7 +1,9 @@
 //! Maps and the read-only configuration global. Sizes here are defaults: userspace
 //! resizes the hash maps from its config before loading.
 
-use agent_common::{BlockKey, BlockPending, CpuState, DROP_SLOTS, KernelConfig, ProcStats};
+use agent_common::{
+    BlockKey, BlockPending, CpuState, DROP_SLOTS, ExitedKey, KernelConfig, ProcStats,
+};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -10,6 +12,12 @@ use aya_ebpf::{
 /// Field offsets and syscall numbers, written by userspace before load (`set_global`).
 #[unsafe(no_mangle)]
 pub static CONFIG: KernelConfig = KernelConfig::EMPTY;
+
+/// Final counters of processes whose tgid was reused before userspace collected them:
+/// a fork that finds its new tgid still in `PROC_STATS` moves the old entry here, so two
+/// processes never share counters.
+#[map]
+pub static EXITED: HashMap<ExitedKey, ProcStats> = HashMap::with_max_entries(1024, 0);
 
 /// Per-process counters keyed by tgid. A plain hash (not LRU) so that a full map is a
 /// counted drop rather than a silent eviction; userspace deletes exited processes.

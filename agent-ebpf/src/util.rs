@@ -3,7 +3,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use agent_common::{ABSENT, Drop, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket};
+use agent_common::{ABSENT, Drop, ExitedKey, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket};
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{DROPS, PROC_STATS, ZERO_STATS};
+use crate::maps::{DROPS, EXITED, PROC_STATS, ZERO_STATS};
 
 /// Reads one field of [`CONFIG`]; volatile so the compiler does not fold the default.
 #[macro_export]
@@ -74,6 +74,26 @@ pub fn proc_entry(prog: u32, tgid: u32) -> Option<&'static mut ProcStats> {
         p.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
     Some(p)
+}
+
+/// A new process is getting `tgid`: an entry still under that tgid belongs to a process
+/// that is gone (a live one would still hold the pid); move it to `EXITED` for userspace.
+#[inline(always)]
+pub fn retire_stale(prog: u32, tgid: u32) {
+    let Some(old) = PROC_STATS.get_ptr(tgid) else {
+        return;
+    };
+    // SAFETY: map value, valid for the program's run.
+    let old = unsafe { &*old };
+    let key = ExitedKey {
+        tgid,
+        _pad: 0,
+        first_seen_ns: old.first_seen_ns,
+    };
+    if EXITED.insert(key, old, 0).is_err() {
+        count_drop(prog, Drop::ExitedMapFull);
+    }
+    let _ = PROC_STATS.remove(tgid);
 }
 
 /// Only when `tgid` is tracked already: for events seen outside the process's own

@@ -359,3 +359,66 @@ fn a_full_process_map_is_a_counted_drop() {
     );
     assert!(full > 0, "a full process map dropped nothing: {drops:?}");
 }
+
+#[test]
+fn a_reused_pid_never_merges_two_processes() {
+    if !privileged("a_reused_pid_never_merges_two_processes") {
+        return;
+    }
+    let mut cap = capture();
+    for attempt in 0..10 {
+        // A: 300 ms of CPU, then gone (not yet collected: no sample is read in between).
+        let mut a = Workload::start(&["spin", "300"]);
+        let pid = a.pid();
+        a.go();
+        a.wait_done();
+        let a_seen = sample_now(&mut cap, pid);
+        a.finish();
+        // B: ask the kernel for the same pid.
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut b = Workload::start(&["spin", "1"]);
+        if b.pid() != pid {
+            eprintln!("attempt {attempt}: pid {pid} was taken by another process; again");
+            b.go();
+            b.wait_done();
+            b.finish();
+            continue;
+        }
+        b.go();
+        b.wait_done();
+        let tick = cap.sample().unwrap();
+        let mine: Vec<_> = tick.samples.iter().filter(|s| s.tgid == pid).collect();
+        eprintln!(
+            "reuse of {pid}: {:?}",
+            mine.iter()
+                .map(|s| (s.start_ns, s.counters.cpu_ns, s.exit.is_some()))
+                .collect::<Vec<_>>()
+        );
+        let old = mine
+            .iter()
+            .find(|s| s.start_ns == a_seen.start_ns)
+            .expect("the first process's final sample");
+        let new = mine
+            .iter()
+            .find(|s| s.start_ns != a_seen.start_ns)
+            .expect("the second process, apart");
+        assert!(
+            old.exit.is_some(),
+            "the first process is reported as exited"
+        );
+        assert!(
+            old.counters.cpu_ns >= 250_000_000,
+            "A's CPU {}",
+            old.counters.cpu_ns
+        );
+        assert!(new.exit.is_none());
+        assert!(
+            new.counters.cpu_ns < 150_000_000,
+            "B carries A's CPU: {}",
+            new.counters.cpu_ns
+        );
+        b.finish();
+        return;
+    }
+    panic!("could not get a pid reused in 10 attempts");
+}

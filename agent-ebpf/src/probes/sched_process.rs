@@ -25,7 +25,9 @@ use aya_log_ebpf::warn;
 use crate::{
     config,
     maps::EVENTS,
-    util::{count_drop, current_ids, kread, proc_entry, task_ids, tp_field, tp_field_at},
+    util::{
+        count_drop, current_ids, kread, proc_entry, retire_stale, task_ids, tp_field, tp_field_at,
+    },
 };
 
 /// Reserves an event, fills the common fields from `current`, lets `fill` finish it.
@@ -119,6 +121,7 @@ pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> i32 {
         // A new thread: its work lands in its process's counters.
         return 0;
     }
+    retire_stale(prog::SCHED_PROCESS_FORK, child_tgid);
     emit(EVENT_FORK, |ev| {
         ev.ppid = parent_tgid;
         ev.pid = child_pid;
@@ -134,6 +137,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     else {
         return 0;
     };
+    // The child's pid is free only if no live process or thread holds it.
+    retire_stale(prog::SCHED_PROCESS_FORK, child as u32);
     emit(EVENT_FORK, |ev| {
         // Without the child's task we cannot tell a thread from a process: userspace does.
         ev.ppid = ev.tgid;

@@ -11,8 +11,8 @@ use std::{
 };
 
 use agent_common::{
-    ABSENT, DROP_KINDS, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, KernelConfig, LifecycleEvent,
-    ProcStats,
+    ABSENT, DROP_KINDS, ExitedKey, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, KernelConfig,
+    LifecycleEvent, ProcStats,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -236,6 +236,8 @@ pub struct KernelCapture {
     logger: Option<KernelLog>,
     report: AttachReport,
     procs: StdHashMap<u32, ProcInfo>,
+    exited: HashMap<MapData, ExitedKey, ProcStats>,
+    recent_exits: VecDeque<(u32, Exit)>,
     pending: VecDeque<CaptureItem>,
     interval: Duration,
     ticker: Option<tokio::time::Interval>,
@@ -248,6 +250,8 @@ pub struct KernelCapture {
 /// Exits younger than this are finalised at the next tick: the dying thread's last
 /// switch-out (its final CPU slice) lands just after the exit tracepoint.
 const EXIT_SETTLE_NS: u64 = 20_000_000;
+/// Exits remembered for processes retired through `EXITED` (pid reuse).
+const RECENT_EXITS: usize = 4096;
 /// How often the ring buffer is drained without a wakeup.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Every this many ticks, processes whose exit was never seen are checked in /proc.
@@ -290,7 +294,8 @@ impl KernelCapture {
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes())
             .map_max_entries("BLOCK_PENDING", cfg.max_block_requests)
             .map_max_entries("SOCK_OWNER", cfg.max_sockets)
-            .map_max_entries("MM_OWNER", cfg.max_processes);
+            .map_max_entries("MM_OWNER", cfg.max_processes)
+            .map_max_entries("EXITED", (cfg.max_processes / 8).max(256));
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| CaptureError::Load { source })?;
@@ -342,6 +347,11 @@ impl KernelCapture {
                 name: "THREADS",
                 source,
             })?;
+        let exited =
+            HashMap::try_from(take(&mut ebpf, "EXITED")?).map_err(|source| CaptureError::Map {
+                name: "EXITED",
+                source,
+            })?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(|source| {
             CaptureError::Map {
                 name: "DROPS",
@@ -363,6 +373,8 @@ impl KernelCapture {
             logger,
             report,
             procs: StdHashMap::new(),
+            exited,
+            recent_exits: VecDeque::new(),
             pending: VecDeque::new(),
             interval: cfg.interval(),
             ticker: None,
@@ -433,10 +445,15 @@ impl KernelCapture {
                     if info.comm.is_empty() {
                         info.comm.clone_from(&ev.comm);
                     }
-                    info.exit = Some(Exit {
+                    let exit = Exit {
                         code: *code,
                         timestamp_ns: ev.timestamp_ns,
-                    });
+                    };
+                    info.exit = Some(exit);
+                    if self.recent_exits.len() >= RECENT_EXITS {
+                        self.recent_exits.pop_front();
+                    }
+                    self.recent_exits.push_back((ev.tgid, exit));
                 }
             }
         }
@@ -460,15 +477,38 @@ impl KernelCapture {
         let entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
         let mut samples = Vec::with_capacity(entries.len());
         let mut finished = Vec::new();
+        // Processes whose tgid was reused before we collected them: final samples.
+        let retired: Vec<(ExitedKey, ProcStats)> =
+            self.exited.iter().filter_map(Result::ok).collect();
+        for (key, st) in retired {
+            let _ = self.exited.remove(&key);
+            let info = match self.procs.get(&key.tgid) {
+                Some(i) if i.start_ns == key.first_seen_ns => {
+                    self.procs.remove(&key.tgid).unwrap_or_default()
+                }
+                _ => ProcInfo::default(),
+            };
+            let exit = info
+                .exit
+                .or_else(|| self.recent_exit(key.tgid, key.first_seen_ns))
+                .unwrap_or(Exit {
+                    code: None,
+                    timestamp_ns: now,
+                });
+            samples.push(build_sample(key.tgid, &st, &info, Some(exit)));
+        }
         for (tgid, st) in entries {
             let info = self.procs.entry(tgid).or_default();
             if info.start_ns != st.first_seen_ns {
-                // A new process (or a reused tgid): learn its name, keep an exit already seen.
-                let exit = info
-                    .exit
-                    .take()
-                    .filter(|e| e.timestamp_ns >= st.first_seen_ns);
+                // A process seen for the first time. What events told us before its counters
+                // appeared (start_ns 0) is its own; what an older process left is not.
                 let known = std::mem::take(info);
+                let known = if known.start_ns == 0 {
+                    known
+                } else {
+                    ProcInfo::default()
+                };
+                let exit = known.exit.filter(|e| e.timestamp_ns >= st.first_seen_ns);
                 *info = ProcInfo {
                     start_ns: st.first_seen_ns,
                     comm: if known.comm.is_empty() {
@@ -492,37 +532,11 @@ impl KernelCapture {
                     timestamp_ns: now,
                 });
             }
-            let mut memory = Memory::from_kernel(&st);
-            if let Some(seed) = info.seed {
-                let seen = |bit: usize| st.rss_seen & (1 << bit) != 0;
-                if !seen(agent_common::RSS_FILE) {
-                    memory.file = seed.file;
-                }
-                if !seen(agent_common::RSS_ANON) {
-                    memory.anon = seed.anon;
-                }
-                if !seen(agent_common::RSS_SHMEM) {
-                    memory.shmem = seed.shmem;
-                }
-                if !seen(agent_common::RSS_SWAP) {
-                    memory.swap = seed.swap;
-                }
-            }
             let exit = info.exit.filter(|e| e.timestamp_ns + EXIT_SETTLE_NS <= now);
             if exit.is_some() {
                 finished.push(tgid);
             }
-            samples.push(ProcessSample {
-                tgid,
-                start_ns: st.first_seen_ns,
-                ppid: info.ppid,
-                cgroup_id: st.cgroup_id,
-                comm: info.comm.clone(),
-                exe: info.exe.clone(),
-                counters: ProcCounters::from_kernel(&st),
-                memory,
-                exit,
-            });
+            samples.push(build_sample(tgid, &st, info, exit));
         }
         for tgid in finished {
             // Gone from the kernel map first, then from what we know.
@@ -547,6 +561,15 @@ impl KernelCapture {
             samples,
             drops: self.drop_counts()?,
         })
+    }
+
+    /// The exit seen for `tgid` after `start_ns`, among recent exits.
+    fn recent_exit(&self, tgid: u32, start_ns: u64) -> Option<Exit> {
+        self.recent_exits
+            .iter()
+            .rev()
+            .find(|(t, e)| *t == tgid && e.timestamp_ns >= start_ns)
+            .map(|(_, e)| *e)
     }
 
     /// Removes thread entries of threads that are gone without a final switch seen.
@@ -629,6 +652,37 @@ impl Source for KernelCapture {
                 }
             }
         }
+    }
+}
+
+/// A process's sample from its kernel counters and what userspace knows of it.
+fn build_sample(tgid: u32, st: &ProcStats, info: &ProcInfo, exit: Option<Exit>) -> ProcessSample {
+    let mut memory = Memory::from_kernel(st);
+    if let Some(seed) = info.seed {
+        let seen = |bit: usize| st.rss_seen & (1 << bit) != 0;
+        if !seen(agent_common::RSS_FILE) {
+            memory.file = seed.file;
+        }
+        if !seen(agent_common::RSS_ANON) {
+            memory.anon = seed.anon;
+        }
+        if !seen(agent_common::RSS_SHMEM) {
+            memory.shmem = seed.shmem;
+        }
+        if !seen(agent_common::RSS_SWAP) {
+            memory.swap = seed.swap;
+        }
+    }
+    ProcessSample {
+        tgid,
+        start_ns: st.first_seen_ns,
+        ppid: info.ppid,
+        cgroup_id: st.cgroup_id,
+        comm: info.comm.clone(),
+        exe: info.exe.clone(),
+        counters: ProcCounters::from_kernel(st),
+        memory,
+        exit,
     }
 }
 
