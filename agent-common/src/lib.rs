@@ -236,6 +236,12 @@ pub mod prog {
 /// Slots of the `DROPS` per-CPU array: one per (program, drop kind).
 pub const DROP_SLOTS: usize = prog::COUNT * DROP_KINDS;
 
+/// The `DROPS` table of one CPU: a counter per (program, kind), read in one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropTable(pub [u64; DROP_SLOTS]);
+const _: () = assert!(size_of::<DropTable>() == 8 * DROP_SLOTS);
+
 /// The `DROPS` slot of a drop of `kind` in program `prog`.
 #[inline(always)]
 pub const fn drop_slot(prog: u32, kind: Drop) -> u32 {
@@ -404,6 +410,7 @@ mod pod {
     unsafe impl aya::Pod for LifecycleEvent {}
     unsafe impl aya::Pod for BlockKey {}
     unsafe impl aya::Pod for ExitedKey {}
+    unsafe impl aya::Pod for DropTable {}
     unsafe impl aya::Pod for BlockPending {}
     unsafe impl aya::Pod for KernelConfig {}
 }

@@ -2,7 +2,7 @@
 //! resizes the hash maps from its config before loading.
 
 use agent_common::{
-    BlockKey, BlockPending, CpuState, DROP_SLOTS, ExitedKey, KernelConfig, ProcStats,
+    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ProcStats,
 };
 use aya_ebpf::{
     macros::map,
@@ -39,7 +39,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Drop counters, one slot per (program, [`agent_common::Drop`]): see `drop_slot`.
 #[map]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS as u32, 0);
+pub static DROPS: PerCpuArray<DropTable> = PerCpuArray::with_max_entries(1, 0);
 
 /// An all-zero `ProcStats`, the source of new `PROC_STATS` entries (too big for the stack).
 #[map]

@@ -3,7 +3,9 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use agent_common::{ABSENT, Drop, ExitedKey, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket};
+use agent_common::{
+    ABSENT, DROP_SLOTS, Drop, ExitedKey, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket,
+};
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
@@ -39,10 +41,13 @@ pub fn hist_add(hist: &mut [u32; HIST_BUCKETS], ns: u64) {
 
 #[inline(always)]
 pub fn count_drop(prog: u32, kind: Drop) {
-    if let Some(slot) = DROPS.get_ptr_mut(drop_slot(prog, kind)) {
-        // SAFETY: per-CPU slot, not shared with another CPU; programs do not nest on a CPU
-        // for the tracepoints used here.
-        unsafe { *slot += 1 };
+    let i = drop_slot(prog, kind) as usize;
+    if let Some(table) = DROPS.get_ptr_mut(0)
+        && i < DROP_SLOTS
+    {
+        // SAFETY: this CPU's table, `i` in bounds; programs do not nest on a CPU for the
+        // tracepoints used here.
+        unsafe { (*table).0[i] += 1 };
     }
 }
 

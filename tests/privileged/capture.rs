@@ -223,14 +223,13 @@ fn a_thousand_execs_all_arrive_without_drops() {
     }
     const N: usize = 1000;
     let mut cap = capture();
-    let w = Workload::start(&["exec", &N.to_string(), "/bin/true"]);
+    let mut w = Workload::start(&["exec", &N.to_string(), "/bin/true"]);
     let parent = w.pid();
     w.go();
     let mut events = Vec::new();
-    let mut child = w.child;
     loop {
         cap.drain_events(&mut events);
-        if child.try_wait().unwrap().is_some() {
+        if w.child.try_wait().unwrap().is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -118,6 +118,16 @@ impl Workload {
     }
 }
 
+impl Drop for Workload {
+    /// A failed test never leaves its children waiting for a signal that will not come.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Reads the capture until the sample of `tgid` satisfies `pred` (or `timeout` passes).
 pub fn sample_where(
     cap: &mut KernelCapture,

@@ -229,7 +229,7 @@ pub struct KernelCapture {
     ebpf: Ebpf,
     stats: HashMap<MapData, u32, ProcStats>,
     threads: HashMap<MapData, u32, u64>,
-    drops: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, agent_common::DropTable>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
     /// The kernel log, when no runtime polls it: flushed at each sample.
@@ -253,7 +253,7 @@ const EXIT_SETTLE_NS: u64 = 20_000_000;
 /// Exits remembered for processes retired through `EXITED` (pid reuse).
 const RECENT_EXITS: usize = 4096;
 /// How often the ring buffer is drained without a wakeup.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// Every this many ticks, processes whose exit was never seen are checked in /proc.
 const GC_EVERY_TICKS: u64 = 30;
 
@@ -585,19 +585,18 @@ impl KernelCapture {
         }
     }
 
-    /// Drop counters per program and kind, summed over CPUs.
+    /// Drop counters per program and kind, summed over CPUs (one map lookup).
     pub fn drop_counts(&self) -> Result<DropCounts, CaptureError> {
+        let per_cpu = self.drops.get(&0, 0).map_err(|source| CaptureError::Map {
+            name: "DROPS",
+            source,
+        })?;
         let mut d = DropCounts::default();
-        for (p, kinds) in d.0.iter_mut().enumerate() {
-            for (k, slot) in kinds.iter_mut().enumerate() {
-                let per_cpu =
-                    self.drops
-                        .get(&((p * DROP_KINDS + k) as u32), 0)
-                        .map_err(|source| CaptureError::Map {
-                            name: "DROPS",
-                            source,
-                        })?;
-                *slot = per_cpu.iter().sum();
+        for table in per_cpu.iter() {
+            for (p, kinds) in d.0.iter_mut().enumerate() {
+                for (k, slot) in kinds.iter_mut().enumerate() {
+                    *slot += table.0[p * DROP_KINDS + k];
+                }
             }
         }
         Ok(d)

@@ -20,14 +20,21 @@ fn main() {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap();
     match arg(0).as_str() {
-        // spin MS [CPU]: busy for MS ms of wall time (pinned to CPU if given).
+        // spin MS [CPU]: busy until it has had MS ms of CPU time; pinned to CPU if given,
+        // then MS ms of wall time (two spinners share the CPU).
         "spin" => {
-            if let Ok(cpu) = arg(2).parse::<usize>() {
+            let pinned = arg(2).parse::<usize>().ok();
+            if let Some(cpu) = pinned {
                 pin(cpu);
             }
             ready("");
             wait_go();
-            spin(Duration::from_millis(num(1)));
+            let d = Duration::from_millis(num(1));
+            if pinned.is_some() {
+                spin(d)
+            } else {
+                spin_cpu(d)
+            }
             done_then_exit();
         }
         // touch MIB: allocate and write every page of MIB MiB.
@@ -134,6 +141,26 @@ fn pin(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Burns CPU until the process has used `d` of it (however busy the machine is).
+fn spin_cpu(d: Duration) {
+    let mut x = 0u64;
+    while cpu_time() < d {
+        for _ in 0..100_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn spin(d: Duration) {
