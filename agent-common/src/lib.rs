@@ -59,10 +59,25 @@ pub struct ProcStats {
     pub conn_accepted: u64,
     pub conn_closed: u64,
     pub retransmits: u64,
+    /// Images exec'd by the process (production input: processes started).
+    pub execs: u64,
     pub runq_hist: [u32; HIST_BUCKETS],
     pub block_hist: [u32; HIST_BUCKETS],
 }
-const _: () = assert!(size_of::<ProcStats>() == 8 * 29 + 4 * HIST_BUCKETS * 2);
+const _: () = assert!(size_of::<ProcStats>() == 8 * 30 + 4 * HIST_BUCKETS * 2);
+
+/// Per-thread scheduler state (`THREADS`, keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// When the thread became runnable (woken or preempted); 0 while it runs or sleeps.
+    pub wait_since: u64,
+    /// Its `sum_exec_runtime` when last switched out ([`RUNTIME_UNKNOWN`]: not yet known).
+    pub last_runtime: u64,
+}
+const _: () = assert!(size_of::<ThreadState>() == 16);
+/// [`ThreadState::last_runtime`] of a thread first seen after it had run already.
+pub const RUNTIME_UNKNOWN: u64 = u64::MAX;
 
 /// What the scheduler hook knows about the task on one CPU (`CPU_STATE`, per CPU).
 #[repr(C)]
@@ -302,7 +317,8 @@ pub struct TaskOffsets {
     pub task_exit_code: u32,
     pub task_signal: u32,
     pub signal_live: u32,
-    pub _pad: u32,
+    /// `task_struct.se.sum_exec_runtime`: the scheduler's own on-CPU total of a thread.
+    pub task_runtime: u32,
 }
 const _: () = assert!(size_of::<TaskOffsets>() == 32);
 
@@ -374,7 +390,7 @@ impl KernelConfig {
             task_exit_code: 0,
             task_signal: 0,
             signal_live: 0,
-            _pad: 0,
+            task_runtime: 0,
         },
         syscalls: SyscallNrs {
             read: [-1; 5],
@@ -407,6 +423,7 @@ mod pod {
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for ProcStats {}
     unsafe impl aya::Pod for CpuState {}
+    unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for LifecycleEvent {}
     unsafe impl aya::Pod for BlockKey {}
     unsafe impl aya::Pod for ExitedKey {}

@@ -2,7 +2,7 @@
 //! resizes the hash maps from its config before loading.
 
 use agent_common::{
-    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ProcStats,
+    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ProcStats, ThreadState,
 };
 use aya_ebpf::{
     macros::map,
@@ -24,10 +24,10 @@ pub static EXITED: HashMap<ExitedKey, ProcStats> = HashMap::with_max_entries(102
 #[map]
 pub static PROC_STATS: HashMap<u32, ProcStats> = HashMap::with_max_entries(8192, 0);
 
-/// When each thread became runnable (woken or preempted), keyed by tid; 0 while it runs
-/// or sleeps. Entries are removed when the thread dies.
+/// Per-thread state, keyed by tid: when it became runnable, and its scheduler runtime at
+/// its last switch-out. Entries are removed when the thread dies.
 #[map]
-pub static THREADS: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
+pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(32768, 0);
 
 /// The task on each CPU: since when, and its last run-queue wait.
 #[map]

@@ -165,6 +165,17 @@ pub fn task_pid(task: *const u8) -> Option<u32> {
     Some(unsafe { core::ptr::read(task.add(off).cast::<i32>()) } as u32)
 }
 
+/// `se.sum_exec_runtime` of a task from a BTF tracepoint argument (direct load).
+#[inline(always)]
+pub fn task_runtime(task: *const u8) -> Option<u64> {
+    if config!(task.valid) == 0 || task.is_null() {
+        return None;
+    }
+    let off = config!(task.task_runtime) as usize;
+    // SAFETY: `task` is a trusted `task_struct *` argument and `off` the runtime member.
+    Some(unsafe { core::ptr::read(task.add(off).cast::<u64>()) })
+}
+
 /// `tgid` and `pid` of a task, through its BTF offsets.
 #[inline(always)]
 pub fn task_ids(task: *const u8) -> Option<(u32, u32)> {

@@ -10,12 +10,21 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::Hook;
+use crate::{aggregate::GroupBy, capture::Hook};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureConfig,
+    pub aggregate: AggregateConfig,
+}
+
+/// `[aggregate]`: how processes become workloads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// `"exe"` (by executable content hash) or `"cgroup"` (by cgroup v2 directory).
+    pub group_by: GroupBy,
 }
 
 /// `[capture]`: the kernel programs and their maps.
@@ -190,6 +199,7 @@ mod tests {
     #[case("[capture]\nintervall_ms = 5\n", "unknown field")]
     #[case("[capture]\ninterval_ms = \"fast\"\n", "invalid type")]
     #[case("[captur]\n", "unknown field")]
+    #[case("[aggregate]\ngroup_by = \"pod\"\n", "unknown variant")]
     fn bad_files_name_the_problem(#[case] text: &str, #[case] needle: &str) {
         let e = Config::parse(text).expect_err("must fail");
         assert!(e.contains(needle), "{e}");

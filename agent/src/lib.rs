@@ -9,5 +9,7 @@
 pub mod aggregate;
 pub mod capture;
 pub mod config;
+pub mod export;
 pub mod pipeline;
+pub mod record;
 pub mod trace;

@@ -1,12 +1,13 @@
 //! `umbra`: the command line. Parses, builds the config, calls the library.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use umbra::{
     config::Config,
-    pipeline,
+    export, pipeline,
+    record::Pace,
     trace::{CgroupId, Filter, Kind},
 };
 
@@ -65,6 +66,45 @@ enum Command {
         #[arg(long)]
         interval_ms: Option<u64>,
     },
+    /// Record what capture produces (samples and lifecycle events) to a file.
+    Record {
+        /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// The recording to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Sampling interval in ms (overrides capture.interval_ms).
+        #[arg(long)]
+        interval_ms: Option<u64>,
+    },
+    /// Replay a recording through aggregate and print shadow data points (no root needed).
+    Replay {
+        file: PathBuf,
+        /// Replay N times faster than recorded (default 1).
+        #[arg(long, conflicts_with = "as_fast_as_possible")]
+        speed: Option<f64>,
+        /// No waiting between intervals.
+        #[arg(long)]
+        as_fast_as_possible: bool,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a recording's shadow data points for training and for people.
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +118,10 @@ fn main() -> ExitCode {
         }
     };
     let interval = match &cli.command {
-        Command::Run { interval_ms, .. } | Command::Trace { interval_ms, .. } => *interval_ms,
+        Command::Run { interval_ms, .. }
+        | Command::Trace { interval_ms, .. }
+        | Command::Record { interval_ms, .. } => *interval_ms,
+        Command::Replay { .. } | Command::Export { .. } => None,
     };
     if let Some(ms) = interval {
         cfg.capture.interval_ms = ms;
@@ -146,6 +189,65 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 shutdown,
             )
             .await?
+        }
+        Command::Record {
+            duration, output, ..
+        } => {
+            let st = pipeline::record(&cfg, &output, duration.map(Duration::from_secs), shutdown)
+                .await?;
+            eprintln!(
+                "umbra: recorded {} intervals and {} events to {}",
+                st.ticks,
+                st.events,
+                output.display()
+            );
+        }
+        Command::Replay {
+            file,
+            speed,
+            as_fast_as_possible,
+            json,
+        } => {
+            let pace = if as_fast_as_possible {
+                Pace::AsFastAsPossible
+            } else {
+                Pace::Speed(speed.unwrap_or(1.0))
+            };
+            let mut out = stdout;
+            pipeline::replay_windows(&cfg, &file, pace, |w| {
+                pipeline::print_window(&mut out, w, json)
+            })
+            .await?;
+        }
+        Command::Export {
+            file,
+            format,
+            output,
+        } => {
+            let f = std::fs::File::create(&output)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
+            let mut out = std::io::BufWriter::new(f);
+            let mut csv_header = matches!(format, ExportFormat::Csv);
+            let n = pipeline::replay_windows(&cfg, &file, Pace::AsFastAsPossible, |w| {
+                for p in &w.points {
+                    match format {
+                        ExportFormat::Jsonl => {
+                            serde_json::to_writer(&mut out, p)?;
+                            writeln!(out)?;
+                        }
+                        ExportFormat::Csv => {
+                            if std::mem::take(&mut csv_header) {
+                                writeln!(out, "{}", export::CSV_HEADER)?;
+                            }
+                            writeln!(out, "{}", export::csv_row(p))?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            out.flush()?;
+            eprintln!("umbra: exported {n} intervals to {}", output.display());
         }
     }
     Ok(())

@@ -3,8 +3,8 @@
 //! Shutdown comes from a token (SIGINT/SIGTERM in `main`) or a duration.
 
 use std::{
-    collections::HashMap,
     io::Write,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    capture::{CaptureError, CaptureItem, KernelCapture, ProcCounters, Source, Tick},
+    aggregate::{Aggregator, ShadowPoint, Window},
+    capture::{CaptureError, CaptureItem, KernelCapture, Source},
     config::Config,
+    record::{Header, Pace, Reader, RecordError, Replay, Writer},
     trace::{self, Filter, Tracer},
 };
 
@@ -29,7 +31,9 @@ const CHANNEL_DEPTH: usize = 4096;
 pub enum PipelineError {
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    #[error("writing output: {0}")]
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("writing output")]
     Output(#[from] std::io::Error),
 }
 
@@ -99,8 +103,8 @@ async fn finish(
     }
 }
 
-/// `umbra run`: the agent's main job. At this stage: capture, and a per-process table
-/// each interval.
+/// `umbra run`: the agent's main job. At this stage: capture → aggregate, and a table of
+/// the busiest workloads (shadow data points) each interval.
 pub async fn run<W: Write>(
     cfg: &Config,
     mut out: W,
@@ -114,7 +118,8 @@ pub async fn run<W: Write>(
         dropped,
     } = start_capture(cfg, &shutdown)?;
     deadline(&shutdown, duration);
-    let mut table = TopTable::default();
+    let mut agg = Aggregator::new(cfg.aggregate.group_by, cfg.capture.interval_ms as u32);
+    let mut first = true;
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -122,7 +127,17 @@ pub async fn run<W: Write>(
         };
         match item {
             Some(CaptureItem::Tick(t)) => {
-                table.render(&mut out, &t, top, dropped.load(Ordering::Relaxed))?
+                let w = agg.tick(&t);
+                // The first window holds everything since each process was first seen.
+                if !std::mem::take(&mut first) {
+                    render_window(
+                        &mut out,
+                        &w,
+                        top,
+                        t.drops.lost(),
+                        dropped.load(Ordering::Relaxed),
+                    )?;
+                }
             }
             Some(CaptureItem::Event(_)) => {}
             None => break,
@@ -130,6 +145,152 @@ pub async fn run<W: Write>(
     }
     shutdown.cancel();
     finish(task).await
+}
+
+/// `umbra record`: the capture stream to a file.
+pub async fn record(
+    cfg: &Config,
+    path: &Path,
+    duration: Option<Duration>,
+    shutdown: CancellationToken,
+) -> Result<RecordStats, PipelineError> {
+    let header = Header {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        node: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        interval_ms: cfg.capture.interval_ms as u32,
+        start_ms: crate::capture::procfs::wall_ms(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mut w = Writer::create(path, &header)?;
+    let Running { mut rx, task, .. } = start_capture(cfg, &shutdown)?;
+    deadline(&shutdown, duration);
+    let mut stats = RecordStats::default();
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            item = rx.recv() => item,
+        };
+        let Some(item) = item else { break };
+        match &item {
+            CaptureItem::Tick(_) => stats.ticks += 1,
+            CaptureItem::Event(_) => stats.events += 1,
+        }
+        w.write(&item)?;
+    }
+    shutdown.cancel();
+    while let Ok(item) = rx.try_recv() {
+        w.write(&item)?;
+    }
+    w.flush()?;
+    finish(task).await?;
+    Ok(stats)
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordStats {
+    pub ticks: u64,
+    pub events: u64,
+}
+
+/// Drives a recording through aggregate; `each` sees every window. The error that ended
+/// a damaged recording comes back after every window before it was delivered.
+pub async fn replay_windows(
+    cfg: &Config,
+    path: &Path,
+    pace: Pace,
+    mut each: impl FnMut(&Window) -> std::io::Result<()>,
+) -> Result<u64, PipelineError> {
+    let reader = Reader::open(path)?;
+    let interval = reader.header().interval_ms;
+    let mut source = Replay::new(reader, pace);
+    let mut agg = Aggregator::new(cfg.aggregate.group_by, interval);
+    let mut n = 0;
+    while let Some(item) = source.next().await? {
+        if let CaptureItem::Tick(t) = item {
+            each(&agg.tick(&t))?;
+            n += 1;
+        }
+    }
+    match source.error.take() {
+        Some(e) => Err(e.into()),
+        None => Ok(n),
+    }
+}
+
+/// Prints a window: one JSON object a line per point, or a table.
+pub fn print_window<W: Write>(out: &mut W, w: &Window, json: bool) -> std::io::Result<()> {
+    if json {
+        for p in &w.points {
+            serde_json::to_writer(&mut *out, p)?;
+            writeln!(out)?;
+        }
+        Ok(())
+    } else {
+        render_window(out, w, usize::MAX, 0, 0)
+    }
+}
+
+/// The table of `umbra run` and `umbra replay`: node totals, then workloads by CPU.
+fn render_window<W: Write>(
+    out: &mut W,
+    w: &Window,
+    top: usize,
+    kernel_drops: u64,
+    channel_drops: u64,
+) -> std::io::Result<()> {
+    let n = &w.node;
+    let secs = n.interval_ms as f64 / 1000.0;
+    let rate = |b: u64| trace::bytes((b as f64 / secs) as u64);
+    writeln!(
+        out,
+        "-- {} workloads, node cpu {:.1}% of {} cpus, mem available {}, read {}/s write {}/s, net tx {}/s rx {}/s, execs {}, kernel drops {kernel_drops}, channel drops {channel_drops}",
+        w.points.len(),
+        n.cpu_busy_ns as f64 * 100.0 / (n.interval_ms as f64 * 1e6 * n.cpus.max(1) as f64),
+        n.cpus,
+        trace::bytes(n.mem_available_bytes),
+        rate(n.totals.read_bytes),
+        rate(n.totals.write_bytes),
+        rate(n.totals.net_tx_bytes),
+        rate(n.totals.net_rx_bytes),
+        n.input.execs,
+    )?;
+    if top == 0 {
+        return out.flush();
+    }
+    writeln!(
+        out,
+        "{:<20} {:>5} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  WORKLOAD",
+        "NAME", "PROCS", "CPU%", "RSS", "READ/s", "WRITE/s", "TX/s", "RX/s", "EXECS"
+    )?;
+    let mut points: Vec<&ShadowPoint> = w.points.iter().collect();
+    points.sort_by(|a, b| {
+        b.profile
+            .cpu_ns
+            .cmp(&a.profile.cpu_ns)
+            .then(a.workload.cmp(&b.workload))
+    });
+    for p in points.into_iter().take(top) {
+        let id = &p.workload.0;
+        let short = if id.len() > 40 { &id[..40] } else { id };
+        writeln!(
+            out,
+            "{:<20} {:>5} {:>7.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  {short}",
+            p.name.chars().take(20).collect::<String>(),
+            p.processes,
+            p.profile.cpu_cores * 100.0,
+            trace::bytes(p.profile.rss_bytes),
+            rate(p.profile.read_bytes),
+            rate(p.profile.write_bytes),
+            rate(p.profile.net_tx_bytes),
+            rate(p.profile.net_rx_bytes),
+            p.input.execs,
+        )?;
+    }
+    out.flush()
 }
 
 /// `umbra trace`: the filtered live stream.
@@ -160,79 +321,4 @@ pub async fn trace<W: Write>(
         tracer.item(&item)?;
     }
     finish(task).await
-}
-
-/// The per-interval table of `umbra run`: the busiest processes and node totals.
-#[derive(Default)]
-struct TopTable {
-    prev: HashMap<(u32, u64), ProcCounters>,
-    last_ns: Option<u64>,
-}
-
-impl TopTable {
-    fn render<W: Write>(
-        &mut self,
-        out: &mut W,
-        t: &Tick,
-        top: usize,
-        dropped: u64,
-    ) -> std::io::Result<()> {
-        let span = self
-            .last_ns
-            .map(|l| t.timestamp_ns.saturating_sub(l))
-            .unwrap_or(0);
-        self.last_ns = Some(t.timestamp_ns);
-        let mut rows = Vec::new();
-        let mut total = ProcCounters::default();
-        for s in &t.samples {
-            let key = (s.tgid, s.start_ns);
-            let d = self.prev.get(&key).map(|p| s.counters.since(p));
-            self.prev.insert(key, s.counters.clone());
-            if let Some(d) = d {
-                total.add(&d);
-                rows.push((s, d));
-            }
-        }
-        self.prev.retain(|(tgid, start), _| {
-            t.samples
-                .iter()
-                .any(|s| s.tgid == *tgid && s.start_ns == *start && s.exit.is_none())
-        });
-        if span == 0 {
-            return Ok(());
-        }
-        rows.sort_by_key(|r| std::cmp::Reverse(r.1.cpu_ns));
-        let secs = span as f64 / 1e9;
-        writeln!(
-            out,
-            "-- {} processes, cpu {:.1}%, read {}/s, write {}/s, net tx {}/s rx {}/s, kernel drops {}, channel drops {dropped}",
-            t.samples.len(),
-            total.cpu_ns as f64 * 100.0 / span as f64,
-            trace::bytes((total.read_bytes as f64 / secs) as u64),
-            trace::bytes((total.write_bytes as f64 / secs) as u64),
-            trace::bytes((total.net_tx_bytes as f64 / secs) as u64),
-            trace::bytes((total.net_rx_bytes as f64 / secs) as u64),
-            t.drops.lost(),
-        )?;
-        writeln!(
-            out,
-            "{:>8} {:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "PID", "COMM", "CPU%", "RSS", "READ/s", "WRITE/s", "TX/s", "RX/s"
-        )?;
-        for (s, d) in rows.iter().take(top) {
-            writeln!(
-                out,
-                "{:>8} {:<16} {:>6.1} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                s.tgid,
-                s.comm,
-                d.cpu_ns as f64 * 100.0 / span as f64,
-                trace::bytes(s.memory.rss()),
-                trace::bytes((d.read_bytes as f64 / secs) as u64),
-                trace::bytes((d.write_bytes as f64 / secs) as u64),
-                trace::bytes((d.net_tx_bytes as f64 / secs) as u64),
-                trace::bytes((d.net_rx_bytes as f64 / secs) as u64),
-            )?;
-        }
-        out.flush()
-    }
 }

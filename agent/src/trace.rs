@@ -430,6 +430,8 @@ mod tests {
             cgroup_id: 7,
             comm: comm.into(),
             exe: Some(format!("/usr/bin/{comm}")),
+            exe_hash: None,
+            cgroup: None,
             counters: ProcCounters {
                 cpu_ns,
                 ..Default::default()
@@ -445,6 +447,7 @@ mod tests {
             wall_ms: 0,
             samples,
             drops: DropCounts::default(),
+            node: crate::capture::NodeStats::default(),
         }))
     }
 

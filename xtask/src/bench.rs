@@ -1,6 +1,7 @@
 //! `cargo xtask bench overhead`: what the agent costs, measured in one run.
 //!
-//! - Slowdown: a pipe ping-pong between two threads (the shape of `perf bench sched pipe`:
+//! - Slowdown: a pipe ping-pong between two threads (the shape of `perf bench sched pipe`,
+//!   pinned to one CPU as with `taskset -c 0`, and unpinned:
 //!   every round trip is two context switches, two wakeups, two reads and two writes,
 //!   all of them hooked), run alternately without and with the agent; the ratio of the
 //!   medians.
@@ -51,42 +52,78 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
     let bin = util::target_dir().join("release/umbra");
     set_bpf_stats(false)?;
 
-    util::step(&format!(
-        "{rounds} alternating rounds of {iterations} pipe round trips"
-    ));
-    let mut without = Vec::new();
-    let mut with = Vec::new();
-    for r in 0..rounds {
-        // Alternate the order so that drift (thermal, caches) hits both sides alike.
-        let first_with = r % 2 == 1;
-        for agent_on in [first_with, !first_with] {
-            let ns = if agent_on {
-                let agent = Agent::start(&bin)?;
-                let ns = pingpong(iterations);
-                agent.stop()?;
-                ns
-            } else {
-                pingpong(iterations)
-            };
-            eprintln!(
-                "round {r}: agent {}: {ns:.0} ns per round trip",
-                if agent_on { "on " } else { "off" }
-            );
-            if agent_on {
-                with.push(ns)
-            } else {
-                without.push(ns)
+    // The agent as shipped, and without syscall accounting (raw_syscalls/sys_exit makes
+    // every syscall take the kernel's tracing slow path).
+    let no_sys = util::target_dir().join("bench/no-sys-exit.toml");
+    fs::create_dir_all(no_sys.parent().context("bench dir")?)?;
+    fs::write(&no_sys, "[capture]\ndisable = [\"sys_exit\"]\n")?;
+    let variants: [(&str, Vec<String>); 2] = [
+        ("agent (all hooks)", vec![]),
+        (
+            "agent without sys_exit",
+            vec!["--config".into(), no_sys.display().to_string()],
+        ),
+    ];
+    let mut md = String::new();
+    md.push_str("| benchmark | round trip without agent (median) | with agent (median) | slowdown | goal |\n|---|---|---|---|---|\n");
+    let mut headline = 0.0;
+    for pinned in [true, false] {
+        for (name, args) in &variants {
+            util::step(&format!(
+                "{name}, threads {}: {rounds} alternating rounds of {iterations} pipe round trips",
+                if pinned {
+                    "pinned to CPU 0"
+                } else {
+                    "unpinned"
+                }
+            ));
+            let mut without = Vec::new();
+            let mut with = Vec::new();
+            for r in 0..rounds {
+                // Alternate the order so that drift hits both sides alike.
+                let first_with = r % 2 == 1;
+                for agent_on in [first_with, !first_with] {
+                    let ns = if agent_on {
+                        let agent = Agent::start(&bin, args)?;
+                        let ns = pingpong(iterations, pinned);
+                        agent.stop()?;
+                        ns
+                    } else {
+                        pingpong(iterations, pinned)
+                    };
+                    eprintln!(
+                        "round {r}: agent {}: {ns:.0} ns per round trip",
+                        if agent_on { "on " } else { "off" }
+                    );
+                    if agent_on {
+                        with.push(ns)
+                    } else {
+                        without.push(ns)
+                    }
+                }
             }
+            let (m_without, m_with) = (median(&mut without), median(&mut with));
+            let slowdown = m_with / m_without - 1.0;
+            if pinned && args.is_empty() {
+                headline = slowdown;
+            }
+            md.push_str(&format!(
+                "| pipe ping-pong, {}, {name} | {m_without:.0} ns | {m_with:.0} ns | {:.2}% | ≤ 3% |\n",
+                if pinned { "pinned" } else { "unpinned" },
+                slowdown * 100.0
+            ));
         }
     }
-    let (m_without, m_with) = (median(&mut without), median(&mut with));
-    let slowdown = m_with / m_without - 1.0;
+    eprintln!(
+        "headline slowdown (pinned, all hooks): {:.2}%",
+        headline * 100.0
+    );
 
     util::step("per-program cost and agent footprint");
-    let agent = Agent::start(&bin)?;
+    let agent = Agent::start(&bin, &[])?;
     let idle_cpu = agent.cpu_percent(Duration::from_secs(20))?;
     set_bpf_stats(true)?;
-    let load = thread::spawn(move || pingpong(iterations * 4));
+    let load = thread::spawn(move || pingpong(iterations * 4, true));
     let load_cpu = agent.cpu_percent(Duration::from_secs(10))?;
     let _ = load.join();
     let progs = prog_stats()?;
@@ -94,12 +131,7 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
     let rss = agent.rss_bytes()?;
     agent.stop()?;
 
-    let mut md = String::new();
-    md.push_str("| measure | value | goal |\n|---|---|---|\n");
-    md.push_str(&format!(
-        "| pipe round trip, median without agent | {m_without:.0} ns | |\n| pipe round trip, median with agent | {m_with:.0} ns | |\n| slowdown | {:.2}% | ≤ 3% |\n",
-        slowdown * 100.0
-    ));
+    md.push_str("\n| measure | value | goal |\n|---|---|---|\n");
     md.push_str(&format!(
         "| agent CPU, idle machine | {idle_cpu:.3}% of one core | ≤ 0.5% |\n"
     ));
@@ -122,7 +154,7 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
 }
 
 /// Mean ns per round trip of `n` ping-pongs over two pipes between two threads.
-fn pingpong(n: u64) -> f64 {
+fn pingpong(n: u64, pinned: bool) -> f64 {
     let mut a = [0i32; 2];
     let mut b = [0i32; 2];
     // SAFETY: pipe(2) fills the two-element arrays.
@@ -132,7 +164,13 @@ fn pingpong(n: u64) -> f64 {
     }
     let (a_r, a_w, b_r, b_w) = (a[0], a[1], b[0], b[1]);
     let start = Instant::now();
+    if pinned {
+        pin_to_cpu0();
+    }
     let peer = thread::spawn(move || {
+        if pinned {
+            pin_to_cpu0();
+        }
         let mut c = [0u8; 1];
         for _ in 0..n {
             // SAFETY: valid fds and a one-byte buffer.
@@ -152,11 +190,37 @@ fn pingpong(n: u64) -> f64 {
     }
     let _ = peer.join();
     let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    if pinned {
+        unpin();
+    }
     for fd in [a_r, a_w, b_r, b_w] {
         // SAFETY: closing fds we opened.
         unsafe { libc::close(fd) };
     }
     ns
+}
+
+/// Pins the calling thread to CPU 0 (as `taskset -c 0 perf bench sched pipe`): every
+/// round trip is then two context switches on one CPU, with no cross-CPU wakeups.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Undoes [`pin_to_cpu0`] for the calling thread.
+fn unpin() {
+    // SAFETY: as above, every CPU the machine has.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -225,8 +289,9 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &std::path::Path) -> Result<Agent> {
+    fn start(bin: &std::path::Path, extra: &[String]) -> Result<Agent> {
         let mut child = Command::new(bin)
+            .args(extra)
             .args(["--log", "warn", "run", "--top", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

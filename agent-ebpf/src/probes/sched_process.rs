@@ -26,7 +26,8 @@ use crate::{
     config,
     maps::EVENTS,
     util::{
-        count_drop, current_ids, kread, proc_entry, retire_stale, task_ids, tp_field, tp_field_at,
+        add, count_drop, current_ids, kread, proc_entry, retire_stale, task_ids, tp_field,
+        tp_field_at,
     },
 };
 
@@ -87,6 +88,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let (_, tgid) = current_ids();
     if let Some(p) = proc_entry(prog::SCHED_PROCESS_EXEC, tgid) {
         p.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        add(&mut p.execs, 1);
     }
     let loc: Option<u32> =
         tp_field_at::<_, 8>(&ctx, prog::SCHED_PROCESS_EXEC, config!(tp.exec_filename));

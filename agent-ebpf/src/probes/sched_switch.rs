@@ -9,10 +9,10 @@
 //! wait; `THREADS` holds only when each thread became runnable.
 //! <https://github.com/torvalds/linux/blob/v6.12/kernel/sched/core.c#L6684>
 
-use agent_common::{CpuState, Drop, prog::SCHED_SWITCH as PROG};
+use agent_common::{CpuState, Drop, RUNTIME_UNKNOWN, ThreadState, prog::SCHED_SWITCH as PROG};
 use aya_ebpf::{
-    bindings::BPF_ANY,
-    helpers::bpf_ktime_get_ns,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -20,7 +20,10 @@ use aya_ebpf::{
 use crate::{
     config,
     maps::{CPU_STATE, THREADS},
-    util::{add, count_drop, current_ids, hist_add, proc_entry, task_pid, tp_field_at},
+    util::{
+        add, count_drop, current_ids, hist_add, kread, proc_entry, task_pid, task_runtime,
+        tp_field_at,
+    },
 };
 
 /// Raw `TASK_DEAD` in `__state` (BTF arguments carry the raw state; kernels ≥ 5.18).
@@ -31,16 +34,19 @@ const REPORTED_DEAD: i64 = 0x10 | 0x20;
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
     let Some(next_tid) = task_pid(next) else {
         return 0;
     };
     let state = prev_state as u32;
+    let runtime = task_runtime(prev);
     on_switch(
         preempt & 1 != 0 || state == 0,
         state & TASK_DEAD != 0,
         next_tid,
+        runtime,
     );
     0
 }
@@ -56,12 +62,24 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
     let next_tid: i32 = tp_field_at::<_, 56>(ctx, PROG, config!(tp.switch_next_pid))?;
     // Preempted (TASK_REPORT_MAX) or still running: nothing of TASK_REPORT | IDLE is set.
     let involuntary = state & 0xff == 0;
-    on_switch(involuntary, state & REPORTED_DEAD != 0, next_tid as u32);
+    // `prev` is `current` here; with BTF offsets its runtime can be read through it.
+    let runtime = if config!(task.valid) != 0 {
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        kread::<u64>(task, config!(task.task_runtime))
+    } else {
+        None
+    };
+    on_switch(
+        involuntary,
+        state & REPORTED_DEAD != 0,
+        next_tid as u32,
+        runtime,
+    );
     Some(())
 }
 
 #[inline(always)]
-fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32) {
+fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32, prev_runtime: Option<u64>) {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(cpu) = CPU_STATE.get_ptr_mut(0) else {
         return;
@@ -70,37 +88,84 @@ fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32) {
     let cpu = unsafe { &mut *cpu };
     let (prev_tid, prev_tgid) = current_ids();
     if prev_tid != 0 {
-        switch_out(now, cpu, prev_tid, prev_tgid, involuntary, prev_dead);
+        switch_out(
+            now,
+            cpu,
+            prev_tid,
+            prev_tgid,
+            involuntary,
+            prev_dead,
+            prev_runtime,
+        );
     }
     switch_in(now, cpu, next_tid);
 }
 
+/// Accounts the slice that ends: the scheduler's own runtime delta when the task's BTF
+/// offsets are known (exact, and immune to switches this hook never saw: some tasks'
+/// switches are not traced), else the time since this CPU saw the task switched in.
 #[inline(always)]
-fn switch_out(now: u64, cpu: &mut CpuState, tid: u32, tgid: u32, involuntary: bool, dead: bool) {
+fn switch_out(
+    now: u64,
+    cpu: &mut CpuState,
+    tid: u32,
+    tgid: u32,
+    involuntary: bool,
+    dead: bool,
+    runtime: Option<u64>,
+) {
+    let thread = THREADS.get_ptr_mut(tid);
     if let Some(proc) = proc_entry(PROG, tgid) {
         if involuntary {
             add(&mut proc.involuntary_switches, 1);
         } else {
             add(&mut proc.voluntary_switches, 1);
         }
-        // Only what this CPU saw begin: the first slice after attach is unknown.
-        if cpu.tid == tid {
-            if cpu.since != 0 && now > cpu.since {
-                add(&mut proc.cpu_ns, now - cpu.since);
+        match (runtime, thread) {
+            (Some(rt), Some(t)) => {
+                // SAFETY: map value, valid for the program's run.
+                let last = unsafe { (*t).last_runtime };
+                if last != RUNTIME_UNKNOWN && rt > last {
+                    add(&mut proc.cpu_ns, rt - last);
+                }
             }
-            if cpu.pending_wait != 0 {
-                add(&mut proc.runq_wait_ns, cpu.pending_wait);
-                add(&mut proc.runq_waits, 1);
-                hist_add(&mut proc.runq_hist, cpu.pending_wait);
+            (Some(_), None) => {}
+            (None, _) => {
+                if cpu.tid == tid && cpu.since != 0 && now > cpu.since {
+                    add(&mut proc.cpu_ns, now - cpu.since);
+                }
             }
+        }
+        if cpu.tid == tid && cpu.pending_wait != 0 {
+            add(&mut proc.runq_wait_ns, cpu.pending_wait);
+            add(&mut proc.runq_waits, 1);
+            hist_add(&mut proc.runq_hist, cpu.pending_wait);
         }
     }
     if dead {
         let _ = THREADS.remove(tid);
-    } else if involuntary {
-        // Still runnable: back in the run queue from now.
-        if THREADS.insert(tid, now, BPF_ANY as u64).is_err() {
-            count_drop(PROG, Drop::ThreadMapFull);
+        return;
+    }
+    match thread {
+        Some(t) => {
+            // SAFETY: map value, valid for the program's run.
+            let t = unsafe { &mut *t };
+            if let Some(rt) = runtime {
+                t.last_runtime = rt;
+            }
+            if involuntary {
+                // Still runnable: back in the run queue from now.
+                t.wait_since = now;
+            }
+        }
+        None => {
+            let st = ThreadState {
+                wait_since: if involuntary { now } else { 0 },
+                last_runtime: runtime.unwrap_or(RUNTIME_UNKNOWN),
+            };
+            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
+                count_drop(PROG, Drop::ThreadMapFull);
+            }
         }
     }
 }
@@ -113,12 +178,12 @@ fn switch_in(now: u64, cpu: &mut CpuState, tid: u32) {
     if tid == 0 {
         return;
     }
-    if let Some(w) = THREADS.get_ptr_mut(tid) {
+    if let Some(t) = THREADS.get_ptr_mut(tid) {
         // SAFETY: map value, valid for the program's run.
-        let w = unsafe { &mut *w };
-        if *w != 0 && now > *w {
-            cpu.pending_wait = now - *w;
+        let t = unsafe { &mut *t };
+        if t.wait_since != 0 && now > t.wait_since {
+            cpu.pending_wait = now - t.wait_since;
         }
-        *w = 0;
+        t.wait_since = 0;
     }
 }

@@ -4,7 +4,7 @@
 //! read the `pid` field.
 
 use agent_common::{
-    Drop,
+    Drop, RUNTIME_UNKNOWN, ThreadState,
     prog::{SCHED_WAKEUP, SCHED_WAKEUP_NEW},
 };
 use aya_ebpf::{
@@ -66,9 +66,18 @@ fn wake(prog: u32, tid: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     match THREADS.get_ptr_mut(tid) {
         // SAFETY: map value, valid for the program's run.
-        Some(w) => unsafe { *w = now },
+        Some(t) => unsafe { (*t).wait_since = now },
         None => {
-            if THREADS.insert(tid, now, BPF_NOEXIST as u64).is_err() {
+            // A new thread has run for 0 ns; one that ran before we saw it, for unknown.
+            let st = ThreadState {
+                wait_since: now,
+                last_runtime: if prog == SCHED_WAKEUP_NEW {
+                    0
+                } else {
+                    RUNTIME_UNKNOWN
+                },
+            };
+            if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
                 count_drop(prog, Drop::ThreadMapFull);
             }
         }

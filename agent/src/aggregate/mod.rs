@@ -1,10 +1,215 @@
 //! Aggregate: kernel samples become *shadow data points* — per workload and interval,
 //! `{timestamp, production input, resource profile}` — plus node totals.
 //!
-//! The types here are the contract between aggregate and every later stage (predict,
-//! allocate, publish); they carry no aya types and serialize with serde (postcard on the
-//! wire and on disk, JSON for people).
+//! [`Aggregator`] is a small synchronous core and a pure function of what capture
+//! produced: ticks in, [`Window`]s out. Everything it needs (executable hashes, cgroup
+//! paths, node counters) travels in the tick, so a replayed recording gives exactly the
+//! points the live agent gave. The point types are the contract with every later stage.
 
 mod point;
 
+use std::collections::{BTreeMap, HashMap};
+
 pub use point::*;
+use serde::{Deserialize, Serialize};
+
+use crate::capture::{Histogram, NodeStats, ProcCounters, ProcessSample, Tick, hist_quantile};
+
+/// How processes are grouped into workloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// By executable content (`exe:sha256:<hex>`): the same binary is one workload on
+    /// every node and across restarts.
+    #[default]
+    Exe,
+    /// By cgroup v2 directory (`cgroup:<path>`): a container or a systemd service.
+    Cgroup,
+}
+
+/// Ticks after which a process missing from every tick is forgotten.
+const FORGET_AFTER_TICKS: u64 = 5;
+
+/// One interval's output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub points: Vec<ShadowPoint>,
+    pub node: NodePoint,
+}
+
+/// Turns ticks into windows of shadow data points.
+pub struct Aggregator {
+    group_by: GroupBy,
+    default_interval_ms: u32,
+    /// Last counters of each live process, by (tgid, start_ns), and the tick it was last
+    /// seen in.
+    prev: HashMap<(u32, u64), (ProcCounters, u64)>,
+    ticks: u64,
+    last: Option<(u64, NodeStats)>,
+}
+
+/// Running sums of one workload within a tick.
+#[derive(Default)]
+struct Acc {
+    name: String,
+    processes: u32,
+    d: ProcCounters,
+    rss: u64,
+}
+
+impl Aggregator {
+    pub fn new(group_by: GroupBy, default_interval_ms: u32) -> Self {
+        Aggregator {
+            group_by,
+            default_interval_ms,
+            prev: HashMap::new(),
+            ticks: 0,
+            last: None,
+        }
+    }
+
+    /// The workload of a process, and a name for people.
+    pub fn workload(&self, s: &ProcessSample) -> (WorkloadId, String) {
+        let comm_name = || {
+            s.exe
+                .as_deref()
+                .and_then(|e| e.rsplit('/').next())
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&s.comm)
+                .to_string()
+        };
+        match self.group_by {
+            GroupBy::Cgroup => match &s.cgroup {
+                Some(path) => (
+                    WorkloadId(format!("cgroup:{path}")),
+                    path.rsplit('/')
+                        .find(|p| !p.is_empty())
+                        .unwrap_or("/")
+                        .to_string(),
+                ),
+                None => (
+                    WorkloadId(format!("cgroup:id:{}", s.cgroup_id)),
+                    comm_name(),
+                ),
+            },
+            GroupBy::Exe => match (&s.exe_hash, &s.exe) {
+                (Some(h), _) => (WorkloadId(format!("exe:{h}")), comm_name()),
+                // The file could not be read (gone, or no access): its path stands in.
+                (None, Some(path)) => (WorkloadId(format!("path:{path}")), comm_name()),
+                // Kernel threads have no executable.
+                (None, None) => (WorkloadId("kernel".into()), "kernel".into()),
+            },
+        }
+    }
+
+    /// One tick in, one window out. Per-process deltas since the previous tick (or since
+    /// the process was first seen) are summed per workload; a process's final sample is
+    /// counted in the interval it ended in, then forgotten.
+    pub fn tick(&mut self, t: &Tick) -> Window {
+        let interval_ns = match self.last {
+            Some((ts, _)) if t.timestamp_ns > ts => t.timestamp_ns - ts,
+            _ => self.default_interval_ms as u64 * 1_000_000,
+        };
+        let interval_ms = (interval_ns / 1_000_000).max(1) as u32;
+        self.ticks += 1;
+        let mut by: BTreeMap<WorkloadId, Acc> = BTreeMap::new();
+        let mut total = Acc::default();
+        for s in &t.samples {
+            let key = (s.tgid, s.start_ns);
+            let d = match self.prev.get(&key) {
+                Some((p, _)) => s.counters.since(p),
+                None => s.counters.clone(),
+            };
+            if s.exit.is_some() {
+                self.prev.remove(&key);
+            } else {
+                self.prev.insert(key, (s.counters.clone(), self.ticks));
+            }
+            let (id, name) = self.workload(s);
+            let acc = by.entry(id).or_insert_with(|| Acc {
+                name,
+                ..Default::default()
+            });
+            for a in [&mut *acc, &mut total] {
+                a.processes += 1;
+                a.d.add(&d);
+                if s.exit.is_none() {
+                    a.rss += s.memory.rss();
+                }
+            }
+        }
+        // A process missing from a tick may come back (a map walk can miss an entry that
+        // moves under it): its counters are kept for a while, so its history is never
+        // counted twice. Gone for good (a cut recording) after a few ticks.
+        let now = self.ticks;
+        self.prev
+            .retain(|_, (_, seen)| now - *seen < FORGET_AFTER_TICKS);
+        let points = by
+            .into_iter()
+            .map(|(workload, a)| ShadowPoint {
+                timestamp_ms: t.wall_ms,
+                interval_ms,
+                workload,
+                name: a.name,
+                processes: a.processes,
+                input: input(&a.d),
+                profile: profile(&a.d, a.rss, interval_ns),
+            })
+            .collect();
+        let cpu_busy_ns = match self.last {
+            Some((_, prev)) => t.node.cpu_busy_ns.saturating_sub(prev.cpu_busy_ns),
+            None => 0,
+        };
+        self.last = Some((t.timestamp_ns, t.node));
+        let node = NodePoint {
+            timestamp_ms: t.wall_ms,
+            interval_ms,
+            cpus: t.node.cpus,
+            cpu_busy_ns,
+            mem_total_bytes: t.node.mem_total_bytes,
+            mem_available_bytes: t.node.mem_available_bytes,
+            totals: profile(&total.d, total.rss, interval_ns),
+            input: input(&total.d),
+        };
+        Window { points, node }
+    }
+}
+
+fn input(d: &ProcCounters) -> ProductionInput {
+    ProductionInput {
+        execs: d.execs,
+        conn_accepted: d.conn_accepted,
+        conn_opened: d.conn_opened,
+        net_rx_bytes: d.net_rx_bytes,
+        syscalls: d.syscalls,
+    }
+}
+
+fn quantile(h: &Histogram, q: f64) -> Option<u64> {
+    hist_quantile(h, q)
+}
+
+fn profile(d: &ProcCounters, rss: u64, interval_ns: u64) -> ResourceProfile {
+    ResourceProfile {
+        cpu_ns: d.cpu_ns,
+        cpu_cores: d.cpu_ns as f64 / interval_ns.max(1) as f64,
+        voluntary_switches: d.voluntary_switches,
+        involuntary_switches: d.involuntary_switches,
+        runq_p50_ns: quantile(&d.runq_hist, 0.5),
+        runq_p99_ns: quantile(&d.runq_hist, 0.99),
+        rss_bytes: rss,
+        page_faults: d.page_faults,
+        read_bytes: d.read_bytes,
+        write_bytes: d.write_bytes,
+        block_read_bytes: d.block_read_bytes,
+        block_write_bytes: d.block_write_bytes,
+        block_p99_ns: quantile(&d.block_hist, 0.99),
+        net_tx_bytes: d.net_tx_bytes,
+        net_rx_bytes: d.net_rx_bytes,
+        retransmits: d.retransmits,
+        pressure: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

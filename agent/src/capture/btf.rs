@@ -30,7 +30,7 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, CaptureError> {
         task_exit_code: off("task_struct", "exit_code")?,
         task_signal: off("task_struct", "signal")?,
         signal_live: off("signal_struct", "live")?,
-        _pad: 0,
+        task_runtime: off("task_struct", "se")? + off("sched_entity", "sum_exec_runtime")?,
     })
 }
 

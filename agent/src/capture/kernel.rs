@@ -24,7 +24,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
 
 use super::{
-    CaptureError, CaptureItem, Source, btf, procfs, syscalls,
+    CaptureError, CaptureItem, Source, btf,
+    identity::Identity,
+    procfs, syscalls,
     tracefs::{self, Tracefs},
     types::{
         DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters, ProcessSample, Tick,
@@ -222,23 +224,30 @@ struct ProcInfo {
     /// RSS from /proc for members the kernel has not reported since attach.
     seed: Option<Memory>,
     exit: Option<Exit>,
+    /// Hash of `exe`, once computed (`Some(None)`: could not be read).
+    exe_hash: Option<Option<String>>,
 }
 
 /// The live kernel source.
 pub struct KernelCapture {
     ebpf: Ebpf,
     stats: HashMap<MapData, u32, ProcStats>,
-    threads: HashMap<MapData, u32, u64>,
+    threads: HashMap<MapData, u32, agent_common::ThreadState>,
     drops: PerCpuArray<MapData, agent_common::DropTable>,
+    cpu_state: PerCpuArray<MapData, agent_common::CpuState>,
+    /// tid → tgid of threads seen running at a tick.
+    tgid_of: StdHashMap<u32, u32>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
     /// The kernel log, when no runtime polls it: flushed at each sample.
     logger: Option<KernelLog>,
     report: AttachReport,
     procs: StdHashMap<u32, ProcInfo>,
+    identity: Identity,
     exited: HashMap<MapData, ExitedKey, ProcStats>,
     recent_exits: VecDeque<(u32, Exit)>,
     pending: VecDeque<CaptureItem>,
+    unclaimed: Vec<Lifecycle>,
     interval: Duration,
     ticker: Option<tokio::time::Interval>,
     /// Drains the ring buffer between wakeups (the programs wake the reader only when a
@@ -250,6 +259,8 @@ pub struct KernelCapture {
 /// Exits younger than this are finalised at the next tick: the dying thread's last
 /// switch-out (its final CPU slice) lands just after the exit tracepoint.
 const EXIT_SETTLE_NS: u64 = 20_000_000;
+/// Events drained by `sample` and not taken are bounded (sync callers may never take them).
+const MAX_UNCLAIMED: usize = 65536;
 /// Exits remembered for processes retired through `EXITED` (pid reuse).
 const RECENT_EXITS: usize = 4096;
 /// How often the ring buffer is drained without a wakeup.
@@ -266,17 +277,30 @@ impl KernelCapture {
         kc.tp = tracefs.offsets();
         kc.syscalls = syscalls::NRS;
         let btf_path = Path::new(btf::VMLINUX_BTF);
-        let kernel_btf = if cfg.btf_tracepoints && btf_path.exists() {
-            match (btf::task_offsets(btf_path), Btf::from_sys_fs()) {
-                (Ok(task), Ok(b)) => {
-                    kc.task = task;
-                    Some(b)
-                }
-                (Err(e), _) => {
-                    warn!(error = %e, "Kernel BTF unusable; using classic tracepoints only");
+        // Task offsets serve the classic tracepoints too (exact CPU time, exit codes,
+        // parents); BTF tracepoints additionally need the parsed BTF.
+        let task = if btf_path.exists() {
+            match btf::task_offsets(btf_path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(error = %e, "Kernel BTF unusable; task fields come from /proc");
                     None
                 }
-                (_, Err(e)) => {
+            }
+        } else {
+            warn!(
+                path = btf::VMLINUX_BTF,
+                "No kernel BTF; task fields come from /proc"
+            );
+            None
+        };
+        if let Some(t) = task {
+            kc.task = t;
+        }
+        let kernel_btf = if cfg.btf_tracepoints && task.is_some() {
+            match Btf::from_sys_fs() {
+                Ok(b) => Some(b),
+                Err(e) => {
                     warn!(error = %e, "Kernel BTF unusable; using classic tracepoints only");
                     None
                 }
@@ -352,6 +376,12 @@ impl KernelCapture {
                 name: "EXITED",
                 source,
             })?;
+        let cpu_state = PerCpuArray::try_from(take(&mut ebpf, "CPU_STATE")?).map_err(|source| {
+            CaptureError::Map {
+                name: "CPU_STATE",
+                source,
+            }
+        })?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(|source| {
             CaptureError::Map {
                 name: "DROPS",
@@ -373,9 +403,13 @@ impl KernelCapture {
             logger,
             report,
             procs: StdHashMap::new(),
+            cpu_state,
+            tgid_of: StdHashMap::new(),
+            identity: Identity::new(),
             exited,
             recent_exits: VecDeque::new(),
             pending: VecDeque::new(),
+            unclaimed: Vec::new(),
             interval: cfg.interval(),
             ticker: None,
             drainer: None,
@@ -421,6 +455,7 @@ impl KernelCapture {
                 let info = self.procs.entry(ev.tgid).or_default();
                 info.comm.clone_from(&ev.comm);
                 info.exe = Some(filename.clone());
+                info.exe_hash = None;
                 if ev.ppid.is_some() {
                     info.ppid = ev.ppid;
                 }
@@ -465,16 +500,36 @@ impl KernelCapture {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
-        let mut events = Vec::new();
+        // Events still in the ring belong before this tick: they are kept for
+        // `take_events` (and come out of `next` ahead of the tick).
+        let mut events = std::mem::take(&mut self.unclaimed);
         self.drain_events(&mut events);
-        for ev in events {
-            self.pending.push_back(CaptureItem::Event(ev));
+        if events.len() > MAX_UNCLAIMED {
+            let extra = events.len() - MAX_UNCLAIMED;
+            events.drain(..extra);
+            warn!(
+                dropped = extra,
+                "Lifecycle events never taken; oldest dropped"
+            );
         }
+        self.unclaimed = events;
         let now = procfs::boot_ns();
+        self.identity.new_tick();
         let wall_ms = procfs::wall_ms();
         self.ticks += 1;
         let gc = self.ticks.is_multiple_of(GC_EVERY_TICKS);
-        let entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
+        // Node counters, running slices and the kernel maps are read together, before the
+        // slower work below (names, hashes), so they describe the same instant.
+        let node = procfs::node_stats();
+        let inflight = self.inflight();
+        let mut entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
+        // The kernel adds a slice at switch-out; a task running for seconds would show its
+        // CPU time in lumps. Count the slice in progress now, so each interval gets its own.
+        for (tgid, st) in entries.iter_mut() {
+            if let Some(ns) = inflight.get(tgid) {
+                st.cpu_ns += ns;
+            }
+        }
         let mut samples = Vec::with_capacity(entries.len());
         let mut finished = Vec::new();
         // Processes whose tgid was reused before we collected them: final samples.
@@ -495,7 +550,10 @@ impl KernelCapture {
                     code: None,
                     timestamp_ns: now,
                 });
-            samples.push(build_sample(key.tgid, &st, &info, Some(exit)));
+            let mut info = info;
+            let cgroup = self.identity.cgroup_path(st.cgroup_id);
+            hash_exe(&mut self.identity, key.tgid, &mut info);
+            samples.push(build_sample(key.tgid, &st, &info, cgroup, Some(exit)));
         }
         for (tgid, st) in entries {
             let info = self.procs.entry(tgid).or_default();
@@ -524,8 +582,10 @@ impl KernelCapture {
                         procfs::memory(tgid)
                     },
                     exit,
+                    exe_hash: None,
                 };
             }
+            hash_exe(&mut self.identity, tgid, info);
             if gc && info.exit.is_none() && !procfs::alive(tgid) {
                 info.exit = Some(Exit {
                     code: None,
@@ -536,7 +596,8 @@ impl KernelCapture {
             if exit.is_some() {
                 finished.push(tgid);
             }
-            samples.push(build_sample(tgid, &st, info, exit));
+            let cgroup = self.identity.cgroup_path(st.cgroup_id);
+            samples.push(build_sample(tgid, &st, info, cgroup, exit));
         }
         for tgid in finished {
             // Gone from the kernel map first, then from what we know.
@@ -560,6 +621,7 @@ impl KernelCapture {
             wall_ms,
             samples,
             drops: self.drop_counts()?,
+            node,
         })
     }
 
@@ -570,6 +632,41 @@ impl KernelCapture {
             .rev()
             .find(|(t, e)| *t == tgid && e.timestamp_ns >= start_ns)
             .map(|(_, e)| *e)
+    }
+
+    /// On-CPU time of the slices running right now, by tgid.
+    fn inflight(&mut self) -> StdHashMap<u32, u64> {
+        let mut out = StdHashMap::new();
+        let Ok(per_cpu) = self.cpu_state.get(&0, 0) else {
+            return out;
+        };
+        let now = procfs::mono_ns();
+        if self.tgid_of.len() > 65536 {
+            self.tgid_of.clear();
+        }
+        for st in per_cpu.iter() {
+            if st.tid == 0 || st.since == 0 || st.since >= now {
+                continue;
+            }
+            let tgid = match self.tgid_of.get(&st.tid) {
+                Some(t) => *t,
+                None => match procfs::tgid_of(st.tid) {
+                    Some(t) => {
+                        self.tgid_of.insert(st.tid, t);
+                        t
+                    }
+                    None => continue,
+                },
+            };
+            *out.entry(tgid).or_insert(0) += now - st.since;
+        }
+        out
+    }
+
+    /// Lifecycle events that `sample` drained from the ring buffer (they happened before
+    /// that tick). The sync API's callers take them here.
+    pub fn take_events(&mut self) -> Vec<Lifecycle> {
+        std::mem::take(&mut self.unclaimed)
     }
 
     /// Removes thread entries of threads that are gone without a final switch seen.
@@ -635,6 +732,8 @@ impl Source for KernelCapture {
             tokio::select! {
                 _ = ticker.tick() => {
                     let tick = self.sample()?;
+                    let events = self.take_events();
+                    self.pending.extend(events.into_iter().map(CaptureItem::Event));
                     self.pending.push_back(CaptureItem::Tick(Box::new(tick)));
                 }
                 guard = fd.readable() => {
@@ -655,7 +754,19 @@ impl Source for KernelCapture {
 }
 
 /// A process's sample from its kernel counters and what userspace knows of it.
-fn build_sample(tgid: u32, st: &ProcStats, info: &ProcInfo, exit: Option<Exit>) -> ProcessSample {
+fn hash_exe(identity: &mut Identity, tgid: u32, info: &mut ProcInfo) {
+    if info.exe_hash.is_none() && info.exe.is_some() {
+        info.exe_hash = Some(identity.exe_hash(tgid, info.exe.as_deref()));
+    }
+}
+
+fn build_sample(
+    tgid: u32,
+    st: &ProcStats,
+    info: &ProcInfo,
+    cgroup: Option<String>,
+    exit: Option<Exit>,
+) -> ProcessSample {
     let mut memory = Memory::from_kernel(st);
     if let Some(seed) = info.seed {
         let seen = |bit: usize| st.rss_seen & (1 << bit) != 0;
@@ -679,6 +790,8 @@ fn build_sample(tgid: u32, st: &ProcStats, info: &ProcInfo, exit: Option<Exit>) 
         cgroup_id: st.cgroup_id,
         comm: info.comm.clone(),
         exe: info.exe.clone(),
+        exe_hash: info.exe_hash.clone().flatten(),
+        cgroup,
         counters: ProcCounters::from_kernel(st),
         memory,
         exit,

@@ -6,8 +6,9 @@
 //! pipeline reads: the kernel here, a recording in replay.
 
 mod btf;
+mod identity;
 mod kernel;
-mod procfs;
+pub mod procfs;
 mod syscalls;
 mod tracefs;
 mod types;
@@ -15,7 +16,9 @@ mod types;
 use std::{future::Future, path::PathBuf};
 
 pub use agent_common::Drop as DropKind;
+pub use identity::cgroup2_root;
 pub use kernel::{AttachReport, Hook, HookStatus, KernelCapture};
+pub use procfs::NodeStats;
 pub use types::*;
 
 /// Where captured data comes from: the live kernel or a recording.

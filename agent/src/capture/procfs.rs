@@ -74,6 +74,17 @@ pub fn boot_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Monotonic now, in ns: the clock of `bpf_ktime_get_ns`.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Wall clock now, ms since the Unix epoch.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
@@ -101,5 +112,71 @@ mod tests {
         assert!(alive(me));
         assert!(comm(me).is_some());
         assert!(memory(me).map(|m| m.rss() > 0).unwrap_or(false));
+    }
+}
+
+/// Node-wide counters from `/proc/stat` and `/proc/meminfo`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    pub cpus: u32,
+    /// Busy CPU time over all CPUs since boot (everything but idle and iowait), ns.
+    pub cpu_busy_ns: u64,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+}
+
+pub fn node_stats() -> NodeStats {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    parse_node(&stat, &meminfo, clock_ticks())
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+pub fn parse_node(stat: &str, meminfo: &str, hz: u64) -> NodeStats {
+    let mut n = NodeStats::default();
+    for l in stat.lines() {
+        if let Some(rest) = l.strip_prefix("cpu ") {
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+            n.cpu_busy_ns = busy.saturating_mul(1_000_000_000 / hz.max(1));
+        } else if l.starts_with("cpu") {
+            n.cpus += 1;
+        }
+    }
+    let kb = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    n.mem_total_bytes = kb("MemTotal:");
+    n.mem_available_bytes = kb("MemAvailable:");
+    n
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    #[test]
+    fn busy_time_excludes_idle_and_iowait() {
+        let stat = "cpu  100 10 50 1000 7 3 2 1 0 0\ncpu0 50 5 25 500 3 1 1 0 0 0\ncpu1 50 5 25 500 4 2 1 1 0 0\nintr 0\n";
+        let n = parse_node(stat, "MemTotal: 1000 kB\nMemAvailable: 400 kB\n", 100);
+        assert_eq!(n.cpus, 2);
+        assert_eq!(n.cpu_busy_ns, (100 + 10 + 50 + 3 + 2 + 1) * 10_000_000);
+        assert_eq!(n.mem_total_bytes, 1000 * 1024);
+        assert_eq!(n.mem_available_bytes, 400 * 1024);
     }
 }

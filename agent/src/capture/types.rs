@@ -33,6 +33,7 @@ pub struct ProcCounters {
     pub conn_accepted: u64,
     pub conn_closed: u64,
     pub retransmits: u64,
+    pub execs: u64,
     pub runq_hist: Histogram,
     pub block_hist: Histogram,
 }
@@ -61,7 +62,8 @@ macro_rules! each_counter {
             conn_opened,
             conn_accepted,
             conn_closed,
-            retransmits
+            retransmits,
+            execs
         )
     };
 }
@@ -165,6 +167,10 @@ pub struct ProcessSample {
     pub comm: String,
     /// Path of the executable, from the exec event or `/proc/<pid>/exe`.
     pub exe: Option<String>,
+    /// `sha256:<hex>` of the executable: the same binary has the same key on every node.
+    pub exe_hash: Option<String>,
+    /// Path of the process's cgroup v2 directory below the cgroup2 root.
+    pub cgroup: Option<String>,
     pub counters: ProcCounters,
     pub memory: Memory,
     /// Set on the process's final sample; the process is not reported again.
@@ -268,6 +274,8 @@ pub struct Tick {
     /// Every live process, and the final sample of each that exited since the last tick.
     pub samples: Vec<ProcessSample>,
     pub drops: DropCounts,
+    /// Node-wide counters at the same instant.
+    pub node: super::NodeStats,
 }
 
 /// What a [`super::Source`] yields.

@@ -1,0 +1,178 @@
+//! Stable identities for grouping processes into workloads: a SHA-256 fingerprint of a
+//! process's executable (the same binary has the same key on every node and after restarts) and the
+//! path of its cgroup v2 directory. Both are cached, so the cost is one read of each
+//! executable file and one walk of the cgroup tree per new cgroup.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{Read, Seek, SeekFrom},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+/// Executables hashed and cgroups remembered before the caches are cleared.
+const CACHE_LIMIT: usize = 4096;
+
+#[derive(Default)]
+pub struct Identity {
+    /// (dev, inode, size, mtime) → "sha256:<hex>".
+    hashes: HashMap<(u64, u64, u64, i64), String>,
+    /// cgroup id (inode of its cgroup2 directory) → path below the cgroup2 root.
+    cgroups: HashMap<u64, String>,
+    cgroup_root: Option<PathBuf>,
+    /// The cgroup tree is walked at most once per tick.
+    walked_this_tick: bool,
+}
+
+impl Identity {
+    pub fn new() -> Self {
+        Identity {
+            cgroup_root: cgroup2_root(),
+            ..Default::default()
+        }
+    }
+
+    pub fn new_tick(&mut self) {
+        self.walked_this_tick = false;
+    }
+
+    /// Hash of the executable of `tgid` (through `/proc/<tgid>/exe`, which works even when
+    /// the file was replaced), or of `path` when the process is gone.
+    pub fn exe_hash(&mut self, tgid: u32, path: Option<&str>) -> Option<String> {
+        let file = File::open(format!("/proc/{tgid}/exe"))
+            .ok()
+            .or_else(|| path.and_then(|p| File::open(p).ok()))?;
+        let m = file.metadata().ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        let key = (m.dev(), m.ino(), m.size(), m.mtime());
+        if let Some(h) = self.hashes.get(&key) {
+            return Some(h.clone());
+        }
+        let h = sha256(file)?;
+        if self.hashes.len() >= CACHE_LIMIT {
+            self.hashes.clear();
+        }
+        self.hashes.insert(key, h.clone());
+        Some(h)
+    }
+
+    /// Path of cgroup `id` below the cgroup2 root ("/" for the root itself).
+    pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.cgroups.get(&id) {
+            return Some(p.clone());
+        }
+        if self.walked_this_tick {
+            return None;
+        }
+        self.walked_this_tick = true;
+        let root = self.cgroup_root.clone()?;
+        if self.cgroups.len() >= CACHE_LIMIT {
+            self.cgroups.clear();
+        }
+        walk(&root, &root, &mut self.cgroups, 0);
+        self.cgroups.get(&id).cloned()
+    }
+}
+
+/// Bytes read from each end of an executable for its fingerprint.
+const EDGE: u64 = 1 << 20;
+
+/// SHA-256 of the file's size, its first MiB and its last MiB: a content fingerprint
+/// that costs at most 2 MiB of reading however large the binary (a whole-file hash of a
+/// 100 MB binary would stall the capture loop), and still differs between builds.
+fn sha256(mut f: File) -> Option<String> {
+    let size = f.metadata().ok()?.len();
+    let mut h = Sha256::new();
+    h.update(size.to_le_bytes());
+    let mut buf = vec![0u8; EDGE as usize];
+    let n = read_up_to(&mut f, &mut buf)?;
+    h.update(&buf[..n]);
+    if size > EDGE {
+        f.seek(SeekFrom::Start(size.saturating_sub(EDGE).max(EDGE)))
+            .ok()?;
+        let n = read_up_to(&mut f, &mut buf)?;
+        h.update(&buf[..n]);
+    }
+    let digest = h.finalize();
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Some(s)
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> Option<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).ok()? {
+            0 => break,
+            m => n += m,
+        }
+    }
+    Some(n)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    if let Ok(m) = std::fs::metadata(dir) {
+        let rel = dir
+            .strip_prefix(root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        out.insert(m.ino(), format!("/{rel}"));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(root, &e.path(), out, depth + 1);
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
+/// on hybrid ones).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_file_has_the_same_hash_and_it_is_cached() {
+        let mut id = Identity::new();
+        let me = std::process::id();
+        let a = id.exe_hash(me, None).expect("own executable");
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64);
+        let exe = std::fs::read_link("/proc/self/exe").expect("exe");
+        let b = id.exe_hash(u32::MAX, exe.to_str()).expect("by path");
+        assert_eq!(a, b);
+        assert_eq!(id.hashes.len(), 1);
+    }
+
+    #[test]
+    fn the_cgroup_root_has_path_slash() {
+        let mut id = Identity::new();
+        let Some(root) = id.cgroup_root.clone() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let ino = std::fs::metadata(&root).expect("root").ino();
+        assert_eq!(id.cgroup_path(ino).as_deref(), Some("/"));
+    }
+}
