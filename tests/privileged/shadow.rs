@@ -50,7 +50,7 @@ fn workload_cpu_adds_up_to_node_busy_time_and_bytes_to_proc_io() {
             Workload::start(&[
                 "io",
                 path.to_str().unwrap(),
-                &((i + 1) * 4 << 20).to_string(),
+                &(((i + 1) * 4) << 20).to_string(),
                 "plain",
             ])
         })
