@@ -126,7 +126,7 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
     let load = thread::spawn(move || pingpong(iterations * 4, true));
     let load_cpu = agent.cpu_percent(Duration::from_secs(10))?;
     let _ = load.join();
-    let progs = prog_stats()?;
+    let progs = prog_stats(agent.child.id())?;
     set_bpf_stats(false)?;
     let rss = agent.rss_bytes()?;
     agent.stop()?;
@@ -236,52 +236,39 @@ fn set_bpf_stats(on: bool) -> Result<()> {
     .context("writing /proc/sys/kernel/bpf_stats_enabled")
 }
 
-/// (program, run count, ns/run) of the agent's programs.
-fn prog_stats() -> Result<Vec<(String, u64, f64)>> {
-    let out = util::output("bpftool", &["-j", "prog", "show"]).context("bpftool prog show")?;
-    let mut rows = Vec::new();
-    // Minimal JSON scan: objects with "name", "run_time_ns", "run_cnt".
-    for obj in out.split("},{") {
-        let field = |k: &str| -> Option<String> {
-            let i = obj.find(&format!("\"{k}\":"))? + k.len() + 3;
-            let rest = &obj[i..];
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            Some(rest[..end].trim_matches('"').to_string())
-        };
-        let (Some(name), Some(rt), Some(cnt)) =
-            (field("name"), field("run_time_ns"), field("run_cnt"))
-        else {
-            continue;
-        };
-        let (Ok(rt), Ok(cnt)) = (rt.parse::<u64>(), cnt.parse::<u64>()) else {
-            continue;
-        };
-        if cnt > 0
-            && OUR_PROGRAMS
-                .iter()
-                .any(|p| p.starts_with(&name) || name.starts_with(p))
+/// (program, run count, ns/run) of the programs process `pid` holds (the `prog_id` of its
+/// BPF file descriptors), so other agents running at the time do not count.
+fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
+    let mut ids = std::collections::HashSet::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = fs::read_to_string(fd?.path()).unwrap_or_default();
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
         {
-            rows.push((name, cnt, rt as f64 / cnt as f64));
+            ids.insert(id);
+        }
+    }
+    let out = util::output("bpftool", &["-j", "prog", "show"]).context("bpftool prog show")?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool JSON")?;
+    let mut rows = Vec::new();
+    for p in &progs {
+        let owned = p["id"].as_u64().is_some_and(|id| ids.contains(&id));
+        let (Some(name), Some(rt), Some(cnt)) = (
+            p["name"].as_str(),
+            p["run_time_ns"].as_u64(),
+            p["run_cnt"].as_u64(),
+        ) else {
+            continue;
+        };
+        if owned && cnt > 0 {
+            rows.push((name.to_string(), cnt, rt as f64 / cnt as f64));
         }
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     Ok(rows)
 }
-
-const OUR_PROGRAMS: &[&str] = &[
-    "sched_switch",
-    "sched_wakeup",
-    "sched_process",
-    "rss_stat",
-    "page_fault_user",
-    "sys_exit",
-    "block_bio_queue",
-    "block_rq_compl",
-    "sock_send_lengt",
-    "sock_recv_lengt",
-    "inet_sock_set_s",
-    "tcp_retransmit_",
-];
 
 /// The agent running as a child (`umbra run`, output discarded).
 struct Agent {
