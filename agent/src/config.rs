@@ -10,7 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{aggregate::GroupBy, capture::Hook};
+use crate::{
+    aggregate::{GroupBy, HistoryConfig},
+    capture::Hook,
+};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +28,8 @@ pub struct Config {
 pub struct AggregateConfig {
     /// `"exe"` (by executable content hash) or `"cgroup"` (by cgroup v2 directory).
     pub group_by: GroupBy,
+    /// `[aggregate.history]`: downsampling tiers and the memory budget.
+    pub history: HistoryConfig,
 }
 
 /// `[capture]`: the kernel programs and their maps.
@@ -134,6 +139,26 @@ impl Config {
                 expected: "a power of two (64, 128, … 262144)".into(),
             });
         }
+        let h = &self.aggregate.history;
+        if h.tiers.is_empty()
+            || h.tiers
+                .iter()
+                .any(|t| t.resolution_ms == 0 || t.span_ms < t.resolution_ms)
+            || h.tiers
+                .windows(2)
+                .any(|w| w[1].resolution_ms % w[0].resolution_ms != 0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "aggregate.history.tiers",
+                value: format!("{:?}", h.tiers),
+                expected: "finest first, each resolution a multiple of the previous one, each span at least its resolution".into(),
+            });
+        }
+        check(
+            "aggregate.history.budget_bytes",
+            h.budget_bytes,
+            1 << 16..=1 << 34,
+        )?;
         for name in &c.disable {
             match Hook::from_name(name) {
                 None => {
@@ -210,6 +235,11 @@ mod tests {
     #[case("[capture]\nring_buffer_kib = 100\n", "capture.ring_buffer_kib")]
     #[case("[capture]\ndisable = [\"nope\"]\n", "capture.disable")]
     #[case("[capture]\ndisable = [\"sched_switch\"]\n", "capture.disable")]
+    #[case("[aggregate.history]\ntiers = []\n", "aggregate.history.tiers")]
+    #[case(
+        "[[aggregate.history.tiers]]\nresolution_ms = 1000\nspan_ms = 60000\n[[aggregate.history.tiers]]\nresolution_ms = 1500\nspan_ms = 600000\n",
+        "aggregate.history.tiers"
+    )]
     fn bad_values_name_the_key(#[case] text: &str, #[case] key: &str) {
         let e = Config::parse(text)
             .expect("parse")

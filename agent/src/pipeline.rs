@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    aggregate::{Aggregator, ShadowPoint, Window},
+    aggregate::{Aggregator, History, ShadowPoint, Window},
     capture::{CaptureError, CaptureItem, KernelCapture, Source},
     config::Config,
     record::{Header, Pace, Reader, RecordError, Replay, Writer},
@@ -119,6 +119,7 @@ pub async fn run<W: Write>(
     } = start_capture(cfg, &shutdown)?;
     deadline(&shutdown, duration);
     let mut agg = Aggregator::new(cfg.aggregate.group_by, cfg.capture.interval_ms as u32);
+    let mut history = History::new(cfg.aggregate.history.clone());
     let mut first = true;
     loop {
         let item = tokio::select! {
@@ -128,6 +129,7 @@ pub async fn run<W: Write>(
         match item {
             Some(CaptureItem::Tick(t)) => {
                 let w = agg.tick(&t);
+                history.insert(&w);
                 // The first window holds everything since each process was first seen.
                 if !std::mem::take(&mut first) {
                     render_window(

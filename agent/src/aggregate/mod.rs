@@ -6,10 +6,12 @@
 //! paths, node counters) travels in the tick, so a replayed recording gives exactly the
 //! points the live agent gave. The point types are the contract with every later stage.
 
+mod history;
 mod point;
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use history::*;
 pub use point::*;
 use serde::{Deserialize, Serialize};
 
