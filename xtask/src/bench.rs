@@ -34,11 +34,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 200_000)]
         iterations: u64,
     },
+    /// Criterion micro-benchmarks: aggregate (1,000 processes a tick) and record writes.
+    Micro,
 }
 
 pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Overhead { rounds, iterations } => overhead(rounds, iterations),
+        Bench::Micro => util::cargo(&["bench", "-p", "umbra", "--bench", "aggregate"]),
     }
 }
 

@@ -166,7 +166,7 @@ impl Writer {
 
 /// Reads a recording, frame by frame.
 pub struct Reader {
-    input: BufReader<File>,
+    input: Box<dyn Read + Send>,
     path: PathBuf,
     header: Header,
     offset: u64,
@@ -176,11 +176,23 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, RecordError> {
+        let file = File::open(path).map_err(|source| RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Reader::new(path, Box::new(BufReader::new(file)))
+    }
+
+    /// A recording held in memory; `name` stands for its path in errors.
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Reader, RecordError> {
+        Reader::new(name, Box::new(std::io::Cursor::new(bytes)))
+    }
+
+    fn new(path: &Path, mut input: Box<dyn Read + Send>) -> Result<Reader, RecordError> {
         let io = |source| RecordError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut input = BufReader::new(File::open(path).map_err(io)?);
         let mut lead = [0u8; 12];
         let n = read_full(&mut input, &mut lead).map_err(io)?;
         if n < 8 || &lead[..8] != MAGIC {

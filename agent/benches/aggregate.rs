@@ -1,0 +1,83 @@
+//! Hot paths of the aggregate and record stages: one tick of 1,000 processes through
+//! `Aggregator::tick`, and recording ticks of that size.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use umbra::{
+    aggregate::{Aggregator, GroupBy},
+    capture::{CaptureItem, DropCounts, Memory, NodeStats, ProcCounters, ProcessSample, Tick},
+    record::{Header, Writer},
+};
+
+fn tick(n: u32, t: u64) -> Tick {
+    let samples = (0..n)
+        .map(|i| ProcessSample {
+            tgid: 1000 + i,
+            start_ns: 1,
+            ppid: Some(1),
+            cgroup_id: 10 + (i % 50) as u64,
+            comm: format!("proc{}", i % 100),
+            exe: Some(format!("/usr/bin/proc{}", i % 100)),
+            exe_hash: Some(format!("sha256:{:064x}", i % 100)),
+            cgroup: Some(format!("/system.slice/svc{}.service", i % 50)),
+            counters: ProcCounters {
+                cpu_ns: t * 1_000_000 + i as u64,
+                syscalls: t * 100,
+                read_bytes: t * 4096,
+                write_bytes: t * 512,
+                voluntary_switches: t * 10,
+                ..Default::default()
+            },
+            memory: Memory {
+                anon: 1 << 20,
+                ..Default::default()
+            },
+            exit: None,
+        })
+        .collect();
+    Tick {
+        timestamp_ns: t * 1_000_000_000,
+        wall_ms: t * 1000,
+        samples,
+        drops: DropCounts::default(),
+        node: NodeStats::default(),
+    }
+}
+
+fn aggregate(c: &mut Criterion) {
+    let ticks: Vec<Tick> = (1..=64).map(|t| tick(1000, t)).collect();
+    for g in [GroupBy::Exe, GroupBy::Cgroup] {
+        c.bench_function(&format!("aggregate 1000 processes/tick ({g:?})"), |b| {
+            let mut agg = Aggregator::new(g, 1000);
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % ticks.len();
+                black_box(agg.tick(&ticks[i]))
+            })
+        });
+    }
+}
+
+fn record(c: &mut Criterion) {
+    let item = CaptureItem::Tick(Box::new(tick(1000, 5)));
+    let size = postcard::to_stdvec(&item).map(|v| v.len()).unwrap_or(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let header = Header {
+        kernel: "bench".into(),
+        node: "bench".into(),
+        interval_ms: 1000,
+        start_ms: 0,
+        agent_version: "bench".into(),
+    };
+    let mut w = Writer::create(&dir.path().join("bench.umbra"), &header).expect("writer");
+    let mut g = c.benchmark_group("record");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.bench_function("write a 1000-process tick", |b| {
+        b.iter(|| w.write(black_box(&item)).expect("write"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, aggregate, record);
+criterion_main!(benches);

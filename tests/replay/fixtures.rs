@@ -1,0 +1,190 @@
+//! Replay tests, no root: recordings of real programs on a real kernel (tests/fixtures/,
+//! re-recorded by tests/fixtures/record.sh) through aggregate, checked for what those
+//! programs did.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashMap, path::PathBuf};
+
+use umbra::{
+    aggregate::{Aggregator, GroupBy, ShadowPoint, Window},
+    capture::CaptureItem,
+    record::{Reader, RecordError},
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("{name}.umbra"))
+}
+
+/// A recording through aggregate: its windows, and the error that ended it, if any.
+fn replay(path: &std::path::Path, g: GroupBy) -> (Vec<Window>, Option<RecordError>) {
+    let reader = Reader::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut agg = Aggregator::new(g, reader.header().interval_ms);
+    let mut out = vec![];
+    for item in reader {
+        match item {
+            Ok(CaptureItem::Tick(t)) => out.push(agg.tick(&t)),
+            Ok(CaptureItem::Event(_)) => {}
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+fn windows(name: &str, g: GroupBy) -> Vec<Window> {
+    match replay(&fixture(name), g) {
+        (w, None) => w,
+        (_, Some(e)) => panic!("{name}: {e}"),
+    }
+}
+
+/// Per executable name: the points of all intervals.
+fn by_name(ws: &[Window]) -> HashMap<String, Vec<ShadowPoint>> {
+    let mut m: HashMap<String, Vec<ShadowPoint>> = HashMap::new();
+    for w in ws {
+        for p in &w.points {
+            m.entry(p.name.clone()).or_default().push(p.clone());
+        }
+    }
+    m
+}
+
+fn conserved(ws: &[Window]) {
+    for w in ws {
+        let cpu: u64 = w.points.iter().map(|p| p.profile.cpu_ns).sum();
+        let wr: u64 = w.points.iter().map(|p| p.profile.write_bytes).sum();
+        assert_eq!(cpu, w.node.totals.cpu_ns);
+        assert_eq!(wr, w.node.totals.write_bytes);
+        assert!(w.node.cpus >= 1 && w.node.mem_total_bytes > 0);
+    }
+}
+
+#[test]
+fn every_fixture_replays_and_conserves_under_both_groupings() {
+    for name in ["idle", "compile", "compress", "http", "batch"] {
+        for g in [GroupBy::Cgroup, GroupBy::Exe] {
+            let ws = windows(name, g);
+            assert!(ws.len() >= 5, "{name}: {} windows", ws.len());
+            conserved(&ws);
+            // Executable grouping resolves recorded hashes, not paths.
+            if g == GroupBy::Exe {
+                assert!(
+                    ws.iter()
+                        .flat_map(|w| &w.points)
+                        .any(|p| p.workload.0.starts_with("exe:")),
+                    "{name}: no hashed executable"
+                );
+            } else {
+                assert!(
+                    ws.iter()
+                        .flat_map(|w| &w.points)
+                        .all(|p| p.workload.0.starts_with("cgroup"))
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn compile_runs_the_compiler_many_times() {
+    let m = by_name(&windows("compile", GroupBy::Exe));
+    let execs: u64 = m["cc1"].iter().map(|p| p.input.execs).sum();
+    assert!(execs >= 10, "cc1 execs {execs}");
+    let cpu: u64 = m["cc1"].iter().map(|p| p.profile.cpu_ns).sum();
+    assert!(cpu > 500_000_000, "cc1 cpu {cpu}");
+}
+
+#[test]
+fn compression_is_cpu_bound() {
+    let m = by_name(&windows("compress", GroupBy::Exe));
+    for exe in ["gzip", "xz"] {
+        let peak = m[exe]
+            .iter()
+            .map(|p| p.profile.cpu_cores)
+            .fold(0.0, f64::max);
+        assert!(peak > 0.5, "{exe} peak {peak} cores");
+        let read: u64 = m[exe].iter().map(|p| p.profile.read_bytes).sum();
+        assert!(read > 10_000_000, "{exe} read {read} bytes");
+    }
+}
+
+#[test]
+fn http_server_accepts_and_receives() {
+    let m = by_name(&windows("http", GroupBy::Exe));
+    let nginx = &m["nginx"];
+    let accepted: u64 = nginx.iter().map(|p| p.input.conn_accepted).sum();
+    let rx: u64 = nginx.iter().map(|p| p.input.net_rx_bytes).sum();
+    let tx: u64 = nginx.iter().map(|p| p.profile.net_tx_bytes).sum();
+    assert!(accepted >= 16, "nginx accepted {accepted}");
+    assert!(rx > 100_000 && tx > rx, "nginx rx {rx} tx {tx}");
+    let opened: u64 = m["wrk"].iter().map(|p| p.input.conn_opened).sum();
+    assert!(opened >= 16, "wrk opened {opened}");
+}
+
+#[test]
+fn batch_follows_its_compressed_day() {
+    let m = by_name(&windows("batch", GroupBy::Exe));
+    let cpu: Vec<u64> = m["sha256sum"].iter().map(|p| p.profile.cpu_ns).collect();
+    let max = cpu.iter().copied().max().unwrap();
+    let min = cpu.iter().copied().filter(|&c| c > 0).min().unwrap();
+    assert!(max > 4 * min, "day/night contrast: {cpu:?}");
+}
+
+#[test]
+fn export_writes_one_row_per_point() {
+    let dir = std::env::temp_dir().join(format!("umbra-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("http.csv");
+    let intervals = export_cli(&out);
+    let ws = windows("http", GroupBy::Exe);
+    let points: usize = ws.iter().map(|w| w.points.len()).sum();
+    assert_eq!(intervals, ws.len());
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), points + 1);
+    assert!(text.starts_with("timestamp_ms,"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `umbra export` as users run it.
+fn export_cli(out: &std::path::Path) -> usize {
+    let st = std::process::Command::new(umbra_tests::workspace_bin("umbra"))
+        .args(["export", "--format", "csv", "-o"])
+        .arg(out)
+        .arg(fixture("http"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let err = String::from_utf8_lossy(&st.stderr);
+    err.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn damaged_fixture_names_file_and_offset_and_keeps_earlier_points() {
+    let data = std::fs::read(fixture("idle")).unwrap();
+    let dir = std::env::temp_dir().join(format!("umbra-damage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cut = dir.join("cut.umbra");
+    std::fs::write(&cut, &data[..data.len() * 2 / 3]).unwrap();
+    let (ws, err) = replay(&cut, GroupBy::Cgroup);
+    let n = ws.len();
+    let msg = err.expect("an error for a cut file").to_string();
+    assert!(
+        msg.contains("cut.umbra") && msg.contains("at byte"),
+        "{msg}"
+    );
+    assert!(n >= 2, "windows before the damage: {n}");
+    let st = std::process::Command::new(umbra_tests::workspace_bin("umbra"))
+        .args(["replay", "--json", "--as-fast-as-possible"])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stdout).lines().count() > 0);
+    assert!(String::from_utf8_lossy(&st.stderr).contains("at byte"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
