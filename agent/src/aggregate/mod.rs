@@ -9,7 +9,7 @@
 mod history;
 mod point;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 pub use history::*;
 pub use point::*;
@@ -72,34 +72,23 @@ impl Aggregator {
 
     /// The workload of a process, and a name for people.
     pub fn workload(&self, s: &ProcessSample) -> (WorkloadId, String) {
-        let comm_name = || {
-            s.exe
-                .as_deref()
-                .and_then(|e| e.rsplit('/').next())
-                .filter(|n| !n.is_empty())
-                .unwrap_or(&s.comm)
-                .to_string()
-        };
+        let k = self.key(s);
+        (k.id(), k.name(s))
+    }
+
+    /// The workload key of a process, borrowed from its sample (no allocation per process).
+    fn key<'a>(&self, s: &'a ProcessSample) -> Key<'a> {
         match self.group_by {
             GroupBy::Cgroup => match &s.cgroup {
-                Some(path) => (
-                    WorkloadId(format!("cgroup:{path}")),
-                    path.rsplit('/')
-                        .find(|p| !p.is_empty())
-                        .unwrap_or("/")
-                        .to_string(),
-                ),
-                None => (
-                    WorkloadId(format!("cgroup:id:{}", s.cgroup_id)),
-                    comm_name(),
-                ),
+                Some(path) => Key::Cgroup(path),
+                None => Key::CgroupId(s.cgroup_id),
             },
             GroupBy::Exe => match (&s.exe_hash, &s.exe) {
-                (Some(h), _) => (WorkloadId(format!("exe:{h}")), comm_name()),
+                (Some(h), _) => Key::Exe(h),
                 // The file could not be read (gone, or no access): its path stands in.
-                (None, Some(path)) => (WorkloadId(format!("path:{path}")), comm_name()),
+                (None, Some(path)) => Key::Path(path),
                 // Kernel threads have no executable.
-                (None, None) => (WorkloadId("kernel".into()), "kernel".into()),
+                (None, None) => Key::Kernel,
             },
         }
     }
@@ -114,22 +103,32 @@ impl Aggregator {
         };
         let interval_ms = (interval_ns / 1_000_000).max(1) as u32;
         self.ticks += 1;
-        let mut by: BTreeMap<WorkloadId, Acc> = BTreeMap::new();
+        let mut by: HashMap<Key<'_>, Acc> = HashMap::new();
         let mut total = Acc::default();
         for s in &t.samples {
             let key = (s.tgid, s.start_ns);
-            let d = match self.prev.get(&key) {
-                Some((p, _)) => s.counters.since(p),
-                None => s.counters.clone(),
-            };
-            if s.exit.is_some() {
-                self.prev.remove(&key);
+            let d = if s.exit.is_some() {
+                match self.prev.remove(&key) {
+                    Some((p, _)) => s.counters.since(&p),
+                    None => s.counters.clone(),
+                }
             } else {
-                self.prev.insert(key, (s.counters.clone(), self.ticks));
-            }
-            let (id, name) = self.workload(s);
-            let acc = by.entry(id).or_insert_with(|| Acc {
-                name,
+                match self.prev.get_mut(&key) {
+                    Some((p, seen)) => {
+                        let d = s.counters.since(p);
+                        p.clone_from(&s.counters);
+                        *seen = self.ticks;
+                        d
+                    }
+                    None => {
+                        self.prev.insert(key, (s.counters.clone(), self.ticks));
+                        s.counters.clone()
+                    }
+                }
+            };
+            let k = self.key(s);
+            let acc = by.entry(k).or_insert_with(|| Acc {
+                name: k.name(s),
                 ..Default::default()
             });
             for a in [&mut *acc, &mut total] {
@@ -146,18 +145,19 @@ impl Aggregator {
         let now = self.ticks;
         self.prev
             .retain(|_, (_, seen)| now - *seen < FORGET_AFTER_TICKS);
-        let points = by
+        let mut points: Vec<ShadowPoint> = by
             .into_iter()
-            .map(|(workload, a)| ShadowPoint {
+            .map(|(k, a)| ShadowPoint {
                 timestamp_ms: t.wall_ms,
                 interval_ms,
-                workload,
+                workload: k.id(),
                 name: a.name,
                 processes: a.processes,
                 input: input(&a.d),
                 profile: profile(&a.d, a.rss, interval_ns),
             })
             .collect();
+        points.sort_by(|a, b| a.workload.cmp(&b.workload));
         let cpu_busy_ns = match self.last {
             Some((_, prev)) => t.node.cpu_busy_ns.saturating_sub(prev.cpu_busy_ns),
             None => 0,
@@ -174,6 +174,48 @@ impl Aggregator {
             input: input(&total.d),
         };
         Window { points, node }
+    }
+}
+
+/// A workload key borrowed from a sample; becomes a [`WorkloadId`] once per workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Exe(&'a str),
+    Path(&'a str),
+    Kernel,
+    Cgroup(&'a str),
+    CgroupId(u64),
+}
+
+impl Key<'_> {
+    fn id(&self) -> WorkloadId {
+        WorkloadId(match self {
+            Key::Exe(h) => format!("exe:{h}"),
+            Key::Path(p) => format!("path:{p}"),
+            Key::Kernel => "kernel".into(),
+            Key::Cgroup(p) => format!("cgroup:{p}"),
+            Key::CgroupId(id) => format!("cgroup:id:{id}"),
+        })
+    }
+
+    fn name(&self, s: &ProcessSample) -> String {
+        let exe_name = || {
+            s.exe
+                .as_deref()
+                .and_then(|e| e.rsplit('/').next())
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&s.comm)
+                .to_string()
+        };
+        match self {
+            Key::Kernel => "kernel".into(),
+            Key::Cgroup(path) => path
+                .rsplit('/')
+                .find(|p| !p.is_empty())
+                .unwrap_or("/")
+                .to_string(),
+            Key::Exe(_) | Key::Path(_) | Key::CgroupId(_) => exe_name(),
+        }
     }
 }
 
