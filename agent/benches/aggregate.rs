@@ -42,6 +42,7 @@ fn tick(n: u32, t: u64) -> Tick {
         samples,
         drops: DropCounts::default(),
         node: NodeStats::default(),
+        pressure: vec![],
     }
 }
 

@@ -448,6 +448,7 @@ mod tests {
             samples,
             drops: DropCounts::default(),
             node: crate::capture::NodeStats::default(),
+            pressure: vec![],
         }))
     }
 

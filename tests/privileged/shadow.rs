@@ -115,6 +115,16 @@ fn workload_cpu_adds_up_to_node_busy_time_and_bytes_to_proc_io() {
         .filter(|p| p.workload.0 == workload)
         .map(|p| p.profile.write_bytes)
         .sum();
+    // PSI of the children's cgroup travels with their points, where the kernel has it.
+    if cg.join("cpu.pressure").exists() {
+        let with = windows
+            .iter()
+            .flat_map(|w| &w.points)
+            .filter(|p| p.workload.0 == workload)
+            .filter(|p| p.profile.pressure.is_some())
+            .count();
+        assert!(with > 0, "no pressure on the cgroup workload's points");
+    }
     std::fs::remove_dir(&cg).unwrap();
     for i in 0..3 {
         let _ = std::fs::remove_file(dir.join(format!("shadow-{}-{i}", std::process::id())));

@@ -145,6 +145,15 @@ impl Aggregator {
         let now = self.ticks;
         self.prev
             .retain(|_, (_, seen)| now - *seen < FORGET_AFTER_TICKS);
+        let pressure_of = |k: &Key<'_>| -> Option<Pressure> {
+            let Key::Cgroup(path) = k else { return None };
+            let p = t.pressure.iter().find(|p| p.cgroup == *path)?;
+            Some(Pressure {
+                cpu_some_avg10: p.cpu.unwrap_or(0.0),
+                memory_some_avg10: p.memory.unwrap_or(0.0),
+                io_some_avg10: p.io.unwrap_or(0.0),
+            })
+        };
         let mut points: Vec<ShadowPoint> = by
             .into_iter()
             .map(|(k, a)| ShadowPoint {
@@ -154,7 +163,10 @@ impl Aggregator {
                 name: a.name,
                 processes: a.processes,
                 input: input(&a.d),
-                profile: profile(&a.d, a.rss, interval_ns),
+                profile: ResourceProfile {
+                    pressure: pressure_of(&k),
+                    ..profile(&a.d, a.rss, interval_ns)
+                },
             })
             .collect();
         points.sort_by(|a, b| a.workload.cmp(&b.workload));

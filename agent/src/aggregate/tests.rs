@@ -37,6 +37,7 @@ fn tick(ts_s: u64, samples: Vec<ProcessSample>) -> Tick {
             cpu_busy_ns: ts_s * 500_000_000,
             ..Default::default()
         },
+        pressure: vec![],
     }
 }
 
@@ -113,6 +114,30 @@ fn grouping_by_cgroup_uses_the_path() {
     let w = a.tick(&tick(1, vec![sample(10, 1, "x", 5, 0)]));
     assert_eq!(w.points[0].workload.0, "cgroup:/svc/x");
     assert_eq!(w.points[0].name, "x");
+}
+
+#[test]
+fn a_cgroup_workload_carries_its_pressure() {
+    let mut a = Aggregator::new(GroupBy::Cgroup, 1000);
+    let mut t = tick(1, vec![sample(10, 1, "x", 5, 0)]);
+    t.pressure = vec![crate::capture::CgroupPressure {
+        cgroup: "/svc/x".into(),
+        cpu: Some(4.5),
+        memory: None,
+        io: Some(1.0),
+    }];
+    let w = a.tick(&t);
+    let p = w.points[0].profile.pressure.as_ref().expect("pressure");
+    assert_eq!(
+        (p.cpu_some_avg10, p.memory_some_avg10, p.io_some_avg10),
+        (4.5, 0.0, 1.0)
+    );
+    let mut e = Aggregator::new(GroupBy::Exe, 1000);
+    assert_eq!(
+        e.tick(&t).points[0].profile.pressure,
+        None,
+        "an executable has no cgroup"
+    );
 }
 
 #[test]

@@ -85,6 +85,51 @@ const EDGE: u64 = 1 << 20;
 /// SHA-256 of the file's size, its first MiB and its last MiB: a content fingerprint
 /// that costs at most 2 MiB of reading however large the binary (a whole-file hash of a
 /// 100 MB binary would stall the capture loop), and still differs between builds.
+/// Cgroups whose pressure is read each tick, at most.
+const MAX_PRESSURE_CGROUPS: usize = 256;
+
+impl Identity {
+    /// PSI of each cgroup in `paths` (below the cgroup2 root); cgroups without pressure
+    /// files (kernel without PSI) are left out.
+    pub fn pressure<'a>(&self, paths: impl Iterator<Item = &'a str>) -> Vec<super::CgroupPressure> {
+        let Some(root) = &self.cgroup_root else {
+            return Vec::new();
+        };
+        let mut out: Vec<super::CgroupPressure> = Vec::new();
+        for path in paths {
+            if out.len() >= MAX_PRESSURE_CGROUPS || out.iter().any(|p| p.cgroup == path) {
+                continue;
+            }
+            let dir = root.join(path.trim_start_matches('/'));
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()
+                    .and_then(|t| some_avg10(&t))
+            };
+            let p = super::CgroupPressure {
+                cgroup: path.to_string(),
+                cpu: read("cpu.pressure"),
+                memory: read("memory.pressure"),
+                io: read("io.pressure"),
+            };
+            if p.cpu.is_some() || p.memory.is_some() || p.io.is_some() {
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+/// `avg10` of the `some` line of a pressure file.
+pub fn some_avg10(text: &str) -> Option<f32> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 fn sha256(mut f: File) -> Option<String> {
     let size = f.metadata().ok()?.len();
     let mut h = Sha256::new();
@@ -163,6 +208,13 @@ mod tests {
         let b = id.exe_hash(u32::MAX, exe.to_str()).expect("by path");
         assert_eq!(a, b);
         assert_eq!(id.hashes.len(), 1);
+    }
+
+    #[test]
+    fn pressure_lines_parse() {
+        let t = "some avg10=4.81 avg60=1.12 avg300=12.90 total=1157292229\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(some_avg10(t), Some(4.81));
+        assert_eq!(some_avg10("garbage"), None);
     }
 
     #[test]

@@ -616,12 +616,16 @@ impl KernelCapture {
             self.gc_threads();
         }
         samples.sort_by_key(|s| s.tgid);
+        let pressure = self
+            .identity
+            .pressure(samples.iter().filter_map(|s| s.cgroup.as_deref()));
         Ok(Tick {
             timestamp_ns: now,
             wall_ms,
             samples,
             drops: self.drop_counts()?,
             node,
+            pressure,
         })
     }
 

@@ -276,7 +276,23 @@ pub struct Tick {
     pub drops: DropCounts,
     /// Node-wide counters at the same instant.
     pub node: super::NodeStats,
+    /// Pressure stall information of the cgroups the samples are in, where the kernel
+    /// has it (`cpu.pressure`, `memory.pressure`, `io.pressure`).
+    #[serde(default)]
+    pub pressure: Vec<CgroupPressure>,
 }
+
+/// `some avg10` of a cgroup's pressure files, percent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupPressure {
+    /// Path below the cgroup2 root, as in [`ProcessSample::cgroup`].
+    pub cgroup: String,
+    pub cpu: Option<f32>,
+    pub memory: Option<f32>,
+    pub io: Option<f32>,
+}
+
+impl Eq for CgroupPressure {}
 
 /// What a [`super::Source`] yields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use crate::capture::{CaptureError, CaptureItem, Source};
 
 pub const MAGIC: &[u8; 8] = b"UMBRAREC";
 /// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Frames larger than this are damage, not data.
 const MAX_FRAME: u32 = 64 << 20;
 /// Bytes before a frame's payload: its length and its CRC32.

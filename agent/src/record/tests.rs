@@ -23,6 +23,7 @@ fn items(n: usize) -> Vec<CaptureItem> {
                     samples: vec![],
                     drops: DropCounts::default(),
                     node: NodeStats::default(),
+                    pressure: vec![],
                 }))
             } else {
                 CaptureItem::Event(Lifecycle {
