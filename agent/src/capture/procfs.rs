@@ -46,15 +46,7 @@ pub fn memory(tgid: u32) -> Option<Memory> {
 }
 
 pub fn parse_status_memory(status: &str) -> Memory {
-    let kb = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
+    let kb = |key: &str| kb_field(status, key);
     Memory {
         file: kb("RssFile:"),
         anon: kb("RssAnon:"),
@@ -63,25 +55,33 @@ pub fn parse_status_memory(status: &str) -> Memory {
     }
 }
 
+/// A `Key:  N kB` line of a /proc file, in bytes (0 when absent).
+fn kb_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Boot-clock now, in ns: the clock of `bpf_ktime_get_boot_ns`.
 pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME exists on every supported kernel.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(libc::CLOCK_BOOTTIME)
 }
 
 /// Monotonic now, in ns: the clock of `bpf_ktime_get_ns`.
 pub fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: valid pointer to a timespec; both clocks exist on every supported kernel.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -152,15 +152,7 @@ pub fn parse_node(stat: &str, meminfo: &str, hz: u64) -> NodeStats {
             n.cpus += 1;
         }
     }
-    let kb = |key: &str| -> u64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
+    let kb = |key: &str| kb_field(meminfo, key);
     n.mem_total_bytes = kb("MemTotal:");
     n.mem_available_bytes = kb("MemAvailable:");
     n
