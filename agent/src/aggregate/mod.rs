@@ -131,13 +131,17 @@ impl Aggregator {
                 name: k.name(s),
                 ..Default::default()
             });
-            for a in [&mut *acc, &mut total] {
-                a.processes += 1;
-                a.d.add(&d);
-                if s.exit.is_none() {
-                    a.rss += s.memory.rss();
-                }
+            acc.processes += 1;
+            acc.d.add(&d);
+            if s.exit.is_none() {
+                acc.rss += s.memory.rss();
             }
+        }
+        // Node totals: the sum over workloads (one sum per workload, not per process).
+        for a in by.values() {
+            total.processes += a.processes;
+            total.d.add(&a.d);
+            total.rss += a.rss;
         }
         // A process missing from a tick may come back (a map walk can miss an entry that
         // moves under it): its counters are kept for a while, so its history is never
