@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aggregate::{GroupBy, HistoryConfig},
     capture::Hook,
+    publish::{
+        BrokerUrl, Payload, Security, Settings, Topics, model, spool::SpoolLimits, valid_level,
+    },
 };
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -20,6 +23,219 @@ use crate::{
 pub struct Config {
     pub capture: CaptureConfig,
     pub aggregate: AggregateConfig,
+    pub publish: PublishConfig,
+}
+
+/// `[publish]`: the MQTT link to the fleet hub (see `docs/mqtt.md`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Publish at all (`umbra run`; `umbra replay --publish` turns it on for a replay).
+    pub enabled: bool,
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub broker: String,
+    /// Topic levels: `umbra/v1/<fleet>/<node>/…`. `node` defaults to the hostname.
+    pub fleet: String,
+    pub node: String,
+    /// `"postcard"` (compact) or `"json"`.
+    pub payload: Payload,
+    /// Length of a summary period, ms.
+    pub summary_every_ms: u64,
+    /// How often status is published (besides at connect and on request), ms.
+    pub status_every_ms: u64,
+    /// Workloads listed in a summary; the rest are folded into one `other` row.
+    pub max_workloads: u32,
+    /// Where the spool, the active model and trace snapshots live.
+    pub state_dir: PathBuf,
+    /// Spool budget on disk, bytes; beyond it the oldest messages are dropped (counted).
+    pub spool_max_bytes: u64,
+    /// Spool segment size, bytes (at most a quarter of the budget).
+    pub spool_segment_bytes: u64,
+    /// MQTT keep-alive, seconds.
+    pub keep_alive_s: u64,
+    /// Longest pause between reconnection attempts, ms.
+    pub max_backoff_ms: u64,
+    /// CA certificate (PEM) that signed the broker's; required for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require them.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    /// A file holding the password (kept out of the config file).
+    pub password_file: Option<PathBuf>,
+    /// Plain-text MQTT to a host other than loopback. Off: credentials and data would
+    /// cross the network in the clear.
+    pub allow_plaintext: bool,
+    /// ed25519 public key (base64) that model updates must be signed with. Without it,
+    /// model updates are refused.
+    pub model_public_key: Option<String>,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            enabled: true,
+            broker: "mqtt://127.0.0.1:1883".into(),
+            fleet: "default".into(),
+            node: String::new(),
+            payload: Payload::Postcard,
+            summary_every_ms: 10_000,
+            status_every_ms: 60_000,
+            max_workloads: 100,
+            state_dir: PathBuf::from("/var/lib/umbra"),
+            spool_max_bytes: 32 << 20,
+            spool_segment_bytes: 1 << 20,
+            keep_alive_s: 30,
+            max_backoff_ms: 30_000,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            username: None,
+            password_file: None,
+            allow_plaintext: false,
+            model_public_key: None,
+        }
+    }
+}
+
+impl PublishConfig {
+    /// The node's name: configured, or the hostname.
+    pub fn node_name(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|h| valid_level(h))
+            .unwrap_or_else(|| "node".into())
+    }
+
+    /// Settings for the publisher, with secrets read from their files.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let broker = BrokerUrl::parse(&self.broker).map_err(|e| ConfigError::Invalid {
+            key: "publish.broker",
+            value: self.broker.clone(),
+            expected: format!("a broker URL: {e}"),
+        })?;
+        let password = match &self.password_file {
+            Some(p) => Some(
+                fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Settings {
+            url: self.broker.clone(),
+            broker,
+            topics: Topics {
+                fleet: self.fleet.clone(),
+                node: self.node_name(),
+            },
+            payload: self.payload,
+            keep_alive: Duration::from_secs(self.keep_alive_s),
+            security: Security {
+                ca_file: self.ca_file.clone(),
+                client_cert_file: self.client_cert_file.clone(),
+                client_key_file: self.client_key_file.clone(),
+                username: self.username.clone(),
+                password,
+            },
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+        })
+    }
+
+    pub fn spool_limits(&self) -> SpoolLimits {
+        SpoolLimits {
+            max_bytes: self.spool_max_bytes,
+            segment_bytes: self.spool_segment_bytes,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, expected: &str| ConfigError::Invalid {
+            key,
+            value,
+            expected: expected.into(),
+        };
+        let broker = BrokerUrl::parse(&self.broker).map_err(|e| {
+            invalid(
+                "publish.broker",
+                self.broker.clone(),
+                &format!("mqtt://host[:port] or mqtts://host[:port] ({e})"),
+            )
+        })?;
+        if !broker.tls && !broker.is_loopback() && !self.allow_plaintext {
+            return Err(invalid(
+                "publish.broker",
+                self.broker.clone(),
+                "mqtts:// for a remote broker (TLS), or set publish.allow_plaintext = true to send in the clear",
+            ));
+        }
+        if broker.tls && self.ca_file.is_none() {
+            return Err(invalid(
+                "publish.ca_file",
+                "(unset)".into(),
+                "the CA certificate (PEM) that signed the broker's certificate, for mqtts://",
+            ));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(invalid(
+                "publish.client_cert_file",
+                format!("{:?}", self.client_cert_file),
+                "client_cert_file and client_key_file together, or neither",
+            ));
+        }
+        for (key, v) in [("publish.fleet", &self.fleet), ("publish.node", &self.node)] {
+            let may_be_empty = key == "publish.node";
+            let ok = valid_level(v) || (may_be_empty && v.is_empty());
+            if !ok {
+                return Err(invalid(
+                    key,
+                    format!("{v:?}"),
+                    "1-64 characters without '/', '+', '#'",
+                ));
+            }
+        }
+        check(
+            "publish.summary_every_ms",
+            self.summary_every_ms,
+            100..=3_600_000,
+        )?;
+        check(
+            "publish.status_every_ms",
+            self.status_every_ms,
+            1000..=86_400_000,
+        )?;
+        check("publish.max_workloads", self.max_workloads, 1..=100_000)?;
+        check("publish.keep_alive_s", self.keep_alive_s, 5..=3600)?;
+        check("publish.max_backoff_ms", self.max_backoff_ms, 100..=600_000)?;
+        check(
+            "publish.spool_max_bytes",
+            self.spool_max_bytes,
+            1 << 16..=1 << 40,
+        )?;
+        check(
+            "publish.spool_segment_bytes",
+            self.spool_segment_bytes,
+            1 << 14..=(self.spool_max_bytes / 4).max(1 << 14),
+        )?;
+        if let Some(k) = &self.model_public_key {
+            model::public_key(k).map_err(|e| {
+                invalid(
+                    "publish.model_public_key",
+                    k.clone(),
+                    &format!("an ed25519 public key in base64: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// `[aggregate]`: how processes become workloads.
@@ -159,6 +375,7 @@ impl Config {
             h.budget_bytes,
             1 << 16..=1 << 34,
         )?;
+        self.publish.validate()?;
         for name in &c.disable {
             match Hook::from_name(name) {
                 None => {

@@ -4,12 +4,18 @@
 //! - [`capture`]: the kernel programs (the only module that touches aya) and plain
 //!   per-process samples and lifecycle events.
 //! - [`trace`]: the live stream for kernel engineers (`umbra trace`).
+//! - [`publish`]: summaries, status and command replies to the fleet over MQTT, through
+//!   an on-disk spool; commands and signed models from it.
+//! - [`fleet`]: the other end, for operators (`umbra sub`) and the hub (`umbra hub`,
+//!   cargo feature `fleet`).
 //! - [`pipeline`]: wires the stages; the only place that knows all of them.
 
 pub mod aggregate;
 pub mod capture;
 pub mod config;
 pub mod export;
+pub mod fleet;
 pub mod pipeline;
+pub mod publish;
 pub mod record;
 pub mod trace;

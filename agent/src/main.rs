@@ -41,6 +41,8 @@ enum Command {
         /// Processes shown per interval.
         #[arg(long, default_value_t = 10)]
         top: usize,
+        #[command(flatten)]
+        publish: PublishArgs,
     },
     /// Live kernel events and per-process measurements, for kernel engineers.
     Trace {
@@ -90,7 +92,39 @@ enum Command {
         /// One JSON object a line.
         #[arg(long)]
         json: bool,
+        /// Also publish summaries to the broker, as the live agent does.
+        #[arg(long)]
+        publish: bool,
+        /// Broker URL (overrides publish.broker).
+        #[arg(long)]
+        broker: Option<String>,
+        /// With --publish: wait at most this long at the end for the broker to take
+        /// every message.
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
     },
+    /// Decode and print what a fleet's agents publish (for operators).
+    Sub {
+        /// Broker URL (default: publish.broker of the config).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Only this fleet / node / kind (summary, status, cmd/result).
+        #[arg(long)]
+        fleet: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// One JSON object a line: `{"topic":…,"envelope":…}`.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// The fleet's hub: store summaries as Parquet, show the fleet, publish models
+    /// (needs a build with `--features fleet`).
+    Hub(Box<HubCli>),
     /// Export a recording's shadow data points for training and for people.
     Export {
         file: PathBuf,
@@ -98,6 +132,98 @@ enum Command {
         format: ExportFormat,
         #[arg(short, long)]
         output: PathBuf,
+    },
+}
+
+/// Overrides of `[publish]` for `umbra run`.
+#[derive(clap::Args, Debug)]
+struct PublishArgs {
+    /// Broker URL (overrides publish.broker).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Do not publish (overrides publish.enabled).
+    #[arg(long)]
+    no_publish: bool,
+    /// Node name in topics (overrides publish.node).
+    #[arg(long)]
+    node: Option<String>,
+    /// State directory: spool, model, snapshots (overrides publish.state_dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct HubCli {
+    #[command(subcommand)]
+    action: Option<HubAction>,
+    #[command(flatten)]
+    run: HubRun,
+}
+
+#[derive(clap::Args, Debug)]
+struct HubRun {
+    /// Broker URL (default: publish.broker of the config).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Directory for the Parquet files.
+    #[arg(long, default_value = "hub-data")]
+    data: PathBuf,
+    /// Fleet to subscribe to (default: publish.fleet).
+    #[arg(long)]
+    fleet: Option<String>,
+    /// Share the fleet with other hubs of this group (MQTT shared subscription).
+    #[arg(long)]
+    group: Option<String>,
+    /// MQTT client id (stable ids keep the broker session across restarts).
+    #[arg(long)]
+    id: Option<String>,
+    /// Write a Parquet file at this many rows, or this often.
+    #[arg(long, default_value_t = 10_000)]
+    flush_rows: usize,
+    #[arg(long, default_value_t = 60)]
+    flush_secs: u64,
+    /// Print the fleet table this often (0: never).
+    #[arg(long, default_value_t = 5)]
+    table_secs: u64,
+    /// Stop after this many summaries.
+    #[arg(long)]
+    max_summaries: Option<u64>,
+    /// At exit, write what was seen per node as JSON to this file.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum HubAction {
+    /// Sign an ONNX model with its schema and publish it, retained, to the fleet.
+    PublishModel {
+        /// The .onnx file.
+        file: PathBuf,
+        /// Signing key file (from `umbra hub keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The model's schema (JSON: features, window, horizon, quantiles); default: the
+        /// ONNX file's name with `.schema.json`.
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        broker: Option<String>,
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Only this node (default: the whole fleet).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Make an ed25519 key pair: the private key to a file, the public key (for
+    /// publish.model_public_key) to stdout.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -121,10 +247,40 @@ fn main() -> ExitCode {
         Command::Run { interval_ms, .. }
         | Command::Trace { interval_ms, .. }
         | Command::Record { interval_ms, .. } => *interval_ms,
-        Command::Replay { .. } | Command::Export { .. } => None,
+        Command::Replay { .. } | Command::Export { .. } | Command::Sub { .. } | Command::Hub(_) => {
+            None
+        }
     };
     if let Some(ms) = interval {
         cfg.capture.interval_ms = ms;
+    }
+    match &cli.command {
+        Command::Run { publish, .. } => {
+            if let Some(b) = &publish.broker {
+                cfg.publish.broker = b.clone();
+            }
+            if let Some(n) = &publish.node {
+                cfg.publish.node = n.clone();
+            }
+            if let Some(d) = &publish.state_dir {
+                cfg.publish.state_dir = d.clone();
+            }
+            if publish.no_publish {
+                cfg.publish.enabled = false;
+            }
+        }
+        Command::Replay {
+            publish, broker, ..
+        } => {
+            cfg.publish.enabled = *publish;
+            if let Some(b) = broker {
+                cfg.publish.broker = b.clone();
+            }
+        }
+        Command::Sub {
+            broker: Some(b), ..
+        } => cfg.publish.broker = b.clone(),
+        _ => {}
     }
     if let Err(e) = cfg.validate() {
         eprintln!("umbra: {e}");
@@ -207,6 +363,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             speed,
             as_fast_as_possible,
             json,
+            publish,
+            drain_secs,
+            ..
         } => {
             let pace = if as_fast_as_possible {
                 Pace::AsFastAsPossible
@@ -214,11 +373,38 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 Pace::Speed(speed.unwrap_or(1.0))
             };
             let mut out = stdout;
-            pipeline::replay_windows(&cfg, &file, pace, |w| {
-                pipeline::print_window(&mut out, w, json)
-            })
+            if publish {
+                let drain = Duration::from_secs(drain_secs);
+                pipeline::replay_agent(&cfg, &file, pace, out, json, drain, shutdown).await?;
+            } else {
+                pipeline::replay_windows(&cfg, &file, pace, |w| {
+                    pipeline::print_window(&mut out, w, json)
+                })
+                .await?;
+            }
+        }
+        Command::Sub {
+            fleet,
+            node,
+            kind,
+            json,
+            count,
+            ..
+        } => {
+            let settings = cfg.publish.settings()?;
+            let filter = umbra::fleet::sub::Filter { fleet, node, kind };
+            umbra::fleet::sub::run(
+                &cfg.publish.broker,
+                &settings.security,
+                &filter,
+                json,
+                count,
+                stdout,
+                shutdown,
+            )
             .await?;
         }
+        Command::Hub(hub) => hub_command(*hub, &cfg, shutdown).await?,
         Command::Export {
             file,
             format,
@@ -250,6 +436,105 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             eprintln!("umbra: exported {n} intervals to {}", output.display());
         }
     }
+    Ok(())
+}
+
+#[cfg(not(feature = "fleet"))]
+async fn hub_command(_: HubCli, _: &Config, _: CancellationToken) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this umbra was built without the fleet side: build it with `cargo build --release --features fleet`"
+    )
+}
+
+#[cfg(feature = "fleet")]
+async fn hub_command(hub: HubCli, cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use umbra::fleet::hub;
+    let security = cfg.publish.settings()?.security;
+    match hub.action {
+        Some(HubAction::Keygen { out }) => {
+            let (seed, public) = umbra::publish::model::generate_key()?;
+            write_private(&out, &seed)?;
+            println!("{public}");
+            eprintln!(
+                "umbra: private key written to {}; put the public key above in publish.model_public_key",
+                out.display()
+            );
+        }
+        Some(HubAction::PublishModel {
+            file,
+            key,
+            schema,
+            name,
+            version,
+            broker,
+            fleet,
+            node,
+        }) => {
+            let schema = schema.unwrap_or_else(|| file.with_extension("schema.json"));
+            let url = broker.unwrap_or_else(|| cfg.publish.broker.clone());
+            let fleet = fleet.unwrap_or_else(|| cfg.publish.fleet.clone());
+            let b = hub::publish_model(
+                &url,
+                &security,
+                &fleet,
+                node.as_deref(),
+                &file,
+                &schema,
+                &key,
+                &name,
+                &version,
+            )
+            .await?;
+            println!(
+                "published model {} {} sha256 {}",
+                b.name,
+                b.version,
+                b.info().sha256
+            );
+        }
+        None => {
+            let r = hub.run;
+            let args = hub::HubArgs {
+                url: r.broker.unwrap_or_else(|| cfg.publish.broker.clone()),
+                security,
+                fleet: r.fleet.unwrap_or_else(|| cfg.publish.fleet.clone()),
+                group: r.group,
+                client_id: r
+                    .id
+                    .unwrap_or_else(|| format!("umbra-hub-{}", std::process::id())),
+                data: r.data,
+                flush_rows: r.flush_rows,
+                flush_every: Duration::from_secs(r.flush_secs),
+                table_every: (r.table_secs > 0).then(|| Duration::from_secs(r.table_secs)),
+                max_summaries: r.max_summaries,
+            };
+            let h = hub::run(&args, std::io::stdout(), shutdown).await?;
+            eprintln!(
+                "umbra: hub stored {} summaries from {} nodes in {} ({} duplicates dropped)",
+                h.summaries,
+                h.nodes.len(),
+                args.data.display(),
+                h.duplicates()
+            );
+            if let Some(p) = r.stats {
+                std::fs::write(&p, serde_json::to_vec_pretty(&h.nodes)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "fleet")]
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create key file {}: {e}", path.display()))?;
+    writeln!(f, "{text}")?;
     Ok(())
 }
 

@@ -29,6 +29,10 @@ pub enum GroupBy {
     Cgroup,
 }
 
+/// Hash maps of the per-process hot path: keys are pids and workload keys made by the
+/// kernel and this agent; foldhash (seeded per run) is several times faster than SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Ticks after which a process missing from every tick is forgotten.
 const FORGET_AFTER_TICKS: u64 = 5;
 
@@ -45,7 +49,7 @@ pub struct Aggregator {
     default_interval_ms: u32,
     /// Last counters of each live process, by (tgid, start_ns), and the tick it was last
     /// seen in.
-    prev: HashMap<(u32, u64), (ProcCounters, u64)>,
+    prev: Map<(u32, u64), (ProcCounters, u64)>,
     ticks: u64,
     last: Option<(u64, NodeStats)>,
 }
@@ -64,7 +68,7 @@ impl Aggregator {
         Aggregator {
             group_by,
             default_interval_ms,
-            prev: HashMap::new(),
+            prev: Map::default(),
             ticks: 0,
             last: None,
         }
@@ -103,36 +107,35 @@ impl Aggregator {
         };
         let interval_ms = (interval_ns / 1_000_000).max(1) as u32;
         self.ticks += 1;
-        let mut by: HashMap<Key<'_>, Acc> = HashMap::new();
+        let mut by: Map<Key<'_>, Acc> = Map::default();
         let mut total = Acc::default();
         for s in &t.samples {
-            let key = (s.tgid, s.start_ns);
-            let d = if s.exit.is_some() {
-                match self.prev.remove(&key) {
-                    Some((p, _)) => s.counters.since(&p),
-                    None => s.counters.clone(),
-                }
-            } else {
-                match self.prev.get_mut(&key) {
-                    Some((p, seen)) => {
-                        let d = s.counters.since(p);
-                        p.clone_from(&s.counters);
-                        *seen = self.ticks;
-                        d
-                    }
-                    None => {
-                        self.prev.insert(key, (s.counters.clone(), self.ticks));
-                        s.counters.clone()
-                    }
-                }
-            };
             let k = self.key(s);
             let acc = by.entry(k).or_insert_with(|| Acc {
                 name: k.name(s),
                 ..Default::default()
             });
             acc.processes += 1;
-            acc.d.add(&d);
+            let pid = (s.tgid, s.start_ns);
+            // The delta since the previous sample of this process (or since it was first
+            // seen), summed straight into its workload.
+            if s.exit.is_some() {
+                match self.prev.remove(&pid) {
+                    Some((mut p, _)) => acc.d.add_since(&s.counters, &mut p),
+                    None => acc.d.add(&s.counters),
+                }
+            } else {
+                match self.prev.get_mut(&pid) {
+                    Some((p, seen)) => {
+                        acc.d.add_since(&s.counters, p);
+                        *seen = self.ticks;
+                    }
+                    None => {
+                        acc.d.add(&s.counters);
+                        self.prev.insert(pid, (s.counters.clone(), self.ticks));
+                    }
+                }
+            }
             if s.exit.is_none() {
                 acc.rss += s.memory.rss();
             }

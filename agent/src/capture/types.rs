@@ -90,6 +90,27 @@ impl ProcCounters {
         each_counter!(sub)
     }
 
+    /// Adds what happened between `prev` and `now` into `self`, then advances `prev` to
+    /// `now`: [`since`](Self::since), [`add`](Self::add) and a copy in one pass, the
+    /// aggregate stage's per-process hot path.
+    pub fn add_since(&mut self, now: &ProcCounters, prev: &mut ProcCounters) {
+        macro_rules! step {
+            ($($f:ident),*) => { $(
+                self.$f = self.$f.saturating_add(now.$f.saturating_sub(prev.$f));
+                prev.$f = now.$f;
+            )* };
+        }
+        each_counter!(step);
+        for i in 0..HIST_BUCKETS {
+            let d = now.runq_hist[i].saturating_sub(prev.runq_hist[i]);
+            self.runq_hist[i] = self.runq_hist[i].saturating_add(d);
+            let d = now.block_hist[i].saturating_sub(prev.block_hist[i]);
+            self.block_hist[i] = self.block_hist[i].saturating_add(d);
+        }
+        prev.runq_hist = now.runq_hist;
+        prev.block_hist = now.block_hist;
+    }
+
     /// Adds `other` into `self` (for totals over processes).
     pub fn add(&mut self, other: &ProcCounters) {
         macro_rules! plus {
@@ -322,6 +343,33 @@ mod tests {
         assert_eq!(d.read_bytes, 0);
         assert_eq!(d.runq_hist[3], 3);
         assert_eq!(a.since(&b).cpu_ns, 0);
+    }
+
+    #[test]
+    fn add_since_is_since_then_add_then_copy() {
+        let mut prev = ProcCounters {
+            cpu_ns: 10,
+            write_bytes: 7,
+            ..Default::default()
+        };
+        prev.block_hist[4] = 9;
+        let mut now = prev.clone();
+        now.cpu_ns = 40;
+        now.write_bytes = 3; // went backwards: never a negative delta
+        now.runq_hist[1] = 6;
+        now.block_hist[4] = 11;
+        let mut acc = ProcCounters {
+            cpu_ns: 1,
+            ..Default::default()
+        };
+        acc.block_hist[4] = 1;
+        let mut expected = acc.clone();
+        expected.add(&now.since(&prev));
+        acc.add_since(&now, &mut prev);
+        assert_eq!(acc, expected);
+        assert_eq!(acc.cpu_ns, 31);
+        assert_eq!(acc.block_hist[4], 3);
+        assert_eq!(prev, now);
     }
 
     #[test]

@@ -1,0 +1,605 @@
+//! `umbra hub`: the fleet's receiving end. Subscribes to a fleet (alone, or sharing the
+//! load with other hubs through shared subscriptions `$share/<group>/…`), removes
+//! duplicates by `(node, seq)`, stores every summary as rows of Parquet files for the
+//! training pipeline in `models/` (one row per workload and period; readable by pandas,
+//! polars and DuckDB), prints a live fleet table, and signs and publishes models.
+//!
+//! Files are written whole and renamed into place (`summaries-*.parquet`), so a reader
+//! never sees a half-written one; a hub stopped with SIGINT/SIGTERM writes what it holds.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parquet::{
+    basic::Compression,
+    data_type::{BoolType, ByteArray, ByteArrayType, FloatType, Int64Type},
+    file::{properties::WriterProperties, writer::SerializedFileWriter},
+    schema::parser::parse_message_type,
+};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Dedup;
+use crate::publish::{
+    Body, BrokerUrl, Envelope, PublishError, Security, Summary, Topics,
+    client::connect_options,
+    model::{BUNDLE_FORMAT, ModelBundle, ModelSchema, SignedModel},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Mqtt(#[from] PublishError),
+    #[error("data directory {path}: {source}")]
+    Data {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing Parquet file {path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error(transparent)]
+    Model(#[from] crate::publish::model::ModelError),
+}
+
+/// How the hub runs.
+#[derive(Clone, Debug)]
+pub struct HubArgs {
+    pub url: String,
+    pub security: Security,
+    pub fleet: String,
+    /// Share the fleet with other hubs of this group (MQTT shared subscription).
+    pub group: Option<String>,
+    /// Client id; stable ids keep the broker session (and queued messages) across restarts.
+    pub client_id: String,
+    pub data: PathBuf,
+    /// Write a file when this many rows are held, or this often.
+    pub flush_rows: usize,
+    pub flush_every: Duration,
+    /// Print the fleet table this often (`None`: never).
+    pub table_every: Option<Duration>,
+    /// Stop after this many summaries (tests, batch jobs).
+    pub max_summaries: Option<u64>,
+}
+
+/// What a hub saw of one node.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct NodeSeen {
+    pub messages: u64,
+    pub summaries: u64,
+    pub duplicates: u64,
+    /// Highest seq seen, and seqs below it never seen (a shared hub sees only its part).
+    pub max_seq: u64,
+    pub missing: u64,
+    /// Messages that arrived after a higher seq of their node (late, not duplicated).
+    pub out_of_order: u64,
+    pub historical: u64,
+    pub online: Option<bool>,
+    pub last_time_ms: u64,
+    pub workloads: u32,
+    pub cpu_busy: f32,
+    pub cpus: u32,
+    pub spool_pending: u64,
+}
+
+/// The hub's state: deduplication, per-node view, rows not yet written.
+pub struct Hub {
+    dedup: Dedup,
+    pub nodes: BTreeMap<String, NodeSeen>,
+    rows: Rows,
+    data: PathBuf,
+    tag: String,
+    files: u64,
+    pub summaries: u64,
+}
+
+impl Hub {
+    pub fn new(data: &Path, tag: &str) -> Result<Hub, HubError> {
+        fs::create_dir_all(data).map_err(|source| HubError::Data {
+            path: data.into(),
+            source,
+        })?;
+        Ok(Hub {
+            dedup: Dedup::default(),
+            nodes: BTreeMap::new(),
+            rows: Rows::default(),
+            data: data.into(),
+            tag: tag.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+            files: 0,
+            summaries: 0,
+        })
+    }
+
+    /// Takes one message; true if it was new.
+    pub fn ingest(&mut self, topic: &str, payload: &[u8]) -> bool {
+        let env = match Envelope::decode(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(topic, error = %e, "Undecodable message ignored");
+                return false;
+            }
+        };
+        let node = Topics::parse(topic).map_or(env.node.clone(), |(_, n, _)| n.to_string());
+        let seen = self.nodes.entry(node.clone()).or_default();
+        if !self.dedup.first(&node, env.seq) {
+            seen.duplicates += 1;
+            return false;
+        }
+        seen.messages += 1;
+        seen.historical += env.historical as u64;
+        if env.seq > 0 {
+            if env.seq > seen.max_seq {
+                seen.missing += env.seq - seen.max_seq - 1;
+                seen.max_seq = env.seq;
+            } else {
+                seen.out_of_order += 1;
+                seen.missing = seen.missing.saturating_sub(1);
+            }
+        }
+        seen.last_time_ms = seen.last_time_ms.max(env.time_ms);
+        match &env.body {
+            Body::Summary(s) => {
+                seen.summaries += 1;
+                seen.workloads = s.node.workloads;
+                seen.cpu_busy = s.node.cpu_busy_mean;
+                seen.cpus = s.node.cpus;
+                self.rows.push(&node, &env, s);
+                self.summaries += 1;
+            }
+            Body::Status(s) => {
+                seen.online = Some(s.online);
+                seen.spool_pending = s.spool.pending;
+            }
+            Body::CmdResult(_) => {}
+        }
+        true
+    }
+
+    /// Writes held rows to a new Parquet file; returns its path.
+    pub fn flush(&mut self) -> Result<Option<PathBuf>, HubError> {
+        if self.rows.len == 0 {
+            return Ok(None);
+        }
+        self.files += 1;
+        let name = format!(
+            "summaries-{}-{}-{:04}.parquet",
+            crate::capture::procfs::wall_ms(),
+            self.tag,
+            self.files
+        );
+        let path = self.data.join(&name);
+        let tmp = self.data.join(format!(".{name}.tmp"));
+        let rows = std::mem::take(&mut self.rows);
+        rows.write(&tmp).map_err(|message| HubError::Parquet {
+            path: path.clone(),
+            message,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| HubError::Data {
+            path: path.clone(),
+            source,
+        })?;
+        info!(file = %path.display(), rows = rows.len, "Summaries stored");
+        Ok(Some(path))
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.dedup.duplicates
+    }
+
+    /// The fleet table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<20} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}\n",
+            "NODE", "STATUS", "SEQ", "SUMMARIES", "DUPS", "MISSING", "WLS", "CPU", "SPOOL"
+        );
+        for (n, v) in &self.nodes {
+            s += &format!(
+                "{:<20} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}\n",
+                n.chars().take(20).collect::<String>(),
+                match v.online {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "?",
+                },
+                v.max_seq,
+                v.summaries,
+                v.duplicates,
+                v.missing,
+                v.workloads,
+                format!("{:.2}/{}", v.cpu_busy, v.cpus),
+                v.spool_pending,
+            );
+        }
+        s
+    }
+}
+
+/// Column buffers of the `summaries` table.
+#[derive(Default)]
+struct Rows {
+    len: usize,
+    strs: [Vec<ByteArray>; 3],
+    ints: [Vec<i64>; 22],
+    floats: [Vec<f32>; 4],
+    bools: [Vec<bool>; 1],
+    psi: [Vec<Option<f32>>; 3],
+}
+
+/// The schema, in column order: strings, ints, floats, bools, optional floats.
+const SCHEMA: &str = "message summaries {
+  REQUIRED BYTE_ARRAY node (STRING);
+  REQUIRED BYTE_ARRAY workload (STRING);
+  REQUIRED BYTE_ARRAY name (STRING);
+  REQUIRED INT64 seq;
+  REQUIRED INT64 time_ms;
+  REQUIRED INT64 start_ms;
+  REQUIRED INT64 period_ms;
+  REQUIRED INT64 intervals;
+  REQUIRED INT64 processes_max;
+  REQUIRED INT64 rss_max_bytes;
+  REQUIRED INT64 runq_p99_max_ns;
+  REQUIRED INT64 page_faults;
+  REQUIRED INT64 read_bytes;
+  REQUIRED INT64 write_bytes;
+  REQUIRED INT64 block_read_bytes;
+  REQUIRED INT64 block_write_bytes;
+  REQUIRED INT64 net_rx_bytes;
+  REQUIRED INT64 net_tx_bytes;
+  REQUIRED INT64 retransmits;
+  REQUIRED INT64 execs;
+  REQUIRED INT64 conn_accepted;
+  REQUIRED INT64 conn_opened;
+  REQUIRED INT64 syscalls;
+  REQUIRED INT64 node_cpus;
+  REQUIRED INT64 node_mem_available_min_bytes;
+  REQUIRED FLOAT cpu_cores_mean;
+  REQUIRED FLOAT cpu_cores_max;
+  REQUIRED FLOAT node_cpu_busy_mean;
+  REQUIRED FLOAT node_cpu_busy_max;
+  REQUIRED BOOLEAN historical;
+  OPTIONAL FLOAT psi_cpu_max;
+  OPTIONAL FLOAT psi_memory_max;
+  OPTIONAL FLOAT psi_io_max;
+}";
+
+impl Rows {
+    fn push(&mut self, node: &str, env: &Envelope, s: &Summary) {
+        let i = |v: u64| v.min(i64::MAX as u64) as i64;
+        for w in s.workloads.iter().chain(&s.other) {
+            self.len += 1;
+            for (c, v) in self
+                .strs
+                .iter_mut()
+                .zip([node, w.workload.as_str(), w.name.as_str()])
+            {
+                c.push(ByteArray::from(v.as_bytes().to_vec()));
+            }
+            let ints = [
+                env.seq,
+                env.time_ms,
+                s.start_ms,
+                s.period_ms as u64,
+                s.intervals as u64,
+                w.processes_max as u64,
+                w.rss_max_bytes,
+                w.runq_p99_max_ns,
+                w.page_faults,
+                w.read_bytes,
+                w.write_bytes,
+                w.block_read_bytes,
+                w.block_write_bytes,
+                w.net_rx_bytes,
+                w.net_tx_bytes,
+                w.retransmits,
+                w.execs,
+                w.conn_accepted,
+                w.conn_opened,
+                w.syscalls,
+                s.node.cpus as u64,
+                s.node.mem_available_min_bytes,
+            ];
+            for (c, v) in self.ints.iter_mut().zip(ints) {
+                c.push(i(v));
+            }
+            let floats = [
+                w.cpu_cores_mean,
+                w.cpu_cores_max,
+                s.node.cpu_busy_mean,
+                s.node.cpu_busy_max,
+            ];
+            for (c, v) in self.floats.iter_mut().zip(floats) {
+                c.push(v);
+            }
+            self.bools[0].push(env.historical);
+            for (k, c) in self.psi.iter_mut().enumerate() {
+                c.push(w.pressure_max.map(|p| p[k]));
+            }
+        }
+    }
+
+    fn write(&self, path: &Path) -> Result<(), String> {
+        let e = |e: parquet::errors::ParquetError| e.to_string();
+        let schema = Arc::new(parse_message_type(SCHEMA).map_err(e)?);
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build(),
+        );
+        let file = fs::File::create(path).map_err(|e| e.to_string())?;
+        let mut w = SerializedFileWriter::new(file, schema, props).map_err(e)?;
+        let mut rg = w.next_row_group().map_err(e)?;
+        let mut col = 0usize;
+        while let Some(mut c) = rg.next_column().map_err(e)? {
+            let (s, n, f, b) = (
+                self.strs.len(),
+                self.ints.len(),
+                self.floats.len(),
+                self.bools.len(),
+            );
+            if col < s {
+                c.typed::<ByteArrayType>()
+                    .write_batch(&self.strs[col], None, None)
+                    .map_err(e)?;
+            } else if col < s + n {
+                c.typed::<Int64Type>()
+                    .write_batch(&self.ints[col - s], None, None)
+                    .map_err(e)?;
+            } else if col < s + n + f {
+                c.typed::<FloatType>()
+                    .write_batch(&self.floats[col - s - n], None, None)
+                    .map_err(e)?;
+            } else if col < s + n + f + b {
+                c.typed::<BoolType>()
+                    .write_batch(&self.bools[col - s - n - f], None, None)
+                    .map_err(e)?;
+            } else {
+                let opt = &self.psi[col - s - n - f - b];
+                let values: Vec<f32> = opt.iter().flatten().copied().collect();
+                let defs: Vec<i16> = opt.iter().map(|v| v.is_some() as i16).collect();
+                c.typed::<FloatType>()
+                    .write_batch(&values, Some(&defs), None)
+                    .map_err(e)?;
+            }
+            c.close().map_err(e)?;
+            col += 1;
+        }
+        rg.close().map_err(e)?;
+        w.close().map_err(e)?;
+        Ok(())
+    }
+}
+
+/// Runs the hub until `shutdown` (or `max_summaries`); writes what it holds on the way out.
+pub async fn run<W: Write>(
+    args: &HubArgs,
+    mut out: W,
+    shutdown: CancellationToken,
+) -> Result<Hub, HubError> {
+    let broker = BrokerUrl::parse(&args.url).map_err(|message| PublishError::Broker {
+        url: args.url.clone(),
+        message,
+    })?;
+    let mut opts = connect_options(
+        &broker,
+        args.client_id.clone(),
+        &args.security,
+        Duration::from_secs(30),
+    )?;
+    // A persistent session: while the hub reconnects, the broker keeps its messages.
+    opts.set_clean_session(false);
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let mut hub = Hub::new(&args.data, &args.client_id)?;
+    let base = format!("umbra/v1/{}/+", args.fleet);
+    let topics: Vec<String> = ["summary", "status", "cmd/result"]
+        .iter()
+        .map(|k| match &args.group {
+            Some(g) => format!("$share/{g}/{base}/{k}"),
+            None => format!("{base}/{k}"),
+        })
+        .collect();
+    let mut last_flush = Instant::now();
+    let mut last_table = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => None,
+            ev = events.poll() => Some(ev),
+        };
+        match ev {
+            Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                info!(
+                    broker = args.url,
+                    session_present = ack.session_present,
+                    "Hub connected"
+                );
+                for t in &topics {
+                    if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                        warn!(topic = t, error = %e, "Cannot subscribe");
+                    }
+                }
+            }
+            Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                hub.ingest(&p.topic, &p.payload);
+                if args.max_summaries.is_some_and(|m| hub.summaries >= m) {
+                    break;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                warn!(broker = args.url, error = %e, "Broker unreachable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            None => {}
+        }
+        if hub.rows.len >= args.flush_rows || last_flush.elapsed() >= args.flush_every {
+            hub.flush()?;
+            last_flush = Instant::now();
+        }
+        if let Some(every) = args.table_every
+            && last_table.elapsed() >= every
+        {
+            let _ = write!(out, "{}", hub.table());
+            let _ = out.flush();
+            last_table = Instant::now();
+        }
+    }
+    hub.flush()?;
+    let _ = client.try_disconnect();
+    Ok(hub)
+}
+
+/// `umbra hub publish-model`: signs an ONNX file with its schema and publishes it,
+/// retained, to the fleet's model topic (or one node's).
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_model(
+    url: &str,
+    security: &Security,
+    fleet: &str,
+    node: Option<&str>,
+    onnx: &Path,
+    schema: &Path,
+    key: &Path,
+    name: &str,
+    version: &str,
+) -> Result<ModelBundle, HubError> {
+    let read = |p: &Path| {
+        fs::read(p).map_err(|e| HubError::Input {
+            path: p.into(),
+            message: e.to_string(),
+        })
+    };
+    let schema: ModelSchema =
+        serde_json::from_slice(&read(schema)?).map_err(|e| HubError::Input {
+            path: schema.into(),
+            message: format!("not a model schema (features, window, horizon, quantiles): {e}"),
+        })?;
+    let bundle = ModelBundle {
+        format: BUNDLE_FORMAT,
+        name: name.into(),
+        version: version.into(),
+        schema,
+        onnx: read(onnx)?,
+    };
+    let key = crate::publish::model::signing_key(key)?;
+    let payload = SignedModel::sign(&bundle, &key).encode();
+    let topic = match node {
+        Some(n) => format!("umbra/v1/{fleet}/{n}/model"),
+        None => format!("umbra/v1/{fleet}/model"),
+    };
+    let broker = BrokerUrl::parse(url).map_err(|message| PublishError::Broker {
+        url: url.into(),
+        message,
+    })?;
+    let id = format!("umbra-publish-model-{}", std::process::id());
+    let opts = connect_options(&broker, id, security, Duration::from_secs(30))?;
+    let (client, mut events) = AsyncClient::new(opts, 8);
+    client
+        .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+        .map_err(|e| PublishError::Broker {
+            url: url.into(),
+            message: e.to_string(),
+        })?;
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no acknowledgement within 10 s".into()));
+    acked.map_err(|message| PublishError::Broker {
+        url: url.into(),
+        message,
+    })?;
+    let _ = client.try_disconnect();
+    info!(topic, model = name, version, "Model published");
+    Ok(bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+    use crate::publish::{NodeSummary, Payload, SCHEMA as ENV_SCHEMA, WorkloadSummary};
+
+    fn summary_msg(node: &str, seq: u64, workloads: usize) -> Vec<u8> {
+        Envelope {
+            schema: ENV_SCHEMA,
+            node: node.into(),
+            seq,
+            time_ms: 1000 * seq,
+            historical: false,
+            body: Body::Summary(Summary {
+                start_ms: 0,
+                period_ms: 10_000,
+                intervals: 10,
+                node: NodeSummary {
+                    cpus: 2,
+                    ..Default::default()
+                },
+                workloads: (0..workloads)
+                    .map(|i| WorkloadSummary {
+                        workload: format!("exe:{i}"),
+                        name: format!("w{i}"),
+                        read_bytes: seq * 10 + i as u64,
+                        pressure_max: (i == 0).then_some([1.0, 2.0, 3.0]),
+                        ..Default::default()
+                    })
+                    .collect(),
+                other: None,
+            }),
+        }
+        .encode(Payload::Postcard)
+    }
+
+    #[test]
+    fn summaries_become_parquet_rows_once_each() {
+        let d = tempfile::tempdir().unwrap();
+        let mut hub = Hub::new(d.path(), "test").unwrap();
+        let t = "umbra/v1/f/n1/summary";
+        assert!(hub.ingest(t, &summary_msg("n1", 1, 3)));
+        assert!(hub.ingest(t, &summary_msg("n1", 3, 3)));
+        assert!(!hub.ingest(t, &summary_msg("n1", 1, 3)), "a duplicate");
+        assert!(hub.ingest(t, &summary_msg("n1", 2, 3)), "late, not lost");
+        assert!(!hub.ingest(t, b"junk"));
+        let seen = &hub.nodes["n1"];
+        assert_eq!(
+            (
+                seen.summaries,
+                seen.duplicates,
+                seen.missing,
+                seen.out_of_order
+            ),
+            (3, 1, 0, 1)
+        );
+        let path = hub.flush().unwrap().unwrap();
+        assert!(hub.flush().unwrap().is_none());
+        let r = SerializedFileReader::new(fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(r.metadata().file_metadata().num_rows(), 9);
+        let rows: Vec<_> = r.get_row_iter(None).unwrap().map(|r| r.unwrap()).collect();
+        let first = rows[0].to_string();
+        assert!(
+            first.contains("node: \"n1\"") && first.contains("psi_io_max: 3.0"),
+            "{first}"
+        );
+        assert!(rows[1].to_string().contains("psi_io_max: null"));
+    }
+}

@@ -1,0 +1,400 @@
+//! What goes over MQTT: an envelope `{schema, node, seq, time, kind, body}` and the bodies
+//! of each kind. Two encodings: postcard (compact, the default) and JSON (for tools such
+//! as Telegraf, and for people). `docs/mqtt.md` documents every field.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the envelope and of every body. A subscriber refuses a newer one.
+pub const SCHEMA: u16 = 1;
+
+/// Payload encoding on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    #[default]
+    Postcard,
+    Json,
+}
+
+/// One message from a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub schema: u16,
+    /// The node that produced it.
+    pub node: String,
+    /// Per node, starts at 1 and increases by one per message, across restarts (the spool
+    /// keeps it): a subscriber removes duplicates and sees gaps by it.
+    pub seq: u64,
+    /// When it was produced, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Waited in the spool while the broker was away (or across a restart of the agent).
+    pub historical: bool,
+    pub body: Body,
+}
+
+/// The kind of a message and its body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    Summary(Summary),
+    Status(Status),
+    CmdResult(CmdResult),
+}
+
+/// Kinds of message; each has its own topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Summary,
+    Status,
+    CmdResult,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Summary, Kind::Status, Kind::CmdResult];
+
+    /// The topic under `umbra/v1/<fleet>/<node>/`, and the `kind` of JSON payloads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Summary => "summary",
+            Kind::Status => "status",
+            Kind::CmdResult => "cmd/result",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl Body {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Summary(_) => Kind::Summary,
+            Body::Status(_) => Kind::Status,
+            Body::CmdResult(_) => Kind::CmdResult,
+        }
+    }
+}
+
+/// Per-workload aggregates of the shadow data points of one summary period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Start and length of the period, ms.
+    pub start_ms: u64,
+    pub period_ms: u32,
+    /// Intervals (shadow data points per workload) the period holds.
+    pub intervals: u32,
+    pub node: NodeSummary,
+    /// The busiest workloads by CPU, at most `publish.max_workloads`.
+    pub workloads: Vec<WorkloadSummary>,
+    /// Everything else folded into one row (`workload` = `"other"`), if anything.
+    pub other: Option<WorkloadSummary>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub cpus: u32,
+    /// Busy CPU, cores: mean and peak interval.
+    pub cpu_busy_mean: f32,
+    pub cpu_busy_max: f32,
+    pub mem_total_bytes: u64,
+    /// Lowest available memory seen in the period.
+    pub mem_available_min_bytes: u64,
+    pub workloads: u32,
+}
+
+/// One workload over a summary period: sums of counts, mean and peak of rates, peaks of
+/// levels.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadSummary {
+    pub workload: String,
+    pub name: String,
+    pub processes_max: u32,
+    pub cpu_cores_mean: f32,
+    pub cpu_cores_max: f32,
+    pub rss_max_bytes: u64,
+    pub runq_p99_max_ns: u64,
+    pub page_faults: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub retransmits: u64,
+    pub execs: u64,
+    pub conn_accepted: u64,
+    pub conn_opened: u64,
+    pub syscalls: u64,
+    /// Peak PSI `some avg10` of the workload's cgroup, percent (cpu, memory, io).
+    pub pressure_max: Option<[f32; 3]>,
+}
+
+/// The agent's state: retained, so a new subscriber sees it at once. `online` is false only
+/// in the Last Will the broker publishes when the agent vanishes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub online: bool,
+    pub agent_version: String,
+    pub kernel: String,
+    pub uptime_s: u64,
+    /// `dry-run` or `enforce`.
+    pub mode: String,
+    /// The model in use: name, version and SHA-256 of its ONNX bytes.
+    pub model: Option<ModelInfo>,
+    pub workloads: u32,
+    /// Events and samples the capture lost (kernel maps and channels), since start.
+    pub capture_drops: u64,
+    pub spool: SpoolStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolStatus {
+    /// Messages waiting for the broker's acknowledgement, and their bytes on disk.
+    pub pending: u64,
+    pub bytes: u64,
+    /// Messages dropped unsent because the spool was full (oldest first), since start.
+    pub dropped: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// The answer to a command or a model update.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmdResult {
+    /// The command's `id`, if it had one.
+    pub id: Option<String>,
+    /// The topic the command or model came on.
+    pub topic: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is neither a postcard nor a JSON Umbra envelope: {0}")]
+    Malformed(String),
+    #[error(
+        "payload has schema version {found}; this build reads up to {SCHEMA}: upgrade the subscriber"
+    )]
+    NewerSchema { found: u16 },
+    #[error("unknown message kind {0:?}")]
+    UnknownKind(String),
+}
+
+impl Envelope {
+    pub fn encode(&self, payload: Payload) -> Vec<u8> {
+        match payload {
+            // Neither can fail: every field is a plain value with a serde impl.
+            Payload::Postcard => postcard::to_stdvec(self).unwrap_or_default(),
+            Payload::Json => serde_json::to_vec(&self.to_json()).unwrap_or_default(),
+        }
+    }
+
+    /// Decodes either encoding (JSON payloads start with `{`).
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        if bytes.first() == Some(&b'{') {
+            let v: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            return Envelope::from_json(v);
+        }
+        // The schema version leads the envelope: check it before the rest.
+        let (schema, _) = postcard::take_from_bytes::<u16>(bytes)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if schema > SCHEMA {
+            return Err(DecodeError::NewerSchema { found: schema });
+        }
+        postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let body = match &self.body {
+            Body::Summary(b) => serde_json::to_value(b),
+            Body::Status(b) => serde_json::to_value(b),
+            Body::CmdResult(b) => serde_json::to_value(b),
+        }
+        .unwrap_or_default();
+        serde_json::json!({
+            "schema": self.schema,
+            "node": self.node,
+            "seq": self.seq,
+            "time_ms": self.time_ms,
+            "historical": self.historical,
+            "kind": self.body.kind().name(),
+            "body": body,
+        })
+    }
+
+    fn from_json(mut v: serde_json::Value) -> Result<Envelope, DecodeError> {
+        #[derive(Deserialize)]
+        struct Head {
+            schema: u16,
+            node: String,
+            seq: u64,
+            time_ms: u64,
+            #[serde(default)]
+            historical: bool,
+            kind: String,
+        }
+        let body = v
+            .get_mut("body")
+            .map(serde_json::Value::take)
+            .ok_or_else(|| DecodeError::Malformed("no \"body\"".into()))?;
+        let head: Head =
+            serde_json::from_value(v).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if head.schema > SCHEMA {
+            return Err(DecodeError::NewerSchema { found: head.schema });
+        }
+        let kind = Kind::from_name(&head.kind).ok_or(DecodeError::UnknownKind(head.kind))?;
+        let bad = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
+        let body = match kind {
+            Kind::Summary => Body::Summary(serde_json::from_value(body).map_err(bad)?),
+            Kind::Status => Body::Status(serde_json::from_value(body).map_err(bad)?),
+            Kind::CmdResult => Body::CmdResult(serde_json::from_value(body).map_err(bad)?),
+        };
+        Ok(Envelope {
+            schema: head.schema,
+            node: head.node,
+            seq: head.seq,
+            time_ms: head.time_ms,
+            historical: head.historical,
+            body,
+        })
+    }
+}
+
+/// Topics of one fleet and node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    pub fleet: String,
+    pub node: String,
+}
+
+impl Topics {
+    pub fn base(&self) -> String {
+        format!("umbra/v1/{}/{}", self.fleet, self.node)
+    }
+
+    pub fn of(&self, kind: Kind) -> String {
+        format!("{}/{}", self.base(), kind.name())
+    }
+
+    /// Commands for this node (in).
+    pub fn commands(&self) -> String {
+        format!("{}/cmd/#", self.base())
+    }
+
+    /// Model updates for this node, and for the whole fleet (in).
+    pub fn models(&self) -> [String; 2] {
+        [
+            format!("{}/model", self.base()),
+            format!("umbra/v1/{}/model", self.fleet),
+        ]
+    }
+
+    /// Splits `umbra/v1/<fleet>/<node>/<rest>` into (fleet, node, rest).
+    pub fn parse(topic: &str) -> Option<(&str, &str, &str)> {
+        let rest = topic.strip_prefix("umbra/v1/")?;
+        let (fleet, rest) = rest.split_once('/')?;
+        let (node, rest) = rest.split_once('/')?;
+        Some((fleet, node, rest))
+    }
+}
+
+/// A topic level must not hold MQTT wildcards or separators.
+pub fn valid_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '\0']) && s.len() <= 64
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn envelope(seq: u64, body: Body) -> Envelope {
+        Envelope {
+            schema: SCHEMA,
+            node: "edge-1".into(),
+            seq,
+            time_ms: 1_700_000_000_000,
+            historical: seq.is_multiple_of(2),
+            body,
+        }
+    }
+
+    fn summary(n: usize, cpu: f32) -> Summary {
+        Summary {
+            start_ms: 5,
+            period_ms: 10_000,
+            intervals: 10,
+            node: NodeSummary {
+                cpus: 2,
+                cpu_busy_mean: cpu,
+                ..Default::default()
+            },
+            workloads: (0..n)
+                .map(|i| WorkloadSummary {
+                    workload: format!("exe:sha256:{i:064x}"),
+                    name: format!("w{i}"),
+                    cpu_cores_mean: cpu / (i + 1) as f32,
+                    read_bytes: i as u64 * 4096,
+                    pressure_max: (i % 2 == 0).then_some([1.0, 2.0, 3.5]),
+                    ..Default::default()
+                })
+                .collect(),
+            other: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn both_encodings_round_trip(seq in 1u64.., n in 0usize..20, cpu in 0f32..64.0) {
+            for body in [
+                Body::Summary(summary(n, cpu)),
+                Body::Status(Status { online: true, mode: "dry-run".into(), ..Default::default() }),
+                Body::CmdResult(CmdResult { id: Some("x".into()), topic: "t".into(), ok: false, message: "m".into() }),
+            ] {
+                let e = envelope(seq, body);
+                for p in [Payload::Postcard, Payload::Json] {
+                    prop_assert_eq!(&Envelope::decode(&e.encode(p)).unwrap(), &e);
+                }
+            }
+        }
+
+        #[test]
+        fn garbage_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Envelope::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_the_versions() {
+        let mut e = envelope(1, Body::Status(Status::default()));
+        e.schema = SCHEMA + 1;
+        for p in [Payload::Postcard, Payload::Json] {
+            let err = Envelope::decode(&e.encode(p)).unwrap_err();
+            assert!(matches!(err, DecodeError::NewerSchema { found } if found == SCHEMA + 1));
+            assert!(err.to_string().contains("upgrade"), "{err}");
+        }
+    }
+
+    #[test]
+    fn topics_split_and_name_kinds() {
+        let t = Topics {
+            fleet: "f".into(),
+            node: "n".into(),
+        };
+        assert_eq!(t.of(Kind::CmdResult), "umbra/v1/f/n/cmd/result");
+        assert_eq!(
+            Topics::parse("umbra/v1/f/n/cmd/set-mode"),
+            Some(("f", "n", "cmd/set-mode"))
+        );
+        assert_eq!(Topics::parse("other/v1/f/n/x"), None);
+        assert!(valid_level("edge-1") && !valid_level("a/b") && !valid_level("#"));
+    }
+}

@@ -1,0 +1,344 @@
+//! Signed model updates. The hub signs a bundle (ONNX bytes plus the feature schema they
+//! expect) with an ed25519 key; the agent verifies it against the public key in its
+//! config, checks the schema against what this build's predict stage feeds, and only then
+//! swaps it in. The signed bytes are kept on disk and verified again at every start.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::message::ModelInfo;
+
+/// Version of the bundle layout.
+pub const BUNDLE_FORMAT: u16 = 1;
+
+/// Inputs and outputs a model is built for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSchema {
+    /// Per-interval features of a workload, in input order.
+    pub features: Vec<String>,
+    /// Past intervals in, future intervals out.
+    pub window: u32,
+    pub horizon: u32,
+    pub quantiles: Vec<f32>,
+}
+
+impl ModelSchema {
+    /// The contract of this build's predict stage: a model must take exactly these
+    /// features; window, horizon and quantiles are the model's to choose within bounds.
+    pub const FEATURES: [&'static str; 8] = [
+        "cpu_cores",
+        "rss_bytes",
+        "read_bytes",
+        "write_bytes",
+        "net_rx_bytes",
+        "net_tx_bytes",
+        "execs",
+        "conn_accepted",
+    ];
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.features != Self::FEATURES {
+            return Err(format!(
+                "features {:?}; this agent feeds {:?}",
+                self.features,
+                Self::FEATURES
+            ));
+        }
+        if !(1..=3600).contains(&self.window) || !(1..=3600).contains(&self.horizon) {
+            return Err(format!(
+                "window {} / horizon {} must be 1..=3600 intervals",
+                self.window, self.horizon
+            ));
+        }
+        if self.quantiles.is_empty()
+            || self.quantiles.iter().any(|q| !(0.0..=1.0).contains(q))
+            || self.quantiles.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(format!(
+                "quantiles {:?} must be increasing, within 0..1",
+                self.quantiles
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the hub signs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelBundle {
+    pub format: u16,
+    pub name: String,
+    pub version: String,
+    pub schema: ModelSchema,
+    pub onnx: Vec<u8>,
+}
+
+/// The payload of a model topic: a postcard-encoded bundle and its signature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedModel {
+    pub bundle: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("model payload is not a signed Umbra model bundle: {0}")]
+    Malformed(String),
+    #[error(
+        "model signature does not verify against the configured publish.model_public_key: unsigned or tampered"
+    )]
+    BadSignature,
+    #[error("model bundle format {found}; this agent reads {BUNDLE_FORMAT}")]
+    Format { found: u16 },
+    #[error("model {name} {version} is incompatible: {why}")]
+    Schema {
+        name: String,
+        version: String,
+        why: String,
+    },
+    #[error("no publish.model_public_key configured: model updates are refused")]
+    NoKey,
+    #[error("key {0}")]
+    Key(String),
+    #[error("model store {path}: {message}")]
+    Store { path: PathBuf, message: String },
+}
+
+impl SignedModel {
+    pub fn sign(bundle: &ModelBundle, key: &SigningKey) -> SignedModel {
+        let bytes = postcard::to_stdvec(bundle).unwrap_or_default();
+        let signature = key.sign(&bytes).to_bytes().to_vec();
+        SignedModel {
+            bundle: bytes,
+            signature,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes, verifies the signature, then checks format and schema.
+    pub fn verify(payload: &[u8], key: &VerifyingKey) -> Result<ModelBundle, ModelError> {
+        let signed: SignedModel =
+            postcard::from_bytes(payload).map_err(|e| ModelError::Malformed(e.to_string()))?;
+        let sig: [u8; 64] = signed
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| ModelError::BadSignature)?;
+        key.verify(&signed.bundle, &Signature::from_bytes(&sig))
+            .map_err(|_| ModelError::BadSignature)?;
+        let (format, _) = postcard::take_from_bytes::<u16>(&signed.bundle)
+            .map_err(|e| ModelError::Malformed(e.to_string()))?;
+        if format != BUNDLE_FORMAT {
+            return Err(ModelError::Format { found: format });
+        }
+        let b: ModelBundle = postcard::from_bytes(&signed.bundle)
+            .map_err(|e| ModelError::Malformed(e.to_string()))?;
+        let schema_err = |why: String| ModelError::Schema {
+            name: b.name.clone(),
+            version: b.version.clone(),
+            why,
+        };
+        b.schema.check().map_err(schema_err)?;
+        // An ONNX file is a protobuf ModelProto: it opens with field 1 (ir_version, varint).
+        if b.onnx.first() != Some(&0x08) {
+            return Err(schema_err("the model bytes are not an ONNX file".into()));
+        }
+        Ok(b)
+    }
+}
+
+impl ModelBundle {
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            sha256: hex(&Sha256::digest(&self.onnx)),
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A public key from its base64 text (32 bytes).
+pub fn public_key(b64: &str) -> Result<VerifyingKey, ModelError> {
+    let bytes = B64
+        .decode(b64.trim())
+        .map_err(|e| ModelError::Key(format!("is not base64: {e}")))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ModelError::Key("must be 32 bytes (ed25519 public key)".into()))?;
+    VerifyingKey::from_bytes(&arr).map_err(|e| ModelError::Key(e.to_string()))
+}
+
+/// A signing key from a file holding its base64 seed (32 bytes), as `umbra hub keygen`
+/// writes it.
+pub fn signing_key(path: &Path) -> Result<SigningKey, ModelError> {
+    let text = fs::read_to_string(path).map_err(|e| ModelError::Store {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let bytes = B64
+        .decode(text.trim())
+        .map_err(|e| ModelError::Key(format!("file {} is not base64: {e}", path.display())))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ModelError::Key(format!("file {} must hold 32 bytes", path.display())))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A new key pair from the kernel's random source: (seed base64, public key base64).
+pub fn generate_key() -> std::io::Result<(String, String)> {
+    let mut seed = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))?;
+    let k = SigningKey::from_bytes(&seed);
+    Ok((B64.encode(seed), B64.encode(k.verifying_key().to_bytes())))
+}
+
+/// The active model on disk (`<dir>/model.signed`), swapped atomically.
+pub struct ModelStore {
+    path: PathBuf,
+}
+
+impl ModelStore {
+    pub fn new(dir: &Path) -> ModelStore {
+        ModelStore {
+            path: dir.join("model.signed"),
+        }
+    }
+
+    /// The stored model, verified again; `None` when there is none or it no longer
+    /// verifies (then it is reported and ignored).
+    pub fn load(&self, key: &VerifyingKey) -> Result<Option<ModelBundle>, ModelError> {
+        match fs::read(&self.path) {
+            Ok(b) => SignedModel::verify(&b, key).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ModelError::Store {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Keeps the verified payload as the active model.
+    pub fn install(&self, payload: &[u8]) -> Result<(), ModelError> {
+        let err = |e: std::io::Error| ModelError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        if let Some(d) = self.path.parent() {
+            fs::create_dir_all(d).map_err(err)?;
+        }
+        let tmp = self.path.with_extension("tmp");
+        fs::write(&tmp, payload).map_err(err)?;
+        fs::rename(&tmp, &self.path).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn bundle() -> ModelBundle {
+        ModelBundle {
+            format: BUNDLE_FORMAT,
+            name: "forecast".into(),
+            version: "3".into(),
+            schema: ModelSchema {
+                features: ModelSchema::FEATURES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                window: 60,
+                horizon: 10,
+                quantiles: vec![0.1, 0.5, 0.9],
+            },
+            onnx: vec![0x08, 0x07, 0x12, 0x00],
+        }
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn a_signed_bundle_verifies_and_a_tampered_one_does_not() {
+        let k = key(1);
+        let signed = SignedModel::sign(&bundle(), &k);
+        let ok = SignedModel::verify(&signed.encode(), &k.verifying_key()).unwrap();
+        assert_eq!(ok, bundle());
+        // Another key, a flipped byte, an empty signature, garbage.
+        assert_eq!(
+            SignedModel::verify(&signed.encode(), &key(2).verifying_key()),
+            Err(ModelError::BadSignature)
+        );
+        let mut t = signed.clone();
+        let last = t.bundle.len() - 1;
+        t.bundle[last] ^= 1;
+        assert_eq!(
+            SignedModel::verify(&t.encode(), &k.verifying_key()),
+            Err(ModelError::BadSignature)
+        );
+        let mut u = signed.clone();
+        u.signature.clear();
+        assert_eq!(
+            SignedModel::verify(&u.encode(), &k.verifying_key()),
+            Err(ModelError::BadSignature)
+        );
+        assert!(matches!(
+            SignedModel::verify(b"\xff\xff\xff", &k.verifying_key()),
+            Err(ModelError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_signed_but_incompatible_model_is_refused_with_the_reason() {
+        let k = key(1);
+        let mut b = bundle();
+        b.schema.features.pop();
+        let e = SignedModel::verify(&SignedModel::sign(&b, &k).encode(), &k.verifying_key())
+            .unwrap_err();
+        assert!(e.to_string().contains("this agent feeds"), "{e}");
+        let mut b = bundle();
+        b.onnx = b"not onnx".to_vec();
+        let e = SignedModel::verify(&SignedModel::sign(&b, &k).encode(), &k.verifying_key())
+            .unwrap_err();
+        assert!(e.to_string().contains("not an ONNX file"), "{e}");
+        let mut b = bundle();
+        b.format = 9;
+        assert_eq!(
+            SignedModel::verify(&SignedModel::sign(&b, &k).encode(), &k.verifying_key()),
+            Err(ModelError::Format { found: 9 })
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_through_base64_and_the_store_keeps_the_model() {
+        let (seed, public) = generate_key().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let kp = d.path().join("key");
+        fs::write(&kp, &seed).unwrap();
+        let sk = signing_key(&kp).unwrap();
+        let pk = public_key(&public).unwrap();
+        assert_eq!(sk.verifying_key(), pk);
+        assert!(public_key("abc").is_err());
+        let store = ModelStore::new(d.path());
+        assert_eq!(store.load(&pk).unwrap(), None);
+        store
+            .install(&SignedModel::sign(&bundle(), &sk).encode())
+            .unwrap();
+        assert_eq!(store.load(&pk).unwrap(), Some(bundle()));
+    }
+}
