@@ -143,7 +143,10 @@ pub async fn run<W: Write>(
     deadline(&shutdown, duration);
     let header = live_header(cfg);
     let view = View::Table { top };
-    agent(cfg, header, rx, task, dropped, out, view, None, shutdown).await
+    // On the way out, a moment for the last summary to reach the broker; whatever does
+    // not stays spooled for the next start.
+    let drain = Some(Duration::from_secs(2));
+    agent(cfg, header, rx, task, dropped, out, view, drain, shutdown).await
 }
 
 /// `umbra replay --publish`: a recording driven through the whole agent, summaries and
@@ -160,9 +163,15 @@ pub async fn replay_agent<W: Write>(
     let reader = Reader::open(path)?;
     let header = reader.header().clone();
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let mut source = Replay::new(reader, pace);
-        while let Some(item) = source.next().await? {
+        loop {
+            let item = tokio::select! {
+                _ = stop.cancelled() => break,
+                item = source.next() => item?,
+            };
+            let Some(item) = item else { break };
             if tx.send(item).await.is_err() {
                 break;
             }
@@ -282,6 +291,7 @@ async fn agent<W: Write>(
         l.finish(drain).await?;
     }
     shutdown.cancel();
+    drop(rx);
     match task.await {
         Ok(r) => r,
         Err(e) => Err(PipelineError::Task(e.to_string())),
@@ -446,8 +456,10 @@ impl Publishing {
         let topic = reply.topic.clone();
         self.push(Body::CmdResult(reply));
         match effect {
-            Effect::None | Effect::Model(_) => {}
-            Effect::Status => self.status(),
+            Effect::None => {}
+            // The predict stage takes the model from `control` when it lands; status
+            // tells the fleet which model is active.
+            Effect::Status | Effect::Model(_) => self.status(),
             Effect::Snapshot { seconds, id } => {
                 if let Err(message) = self.start_snapshot(seconds, id.clone()) {
                     self.push(Body::CmdResult(CmdResult {
@@ -529,7 +541,7 @@ impl Publishing {
     /// the publisher's goodbye.
     async fn finish(mut self, drain: Option<Duration>) -> Result<(), PipelineError> {
         self.end_snapshot(None);
-        if let Some(sum) = self.summarizer.flush(crate::capture::procfs::wall_ms()) {
+        if let Some(sum) = self.summarizer.flush() {
             self.push(Body::Summary(sum));
         }
         if let Some(d) = drain {

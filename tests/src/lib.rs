@@ -17,6 +17,8 @@ use umbra::{
     config::CaptureConfig,
 };
 
+pub mod mqtt;
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

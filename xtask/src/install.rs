@@ -9,11 +9,15 @@ use crate::util::{self, output, run};
 
 /// Debian packages: LLVM 22 for bpf-linker (nightly rustc uses LLVM 22 too).
 const PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "clang-22", "libzstd-dev"];
+/// The MQTT broker and its command-line clients, for `cargo xtask run` (a local broker
+/// when none is given) and the MQTT tests.
+const BROKER_PACKAGES: &[&str] = &["mosquitto", "mosquitto-clients"];
 /// The bpf-linker release built against Debian's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn all() -> Result<()> {
     apt(PACKAGES)?;
+    apt_with(BROKER_PACKAGES, &["--no-install-recommends"])?;
     rustup()?;
     bpf_linker()?;
     mounts()?;

@@ -70,6 +70,11 @@ fn main() -> Result<()> {
             } else {
                 args
             };
+            let _broker = if args.iter().any(|a| a.starts_with("--broker")) {
+                None
+            } else {
+                util::local_broker()?
+            };
             util::run_as_root(&bin, &args)
         }
         Cmd::Test => test(),
@@ -104,6 +109,7 @@ fn test() -> Result<()> {
         "--exclude",
         "umbra-ebpf",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
@@ -125,7 +131,17 @@ fn test() -> Result<()> {
         ],
     )?;
     util::step("build");
-    util::cargo(&["build", "-p", "umbra", "-p", "umbra-tests", "--bins"])?;
+    // The fleet side too: the tests run `umbra hub`.
+    util::cargo(&[
+        "build",
+        "-p",
+        "umbra",
+        "-p",
+        "umbra-tests",
+        "--features",
+        "umbra/fleet",
+        "--bins",
+    ])?;
     util::step("unit tests");
     util::cargo(&[
         "test",
@@ -134,8 +150,9 @@ fn test() -> Result<()> {
         "umbra-ebpf",
         "--exclude",
         "umbra-tests",
+        "--all-features",
     ])?;
-    util::step("privileged tests (real kernel)");
+    util::step("privileged tests (real kernel, real broker)");
     util::cargo(&["test", "-p", "umbra-tests", "--", "--test-threads=1"])?;
     util::step("all tests passed");
     Ok(())

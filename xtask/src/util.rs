@@ -89,3 +89,39 @@ pub fn run_as_root(bin: &Path, args: &[String]) -> Result<()> {
         run(Command::new("sudo").arg("-E").arg(bin).args(args))
     }
 }
+
+/// A mosquitto on 127.0.0.1:1883 for `cargo xtask run`, unless something listens there
+/// already (a broker the device runs). Stopped when the guard drops.
+pub struct LocalBroker(std::process::Child);
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn local_broker() -> Result<Option<LocalBroker>> {
+    if std::net::TcpStream::connect(("127.0.0.1", 1883)).is_ok() {
+        return Ok(None);
+    }
+    let conf = target_dir().join("mosquitto-local.conf");
+    std::fs::create_dir_all(target_dir())?;
+    std::fs::write(
+        &conf,
+        "# Written by `cargo xtask run`: a broker on loopback only.\nuser root\nlistener 1883 127.0.0.1\nallow_anonymous true\n",
+    )?;
+    step("mosquitto on 127.0.0.1:1883 (no broker given)");
+    let child = Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .context("cannot start mosquitto")?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", 1883)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(Some(LocalBroker(child)))
+}

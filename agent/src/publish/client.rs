@@ -376,6 +376,7 @@ async fn poll_loop(
     let base = settings.topics.base();
     let mut backoff = Duration::from_millis(250);
     let mut was_connected = false;
+    let mut failures = 0u64;
     loop {
         let (client, mut events) = AsyncClient::new(opts.clone(), REQUEST_CAPACITY);
         loop {
@@ -389,6 +390,7 @@ async fn poll_loop(
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(250);
+                    failures = 0;
                     let mut l = lock(link);
                     for t in
                         std::iter::once(settings.topics.commands()).chain(settings.topics.models())
@@ -442,9 +444,12 @@ async fn poll_loop(
                 Ok(_) => {}
                 Err(e) => {
                     lock(link).reset();
+                    failures += 1;
                     if was_connected {
                         warn!(broker = settings.url, error = %e, "Broker connection lost; spooling until it is back");
                         was_connected = false;
+                    } else if failures == 1 || failures.is_multiple_of(20) {
+                        warn!(broker = settings.url, error = %e, failures, "Broker unreachable; spooling and retrying");
                     } else {
                         debug!(broker = settings.url, error = %e, ?backoff, "Broker unreachable");
                     }

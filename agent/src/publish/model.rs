@@ -91,8 +91,10 @@ pub struct SignedModel {
 pub enum ModelError {
     #[error("model payload is not a signed Umbra model bundle: {0}")]
     Malformed(String),
+    #[error("model is not signed: a signature of {0} bytes (ed25519 signatures have 64)")]
+    Unsigned(usize),
     #[error(
-        "model signature does not verify against the configured publish.model_public_key: unsigned or tampered"
+        "model signature does not verify against the configured publish.model_public_key: tampered, or signed with another key"
     )]
     BadSignature,
     #[error("model bundle format {found}; this agent reads {BUNDLE_FORMAT}")]
@@ -127,13 +129,20 @@ impl SignedModel {
 
     /// Decodes, verifies the signature, then checks format and schema.
     pub fn verify(payload: &[u8], key: &VerifyingKey) -> Result<ModelBundle, ModelError> {
-        let signed: SignedModel =
-            postcard::from_bytes(payload).map_err(|e| ModelError::Malformed(e.to_string()))?;
+        let (signed, rest): (SignedModel, _) =
+            postcard::take_from_bytes(payload).map_err(|e| ModelError::Malformed(e.to_string()))?;
+        if !rest.is_empty() || signed.bundle.is_empty() {
+            return Err(ModelError::Malformed(format!(
+                "{} bytes of bundle, {} bytes left over",
+                signed.bundle.len(),
+                rest.len()
+            )));
+        }
         let sig: [u8; 64] = signed
             .signature
             .as_slice()
             .try_into()
-            .map_err(|_| ModelError::BadSignature)?;
+            .map_err(|_| ModelError::Unsigned(signed.signature.len()))?;
         key.verify(&signed.bundle, &Signature::from_bytes(&sig))
             .map_err(|_| ModelError::BadSignature)?;
         let (format, _) = postcard::take_from_bytes::<u16>(&signed.bundle)
@@ -295,7 +304,7 @@ mod tests {
         u.signature.clear();
         assert_eq!(
             SignedModel::verify(&u.encode(), &k.verifying_key()),
-            Err(ModelError::BadSignature)
+            Err(ModelError::Unsigned(0))
         );
         assert!(matches!(
             SignedModel::verify(b"\xff\xff\xff", &k.verifying_key()),

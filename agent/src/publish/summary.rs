@@ -1,4 +1,5 @@
-//! Summaries: the shadow data points of a period (default 10 s) folded per workload,
+//! Summaries: the shadow data points of a period (default 10 s, aligned to multiples of
+//! it in wall-clock time) folded per workload,
 //! the busiest workloads by CPU kept and the rest folded into one `other` row, so a
 //! summary stays small however many workloads a node runs.
 
@@ -16,6 +17,7 @@ pub struct Summarizer {
     node: NodeSummary,
     cpu_busy_sum: f64,
     rows: HashMap<String, Row>,
+    last_ms: u64,
 }
 
 #[derive(Default)]
@@ -34,6 +36,7 @@ impl Summarizer {
             node: NodeSummary::default(),
             cpu_busy_sum: 0.0,
             rows: HashMap::new(),
+            last_ms: 0,
         }
     }
 
@@ -44,6 +47,7 @@ impl Summarizer {
             .start_ms
             .get_or_insert(n.timestamp_ms.saturating_sub(n.interval_ms as u64));
         self.intervals += 1;
+        self.last_ms = n.timestamp_ms;
         let busy = n.cpu_busy_ns as f64 / (n.interval_ms.max(1) as f64 * 1e6);
         self.cpu_busy_sum += busy;
         let node = &mut self.node;
@@ -59,12 +63,17 @@ impl Summarizer {
             let row = self.rows.entry(p.workload.0.clone()).or_default();
             fold(row, p);
         }
-        (n.timestamp_ms >= start + self.period_ms).then(|| self.take(n.timestamp_ms))
+        // Periods end on multiples of the period in wall-clock time, so a fleet's
+        // summaries line up; half an interval of slack absorbs tick jitter.
+        let half = n.interval_ms as u64 / 2;
+        let boundary = ((start + half) / self.period_ms + 1) * self.period_ms;
+        (n.timestamp_ms + half >= boundary).then(|| self.take(n.timestamp_ms))
     }
 
-    /// The summary of what was pushed so far (e.g. at shutdown), if anything.
-    pub fn flush(&mut self, now_ms: u64) -> Option<Summary> {
-        (self.intervals > 0).then(|| self.take(now_ms))
+    /// The summary of what was pushed so far (at shutdown, the end of a replay), if
+    /// anything: a shorter period, ending with the last window.
+    pub fn flush(&mut self) -> Option<Summary> {
+        (self.intervals > 0).then(|| self.take(self.last_ms))
     }
 
     fn take(&mut self, end_ms: u64) -> Summary {
@@ -223,9 +232,35 @@ mod tests {
         assert_eq!(a.node.mem_available_min_bytes, 990);
         assert!((a.node.cpu_busy_mean - 0.25).abs() < 1e-6);
         assert_eq!(a.node.cpu_busy_max, 0.5);
-        let rest = s.flush(25_000).unwrap();
-        assert_eq!(rest.intervals, 5);
-        assert!(s.flush(26_000).is_none());
+        let rest = s.flush().unwrap();
+        assert_eq!(
+            (rest.start_ms, rest.period_ms, rest.intervals),
+            (20_000, 5000, 5)
+        );
+        assert!(s.flush().is_none());
+    }
+
+    #[test]
+    fn periods_align_to_the_clock_and_absorb_jitter() {
+        let mut s = Summarizer::new(2000, 10);
+        let mut w = window(1, 1);
+        let mut out = Vec::new();
+        // Ticks a second apart, each a millisecond or two late or early.
+        for (i, jitter) in [3i64, -1, 2, -2, 1, 0, -1, 2, 1, -2, 0, 1]
+            .iter()
+            .enumerate()
+        {
+            w.node.timestamp_ms = (1_000_000 + 1000 * i as i64 + jitter) as u64;
+            w.node.interval_ms = 1000;
+            out.extend(s.push(&w));
+        }
+        let intervals: Vec<u32> = out.iter().map(|s| s.intervals).collect();
+        assert_eq!(intervals, [1, 2, 2, 2, 2, 2]);
+        // Each period starts within the jitter of a multiple of 2 s.
+        assert!(
+            out[1..].iter().all(|s| (s.start_ms + 3) % 2000 <= 6),
+            "{out:?}"
+        );
     }
 
     #[test]

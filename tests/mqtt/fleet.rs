@@ -1,0 +1,717 @@
+//! The agent and the fleet over a real mosquitto broker (Debian's package), started by
+//! each test on a free loopback port: summaries end to end, broker outages, `kill -9`,
+//! commands and models good and bad, TLS, and hubs sharing a fleet.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use umbra::{
+    aggregate::Aggregator,
+    capture::CaptureItem,
+    config::Config,
+    publish::{Summary, summary::Summarizer},
+    record::Reader,
+};
+use umbra_tests::{
+    mqtt::{Broker, Umbra, agent_config, have_mosquitto, json_lines, wait_until},
+    privileged, workspace_bin,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// The summaries the agent must publish for a replayed recording: every window but the
+/// first (it holds everything since each process was first seen), folded per period, and
+/// the last partial period at the end.
+fn expected_summaries(cfg: &Path, recording: &Path) -> Vec<Summary> {
+    let cfg = Config::load(Some(cfg)).unwrap();
+    let mut reader = Reader::open(recording).unwrap();
+    let mut agg = Aggregator::new(cfg.aggregate.group_by, reader.header().interval_ms);
+    let mut sum = Summarizer::new(
+        cfg.publish.summary_every_ms,
+        cfg.publish.max_workloads as usize,
+    );
+    let mut out = Vec::new();
+    let mut first = true;
+    while let Some(item) = reader.next_item() {
+        if let CaptureItem::Tick(t) = item.unwrap() {
+            let w = agg.tick(&t);
+            if !std::mem::take(&mut first) {
+                out.extend(sum.push(&w));
+            }
+        }
+    }
+    out.extend(sum.flush());
+    out
+}
+
+fn replay_publish(cfg: &Path, recording: &Path, extra: &[&str], log: PathBuf) -> Umbra {
+    let mut args = vec!["--config", cfg.to_str().unwrap(), "replay"];
+    args.push(recording.to_str().unwrap());
+    args.push("--publish");
+    args.extend(extra);
+    Umbra::start(&args, log)
+}
+
+fn sub(broker: &str, extra: &[&str], out: &Path, log: PathBuf) -> Umbra {
+    let mut args = vec!["sub", "--broker", broker, "--fleet", "test", "--json"];
+    args.extend(extra);
+    let u = Umbra::start_with_stdout(&args, log, fs::File::create(out).unwrap());
+    assert!(
+        u.wait_log("Subscribed", Duration::from_secs(10)),
+        "{}",
+        u.log()
+    );
+    // The SUBSCRIBE goes out right after the log line: let the broker take it.
+    std::thread::sleep(Duration::from_millis(300));
+    u
+}
+
+/// Bodies of `umbra sub --json` lines of one node, by seq.
+fn bodies(lines: &[serde_json::Value], node: &str) -> BTreeMap<u64, serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| l["envelope"]["node"] == node)
+        .map(|l| {
+            (
+                l["envelope"]["seq"].as_u64().unwrap(),
+                l["envelope"]["body"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn replayed_summaries_arrive_and_decode_to_the_same_values() {
+    if !have_mosquitto("replayed_summaries_arrive_and_decode_to_the_same_values") {
+        return;
+    }
+    let b = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("sub.jsonl");
+    let s = sub(
+        &b.url(),
+        &["--kind", "summary"],
+        &out,
+        d.path().join("sub.log"),
+    );
+    let rec = fixture("batch.umbra");
+    let mut want = 0;
+    for (node, payload) in [("pc", "postcard"), ("js", "json")] {
+        let extra = format!("summary_every_ms = 3000\npayload = \"{payload}\"");
+        let cfg = agent_config(d.path(), &b.url(), node, &extra);
+        let expected = expected_summaries(&cfg, &rec);
+        assert!(expected.len() >= 4, "{} summaries", expected.len());
+        want += expected.len();
+        let mut a = replay_publish(
+            &cfg,
+            &rec,
+            &["--as-fast-as-possible"],
+            d.path().join(format!("{node}.log")),
+        );
+        assert!(a.wait_exit(Duration::from_secs(30)), "{}", a.log());
+        assert!(
+            wait_until(Duration::from_secs(10), || json_lines(&out).len() >= want),
+            "{} of {want} summaries arrived; agent log: {}",
+            json_lines(&out).len(),
+            a.log()
+        );
+        let got = bodies(&json_lines(&out), node);
+        let got: Vec<Summary> = got
+            .into_values()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect();
+        assert_eq!(got, expected, "{node} ({payload})");
+    }
+    drop(s);
+}
+
+/// A live agent publishing a summary a second; a hub storing them.
+struct Fleet {
+    broker: Broker,
+    dir: tempfile::TempDir,
+    hub: Option<Umbra>,
+    cfg: PathBuf,
+}
+
+impl Fleet {
+    fn new(node: &str) -> Fleet {
+        let broker = Broker::start();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = agent_config(
+            dir.path(),
+            &broker.url(),
+            node,
+            "summary_every_ms = 1000\nstatus_every_ms = 5000\nmax_backoff_ms = 1000",
+        );
+        let mut f = Fleet {
+            broker,
+            dir,
+            hub: None,
+            cfg,
+        };
+        f.start_hub();
+        f
+    }
+
+    fn start_hub(&mut self) {
+        let data = self.dir.path().join("hub");
+        let stats = self.dir.path().join("hub-stats.json");
+        let hub = Umbra::start(
+            &[
+                "hub",
+                "--broker",
+                &self.broker.url(),
+                "--fleet",
+                "test",
+                "--data",
+                data.to_str().unwrap(),
+                "--id",
+                "hub-a",
+                "--table-secs",
+                "0",
+                "--flush-secs",
+                "1",
+                "--stats",
+                stats.to_str().unwrap(),
+            ],
+            self.dir.path().join("hub.log"),
+        );
+        assert!(
+            hub.wait_log("Hub connected", Duration::from_secs(10)),
+            "{}",
+            hub.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        self.hub = Some(hub);
+    }
+
+    fn agent(&self, n: u32) -> Umbra {
+        let a = Umbra::start(
+            &["--config", self.cfg.to_str().unwrap(), "run", "--top", "0"],
+            self.dir.path().join(format!("agent{n}.log")),
+        );
+        assert!(
+            a.wait_log("Connected to the broker", Duration::from_secs(30)),
+            "{}",
+            a.log()
+        );
+        a
+    }
+
+    /// Stops the hub; what it saw of `node`, and the (seq, workload) of every stored row.
+    fn hub_result(&mut self, node: &str) -> (serde_json::Value, Vec<(u64, String)>) {
+        let hub = self.hub.take().unwrap();
+        let log = hub.log.clone();
+        assert!(hub.stop(), "hub did not stop cleanly: {}", read(&log));
+        let stats: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.path().join("hub-stats.json")).unwrap())
+                .unwrap();
+        let rows = parquet_rows(&self.dir.path().join("hub"))
+            .into_iter()
+            .filter(|r| r.0 == node)
+            .map(|r| (r.1, r.2))
+            .collect();
+        (stats[node].clone(), rows)
+    }
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
+
+/// (node, seq, workload) of every row of every Parquet file in `dir`.
+fn parquet_rows(dir: &Path) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "parquet") {
+            continue;
+        }
+        let r = SerializedFileReader::new(fs::File::open(&p).unwrap()).unwrap();
+        for row in r.get_row_iter(None).unwrap() {
+            let row = row.unwrap();
+            let mut node = String::new();
+            let mut seq = 0;
+            let mut workload = String::new();
+            for (name, f) in row.get_column_iter() {
+                match (name.as_str(), f) {
+                    ("node", parquet::record::Field::Str(s)) => node = s.clone(),
+                    ("workload", parquet::record::Field::Str(s)) => workload = s.clone(),
+                    ("seq", parquet::record::Field::Long(v)) => seq = *v as u64,
+                    _ => {}
+                }
+            }
+            out.push((node, seq, workload));
+        }
+    }
+    out
+}
+
+/// Every message in order, none lost, none stored twice.
+fn assert_complete(seen: &serde_json::Value, rows: &[(u64, String)], min_summaries: u64) {
+    assert_eq!(seen["missing"], 0, "messages lost: {seen}");
+    assert_eq!(seen["out_of_order"], 0, "messages out of order: {seen}");
+    let summaries = seen["summaries"].as_u64().unwrap();
+    assert!(summaries >= min_summaries, "{seen}");
+    let distinct: BTreeSet<&(u64, String)> = rows.iter().collect();
+    assert_eq!(distinct.len(), rows.len(), "a row stored twice");
+    let seqs: BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs.len() as u64, summaries, "every summary stored");
+}
+
+#[test]
+fn a_30_s_broker_outage_loses_nothing_and_keeps_order() {
+    let name = "a_30_s_broker_outage_loses_nothing_and_keeps_order";
+    if !privileged(name) || !have_mosquitto(name) {
+        return;
+    }
+    let mut f = Fleet::new("outage");
+    let a = f.agent(1);
+    std::thread::sleep(Duration::from_secs(4));
+    f.broker.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    f.broker.restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || a
+            .log()
+            .matches("Connected to the broker")
+            .count()
+            >= 2),
+        "agent did not reconnect: {}",
+        a.log()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let log = a.log.clone();
+    assert!(a.stop(), "agent did not stop cleanly: {}", read(&log));
+    std::thread::sleep(Duration::from_secs(2));
+    let (seen, rows) = f.hub_result("outage");
+    // ~40 s of summaries at one a second, most of them spooled and flagged historical.
+    assert_complete(&seen, &rows, 20);
+    assert!(seen["historical"].as_u64().unwrap() >= 20, "{seen}");
+}
+
+#[test]
+fn spooled_messages_survive_kill_9_of_the_agent() {
+    let name = "spooled_messages_survive_kill_9_of_the_agent";
+    if !privileged(name) || !have_mosquitto(name) {
+        return;
+    }
+    let mut f = Fleet::new("killed");
+    let a = f.agent(1);
+    std::thread::sleep(Duration::from_secs(3));
+    f.broker.stop();
+    std::thread::sleep(Duration::from_secs(8));
+    // Mid-outage: summaries of the last 8 s exist only in the spool.
+    a.kill9();
+    f.broker.restart();
+    let b = f.agent(2);
+    assert!(
+        b.wait_log("Spool holds unsent messages", Duration::from_secs(1)),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let log = b.log.clone();
+    assert!(b.stop(), "{}", read(&log));
+    std::thread::sleep(Duration::from_secs(2));
+    let (seen, rows) = f.hub_result("killed");
+    assert_complete(&seen, &rows, 8);
+    assert!(seen["historical"].as_u64().unwrap() >= 6, "{seen}");
+}
+
+/// `umbra hub keygen`: (key file, public key).
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new(workspace_bin("umbra"))
+        .args(["hub", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        key,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+fn publish_model(broker: &str, key: &Path, onnx: &Path, schema: &Path, version: &str) {
+    let out = Command::new(workspace_bin("umbra"))
+        .args(["hub", "publish-model"])
+        .arg(onnx)
+        .arg("--key")
+        .arg(key)
+        .arg("--schema")
+        .arg(schema)
+        .args(["--name", "forecast", "--version", version])
+        .args(["--broker", broker, "--fleet", "test", "--node", "cmd"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
+    if !have_mosquitto("bad_commands_and_models_are_refused_and_the_agent_keeps_running") {
+        return;
+    }
+    let b = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(d.path(), "fleet.key");
+    let (other_key, _) = keygen(d.path(), "other.key");
+    let cfg = agent_config(
+        d.path(),
+        &b.url(),
+        "cmd",
+        &format!("model_public_key = \"{public}\"\nsummary_every_ms = 2000"),
+    );
+    let results = d.path().join("results.jsonl");
+    let _s = sub(
+        &b.url(),
+        &["--node", "cmd", "--kind", "cmd/result"],
+        &results,
+        d.path().join("sub.log"),
+    );
+    // A slow replay: the agent runs for about a minute.
+    let mut a = replay_publish(
+        &cfg,
+        &fixture("batch.umbra"),
+        &["--speed", "0.25"],
+        d.path().join("agent.log"),
+    );
+    assert!(
+        a.wait_log("Connected to the broker", Duration::from_secs(20)),
+        "{}",
+        a.log()
+    );
+    let cmd = |name: &str, payload: &[u8]| {
+        b.publish(&format!("umbra/v1/test/cmd/cmd/{name}"), payload, &[])
+    };
+    let onnx = d.path().join("forecast.onnx");
+    // An ONNX ModelProto starts with ir_version (field 1, varint); transport is what is
+    // tested here, not the model.
+    fs::write(&onnx, [0x08, 0x09, 0x12, 0x04, b't', b'e', b's', b't']).unwrap();
+    let schema = d.path().join("good.schema.json");
+    fs::write(
+        &schema,
+        r#"{"features":["cpu_cores","rss_bytes","read_bytes","write_bytes","net_rx_bytes","net_tx_bytes","execs","conn_accepted"],"window":60,"horizon":10,"quantiles":[0.1,0.5,0.9]}"#,
+    )
+    .unwrap();
+    let bad_schema = d.path().join("bad.schema.json");
+    fs::write(
+        &bad_schema,
+        r#"{"features":["cpu_cores"],"window":60,"horizon":10,"quantiles":[0.1,0.5,0.9]}"#,
+    )
+    .unwrap();
+
+    cmd("set-mode", b"{not json");
+    cmd("reboot", b"{}");
+    cmd("trace-snapshot", br#"{"id":"t0","seconds":100000}"#);
+    b.publish("umbra/v1/test/cmd/model", b"\x00\x01garbage", &[]);
+    publish_model(&b.url(), &other_key, &onnx, &schema, "1");
+    publish_model(&b.url(), &key, &onnx, &bad_schema, "2");
+    cmd("set-mode", br#"{"id":"m1","mode":"enforce"}"#);
+    publish_model(&b.url(), &key, &onnx, &schema, "3");
+    cmd("trace-snapshot", br#"{"id":"t1","seconds":1}"#);
+
+    // Nine replies: seven refusals and acceptances, the snapshot's start and its end.
+    let n = 9;
+    assert!(
+        wait_until(Duration::from_secs(20), || json_lines(&results).len() >= n),
+        "{:#?}\nagent: {}",
+        json_lines(&results),
+        a.log()
+    );
+    let replies: Vec<(bool, String)> = json_lines(&results)
+        .iter()
+        .map(|l| {
+            let b = &l["envelope"]["body"];
+            (
+                b["ok"].as_bool().unwrap(),
+                b["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect: [(bool, &str); 9] = [
+        (false, "not a valid JSON object"),
+        (false, "unknown command \"reboot\""),
+        (false, "between 1 and 300"),
+        (false, "not a signed Umbra model bundle"),
+        (false, "signature does not verify"),
+        (false, "this agent feeds"),
+        (true, "mode enforce"),
+        (true, "model forecast 3 active"),
+        (true, "recording 1 s of capture"),
+    ];
+    for (i, (ok, text)) in expect.iter().enumerate() {
+        assert!(
+            replies[i].0 == *ok && replies[i].1.contains(text),
+            "reply {i}: {:?}, expected {ok} {text:?}; all: {replies:#?}",
+            replies[i]
+        );
+    }
+    let done = &replies[9.min(replies.len() - 1)];
+    assert!(
+        wait_until(Duration::from_secs(10), || json_lines(&results).iter().any(
+            |l| l["envelope"]["body"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(" intervals, ")
+                && l["envelope"]["body"]["ok"] == true
+        )),
+        "snapshot never finished: {done:?} {:#?}",
+        json_lines(&results)
+    );
+    // Still running, and its status says what the commands did.
+    assert!(a.running(), "agent died: {}", a.log());
+    let status = d.path().join("status.jsonl");
+    let mut st = Umbra::start_with_stdout(
+        &[
+            "sub",
+            "--broker",
+            &b.url(),
+            "--fleet",
+            "test",
+            "--node",
+            "cmd",
+            "--kind",
+            "status",
+            "--json",
+            "--count",
+            "1",
+        ],
+        d.path().join("status.log"),
+        fs::File::create(&status).unwrap(),
+    );
+    assert!(st.wait_exit(Duration::from_secs(10)), "{}", st.log());
+    let s = &json_lines(&status)[0]["envelope"]["body"];
+    assert_eq!(s["mode"], "enforce", "{s}");
+    assert_eq!(s["model"]["version"], "3", "{s}");
+    assert_eq!(s["online"], true, "{s}");
+    let log = a.log.clone();
+    assert!(a.stop(), "{}", read(&log));
+    // A snapshot file was written and is a valid recording.
+    let snaps: Vec<PathBuf> = fs::read_dir(d.path().join("cmd").join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(snaps.len(), 1);
+    assert!(Reader::open(&snaps[0]).is_ok());
+}
+
+/// A CA and a certificate it signed for `name` (server or client): PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let ca = dir.join(format!("{name}-ca.pem"));
+        fs::write(&ca, cert.pem()).unwrap();
+        Pki {
+            ca,
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    fn leaf(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        fs::write(&c, cert.pem()).unwrap();
+        fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+#[test]
+fn tls_with_generated_certificates_works_and_a_wrong_ca_is_refused() {
+    if !have_mosquitto("tls_with_generated_certificates_works_and_a_wrong_ca_is_refused") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new(d.path(), "fleet");
+    let (server, server_key) = pki.leaf(d.path(), "broker");
+    let (client, client_key) = pki.leaf(d.path(), "edge");
+    let wrong = Pki::new(d.path(), "wrong");
+    let b = Broker::start_with(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        pki.ca.display(),
+        server.display(),
+        server_key.display()
+    ));
+    let tls = |ca: &Path| {
+        format!(
+            "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nsummary_every_ms = 3000",
+            ca.display(),
+            client.display(),
+            client_key.display()
+        )
+    };
+    // Subscriber over TLS with the right CA.
+    let sub_cfg = agent_config(d.path(), &b.url(), "viewer", &tls(&pki.ca));
+    let out = d.path().join("sub.jsonl");
+    let s = Umbra::start_with_stdout(
+        &[
+            "--config",
+            sub_cfg.to_str().unwrap(),
+            "sub",
+            "--fleet",
+            "test",
+            "--kind",
+            "summary",
+            "--json",
+        ],
+        d.path().join("sub.log"),
+        fs::File::create(&out).unwrap(),
+    );
+    assert!(
+        s.wait_log("Subscribed", Duration::from_secs(10)),
+        "{}",
+        s.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let cfg = agent_config(d.path(), &b.url(), "tls", &tls(&pki.ca));
+    let rec = fixture("compile.umbra");
+    let want = expected_summaries(&cfg, &rec).len();
+    let mut a = replay_publish(
+        &cfg,
+        &rec,
+        &["--as-fast-as-possible"],
+        d.path().join("a.log"),
+    );
+    assert!(a.wait_exit(Duration::from_secs(30)), "{}", a.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || json_lines(&out).len() >= want),
+        "{} of {want} over TLS; agent: {}",
+        json_lines(&out).len(),
+        a.log()
+    );
+    // The same agent trusting another CA refuses the broker's certificate.
+    let bad = agent_config(d.path(), &b.url(), "wrongca", &tls(&wrong.ca));
+    let mut w = replay_publish(
+        &bad,
+        &rec,
+        &["--as-fast-as-possible", "--drain-secs", "3"],
+        d.path().join("w.log"),
+    );
+    assert!(w.wait_exit(Duration::from_secs(30)), "{}", w.log());
+    let log = w.log();
+    assert!(!log.contains("Connected to the broker"), "{log}");
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("certificate"),
+        "the refusal names the certificate: {log}"
+    );
+    assert!(log.contains("stay spooled"), "{log}");
+}
+
+#[test]
+fn two_hubs_share_a_fleet_with_none_lost_and_none_stored_twice() {
+    if !have_mosquitto("two_hubs_share_a_fleet_with_none_lost_and_none_stored_twice") {
+        return;
+    }
+    let b = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let hub = |id: &str| {
+        let data = d.path().join(id);
+        let h = Umbra::start(
+            &[
+                "hub",
+                "--broker",
+                &b.url(),
+                "--fleet",
+                "test",
+                "--group",
+                "hubs",
+                "--id",
+                id,
+                "--data",
+                data.to_str().unwrap(),
+                "--table-secs",
+                "0",
+            ],
+            d.path().join(format!("{id}.log")),
+        );
+        assert!(
+            h.wait_log("Hub connected", Duration::from_secs(10)),
+            "{}",
+            h.log()
+        );
+        h
+    };
+    let hubs = [hub("hub-1"), hub("hub-2")];
+    std::thread::sleep(Duration::from_millis(500));
+    let mut expected = BTreeSet::new();
+    let mut agents = Vec::new();
+    for (i, rec) in ["batch", "compile", "compress", "http", "idle"]
+        .iter()
+        .enumerate()
+    {
+        let node = format!("n{i}");
+        let cfg = agent_config(d.path(), &b.url(), &node, "summary_every_ms = 1000");
+        let rec = fixture(&format!("{rec}.umbra"));
+        for seq in 1..=expected_summaries(&cfg, &rec).len() as u64 {
+            expected.insert((node.clone(), seq));
+        }
+        agents.push(replay_publish(
+            &cfg,
+            &rec,
+            &["--as-fast-as-possible"],
+            d.path().join(format!("{node}.log")),
+        ));
+    }
+    for mut a in agents {
+        assert!(a.wait_exit(Duration::from_secs(30)), "{}", a.log());
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut stored: Vec<BTreeSet<(String, u64)>> = Vec::new();
+    for (i, h) in hubs.into_iter().enumerate() {
+        let log = h.log.clone();
+        assert!(h.stop(), "{}", read(&log));
+        stored.push(
+            parquet_rows(&d.path().join(format!("hub-{}", i + 1)))
+                .into_iter()
+                .map(|(n, s, _)| (n, s))
+                .collect(),
+        );
+    }
+    assert!(
+        !stored[0].is_empty() && !stored[1].is_empty(),
+        "both hubs took a share: {} and {}",
+        stored[0].len(),
+        stored[1].len()
+    );
+    assert!(stored[0].is_disjoint(&stored[1]), "a summary stored twice");
+    let all: BTreeSet<(String, u64)> = stored[0].union(&stored[1]).cloned().collect();
+    assert_eq!(all, expected, "summaries lost");
+}
