@@ -10,9 +10,29 @@ use umbra::{
     record::{Header, Writer},
 };
 
+/// A tick of `n` processes that all ran in the interval: CPU, syscalls, I/O and a
+/// run-queue wait each (their run-queue histograms change every tick); one in ten did
+/// block I/O.
 fn tick(n: u32, t: u64) -> Tick {
     let samples = (0..n)
-        .map(|i| ProcessSample {
+        .map(|i| {
+            let mut counters = ProcCounters {
+                cpu_ns: t * 1_000_000 + i as u64,
+                syscalls: t * 100,
+                read_bytes: t * 4096,
+                write_bytes: t * 512,
+                voluntary_switches: t * 10,
+                runq_waits: t,
+                ..Default::default()
+            };
+            counters.runq_hist[10 + (i % 8) as usize] = t as u32;
+            if i % 10 == 0 {
+                counters.block_hist[16] = t as u32;
+                counters.block_write_bytes = t * 65_536;
+            }
+            (i, counters)
+        })
+        .map(|(i, counters)| ProcessSample {
             tgid: 1000 + i,
             start_ns: 1,
             ppid: Some(1),
@@ -21,14 +41,7 @@ fn tick(n: u32, t: u64) -> Tick {
             exe: Some(format!("/usr/bin/proc{}", i % 100)),
             exe_hash: Some(format!("sha256:{:064x}", i % 100)),
             cgroup: Some(format!("/system.slice/svc{}.service", i % 50)),
-            counters: ProcCounters {
-                cpu_ns: t * 1_000_000 + i as u64,
-                syscalls: t * 100,
-                read_bytes: t * 4096,
-                write_bytes: t * 512,
-                voluntary_switches: t * 10,
-                ..Default::default()
-            },
+            counters,
             memory: Memory {
                 anon: 1 << 20,
                 ..Default::default()

@@ -34,14 +34,23 @@ pub enum Bench {
         #[arg(long, default_value_t = 200_000)]
         iterations: u64,
     },
-    /// Criterion micro-benchmarks: aggregate (1,000 processes a tick) and record writes.
+    /// Criterion micro-benchmarks: aggregate (1,000 processes a tick), record writes, the
+    /// publish spool and summary encoding.
     Micro,
 }
 
 pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Overhead { rounds, iterations } => overhead(rounds, iterations),
-        Bench::Micro => util::cargo(&["bench", "-p", "umbra", "--bench", "aggregate"]),
+        Bench::Micro => util::cargo(&[
+            "bench",
+            "-p",
+            "umbra",
+            "--bench",
+            "aggregate",
+            "--bench",
+            "publish",
+        ]),
     }
 }
 

@@ -197,13 +197,27 @@ impl Aggregator {
 }
 
 /// A workload key borrowed from a sample; becomes a [`WorkloadId`] once per workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Key<'a> {
     Exe(&'a str),
     Path(&'a str),
     Kernel,
     Cgroup(&'a str),
     CgroupId(u64),
+}
+
+impl std::hash::Hash for Key<'_> {
+    /// An executable's key is a SHA-256 digest in hex: its last 16 characters are already
+    /// uniformly distributed, so only they are hashed (equality still compares it all).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::mem::discriminant(self).hash(h);
+        match self {
+            Key::Exe(d) => d.as_bytes()[d.len().saturating_sub(16)..].hash(h),
+            Key::Path(p) | Key::Cgroup(p) => p.hash(h),
+            Key::Kernel => {}
+            Key::CgroupId(id) => id.hash(h),
+        }
+    }
 }
 
 impl Key<'_> {

@@ -101,14 +101,8 @@ impl ProcCounters {
             )* };
         }
         each_counter!(step);
-        for i in 0..HIST_BUCKETS {
-            let d = now.runq_hist[i].saturating_sub(prev.runq_hist[i]);
-            self.runq_hist[i] = self.runq_hist[i].saturating_add(d);
-            let d = now.block_hist[i].saturating_sub(prev.block_hist[i]);
-            self.block_hist[i] = self.block_hist[i].saturating_add(d);
-        }
-        prev.runq_hist = now.runq_hist;
-        prev.block_hist = now.block_hist;
+        hist_add_since(&mut self.runq_hist, &now.runq_hist, &mut prev.runq_hist);
+        hist_add_since(&mut self.block_hist, &now.block_hist, &mut prev.block_hist);
     }
 
     /// Adds `other` into `self` (for totals over processes).
@@ -122,6 +116,32 @@ impl ProcCounters {
             self.block_hist[i] = self.block_hist[i].saturating_add(other.block_hist[i]);
         }
     }
+}
+
+/// `acc += now - prev; prev = now` for one histogram. Most intervals leave most of a
+/// process's histograms unchanged (no block I/O, no run-queue wait): one compare skips them.
+fn hist_add_since(acc: &mut Histogram, now: &Histogram, prev: &mut Histogram) {
+    if now == prev {
+        return;
+    }
+    // Kernel histograms only grow, so `now - prev` cannot wrap, and one interval's sum
+    // over a workload stays far below 2^32: plain lane-wise arithmetic that vectorises.
+    // A counter that went backwards (never seen) falls back to saturating arithmetic.
+    // No early exit: the compare vectorises.
+    let grew = now
+        .iter()
+        .zip(prev.iter())
+        .fold(true, |ok, (n, p)| ok & (n >= p));
+    if grew {
+        for i in 0..HIST_BUCKETS {
+            acc[i] = acc[i].wrapping_add(now[i] - prev[i]);
+        }
+    } else {
+        for i in 0..HIST_BUCKETS {
+            acc[i] = acc[i].saturating_add(now[i].saturating_sub(prev[i]));
+        }
+    }
+    *prev = *now;
 }
 
 /// A quantile of a log2 histogram, as the upper bound of the bucket that holds it (ns).

@@ -1,0 +1,100 @@
+//! Hot paths of the publish stage: a message through the on-disk spool (append, read back
+//! to send, acknowledge), and the size and encoding cost of a summary of 100 workloads.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use umbra::publish::{
+    Body, Envelope, NodeSummary, Payload, SCHEMA, Summary, WorkloadSummary,
+    spool::{Spool, SpoolLimits},
+};
+
+/// A summary as a busy node sends it: 100 workloads with every field set.
+fn summary(workloads: usize) -> Envelope {
+    Envelope {
+        schema: SCHEMA,
+        node: "edge-gateway-0042".into(),
+        seq: 123_456,
+        time_ms: 1_796_000_000_000,
+        historical: false,
+        body: Body::Summary(Summary {
+            start_ms: 1_796_000_000_000 - 10_000,
+            period_ms: 10_000,
+            intervals: 10,
+            node: NodeSummary {
+                cpus: 4,
+                cpu_busy_mean: 1.7,
+                cpu_busy_max: 3.2,
+                mem_total_bytes: 8 << 30,
+                mem_available_min_bytes: 3 << 30,
+                workloads: workloads as u32,
+            },
+            workloads: (0..workloads)
+                .map(|i| WorkloadSummary {
+                    workload: format!("exe:sha256:{:064x}", i * 7919),
+                    name: format!("service-{i}"),
+                    processes_max: 3,
+                    cpu_cores_mean: 0.05 * i as f32,
+                    cpu_cores_max: 0.1 * i as f32,
+                    rss_max_bytes: (40 << 20) + i as u64 * 4096,
+                    runq_p99_max_ns: 65_536,
+                    page_faults: 1200 + i as u64,
+                    read_bytes: 1 << 20,
+                    write_bytes: 300_000,
+                    block_read_bytes: 65_536,
+                    block_write_bytes: 1 << 20,
+                    net_rx_bytes: 2_000_000,
+                    net_tx_bytes: 5_000_000,
+                    retransmits: 2,
+                    execs: 4,
+                    conn_accepted: 120,
+                    conn_opened: 30,
+                    syscalls: 150_000,
+                    pressure_max: Some([1.5, 0.2, 3.0]),
+                })
+                .collect(),
+            other: None,
+        }),
+    }
+}
+
+fn encode(c: &mut Criterion) {
+    let e = summary(100);
+    for p in [Payload::Postcard, Payload::Json] {
+        let bytes = e.encode(p).len();
+        eprintln!("summary of 100 workloads, {p:?}: {bytes} bytes");
+        let mut g = c.benchmark_group("summary of 100 workloads");
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(format!("encode {p:?} ({bytes} bytes)"), |b| {
+            b.iter(|| black_box(e.encode(p)))
+        });
+        g.finish();
+    }
+}
+
+fn spool(c: &mut Criterion) {
+    let payload = summary(10).encode(Payload::Postcard);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = SpoolLimits {
+        max_bytes: 64 << 20,
+        segment_bytes: 1 << 20,
+    };
+    let (mut s, _) = Spool::open(dir.path(), limits).expect("spool");
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(
+        format!("append, read back, ack ({} B message)", payload.len()),
+        |b| {
+            b.iter(|| {
+                let seq = s.append(black_box(&payload)).expect("append");
+                let (got, bytes) = s.next_from(seq).expect("read").expect("there");
+                black_box(bytes);
+                s.ack(got).expect("ack");
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, encode, spool);
+criterion_main!(benches);
