@@ -5,7 +5,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use umbra::publish::{
-    Body, Envelope, NodeSummary, Payload, SCHEMA, Summary, WorkloadSummary,
+    Body, BrokerUrl, Envelope, NodeSummary, Outbox, Payload, SCHEMA, Security, Settings, Status,
+    Summary, Topics, WorkloadSummary,
     spool::{Spool, SpoolLimits},
 };
 
@@ -96,5 +97,98 @@ fn spool(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, spool);
+/// Messages through the whole outgoing path: spool append, the sender, rumqttc, a real
+/// mosquitto on loopback, PubAck, spool acknowledgement. Skipped without mosquitto.
+fn broker(c: &mut Criterion) {
+    const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+    if !std::path::Path::new(MOSQUITTO).exists() {
+        eprintln!("spool → broker: skipped, no {MOSQUITTO} (cargo xtask install)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let conf = dir.path().join("m.conf");
+    std::fs::write(
+        &conf,
+        format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .expect("conf");
+    let mut broker = std::process::Command::new(MOSQUITTO)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let settings = Settings {
+        url: url.clone(),
+        broker: BrokerUrl::parse(&url).expect("url"),
+        topics: Topics {
+            fleet: "bench".into(),
+            node: "n".into(),
+        },
+        payload: Payload::Postcard,
+        keep_alive: std::time::Duration::from_secs(30),
+        security: Security::default(),
+        max_backoff: std::time::Duration::from_millis(500),
+    };
+    let limits = SpoolLimits {
+        max_bytes: 256 << 20,
+        segment_bytes: 4 << 20,
+    };
+    let (outbox, _) = Outbox::open(&dir.path().join("spool"), limits, "n").expect("outbox");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = rt.spawn(umbra::publish::client::run(
+        settings,
+        outbox.clone(),
+        tx,
+        Status::default,
+        stop.clone(),
+    ));
+    rt.spawn(async move { while rx.recv().await.is_some() {} });
+    let body = match summary(10).body {
+        Body::Summary(s) => s,
+        _ => unreachable!("a summary"),
+    };
+    const BATCH: u64 = 1000;
+    let mut g = c.benchmark_group("spool → mosquitto, QoS 1");
+    g.throughput(Throughput::Elements(BATCH));
+    g.sample_size(10);
+    g.bench_function(
+        "1,000 summaries of 10 workloads, until all acknowledged",
+        |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..BATCH {
+                        outbox.push(Body::Summary(body.clone())).expect("push");
+                    }
+                    while outbox.status().pending > 0 {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                }
+                start.elapsed()
+            })
+        },
+    );
+    g.finish();
+    stop.cancel();
+    let _ = rt.block_on(task);
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
+criterion_group!(benches, encode, spool, broker);
 criterion_main!(benches);
