@@ -636,6 +636,53 @@ fn tls_with_generated_certificates_works_and_a_wrong_ca_is_refused() {
 }
 
 #[test]
+fn a_broker_requiring_a_password_takes_the_right_one_only() {
+    if !have_mosquitto("a_broker_requiring_a_password_takes_the_right_one_only") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let passwd = d.path().join("passwd");
+    let st = Command::new(umbra_tests::mqtt::MOSQUITTO_PASSWD)
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["edge", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = Broker::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwd.display()
+    ));
+    let rec = fixture("compile.umbra");
+    for (node, password, accepted) in [("good", "s3cret", true), ("bad", "guess", false)] {
+        let pw = d.path().join(format!("{node}.pw"));
+        fs::write(&pw, format!("{password}\n")).unwrap();
+        let cfg = agent_config(
+            d.path(),
+            &b.url(),
+            node,
+            &format!("username = \"edge\"\npassword_file = \"{}\"", pw.display()),
+        );
+        let mut a = replay_publish(
+            &cfg,
+            &rec,
+            &["--as-fast-as-possible", "--drain-secs", "3"],
+            d.path().join(format!("{node}.log")),
+        );
+        assert!(a.wait_exit(Duration::from_secs(30)), "{}", a.log());
+        let log = a.log();
+        assert_eq!(log.contains("Connected to the broker"), accepted, "{log}");
+        assert_eq!(log.contains("stay spooled"), !accepted, "{log}");
+        if !accepted {
+            assert!(
+                log.contains("Broker unreachable"),
+                "the refusal is reported: {log}"
+            );
+        }
+    }
+}
+
+#[test]
 fn two_hubs_share_a_fleet_with_none_lost_and_none_stored_twice() {
     if !have_mosquitto("two_hubs_share_a_fleet_with_none_lost_and_none_stored_twice") {
         return;

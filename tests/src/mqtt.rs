@@ -15,6 +15,7 @@ use crate::{in_ci, workspace_bin};
 /// Where Debian installs the broker and its clients.
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const MOSQUITTO_PUB: &str = "/usr/bin/mosquitto_pub";
+pub const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
 
 /// Whether the broker is installed; prints why not, and fails under CI (where
 /// `cargo xtask test` installs it).
@@ -81,10 +82,15 @@ impl Broker {
             format!(
                 "user root\npersistence true\npersistence_location {}/\nautosave_interval 1\n\
                  log_dest file {}/mosquitto.log\nlog_type all\n\
-                 listener {} 127.0.0.1\nallow_anonymous true\n{}\n",
+                 listener {} 127.0.0.1\n{}\n{}\n",
                 d.display(),
                 d.display(),
                 self.port,
+                if self.extra.contains("allow_anonymous") {
+                    ""
+                } else {
+                    "allow_anonymous true"
+                },
                 self.extra
             ),
         )
