@@ -52,6 +52,9 @@ pub struct Aggregator {
     prev: Map<(u32, u64), (ProcCounters, u64)>,
     ticks: u64,
     last: Option<(u64, NodeStats)>,
+    /// Workloads in the previous tick: the next tick's map is sized for them up front
+    /// (growing a map of large entries copies them).
+    workloads_hint: usize,
 }
 
 /// Running sums of one workload within a tick.
@@ -71,6 +74,7 @@ impl Aggregator {
             prev: Map::default(),
             ticks: 0,
             last: None,
+            workloads_hint: 0,
         }
     }
 
@@ -107,7 +111,8 @@ impl Aggregator {
         };
         let interval_ms = (interval_ns / 1_000_000).max(1) as u32;
         self.ticks += 1;
-        let mut by: Map<Key<'_>, Acc> = Map::default();
+        let mut by: Map<Key<'_>, Acc> =
+            Map::with_capacity_and_hasher(self.workloads_hint, Default::default());
         let mut total = Acc::default();
         for s in &t.samples {
             let k = self.key(s);
@@ -140,6 +145,7 @@ impl Aggregator {
                 acc.rss += s.memory.rss();
             }
         }
+        self.workloads_hint = by.len();
         // Node totals: the sum over workloads (one sum per workload, not per process).
         for a in by.values() {
             total.processes += a.processes;
@@ -161,22 +167,29 @@ impl Aggregator {
                 io_some_avg10: p.io.unwrap_or(0.0),
             })
         };
-        let mut points: Vec<ShadowPoint> = by
+        // Points in workload order. The entries are large: sort indices, not entries.
+        let mut entries: Vec<(WorkloadId, Key<'_>, Acc)> =
+            by.into_iter().map(|(k, a)| (k.id(), k, a)).collect();
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_unstable_by(|&a, &b| entries[a].0.cmp(&entries[b].0));
+        let points: Vec<ShadowPoint> = order
             .into_iter()
-            .map(|(k, a)| ShadowPoint {
-                timestamp_ms: t.wall_ms,
-                interval_ms,
-                workload: k.id(),
-                name: a.name,
-                processes: a.processes,
-                input: input(&a.d),
-                profile: ResourceProfile {
-                    pressure: pressure_of(&k),
-                    ..profile(&a.d, a.rss, interval_ns)
-                },
+            .map(|i| {
+                let (id, k, a) = &mut entries[i];
+                ShadowPoint {
+                    timestamp_ms: t.wall_ms,
+                    interval_ms,
+                    workload: std::mem::take(id),
+                    name: std::mem::take(&mut a.name),
+                    processes: a.processes,
+                    input: input(&a.d),
+                    profile: ResourceProfile {
+                        pressure: pressure_of(k),
+                        ..profile(&a.d, a.rss, interval_ns)
+                    },
+                }
             })
             .collect();
-        points.sort_by(|a, b| a.workload.cmp(&b.workload));
         let cpu_busy_ns = match self.last {
             Some((_, prev)) => t.node.cpu_busy_ns.saturating_sub(prev.cpu_busy_ns),
             None => 0,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A workload's identity, stable across restarts and across nodes:
 /// `cgroup:<path relative to the cgroup root>` or `exe:<sha256 of the executable, hex>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WorkloadId(pub String);
 
 /// What the workload was asked to do in the interval.
