@@ -22,15 +22,15 @@ use parquet::{
     file::{properties::WriterProperties, writer::SerializedFileWriter},
     schema::parser::parse_message_type,
 };
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Dedup;
 use crate::publish::{
-    Body, BrokerUrl, Envelope, PublishError, Security, Summary, Topics,
-    client::connect_options,
+    Body, Envelope, PublishError, Security, Summary, Topics,
+    client::fleet_client,
     model::{BUNDLE_FORMAT, ModelBundle, ModelSchema, SignedModel},
 };
 
@@ -385,19 +385,11 @@ pub async fn run<W: Write>(
     mut out: W,
     shutdown: CancellationToken,
 ) -> Result<Hub, HubError> {
-    let broker = BrokerUrl::parse(&args.url).map_err(|message| PublishError::Broker {
-        url: args.url.clone(),
-        message,
-    })?;
-    let mut opts = connect_options(
-        &broker,
-        args.client_id.clone(),
-        &args.security,
-        Duration::from_secs(30),
-    )?;
     // A persistent session: while the hub reconnects, the broker keeps its messages.
-    opts.set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (client, mut events) =
+        fleet_client(&args.url, args.client_id.clone(), &args.security, 64, |o| {
+            o.set_clean_session(false);
+        })?;
     let mut hub = Hub::new(&args.data, &args.client_id)?;
     let base = format!("umbra/v1/{}/+", args.fleet);
     let topics: Vec<String> = ["summary", "status", "cmd/result"]
@@ -500,13 +492,8 @@ pub async fn publish_model(
         Some(n) => format!("umbra/v1/{fleet}/{n}/model"),
         None => format!("umbra/v1/{fleet}/model"),
     };
-    let broker = BrokerUrl::parse(url).map_err(|message| PublishError::Broker {
-        url: url.into(),
-        message,
-    })?;
     let id = format!("umbra-publish-model-{}", std::process::id());
-    let opts = connect_options(&broker, id, security, Duration::from_secs(30))?;
-    let (client, mut events) = AsyncClient::new(opts, 8);
+    let (client, mut events) = fleet_client(url, id, security, 8, |_| {})?;
     client
         .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload)
         .map_err(|e| PublishError::Broker {

@@ -3,13 +3,11 @@
 
 use std::{io::Write, time::Duration};
 
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::publish::{
-    Body, BrokerUrl, Envelope, PublishError, Security, Topics, client::connect_options,
-};
+use crate::publish::{Body, Envelope, PublishError, Security, Topics, client::fleet_client};
 
 /// What to subscribe to; `None` is every fleet, node or kind.
 #[derive(Clone, Debug, Default)]
@@ -40,13 +38,8 @@ pub async fn run<W: Write>(
     mut out: W,
     shutdown: CancellationToken,
 ) -> Result<(), PublishError> {
-    let broker = BrokerUrl::parse(url).map_err(|message| PublishError::Broker {
-        url: url.into(),
-        message,
-    })?;
     let id = format!("umbra-sub-{}", std::process::id());
-    let opts = connect_options(&broker, id, security, Duration::from_secs(30))?;
-    let (client, mut events) = AsyncClient::new(opts, 16);
+    let (client, mut events) = fleet_client(url, id, security, 16, |_| {})?;
     let topic = filter.topic();
     let mut printed = 0u64;
     loop {

@@ -289,6 +289,23 @@ pub fn connect_options(
     Ok(o)
 }
 
+/// A client of the fleet tools (`umbra sub`, `umbra hub`) for the broker at `url`.
+pub fn fleet_client(
+    url: &str,
+    client_id: String,
+    security: &Security,
+    cap: usize,
+    tweak: impl FnOnce(&mut MqttOptions),
+) -> Result<(AsyncClient, EventLoop), PublishError> {
+    let broker = BrokerUrl::parse(url).map_err(|message| PublishError::Broker {
+        url: url.into(),
+        message,
+    })?;
+    let mut opts = connect_options(&broker, client_id, security, Duration::from_secs(30))?;
+    tweak(&mut opts);
+    Ok(AsyncClient::new(opts, cap))
+}
+
 fn options(s: &Settings, status: &Status) -> Result<MqttOptions, PublishError> {
     let id = format!("umbra-{}-{}", s.topics.fleet, s.topics.node);
     let mut o = connect_options(&s.broker, id, &s.security, s.keep_alive)?;
