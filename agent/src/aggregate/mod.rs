@@ -47,24 +47,41 @@ pub struct Window {
 pub struct Aggregator {
     group_by: GroupBy,
     default_interval_ms: u32,
-    /// Last counters of each live process, by (tgid, start_ns), and the tick it was last
-    /// seen in.
-    prev: Map<(u32, u64), (ProcCounters, u64)>,
+    /// Each live process, by (tgid, start_ns): its last counters, the tick it was last
+    /// seen in, and the slot of its workload.
+    prev: Map<(u32, u64), Prev>,
+    /// Workloads seen lately, each with its running sums for the current tick. A process
+    /// remembers its slot, so the per-process path checks the key instead of hashing it.
+    slots: Vec<Slot>,
+    slot_of: Map<WorkloadId, u32>,
     ticks: u64,
     last: Option<(u64, NodeStats)>,
-    /// Workloads in the previous tick: the next tick's map is sized for them up front
-    /// (growing a map of large entries copies them).
-    workloads_hint: usize,
+}
+
+struct Prev {
+    counters: ProcCounters,
+    seen: u64,
+    slot: u32,
+}
+
+struct Slot {
+    id: WorkloadId,
+    name: String,
+    /// The last tick a process of this workload was seen in.
+    seen: u64,
+    acc: Acc,
 }
 
 /// Running sums of one workload within a tick.
 #[derive(Default)]
 struct Acc {
-    name: String,
     processes: u32,
     d: ProcCounters,
     rss: u64,
 }
+
+/// Every this many ticks, slots unseen for as long are let go (when there are many).
+const SLOT_IDLE_TICKS: u64 = 64;
 
 impl Aggregator {
     pub fn new(group_by: GroupBy, default_interval_ms: u32) -> Self {
@@ -72,33 +89,17 @@ impl Aggregator {
             group_by,
             default_interval_ms,
             prev: Map::default(),
+            slots: Vec::new(),
+            slot_of: Map::default(),
             ticks: 0,
             last: None,
-            workloads_hint: 0,
         }
     }
 
     /// The workload of a process, and a name for people.
     pub fn workload(&self, s: &ProcessSample) -> (WorkloadId, String) {
-        let k = self.key(s);
+        let k = key(self.group_by, s);
         (k.id(), k.name(s))
-    }
-
-    /// The workload key of a process, borrowed from its sample (no allocation per process).
-    fn key<'a>(&self, s: &'a ProcessSample) -> Key<'a> {
-        match self.group_by {
-            GroupBy::Cgroup => match &s.cgroup {
-                Some(path) => Key::Cgroup(path),
-                None => Key::CgroupId(s.cgroup_id),
-            },
-            GroupBy::Exe => match (&s.exe_hash, &s.exe) {
-                (Some(h), _) => Key::Exe(h),
-                // The file could not be read (gone, or no access): its path stands in.
-                (None, Some(path)) => Key::Path(path),
-                // Kernel threads have no executable.
-                (None, None) => Key::Kernel,
-            },
-        }
     }
 
     /// One tick in, one window out. Per-process deltas since the previous tick (or since
@@ -111,85 +112,92 @@ impl Aggregator {
         };
         let interval_ms = (interval_ns / 1_000_000).max(1) as u32;
         self.ticks += 1;
-        let mut by: Map<Key<'_>, Acc> =
-            Map::with_capacity_and_hasher(self.workloads_hint, Default::default());
-        let mut total = Acc::default();
+        let now = self.ticks;
+        let mut touched: Vec<u32> = Vec::new();
         for s in &t.samples {
-            let k = self.key(s);
-            let acc = by.entry(k).or_insert_with(|| Acc {
-                name: k.name(s),
-                ..Default::default()
-            });
-            acc.processes += 1;
+            let k = key(self.group_by, s);
             let pid = (s.tgid, s.start_ns);
+            let slots = &mut self.slots;
+            let slot_of = &mut self.slot_of;
             // The delta since the previous sample of this process (or since it was first
             // seen), summed straight into its workload.
-            if s.exit.is_some() {
+            let sl = if s.exit.is_some() {
                 match self.prev.remove(&pid) {
-                    Some((mut p, _)) => acc.d.add_since(&s.counters, &mut p),
-                    None => acc.d.add(&s.counters),
+                    Some(mut p) => {
+                        let sl = slot(slots, slot_of, p.slot, k, s);
+                        slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
+                        sl
+                    }
+                    None => {
+                        let sl = slot(slots, slot_of, u32::MAX, k, s);
+                        slots[sl].acc.d.add(&s.counters);
+                        sl
+                    }
                 }
             } else {
                 match self.prev.get_mut(&pid) {
-                    Some((p, seen)) => {
-                        acc.d.add_since(&s.counters, p);
-                        *seen = self.ticks;
+                    Some(p) => {
+                        let sl = slot(slots, slot_of, p.slot, k, s);
+                        p.slot = sl as u32;
+                        p.seen = now;
+                        slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
+                        sl
                     }
                     None => {
-                        acc.d.add(&s.counters);
-                        self.prev.insert(pid, (s.counters.clone(), self.ticks));
+                        let sl = slot(slots, slot_of, u32::MAX, k, s);
+                        slots[sl].acc.d.add(&s.counters);
+                        self.prev.insert(
+                            pid,
+                            Prev {
+                                counters: s.counters.clone(),
+                                seen: now,
+                                slot: sl as u32,
+                            },
+                        );
+                        sl
                     }
                 }
+            };
+            let w = &mut slots[sl];
+            if w.seen != now {
+                w.seen = now;
+                touched.push(sl as u32);
             }
+            w.acc.processes += 1;
             if s.exit.is_none() {
-                acc.rss += s.memory.rss();
+                w.acc.rss += s.memory.rss();
             }
-        }
-        self.workloads_hint = by.len();
-        // Node totals: the sum over workloads (one sum per workload, not per process).
-        for a in by.values() {
-            total.processes += a.processes;
-            total.d.add(&a.d);
-            total.rss += a.rss;
         }
         // A process missing from a tick may come back (a map walk can miss an entry that
         // moves under it): its counters are kept for a while, so its history is never
         // counted twice. Gone for good (a cut recording) after a few ticks.
-        let now = self.ticks;
-        self.prev
-            .retain(|_, (_, seen)| now - *seen < FORGET_AFTER_TICKS);
-        let pressure_of = |k: &Key<'_>| -> Option<Pressure> {
-            let Key::Cgroup(path) = k else { return None };
-            let p = t.pressure.iter().find(|p| p.cgroup == *path)?;
-            Some(Pressure {
-                cpu_some_avg10: p.cpu.unwrap_or(0.0),
-                memory_some_avg10: p.memory.unwrap_or(0.0),
-                io_some_avg10: p.io.unwrap_or(0.0),
-            })
-        };
-        // Points in workload order. The entries are large: sort indices, not entries.
-        let mut entries: Vec<(WorkloadId, Key<'_>, Acc)> =
-            by.into_iter().map(|(k, a)| (k.id(), k, a)).collect();
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_unstable_by(|&a, &b| entries[a].0.cmp(&entries[b].0));
-        let points: Vec<ShadowPoint> = order
-            .into_iter()
-            .map(|i| {
-                let (id, k, a) = &mut entries[i];
-                ShadowPoint {
-                    timestamp_ms: t.wall_ms,
-                    interval_ms,
-                    workload: std::mem::take(id),
-                    name: std::mem::take(&mut a.name),
-                    processes: a.processes,
-                    input: input(&a.d),
-                    profile: ResourceProfile {
-                        pressure: pressure_of(k),
-                        ..profile(&a.d, a.rss, interval_ns)
-                    },
-                }
-            })
-            .collect();
+        self.prev.retain(|_, p| now - p.seen < FORGET_AFTER_TICKS);
+        // Points in workload order; node totals as the sum over workloads (one sum per
+        // workload, not per process).
+        touched
+            .sort_unstable_by(|&a, &b| self.slots[a as usize].id.cmp(&self.slots[b as usize].id));
+        let mut total = Acc::default();
+        let mut points = Vec::with_capacity(touched.len());
+        for &i in &touched {
+            let w = &mut self.slots[i as usize];
+            let a = std::mem::take(&mut w.acc);
+            total.processes += a.processes;
+            total.d.add(&a.d);
+            total.rss += a.rss;
+            points.push(ShadowPoint {
+                timestamp_ms: t.wall_ms,
+                interval_ms,
+                workload: w.id.clone(),
+                name: w.name.clone(),
+                processes: a.processes,
+                input: input(&a.d),
+                profile: ResourceProfile {
+                    pressure: pressure_of(t, &w.id),
+                    ..profile(&a.d, a.rss, interval_ns)
+                },
+            });
+        }
+        self.forget_idle_slots(touched.len());
         let cpu_busy_ns = match self.last {
             Some((_, prev)) => t.node.cpu_busy_ns.saturating_sub(prev.cpu_busy_ns),
             None => 0,
@@ -207,6 +215,81 @@ impl Aggregator {
         };
         Window { points, node }
     }
+
+    /// Lets go of workloads unseen for a while, once they outnumber the live ones. Slot
+    /// numbers change; a process holding a stale one finds its workload again by key.
+    fn forget_idle_slots(&mut self, live: usize) {
+        if !self.ticks.is_multiple_of(SLOT_IDLE_TICKS) || self.slots.len() <= 2 * live + 1024 {
+            return;
+        }
+        let now = self.ticks;
+        self.slots.retain(|w| now - w.seen < SLOT_IDLE_TICKS);
+        self.slot_of = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.id.clone(), i as u32))
+            .collect();
+    }
+}
+
+/// The workload key of a process, borrowed from its sample (no allocation per process).
+fn key(group_by: GroupBy, s: &ProcessSample) -> Key<'_> {
+    match group_by {
+        GroupBy::Cgroup => match &s.cgroup {
+            Some(path) => Key::Cgroup(path),
+            None => Key::CgroupId(s.cgroup_id),
+        },
+        GroupBy::Exe => match (&s.exe_hash, &s.exe) {
+            (Some(h), _) => Key::Exe(h),
+            // The file could not be read (gone, or no access): its path stands in.
+            (None, Some(path)) => Key::Path(path),
+            // Kernel threads have no executable.
+            (None, None) => Key::Kernel,
+        },
+    }
+}
+
+/// The slot of `k`: `hint` (the process's slot last tick) when it still holds `k`, which
+/// is almost always; else found by id, or made.
+fn slot(
+    slots: &mut Vec<Slot>,
+    slot_of: &mut Map<WorkloadId, u32>,
+    hint: u32,
+    k: Key<'_>,
+    s: &ProcessSample,
+) -> usize {
+    if let Some(w) = slots.get(hint as usize)
+        && k.is(&w.id)
+    {
+        return hint as usize;
+    }
+    let id = k.id();
+    if let Some(&i) = slot_of.get(&id) {
+        return i as usize;
+    }
+    let i = slots.len();
+    slot_of.insert(id.clone(), i as u32);
+    slots.push(Slot {
+        id,
+        name: k.name(s),
+        seen: 0,
+        acc: Acc::default(),
+    });
+    i
+}
+
+/// PSI of a cgroup workload, where the tick has it.
+fn pressure_of(t: &Tick, id: &WorkloadId) -> Option<Pressure> {
+    let path =
+        id.0.strip_prefix("cgroup:")
+            .filter(|p| p.starts_with('/'))?;
+    let p = t.pressure.iter().find(|p| p.cgroup == path)?;
+    Some(Pressure {
+        cpu_some_avg10: p.cpu.unwrap_or(0.0),
+        memory_some_avg10: p.memory.unwrap_or(0.0),
+        io_some_avg10: p.io.unwrap_or(0.0),
+    })
 }
 
 /// A workload key borrowed from a sample; becomes a [`WorkloadId`] once per workload.
@@ -219,21 +302,21 @@ enum Key<'a> {
     CgroupId(u64),
 }
 
-impl std::hash::Hash for Key<'_> {
-    /// An executable's key is a SHA-256 digest in hex: its last 16 characters are already
-    /// uniformly distributed, so only they are hashed (equality still compares it all).
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        std::mem::discriminant(self).hash(h);
+impl Key<'_> {
+    /// Whether `id` is this key's id (`id() == *id`, without formatting one).
+    fn is(&self, id: &WorkloadId) -> bool {
+        let s = id.0.as_str();
         match self {
-            Key::Exe(d) => d.as_bytes()[d.len().saturating_sub(16)..].hash(h),
-            Key::Path(p) | Key::Cgroup(p) => p.hash(h),
-            Key::Kernel => {}
-            Key::CgroupId(id) => id.hash(h),
+            Key::Exe(h) => s.strip_prefix("exe:") == Some(h),
+            Key::Path(p) => s.strip_prefix("path:") == Some(p),
+            Key::Kernel => s == "kernel",
+            Key::Cgroup(p) => s.strip_prefix("cgroup:") == Some(p),
+            Key::CgroupId(n) => s
+                .strip_prefix("cgroup:id:")
+                .is_some_and(|v| v.parse() == Ok(*n)),
         }
     }
-}
 
-impl Key<'_> {
     fn id(&self) -> WorkloadId {
         WorkloadId(match self {
             Key::Exe(h) => format!("exe:{h}"),

@@ -204,3 +204,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_exec_moves_the_process_to_its_new_workload() {
+    let mut a = Aggregator::new(GroupBy::Exe, 1000);
+    a.tick(&tick(1, vec![sample(10, 1, "sh", 100, 0)]));
+    // Same process (pid and start time), now running gzip after an exec.
+    let w = a.tick(&tick(2, vec![sample(10, 1, "gzip", 400, 0)]));
+    assert_eq!(w.points.len(), 1);
+    assert_eq!(w.points[0].workload.0, "exe:sha256:gzip");
+    assert_eq!(w.points[0].profile.cpu_ns, 300);
+    let w = a.tick(&tick(3, vec![sample(10, 1, "gzip", 450, 0)]));
+    assert_eq!(w.points[0].profile.cpu_ns, 50);
+}
+
+#[test]
+fn idle_workloads_are_let_go_and_come_back_whole() {
+    let mut a = Aggregator::new(GroupBy::Exe, 1000);
+    // 3,000 short-lived workloads, then one long-lived process.
+    for t in 1..=30u64 {
+        let batch = (0..100)
+            .map(|i| {
+                let n = (t * 100 + i) as u32;
+                sample(1000 + n, 1, &format!("w{n}"), 5, 0)
+            })
+            .collect();
+        a.tick(&tick(t, batch));
+    }
+    let mut cpu = 10;
+    for t in 31..=200u64 {
+        cpu += 10;
+        let w = a.tick(&tick(t, vec![sample(7, 1, "daemon", cpu, 0)]));
+        if t > 31 {
+            assert_eq!(w.points.len(), 1);
+            assert_eq!(w.points[0].profile.cpu_ns, 10, "tick {t}");
+        }
+    }
+    assert!(a.slots.len() < 100, "{} slots kept", a.slots.len());
+    // A forgotten workload that comes back is a workload again.
+    let w = a.tick(&tick(201, vec![sample(8, 2, "w101", 9, 0)]));
+    assert_eq!(w.points[0].workload.0, "exe:sha256:w101");
+    assert_eq!(w.points[0].profile.cpu_ns, 9);
+}
