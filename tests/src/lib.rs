@@ -36,9 +36,14 @@ pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
-        // A deliberately broken run, to check that the VM harness reports failures.
-        if std::env::var("UMBRA_VM_BREAK").is_ok_and(|v| v == "panic") {
-            panic!("{test}: UMBRA_VM_BREAK=panic asked this test to fail");
+        // Deliberately broken runs, to check that the VM harness reports failures.
+        match std::env::var("UMBRA_VM_BREAK").as_deref() {
+            Ok("panic") => panic!("{test}: UMBRA_VM_BREAK=panic asked this test to fail"),
+            Ok("hang") => loop {
+                eprintln!("{test}: UMBRA_VM_BREAK=hang: never finishing");
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            _ => {}
         }
         return true;
     }
