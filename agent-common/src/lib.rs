@@ -330,8 +330,13 @@ pub struct SyscallNrs {
     pub read: [i64; 5],
     pub write: [i64; 5],
     pub accept: [i64; 2],
+    /// sendto, sendmsg: counted as network bytes only where the kernel lacks
+    /// `sock/sock_send_length` (before Linux 6.3); -1 otherwise.
+    pub send: [i64; 2],
+    /// recvfrom, recvmsg: likewise, for `sock/sock_recv_length`.
+    pub recv: [i64; 2],
 }
-const _: () = assert!(size_of::<SyscallNrs>() == 12 * 8);
+const _: () = assert!(size_of::<SyscallNrs>() == 16 * 8);
 
 /// Everything userspace tells the programs before they load, as one read-only global.
 #[repr(C)]
@@ -343,7 +348,7 @@ pub struct KernelConfig {
     /// Reserved, zero.
     pub _reserved: u64,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 32 + 12 * 8 + 8);
+const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 32 + 16 * 8 + 8);
 
 impl KernelConfig {
     /// A configuration with every field absent; the programs then record nothing that
@@ -396,6 +401,8 @@ impl KernelConfig {
             read: [-1; 5],
             write: [-1; 5],
             accept: [-1; 2],
+            send: [-1; 2],
+            recv: [-1; 2],
         },
         _reserved: 0,
     };

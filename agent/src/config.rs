@@ -268,6 +268,11 @@ pub struct CaptureConfig {
     pub btf_tracepoints: bool,
     /// Hooks to leave off, by tracepoint name (e.g. `"page_fault_user"`).
     pub disable: Vec<String>,
+    /// Fault injection, for tests only (not read from the file): tracepoints
+    /// (`"category/name"`) the probe treats as missing from this kernel, so the fallback
+    /// and the error for a missing tracepoint run on a kernel that has them.
+    #[serde(skip)]
+    pub simulate_missing: Vec<String>,
 }
 
 impl Default for CaptureConfig {
@@ -281,6 +286,7 @@ impl Default for CaptureConfig {
             max_sockets: 16384,
             btf_tracepoints: true,
             disable: Vec::new(),
+            simulate_missing: Vec::new(),
         }
     }
 }

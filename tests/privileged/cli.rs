@@ -2,8 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    io::Write,
+    io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
+    sync::mpsc,
     time::Duration,
 };
 
@@ -24,24 +25,43 @@ fn trace_exec_json_shows_a_true_run() {
     if !privileged("trace_exec_json_shows_a_true_run") {
         return;
     }
-    let child = umbra()
+    let mut child = umbra()
         .args(["trace", "--kind", "exec", "--json", "--duration", "3"])
+        .env("UMBRA_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Give it time to attach, then run /bin/true a few times.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Loading takes a while on a slow machine (an emulated guest: seconds): the execs
+    // start once the agent says it is attached; its 3 s run from there.
+    let stderr = child.stderr.take().unwrap();
+    let (attached, rx) = mpsc::channel();
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Kernel capture attached") {
+                let _ = attached.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "umbra trace never said it was attached:\n{}",
+            logs.join().unwrap()
+        );
+    }
     for _ in 0..3 {
         Command::new("/bin/true").status().unwrap();
     }
     let out = child.wait_with_output().unwrap();
+    let stderr = logs.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "umbra trace failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "umbra trace failed: {stderr}");
     let hit = stdout.lines().any(|l| {
         let v: serde_json::Value =
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));

@@ -3,6 +3,10 @@
 //!
 //! Privileged tests need root and a real kernel. Outside CI they skip with a printed
 //! reason; under `CI=true` a missing privilege is a failure, never a skip.
+//!
+//! The same tests run in QEMU guests on other kernels (`cargo xtask vm-test`). The guest's
+//! init sets `UMBRA_VM=1` (see [`in_vm`]), `UMBRA_TEST_DISK` (a directory on a virtio disk,
+//! see [`disk_dir`]) and `UMBRA_WORKLOAD_BIN`/`UMBRA_BIN` (see [`workspace_bin`]).
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -23,11 +27,26 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Whether this runs in a `cargo xtask vm-test` guest, whose kernel is known to offer what
+/// a host may lack (e.g. cgroup v2 controllers): there, such a lack is a failure.
+pub fn in_vm() -> bool {
+    std::env::var("UMBRA_VM").is_ok_and(|v| v == "1")
+}
+
 /// Whether a privileged test can run here. Prints why not; panics under CI.
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
+        // Deliberately broken runs, to check that the VM harness reports failures.
+        match std::env::var("UMBRA_VM_BREAK").as_deref() {
+            Ok("panic") => panic!("{test}: UMBRA_VM_BREAK=panic asked this test to fail"),
+            Ok("hang") => loop {
+                eprintln!("{test}: UMBRA_VM_BREAK=hang: never finishing");
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            _ => {}
+        }
         return true;
     }
     let why = format!("{test}: needs root (CAP_BPF, CAP_PERFMON, tracefs)");
@@ -217,10 +236,17 @@ pub fn vm_rss(pid: u32) -> u64 {
         * 1024
 }
 
-/// A directory on a real block device (not tmpfs), for block I/O tests: the target dir.
+/// A directory on a real block device (not tmpfs), for block I/O tests: `UMBRA_TEST_DISK`
+/// if set (a VM guest's virtio disk), else the target dir.
 pub fn disk_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().join("umbra-io");
+    let dir = match std::env::var_os("UMBRA_TEST_DISK") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("umbra-io"),
+    };
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

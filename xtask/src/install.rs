@@ -50,7 +50,7 @@ pub fn apt_with(pkgs: &[&str], extra: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn installed(pkg: &str) -> bool {
+pub fn installed(pkg: &str) -> bool {
     output("dpkg-query", &["-W", "-f=${db:Status-Status}", pkg])
         .is_some_and(|s| s.trim() == "installed")
 }

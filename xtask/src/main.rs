@@ -6,10 +6,13 @@
 //! - `cargo xtask install`: only the installation step.
 //! - `cargo xtask build [--release] [--target aarch64]`: build the agent.
 //! - `cargo xtask bench overhead`: the agent's cost on a scheduler-heavy benchmark.
+//! - `cargo xtask vm-test [--kernel K]... [--arch A] [--filter T]...`: the privileged tests
+//!   in QEMU guests on Debian's kernels and on arm64.
 
 mod bench;
 mod install;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -43,6 +46,8 @@ enum Cmd {
     },
     /// The whole test suite, as CI runs it.
     Test,
+    /// The privileged tests in QEMU guests: Debian's 5.10, 6.1 and 6.12 kernels, arm64.
+    VmTest(vm::Args),
     /// Whole-system benchmarks.
     Bench {
         #[command(subcommand)]
@@ -78,6 +83,10 @@ fn main() -> Result<()> {
             util::run_as_root(&bin, &args)
         }
         Cmd::Test => test(),
+        Cmd::VmTest(args) => {
+            install::all()?;
+            vm::run(&args)
+        }
         Cmd::Bench { what } => {
             install::all()?;
             bench::run(what)
@@ -96,6 +105,10 @@ fn build(release: bool, target: Option<&str>) -> Result<()> {
         args.extend(["--target", triple.as_str()]);
     }
     util::cargo(&args)
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 fn test() -> Result<()> {
@@ -154,6 +167,18 @@ fn test() -> Result<()> {
     ])?;
     util::step("privileged tests (real kernel, real broker)");
     util::cargo(&["test", "-p", "umbra-tests", "--", "--test-threads=1"])?;
+    match vm::install() {
+        Err(e) if !in_ci() => eprintln!("skipped: VM tests (QEMU cannot be installed: {e:#})"),
+        installed => {
+            installed?;
+            util::step("privileged tests in QEMU (Debian 5.10, 6.1 and 6.12, x86_64)");
+            vm::run(&vm::Args::new(vm::Arch::X86_64, &[]))?;
+            util::step("capture smoke tests in QEMU (Debian 6.12, aarch64, 2 CPUs)");
+            let mut arm = vm::Args::new(vm::Arch::Aarch64, vm::ARM64_SMOKE);
+            arm.smp = 2;
+            vm::run(&arm)?;
+        }
+    }
     util::step("all tests passed");
     Ok(())
 }

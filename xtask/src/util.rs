@@ -29,8 +29,14 @@ pub fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// Puts cargo's bin directory (bpf-linker) on PATH for every child.
+/// Puts cargo's bin directory (bpf-linker) on PATH for every child, and links static
+/// aarch64 binaries with the `rust-lld` rustup ships (no cross gcc needed).
 pub fn init_env() {
+    const ARM64_LINKER: &str = "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER";
+    if env::var_os(ARM64_LINKER).is_none() {
+        // SAFETY: single-threaded at this point (called first thing in main).
+        unsafe { env::set_var(ARM64_LINKER, "rust-lld") };
+    }
     let bin = cargo_home().join("bin");
     let path = env::var_os("PATH").unwrap_or_default();
     let mut paths: Vec<PathBuf> = env::split_paths(&path).collect();

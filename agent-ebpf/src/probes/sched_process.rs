@@ -172,17 +172,18 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         None if pid == tgid => FLAG_GROUP_UNKNOWN,
         None => return 0,
     };
-    let code: Option<i32> = if btf {
-        kread(task, config!(task.task_exit_code))
-    } else {
-        None
+    // Plain values, not an `Option` whose unwritten payload the compiler may load on the
+    // `None` path: Linux 5.10's verifier refuses reads of uninitialised stack.
+    let (code, partial) = match btf {
+        true => match kread::<i32>(task, config!(task.task_exit_code)) {
+            Some(c) => (c, 0),
+            None => (0, FLAG_PARTIAL),
+        },
+        false => (0, FLAG_PARTIAL),
     };
     emit(EVENT_EXIT, |ev| {
-        ev.flags = flags;
-        match code {
-            Some(c) => ev.exit_code = c,
-            None => ev.flags |= FLAG_PARTIAL,
-        }
+        ev.flags = flags | partial;
+        ev.exit_code = code;
         if let Some(ppid) = current_ppid() {
             ev.ppid = ppid;
         }

@@ -41,7 +41,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let state = prev_state as u32;
-    let runtime = task_runtime(prev);
+    let runtime = task_runtime(prev).unwrap_or(RUNTIME_UNKNOWN);
     on_switch(
         preempt & 1 != 0 || state == 0,
         state & TASK_DEAD != 0,
@@ -65,9 +65,9 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
     // `prev` is `current` here; with BTF offsets its runtime can be read through it.
     let runtime = if config!(task.valid) != 0 {
         let task = unsafe { bpf_get_current_task() } as *const u8;
-        kread::<u64>(task, config!(task.task_runtime))
+        kread::<u64>(task, config!(task.task_runtime)).unwrap_or(RUNTIME_UNKNOWN)
     } else {
-        None
+        RUNTIME_UNKNOWN
     };
     on_switch(
         involuntary,
@@ -78,8 +78,11 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// `prev_runtime` is [`RUNTIME_UNKNOWN`] when it cannot be read: a plain value, not an
+/// `Option`, whose payload the compiler may load unwritten on the `None` path (Linux 5.10's
+/// verifier refuses reads of uninitialised stack; newer ones allow them to root).
 #[inline(always)]
-fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32, prev_runtime: Option<u64>) {
+fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32, prev_runtime: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(cpu) = CPU_STATE.get_ptr_mut(0) else {
         return;
@@ -112,8 +115,9 @@ fn switch_out(
     tgid: u32,
     involuntary: bool,
     dead: bool,
-    runtime: Option<u64>,
+    runtime: u64,
 ) {
+    let known = runtime != RUNTIME_UNKNOWN;
     let thread = THREADS.get_ptr_mut(tid);
     if let Some(proc) = proc_entry(PROG, tgid) {
         if involuntary {
@@ -121,16 +125,16 @@ fn switch_out(
         } else {
             add(&mut proc.voluntary_switches, 1);
         }
-        match (runtime, thread) {
-            (Some(rt), Some(t)) => {
+        match (known, thread) {
+            (true, Some(t)) => {
                 // SAFETY: map value, valid for the program's run.
                 let last = unsafe { (*t).last_runtime };
-                if last != RUNTIME_UNKNOWN && rt > last {
-                    add(&mut proc.cpu_ns, rt - last);
+                if last != RUNTIME_UNKNOWN && runtime > last {
+                    add(&mut proc.cpu_ns, runtime - last);
                 }
             }
-            (Some(_), None) => {}
-            (None, _) => {
+            (true, None) => {}
+            (false, _) => {
                 if cpu.tid == tid && cpu.since != 0 && now > cpu.since {
                     add(&mut proc.cpu_ns, now - cpu.since);
                 }
@@ -150,8 +154,8 @@ fn switch_out(
         Some(t) => {
             // SAFETY: map value, valid for the program's run.
             let t = unsafe { &mut *t };
-            if let Some(rt) = runtime {
-                t.last_runtime = rt;
+            if known {
+                t.last_runtime = runtime;
             }
             if involuntary {
                 // Still runnable: back in the run queue from now.
@@ -161,7 +165,7 @@ fn switch_out(
         None => {
             let st = ThreadState {
                 wait_since: if involuntary { now } else { 0 },
-                last_runtime: runtime.unwrap_or(RUNTIME_UNKNOWN),
+                last_runtime: runtime,
             };
             if THREADS.insert(tid, st, BPF_NOEXIST as u64).is_err() {
                 count_drop(PROG, Drop::ThreadMapFull);

@@ -1,7 +1,9 @@
 //! `raw_syscalls/sys_exit`: every syscall counted per process; the read and write
 //! families (read, pread64, readv, preadv, preadv2 and their write twins) add their
-//! returned byte counts; accept/accept4 count accepted connections. Syscall numbers are
-//! the architecture's, from userspace.
+//! returned byte counts; accept/accept4 count accepted connections. On kernels without the
+//! `sock` length tracepoints (before 6.3), userspace also fills in the send and receive
+//! syscalls, whose byte counts become network bytes. Syscall numbers are the
+//! architecture's, from userspace.
 
 use agent_common::prog::SYS_EXIT as PROG;
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
@@ -48,6 +50,16 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
         }
     } else if ret >= 0 && is_in(id, &nrs.accept) {
         add(&mut p.conn_accepted, 1);
+    } else if is_in(id, &nrs.send) {
+        add(&mut p.net_tx_calls, 1);
+        if ret > 0 {
+            add(&mut p.net_tx_bytes, ret as u64);
+        }
+    } else if is_in(id, &nrs.recv) {
+        add(&mut p.net_rx_calls, 1);
+        if ret > 0 {
+            add(&mut p.net_rx_bytes, ret as u64);
+        }
     }
     Some(())
 }

@@ -189,6 +189,9 @@ pub enum HookStatus {
     Tracepoint,
     /// Left off by configuration (`capture.disable`).
     Disabled,
+    /// Not on this kernel; `raw_syscalls/sys_exit` measures it instead (network bytes from
+    /// the send and receive syscalls, before Linux 6.3).
+    SyscallFallback,
     /// Not on this kernel; the reason says what is missing.
     Unavailable(String),
 }
@@ -276,6 +279,22 @@ impl KernelCapture {
         let mut kc = KernelConfig::EMPTY;
         kc.tp = tracefs.offsets();
         kc.syscalls = syscalls::NRS;
+        let simulated = |h: Hook| cfg.simulate_missing.iter().any(|t| *t == h.to_string());
+        let disabled = |h: Hook| cfg.disable.iter().any(|d| d == h.name());
+        // Network bytes without the sock length tracepoints (Linux < 6.3): from the send
+        // and receive syscalls, counted by sys_exit.
+        let fallback = |h: Hook| {
+            let (category, name) = h.tracepoint();
+            !disabled(h)
+                && !disabled(Hook::SysExit)
+                && (simulated(h) || !tracefs.exists(category, name))
+        };
+        if fallback(Hook::SockSendLength) {
+            kc.syscalls.send = syscalls::SEND;
+        }
+        if fallback(Hook::SockRecvLength) {
+            kc.syscalls.recv = syscalls::RECV;
+        }
         let btf_path = Path::new(btf::VMLINUX_BTF);
         // Task offsets serve the classic tracepoints too (exact CPU time, exit codes,
         // parents); BTF tracepoints additionally need the parsed BTF.
@@ -327,8 +346,20 @@ impl KernelCapture {
 
         let mut hooks = Vec::new();
         for hook in Hook::ALL {
-            let status = if cfg.disable.iter().any(|d| d == hook.name()) {
+            let status = if disabled(hook) {
                 HookStatus::Disabled
+            } else if ((hook == Hook::SockSendLength && kc.syscalls.send[0] >= 0)
+                || (hook == Hook::SockRecvLength && kc.syscalls.recv[0] >= 0))
+                // (sys_exit comes first in Hook::ALL.)
+                && hooks.iter().any(|(h, s): &(Hook, HookStatus)| {
+                    *h == Hook::SysExit && *s == HookStatus::Tracepoint
+                })
+            {
+                HookStatus::SyscallFallback
+            } else if simulated(hook) {
+                HookStatus::Unavailable(format!(
+                    "tracepoint {hook} does not exist on this kernel (simulated)"
+                ))
             } else {
                 attach(&mut ebpf, &tracefs, &kc, kernel_btf.as_ref(), hook)?
             };
@@ -343,6 +374,9 @@ impl KernelCapture {
                 }
                 HookStatus::Unavailable(why) => {
                     warn!(%hook, why = %why, "Hook unavailable; its measurements are not reported")
+                }
+                HookStatus::SyscallFallback => {
+                    warn!(%hook, "Hook not on this kernel; measured from syscalls instead")
                 }
                 s => debug!(%hook, status = ?s, "Hook"),
             }

@@ -42,6 +42,7 @@ fn main() {
             ready("");
             wait_go();
             let mut v = vec![0u8; (num(1) as usize) << 20];
+            no_huge_pages(&mut v);
             for i in (0..v.len()).step_by(4096) {
                 v[i] = 1;
             }
@@ -91,6 +92,16 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Base pages whatever the kernel's transparent huge page mode (Debian's kernels default
+/// to `always`), so touching N pages is N page faults.
+fn no_huge_pages(v: &mut [u8]) {
+    let start = v.as_mut_ptr() as usize;
+    let aligned = (start + 4095) & !4095;
+    let len = (start + v.len()).saturating_sub(aligned) & !4095;
+    // SAFETY: advice on whole pages inside our own allocation.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
 fn ready(info: &str) {
