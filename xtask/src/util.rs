@@ -30,12 +30,21 @@ pub fn cargo_home() -> PathBuf {
 }
 
 /// Puts cargo's bin directory (bpf-linker) on PATH for every child, and links static
-/// aarch64 binaries with the `rust-lld` rustup ships (no cross gcc needed).
+/// aarch64 binaries with the `rust-lld` rustup ships and compiles their C with clang.
 pub fn init_env() {
-    const ARM64_LINKER: &str = "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER";
-    if env::var_os(ARM64_LINKER).is_none() {
-        // SAFETY: single-threaded at this point (called first thing in main).
-        unsafe { env::set_var(ARM64_LINKER, "rust-lld") };
+    // C code in dependencies (ring, under rustls) for the static musl builds: Debian's
+    // clang 22 cross-compiles it (installed for bpf-linker anyway); no cross gcc needed.
+    for (var, value) in [
+        ("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"),
+        ("CC_aarch64_unknown_linux_musl", "clang-22"),
+        ("AR_aarch64_unknown_linux_musl", "llvm-ar-22"),
+        ("CC_x86_64_unknown_linux_musl", "clang-22"),
+        ("AR_x86_64_unknown_linux_musl", "llvm-ar-22"),
+    ] {
+        if env::var_os(var).is_none() {
+            // SAFETY: single-threaded at this point (called first thing in main).
+            unsafe { env::set_var(var, value) };
+        }
     }
     let bin = cargo_home().join("bin");
     let path = env::var_os("PATH").unwrap_or_default();

@@ -838,6 +838,7 @@ fn build(arch: Arch) -> Result<Binaries> {
                 "umbra-tests",
                 "--bin",
                 "umbra-workload",
+                "--no-default-features",
                 "--target",
                 &triple,
             ],
@@ -847,7 +848,15 @@ fn build(arch: Arch) -> Result<Binaries> {
     )?;
     artifacts.extend(cargo_json(
         &[
-            &["test", "-p", "umbra-tests", "--no-run", "--target", &triple],
+            &[
+                "test",
+                "-p",
+                "umbra-tests",
+                "--no-run",
+                "--no-default-features",
+                "--target",
+                &triple,
+            ],
             profile,
         ]
         .concat(),
