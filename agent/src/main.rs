@@ -103,16 +103,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
     },
-    /// Decode and print what a fleet's agents publish (for operators).
+    /// Decode and print what a fleet's agents publish (for operators): every fleet and
+    /// node unless --fleet / --node narrow it.
     Sub {
-        /// Broker URL (default: publish.broker of the config).
-        #[arg(long)]
-        broker: Option<String>,
-        /// Only this fleet / node / kind (summary, status, cmd/result).
-        #[arg(long)]
-        fleet: Option<String>,
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        target: FleetTarget,
+        /// Only this kind (summary, status, cmd/result).
         #[arg(long)]
         kind: Option<String>,
         /// One JSON object a line: `{"topic":…,"envelope":…}`.
@@ -150,6 +146,20 @@ struct PublishArgs {
     /// State directory: spool, model, snapshots (overrides publish.state_dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+}
+
+/// A broker, and a fleet and node on it (topic levels `<fleet>`, `<node>`).
+#[derive(clap::Args, Debug)]
+struct FleetTarget {
+    /// Broker URL (default: publish.broker of the config).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Fleet: topic level `<fleet>`.
+    #[arg(long)]
+    fleet: Option<String>,
+    /// Node: topic level `<node>`.
+    #[arg(long)]
+    node: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -211,13 +221,9 @@ enum HubAction {
         name: String,
         #[arg(long)]
         version: String,
-        #[arg(long)]
-        broker: Option<String>,
-        #[arg(long)]
-        fleet: Option<String>,
-        /// Only this node (default: the whole fleet).
-        #[arg(long)]
-        node: Option<String>,
+        /// Fleet default: publish.fleet; node default: the whole fleet.
+        #[command(flatten)]
+        target: FleetTarget,
     },
     /// Make an ed25519 key pair: the private key to a file, the public key (for
     /// publish.model_public_key) to stdout.
@@ -278,7 +284,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Sub {
-            broker: Some(b), ..
+            target: FleetTarget {
+                broker: Some(b), ..
+            },
+            ..
         } => cfg.publish.broker = b.clone(),
         _ => {}
     }
@@ -384,15 +393,17 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             }
         }
         Command::Sub {
-            fleet,
-            node,
+            target,
             kind,
             json,
             count,
-            ..
         } => {
             let settings = cfg.publish.settings()?;
-            let filter = umbra::fleet::sub::Filter { fleet, node, kind };
+            let filter = umbra::fleet::sub::Filter {
+                fleet: target.fleet,
+                node: target.node,
+                kind,
+            };
             umbra::fleet::sub::run(
                 &cfg.publish.broker,
                 &settings.security,
@@ -466,18 +477,16 @@ async fn hub_command(hub: HubCli, cfg: &Config, shutdown: CancellationToken) -> 
             schema,
             name,
             version,
-            broker,
-            fleet,
-            node,
+            target,
         }) => {
             let schema = schema.unwrap_or_else(|| file.with_extension("schema.json"));
-            let url = broker.unwrap_or_else(|| cfg.publish.broker.clone());
-            let fleet = fleet.unwrap_or_else(|| cfg.publish.fleet.clone());
+            let url = target.broker.unwrap_or_else(|| cfg.publish.broker.clone());
+            let fleet = target.fleet.unwrap_or_else(|| cfg.publish.fleet.clone());
             let b = hub::publish_model(
                 &url,
                 &security,
                 &fleet,
-                node.as_deref(),
+                target.node.as_deref(),
                 &file,
                 &schema,
                 &key,

@@ -263,11 +263,10 @@ async fn agent<W: Write>(
                     View::Points { json } => print_window(&mut out, &w, json)?,
                     View::Table { .. } => {}
                 }
-                if let Some(l) = &mut link {
-                    l.capture_drops = kernel_drops + dropped.load(Ordering::Relaxed);
-                    if !skip {
-                        l.window(&w);
-                    }
+                if let Some(l) = &mut link
+                    && !skip
+                {
+                    l.window(&w, kernel_drops + dropped.load(Ordering::Relaxed));
                 }
             }
             Some(msg) = async {
@@ -311,7 +310,6 @@ struct Publishing {
     snapshot: Option<Snapshot>,
     state_dir: PathBuf,
     header: Header,
-    capture_drops: u64,
     spool_errors: u64,
     started: Instant,
 }
@@ -412,7 +410,6 @@ impl Publishing {
             snapshot: None,
             state_dir: p.state_dir.clone(),
             header: header.clone(),
-            capture_drops: 0,
             spool_errors: 0,
             started,
         })
@@ -427,10 +424,11 @@ impl Publishing {
         }
     }
 
-    fn window(&mut self, w: &Window) {
+    /// A window for the summaries; `capture_drops` is what capture lost since start.
+    fn window(&mut self, w: &Window, capture_drops: u64) {
         if let Ok(mut s) = self.shared.lock() {
             s.workloads = w.points.len() as u32;
-            s.capture_drops = self.capture_drops;
+            s.capture_drops = capture_drops;
         }
         if let Some(sum) = self.summarizer.push(w) {
             self.push(Body::Summary(sum));
