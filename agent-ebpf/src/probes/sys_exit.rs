@@ -31,6 +31,15 @@ fn is_in(nr: i64, set: &[i64]) -> bool {
     false
 }
 
+/// A call of a byte-moving syscall, and the bytes it returned (errors move none).
+#[inline(always)]
+fn transfer(calls: &mut u64, bytes: &mut u64, ret: i64) {
+    add(calls, 1);
+    if ret > 0 {
+        add(bytes, ret as u64);
+    }
+}
+
 fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     let id: i64 = tp_field_at::<_, 8>(ctx, PROG, config!(tp.sys_exit_id))?;
     let ret: i64 = tp_field_at::<_, 16>(ctx, PROG, config!(tp.sys_exit_ret))?;
@@ -39,27 +48,15 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     add(&mut p.syscalls, 1);
     let nrs = config!(syscalls);
     if is_in(id, &nrs.read) {
-        add(&mut p.read_calls, 1);
-        if ret > 0 {
-            add(&mut p.read_bytes, ret as u64);
-        }
+        transfer(&mut p.read_calls, &mut p.read_bytes, ret);
     } else if is_in(id, &nrs.write) {
-        add(&mut p.write_calls, 1);
-        if ret > 0 {
-            add(&mut p.write_bytes, ret as u64);
-        }
+        transfer(&mut p.write_calls, &mut p.write_bytes, ret);
     } else if ret >= 0 && is_in(id, &nrs.accept) {
         add(&mut p.conn_accepted, 1);
     } else if is_in(id, &nrs.send) {
-        add(&mut p.net_tx_calls, 1);
-        if ret > 0 {
-            add(&mut p.net_tx_bytes, ret as u64);
-        }
+        transfer(&mut p.net_tx_calls, &mut p.net_tx_bytes, ret);
     } else if is_in(id, &nrs.recv) {
-        add(&mut p.net_rx_calls, 1);
-        if ret > 0 {
-            add(&mut p.net_rx_bytes, ret as u64);
-        }
+        transfer(&mut p.net_rx_calls, &mut p.net_rx_bytes, ret);
     }
     Some(())
 }
