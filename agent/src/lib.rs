@@ -16,6 +16,7 @@ pub mod config;
 pub mod export;
 pub mod fleet;
 pub mod pipeline;
+pub mod predict;
 pub mod publish;
 pub mod record;
 pub mod trace;

@@ -1,0 +1,135 @@
+//! Predict: every workload's next intervals as quantiles with a calibrated band, and every
+//! new request's (process exec's) needs before it ramps up.
+//!
+//! This module's types are the contract with the stages that consume predictions
+//! (allocate, publish, the CLI): [`Forecast`] per workload and tick, [`RequestPrediction`]
+//! per exec. Every forecaster — the ONNX model, each baseline, the calibrator around
+//! them — implements [`Predictor`] over plain history, so `umbra eval`, `umbra simulate`
+//! and the live agent run the same code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{ShadowPoint, WorkloadId};
+
+/// What is forecast for each workload, in these units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// CPU, cores (mean over the interval).
+    Cpu,
+    /// Resident memory, bytes (at the end of the interval).
+    Memory,
+    /// File I/O, bytes per second (read + write).
+    Io,
+    /// Network, bytes per second (received + sent).
+    Net,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [Target::Cpu, Target::Memory, Target::Io, Target::Net];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Memory => "memory",
+            Target::Io => "io",
+            Target::Net => "net",
+        }
+    }
+
+    /// This target's value in a shadow data point.
+    pub fn of(self, p: &ShadowPoint) -> f64 {
+        let secs = (p.interval_ms.max(1) as f64) / 1000.0;
+        let r = &p.profile;
+        match self {
+            Target::Cpu => r.cpu_cores,
+            Target::Memory => r.rss_bytes as f64,
+            Target::Io => (r.read_bytes + r.write_bytes) as f64 / secs,
+            Target::Net => (r.net_rx_bytes + r.net_tx_bytes) as f64 / secs,
+        }
+    }
+}
+
+/// A predictive band: the 10th, 50th and 90th percentiles (p10 ≤ p50 ≤ p90).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Band {
+    pub p10: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+/// Quantile levels of a [`Band`].
+pub const LEVELS: [f64; 3] = [0.1, 0.5, 0.9];
+
+/// One workload's forecast, made at the end of an interval for the `horizon` intervals
+/// after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forecast {
+    pub workload: WorkloadId,
+    /// End of the last interval seen, ms since the Unix epoch.
+    pub made_ms: u64,
+    /// Length of each forecast step, ms.
+    pub interval_ms: u32,
+    /// The predictor that made it (e.g. `onnx:forecast-3`, `ewma`).
+    pub predictor: String,
+    /// Per target (index: position in [`Target::ALL`]), one band per step ahead.
+    pub bands: [Vec<Band>; 4],
+}
+
+impl Forecast {
+    /// The bands of `target`, step 1 first.
+    pub fn of(&self, target: Target) -> &[Band] {
+        &self.bands[target as usize]
+    }
+}
+
+/// What a new request (one exec'd image, until it exits or execs again) is predicted to
+/// need over its whole life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestPrediction {
+    pub tgid: u32,
+    /// Boot-clock ns of the exec.
+    pub exec_ns: u64,
+    pub workload: WorkloadId,
+    pub cpu_seconds: Band,
+    pub peak_rss_bytes: Band,
+    pub duration_seconds: Band,
+    pub io_bytes: Band,
+    /// How it was made: `model`, `profile` (the executable's past runs) or `prior`
+    /// (an executable never seen: similar executables, its parent, the node).
+    pub source: String,
+}
+
+/// Whether a predictor is a trained model or a baseline (for `umbra eval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictorKind {
+    Model,
+    Baseline,
+}
+
+/// One tick's input to a forecaster: each workload's recent shadow data points at the
+/// forecast interval, oldest first, the newest ending at `now_ms`.
+#[derive(Clone, Copy, Debug)]
+pub struct Series<'a> {
+    pub workload: &'a WorkloadId,
+    pub points: &'a [ShadowPoint],
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Batch<'a> {
+    pub now_ms: u64,
+    pub interval_ms: u32,
+    pub series: Vec<Series<'a>>,
+}
+
+/// A forecaster. Stateful ones (decaying histograms, calibration) keep per-workload state
+/// keyed by [`WorkloadId`], bounded, and update it from each batch's newest points.
+pub trait Predictor: Send {
+    fn name(&self) -> &str;
+    fn kind(&self) -> PredictorKind;
+    /// Steps ahead each forecast covers.
+    fn horizon(&self) -> usize;
+    /// One forecast per series of the batch, in the batch's order.
+    fn forecast(&mut self, batch: &Batch<'_>) -> Vec<Forecast>;
+}
