@@ -226,8 +226,25 @@ enum HubAction {
         #[command(flatten)]
         target: FleetTarget,
     },
+    /// Sign a command with the fleet key, send it to one node and print its reply.
+    Command {
+        /// set-mode, set-tier, trace-snapshot or status.
+        name: String,
+        /// The command's fields as a JSON object, e.g. '{"mode":"enforce"}'.
+        #[arg(default_value = "{}")]
+        fields: String,
+        /// Signing key file (from `umbra hub keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Wait this long for the node's reply (0: do not wait).
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
+        /// The node: --node is required.
+        #[command(flatten)]
+        target: FleetTarget,
+    },
     /// Make an ed25519 key pair: the private key to a file, the public key (for
-    /// publish.model_public_key) to stdout.
+    /// publish.fleet_public_key) to stdout.
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -472,7 +489,7 @@ async fn hub_command(hub: HubCli, cfg: &Config, shutdown: CancellationToken) -> 
             write_private(&out, &seed)?;
             println!("{public}");
             eprintln!(
-                "umbra: private key written to {}; put the public key above in publish.model_public_key",
+                "umbra: private key written to {}; put the public key above in publish.fleet_public_key",
                 out.display()
             );
         }
@@ -505,6 +522,36 @@ async fn hub_command(hub: HubCli, cfg: &Config, shutdown: CancellationToken) -> 
                 b.version,
                 b.info().sha256
             );
+        }
+        Some(HubAction::Command {
+            name,
+            fields,
+            key,
+            wait_secs,
+            target,
+        }) => {
+            let Some(node) = target.node else {
+                anyhow::bail!("umbra hub command needs --node: commands go to one node");
+            };
+            let url = target.broker.unwrap_or_else(|| cfg.publish.broker.clone());
+            let fleet = target.fleet.unwrap_or_else(|| cfg.publish.fleet.clone());
+            let reply = hub::send_command(
+                &url,
+                &security,
+                &fleet,
+                &node,
+                &name,
+                &fields,
+                &key,
+                Duration::from_secs(wait_secs),
+            )
+            .await?;
+            match reply {
+                Some(r) if r.ok => println!("ok: {}", r.message),
+                Some(r) => anyhow::bail!("refused: {}", r.message),
+                None if wait_secs == 0 => println!("sent"),
+                None => anyhow::bail!("sent, but no reply within {wait_secs} s"),
+            }
         }
         None => {
             let r = hub.run;

@@ -466,17 +466,19 @@ impl<O: Output> Agent<O> {
     fn window(&mut self, w: &Window, lost: u64) -> Result<(), PipelineError> {
         self.history.insert(w);
         self.workloads = w.points.len() as u32;
-        // The first window of a live run holds everything since each process was first
-        // seen: kept out of tables and summaries (a replay shows it).
-        let skip = self.live && std::mem::take(&mut self.first);
-        if skip {
+        // The first window holds everything since each process was first seen: kept out
+        // of summaries, and out of the table of a live run (a replay shows it).
+        let first = std::mem::take(&mut self.first);
+        if !(first && self.live) {
+            let drops = Drops {
+                kernel: lost,
+                channel: self.feed.dropped(),
+            };
+            self.output.window(w, drops)?;
+        }
+        if first {
             return Ok(());
         }
-        let drops = Drops {
-            kernel: lost,
-            channel: self.feed.dropped(),
-        };
-        self.output.window(w, drops)?;
         if self.publish.is_some() {
             let status = self.status();
             if let Some(p) = &mut self.publish {
@@ -752,7 +754,8 @@ pub async fn replay<O: Output>(
         output,
         AgentOptions {
             publish: publish.is_some(),
-            persist: false,
+            // A replay published as the live agent would keeps its state as it would.
+            persist: publish.is_some(),
             drain: publish,
         },
     )?;

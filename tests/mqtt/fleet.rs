@@ -12,70 +12,14 @@ use std::{
 };
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use umbra::{
-    aggregate::Aggregator,
-    capture::CaptureItem,
-    config::Config,
-    publish::{Summary, summary::Summarizer},
-    record::Reader,
-};
+use umbra::{publish::Summary, record::Reader};
 use umbra_tests::{
-    mqtt::{Broker, Umbra, agent_config, have_mosquitto, json_lines, wait_until},
+    mqtt::{
+        Broker, Umbra, agent_config, expected_summaries, fixture, have_mosquitto, json_lines,
+        replay_publish, sub, wait_until,
+    },
     privileged, workspace_bin,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-/// The summaries the agent must publish for a replayed recording: every window but the
-/// first (it holds everything since each process was first seen), folded per period, and
-/// the last partial period at the end.
-fn expected_summaries(cfg: &Path, recording: &Path) -> Vec<Summary> {
-    let cfg = Config::load(Some(cfg)).unwrap();
-    let mut reader = Reader::open(recording).unwrap();
-    let mut agg = Aggregator::new(cfg.aggregate.group_by, reader.header().interval_ms);
-    let mut sum = Summarizer::new(
-        cfg.publish.summary_every_ms,
-        cfg.publish.max_workloads as usize,
-    );
-    let mut out = Vec::new();
-    let mut first = true;
-    while let Some(item) = reader.next_item() {
-        if let CaptureItem::Tick(t) = item.unwrap() {
-            let w = agg.tick(&t);
-            if !std::mem::take(&mut first) {
-                out.extend(sum.push(&w));
-            }
-        }
-    }
-    out.extend(sum.flush());
-    out
-}
-
-fn replay_publish(cfg: &Path, recording: &Path, extra: &[&str], log: PathBuf) -> Umbra {
-    let mut args = vec!["--config", cfg.to_str().unwrap(), "replay"];
-    args.push(recording.to_str().unwrap());
-    args.push("--publish");
-    args.extend(extra);
-    Umbra::start(&args, log)
-}
-
-fn sub(broker: &str, extra: &[&str], out: &Path, log: PathBuf) -> Umbra {
-    let mut args = vec!["sub", "--broker", broker, "--fleet", "test", "--json"];
-    args.extend(extra);
-    let u = Umbra::start_with_stdout(&args, log, fs::File::create(out).unwrap());
-    assert!(
-        u.wait_log("Subscribed", Duration::from_secs(10)),
-        "{}",
-        u.log()
-    );
-    // The SUBSCRIBE goes out right after the log line: let the broker take it.
-    std::thread::sleep(Duration::from_millis(300));
-    u
-}
 
 /// Bodies of `umbra sub --json` lines of one node, by seq.
 fn bodies(lines: &[serde_json::Value], node: &str) -> BTreeMap<u64, serde_json::Value> {
@@ -376,7 +320,7 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
         d.path(),
         &b.url(),
         "cmd",
-        &format!("model_public_key = \"{public}\"\nsummary_every_ms = 2000"),
+        &format!("fleet_public_key = \"{public}\"\nsummary_every_ms = 2000"),
     );
     let results = d.path().join("results.jsonl");
     let _s = sub(
@@ -417,18 +361,65 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
     )
     .unwrap();
 
+    let signing = umbra::publish::model::signing_key(&key).unwrap();
+    let now = umbra::capture::procfs::wall_ms();
+    let signed = |name: &str, fields: &str, ts: u64, nonce: &str, k: &ed25519_dalek::SigningKey| {
+        let topic = format!("umbra/v1/test/cmd/cmd/{name}");
+        umbra::publish::command::sign(&topic, &serde_json::from_str(fields).unwrap(), ts, nonce, k)
+    };
+    let other = umbra::publish::model::signing_key(&other_key).unwrap();
+    let good_mode = signed(
+        "set-mode",
+        r#"{"id":"m1","mode":"enforce"}"#,
+        now,
+        "n-1",
+        &signing,
+    );
+
     cmd("set-mode", b"{not json");
     cmd("reboot", b"{}");
     cmd("trace-snapshot", br#"{"id":"t0","seconds":100000}"#);
     b.publish("umbra/v1/test/cmd/model", b"\x00\x01garbage", &[]);
     publish_model(&b.url(), &other_key, &onnx, &schema, "1");
     publish_model(&b.url(), &key, &onnx, &bad_schema, "2");
-    cmd("set-mode", br#"{"id":"m1","mode":"enforce"}"#);
+    cmd("set-mode", br#"{"id":"u1","mode":"enforce"}"#);
+    cmd(
+        "set-mode",
+        &signed("set-mode", r#"{"mode":"enforce"}"#, now, "n-2", &other),
+    );
+    cmd(
+        "set-mode",
+        &signed(
+            "set-mode",
+            r#"{"mode":"enforce"}"#,
+            now - 3_600_000,
+            "n-3",
+            &signing,
+        ),
+    );
+    cmd("set-mode", &good_mode);
+    cmd("set-mode", &good_mode);
     publish_model(&b.url(), &key, &onnx, &schema, "3");
-    cmd("trace-snapshot", br#"{"id":"t1","seconds":1}"#);
+    // The operator's tool: signs, sends, prints the node's reply.
+    let out = Command::new(workspace_bin("umbra"))
+        .args([
+            "hub",
+            "command",
+            "trace-snapshot",
+            r#"{"id":"t1","seconds":1}"#,
+            "--key",
+        ])
+        .arg(&key)
+        .args(["--broker", &b.url(), "--fleet", "test", "--node", "cmd"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok: recording 1 s"),
+        "{out:?}"
+    );
 
-    // Nine replies: seven refusals and acceptances, the snapshot's start and its end.
-    let n = 9;
+    // Thirteen replies: refusals and acceptances, the snapshot's start and its end.
+    let n = 13;
     assert!(
         wait_until(Duration::from_secs(20), || json_lines(&results).len() >= n),
         "{:#?}\nagent: {}",
@@ -445,16 +436,22 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
             )
         })
         .collect();
-    let expect: [(bool, &str); 9] = [
+    let expect: [(bool, &str); 12] = [
         (false, "not a valid JSON object"),
         (false, "unknown command \"reboot\""),
         (false, "between 1 and 300"),
         (false, "not a signed Umbra model bundle"),
         (false, "signature does not verify"),
         (false, "this agent feeds"),
+        (false, "must be signed with the fleet key"),
+        (
+            false,
+            "signature does not verify against publish.fleet_public_key",
+        ),
+        (false, "stale or replayed"),
         (true, "mode enforce"),
-        (true, "model forecast 3 active"),
-        (true, "recording 1 s of capture"),
+        (false, "was used before"),
+        (true, "model forecast 3 stored"),
     ];
     for (i, (ok, text)) in expect.iter().enumerate() {
         assert!(
@@ -463,7 +460,11 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
             replies[i]
         );
     }
-    let done = &replies[9.min(replies.len() - 1)];
+    assert!(
+        replies[12].0 && replies[12].1.contains("recording 1 s of capture"),
+        "{replies:#?}"
+    );
+    let done = &replies[12.min(replies.len() - 1)];
     assert!(
         wait_until(Duration::from_secs(10), || json_lines(&results).iter().any(
             |l| l["envelope"]["body"]["message"]
@@ -503,6 +504,43 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
     assert_eq!(s["online"], true, "{s}");
     let log = a.log.clone();
     assert!(a.stop(), "{}", read(&log));
+    // The mode set by command survives a restart of the agent.
+    let status2 = d.path().join("status2.jsonl");
+    let _st = Umbra::start_with_stdout(
+        &[
+            "sub",
+            "--broker",
+            &b.url(),
+            "--fleet",
+            "test",
+            "--node",
+            "cmd",
+            "--kind",
+            "status",
+            "--json",
+        ],
+        d.path().join("status2.log"),
+        fs::File::create(&status2).unwrap(),
+    );
+    let _again = replay_publish(
+        &cfg,
+        &fixture("idle.umbra"),
+        &["--speed", "0.5"],
+        d.path().join("agent2.log"),
+    );
+    let online = || {
+        json_lines(&status2)
+            .into_iter()
+            .map(|l| l["envelope"]["body"].clone())
+            .find(|b| b["online"] == true)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || online().is_some()),
+        "{:#?}",
+        json_lines(&status2)
+    );
+    let s = online().unwrap();
+    assert_eq!(s["mode"], "enforce", "{s}");
     // A snapshot file was written and is a valid recording.
     let snaps: Vec<PathBuf> = fs::read_dir(d.path().join("cmd").join("snapshots"))
         .unwrap()

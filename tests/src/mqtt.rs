@@ -3,11 +3,20 @@
 //! run `umbra` processes against it.
 
 use std::{
+    fs,
     io::Read,
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
+};
+
+use umbra::{
+    aggregate::Aggregator,
+    capture::CaptureItem,
+    config::Config,
+    publish::{Summary, summary::Summarizer},
+    record::Reader,
 };
 
 use crate::{in_ci, workspace_bin};
@@ -278,4 +287,57 @@ pub fn agent_config(dir: &Path, broker: &str, node: &str, extra: &str) -> PathBu
     )
     .expect("write config");
     p
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// The summaries the agent must publish for a replayed recording: every window but the
+/// first (it holds everything since each process was first seen), folded per period, and
+/// the last partial period at the end.
+pub fn expected_summaries(cfg: &Path, recording: &Path) -> Vec<Summary> {
+    let cfg = Config::load(Some(cfg)).unwrap();
+    let mut reader = Reader::open(recording).unwrap();
+    let mut agg = Aggregator::new(cfg.aggregate.group_by, reader.header().interval_ms);
+    let mut sum = Summarizer::new(
+        cfg.publish.summary_every_ms,
+        cfg.publish.max_workloads as usize,
+    );
+    let mut out = Vec::new();
+    let mut first = true;
+    while let Some(item) = reader.next_item() {
+        if let CaptureItem::Tick(t) = item.unwrap() {
+            let w = agg.tick(&t);
+            if !std::mem::take(&mut first) {
+                out.extend(sum.push(&w));
+            }
+        }
+    }
+    out.extend(sum.flush());
+    out
+}
+
+pub fn replay_publish(cfg: &Path, recording: &Path, extra: &[&str], log: PathBuf) -> Umbra {
+    let mut args = vec!["--config", cfg.to_str().unwrap(), "replay"];
+    args.push(recording.to_str().unwrap());
+    args.push("--publish");
+    args.extend(extra);
+    Umbra::start(&args, log)
+}
+
+pub fn sub(broker: &str, extra: &[&str], out: &Path, log: PathBuf) -> Umbra {
+    let mut args = vec!["sub", "--broker", broker, "--fleet", "test", "--json"];
+    args.extend(extra);
+    let u = Umbra::start_with_stdout(&args, log, fs::File::create(out).unwrap());
+    assert!(
+        u.wait_log("Subscribed", Duration::from_secs(10)),
+        "{}",
+        u.log()
+    );
+    // The SUBSCRIBE goes out right after the log line: let the broker take it.
+    std::thread::sleep(Duration::from_millis(300));
+    u
 }

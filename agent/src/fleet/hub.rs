@@ -90,6 +90,15 @@ pub struct NodeSeen {
     pub cpu_busy: f32,
     pub cpus: u32,
     pub spool_pending: u64,
+    /// The node's hostname (a label), from its status.
+    pub hostname: String,
+    /// Messages under a seq already seen with other content, and times a second agent
+    /// instance came online while another was still online: two devices on one node id.
+    pub conflicts: u64,
+    pub instance_switches: u64,
+    pub duplicate_id: bool,
+    #[serde(skip)]
+    last_instance: Option<(u64, bool)>,
 }
 
 /// The hub's state: deduplication, per-node view, rows not yet written.
@@ -131,9 +140,17 @@ impl Hub {
         };
         let node = Topics::parse(topic).map_or(env.node.clone(), |(_, n, _)| n.to_string());
         let seen = self.nodes.entry(node.clone()).or_default();
-        if !self.dedup.first(&node, env.seq) {
-            seen.duplicates += 1;
-            return false;
+        match self.dedup.check(&node, env.seq, digest(&env)) {
+            super::Seen::New => {}
+            super::Seen::Repeat => {
+                seen.duplicates += 1;
+                return false;
+            }
+            super::Seen::Conflict => {
+                seen.conflicts += 1;
+                flag_duplicate(&node, seen, "two different messages under one seq");
+                return false;
+            }
         }
         seen.messages += 1;
         seen.historical += env.historical as u64;
@@ -159,6 +176,25 @@ impl Hub {
             Body::Status(s) => {
                 seen.online = Some(s.online);
                 seen.spool_pending = s.spool.pending;
+                if !s.hostname.is_empty() {
+                    seen.hostname.clone_from(&s.hostname);
+                }
+                // A new instance coming online while the last one never said goodbye (nor
+                // did the broker for it): a restart does that at most once, two devices on
+                // one id again and again.
+                if s.instance != 0 {
+                    if let Some((last, online)) = seen.last_instance
+                        && last != s.instance
+                        && online
+                        && s.online
+                    {
+                        seen.instance_switches += 1;
+                        if seen.instance_switches >= 2 {
+                            flag_duplicate(&node, seen, "agent instances alternate");
+                        }
+                    }
+                    seen.last_instance = Some((s.instance, s.online));
+                }
             }
             Body::CmdResult(_) => {}
         }
@@ -199,13 +235,14 @@ impl Hub {
     /// The fleet table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<20} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}\n",
-            "NODE", "STATUS", "SEQ", "SUMMARIES", "DUPS", "MISSING", "WLS", "CPU", "SPOOL"
+            "{:<14} {:<16} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}\n",
+            "NODE", "HOST", "STATUS", "SEQ", "SUMMARIES", "DUPS", "MISSING", "WLS", "CPU", "SPOOL"
         );
         for (n, v) in &self.nodes {
             s += &format!(
-                "{:<20} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}\n",
-                n.chars().take(20).collect::<String>(),
+                "{:<14} {:<16} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}{}\n",
+                crate::view::clip(n, 14),
+                crate::view::clip(&v.hostname, 16),
                 match v.online {
                     Some(true) => "online",
                     Some(false) => "offline",
@@ -218,10 +255,38 @@ impl Hub {
                 v.workloads,
                 format!("{:.2}/{}", v.cpu_busy, v.cpus),
                 v.spool_pending,
+                if v.duplicate_id {
+                    "  TWO DEVICES ON ONE NODE ID"
+                } else {
+                    ""
+                },
             );
         }
         s
     }
+}
+
+/// A digest of a message's content: what it says and when it was made, not how it was
+/// delivered (the historical flag changes on a resend).
+fn digest(env: &Envelope) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    env.time_ms.hash(&mut h);
+    postcard::to_stdvec(&env.body)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
+fn flag_duplicate(node: &str, seen: &mut NodeSeen, why: &str) {
+    if !seen.duplicate_id {
+        warn!(
+            node,
+            why,
+            "Two devices publish as one node id: give each its own publish.node, or let the agent derive it (see docs/mqtt.md)"
+        );
+    }
+    seen.duplicate_id = true;
 }
 
 /// Column buffers of the `summaries` table.
@@ -520,6 +585,121 @@ pub async fn publish_model(
     Ok(bundle)
 }
 
+/// What `umbra hub command` got back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandReply {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// `umbra hub command`: signs a command for one node (fleet key, fresh timestamp, random
+/// nonce), publishes it, and waits up to `wait` for the node's reply.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_command(
+    url: &str,
+    security: &Security,
+    fleet: &str,
+    node: &str,
+    name: &str,
+    fields: &str,
+    key: &Path,
+    wait: Duration,
+) -> Result<Option<CommandReply>, HubError> {
+    let input = |message: String| HubError::Input {
+        path: PathBuf::from(format!("<{name} arguments>")),
+        message,
+    };
+    let mut fields: serde_json::Map<String, serde_json::Value> = if fields.trim().is_empty() {
+        serde_json::Map::new()
+    } else {
+        serde_json::from_str(fields).map_err(|e| input(format!("not a JSON object: {e}")))?
+    };
+    let nonce = nonce();
+    let id = match fields.get("id").and_then(|v| v.as_str()) {
+        Some(id) => id.to_string(),
+        None => {
+            fields.insert("id".into(), nonce.clone().into());
+            nonce.clone()
+        }
+    };
+    let key = crate::publish::model::signing_key(key)?;
+    let topic = format!("umbra/v1/{fleet}/{node}/cmd/{name}");
+    let payload = crate::publish::command::sign(
+        &topic,
+        &fields,
+        crate::capture::procfs::wall_ms(),
+        &nonce,
+        &key,
+    );
+    let (client, mut events) =
+        fleet_client(url, format!("umbra-cmd-{nonce}"), security, 8, |_| {})?;
+    let broker = |message: String| {
+        HubError::Mqtt(PublishError::Broker {
+            url: url.into(),
+            message,
+        })
+    };
+    let replies = format!("umbra/v1/{fleet}/{node}/cmd/result");
+    let publish = || {
+        client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .map_err(|e| broker(e.to_string()))
+    };
+    let mut published = false;
+    let until = Instant::now() + wait + Duration::from_secs(10);
+    let outcome = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let ev = match tokio::time::timeout(left, events.poll()).await {
+            Err(_) if published => break Ok(None),
+            Err(_) => break Err(broker("not connected within 10 s".into())),
+            Ok(Err(e)) => break Err(broker(e.to_string())),
+            Ok(Ok(ev)) => ev,
+        };
+        match ev {
+            // Without a wait, publish at once; with one, first subscribe to the replies.
+            Event::Incoming(Packet::ConnAck(_)) if wait.is_zero() => {
+                publish()?;
+                published = true;
+            }
+            Event::Incoming(Packet::ConnAck(_)) => {
+                client
+                    .try_subscribe(replies.clone(), QoS::AtLeastOnce)
+                    .map_err(|e| broker(e.to_string()))?;
+            }
+            Event::Incoming(Packet::SubAck(_)) if !published => {
+                publish()?;
+                published = true;
+            }
+            Event::Incoming(Packet::PubAck(_)) if wait.is_zero() => break Ok(None),
+            Event::Incoming(Packet::Publish(p)) if p.topic == replies => {
+                if let Ok(Envelope {
+                    body: Body::CmdResult(r),
+                    ..
+                }) = Envelope::decode(&p.payload)
+                    && r.id.as_deref() == Some(id.as_str())
+                {
+                    break Ok(Some(CommandReply {
+                        ok: r.ok,
+                        message: r.message,
+                    }));
+                }
+            }
+            _ => {}
+        }
+    };
+    let _ = client.try_disconnect();
+    info!(topic, id, "Command sent");
+    outcome
+}
+
+/// 16 random hex digits.
+fn nonce() -> String {
+    let mut b = [0u8; 8];
+    let _ =
+        fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -588,5 +768,51 @@ mod tests {
             "{first}"
         );
         assert!(rows[1].to_string().contains("psi_io_max: null"));
+    }
+
+    fn status_msg(node: &str, instance: u64, online: bool) -> Vec<u8> {
+        Envelope {
+            schema: ENV_SCHEMA,
+            node: node.into(),
+            seq: 0,
+            time_ms: 5,
+            historical: false,
+            body: Body::Status(crate::publish::Status {
+                online,
+                instance,
+                hostname: "edge".into(),
+                ..Default::default()
+            }),
+        }
+        .encode(Payload::Postcard)
+    }
+
+    #[test]
+    fn two_devices_on_one_node_id_are_reported_and_a_restart_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let mut hub = Hub::new(d.path(), "test").unwrap();
+        let st = "umbra/v1/f/n1/status";
+        // A restart: goodbye, then a new instance.
+        hub.ingest(st, &status_msg("n1", 1, true));
+        hub.ingest(st, &status_msg("n1", 1, false));
+        hub.ingest(st, &status_msg("n1", 2, true));
+        assert!(!hub.nodes["n1"].duplicate_id);
+        assert_eq!(hub.nodes["n1"].hostname, "edge");
+        // Two agents alternating, neither saying goodbye.
+        hub.ingest(st, &status_msg("n1", 3, true));
+        hub.ingest(st, &status_msg("n1", 2, true));
+        assert!(hub.nodes["n1"].duplicate_id, "{:?}", hub.nodes["n1"]);
+        assert!(hub.table().contains("TWO DEVICES ON ONE NODE ID"));
+        // Another seq clash: same seq, different content.
+        let t = "umbra/v1/f/n2/summary";
+        assert!(hub.ingest(t, &summary_msg("n2", 1, 3)));
+        assert!(!hub.ingest(t, &summary_msg("n2", 1, 3)));
+        assert!(!hub.nodes["n2"].duplicate_id, "a redelivery is not a clash");
+        assert!(!hub.ingest(t, &summary_msg("n2", 1, 2)));
+        let n2 = &hub.nodes["n2"];
+        assert!(
+            n2.duplicate_id && n2.conflicts == 1 && n2.duplicates == 1,
+            "{n2:?}"
+        );
     }
 }

@@ -750,8 +750,13 @@ fn send_ready(link: &Mutex<Link>, outbox: &Outbox, s: &Settings) -> Result<bool,
         };
         let historical = seq > 0 && seq < l.live_from;
         // Stored as postcard; re-encoded when the wire wants JSON or the flag.
+        let stored_schema = Envelope::schema_of(&bytes);
         let (kind, payload) = match Envelope::decode(&bytes) {
-            Ok(mut env) if historical || s.payload != Payload::Postcard || env.schema != SCHEMA => {
+            Ok(mut env)
+                if historical
+                    || s.payload != Payload::Postcard
+                    || stored_schema != Some(SCHEMA) =>
+            {
                 env.historical = historical;
                 (env.body.kind(), env.encode(s.payload))
             }

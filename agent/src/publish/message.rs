@@ -222,7 +222,13 @@ impl Envelope {
         }
     }
 
-    /// Decodes either encoding (JSON payloads start with `{`).
+    /// The schema version a postcard payload was written with.
+    pub fn schema_of(bytes: &[u8]) -> Option<u16> {
+        postcard::take_from_bytes::<u16>(bytes).ok().map(|(s, _)| s)
+    }
+
+    /// Decodes either encoding (JSON payloads start with `{`); an older schema is
+    /// converted to this one.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         if bytes.first() == Some(&b'{') {
             let v: serde_json::Value =
@@ -402,6 +408,68 @@ mod tests {
         fn garbage_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Envelope::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn schema_1_messages_are_read_and_converted() {
+        use crate::publish::message_v1 as v1;
+        let old = v1::Envelope {
+            schema: 1,
+            node: "edge-1".into(),
+            seq: 7,
+            time_ms: 9,
+            historical: false,
+            body: v1::Body::Status(v1::Status {
+                online: true,
+                mode: "dry-run".into(),
+                spool: v1::SpoolStatus {
+                    pending: 3,
+                    bytes: 4,
+                    dropped: 5,
+                },
+                ..Default::default()
+            }),
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        assert_eq!(Envelope::schema_of(&bytes), Some(1));
+        let new = Envelope::decode(&bytes).unwrap();
+        assert_eq!(
+            (new.schema, new.seq, new.node.as_str()),
+            (SCHEMA, 7, "edge-1")
+        );
+        let Body::Status(s) = &new.body else {
+            panic!("{new:?}")
+        };
+        assert_eq!(
+            (s.spool.pending, s.spool.dropped, s.spool.unspooled),
+            (3, 5, 0)
+        );
+        assert!(s.online && s.problems.is_empty());
+        // JSON of schema 1 lacks the new fields: they default.
+        let json = r#"{"schema":1,"node":"e","seq":1,"time_ms":2,"kind":"status","body":{"online":true,"agent_version":"0.1.0","kernel":"k","uptime_s":1,"mode":"dry-run","model":null,"workloads":0,"capture_drops":0,"spool":{"pending":0,"bytes":0,"dropped":0}}}"#;
+        assert!(matches!(
+            Envelope::decode(json.as_bytes()).unwrap().body,
+            Body::Status(Status { online: true, .. })
+        ));
+        let summary = v1::Envelope {
+            body: v1::Body::Summary(v1::Summary {
+                start_ms: 10,
+                workloads: vec![v1::WorkloadSummary {
+                    workload: "exe:x".into(),
+                    read_bytes: 12,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..old
+        };
+        let Body::Summary(s) = Envelope::decode(&postcard::to_stdvec(&summary).unwrap())
+            .unwrap()
+            .body
+        else {
+            panic!()
+        };
+        assert_eq!((s.start_ms, s.workloads[0].read_bytes), (10, 12));
     }
 
     #[test]

@@ -130,7 +130,8 @@ pub struct CmdResult {
 impl From<Envelope> for super::Envelope {
     fn from(e: Envelope) -> Self {
         super::Envelope {
-            schema: e.schema,
+            // Converted: it is a message of this schema now.
+            schema: super::SCHEMA,
             node: e.node,
             seq: e.seq,
             time_ms: e.time_ms,
