@@ -50,14 +50,53 @@ fn by_name(ws: &[Window]) -> HashMap<String, Vec<ShadowPoint>> {
     m
 }
 
-fn conserved(ws: &[Window]) {
-    for w in ws {
-        let cpu: u64 = w.points.iter().map(|p| p.profile.cpu_ns).sum();
-        let wr: u64 = w.points.iter().map(|p| p.profile.write_bytes).sum();
-        assert_eq!(cpu, w.node.totals.cpu_ns);
-        assert_eq!(wr, w.node.totals.write_bytes);
-        assert!(w.node.cpus >= 1 && w.node.mem_total_bytes > 0);
+/// Checks each window against figures computed independently of aggregate from the raw
+/// ticks: per-process counter deltas (a process's first sample counts whole, its last one
+/// closes it) summed over all processes must equal the workloads' sum and the node totals;
+/// and over the recording, the workloads' CPU must account for the node's busy time from
+/// `/proc/stat` (recorded in each tick) within a few percent (tick-based accounting).
+fn conserved(name: &str, path: &std::path::Path, ws: &[Window]) {
+    let reader = Reader::open(path).unwrap();
+    let mut prev: HashMap<(u32, u64), (u64, u64)> = HashMap::new();
+    let mut ticks = Vec::new();
+    for item in reader {
+        if let Ok(CaptureItem::Tick(t)) = item {
+            let (mut cpu, mut wr) = (0u64, 0u64);
+            for s in &t.samples {
+                let key = (s.tgid, s.start_ns);
+                let now = (s.counters.cpu_ns, s.counters.write_bytes);
+                let (pc, pw) = prev.get(&key).copied().unwrap_or((0, 0));
+                cpu += now.0.saturating_sub(pc);
+                wr += now.1.saturating_sub(pw);
+                if s.exit.is_some() {
+                    prev.remove(&key);
+                } else {
+                    prev.insert(key, now);
+                }
+            }
+            ticks.push((cpu, wr, t.node.cpu_busy_ns));
+        }
     }
+    assert_eq!(ticks.len(), ws.len(), "{name}");
+    let (mut procs, mut busy) = (0u64, 0u64);
+    for (i, (w, &(cpu, wr, node_busy))) in ws.iter().zip(&ticks).enumerate() {
+        let points_cpu: u64 = w.points.iter().map(|p| p.profile.cpu_ns).sum();
+        let points_wr: u64 = w.points.iter().map(|p| p.profile.write_bytes).sum();
+        assert_eq!(points_cpu, cpu, "{name} window {i}: workloads' CPU");
+        assert_eq!(points_wr, wr, "{name} window {i}: workloads' writes");
+        assert_eq!(w.node.totals.cpu_ns, cpu, "{name} window {i}: node CPU");
+        assert!(w.node.cpus >= 1 && w.node.mem_total_bytes > 0);
+        if i > 0 {
+            procs += cpu;
+            busy += node_busy - ticks[i - 1].2;
+        }
+    }
+    let ratio = procs as f64 / busy.max(1) as f64;
+    eprintln!("{name}: processes' CPU / node busy = {ratio:.4}");
+    assert!(
+        (0.95..=1.03).contains(&ratio),
+        "{name}: processes' CPU {procs} ns against node busy {busy} ns"
+    );
 }
 
 #[test]
@@ -66,7 +105,7 @@ fn every_fixture_replays_and_conserves_under_both_groupings() {
         for g in [GroupBy::Cgroup, GroupBy::Exe] {
             let ws = windows(name, g);
             assert!(ws.len() >= 5, "{name}: {} windows", ws.len());
-            conserved(&ws);
+            conserved(name, &fixture(name), &ws);
             // Executable grouping resolves recorded hashes, not paths.
             if g == GroupBy::Exe {
                 assert!(
