@@ -9,6 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod config;
+pub mod features;
+
+pub use config::PredictConfig;
+pub use features::{Bucket, BucketConfig, Featurizer};
+
 use crate::aggregate::{ShadowPoint, WorkloadId};
 
 /// What is forecast for each workload, in these units.
@@ -108,14 +114,24 @@ pub enum PredictorKind {
     Baseline,
 }
 
-/// One tick's input to a forecaster: each workload's recent shadow data points at the
-/// forecast interval, oldest first, the newest ending at `now_ms`.
+/// One workload's input to a forecaster: its last buckets at the forecast interval, oldest
+/// first, the newest ending at the batch's `now_ms` (zeros where it had no point, and
+/// before it first appeared).
 #[derive(Clone, Copy, Debug)]
 pub struct Series<'a> {
     pub workload: &'a WorkloadId,
-    pub points: &'a [ShadowPoint],
+    pub name: &'a str,
+    pub buckets: &'a [Bucket],
 }
 
+impl Series<'_> {
+    /// The newest bucket's value of `t`.
+    pub fn last(&self, t: Target) -> f64 {
+        self.buckets.last().map_or(0.0, |b| b.target(t))
+    }
+}
+
+/// One closed bucket: every tracked workload's series, in workload order.
 #[derive(Clone, Debug, Default)]
 pub struct Batch<'a> {
     pub now_ms: u64,
