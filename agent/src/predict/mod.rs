@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod config;
 pub mod features;
+pub mod profiles;
 
 pub use config::PredictConfig;
 pub use features::{Bucket, BucketConfig, Featurizer};
