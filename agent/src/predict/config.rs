@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::baseline::{AutopilotConfig, BASELINES, EwmaConfig, SeasonalConfig, VpaConfig};
 use crate::config::ConfigError;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -18,6 +19,13 @@ pub struct PredictConfig {
     pub window: usize,
     /// Absent buckets in a row after which a workload is forgotten.
     pub forget_after: u32,
+    /// The baseline that forecasts while no model runs (one of `last`, `ewma`,
+    /// `seasonal`, `vpa`, `autopilot`).
+    pub fallback: String,
+    pub ewma: EwmaConfig,
+    pub seasonal: SeasonalConfig,
+    pub vpa: VpaConfig,
+    pub autopilot: AutopilotConfig,
 }
 
 impl Default for PredictConfig {
@@ -27,6 +35,11 @@ impl Default for PredictConfig {
             horizon: 6,
             window: 24,
             forget_after: 720,
+            fallback: "autopilot".into(),
+            ewma: EwmaConfig::default(),
+            seasonal: SeasonalConfig::default(),
+            vpa: VpaConfig::default(),
+            autopilot: AutopilotConfig::default(),
         }
     }
 }
@@ -73,6 +86,77 @@ impl PredictConfig {
         check("predict.horizon", self.horizon, 1..=1024)?;
         check("predict.window", self.window, 1..=4096)?;
         check("predict.forget_after", self.forget_after, 1..=1_000_000)?;
+        if !BASELINES.contains(&self.fallback.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "predict.fallback",
+                value: format!("{:?}", self.fallback),
+                expected: format!("one of {}", BASELINES.join(", ")),
+            });
+        }
+        check("predict.ewma.alpha", self.ewma.alpha, 0.001..=1.0)?;
+        check(
+            "predict.seasonal.max_period",
+            self.seasonal.max_period,
+            2..=10_000,
+        )?;
+        check("predict.vpa.half_life", self.vpa.half_life, 0.01..=1e9)?;
+        check("predict.vpa.margin", self.vpa.margin, 0.0..=10.0)?;
+        check("predict.vpa.target", self.vpa.target, 0.01..=1.0)?;
+        check(
+            "predict.autopilot.window",
+            self.autopilot.window,
+            1..=100_000,
+        )?;
+        check(
+            "predict.autopilot.half_life",
+            self.autopilot.half_life,
+            0.01..=1e9,
+        )?;
+        check(
+            "predict.autopilot.percentile",
+            self.autopilot.percentile,
+            0.01..=1.0,
+        )?;
+        check(
+            "predict.autopilot.margin",
+            self.autopilot.margin,
+            0.0..=10.0,
+        )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use crate::config::Config;
+
+    #[rstest]
+    #[case("[predict]\ninterval_ms = 1500\n", "predict.interval_ms")]
+    #[case("[predict]\nfallback = \"oracle\"\n", "predict.fallback")]
+    #[case("[predict.vpa]\nmargin = -1.0\n", "predict.vpa.margin")]
+    #[case("[predict.ewma]\nalpha = 0.0\n", "predict.ewma.alpha")]
+    fn bad_values_name_the_key(#[case] text: &str, #[case] key: &str) {
+        let e = Config::parse(text)
+            .expect("parse")
+            .validate()
+            .expect_err("invalid");
+        assert!(e.to_string().contains(key), "{e}");
+    }
+
+    #[test]
+    fn the_default_interval_is_a_multiple_of_the_capture_interval() {
+        let c = super::PredictConfig::default();
+        assert_eq!(c.interval_ms(1000), 5000);
+        assert_eq!(c.interval_ms(3000), 6000);
+        assert_eq!(c.interval_ms(250), 5000);
+        assert!(
+            Config::parse("[capture]\ninterval_ms = 3000\n")
+                .expect("parse")
+                .validate()
+                .is_ok()
+        );
+        assert!(Config::parse("[predict.vpa]\nhalf_ife = 3\n").is_err());
     }
 }
