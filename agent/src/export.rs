@@ -153,12 +153,12 @@ pub fn forecast_rows(out: &mut impl Write, recording: &str, b: &Batch<'_>) -> st
 }
 
 /// `umbra export --format forecast`: every recording's feature rows at `interval_ms`,
-/// one header. Returns the rows written.
+/// one header. Rows are dense: every bucket from a workload's first one to the recording's
+/// end (nothing is forgotten within a recording). Returns the rows written.
 pub fn forecast(
     recordings: &[impl AsRef<Path>],
     group_by: GroupBy,
     interval_ms: u64,
-    forget_after: u32,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
     for r in recordings {
@@ -180,7 +180,7 @@ pub fn forecast(
         let mut f = Featurizer::new(BucketConfig {
             interval_ms,
             depth: 1,
-            forget_after,
+            forget_after: u32::MAX,
         });
         let mut err: Option<std::io::Error> = None;
         replay(r, group_by, |s| {
@@ -234,14 +234,7 @@ mod tests {
     #[test]
     fn forecast_rows_of_a_real_recording_follow_the_contract() {
         let mut out = Vec::new();
-        let rows = forecast(
-            &[fixture("compress.umbra")],
-            GroupBy::Exe,
-            2000,
-            720,
-            &mut out,
-        )
-        .unwrap();
+        let rows = forecast(&[fixture("compress.umbra")], GroupBy::Exe, 2000, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -272,6 +265,9 @@ mod tests {
             cpu_seen += cpu;
         }
         assert!(cpu_seen > 0.5, "the compressors used CPU: {cpu_seen}");
+        // Dense: every workload's rows run to the recording's last bucket.
+        let end = last.values().max().copied().unwrap();
+        assert!(last.values().all(|&e| e == end), "{last:?}");
     }
 
     #[test]
@@ -280,7 +276,6 @@ mod tests {
             &[fixture("idle.umbra")],
             GroupBy::Exe,
             1500,
-            720,
             &mut Vec::new(),
         )
         .unwrap_err();
@@ -295,7 +290,7 @@ mod tests {
         let bytes = std::fs::read(fixture("idle.umbra")).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         let mut out = Vec::new();
-        let e = forecast(&[&p], GroupBy::Exe, 1000, 720, &mut out).unwrap_err();
+        let e = forecast(&[&p], GroupBy::Exe, 1000, &mut out).unwrap_err();
         assert!(e.to_string().contains("cut.umbra"), "{e}");
         // What came before the damage was written.
         assert!(String::from_utf8(out).unwrap().lines().count() > 1);
