@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aggregate::{GroupBy, HistoryConfig},
     capture::Hook,
+    predict::PredictConfig,
     publish::{
         BrokerUrl, Payload, Security, Settings, Topics, identity::NodeId, model,
         spool::SpoolLimits, valid_level,
@@ -25,6 +26,7 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub aggregate: AggregateConfig,
     pub publish: PublishConfig,
+    pub predict: PredictConfig,
 }
 
 /// `[publish]`: the MQTT link to the fleet hub (see `docs/mqtt.md`).
@@ -425,6 +427,7 @@ impl Config {
             1 << 16..=1 << 34,
         )?;
         self.publish.validate()?;
+        self.predict.validate(c.interval_ms)?;
         for name in &c.disable {
             match Hook::from_name(name) {
                 None => {

@@ -1,6 +1,18 @@
-//! Shadow data points as CSV rows, for training and for spreadsheets.
+//! Recordings as rows, for training and for spreadsheets: shadow data points (`csv`,
+//! `jsonl`) and the feature rows of `models/CONTRACT.md` (`forecast`), computed by the
+//! very code the live predict stage runs.
 
-use crate::aggregate::ShadowPoint;
+use std::{io::Write, path::Path};
+
+use crate::{
+    aggregate::{Aggregator, GroupBy, ShadowPoint, Window},
+    capture::{CaptureItem, Lifecycle, Tick},
+    predict::{
+        Batch, BucketConfig, Featurizer, Target,
+        features::{FEATURES, N_FEATURES},
+    },
+    record::{Reader, RecordError},
+};
 
 pub const CSV_HEADER: &str = "timestamp_ms,interval_ms,workload,name,processes,\
 execs,conn_accepted,conn_opened,net_rx_bytes,syscalls,\
@@ -8,10 +20,15 @@ cpu_ns,cpu_cores,voluntary_switches,involuntary_switches,runq_p50_ns,runq_p99_ns
 rss_bytes,page_faults,read_bytes,write_bytes,block_read_bytes,block_write_bytes,block_p99_ns,\
 net_tx_bytes,profile_net_rx_bytes,retransmits";
 
+/// A text field of a CSV row: quoted, quotes doubled.
+pub fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// One CSV row; text fields are quoted, absent values are empty.
 pub fn csv_row(p: &ShadowPoint) -> String {
     let o = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let q = quote;
     let (i, r) = (&p.input, &p.profile);
     format!(
         "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
@@ -44,8 +61,150 @@ pub fn csv_row(p: &ShadowPoint) -> String {
     )
 }
 
+/// What a recording yields, in order: lifecycle events as they were drained, and each
+/// tick with the window aggregate made of it.
+pub enum Step<'a> {
+    Event(&'a Lifecycle),
+    Window(&'a Tick, &'a Window),
+}
+
+/// Drives a recording through aggregate, synchronously; `each` sees every event and
+/// window. A damaged recording delivers every window before the damage, then its error.
+pub fn replay<E: From<RecordError>>(
+    path: &Path,
+    group_by: GroupBy,
+    mut each: impl FnMut(Step<'_>) -> Result<(), E>,
+) -> Result<u64, E> {
+    let reader = Reader::open(path)?;
+    let mut agg = Aggregator::new(group_by, reader.header().interval_ms);
+    let mut ticks = 0;
+    for item in reader {
+        match item? {
+            CaptureItem::Event(e) => each(Step::Event(&e))?,
+            CaptureItem::Tick(t) => {
+                let w = agg.tick(&t);
+                each(Step::Window(&t, &w))?;
+                ticks += 1;
+            }
+        }
+    }
+    Ok(ticks)
+}
+
+/// The interval of a recording, ms, from its header.
+pub fn recording_interval_ms(path: &Path) -> Result<u32, RecordError> {
+    Ok(Reader::open(path)?.header().interval_ms)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(
+        "--interval-ms {interval_ms} is not a multiple of the interval of {path} ({recorded} ms): choose a multiple of {recorded}"
+    )]
+    Interval {
+        path: String,
+        interval_ms: u64,
+        recorded: u32,
+    },
+    #[error("writing the export: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The header of `--format forecast`.
+pub fn forecast_header() -> String {
+    let mut h = String::from("recording,workload,name,bucket_end_ms");
+    for f in FEATURES {
+        h.push(',');
+        h.push_str(f);
+    }
+    for t in Target::ALL {
+        h.push_str(",y_");
+        h.push_str(t.name());
+    }
+    h
+}
+
+/// Rows of one closed bucket: every tracked workload's newest bucket, its features and
+/// its targets.
+pub fn forecast_rows(out: &mut impl Write, recording: &str, b: &Batch<'_>) -> std::io::Result<()> {
+    let rec = quote(recording);
+    for s in &b.series {
+        let Some(bucket) = s.buckets.last() else {
+            continue;
+        };
+        write!(
+            out,
+            "{rec},{},{},{}",
+            quote(&s.workload.0),
+            quote(s.name),
+            bucket.end_ms
+        )?;
+        for v in &bucket.features[..N_FEATURES] {
+            write!(out, ",{v}")?;
+        }
+        for t in Target::ALL {
+            write!(out, ",{}", bucket.target(t) as f32)?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `umbra export --format forecast`: every recording's feature rows at `interval_ms`,
+/// one header. Rows are dense: every bucket from a workload's first one to the recording's
+/// end (nothing is forgotten within a recording). Returns the rows written.
+pub fn forecast(
+    recordings: &[impl AsRef<Path>],
+    group_by: GroupBy,
+    interval_ms: u64,
+    out: &mut impl Write,
+) -> Result<u64, ExportError> {
+    for r in recordings {
+        let r = r.as_ref();
+        let recorded = recording_interval_ms(r)?;
+        if recorded == 0 || interval_ms == 0 || !interval_ms.is_multiple_of(recorded as u64) {
+            return Err(ExportError::Interval {
+                path: r.display().to_string(),
+                interval_ms,
+                recorded,
+            });
+        }
+    }
+    writeln!(out, "{}", forecast_header())?;
+    let mut rows = 0u64;
+    for r in recordings {
+        let r = r.as_ref();
+        let name = r.display().to_string();
+        let mut f = Featurizer::new(BucketConfig {
+            interval_ms,
+            depth: 1,
+            forget_after: u32::MAX,
+        });
+        let mut err: Option<std::io::Error> = None;
+        replay(r, group_by, |s| {
+            if let Step::Window(_, w) = s {
+                f.push(w, &mut |b| {
+                    if err.is_none() {
+                        rows += b.series.len() as u64;
+                        err = forecast_rows(out, &name, b).err();
+                    }
+                });
+            }
+            match err.take() {
+                Some(e) => Err(ExportError::Output(e)),
+                None => Ok(()),
+            }
+        })?;
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::aggregate::{ProductionInput, ResourceProfile, WorkloadId};
 
@@ -64,5 +223,76 @@ mod tests {
         assert!(row.contains("\"we\"\"ird,name\""));
         let unquoted = row.replace("\"we\"\"ird,name\"", "x");
         assert_eq!(unquoted.split(',').count(), CSV_HEADER.split(',').count());
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    #[test]
+    fn forecast_rows_of_a_real_recording_follow_the_contract() {
+        let mut out = Vec::new();
+        let rows = forecast(&[fixture("compress.umbra")], GroupBy::Exe, 2000, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!(header.len(), 4 + N_FEATURES + 4);
+        assert_eq!(header[4], "cpu_cores");
+        assert_eq!(
+            header[header.len() - 4..],
+            ["y_cpu", "y_memory", "y_io", "y_net"]
+        );
+        let body: Vec<&str> = lines.collect();
+        assert_eq!(body.len() as u64, rows);
+        assert!(rows > 0);
+        // Buckets end on multiples of the interval, and each workload's are consecutive.
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        let mut cpu_seen = 0.0f64;
+        for l in &body {
+            // Quoted fields here hold no commas (paths and sha256 keys).
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), header.len(), "{l}");
+            let end: u64 = f[3].parse().unwrap();
+            assert_eq!(end % 2000, 0);
+            if let Some(prev) = last.insert(f[1].to_string(), end) {
+                assert_eq!(end, prev + 2000, "{l}");
+            }
+            let cpu: f64 = f[4].parse().unwrap();
+            let y_cpu: f64 = f[header.len() - 4].parse().unwrap();
+            assert_eq!(cpu, y_cpu);
+            cpu_seen += cpu;
+        }
+        assert!(cpu_seen > 0.5, "the compressors used CPU: {cpu_seen}");
+        // Dense: every workload's rows run to the recording's last bucket.
+        let end = last.values().max().copied().unwrap();
+        assert!(last.values().all(|&e| e == end), "{last:?}");
+    }
+
+    #[test]
+    fn an_interval_that_is_not_a_multiple_is_refused_naming_the_recording() {
+        let e = forecast(
+            &[fixture("idle.umbra")],
+            GroupBy::Exe,
+            1500,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("idle.umbra") && msg.contains("1500"), "{msg}");
+    }
+
+    #[test]
+    fn a_damaged_recording_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cut.umbra");
+        let bytes = std::fs::read(fixture("idle.umbra")).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let mut out = Vec::new();
+        let e = forecast(&[&p], GroupBy::Exe, 1000, &mut out).unwrap_err();
+        assert!(e.to_string().contains("cut.umbra"), "{e}");
+        // What came before the damage was written.
+        assert!(String::from_utf8(out).unwrap().lines().count() > 1);
     }
 }

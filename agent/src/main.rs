@@ -122,11 +122,17 @@ enum Command {
     /// The fleet's hub: store summaries as Parquet, show the fleet, publish models
     /// (needs a build with `--features fleet`).
     Hub(Box<HubCli>),
-    /// Export a recording's shadow data points for training and for people.
+    /// Export recordings for training and for people: shadow data points (csv, jsonl) or
+    /// the predict stage's feature rows (forecast; see models/CONTRACT.md).
     Export {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[arg(long, value_enum)]
         format: ExportFormat,
+        /// Forecast step, ms, a multiple of the recordings' interval (--format forecast;
+        /// default: predict.interval_ms).
+        #[arg(long)]
+        interval_ms: Option<u64>,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -255,6 +261,8 @@ enum HubAction {
 enum ExportFormat {
     Csv,
     Jsonl,
+    /// Per workload and forecast bucket: the feature vocabulary and the targets.
+    Forecast,
 }
 
 fn main() -> ExitCode {
@@ -437,36 +445,53 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Hub(hub) => hub_command(*hub, &cfg, shutdown).await?,
         Command::Export {
-            file,
+            files,
             format,
+            interval_ms,
             output,
         } => {
             let f = std::fs::File::create(&output)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
             let mut out = std::io::BufWriter::new(f);
-            let mut csv_header = matches!(format, ExportFormat::Csv);
-            let mut n = 0u64;
-            pipeline::replay_windows(&cfg, &file, |w| {
-                n += 1;
-                for p in &w.points {
-                    match format {
-                        ExportFormat::Jsonl => {
-                            serde_json::to_writer(&mut out, p)?;
-                            writeln!(out)?;
+            let what = match format {
+                ExportFormat::Forecast => {
+                    let interval = match interval_ms {
+                        Some(ms) => ms,
+                        None => {
+                            let rec = export::recording_interval_ms(&files[0])?;
+                            cfg.predict.interval_ms(rec as u64)
                         }
-                        ExportFormat::Csv => {
-                            if std::mem::take(&mut csv_header) {
-                                writeln!(out, "{}", export::CSV_HEADER)?;
-                            }
-                            writeln!(out, "{}", export::csv_row(p))?;
-                        }
-                    }
+                    };
+                    let rows =
+                        export::forecast(&files, cfg.aggregate.group_by, interval, &mut out)?;
+                    format!("{rows} feature rows at {interval} ms")
                 }
-                Ok(())
-            })
-            .await?;
+                ExportFormat::Csv | ExportFormat::Jsonl => {
+                    let mut csv_header = matches!(format, ExportFormat::Csv);
+                    let mut n = 0u64;
+                    for file in &files {
+                        pipeline::replay_windows(&cfg, file, |w| {
+                            n += 1;
+                            for p in &w.points {
+                                if matches!(format, ExportFormat::Jsonl) {
+                                    serde_json::to_writer(&mut out, p)?;
+                                    writeln!(out)?;
+                                } else {
+                                    if std::mem::take(&mut csv_header) {
+                                        writeln!(out, "{}", export::CSV_HEADER)?;
+                                    }
+                                    writeln!(out, "{}", export::csv_row(p))?;
+                                }
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                    }
+                    format!("{n} intervals")
+                }
+            };
             out.flush()?;
-            eprintln!("umbra: exported {n} intervals to {}", output.display());
+            eprintln!("umbra: exported {what} to {}", output.display());
         }
     }
     Ok(())

@@ -223,8 +223,9 @@ impl History {
 }
 
 /// Folds `p` (a later interval) into `acc`: counts add, levels take the latest, latency
-/// quantiles the worst (an upper bound of the merged quantile).
-fn merge(acc: &mut ShadowPoint, p: &ShadowPoint) {
+/// quantiles the worst (an upper bound of the merged quantile). The forecast buckets of
+/// predict merge with the same rule.
+pub fn merge(acc: &mut ShadowPoint, p: &ShadowPoint) {
     let span = acc.interval_ms as u64 + p.interval_ms as u64;
     acc.interval_ms = span.min(u32::MAX as u64) as u32;
     acc.timestamp_ms = p.timestamp_ms;

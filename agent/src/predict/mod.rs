@@ -9,7 +9,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{ShadowPoint, WorkloadId};
+pub mod baseline;
+pub mod config;
+pub mod features;
+pub mod profiles;
+
+pub use config::PredictConfig;
+pub use features::{Bucket, BucketConfig, Featurizer};
+
+use crate::aggregate::{ShadowPoint, Window, WorkloadId};
 
 /// What is forecast for each workload, in these units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -108,14 +116,24 @@ pub enum PredictorKind {
     Baseline,
 }
 
-/// One tick's input to a forecaster: each workload's recent shadow data points at the
-/// forecast interval, oldest first, the newest ending at `now_ms`.
+/// One workload's input to a forecaster: its last buckets at the forecast interval, oldest
+/// first, the newest ending at the batch's `now_ms` (zeros where it had no point, and
+/// before it first appeared).
 #[derive(Clone, Copy, Debug)]
 pub struct Series<'a> {
     pub workload: &'a WorkloadId,
-    pub points: &'a [ShadowPoint],
+    pub name: &'a str,
+    pub buckets: &'a [Bucket],
 }
 
+impl Series<'_> {
+    /// The newest bucket's value of `t`.
+    pub fn last(&self, t: Target) -> f64 {
+        self.buckets.last().map_or(0.0, |b| b.target(t))
+    }
+}
+
+/// One closed bucket: every tracked workload's series, in workload order.
 #[derive(Clone, Debug, Default)]
 pub struct Batch<'a> {
     pub now_ms: u64,
@@ -124,12 +142,111 @@ pub struct Batch<'a> {
 }
 
 /// A forecaster. Stateful ones (decaying histograms, calibration) keep per-workload state
-/// keyed by [`WorkloadId`], bounded, and update it from each batch's newest points.
+/// keyed by [`WorkloadId`], bounded (a workload missing from a batch is let go), and
+/// update it from each batch's newest buckets: a batch comes once per closed bucket.
 pub trait Predictor: Send {
     fn name(&self) -> &str;
     fn kind(&self) -> PredictorKind;
     /// Steps ahead each forecast covers.
     fn horizon(&self) -> usize;
+    /// Buckets of history it wants in each series (the featurizer keeps the most asked).
+    fn history(&self) -> usize {
+        1
+    }
     /// One forecast per series of the batch, in the batch's order.
     fn forecast(&mut self, batch: &Batch<'_>) -> Vec<Forecast>;
+}
+
+/// The forecast stage's core: windows in, a forecast per tracked workload out each time a
+/// bucket closes. The live agent, `umbra eval` and `umbra simulate` drive this.
+pub struct ForecastStage {
+    featurizer: Featurizer,
+    predictor: Box<dyn Predictor>,
+}
+
+impl ForecastStage {
+    /// A stage with buckets of `interval_ms` feeding `predictor`.
+    pub fn new(interval_ms: u64, forget_after: u32, predictor: Box<dyn Predictor>) -> Self {
+        ForecastStage {
+            featurizer: Featurizer::new(BucketConfig {
+                interval_ms,
+                depth: predictor.history(),
+                forget_after,
+            }),
+            predictor,
+        }
+    }
+
+    /// The fallback baseline of `cfg` (`predict.fallback`) at `cfg`'s interval.
+    pub fn baseline(cfg: &PredictConfig, capture_interval_ms: u64) -> Self {
+        // `cfg` was validated: the name is known.
+        let p = baseline::by_name(&cfg.fallback, cfg)
+            .unwrap_or_else(|| Box::new(baseline::LastValue::new(cfg.horizon, cfg.window)));
+        ForecastStage::new(cfg.interval_ms(capture_interval_ms), cfg.forget_after, p)
+    }
+
+    pub fn predictor(&self) -> &dyn Predictor {
+        self.predictor.as_ref()
+    }
+
+    pub fn interval_ms(&self) -> u64 {
+        self.featurizer.config().interval_ms
+    }
+
+    /// Takes a window; the forecasts of the newest bucket it closed, if it closed one.
+    pub fn push(&mut self, w: &Window) -> Option<Vec<Forecast>> {
+        let mut out = None;
+        let p = &mut self.predictor;
+        self.featurizer.push(w, &mut |b| out = Some(p.forecast(b)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+
+    use super::*;
+    use crate::{aggregate::GroupBy, export};
+
+    #[test]
+    fn every_baseline_forecasts_every_tracked_workload_of_a_real_recording() {
+        let rec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/batch.umbra");
+        for name in baseline::BASELINES {
+            let cfg = PredictConfig {
+                fallback: name.into(),
+                interval_ms: Some(2000),
+                ..Default::default()
+            };
+            let mut stage = ForecastStage::baseline(&cfg, 1000);
+            assert_eq!(stage.predictor().name(), name);
+            let (mut ticks, mut made) = (0, 0);
+            export::replay::<crate::record::RecordError>(&rec, GroupBy::Exe, |s| {
+                if let export::Step::Window(_, w) = s {
+                    ticks += 1;
+                    if let Some(fs) = stage.push(w) {
+                        made += 1;
+                        assert!(!fs.is_empty());
+                        for f in &fs {
+                            assert_eq!(f.interval_ms, 2000);
+                            assert_eq!(f.made_ms % 2000, 0);
+                            for t in Target::ALL {
+                                assert_eq!(f.of(t).len(), cfg.horizon);
+                                assert!(f.of(t).iter().all(|b| b.p10 <= b.p50 && b.p50 <= b.p90));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+            // One forecast per closed bucket: about one every two 1 s ticks.
+            assert!(
+                made >= ticks / 2 - 2 && made <= ticks / 2 + 1,
+                "{name}: {made} of {ticks}"
+            );
+        }
+    }
 }

@@ -1,0 +1,881 @@
+//! Baseline forecasters behind [`Predictor`]: what a trained model must beat, what the
+//! agent falls back to without one, and what `umbra simulate` compares against.
+//!
+//! - `last`: the last value; the band from the window's own `h`-step changes.
+//! - `ewma`: an exponentially weighted mean and variance; the band ±1.28 σ.
+//! - `seasonal`: seasonal naive — the value one period back. The period is found from the
+//!   series: the highest autocorrelation peak after the autocorrelation first turns
+//!   negative, over the last `2 · max_period` buckets, if it is above 0.3 (else the last
+//!   value); the band from the series' own seasonal differences.
+//! - `vpa`: the Kubernetes VPA recommender's way — a decaying histogram per target
+//!   (exponential buckets growing 5%, CPU from 0.01 cores, memory from 10^7 B, half-life
+//!   in intervals), p90 plus a 15% margin as the band's top (the recommendation), its p50
+//!   and p10 below.
+//! - `autopilot`: Google Autopilot's moving-window recommender — over the last `window`
+//!   buckets, the exponentially decayed average, the peak and a decayed percentile; the
+//!   recommendation (the band's top) is the peak plus a margin for memory, the larger of
+//!   the percentile and the average plus a margin for the rates; the average is p50.
+//!
+//! The last two, like their originals, learn from intervals the workload ran in (absent
+//! buckets add no sample). Every band is p10 ≤ p50 ≤ p90, at least 0, for each step.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Band, Batch, Forecast, PredictConfig, Predictor, PredictorKind, Series, Target,
+    profiles::quantiles,
+};
+use crate::aggregate::WorkloadId;
+
+/// Names of the baselines, for `umbra eval`, `umbra simulate` and `predict.fallback`.
+pub const BASELINES: [&str; 5] = ["last", "ewma", "seasonal", "vpa", "autopilot"];
+
+/// The standard normal's 90th percentile.
+const Z90: f64 = 1.281_551_565_545;
+
+/// `[predict.ewma]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EwmaConfig {
+    /// Weight of the newest bucket (0 < alpha ≤ 1).
+    pub alpha: f64,
+}
+
+impl Default for EwmaConfig {
+    fn default() -> Self {
+        EwmaConfig { alpha: 0.3 }
+    }
+}
+
+/// `[predict.seasonal]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeasonalConfig {
+    /// Longest period looked for, buckets (the series kept is twice as long).
+    pub max_period: usize,
+}
+
+impl Default for SeasonalConfig {
+    fn default() -> Self {
+        SeasonalConfig { max_period: 144 }
+    }
+}
+
+/// `[predict.vpa]`; constants from the VPA recommender.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VpaConfig {
+    /// Half-life of a sample's weight, intervals (VPA: 24 h).
+    pub half_life: f64,
+    /// Fraction added to the target percentile.
+    pub margin: f64,
+    /// The target percentile (the band's top before the margin).
+    pub target: f64,
+}
+
+impl Default for VpaConfig {
+    fn default() -> Self {
+        VpaConfig {
+            half_life: 720.0,
+            margin: 0.15,
+            target: 0.9,
+        }
+    }
+}
+
+/// `[predict.autopilot]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutopilotConfig {
+    /// Length of the moving window, intervals.
+    pub window: usize,
+    /// Half-life of the weights within it, intervals.
+    pub half_life: f64,
+    /// Percentile of the rates' recommendation.
+    pub percentile: f64,
+    /// Fraction added to the recommendation.
+    pub margin: f64,
+}
+
+impl Default for AutopilotConfig {
+    fn default() -> Self {
+        AutopilotConfig {
+            window: 144,
+            half_life: 36.0,
+            percentile: 0.95,
+            margin: 0.1,
+        }
+    }
+}
+
+/// A band from three values, ordered and at least 0.
+pub fn band(a: f64, b: f64, c: f64) -> Band {
+    let mut v = [a, b, c].map(|x| if x.is_finite() { x.max(0.0) } else { 0.0 });
+    v.sort_unstable_by(f64::total_cmp);
+    Band {
+        p10: v[0],
+        p50: v[1],
+        p90: v[2],
+    }
+}
+
+fn forecast(s: &Series<'_>, b: &Batch<'_>, name: &str, bands: [Vec<Band>; 4]) -> Forecast {
+    Forecast {
+        workload: s.workload.clone(),
+        made_ms: b.now_ms,
+        interval_ms: b.interval_ms,
+        predictor: name.to_string(),
+        bands,
+    }
+}
+
+/// Per-workload state, let go when a workload leaves the batches.
+struct States<S> {
+    map: HashMap<WorkloadId, (u64, S)>,
+    tick: u64,
+}
+
+impl<S> States<S> {
+    fn new() -> Self {
+        States {
+            map: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    fn get(&mut self, id: &WorkloadId, init: impl FnOnce() -> S) -> &mut S {
+        let tick = self.tick;
+        if !self.map.contains_key(id) {
+            self.map.insert(id.clone(), (tick, init()));
+        }
+        match self.map.get_mut(id) {
+            Some(e) => {
+                e.0 = tick;
+                &mut e.1
+            }
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// After a batch: forget workloads it did not hold.
+    fn sweep(&mut self) {
+        let tick = self.tick;
+        self.map.retain(|_, (t, _)| *t == tick);
+        self.tick += 1;
+    }
+}
+
+/// The last value.
+pub struct LastValue {
+    horizon: usize,
+    window: usize,
+}
+
+impl LastValue {
+    pub fn new(horizon: usize, window: usize) -> Self {
+        LastValue {
+            horizon: horizon.max(1),
+            window: window.max(2),
+        }
+    }
+}
+
+/// Bands of "the value now plus the series' own changes over `lag·h`... ": for each step
+/// `h`, `base(h)` plus the 10th/90th percentiles of `ys[i] - ys[i - lag(h)]`.
+fn empirical_bands(
+    ys: &[f64],
+    horizon: usize,
+    base: impl Fn(usize) -> f64,
+    lag: impl Fn(usize) -> usize,
+    scratch: &mut Vec<f64>,
+) -> Vec<Band> {
+    (1..=horizon)
+        .map(|h| {
+            let p50 = base(h);
+            let l = lag(h).max(1);
+            scratch.clear();
+            scratch.extend((l..ys.len()).map(|i| ys[i] - ys[i - l]));
+            let q = quantiles(scratch, &[0.1, 0.9]);
+            band(p50 + q[0], p50, p50 + q[1])
+        })
+        .collect()
+}
+
+impl Predictor for LastValue {
+    fn name(&self) -> &str {
+        "last"
+    }
+    fn kind(&self) -> PredictorKind {
+        PredictorKind::Baseline
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn history(&self) -> usize {
+        self.window
+    }
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let mut ys = Vec::new();
+        let mut scratch = Vec::new();
+        b.series
+            .iter()
+            .map(|s| {
+                let bands = Target::ALL.map(|t| {
+                    ys.clear();
+                    let n = s.buckets.len();
+                    ys.extend(
+                        s.buckets[n.saturating_sub(self.window)..]
+                            .iter()
+                            .map(|x| x.target(t)),
+                    );
+                    let last = ys.last().copied().unwrap_or(0.0);
+                    empirical_bands(&ys, self.horizon, |_| last, |h| h, &mut scratch)
+                });
+                forecast(s, b, self.name(), bands)
+            })
+            .collect()
+    }
+}
+
+/// An exponentially weighted mean and variance.
+pub struct Ewma {
+    horizon: usize,
+    alpha: f64,
+    state: States<[(f64, f64); 4]>,
+}
+
+impl Ewma {
+    pub fn new(horizon: usize, cfg: &EwmaConfig) -> Self {
+        Ewma {
+            horizon: horizon.max(1),
+            alpha: cfg.alpha.clamp(1e-6, 1.0),
+            state: States::new(),
+        }
+    }
+}
+
+impl Predictor for Ewma {
+    fn name(&self) -> &str {
+        "ewma"
+    }
+    fn kind(&self) -> PredictorKind {
+        PredictorKind::Baseline
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let a = self.alpha;
+        let out = b
+            .series
+            .iter()
+            .map(|s| {
+                let st = self
+                    .state
+                    .get(s.workload, || Target::ALL.map(|t| (s.last(t), 0.0)));
+                let bands = Target::ALL.map(|t| {
+                    let (m, v) = &mut st[t as usize];
+                    let e = s.last(t) - *m;
+                    *m += a * e;
+                    *v = (1.0 - a) * (*v + a * e * e);
+                    let sd = v.sqrt();
+                    vec![band(*m - Z90 * sd, *m, *m + Z90 * sd); self.horizon]
+                });
+                forecast(s, b, "ewma", bands)
+            })
+            .collect();
+        self.state.sweep();
+        out
+    }
+}
+
+/// Seasonal naive.
+pub struct SeasonalNaive {
+    horizon: usize,
+    max_period: usize,
+    state: States<Seasonal>,
+}
+
+struct Seasonal {
+    /// The last `2 · max_period` buckets' targets, oldest first.
+    ys: [VecDeque<f32>; 4],
+    period: [Option<usize>; 4],
+    /// Buckets until the period is looked for again.
+    until_detect: usize,
+}
+
+/// Buckets between period searches.
+const REDETECT_EVERY: usize = 12;
+
+/// The period of `ys` (see the module's doc), if there is one.
+pub fn find_period(ys: &[f64], max_period: usize) -> Option<usize> {
+    let n = ys.len();
+    let max_lag = max_period.min(n / 2);
+    if max_lag < 2 {
+        return None;
+    }
+    let mean = ys.iter().sum::<f64>() / n as f64;
+    let var: f64 = ys.iter().map(|y| (y - mean) * (y - mean)).sum();
+    if var <= 1e-12 * n as f64 * (1.0 + mean * mean) {
+        return None;
+    }
+    let acf = |k: usize| {
+        (k..n)
+            .map(|i| (ys[i] - mean) * (ys[i - k] - mean))
+            .sum::<f64>()
+            / var
+    };
+    let mut turned = false;
+    let mut best: Option<(usize, f64)> = None;
+    for k in 1..=max_lag {
+        let r = acf(k);
+        if !turned {
+            turned = r < 0.0;
+            continue;
+        }
+        if best.is_none_or(|(_, b)| r > b) {
+            best = Some((k, r));
+        }
+    }
+    best.filter(|&(_, r)| r > 0.3).map(|(k, _)| k)
+}
+
+impl SeasonalNaive {
+    pub fn new(horizon: usize, cfg: &SeasonalConfig) -> Self {
+        SeasonalNaive {
+            horizon: horizon.max(1),
+            max_period: cfg.max_period.max(2),
+            state: States::new(),
+        }
+    }
+}
+
+impl Predictor for SeasonalNaive {
+    fn name(&self) -> &str {
+        "seasonal"
+    }
+    fn kind(&self) -> PredictorKind {
+        PredictorKind::Baseline
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let keep = 2 * self.max_period;
+        let (h_max, max_period) = (self.horizon, self.max_period);
+        let mut ys: Vec<f64> = Vec::with_capacity(keep);
+        let mut scratch = Vec::new();
+        let out = b
+            .series
+            .iter()
+            .map(|s| {
+                let st = self.state.get(s.workload, || Seasonal {
+                    ys: Default::default(),
+                    period: [None; 4],
+                    // Spread the searches of workloads over the buckets.
+                    until_detect: s.workload.0.len() % REDETECT_EVERY,
+                });
+                let detect = st.until_detect == 0;
+                st.until_detect = if detect {
+                    REDETECT_EVERY
+                } else {
+                    st.until_detect - 1
+                };
+                let bands = Target::ALL.map(|t| {
+                    let i = t as usize;
+                    let q = &mut st.ys[i];
+                    q.push_back(s.last(t) as f32);
+                    while q.len() > keep {
+                        q.pop_front();
+                    }
+                    ys.clear();
+                    ys.extend(q.iter().map(|&v| v as f64));
+                    if detect {
+                        st.period[i] = find_period(&ys, max_period);
+                    }
+                    let n = ys.len();
+                    match st.period[i].filter(|&p| p < n) {
+                        Some(p) => empirical_bands(
+                            &ys,
+                            h_max,
+                            |h| ys[n - 1 + h - p * h.div_ceil(p)],
+                            |_| p,
+                            &mut scratch,
+                        ),
+                        None => {
+                            let last = ys.last().copied().unwrap_or(0.0);
+                            let tail = &ys[n.saturating_sub(24)..];
+                            empirical_bands(tail, h_max, |_| last, |h| h, &mut scratch)
+                        }
+                    }
+                });
+                forecast(s, b, "seasonal", bands)
+            })
+            .collect();
+        self.state.sweep();
+        out
+    }
+}
+
+/// An exponential histogram whose samples' weights grow by 2 every half-life (so old
+/// samples count less), as VPA's decaying histogram.
+#[derive(Clone, Debug)]
+pub struct DecayingHistogram {
+    first: f64,
+    ratio: f64,
+    weights: Vec<f32>,
+    total: f64,
+    /// The bucket index whose samples weigh 1.
+    reference: f64,
+    half_life: f64,
+}
+
+impl DecayingHistogram {
+    pub fn new(first: f64, max: f64, ratio: f64, half_life: f64) -> Self {
+        let n = ((max * (ratio - 1.0) / first + 1.0).ln() / ratio.ln()).ceil() as usize + 1;
+        DecayingHistogram {
+            first,
+            ratio,
+            weights: vec![0.0; n],
+            total: 0.0,
+            reference: 0.0,
+            half_life: half_life.max(1e-3),
+        }
+    }
+
+    fn bucket(&self, v: f64) -> usize {
+        if v.is_nan() || v < self.first {
+            return 0;
+        }
+        let b = ((v * (self.ratio - 1.0) / self.first + 1.0).ln() / self.ratio.ln()) as usize;
+        b.min(self.weights.len() - 1)
+    }
+
+    pub fn bucket_start(&self, b: usize) -> f64 {
+        self.first * (self.ratio.powi(b as i32) - 1.0) / (self.ratio - 1.0)
+    }
+
+    /// Adds `v` seen at time `at` (in intervals).
+    pub fn add(&mut self, v: f64, at: f64) {
+        let mut exp = (at - self.reference) / self.half_life;
+        if exp > 60.0 {
+            // Move the reference forward so weights stay finite.
+            let scale = 2f64.powf(-exp);
+            for w in &mut self.weights {
+                *w = (*w as f64 * scale) as f32;
+            }
+            self.total *= scale;
+            self.reference = at;
+            exp = 0.0;
+        }
+        let w = 2f64.powf(exp);
+        let b = self.bucket(v);
+        self.weights[b] += w as f32;
+        self.total += w;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total <= 0.0
+    }
+
+    /// The end of the bucket where the cumulative weight reaches `q` (VPA's rule; the last
+    /// bucket's start for the last bucket); 0 when empty.
+    pub fn percentile(&self, q: f64) -> f64 {
+        if self.is_empty() {
+            return 0.0;
+        }
+        let threshold = q * self.total;
+        let mut sum = 0.0;
+        let last = self.weights.len() - 1;
+        let mut b = 0;
+        while b < last {
+            sum += self.weights[b] as f64;
+            if sum >= threshold {
+                break;
+            }
+            b += 1;
+        }
+        if b < last {
+            self.bucket_start(b + 1)
+        } else {
+            self.bucket_start(b)
+        }
+    }
+}
+
+/// First bucket size and largest value of each target's histogram.
+const VPA_BUCKETS: [(f64, f64); 4] = [(0.01, 1000.0), (1e7, 1e12), (1e3, 1e11), (1e3, 1e11)];
+
+/// The VPA-like recommender.
+pub struct VpaLike {
+    horizon: usize,
+    cfg: VpaConfig,
+    state: States<Vec<DecayingHistogram>>,
+    /// Buckets seen (the histograms' clock).
+    clock: f64,
+}
+
+impl VpaLike {
+    pub fn new(horizon: usize, cfg: &VpaConfig) -> Self {
+        VpaLike {
+            horizon: horizon.max(1),
+            cfg: cfg.clone(),
+            state: States::new(),
+            clock: 0.0,
+        }
+    }
+}
+
+impl Predictor for VpaLike {
+    fn name(&self) -> &str {
+        "vpa"
+    }
+    fn kind(&self) -> PredictorKind {
+        PredictorKind::Baseline
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let (cfg, clock, h) = (&self.cfg, self.clock, self.horizon);
+        let out = b
+            .series
+            .iter()
+            .map(|s| {
+                let hs = self.state.get(s.workload, || {
+                    VPA_BUCKETS
+                        .iter()
+                        .map(|&(first, max)| {
+                            DecayingHistogram::new(first, max, 1.05, cfg.half_life)
+                        })
+                        .collect()
+                });
+                let present = s.buckets.last().is_some_and(|x| x.present());
+                let bands = Target::ALL.map(|t| {
+                    let hist = &mut hs[t as usize];
+                    if present {
+                        hist.add(s.last(t), clock);
+                    }
+                    let top = hist.percentile(cfg.target) * (1.0 + cfg.margin);
+                    vec![band(hist.percentile(0.1), hist.percentile(0.5), top); h]
+                });
+                forecast(s, b, "vpa", bands)
+            })
+            .collect();
+        self.state.sweep();
+        self.clock += 1.0;
+        out
+    }
+}
+
+/// The Autopilot-like moving window.
+pub struct AutopilotLike {
+    horizon: usize,
+    cfg: AutopilotConfig,
+    state: States<VecDeque<Option<[f32; 4]>>>,
+}
+
+impl AutopilotLike {
+    pub fn new(horizon: usize, cfg: &AutopilotConfig) -> Self {
+        AutopilotLike {
+            horizon: horizon.max(1),
+            cfg: AutopilotConfig {
+                window: cfg.window.max(1),
+                ..cfg.clone()
+            },
+            state: States::new(),
+        }
+    }
+}
+
+/// The weighted `q` percentile of `(value, weight)` pairs (sorts them).
+fn weighted_percentile(v: &mut [(f64, f64)], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = v.iter().map(|x| x.1).sum();
+    let mut sum = 0.0;
+    for &(x, w) in v.iter() {
+        sum += w;
+        if sum >= q * total {
+            return x;
+        }
+    }
+    v[v.len() - 1].0
+}
+
+impl Predictor for AutopilotLike {
+    fn name(&self) -> &str {
+        "autopilot"
+    }
+    fn kind(&self) -> PredictorKind {
+        PredictorKind::Baseline
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let (cfg, h) = (&self.cfg, self.horizon);
+        let decay = 0.5f64.powf(1.0 / cfg.half_life.max(1e-3));
+        let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(cfg.window);
+        let out = b
+            .series
+            .iter()
+            .map(|s| {
+                let ring = self.state.get(s.workload, VecDeque::new);
+                let newest = s.buckets.last().filter(|x| x.present());
+                ring.push_back(newest.map(|x| Target::ALL.map(|t| x.target(t) as f32)));
+                while ring.len() > cfg.window {
+                    ring.pop_front();
+                }
+                let bands = Target::ALL.map(|t| {
+                    pairs.clear();
+                    let mut w = 1.0;
+                    let (mut sum, mut weights, mut peak) = (0.0, 0.0, 0.0f64);
+                    for v in ring.iter().rev() {
+                        if let Some(v) = v {
+                            let x = v[t as usize] as f64;
+                            pairs.push((x, w));
+                            sum += w * x;
+                            weights += w;
+                            peak = peak.max(x);
+                        }
+                        w *= decay;
+                    }
+                    let avg = if weights > 0.0 { sum / weights } else { 0.0 };
+                    let low = weighted_percentile(&mut pairs, 0.1);
+                    let rec = match t {
+                        Target::Memory => peak,
+                        _ => weighted_percentile(&mut pairs, cfg.percentile).max(avg),
+                    } * (1.0 + cfg.margin);
+                    vec![band(low, avg.min(rec), rec); h]
+                });
+                forecast(s, b, "autopilot", bands)
+            })
+            .collect();
+        self.state.sweep();
+        out
+    }
+}
+
+/// The baseline called `name` (one of [`BASELINES`]), with the settings of `cfg`.
+pub fn by_name(name: &str, cfg: &PredictConfig) -> Option<Box<dyn Predictor>> {
+    let h = cfg.horizon;
+    Some(match name {
+        "last" => Box::new(LastValue::new(h, cfg.window)),
+        "ewma" => Box::new(Ewma::new(h, &cfg.ewma)),
+        "seasonal" => Box::new(SeasonalNaive::new(h, &cfg.seasonal)),
+        "vpa" => Box::new(VpaLike::new(h, &cfg.vpa)),
+        "autopilot" => Box::new(AutopilotLike::new(h, &cfg.autopilot)),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::predict::{Bucket, features::N_FEATURES};
+
+    /// A series of buckets with CPU `ys` (other targets derived), all present.
+    fn buckets(ys: &[f64]) -> Vec<Bucket> {
+        ys.iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let mut f = [0.0f32; N_FEATURES];
+                f[0] = y as f32; // cpu_cores
+                f[1] = (y * 1e8) as f32; // rss
+                f[3] = (y * 1e4) as f32; // read_bps
+                f[7] = (y * 10.0) as f32; // net_rx_bps
+                f[N_FEATURES - 1] = 1.0;
+                Bucket {
+                    end_ms: (i as u64 + 1) * 5000,
+                    features: f,
+                }
+            })
+            .collect()
+    }
+
+    /// Feeds `ys` one bucket at a time (the series the featurizer would give, `window`
+    /// long) and returns the forecasts after the last.
+    fn run(p: &mut dyn Predictor, ys: &[f64], window: usize) -> Forecast {
+        let id = WorkloadId("exe:a".into());
+        let all = buckets(ys);
+        let mut last = None;
+        for i in 0..all.len() {
+            let lo = (i + 1).saturating_sub(window);
+            let batch = Batch {
+                now_ms: all[i].end_ms,
+                interval_ms: 5000,
+                series: vec![Series {
+                    workload: &id,
+                    name: "a",
+                    buckets: &all[lo..=i],
+                }],
+            };
+            last = p.forecast(&batch).pop();
+        }
+        last.unwrap()
+    }
+
+    fn cfg(horizon: usize) -> PredictConfig {
+        PredictConfig {
+            horizon,
+            ..Default::default()
+        }
+    }
+
+    fn all(h: usize) -> Vec<Box<dyn Predictor>> {
+        BASELINES
+            .iter()
+            .map(|n| by_name(n, &cfg(h)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_baseline_emits_ordered_non_negative_bands_for_every_target_and_step() {
+        let ys: Vec<f64> = (0..200).map(|i| ((i * 37) % 11) as f64 * 0.1).collect();
+        for mut p in all(6) {
+            let f = run(p.as_mut(), &ys, 24);
+            assert_eq!(f.predictor, p.name());
+            for t in Target::ALL {
+                let bands = f.of(t);
+                assert_eq!(bands.len(), 6, "{} {t:?}", p.name());
+                for b in bands {
+                    assert!(
+                        0.0 <= b.p10 && b.p10 <= b.p50 && b.p50 <= b.p90,
+                        "{} {b:?}",
+                        p.name()
+                    );
+                    assert!(b.p90.is_finite());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_constant_series_is_forecast_as_itself() {
+        let ys = vec![0.5; 100];
+        for name in ["last", "ewma", "seasonal"] {
+            let mut p = by_name(name, &cfg(3)).unwrap();
+            let f = run(p.as_mut(), &ys, 24);
+            for b in f.of(Target::Cpu) {
+                assert!((b.p50 - 0.5).abs() < 1e-6, "{name} {b:?}");
+                assert!((b.p90 - b.p10).abs() < 1e-6, "{name} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn seasonal_naive_finds_the_period_and_repeats_it() {
+        // A square wave of period 20: 10 buckets busy, 10 idle.
+        let ys: Vec<f64> = (0..200)
+            .map(|i| if i % 20 < 10 { 1.0 } else { 0.0 })
+            .collect();
+        assert_eq!(find_period(&ys, 144), Some(20));
+        let mut p = SeasonalNaive::new(12, &SeasonalConfig::default());
+        let f = run(&mut p, &ys, 1);
+        // The last bucket was i = 199 (idle, the end of an idle run): next are busy.
+        let p50: Vec<f64> = f.of(Target::Cpu).iter().map(|b| b.p50).collect();
+        assert_eq!(&p50[..10], &[1.0; 10]);
+        assert_eq!(&p50[10..], &[0.0; 2]);
+        // Noise has no period.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<f64> = (0..200)
+            .map(|_| {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 1000) as f64
+            })
+            .collect();
+        assert_eq!(find_period(&noise, 144), None);
+        assert_eq!(find_period(&[1.0; 50], 20), None);
+    }
+
+    #[test]
+    fn vpa_histogram_follows_the_recommender() {
+        let mut h = DecayingHistogram::new(0.01, 1000.0, 1.05, 720.0);
+        assert_eq!(h.percentile(0.9), 0.0);
+        // Bucket boundaries grow 5%: start(1) = first, start(2) = first * 2.05.
+        assert!((h.bucket_start(1) - 0.01).abs() < 1e-12);
+        assert!((h.bucket_start(2) - 0.0205).abs() < 1e-12);
+        for i in 0..100 {
+            h.add(if i < 90 { 0.1 } else { 1.0 }, i as f64);
+        }
+        // A percentile is the end of the bucket holding it.
+        assert_eq!(h.percentile(0.5), h.bucket_start(h.bucket(0.1) + 1));
+        assert_eq!(h.percentile(0.95), h.bucket_start(h.bucket(1.0) + 1));
+        // With a short half-life, the recent 1.0 samples dominate.
+        let mut d = DecayingHistogram::new(0.01, 1000.0, 1.05, 2.0);
+        for i in 0..100 {
+            d.add(if i < 90 { 0.1 } else { 1.0 }, i as f64);
+        }
+        assert!(d.percentile(0.5) >= 1.0);
+        // Weights stay finite over very long runs.
+        for i in 0..100_000 {
+            d.add(0.5, 100.0 + i as f64);
+        }
+        assert!(d.percentile(0.9).is_finite());
+        assert!((0.5..0.53).contains(&d.percentile(0.9)));
+    }
+
+    #[test]
+    fn vpa_recommends_p90_plus_the_margin() {
+        // Four in five buckets at 0.2 cores, one at 1.0: p90 is 1.0's bucket, p50 0.2's.
+        let ys: Vec<f64> = (0..100)
+            .map(|i| if i % 5 == 0 { 1.0 } else { 0.2 })
+            .collect();
+        let mut p = VpaLike::new(1, &VpaConfig::default());
+        let f = run(&mut p, &ys, 1);
+        let b = f.of(Target::Cpu)[0];
+        let h = DecayingHistogram::new(0.01, 1000.0, 1.05, 720.0);
+        let end = |v: f64| h.bucket_start(h.bucket(v) + 1);
+        assert!((b.p90 - end(1.0) * 1.15).abs() < 1e-9, "{b:?}");
+        assert!((b.p50 - end(0.2)).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn autopilot_takes_the_peak_for_memory_and_the_percentile_for_cpu() {
+        let mut ys = vec![0.2; 100];
+        ys[95] = 2.0;
+        let mut p = AutopilotLike::new(1, &AutopilotConfig::default());
+        let f = run(&mut p, &ys, 1);
+        let mem = f.of(Target::Memory)[0];
+        assert!((mem.p90 - 2.0e8 * 1.1).abs() < 1e3, "{mem:?}");
+        let cpu = f.of(Target::Cpu)[0];
+        assert!(
+            cpu.p90 < 1.0,
+            "one spike is above the 95th percentile: {cpu:?}"
+        );
+        assert!((cpu.p90 - 0.2 * 1.1).abs() < 0.05, "{cpu:?}");
+    }
+
+    #[test]
+    fn state_of_workloads_that_left_is_let_go() {
+        let mut p = Ewma::new(1, &EwmaConfig::default());
+        let all = buckets(&[1.0]);
+        let ids: Vec<WorkloadId> = (0..10).map(|i| WorkloadId(format!("w{i}"))).collect();
+        let batch = |n: usize| Batch {
+            now_ms: 5000,
+            interval_ms: 5000,
+            series: ids[..n]
+                .iter()
+                .map(|id| Series {
+                    workload: id,
+                    name: "w",
+                    buckets: &all,
+                })
+                .collect(),
+        };
+        p.forecast(&batch(10));
+        assert_eq!(p.state.map.len(), 10);
+        p.forecast(&batch(3));
+        assert_eq!(p.state.map.len(), 3);
+    }
+}

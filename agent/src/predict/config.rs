@@ -1,0 +1,162 @@
+//! `[predict]`: the forecast interval, the baselines' settings, the models.
+
+use serde::{Deserialize, Serialize};
+
+use super::baseline::{AutopilotConfig, BASELINES, EwmaConfig, SeasonalConfig, VpaConfig};
+use crate::config::ConfigError;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictConfig {
+    /// Length of a forecast step, ms (a multiple of capture.interval_ms); default: 5 s, or
+    /// the next multiple of the capture interval. A model brings its own interval and then
+    /// sets it.
+    pub interval_ms: Option<u64>,
+    /// Steps ahead the baselines forecast (a model brings its own horizon).
+    pub horizon: usize,
+    /// Buckets of history the baselines look at (last value, EWMA warm-up, seasonal naive's
+    /// period search).
+    pub window: usize,
+    /// Absent buckets in a row after which a workload is forgotten.
+    pub forget_after: u32,
+    /// The baseline that forecasts while no model runs (one of `last`, `ewma`,
+    /// `seasonal`, `vpa`, `autopilot`).
+    pub fallback: String,
+    pub ewma: EwmaConfig,
+    pub seasonal: SeasonalConfig,
+    pub vpa: VpaConfig,
+    pub autopilot: AutopilotConfig,
+}
+
+impl Default for PredictConfig {
+    fn default() -> Self {
+        PredictConfig {
+            interval_ms: None,
+            horizon: 6,
+            window: 24,
+            forget_after: 720,
+            fallback: "autopilot".into(),
+            ewma: EwmaConfig::default(),
+            seasonal: SeasonalConfig::default(),
+            vpa: VpaConfig::default(),
+            autopilot: AutopilotConfig::default(),
+        }
+    }
+}
+
+fn check<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            expected: format!("between {} and {}", range.start(), range.end()),
+        })
+    }
+}
+
+/// The default forecast step, ms.
+pub const DEFAULT_INTERVAL_MS: u64 = 5000;
+
+impl PredictConfig {
+    /// The forecast step for a capture interval: the configured one, else 5 s rounded up
+    /// to a multiple of the capture interval.
+    pub fn interval_ms(&self, capture_interval_ms: u64) -> u64 {
+        let c = capture_interval_ms.max(1);
+        self.interval_ms
+            .unwrap_or_else(|| DEFAULT_INTERVAL_MS.div_ceil(c) * c)
+    }
+
+    pub fn validate(&self, capture_interval_ms: u64) -> Result<(), ConfigError> {
+        if let Some(ms) = self.interval_ms {
+            check("predict.interval_ms", ms, 10..=3_600_000)?;
+            if !ms.is_multiple_of(capture_interval_ms.max(1)) {
+                return Err(ConfigError::Invalid {
+                    key: "predict.interval_ms",
+                    value: ms.to_string(),
+                    expected: format!("a multiple of capture.interval_ms ({capture_interval_ms})"),
+                });
+            }
+        }
+        check("predict.horizon", self.horizon, 1..=1024)?;
+        check("predict.window", self.window, 1..=4096)?;
+        check("predict.forget_after", self.forget_after, 1..=1_000_000)?;
+        if !BASELINES.contains(&self.fallback.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "predict.fallback",
+                value: format!("{:?}", self.fallback),
+                expected: format!("one of {}", BASELINES.join(", ")),
+            });
+        }
+        check("predict.ewma.alpha", self.ewma.alpha, 0.001..=1.0)?;
+        check(
+            "predict.seasonal.max_period",
+            self.seasonal.max_period,
+            2..=10_000,
+        )?;
+        check("predict.vpa.half_life", self.vpa.half_life, 0.01..=1e9)?;
+        check("predict.vpa.margin", self.vpa.margin, 0.0..=10.0)?;
+        check("predict.vpa.target", self.vpa.target, 0.01..=1.0)?;
+        check(
+            "predict.autopilot.window",
+            self.autopilot.window,
+            1..=100_000,
+        )?;
+        check(
+            "predict.autopilot.half_life",
+            self.autopilot.half_life,
+            0.01..=1e9,
+        )?;
+        check(
+            "predict.autopilot.percentile",
+            self.autopilot.percentile,
+            0.01..=1.0,
+        )?;
+        check(
+            "predict.autopilot.margin",
+            self.autopilot.margin,
+            0.0..=10.0,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use crate::config::Config;
+
+    #[rstest]
+    #[case("[predict]\ninterval_ms = 1500\n", "predict.interval_ms")]
+    #[case("[predict]\nfallback = \"oracle\"\n", "predict.fallback")]
+    #[case("[predict.vpa]\nmargin = -1.0\n", "predict.vpa.margin")]
+    #[case("[predict.ewma]\nalpha = 0.0\n", "predict.ewma.alpha")]
+    fn bad_values_name_the_key(#[case] text: &str, #[case] key: &str) {
+        let e = Config::parse(text)
+            .expect("parse")
+            .validate()
+            .expect_err("invalid");
+        assert!(e.to_string().contains(key), "{e}");
+    }
+
+    #[test]
+    fn the_default_interval_is_a_multiple_of_the_capture_interval() {
+        let c = super::PredictConfig::default();
+        assert_eq!(c.interval_ms(1000), 5000);
+        assert_eq!(c.interval_ms(3000), 6000);
+        assert_eq!(c.interval_ms(250), 5000);
+        assert!(
+            Config::parse("[capture]\ninterval_ms = 3000\n")
+                .expect("parse")
+                .validate()
+                .is_ok()
+        );
+        assert!(Config::parse("[predict.vpa]\nhalf_ife = 3\n").is_err());
+    }
+}

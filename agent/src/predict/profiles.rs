@@ -1,0 +1,669 @@
+//! The profile store: per executable key, its last ≤ 64 completed runs (requests), so a
+//! new exec of a known executable gets a prediction from its past. Bounded (keys beyond
+//! `max_keys` go least recently used first), versioned, and crash-safe on disk:
+//!
+//! - `profiles.bin`: a snapshot. `UMBRAPRF` (8 bytes), format version (u16 LE), reserved
+//!   (u16), payload length (u32 LE), CRC32 of the payload (u32 LE), then the postcard
+//!   payload ([`Snapshot`]). Written to a temporary file, synced, renamed over the old one.
+//! - `profiles.journal`: runs completed since the snapshot, each a frame
+//!   `[length u32 LE][CRC32 u32 LE][postcard JournalEntry]`, appended as they complete.
+//!   A torn tail (a crash mid-write) is cut at the last whole frame and counted.
+//!
+//! A snapshot that does not decode is an error naming the file and what is wrong; the
+//! agent moves it aside (`profiles.bin.corrupt`) and starts empty, so nothing is
+//! overwritten.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::{self, File, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::LEVELS;
+
+pub const MAGIC: &[u8; 8] = b"UMBRAPRF";
+/// The format version this build writes and reads.
+pub const VERSION: u16 = 1;
+/// Completed runs kept per key.
+pub const RUNS_KEPT: usize = 64;
+const HEADER: usize = 8 + 2 + 2 + 4 + 4;
+/// Snapshot payloads larger than this are damage, not data.
+const MAX_PAYLOAD: u32 = 256 << 20;
+const MAX_FRAME: u32 = 1 << 16;
+
+/// What a request (one exec'd image until it exits or execs again) used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: f64,
+    pub duration_seconds: f64,
+    pub io_bytes: f64,
+}
+
+/// The four outcomes in the contract's order.
+pub const OUTCOMES: [&str; 4] = [
+    "cpu_seconds",
+    "peak_rss_bytes",
+    "duration_seconds",
+    "io_bytes",
+];
+
+impl Outcome {
+    pub fn get(&self, i: usize) -> f64 {
+        match i {
+            0 => self.cpu_seconds,
+            1 => self.peak_rss_bytes,
+            2 => self.duration_seconds,
+            _ => self.io_bytes,
+        }
+    }
+
+    pub fn from_array(v: [f64; 4]) -> Outcome {
+        Outcome {
+            cpu_seconds: v[0],
+            peak_rss_bytes: v[1],
+            duration_seconds: v[2],
+            io_bytes: v[3],
+        }
+    }
+}
+
+/// One completed run, as kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// cpu seconds, peak RSS bytes, duration seconds, I/O bytes.
+    pub outcome: [f32; 4],
+    /// Bytes of the input files named in argv.
+    pub input_bytes: u64,
+    /// Wall clock at the end, ms since the Unix epoch.
+    pub ended_ms: u64,
+}
+
+impl Run {
+    pub fn new(o: &Outcome, input_bytes: u64, ended_ms: u64) -> Run {
+        let f = |v: f64| {
+            if v.is_finite() {
+                v.max(0.0) as f32
+            } else {
+                0.0
+            }
+        };
+        Run {
+            outcome: [
+                f(o.cpu_seconds),
+                f(o.peak_rss_bytes),
+                f(o.duration_seconds),
+                f(o.io_bytes),
+            ],
+            input_bytes,
+            ended_ms,
+        }
+    }
+}
+
+/// One executable's past.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The executable's file name (or script's), for people and for similar executables.
+    pub name: String,
+    /// The parent's executable file name at the last run.
+    pub parent: String,
+    /// The last runs, oldest first (at most [`RUNS_KEPT`]).
+    pub runs: VecDeque<Run>,
+    /// Runs completed in all (also those no longer kept).
+    pub total_runs: u64,
+    pub last_ms: u64,
+}
+
+impl Profile {
+    /// Quantiles of outcome `i` (index in [`OUTCOMES`]) at `levels`, numpy's linear
+    /// interpolation; zeros without runs.
+    pub fn quantiles(&self, i: usize, levels: &[f64]) -> Vec<f64> {
+        let mut v: Vec<f64> = self.runs.iter().map(|r| r.outcome[i] as f64).collect();
+        quantiles(&mut v, levels)
+    }
+
+    /// p10/p50/p90 of every outcome, `[outcome][level]`.
+    pub fn bands(&self) -> [[f64; 3]; 4] {
+        let mut out = [[0.0; 3]; 4];
+        for (i, o) in out.iter_mut().enumerate() {
+            let q = self.quantiles(i, &LEVELS);
+            o.copy_from_slice(&q);
+        }
+        out
+    }
+}
+
+/// Quantiles of `v` at `levels` (each in 0..=1) with numpy's default (linear)
+/// interpolation; zeros when `v` is empty. Sorts `v`.
+pub fn quantiles(v: &mut [f64], levels: &[f64]) -> Vec<f64> {
+    if v.is_empty() {
+        return vec![0.0; levels.len()];
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    levels
+        .iter()
+        .map(|q| {
+            let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = pos.ceil() as usize;
+            v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+        })
+        .collect()
+}
+
+/// The snapshot's payload.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub profiles: Vec<(String, Profile)>,
+}
+
+/// One journal frame: a run of `key`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub key: String,
+    pub name: String,
+    pub parent: String,
+    pub run: Run,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("profile store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "profile store {path} is damaged: {what}; it is kept aside as {path}.corrupt and the store starts empty"
+    )]
+    Corrupt { path: PathBuf, what: String },
+    #[error(
+        "profile store {path} is format version {found}; this build reads version {VERSION}: run a newer umbra, or move the file away to start empty"
+    )]
+    NewerVersion { path: PathBuf, found: u16 },
+}
+
+/// What opening the store found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub keys: usize,
+    pub journal_runs: u64,
+    /// Bytes of a torn journal tail that were cut.
+    pub journal_cut_bytes: u64,
+}
+
+/// Decodes a snapshot file's bytes; `path` names it in errors.
+pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, ProfileError> {
+    let corrupt = |what: String| ProfileError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+    };
+    if bytes.len() < 8 || &bytes[..8] != MAGIC {
+        return Err(corrupt("no UMBRAPRF magic at byte 0".into()));
+    }
+    if bytes.len() < HEADER {
+        return Err(corrupt(format!(
+            "{} bytes: shorter than the {HEADER}-byte header",
+            bytes.len()
+        )));
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let version = u16_at(8);
+    if version > VERSION {
+        return Err(ProfileError::NewerVersion {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    if version == 0 {
+        return Err(corrupt("format version 0".into()));
+    }
+    let len = u32_at(12);
+    let want = u32_at(16);
+    if len > MAX_PAYLOAD || HEADER + len as usize != bytes.len() {
+        return Err(corrupt(format!(
+            "header says {len} payload bytes, the file holds {}",
+            bytes.len() - HEADER
+        )));
+    }
+    let payload = &bytes[HEADER..];
+    let got = crc32fast::hash(payload);
+    if got != want {
+        return Err(corrupt(format!(
+            "checksum mismatch (header says {want:08x}, data gives {got:08x})"
+        )));
+    }
+    let snap: Snapshot = postcard::from_bytes(payload)
+        .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+    if let Some((k, p)) = snap.profiles.iter().find(|(_, p)| p.runs.len() > RUNS_KEPT) {
+        return Err(corrupt(format!(
+            "key {k} holds {} runs (at most {RUNS_KEPT})",
+            p.runs.len()
+        )));
+    }
+    Ok(snap)
+}
+
+/// A snapshot as file bytes.
+pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    let payload = postcard::to_stdvec(s).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Journal entries from `bytes`, and where the last whole frame ends.
+pub fn decode_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() >= at + 8 {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let want = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let end = at + 8 + len as usize;
+        if len > MAX_FRAME || end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[at + 8..end];
+        if crc32fast::hash(payload) != want {
+            break;
+        }
+        match postcard::from_bytes::<JournalEntry>(payload) {
+            Ok(e) => out.push(e),
+            Err(_) => break,
+        }
+        at = end;
+    }
+    (out, at)
+}
+
+fn journal_frame(e: &JournalEntry) -> Vec<u8> {
+    let payload = postcard::to_stdvec(e).unwrap_or_default();
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The store: in memory, and (when opened on a directory) on disk.
+pub struct ProfileStore {
+    max_keys: usize,
+    profiles: HashMap<String, Profile>,
+    dir: Option<PathBuf>,
+    journal: Option<File>,
+    /// Runs journaled since the last snapshot.
+    pub unsaved: u64,
+}
+
+impl ProfileStore {
+    /// A store without a file (`umbra export`, `umbra eval`, tests).
+    pub fn in_memory(max_keys: usize) -> ProfileStore {
+        ProfileStore {
+            max_keys: max_keys.max(1),
+            profiles: HashMap::new(),
+            dir: None,
+            journal: None,
+            unsaved: 0,
+        }
+    }
+
+    pub fn snapshot_path(dir: &Path) -> PathBuf {
+        dir.join("profiles.bin")
+    }
+
+    pub fn journal_path(dir: &Path) -> PathBuf {
+        dir.join("profiles.journal")
+    }
+
+    /// Opens (or creates) the store in `dir`: the snapshot, then the journal's runs on top.
+    /// A damaged snapshot is moved aside and reported in the error; call again to start
+    /// empty.
+    pub fn open(dir: &Path, max_keys: usize) -> Result<(ProfileStore, Loaded), ProfileError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ProfileError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let snap_path = Self::snapshot_path(dir);
+        let mut store = ProfileStore::in_memory(max_keys);
+        match fs::read(&snap_path) {
+            Ok(bytes) => match decode_snapshot(&snap_path, &bytes) {
+                Ok(s) => store.profiles = s.profiles.into_iter().collect(),
+                Err(e @ ProfileError::Corrupt { .. }) => {
+                    let aside = snap_path.with_extension("bin.corrupt");
+                    fs::rename(&snap_path, &aside).map_err(io(&snap_path))?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&snap_path)(e)),
+        }
+        let jpath = Self::journal_path(dir);
+        let mut loaded = Loaded::default();
+        match fs::read(&jpath) {
+            Ok(bytes) => {
+                let (entries, good) = decode_journal(&bytes);
+                loaded.journal_runs = entries.len() as u64;
+                loaded.journal_cut_bytes = (bytes.len() - good) as u64;
+                for e in entries {
+                    store.insert(&e.key, &e.name, &e.parent, e.run);
+                }
+                if good < bytes.len() {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&jpath)
+                        .map_err(io(&jpath))?;
+                    f.set_len(good as u64).map_err(io(&jpath))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&jpath)(e)),
+        }
+        store.unsaved = loaded.journal_runs;
+        store.journal = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&jpath)
+                .map_err(io(&jpath))?,
+        );
+        store.dir = Some(dir.to_path_buf());
+        store.evict();
+        loaded.keys = store.profiles.len();
+        Ok((store, loaded))
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Profile> {
+        self.profiles.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Profile)> {
+        self.profiles.iter()
+    }
+
+    fn insert(&mut self, key: &str, name: &str, parent: &str, run: Run) {
+        let p = self.profiles.entry(key.to_string()).or_default();
+        name.clone_into(&mut p.name);
+        parent.clone_into(&mut p.parent);
+        if p.runs.len() >= RUNS_KEPT {
+            p.runs.pop_front();
+        }
+        p.runs.push_back(run);
+        p.total_runs += 1;
+        p.last_ms = p.last_ms.max(run.ended_ms);
+    }
+
+    /// Lets go of the least recently used keys beyond `max_keys`.
+    fn evict(&mut self) {
+        let over = self.profiles.len().saturating_sub(self.max_keys);
+        if over == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self
+            .profiles
+            .iter()
+            .map(|(k, p)| (p.last_ms, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, k) in by_age.into_iter().take(over) {
+            self.profiles.remove(&k);
+        }
+    }
+
+    /// A completed run of `key`: kept in memory and appended to the journal.
+    pub fn record(
+        &mut self,
+        key: &str,
+        name: &str,
+        parent: &str,
+        run: Run,
+    ) -> Result<(), ProfileError> {
+        self.insert(key, name, parent, run);
+        if self.profiles.len() > self.max_keys {
+            // Evict in bulk (a tenth), not once per new key.
+            let keep = self.max_keys;
+            self.max_keys = keep - keep / 10;
+            self.evict();
+            self.max_keys = keep;
+        }
+        let Some(j) = &mut self.journal else {
+            return Ok(());
+        };
+        self.unsaved += 1;
+        let frame = journal_frame(&JournalEntry {
+            key: key.into(),
+            name: name.into(),
+            parent: parent.into(),
+            run,
+        });
+        j.write_all(&frame).map_err(|source| ProfileError::Io {
+            path: self
+                .dir
+                .as_deref()
+                .map(Self::journal_path)
+                .unwrap_or_default(),
+            source,
+        })
+    }
+
+    /// Everything, as a snapshot (sorted by key).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut profiles: Vec<(String, Profile)> = self
+            .profiles
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        profiles.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot { profiles }
+    }
+
+    /// Writes the snapshot (temporary file, sync, rename) and empties the journal.
+    pub fn save(&mut self) -> Result<(), ProfileError> {
+        let Some(dir) = self.dir.clone() else {
+            return Ok(());
+        };
+        let path = Self::snapshot_path(&dir);
+        let tmp = dir.join("profiles.bin.tmp");
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ProfileError::Io {
+                path: p.clone(),
+                source,
+            }
+        };
+        let bytes = encode_snapshot(&self.snapshot());
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        // The snapshot holds every journaled run now: the journal starts over.
+        let jpath = Self::journal_path(&dir);
+        if let Some(j) = &self.journal {
+            j.set_len(0).map_err(io(&jpath))?;
+        }
+        self.unsaved = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn run(cpu: f32, ms: u64) -> Run {
+        Run {
+            outcome: [cpu, 1e6, cpu * 2.0, 100.0],
+            input_bytes: 10,
+            ended_ms: ms,
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_numpy() {
+        // numpy.quantile([1, 2, 3, 4], [0.1, 0.5, 0.9]) == [1.3, 2.5, 3.7]
+        let q = quantiles(&mut [4.0, 1.0, 3.0, 2.0], &LEVELS);
+        for (a, b) in q.iter().zip([1.3, 2.5, 3.7]) {
+            assert!((a - b).abs() < 1e-12, "{q:?}");
+        }
+        assert_eq!(quantiles(&mut [], &LEVELS), vec![0.0; 3]);
+        assert_eq!(quantiles(&mut [7.0], &LEVELS), vec![7.0; 3]);
+    }
+
+    #[test]
+    fn a_key_keeps_its_last_64_runs_and_keys_are_bounded() {
+        let mut s = ProfileStore::in_memory(10);
+        for i in 0..100u64 {
+            s.record("exe:a", "a", "sh", run(i as f32, i)).unwrap();
+        }
+        let p = s.get("exe:a").unwrap();
+        assert_eq!(p.runs.len(), RUNS_KEPT);
+        assert_eq!(p.total_runs, 100);
+        assert_eq!(p.runs.front().unwrap().outcome[0], 36.0);
+        for k in 0..30u64 {
+            s.record(&format!("exe:k{k}"), "k", "sh", run(1.0, 1000 + k))
+                .unwrap();
+            assert!(s.len() <= 10);
+        }
+        // The newest keys stay, the oldest went first.
+        assert!(s.get("exe:k29").is_some());
+        assert!(s.get("exe:a").is_none());
+    }
+
+    #[test]
+    fn runs_survive_a_restart_through_the_journal_and_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, l) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(l, Loaded::default());
+        s.record("exe:a", "a", "sh", run(1.0, 1)).unwrap();
+        s.record("exe:a", "a", "sh", run(2.0, 2)).unwrap();
+        drop(s); // a crash: no save
+        let (mut s, l) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(l.journal_runs, 2);
+        assert_eq!(s.get("exe:a").unwrap().runs.len(), 2);
+        s.save().unwrap();
+        assert_eq!(
+            fs::metadata(ProfileStore::journal_path(d.path()))
+                .unwrap()
+                .len(),
+            0
+        );
+        s.record("exe:b", "b", "sh", run(3.0, 3)).unwrap();
+        drop(s);
+        let (s, l) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(l.journal_runs, 1);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get("exe:a").unwrap().quantiles(0, &[0.5]), vec![1.5]);
+    }
+
+    #[test]
+    fn a_torn_journal_tail_is_cut_and_what_came_before_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        for i in 0..3 {
+            s.record("exe:a", "a", "sh", run(i as f32, i)).unwrap();
+        }
+        drop(s);
+        let jp = ProfileStore::journal_path(d.path());
+        let len = fs::metadata(&jp).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&jp).unwrap();
+        f.set_len(len - 3).unwrap();
+        let (s, l) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(l.journal_runs, 2);
+        assert!(l.journal_cut_bytes > 0);
+        assert_eq!(s.get("exe:a").unwrap().runs.len(), 2);
+        assert_eq!(
+            fs::metadata(&jp).unwrap().len(),
+            len - l.journal_cut_bytes - 3
+        );
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_named_kept_aside_and_the_store_starts_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        s.record("exe:a", "a", "sh", run(1.0, 1)).unwrap();
+        s.save().unwrap();
+        drop(s);
+        let sp = ProfileStore::snapshot_path(d.path());
+        let mut bytes = fs::read(&sp).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&sp, &bytes).unwrap();
+        let e = ProfileStore::open(d.path(), 100).err().unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("profiles.bin") && msg.contains("checksum"),
+            "{msg}"
+        );
+        assert!(d.path().join("profiles.bin.corrupt").exists());
+        let (s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn bad_snapshots_are_errors_not_panics() {
+        let p = Path::new("profiles.bin");
+        let good = encode_snapshot(&Snapshot {
+            profiles: vec![("exe:a".into(), Profile::default())],
+        });
+        assert!(decode_snapshot(p, &good).is_ok());
+        for cut in 0..good.len() {
+            assert!(decode_snapshot(p, &good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut newer = good.clone();
+        newer[8] = 9;
+        assert!(matches!(
+            decode_snapshot(p, &newer),
+            Err(ProfileError::NewerVersion { found: 9, .. })
+        ));
+        assert!(
+            decode_snapshot(
+                p,
+                b"UMBRAPRF\x01\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"
+            )
+            .is_err()
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(0u8..=255, 0..256)) {
+            let _ = decode_snapshot(Path::new("x"), &bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode_snapshot(Path::new("x"), &framed);
+            let (_, good) = decode_journal(&bytes);
+            proptest::prop_assert!(good <= bytes.len());
+        }
+    }
+}
