@@ -11,6 +11,7 @@
 //! - [`pipeline`]: wires the stages; the only place that knows all of them.
 
 pub mod aggregate;
+pub mod allocate;
 pub mod capture;
 pub mod config;
 pub mod export;
