@@ -14,7 +14,8 @@ use crate::{
     aggregate::{GroupBy, HistoryConfig},
     capture::Hook,
     publish::{
-        BrokerUrl, Payload, Security, Settings, Topics, model, spool::SpoolLimits, valid_level,
+        BrokerUrl, Payload, Security, Settings, Topics, identity::NodeId, model,
+        spool::SpoolLimits, valid_level,
     },
 };
 
@@ -66,9 +67,25 @@ pub struct PublishConfig {
     /// Plain-text MQTT to a host other than loopback. Off: credentials and data would
     /// cross the network in the clear.
     pub allow_plaintext: bool,
-    /// ed25519 public key (base64) that model updates must be signed with. Without it,
-    /// model updates are refused.
+    /// The fleet's ed25519 public key (base64): commands that change the agent
+    /// (`set-mode`, `set-tier`, `trace-snapshot`) and model updates must be signed with it.
+    /// Without it they are refused; `status` needs no signature.
+    pub fleet_public_key: Option<String>,
+    /// A key for model updates only (the fleet key is used when unset; the fleet key
+    /// falls back to this one when only it is set, as in earlier versions).
     pub model_public_key: Option<String>,
+    /// How old (or how far in the future) a signed command may be, seconds.
+    pub command_max_age_s: u64,
+    /// Trace snapshots kept under `<state_dir>/snapshots`, at most: files, and bytes in
+    /// all (the oldest go first; a snapshot stops when it reaches the byte limit).
+    pub snapshots_max_files: u32,
+    pub snapshots_max_bytes: u64,
+}
+
+/// The verifying keys of `[publish]`.
+pub struct Keys {
+    pub commands: Option<ed25519_dalek::VerifyingKey>,
+    pub models: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl Default for PublishConfig {
@@ -93,22 +110,41 @@ impl Default for PublishConfig {
             username: None,
             password_file: None,
             allow_plaintext: false,
+            fleet_public_key: None,
             model_public_key: None,
+            command_max_age_s: 300,
+            snapshots_max_files: 8,
+            snapshots_max_bytes: 256 << 20,
         }
     }
 }
 
 impl PublishConfig {
-    /// The node's name: configured, or the hostname.
-    pub fn node_name(&self) -> String {
-        if !self.node.is_empty() {
-            return self.node.clone();
-        }
-        fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|h| valid_level(h))
-            .unwrap_or_else(|| "node".into())
+    /// The node's id: configured, or derived from the hardware (see
+    /// [`NodeId`](crate::publish::identity::NodeId)).
+    pub fn node_id(&self) -> NodeId {
+        NodeId::resolve(&self.node)
+    }
+
+    /// The keys commands and models are verified with.
+    pub fn keys(&self) -> Result<Keys, ConfigError> {
+        let parse = |key: &'static str, v: &Option<String>| {
+            v.as_ref()
+                .map(|k| {
+                    model::public_key(k).map_err(|e| ConfigError::Invalid {
+                        key,
+                        value: k.clone(),
+                        expected: format!("an ed25519 public key in base64: {e}"),
+                    })
+                })
+                .transpose()
+        };
+        let fleet = parse("publish.fleet_public_key", &self.fleet_public_key)?;
+        let model = parse("publish.model_public_key", &self.model_public_key)?;
+        Ok(Keys {
+            commands: fleet.or(model),
+            models: model.or(fleet),
+        })
     }
 
     /// Settings for the publisher, with secrets read from their files.
@@ -135,7 +171,7 @@ impl PublishConfig {
             broker,
             topics: Topics {
                 fleet: self.fleet.clone(),
-                node: self.node_name(),
+                node: self.node_id().id,
             },
             payload: self.payload,
             keep_alive: Duration::from_secs(self.keep_alive_s),
@@ -225,15 +261,22 @@ impl PublishConfig {
             self.spool_segment_bytes,
             1 << 14..=(self.spool_max_bytes / 4).max(1 << 14),
         )?;
-        if let Some(k) = &self.model_public_key {
-            model::public_key(k).map_err(|e| {
-                invalid(
-                    "publish.model_public_key",
-                    k.clone(),
-                    &format!("an ed25519 public key in base64: {e}"),
-                )
-            })?;
-        }
+        check(
+            "publish.command_max_age_s",
+            self.command_max_age_s,
+            10..=86_400,
+        )?;
+        check(
+            "publish.snapshots_max_files",
+            self.snapshots_max_files,
+            1..=10_000,
+        )?;
+        check(
+            "publish.snapshots_max_bytes",
+            self.snapshots_max_bytes,
+            1 << 20..=1 << 40,
+        )?;
+        self.keys()?;
         Ok(())
     }
 }

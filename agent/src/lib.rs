@@ -21,3 +21,4 @@ pub mod predict;
 pub mod publish;
 pub mod record;
 pub mod trace;
+pub mod view;

@@ -9,6 +9,7 @@ use umbra::{
     export, pipeline,
     record::Pace,
     trace::{CgroupId, Filter, Kind},
+    view::View,
 };
 
 #[derive(Parser, Debug)]
@@ -318,13 +319,13 @@ fn main() -> ExitCode {
 async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let stdout = std::io::stdout().lock();
+    let stdout = std::io::stdout();
     match command {
         Command::Run { duration, top, .. } => {
             pipeline::run(
                 &cfg,
                 stdout,
-                top,
+                View::Table { top },
                 duration.map(Duration::from_secs),
                 shutdown,
             )
@@ -366,6 +367,12 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 st.events,
                 output.display()
             );
+            if st.dropped > 0 {
+                eprintln!(
+                    "umbra: {} capture items were dropped on the way to the file: the recording is incomplete",
+                    st.dropped
+                );
+            }
         }
         Command::Replay {
             file,
@@ -381,16 +388,12 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             } else {
                 Pace::Speed(speed.unwrap_or(1.0))
             };
-            let mut out = stdout;
-            if publish {
-                let drain = Duration::from_secs(drain_secs);
-                pipeline::replay_agent(&cfg, &file, pace, out, json, drain, shutdown).await?;
-            } else {
-                pipeline::replay_windows(&cfg, &file, pace, |w| {
-                    pipeline::print_window(&mut out, w, json)
-                })
-                .await?;
-            }
+            let out = pipeline::Shown {
+                view: View::Points { json },
+                out: std::io::BufWriter::new(stdout),
+            };
+            let drain = publish.then(|| Duration::from_secs(drain_secs));
+            pipeline::replay(&cfg, &file, pace, out, drain, shutdown).await?;
         }
         Command::Sub {
             target,
@@ -410,7 +413,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 &filter,
                 json,
                 count,
-                stdout,
+                stdout.lock(),
                 shutdown,
             )
             .await?;
@@ -425,7 +428,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
             let mut out = std::io::BufWriter::new(f);
             let mut csv_header = matches!(format, ExportFormat::Csv);
-            let n = pipeline::replay_windows(&cfg, &file, Pace::AsFastAsPossible, |w| {
+            let mut n = 0u64;
+            pipeline::replay_windows(&cfg, &file, |w| {
+                n += 1;
                 for p in &w.points {
                     match format {
                         ExportFormat::Jsonl => {

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     cgroups::Prefer,
-    control::{Mode, Priority, Tier},
+    control::{Mode, Tier as Priority},
     decide::Rules,
-    tiers::TierRules,
+    tiers::{Tier, TierRules},
 };
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -46,8 +46,9 @@ pub struct WorkloadRule {
     pub cgroup: Option<String>,
     /// The process's real uid.
     pub uid: Option<u32>,
-    /// Default priority (a `set-tier` command overrides it).
-    pub priority: Priority,
+    /// Default priority: `critical`, `normal` (the default) or `best-effort` (a
+    /// `set-tier` command overrides it).
+    pub priority: Option<Priority>,
     /// The highest tier its reservations may reach.
     pub max_tier: Option<Tier>,
     /// Each exec gets its own child group with limits from its per-request prediction.

@@ -1,10 +1,12 @@
-//! What operators set: the allocation [`Mode`] (dry-run or enforce), each workload's
-//! [`Priority`] (the `set-tier` command) and an optional cap on its reservation [`Tier`].
-//! Kept in `<state_dir>/allocate/control.json`, so a restart keeps what the fleet said.
+//! The allocation state the fleet sets by command: the mode (dry-run or enforce) and a
+//! priority tier per workload. Both survive restarts: every change is written at once to
+//! `<state_dir>/control.json` (write, fsync, rename), and read back at start. The tier map
+//! is bounded: a remote peer cannot grow it without limit.
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs,
+    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -29,173 +31,190 @@ impl Mode {
     }
 }
 
-/// A workload's priority when reservations exceed the node's capacity: critical ones are
-/// served first, best-effort ones last.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+/// A workload's priority when reservations exceed what the node has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Priority {
+pub enum Tier {
     Critical,
-    #[default]
     Normal,
     BestEffort,
 }
 
-impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::BestEffort];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Priority::Critical => "critical",
-            Priority::Normal => "normal",
-            Priority::BestEffort => "best-effort",
-        }
-    }
-}
-
-/// How strongly a workload's forecasts are mirrored into its cgroup: earned by the
-/// forecasts' record, capped by config or command.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Tier {
-    /// Decide and explain; write nothing.
-    #[default]
-    Shadow,
-    /// Soft reservations: `cpu.weight`, `memory.low` from the band's lower part.
-    Warm,
-    /// Hard ones too: `memory.min` at p10, `cpu.max` and `memory.high` at p90 + margin.
-    Full,
-}
-
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Shadow => "shadow",
-            Tier::Warm => "warm",
-            Tier::Full => "full",
-        }
-    }
-
-    pub fn up(self) -> Tier {
-        match self {
-            Tier::Shadow => Tier::Warm,
-            _ => Tier::Full,
-        }
-    }
-
-    pub fn down(self) -> Tier {
-        match self {
-            Tier::Full => Tier::Warm,
-            _ => Tier::Shadow,
-        }
-    }
-}
-
-/// The persisted control state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ControlState {
-    pub mode: Mode,
-    /// Workload id → priority.
-    pub priorities: BTreeMap<String, Priority>,
-    /// Workload id → the highest tier it may reach.
-    pub max_tiers: BTreeMap<String, Tier>,
-}
+/// Workloads with a tier set by command, at most.
+pub const MAX_TIERS: usize = 4096;
+/// Layout version of `control.json`.
+const VERSION: u32 = 1;
+const FILE: &str = "control.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot save allocation control state to {path}: {source}")]
-    Save {
+    #[error(
+        "allocation state {path}: {source}; check that the state directory is writable and has free space"
+    )]
+    Io {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: std::io::Error,
     },
+    #[error(
+        "allocation state {path} is not valid ({message}); it was left in place and the defaults are used"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "allocation state {path} is version {found}; this build reads up to {VERSION}: upgrade the agent"
+    )]
+    Newer { path: PathBuf, found: u32 },
+    #[error(
+        "{MAX_TIERS} workloads already have a tier; clear one (tier normal) before setting another"
+    )]
+    TooManyTiers,
 }
 
-/// The control state and where it lives.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    mode: Mode,
+    tiers: BTreeMap<String, Tier>,
+}
+
+/// Mode and tiers, as last set (or the defaults), and where they are kept.
+#[derive(Debug)]
 pub struct Control {
+    mode: Mode,
+    tiers: BTreeMap<String, Tier>,
+    /// `None`: kept in memory only (replays, tests without a state dir).
     path: Option<PathBuf>,
-    pub state: ControlState,
 }
 
 impl Control {
-    /// Loads `<dir>/control.json`; a missing file is the defaults, a damaged one is
-    /// logged and replaced by the defaults (it is re-sent by the fleet).
-    pub fn load(dir: &Path) -> Control {
-        let path = dir.join("control.json");
-        let state = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(
-                    file = %path.display(),
-                    error = %e,
-                    "Allocation control state unreadable; starting from defaults (dry-run)"
-                );
-                ControlState::default()
-            }),
-            Err(_) => ControlState::default(),
-        };
+    /// In memory only, with defaults.
+    pub fn ephemeral() -> Control {
         Control {
-            path: Some(path),
-            state,
+            mode: Mode::DryRun,
+            tiers: BTreeMap::new(),
+            path: None,
         }
     }
 
-    /// Not persisted (simulation, tests).
-    pub fn in_memory(state: ControlState) -> Control {
-        Control { path: None, state }
+    /// The state stored under `state_dir`, or the defaults when there is none. A damaged or
+    /// newer file is reported and the defaults are used; it is not overwritten until the
+    /// next change.
+    pub fn open(state_dir: &Path) -> (Control, Option<ControlError>) {
+        let path = state_dir.join(FILE);
+        let mut c = Control {
+            path: Some(path.clone()),
+            ..Control::ephemeral()
+        };
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (c, None),
+            Err(source) => return (c, Some(ControlError::Io { path, source })),
+        };
+        #[derive(Deserialize)]
+        struct Head {
+            version: u32,
+        }
+        match serde_json::from_slice::<Head>(&text) {
+            Ok(h) if h.version > VERSION => {
+                return (
+                    c,
+                    Some(ControlError::Newer {
+                        path,
+                        found: h.version,
+                    }),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return (
+                    c,
+                    Some(ControlError::Corrupt {
+                        path,
+                        message: e.to_string(),
+                    }),
+                );
+            }
+        }
+        match serde_json::from_slice::<Stored>(&text) {
+            Ok(s) => {
+                c.mode = s.mode;
+                c.tiers = s.tiers;
+                c.tiers.retain(|k, _| !k.is_empty());
+                while c.tiers.len() > MAX_TIERS {
+                    c.tiers.pop_last();
+                }
+                (c, None)
+            }
+            Err(e) => (
+                c,
+                Some(ControlError::Corrupt {
+                    path,
+                    message: e.to_string(),
+                }),
+            ),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The workload's tier (normal unless set).
+    pub fn tier(&self, workload: &str) -> Tier {
+        self.tiers.get(workload).copied().unwrap_or(Tier::Normal)
+    }
+
+    pub fn tiers(&self) -> impl Iterator<Item = (&str, Tier)> {
+        self.tiers.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Sets the mode and keeps it. On a write error the change still holds in memory.
+    pub fn set_mode(&mut self, mode: Mode) -> Result<(), ControlError> {
+        self.mode = mode;
+        self.save()
+    }
+
+    /// Sets a workload's tier (`normal` clears it) and keeps it.
+    pub fn set_tier(&mut self, workload: &str, tier: Tier) -> Result<(), ControlError> {
+        if tier == Tier::Normal {
+            self.tiers.remove(workload);
+        } else {
+            if !self.tiers.contains_key(workload) && self.tiers.len() >= MAX_TIERS {
+                return Err(ControlError::TooManyTiers);
+            }
+            self.tiers.insert(workload.to_string(), tier);
+        }
+        self.save()
     }
 
     fn save(&self) -> Result<(), ControlError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let err = |source| ControlError::Save {
+        let stored = Stored {
+            version: VERSION,
+            mode: self.mode,
+            tiers: self.tiers.clone(),
+        };
+        let io = |source| ControlError::Io {
             path: path.clone(),
             source,
         };
-        if let Some(d) = path.parent() {
-            fs::create_dir_all(d).map_err(err)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = path.with_extension("json.new");
-        // Plain maps of strings always serialise.
-        let text = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
-        fs::write(&tmp, text).map_err(err)?;
-        fs::rename(&tmp, path).map_err(err)
-    }
-
-    pub fn set_mode(&mut self, m: Mode) -> Result<(), ControlError> {
-        self.state.mode = m;
-        self.save()
-    }
-
-    /// The `set-tier` command: a workload's priority.
-    pub fn set_priority(&mut self, workload: &str, p: Priority) -> Result<(), ControlError> {
-        self.state.priorities.insert(workload.to_string(), p);
-        self.save()
-    }
-
-    /// Caps a workload's reservation tier (`None` lifts the cap).
-    pub fn set_max_tier(&mut self, workload: &str, t: Option<Tier>) -> Result<(), ControlError> {
-        match t {
-            Some(t) => self.state.max_tiers.insert(workload.to_string(), t),
-            None => self.state.max_tiers.remove(workload),
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
         };
-        self.save()
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.state.mode
-    }
-
-    pub fn priority(&self, workload: &str) -> Option<Priority> {
-        self.state.priorities.get(workload).copied()
-    }
-
-    pub fn max_tier(&self, workload: &str) -> Option<Tier> {
-        self.state.max_tiers.get(workload).copied()
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io(e)
+        })
     }
 }
 
@@ -204,29 +223,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_state_survives_a_restart_and_a_damaged_file_is_the_defaults() {
+    fn mode_and_tiers_survive_a_restart() {
         let d = tempfile::tempdir().unwrap();
-        let mut c = Control::load(d.path());
+        let (mut c, e) = Control::open(d.path());
+        assert!(e.is_none());
         assert_eq!(c.mode(), Mode::DryRun);
         c.set_mode(Mode::Enforce).unwrap();
-        c.set_priority("exe:sha256:ab", Priority::Critical).unwrap();
-        c.set_max_tier("exe:sha256:ab", Some(Tier::Warm)).unwrap();
-        let again = Control::load(d.path());
-        assert_eq!(again.state, c.state);
-        assert_eq!(again.priority("exe:sha256:ab"), Some(Priority::Critical));
-        assert_eq!(again.max_tier("exe:sha256:ab"), Some(Tier::Warm));
-        fs::write(d.path().join("control.json"), b"{garbage").unwrap();
-        assert_eq!(Control::load(d.path()).state, ControlState::default());
+        c.set_tier("exe:sha256:aa", Tier::Critical).unwrap();
+        c.set_tier("cgroup:/ü/\u{fffd}", Tier::BestEffort).unwrap();
+        let (again, e) = Control::open(d.path());
+        assert!(e.is_none());
+        assert_eq!(again.mode(), Mode::Enforce);
+        assert_eq!(again.tier("exe:sha256:aa"), Tier::Critical);
+        assert_eq!(again.tier("cgroup:/ü/\u{fffd}"), Tier::BestEffort);
+        assert_eq!(again.tier("exe:sha256:bb"), Tier::Normal);
+        // Normal clears.
+        let mut again = again;
+        again.set_tier("exe:sha256:aa", Tier::Normal).unwrap();
+        assert_eq!(Control::open(d.path()).0.tiers().count(), 1);
     }
 
     #[test]
-    fn wire_names_are_those_of_the_commands() {
-        assert_eq!(serde_json::to_string(&Mode::DryRun).unwrap(), "\"dry-run\"");
-        assert_eq!(
-            serde_json::to_string(&Priority::BestEffort).unwrap(),
-            "\"best-effort\""
-        );
-        assert_eq!(serde_json::to_string(&Tier::Full).unwrap(), "\"full\"");
-        assert!(Tier::Shadow < Tier::Warm && Tier::Warm < Tier::Full);
+    fn the_tier_map_is_bounded() {
+        let mut c = Control::ephemeral();
+        for i in 0..MAX_TIERS {
+            c.set_tier(&format!("exe:{i}"), Tier::BestEffort).unwrap();
+        }
+        assert!(matches!(
+            c.set_tier("exe:one-more", Tier::Critical),
+            Err(ControlError::TooManyTiers)
+        ));
+        // Changing one already there is still fine.
+        c.set_tier("exe:7", Tier::Critical).unwrap();
+        assert_eq!(c.tiers().count(), MAX_TIERS);
+    }
+
+    #[test]
+    fn a_damaged_or_newer_file_is_reported_and_defaults_used() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(FILE), b"{\"version\":1,\"mode\":\"turbo\"").unwrap();
+        let (c, e) = Control::open(d.path());
+        assert_eq!(c.mode(), Mode::DryRun);
+        let e = e.unwrap().to_string();
+        assert!(e.contains("control.json") && e.contains("not valid"), "{e}");
+        fs::write(d.path().join(FILE), b"{\"version\":9}").unwrap();
+        let e = Control::open(d.path()).1.unwrap().to_string();
+        assert!(e.contains("version 9"), "{e}");
+    }
+
+    #[test]
+    fn a_write_error_names_the_file_and_keeps_the_change_in_memory() {
+        let d = tempfile::tempdir().unwrap();
+        // The state dir is a file: nothing can be written below it.
+        let f = d.path().join("not-a-dir");
+        fs::write(&f, b"x").unwrap();
+        let (mut c, _) = Control::open(&f);
+        let e = c.set_mode(Mode::Enforce).unwrap_err().to_string();
+        assert!(e.contains("not-a-dir"), "{e}");
+        assert_eq!(c.mode(), Mode::Enforce);
     }
 }

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     cgroups::{Group, Knob, Value},
-    control::{Priority, Tier},
+    control::Tier as Priority,
+    tiers::Tier,
 };
 use crate::{
     aggregate::WorkloadId,
@@ -31,6 +32,17 @@ use crate::{
 };
 
 const PAGE: u64 = 4096;
+
+/// Priorities, served in this order when reservations exceed capacity.
+pub const PRIORITIES: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::BestEffort];
+
+pub fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Critical => "critical",
+        Priority::Normal => "normal",
+        Priority::BestEffort => "best-effort",
+    }
+}
 
 /// The safety rules and tier parameters (from `[allocate]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -229,7 +241,7 @@ impl Action {
             "{} [{}, {}{}] {} {} -> {}: p10 {} p50 {} p90 {} over {} step{} ({}), margin {:.0}%, used {}",
             w.name,
             w.tier.name(),
-            w.priority.name(),
+            priority_name(w.priority),
             if self.write { "" } else { ", not written" },
             self.knob,
             self.old.show(self.knob),
@@ -583,7 +595,7 @@ fn ceiling(pending: &mut [Pending], state: &State, rules: &Rules) {
             .map(|(_, w)| held_by(w, cpu))
             .sum();
         let mut left = (cap - held).max(0.0);
-        for prio in Priority::ALL {
+        for prio in PRIORITIES {
             let mut level: Vec<&mut Pending> = pending
                 .iter_mut()
                 .filter(|p| state.workloads[p.w].priority == prio)

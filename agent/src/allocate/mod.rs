@@ -12,7 +12,7 @@
 //! - [`tiers`]: forecasts scored against usage; tiers earned and lost; margins adapted.
 //! - [`apply`]: the journaled applier, the only path to the cgroup tree, and restore.
 //! - [`journal`]: the write-ahead journal on disk.
-//! - [`control`]: mode, priorities and tier caps, persisted.
+//! - [`control`]: the mode and priorities the fleet sets, persisted.
 //! - [`config`]: `[allocate]`, the opt-in rules.
 //!
 //! Layout of the owned subtree (`umbra.slice/` on v2, `umbra/` in each v1 controller):
@@ -34,16 +34,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use control::{Mode, Priority, Tier};
+pub use control::Mode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use tiers::Tier;
 use tracing::{info, warn};
 
 use self::{
     apply::{Applier, ApplyError, Faults, Restored},
     cgroups::{Cgroups, Group, GroupStats, Knob, Value, dir_name},
     config::{AllocateConfig, Candidate, HoldMode, Matcher, uid_of},
-    control::{Control, ControlError},
+    control::{Control, Tier as Priority},
     decide::{Action, State, WorkloadState, decide},
     tiers::{Outcome, Record, TierChange},
 };
@@ -62,8 +63,6 @@ const LATENCIES: usize = 4096;
 pub enum AllocateError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    #[error(transparent)]
-    Control(#[from] ControlError),
     #[error("allocation needs a cgroup hierarchy: {0}")]
     NoBackend(String),
 }
@@ -245,7 +244,6 @@ pub struct Allocator {
     matchers: Vec<Matcher>,
     applier: Option<Applier>,
     no_backend: Option<String>,
-    control: Control,
     mode: Mode,
     root: Group,
     namer: Aggregator,
@@ -265,7 +263,7 @@ pub struct Allocator {
     own_pid: u32,
 }
 
-/// Where the journal and control state live.
+/// Where the journal lives.
 pub fn state_dir(cfg: &AllocateConfig, publish_state_dir: &Path) -> PathBuf {
     cfg.state_dir
         .clone()
@@ -292,50 +290,26 @@ impl Allocator {
         cfg: &AllocateConfig,
         group_by: GroupBy,
         state_dir: &Path,
-        enforce: Option<bool>,
+        mode: Mode,
     ) -> Result<(Allocator, Option<Restored>), AllocateError> {
-        let backend = cgroups::detect(cfg.backend);
-        let control = Control::load(state_dir);
-        match backend {
-            Ok(b) => Allocator::with_backend(cfg, group_by, b, control, state_dir, enforce),
+        match cgroups::detect(cfg.backend) {
+            Ok(b) => Allocator::with_backend(cfg, group_by, b, state_dir, mode, apply::start_time),
             Err(e) => {
                 warn!(error = %e, "No cgroup hierarchy: allocation decides and explains only");
-                let mut a = Allocator::new(cfg, group_by, None, control, Group::ROOT);
+                let mut a = Allocator::new(cfg, group_by, None, Group::ROOT);
                 a.no_backend = Some(e.to_string());
-                a.mode = Mode::DryRun;
                 Ok((a, None))
             }
         }
     }
 
-    /// The stage on a given backend (a fake in tests).
+    /// The stage on a given backend (a fake in tests, with its own process clock).
     pub fn with_backend(
         cfg: &AllocateConfig,
         group_by: GroupBy,
         backend: Box<dyn Cgroups>,
-        control: Control,
         state_dir: &Path,
-        enforce: Option<bool>,
-    ) -> Result<(Allocator, Option<Restored>), AllocateError> {
-        Allocator::with_backend_and_clock(
-            cfg,
-            group_by,
-            backend,
-            control,
-            state_dir,
-            enforce,
-            apply::start_time,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_backend_and_clock(
-        cfg: &AllocateConfig,
-        group_by: GroupBy,
-        backend: Box<dyn Cgroups>,
-        control: Control,
-        state_dir: &Path,
-        enforce: Option<bool>,
+        mode: Mode,
         start_of: fn(u32) -> Option<u64>,
     ) -> Result<(Allocator, Option<Restored>), AllocateError> {
         let root = Group::new(&match backend.backend() {
@@ -346,15 +320,8 @@ impl Allocator {
         info!(backend = backend.describe(), root = %root, "Cgroups");
         let (applier, restored) =
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
-        let mut a = Allocator::new(cfg, group_by, Some(applier), control, root);
-        a.mode = match enforce {
-            Some(true) => Mode::Enforce,
-            Some(false) => Mode::DryRun,
-            None => a.control.mode(),
-        };
-        if a.mode == Mode::Enforce {
-            a.setup()?;
-        }
+        let mut a = Allocator::new(cfg, group_by, Some(applier), root);
+        a.set_mode(mode)?;
         Ok((a, restored))
     }
 
@@ -362,21 +329,14 @@ impl Allocator {
         cfg: &AllocateConfig,
         group_by: GroupBy,
         applier: Option<Applier>,
-        control: Control,
         root: Group,
     ) -> Allocator {
-        let mode = if cfg.mode == Mode::Enforce {
-            Mode::Enforce
-        } else {
-            control.mode()
-        };
         Allocator {
             cfg: cfg.clone(),
             matchers: cfg.workload.iter().map(Matcher::new).collect(),
             applier,
             no_backend: None,
-            control,
-            mode,
+            mode: Mode::DryRun,
             root,
             namer: Aggregator::new(group_by, 1000),
             managed: BTreeMap::new(),
@@ -407,40 +367,33 @@ impl Allocator {
         self.mode
     }
 
-    /// The `set-mode` command: persisted; entering enforce creates the subtree, leaving
-    /// it puts everything back.
+    /// Enters or leaves enforce mode: entering creates the subtree, leaving puts
+    /// everything back. (The mode itself is kept by [`Control`].)
     pub fn set_mode(&mut self, m: Mode) -> Result<(), AllocateError> {
         if m == Mode::Enforce && self.applier.is_none() {
             return Err(AllocateError::NoBackend(
                 self.no_backend.clone().unwrap_or_default(),
             ));
         }
-        self.control.set_mode(m)?;
         if m == self.mode {
             return Ok(());
         }
-        self.mode = m;
         match m {
             Mode::Enforce => self.setup()?,
             Mode::DryRun => self.put_back_all(),
         }
+        self.mode = m;
         Ok(())
     }
 
-    /// The `set-tier` command: a workload's priority, persisted.
-    pub fn set_priority(&mut self, workload: &str, p: Priority) -> Result<(), AllocateError> {
-        self.control.set_priority(workload, p)?;
-        for m in self.managed.values_mut() {
-            if m.state.workload.0 == workload {
-                m.state.priority = p;
-            }
+    /// Follows the mode the fleet set; a failure to enter enforce mode is logged and
+    /// the stage stays in dry-run.
+    fn follow(&mut self, control: &Control) {
+        if control.mode() != self.mode
+            && let Err(e) = self.set_mode(control.mode())
+        {
+            warn!(error = %e, "Allocation stays in dry-run");
         }
-        Ok(())
-    }
-
-    /// Caps a workload's tier (`None` lifts the cap), persisted.
-    pub fn set_max_tier(&mut self, workload: &str, t: Option<Tier>) -> Result<(), AllocateError> {
-        Ok(self.control.set_max_tier(workload, t)?)
     }
 
     pub fn root(&self) -> &Group {
@@ -520,8 +473,8 @@ impl Allocator {
             .cfg
             .workload
             .get(rule)
-            .map(|r| r.priority)
-            .unwrap_or_default();
+            .and_then(|r| r.priority)
+            .unwrap_or(Priority::Normal);
         self.managed.entry(g.clone()).or_insert_with(|| {
             let mut state = WorkloadState::new(WorkloadId::default(), name, g.clone());
             state.priority = priority;
@@ -547,15 +500,19 @@ impl Allocator {
             .get(m.rule)
             .and_then(|r| r.max_tier)
             .unwrap_or(Tier::Full);
-        match self.control.max_tier(&m.state.workload.0) {
-            Some(t) => t.min(rule),
-            None => rule,
-        }
+        rule
     }
 
     /// One interval: processes opted in are found (and, in enforce mode, moved into
     /// their group), forecasts are scored, the decision is made and applied.
-    pub fn tick(&mut self, t: &Tick, w: &Window, forecasts: &[Forecast]) -> Vec<Decision> {
+    pub fn tick(
+        &mut self,
+        t: &Tick,
+        w: &Window,
+        forecasts: &[Forecast],
+        control: &Control,
+    ) -> Vec<Decision> {
+        self.follow(control);
         let mut out = Vec::new();
         self.now_ms = w.node.timestamp_ms;
         self.interval_ms = w.node.interval_ms.max(1);
@@ -634,10 +591,15 @@ impl Allocator {
                 .get(g)
                 .map(|m| self.max_tier(m))
                 .unwrap_or(Tier::Full);
-            let priority = self
-                .managed
-                .get(g)
-                .and_then(|m| self.control.priority(&m.state.workload.0));
+            let priority = self.managed.get(g).map(|m| {
+                let id = m.state.workload.0.as_str();
+                control
+                    .tiers()
+                    .find(|(w, _)| *w == id)
+                    .map(|(_, t)| t)
+                    .or_else(|| self.cfg.workload.get(m.rule).and_then(|r| r.priority))
+                    .unwrap_or(Priority::Normal)
+            });
             let secs = self.interval_ms as f64 / 1000.0;
             let (tiers, margin, max_margin) = (
                 &self.cfg.tiers,
@@ -882,7 +844,9 @@ impl Allocator {
         &mut self,
         ev: &Lifecycle,
         prediction: Option<&RequestPrediction>,
+        control: &Control,
     ) -> Vec<Decision> {
+        self.follow(control);
         let LifecycleKind::Exec { filename } = &ev.kind else {
             if let LifecycleKind::Exit { .. } = ev.kind
                 && ev.pid == ev.tgid

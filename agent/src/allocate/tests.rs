@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{
     cgroups::{Fake, Group, Knob, Value},
     config::{AllocateConfig, WorkloadRule},
-    control::{Control, ControlState},
+    control::Control,
     *,
 };
 use crate::{
@@ -132,16 +132,32 @@ fn alive(_: u32) -> Option<u64> {
 }
 
 fn start(r: &Rig, c: &AllocateConfig, enforce: bool) -> (Allocator, Option<Restored>) {
-    Allocator::with_backend_and_clock(
+    Allocator::with_backend(
         c,
         GroupBy::Exe,
         Box::new(r.fake.clone()),
-        Control::in_memory(ControlState::default()),
         &r.state,
-        Some(enforce),
+        if enforce { Mode::Enforce } else { Mode::DryRun },
         alive,
     )
     .unwrap()
+}
+
+/// A control that keeps the allocator's mode as it is.
+fn same(a: &Allocator) -> Control {
+    let mut c = Control::ephemeral();
+    let _ = c.set_mode(a.mode());
+    c
+}
+
+fn step(a: &mut Allocator, t: &Tick, w: &Window, f: &[Forecast]) -> Vec<Decision> {
+    let c = same(a);
+    a.tick(t, w, f, &c)
+}
+
+fn exec_on(a: &mut Allocator, ev: &Lifecycle, p: Option<&RequestPrediction>) -> Vec<Decision> {
+    let c = same(a);
+    a.on_exec(ev, p, &c)
 }
 
 fn g(s: &str) -> Group {
@@ -159,7 +175,8 @@ fn an_opted_in_process_is_placed_and_its_reservation_written_and_read_back() {
     let (mut a, restored) = start(&r, &cfg(Tier::Full), true);
     assert!(restored.is_none());
     let t = tick(vec![sample(7, EXE), sample(8, "/usr/bin/other")]);
-    let d = a.tick(
+    let d = step(
+        &mut a,
         &t,
         &window(1000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
@@ -197,7 +214,8 @@ fn dry_run_writes_nothing_and_explains_everything() {
     let r = rig();
     let before = r.fake.snapshot();
     let (mut a, _) = start(&r, &cfg(Tier::Full), false);
-    let d = a.tick(
+    let d = step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(1000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
@@ -218,7 +236,8 @@ fn after_a_crash_the_next_start_restores_from_the_journal() {
     let r = rig();
     let before = r.fake.snapshot();
     let (mut a, _) = start(&r, &cfg(Tier::Full), true);
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(1000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
@@ -246,7 +265,8 @@ fn a_delegated_subtree_gets_its_original_values_back() {
         .unwrap();
     let before = r.fake.snapshot();
     let (mut a, _) = start(&r, &cfg(Tier::Full), true);
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(1000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
@@ -272,7 +292,8 @@ fn a_delegated_subtree_gets_its_original_values_back() {
 fn refused_writes_and_vanished_groups_are_counted_not_fatal() {
     let r = rig();
     let (mut a, _) = start(&r, &cfg(Tier::Full), true);
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(1000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
@@ -280,7 +301,8 @@ fn refused_writes_and_vanished_groups_are_counted_not_fatal() {
     let wg = worker_group();
     r.fake.fail(&wg, "cpu.max", libc::EINVAL);
     r.fake.fail(&wg, "memory.high", libc::EBUSY);
-    let d = a.tick(
+    let d = step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(2000, 3.0, 100 * MIB),
         &[forecast(3.0, 400.0 * MIB as f64)],
@@ -306,13 +328,15 @@ fn refused_writes_and_vanished_groups_are_counted_not_fatal() {
     r.fake.fail(&wg, "cpu.max", 0);
     r.fake.fail(&wg, "memory.high", 0);
     r.fake.vanish(&wg);
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(3000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
     );
     r.fake.set_read_only(true);
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(4000, 2.0, 100 * MIB),
         &[forecast(2.0, 300.0 * MIB as f64)],
@@ -366,9 +390,13 @@ fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_relea
     c.workload[0].per_request = true;
     let (mut a, _) = start(&r, &c, true);
     // Learn the node's size from a tick.
-    a.tick(&tick(vec![]), &window(1000, 0.0, 0), &[]);
+    step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
     r.fake.spawn(20, &g("system.slice/app.service"));
-    let d = a.on_exec(&exec(20), Some(&prediction(20, 1.0, 100.0 * MIB as f64)));
+    let d = exec_on(
+        &mut a,
+        &exec(20),
+        Some(&prediction(20, 1.0, 100.0 * MIB as f64)),
+    );
     let req = worker_group().child("req-20");
     assert_eq!(r.fake.group_of(20), Some(req.clone()), "{d:#?}");
     assert!(
@@ -387,7 +415,11 @@ fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_relea
     );
     // A second request needing more than is left (4 cpus − 0.1 − 1.38): held, frozen.
     r.fake.spawn(21, &g("system.slice/app.service"));
-    let d = a.on_exec(&exec(21), Some(&prediction(21, 2.5, 100.0 * MIB as f64)));
+    let d = exec_on(
+        &mut a,
+        &exec(21),
+        Some(&prediction(21, 2.5, 100.0 * MIB as f64)),
+    );
     let held = worker_group().child("req-21");
     assert!(
         d.iter()
@@ -397,12 +429,12 @@ fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_relea
     assert!(r.fake.frozen(&held).unwrap());
     assert_eq!(a.stats().holds, 1);
     // Still no room: held.
-    let d = a.tick(&tick(vec![]), &window(2000, 0.0, 0), &[]);
+    let d = step(&mut a, &tick(vec![]), &window(2000, 0.0, 0), &[]);
     assert!(!d.iter().any(|x| matches!(x, Decision::Release { .. })));
     // The first request ends: capacity frees, the held one is released.
     r.fake.exit(20);
-    a.tick(&tick(vec![]), &window(3000, 0.0, 0), &[]);
-    let d = a.tick(&tick(vec![]), &window(4000, 0.0, 0), &[]);
+    step(&mut a, &tick(vec![]), &window(3000, 0.0, 0), &[]);
+    let d = step(&mut a, &tick(vec![]), &window(4000, 0.0, 0), &[]);
     assert!(
         d.iter().any(
             |x| matches!(x, Decision::Release { pid: 21, reason, .. } if reason.contains("freed"))
@@ -424,9 +456,13 @@ fn a_held_request_runs_after_the_timeout() {
     c.admission.timeout_ms = 2000;
     c.admission.hold = config::HoldMode::LowWeight;
     let (mut a, _) = start(&r, &c, true);
-    a.tick(&tick(vec![]), &window(1000, 0.0, 0), &[]);
+    step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
     r.fake.spawn(30, &g("system.slice/app.service"));
-    let d = a.on_exec(&exec(30), Some(&prediction(30, 8.0, 100.0 * MIB as f64)));
+    let d = exec_on(
+        &mut a,
+        &exec(30),
+        Some(&prediction(30, 8.0, 100.0 * MIB as f64)),
+    );
     assert!(
         d.iter().any(|x| matches!(x, Decision::Hold { .. })),
         "{d:#?}"
@@ -437,7 +473,7 @@ fn a_held_request_runs_after_the_timeout() {
         Value::Amount(1)
     );
     let now = crate::capture::procfs::wall_ms();
-    let d = a.tick(&tick(vec![]), &window(now + 2500, 0.0, 0), &[]);
+    let d = step(&mut a, &tick(vec![]), &window(now + 2500, 0.0, 0), &[]);
     assert!(
         d.iter()
             .any(|x| matches!(x, Decision::Release { reason, .. } if reason.contains("timeout"))),
@@ -456,7 +492,8 @@ fn tiers_are_earned_before_anything_is_written() {
     let (mut a, _) = start(&r, &cfg(Tier::Shadow), true);
     let mut tiers = Vec::new();
     for i in 0..40u64 {
-        let d = a.tick(
+        let d = step(
+            &mut a,
             &tick(vec![sample(7, EXE)]),
             &window(1000 * (i + 1), 1.0, 100 * MIB),
             &[forecast(1.0, 100.0 * MIB as f64)],
@@ -491,7 +528,8 @@ fn leaving_enforce_puts_everything_back() {
     let r = rig();
     let before = r.fake.snapshot();
     let (mut a, _) = start(&r, &cfg(Tier::Full), true);
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(1000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],
@@ -499,7 +537,8 @@ fn leaving_enforce_puts_everything_back() {
     a.set_mode(Mode::DryRun).unwrap();
     assert_eq!(r.fake.snapshot(), before);
     a.set_mode(Mode::Enforce).unwrap();
-    a.tick(
+    step(
+        &mut a,
         &tick(vec![sample(7, EXE)]),
         &window(2000, 1.0, 100 * MIB),
         &[forecast(1.0, 200.0 * MIB as f64)],

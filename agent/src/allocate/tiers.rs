@@ -19,8 +19,47 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::control::Tier;
 use crate::predict::Band;
+
+/// How strongly a workload's forecasts are mirrored into its cgroup: earned by the
+/// forecasts' record, capped by its rule.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Decide and explain; write nothing.
+    #[default]
+    Shadow,
+    /// Soft reservations: `cpu.weight`, `memory.low` from the band's lower part.
+    Warm,
+    /// Hard ones too: `memory.min` at p10, `cpu.max` and `memory.high` at p90 + margin.
+    Full,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Shadow => "shadow",
+            Tier::Warm => "warm",
+            Tier::Full => "full",
+        }
+    }
+
+    pub fn up(self) -> Tier {
+        match self {
+            Tier::Shadow => Tier::Warm,
+            _ => Tier::Full,
+        }
+    }
+
+    pub fn down(self) -> Tier {
+        match self {
+            Tier::Full => Tier::Warm,
+            _ => Tier::Shadow,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -123,12 +123,56 @@ pub struct Settings {
     pub max_backoff: Duration,
 }
 
-/// The pipeline's handle on the spool: `push` encodes, appends and wakes the sender.
+/// Messages the spool could not take (a full disk, a read-only state directory), kept in
+/// memory and sent unsequenced (seq 0) at most this many; older ones are dropped, counted.
+const MAX_UNSPOOLED: usize = 256;
+const MAX_UNSPOOLED_BYTES: usize = 4 << 20;
+/// Command replies waiting for the broker, at most: they are never spooled, so no flood of
+/// commands can push summaries out of the spool.
+const MAX_REPLIES: usize = 64;
+
+/// The pipeline's handle on the outgoing messages: `push` encodes and appends to the spool
+/// (or, when the spool cannot be written, to a bounded queue in memory) and wakes the
+/// sender. Never touches the network.
 #[derive(Clone)]
 pub struct Outbox {
     spool: Arc<Mutex<Spool>>,
+    memory: Arc<Mutex<Memory>>,
     node: Arc<str>,
     wake: Arc<Notify>,
+}
+
+/// Messages held in memory: unspooled ones and command replies, each with a local id.
+#[derive(Default)]
+struct Memory {
+    next_id: u64,
+    unspooled: VecDeque<(u64, Bytes)>,
+    unspooled_bytes: usize,
+    replies: VecDeque<(u64, Bytes)>,
+    /// Since start: messages sent unspooled, and those dropped from memory.
+    unspooled_total: u64,
+    unspooled_dropped: u64,
+    replies_dropped: u64,
+    /// The last spool error, until an append succeeds again.
+    error: Option<String>,
+    errors: u64,
+}
+
+impl Memory {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.unspooled.iter().position(|(i, _)| *i == id) {
+            if let Some((_, b)) = self.unspooled.remove(i) {
+                self.unspooled_bytes -= b.len();
+            }
+        } else if let Some(i) = self.replies.iter().position(|(i, _)| *i == id) {
+            self.replies.remove(i);
+        }
+    }
 }
 
 impl Outbox {
@@ -141,6 +185,7 @@ impl Outbox {
         Ok((
             Outbox {
                 spool: Arc::new(Mutex::new(spool)),
+                memory: Arc::default(),
                 node: node.into(),
                 wake: Arc::new(Notify::new()),
             },
@@ -150,41 +195,141 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, Spool> {
         // A panic while holding the lock cannot leave the spool half-written (every
-        // append is one write), so a poisoned lock is still usable.
+        // append is one write, cut back when it fails), so a poisoned lock is still usable.
         self.spool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Spools a message; returns its seq. Never touches the network.
+    fn mem(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn envelope(&self, seq: u64, body: Body) -> Envelope {
+        Envelope {
+            schema: SCHEMA,
+            node: self.node.to_string(),
+            seq,
+            time_ms: crate::capture::procfs::wall_ms(),
+            historical: false,
+            body,
+        }
+    }
+
+    /// Spools a message and returns its seq; a command reply is never spooled (seq 0). When
+    /// the spool cannot take it, the message waits in memory instead (seq 0, counted) and
+    /// the error is returned for the caller to report: nothing stops going out.
     pub fn push(&self, body: Body) -> Result<u64, SpoolError> {
-        let seq = {
+        if matches!(body, Body::CmdResult(_)) {
+            let bytes = Bytes::from(self.envelope(0, body).encode(Payload::Postcard));
+            let mut m = self.mem();
+            if m.replies.len() >= MAX_REPLIES {
+                m.replies.pop_front();
+                m.replies_dropped += 1;
+            }
+            let id = m.id();
+            m.replies.push_back((id, bytes));
+            drop(m);
+            self.wake.notify_one();
+            return Ok(0);
+        }
+        let result = {
             let mut s = self.lock();
-            let env = Envelope {
-                schema: SCHEMA,
-                node: self.node.to_string(),
-                seq: s.next_seq(),
-                time_ms: crate::capture::procfs::wall_ms(),
-                historical: false,
-                body,
-            };
-            s.append(&env.encode(Payload::Postcard))?
+            let env = self.envelope(s.next_seq(), body);
+            s.append(&env.encode(Payload::Postcard))
+                .map_err(|e| (e, env))
+        };
+        let out = match result {
+            Ok(seq) => {
+                self.mem().error = None;
+                Ok(seq)
+            }
+            Err((e, mut env)) => {
+                env.seq = 0;
+                let bytes = Bytes::from(env.encode(Payload::Postcard));
+                let mut m = self.mem();
+                m.error = Some(e.to_string());
+                m.errors += 1;
+                m.unspooled_total += 1;
+                m.unspooled_bytes += bytes.len();
+                let id = m.id();
+                m.unspooled.push_back((id, bytes));
+                while m.unspooled.len() > MAX_UNSPOOLED || m.unspooled_bytes > MAX_UNSPOOLED_BYTES {
+                    if let Some((_, b)) = m.unspooled.pop_front() {
+                        m.unspooled_bytes -= b.len();
+                        m.unspooled_dropped += 1;
+                    }
+                }
+                Err(e)
+            }
         };
         self.wake.notify_one();
-        Ok(seq)
+        out
+    }
+
+    /// The broker acknowledged a message.
+    fn ack(&self, sent: Sent) {
+        match sent {
+            Sent::Spool(seq) => {
+                if let Err(e) = self.lock().ack(seq) {
+                    // The acknowledgement holds in memory; only the cursor file is behind,
+                    // which means resending (harmless: subscribers drop repeats by seq).
+                    let mut m = self.mem();
+                    m.error = Some(e.to_string());
+                    m.errors += 1;
+                }
+            }
+            Sent::Memory(id) => self.mem().remove(id),
+            Sent::Untracked => {}
+        }
     }
 
     pub fn status(&self) -> SpoolStatus {
-        let s = self.lock();
+        let (pending, bytes, dropped) = {
+            let s = self.lock();
+            (s.pending(), s.bytes(), s.dropped())
+        };
+        let m = self.mem();
         SpoolStatus {
-            pending: s.pending(),
-            bytes: s.bytes(),
-            dropped: s.dropped(),
+            pending,
+            bytes,
+            dropped,
+            unspooled: m.unspooled_total,
+            unspooled_dropped: m.unspooled_dropped,
+            replies_dropped: m.replies_dropped,
+            error: m.error.clone(),
         }
+    }
+
+    /// Messages not yet acknowledged: spooled and in memory.
+    pub fn pending(&self) -> u64 {
+        let spooled = self.lock().pending();
+        let m = self.mem();
+        spooled + (m.unspooled.len() + m.replies.len()) as u64
     }
 
     /// Writes the acknowledgement cursor and syncs the open segment.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.lock().sync()
     }
+
+    /// The next message held in memory from `after` on (replies first): id, bytes.
+    fn next_memory(&self, after: u64) -> Option<(u64, Bytes)> {
+        let m = self.mem();
+        m.replies
+            .iter()
+            .chain(m.unspooled.iter())
+            .filter(|(id, _)| *id > after)
+            .min_by_key(|(id, _)| *id)
+            .cloned()
+    }
+}
+
+/// What a message handed to rumqttc was, for its PubAck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    Spool(u64),
+    Memory(u64),
+    /// Birth status, subscriptions: nothing to acknowledge.
+    Untracked,
 }
 
 /// A command or model update from the fleet, for the pipeline to validate and apply.
@@ -206,12 +351,14 @@ pub enum Inbound {
 struct Link {
     /// The live connection's client, once it is ready (subscribed, birth sent).
     client: Option<AsyncClient>,
-    /// Seqs of publishes queued in rumqttc, oldest first (`None`: not from the spool).
-    queued: VecDeque<Option<u64>>,
+    /// Publishes queued in rumqttc, oldest first.
+    queued: VecDeque<Sent>,
     /// Sent and awaiting PubAck.
-    by_pkid: HashMap<u16, u64>,
+    by_pkid: HashMap<u16, Sent>,
     /// Next seq the sender looks at.
     next_send: u64,
+    /// Messages in memory with an id at or below it were handed to this connection.
+    memory_sent: u64,
     /// Messages with a lower seq were spooled before this connection: historical.
     live_from: u64,
 }
@@ -243,6 +390,7 @@ pub async fn run(
         queued: VecDeque::new(),
         by_pkid: HashMap::new(),
         next_send: 0,
+        memory_sent: 0,
         live_from: 0,
     }));
     let sender = tokio::spawn(send_loop(
@@ -257,7 +405,9 @@ pub async fn run(
     .await;
     shutdown.cancel();
     let _ = sender.await;
-    outbox.sync()?;
+    if let Err(e) = outbox.sync() {
+        warn!(error = %e, "Spool not synced at shutdown; unacknowledged messages may be sent again");
+    }
     result
 }
 
@@ -420,7 +570,7 @@ async fn poll_loop(
                         online: true,
                         ..status()
                     });
-                    l.queued.push_back(None);
+                    l.queued.push_back(Sent::Untracked);
                     if let Err(e) = client.try_publish(
                         settings.topics.of(Kind::Status),
                         QoS::AtLeastOnce,
@@ -432,6 +582,7 @@ async fn poll_loop(
                     }
                     l.client = Some(client.clone());
                     l.next_send = 0;
+                    l.memory_sent = 0;
                     l.live_from = outbox.lock().next_seq();
                     drop(l);
                     info!(
@@ -444,19 +595,19 @@ async fn poll_loop(
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     let mut l = lock(link);
-                    if let Some(Some(seq)) = l.queued.pop_front() {
-                        l.by_pkid.insert(pkid, seq);
+                    if let Some(sent) = l.queued.pop_front() {
+                        l.by_pkid.insert(pkid, sent);
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    let seq = lock(link).by_pkid.remove(&a.pkid);
-                    if let Some(seq) = seq {
-                        outbox.lock().ack(seq)?;
+                    let sent = lock(link).by_pkid.remove(&a.pkid);
+                    if let Some(sent) = sent {
+                        outbox.ack(sent);
                         outbox.wake.notify_one();
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    route(&base, settings, outbox, inbound, p.topic, p.payload)?;
+                    route(&base, settings, outbox, inbound, p.topic, p.payload);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -490,32 +641,32 @@ fn route(
     inbound: &mpsc::Sender<Inbound>,
     topic: String,
     payload: Bytes,
-) -> Result<(), SpoolError> {
+) {
     let rest = topic.strip_prefix(base).and_then(|r| r.strip_prefix('/'));
     let msg = match rest {
         // Our own replies come back through `cmd/#`.
-        Some("cmd/result") => return Ok(()),
+        Some("cmd/result") => return,
         Some(r) if r.starts_with("cmd/") => Inbound::Command {
             name: r["cmd/".len()..].to_string(),
             topic,
             payload,
         },
         _ if settings.topics.models().contains(&topic) => Inbound::Model { topic, payload },
-        _ => return Ok(()),
+        _ => return,
     };
     if let Err(e) = inbound.try_send(msg) {
         let topic = match e.into_inner() {
             Inbound::Command { topic, .. } | Inbound::Model { topic, .. } => topic,
         };
-        warn!(topic, "Command queue full; command refused");
-        outbox.push(Body::CmdResult(CmdResult {
+        debug!(topic, "Command queue full; command refused");
+        // Replies are never spooled: this cannot fail.
+        let _ = outbox.push(Body::CmdResult(CmdResult {
             id: None,
             topic,
             ok: false,
             message: "agent busy: too many commands queued; send it again later".into(),
-        }))?;
+        }));
     }
-    Ok(())
 }
 
 /// On shutdown: a retained offline status, then a clean disconnect (so the broker does not
@@ -567,7 +718,10 @@ async fn send_loop(
                 continue;
             }
             Ok(false) => {}
-            Err(e) => warn!(error = %e, "Spool read failed; retrying"),
+            Err(e) => {
+                warn!(error = %e, "Spool read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -578,31 +732,40 @@ async fn send_loop(
     }
 }
 
-/// Queues spooled messages while the window allows. Returns true when rumqttc's request
-/// channel was full.
+/// Queues messages while the window allows: those held in memory first (they have no
+/// other copy), then the spool's in order. Returns true when rumqttc's request channel
+/// was full.
 fn send_ready(link: &Mutex<Link>, outbox: &Outbox, s: &Settings) -> Result<bool, SpoolError> {
     let mut l = lock(link);
     let Some(client) = l.client.clone() else {
         return Ok(false);
     };
     while l.in_flight() < WINDOW {
-        let Some((seq, bytes)) = outbox.lock().next_from(l.next_send)? else {
+        let (sent, seq, bytes) = if let Some((id, bytes)) = outbox.next_memory(l.memory_sent) {
+            (Sent::Memory(id), 0, bytes)
+        } else if let Some((seq, bytes)) = outbox.lock().next_from(l.next_send)? {
+            (Sent::Spool(seq), seq, bytes)
+        } else {
             return Ok(false);
         };
-        let historical = seq < l.live_from;
-        // Spooled as postcard; re-encoded when the wire wants JSON or the flag.
+        let historical = seq > 0 && seq < l.live_from;
+        // Stored as postcard; re-encoded when the wire wants JSON or the flag.
         let (kind, payload) = match Envelope::decode(&bytes) {
-            Ok(mut env) if historical || s.payload != Payload::Postcard => {
+            Ok(mut env) if historical || s.payload != Payload::Postcard || env.schema != SCHEMA => {
                 env.historical = historical;
                 (env.body.kind(), env.encode(s.payload))
             }
             Ok(env) => (env.body.kind(), bytes.to_vec()),
             Err(e) => {
-                // Written by this agent and CRC-checked: only a newer agent's spool after
-                // a downgrade gets here. Skip it rather than block the rest.
+                // Written by an agent and CRC-checked: only a newer agent's spool after a
+                // downgrade gets here. Skip it rather than block the rest.
                 warn!(seq, error = %e, "Spooled message unreadable; skipped");
-                l.next_send = seq + 1;
-                outbox.lock().ack(seq)?;
+                match sent {
+                    Sent::Spool(seq) => l.next_send = seq + 1,
+                    Sent::Memory(id) => l.memory_sent = id,
+                    Sent::Untracked => {}
+                }
+                outbox.ack(sent);
                 continue;
             }
         };
@@ -610,8 +773,12 @@ fn send_ready(link: &Mutex<Link>, outbox: &Outbox, s: &Settings) -> Result<bool,
         let retain = kind == Kind::Status;
         match client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
             Ok(()) => {
-                l.queued.push_back(Some(seq));
-                l.next_send = seq + 1;
+                l.queued.push_back(sent);
+                match sent {
+                    Sent::Spool(seq) => l.next_send = seq + 1,
+                    Sent::Memory(id) => l.memory_sent = id,
+                    Sent::Untracked => {}
+                }
             }
             Err(_) => return Ok(true),
         }

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the envelope and of every body. A subscriber refuses a newer one.
-pub const SCHEMA: u16 = 1;
+/// Version of the envelope and of every body. A subscriber refuses a newer one and reads
+/// every older one (schema 1: [`super::message_v1`]).
+pub const SCHEMA: u16 = 2;
 
 /// Payload encoding on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +146,20 @@ pub struct Status {
     /// Events and samples the capture lost (kernel maps and channels), since start.
     pub capture_drops: u64,
     pub spool: SpoolStatus,
+    /// The host's name, a label for people (the node id in topics is derived so that
+    /// devices cloned from one image differ; see `docs/mqtt.md`).
+    #[serde(default)]
+    pub hostname: String,
+    /// Where the node id came from: `config`, `device-tree-serial`, `dmi-product-uuid`,
+    /// `mac`, `machine-id` or `hostname`.
+    #[serde(default)]
+    pub node_id_source: String,
+    /// Random per start of the agent: two agents publishing as one node show two.
+    #[serde(default)]
+    pub instance: u64,
+    /// Conditions an operator should look at now, each naming what is wrong and where.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +169,18 @@ pub struct SpoolStatus {
     pub bytes: u64,
     /// Messages dropped unsent because the spool was full (oldest first), since start.
     pub dropped: u64,
+    /// Messages the spool could not take (a full disk, a read-only state directory) and
+    /// that were sent from memory instead (seq 0), since start; those dropped from that
+    /// bounded queue; command replies dropped (rate limit or queue full).
+    #[serde(default)]
+    pub unspooled: u64,
+    #[serde(default)]
+    pub unspooled_dropped: u64,
+    #[serde(default)]
+    pub replies_dropped: u64,
+    /// The spool's last error, until it can be written again.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +234,11 @@ impl Envelope {
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if schema > SCHEMA {
             return Err(DecodeError::NewerSchema { found: schema });
+        }
+        if schema == 1 {
+            return postcard::from_bytes::<super::message_v1::Envelope>(bytes)
+                .map(Envelope::from)
+                .map_err(|e| DecodeError::Malformed(e.to_string()));
         }
         postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
     }

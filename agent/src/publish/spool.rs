@@ -228,8 +228,23 @@ impl Spool {
         rec.extend_from_slice(&crc.finalize().to_le_bytes());
         rec.extend_from_slice(&seq.to_le_bytes());
         rec.extend_from_slice(payload);
-        // One write: a crash leaves the record whole or a torn tail that open() cuts.
-        seg.file.write_all(&rec).map_err(io_err(&seg.path))?;
+        // One write: a crash leaves the record whole or a torn tail that open() cuts. A
+        // failed write (a full disk) is cut back at once, so the segment stays whole and
+        // the next append lands where this one should have.
+        if let Err(e) = seg.file.write_all(&rec) {
+            let err = SpoolError::Io {
+                path: seg.path.clone(),
+                source: e,
+            };
+            if let Err(cut) = seg.file.set_len(seg.bytes) {
+                warn!(segment = %seg.path.display(), error = %cut, "Cannot cut a failed spool write; the segment is cut at the next start");
+            }
+            if seg.bytes == 0 && roll {
+                let _ = fs::remove_file(&seg.path);
+                self.segments.pop_back();
+            }
+            return Err(err);
+        }
         self.entries.push_back(Entry {
             seq,
             segment_first: seg.first_seq,

@@ -409,5 +409,7 @@ impl Source for Replay {
     }
 }
 
+pub mod snapshot;
+
 #[cfg(test)]
 mod tests;

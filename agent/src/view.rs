@@ -1,0 +1,173 @@
+//! What people see on the terminal: the table of `umbra run` and `umbra replay`, and one
+//! JSON object a line. Names come from the system (executables, cgroups, comm) and may be
+//! anything: they are cut on character boundaries and control characters are escaped, so
+//! a name can neither panic the table nor break a terminal.
+
+use std::io::Write;
+
+use crate::{
+    aggregate::{ShadowPoint, Window},
+    trace,
+};
+
+/// At most `max` characters of `s`, with control characters escaped; `…` marks a cut.
+pub fn clip(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 4));
+    for (n, c) in s.chars().enumerate() {
+        if n >= max {
+            out.pop();
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How windows are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Nothing (a daemon with its output elsewhere).
+    Quiet,
+    /// Node totals and the busiest workloads each interval (`umbra run`).
+    Table { top: usize },
+    /// Every point, as a table or one JSON object a line (`umbra replay`).
+    Points { json: bool },
+}
+
+/// Drops as the table shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Lost in the kernel (full maps, ring buffer), since start.
+    pub kernel: u64,
+    /// Lost between capture and the agent (a consumer too slow), since start.
+    pub channel: u64,
+}
+
+impl View {
+    pub fn window<W: Write>(&self, out: &mut W, w: &Window, drops: Drops) -> std::io::Result<()> {
+        match *self {
+            View::Quiet => Ok(()),
+            View::Table { top } => table(out, w, top, drops),
+            View::Points { json } => points(out, w, json),
+        }
+    }
+}
+
+/// Every point of a window: one JSON object a line, or a table.
+pub fn points<W: Write>(out: &mut W, w: &Window, json: bool) -> std::io::Result<()> {
+    if json {
+        for p in &w.points {
+            serde_json::to_writer(&mut *out, p)?;
+            writeln!(out)?;
+        }
+        Ok(())
+    } else {
+        table(out, w, usize::MAX, Drops::default())
+    }
+}
+
+/// Node totals, then workloads by CPU.
+fn table<W: Write>(out: &mut W, w: &Window, top: usize, drops: Drops) -> std::io::Result<()> {
+    let n = &w.node;
+    let secs = n.interval_ms.max(1) as f64 / 1000.0;
+    let rate = |b: u64| trace::bytes((b as f64 / secs) as u64);
+    writeln!(
+        out,
+        "-- {} workloads, node cpu {:.1}% of {} cpus, mem available {}, read {}/s write {}/s, net tx {}/s rx {}/s, execs {}, kernel drops {}, channel drops {}",
+        w.points.len(),
+        n.cpu_busy_ns as f64 * 100.0 / (n.interval_ms.max(1) as f64 * 1e6 * n.cpus.max(1) as f64),
+        n.cpus,
+        trace::bytes(n.mem_available_bytes),
+        rate(n.totals.read_bytes),
+        rate(n.totals.write_bytes),
+        rate(n.totals.net_tx_bytes),
+        rate(n.totals.net_rx_bytes),
+        n.input.execs,
+        drops.kernel,
+        drops.channel,
+    )?;
+    if top == 0 {
+        return out.flush();
+    }
+    writeln!(
+        out,
+        "{:<20} {:>5} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  WORKLOAD",
+        "NAME", "PROCS", "CPU%", "RSS", "READ/s", "WRITE/s", "TX/s", "RX/s", "EXECS"
+    )?;
+    let mut points: Vec<&ShadowPoint> = w.points.iter().collect();
+    points.sort_by(|a, b| {
+        b.profile
+            .cpu_ns
+            .cmp(&a.profile.cpu_ns)
+            .then(a.workload.cmp(&b.workload))
+    });
+    for p in points.into_iter().take(top) {
+        writeln!(
+            out,
+            "{:<20} {:>5} {:>7.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  {}",
+            clip(&p.name, 20),
+            p.processes,
+            p.profile.cpu_cores * 100.0,
+            trace::bytes(p.profile.rss_bytes),
+            rate(p.profile.read_bytes),
+            rate(p.profile.write_bytes),
+            rate(p.profile.net_tx_bytes),
+            rate(p.profile.net_rx_bytes),
+            p.input.execs,
+            clip(&p.workload.0, 40),
+        )?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{NodePoint, ProductionInput, ResourceProfile, WorkloadId};
+
+    #[test]
+    fn clip_cuts_on_characters_and_escapes_controls() {
+        assert_eq!(clip("nginx", 20), "nginx");
+        assert_eq!(clip("ééééé", 3), "éé…");
+        assert_eq!(clip("a\u{1b}[2Jb", 20), "a\\u{1b}[2Jb");
+        assert_eq!(clip("", 3), "");
+    }
+
+    #[test]
+    fn a_table_of_strange_names_does_not_panic() {
+        let names = [
+            "é".repeat(50),
+            "\u{fffd}\u{fffd}bad-utf8".into(),
+            "x".repeat(5000),
+            "日本語のプロセス名".repeat(9),
+            "tab\tnew\nline".into(),
+        ];
+        let w = Window {
+            points: names
+                .iter()
+                .map(|n| ShadowPoint {
+                    timestamp_ms: 1,
+                    interval_ms: 1000,
+                    workload: WorkloadId(format!("cgroup:/{n}")),
+                    name: n.clone(),
+                    processes: 1,
+                    input: ProductionInput::default(),
+                    profile: ResourceProfile::default(),
+                })
+                .collect(),
+            node: NodePoint::default(),
+        };
+        let mut out = Vec::new();
+        View::Table { top: 10 }
+            .window(&mut out, &w, Drops::default())
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2 + names.len());
+        assert!(!text.contains('\t'));
+    }
+}
