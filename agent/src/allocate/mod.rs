@@ -494,13 +494,11 @@ impl Allocator {
     }
 
     fn max_tier(&self, m: &Managed) -> Tier {
-        let rule = self
-            .cfg
+        self.cfg
             .workload
             .get(m.rule)
             .and_then(|r| r.max_tier)
-            .unwrap_or(Tier::Full);
-        rule
+            .unwrap_or(Tier::Full)
     }
 
     /// One interval: processes opted in are found (and, in enforce mode, moved into
