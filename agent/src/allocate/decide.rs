@@ -1,0 +1,923 @@
+//! The pure decision: forecasts, the allocator's state and the rules in, [`Action`]s out,
+//! each with its [`Explanation`]. No I/O: the live agent and `umbra simulate` call the
+//! same function.
+//!
+//! Per workload, the reservation for the next interval comes from the forecast's first
+//! `lead_steps` steps (the largest band among them), so a step the forecast sees coming is
+//! reserved before it happens. By tier:
+//! - **shadow**: what the full tier would write, explained, not written;
+//! - **warm**: `cpu.weight` from the band's p10 and `memory.low` at p10 (soft);
+//! - **full**: warm's, plus `memory.min` at p10 and `cpu.max`, `memory.high` at p90 ×
+//!   (1 + margin), the margin adapted to the forecasts' observed error.
+//!
+//! Then the safety rules, in this order, each one named in the explanation when it moved
+//! a value: floors (never `memory.high` below current usage or a minimum, never `cpu.max`
+//! below a minimum), the rate limit (change per tick), per-uid quotas and the node
+//! ceiling (capacity minus a reserve; when reservations exceed it, critical workloads are
+//! served first, best-effort ones last), then the minimum interval between writes and
+//! the hysteresis band (small changes are not written).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cgroups::{Group, Knob, Value},
+    control::Tier as Priority,
+    tiers::Tier,
+};
+use crate::{
+    aggregate::WorkloadId,
+    predict::{Band, Forecast, Target},
+};
+
+const PAGE: u64 = 4096;
+
+/// Priorities, served in this order when reservations exceed capacity.
+pub const PRIORITIES: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::BestEffort];
+
+pub fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Critical => "critical",
+        Priority::Normal => "normal",
+        Priority::BestEffort => "best-effort",
+    }
+}
+
+/// The safety rules and tier parameters (from `[allocate]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rules {
+    /// Forecast steps the next reservation covers (the largest band among them).
+    pub lead_steps: usize,
+    /// Margin over p90 for `cpu.max` and `memory.high`, at least; the observed error
+    /// raises it per workload.
+    pub margin: f64,
+    /// The largest margin the observed error may ask for.
+    pub max_margin: f64,
+    /// Floors.
+    pub min_cpu_cores: f64,
+    pub min_memory_bytes: u64,
+    /// `memory.high` stays at least this fraction above current usage.
+    pub memory_headroom: f64,
+    /// Node ceiling: capacity minus these.
+    pub reserve_cores: f64,
+    pub reserve_memory_bytes: u64,
+    /// Change per tick: up to ×(1 + max_increase), down to ×(1 − max_decrease).
+    pub max_increase: f64,
+    pub max_decrease: f64,
+    /// Minimum time between two writes of one knob, ms.
+    pub min_interval_ms: u64,
+    /// Changes smaller than this fraction are not written (hysteresis).
+    pub deadband: f64,
+    /// Per-uid limits on what the workloads of a uid may reserve together.
+    pub quotas: Vec<Quota>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            lead_steps: 2,
+            margin: 0.15,
+            max_margin: 1.0,
+            min_cpu_cores: 0.05,
+            min_memory_bytes: 32 << 20,
+            memory_headroom: 0.05,
+            reserve_cores: 0.1,
+            reserve_memory_bytes: 256 << 20,
+            max_increase: 1.0,
+            max_decrease: 0.25,
+            min_interval_ms: 0,
+            deadband: 0.05,
+            quotas: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub uid: u32,
+    pub cpu_cores: Option<f64>,
+    pub memory_bytes: Option<u64>,
+}
+
+/// One managed workload as `decide` sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadState {
+    pub workload: WorkloadId,
+    pub name: String,
+    /// Its group in the owned subtree.
+    pub group: Group,
+    pub priority: Priority,
+    pub tier: Tier,
+    pub uid: Option<u32>,
+    /// What its group has now (knobs not listed have the kernel's defaults).
+    pub applied: BTreeMap<Knob, Value>,
+    /// When each knob was last written, ms.
+    pub written_ms: BTreeMap<Knob, u64>,
+    /// Usage in the last interval.
+    pub cpu_cores: f64,
+    pub memory_bytes: u64,
+    /// Margins over p90 the observed error asks for (at least `Rules::margin`).
+    pub cpu_margin: f64,
+    pub memory_margin: f64,
+    /// Memory multiplier after OOM events (VPA-like ×1.2 each, decaying to 1).
+    pub memory_bump: f64,
+}
+
+impl WorkloadState {
+    pub fn new(workload: WorkloadId, name: &str, group: Group) -> WorkloadState {
+        WorkloadState {
+            workload,
+            name: name.to_string(),
+            group,
+            priority: Priority::Normal,
+            tier: Tier::Shadow,
+            uid: None,
+            applied: BTreeMap::new(),
+            written_ms: BTreeMap::new(),
+            cpu_cores: 0.0,
+            memory_bytes: 0,
+            cpu_margin: 0.15,
+            memory_margin: 0.15,
+            memory_bump: 1.0,
+        }
+    }
+
+    pub fn value(&self, knob: Knob) -> Value {
+        self.applied
+            .get(&knob)
+            .copied()
+            .unwrap_or(knob.default_value())
+    }
+}
+
+/// The node and the workloads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub now_ms: u64,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub workloads: Vec<WorkloadState>,
+}
+
+/// A rule that moved a value away from what the forecast asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule")]
+pub enum Bound {
+    /// Raised to a floor: the minimum, or current usage plus headroom.
+    Floor { floor: Value },
+    /// Held to the rate limit (change per tick).
+    RateLimit { limit: Value },
+    /// Scaled to fit the uid's quota.
+    Quota { uid: u32, scale: f64 },
+    /// Scaled to fit the node's capacity minus the reserve, by priority.
+    NodeCeiling { scale: f64 },
+    /// Kept: written less than `min_interval_ms` ago.
+    Interval { since_ms: u64 },
+    /// Kept: the change is inside the hysteresis band.
+    Hysteresis,
+    /// Lifted to the kernel default: the tier no longer sets it.
+    TierLifted,
+}
+
+impl Bound {
+    fn text(&self, knob: Knob) -> String {
+        match self {
+            Bound::Floor { floor } => format!("floor {}", floor.show(knob)),
+            Bound::RateLimit { limit } => format!("rate limit {}", limit.show(knob)),
+            Bound::Quota { uid, scale } => format!("uid {uid} quota ×{scale:.2}"),
+            Bound::NodeCeiling { scale } => format!("node ceiling ×{scale:.2}"),
+            Bound::Interval { since_ms } => format!("written {since_ms} ms ago"),
+            Bound::Hysteresis => "inside the hysteresis band".into(),
+            Bound::TierLifted => "not set at this tier".into(),
+        }
+    }
+}
+
+/// Why a knob gets the value it gets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub workload: WorkloadId,
+    pub name: String,
+    pub tier: Tier,
+    pub priority: Priority,
+    /// The target and the band behind the value (largest over the lead steps), and the
+    /// predictor that made it.
+    pub target: Target,
+    pub band: Band,
+    pub steps: usize,
+    pub predictor: String,
+    pub margin: f64,
+    /// Usage in the last interval (cores or bytes).
+    pub usage: f64,
+    /// What the forecast asked for, before the rules.
+    pub wanted: Value,
+    pub bounds: Vec<Bound>,
+}
+
+/// A change of one knob of one group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub group: Group,
+    pub knob: Knob,
+    pub old: Value,
+    pub new: Value,
+    /// Whether this is to be written (false: shadow tier, explained only).
+    pub write: bool,
+    pub why: Explanation,
+}
+
+impl Action {
+    /// One line for people (`umbra run --explain`).
+    pub fn text(&self) -> String {
+        let w = &self.why;
+        let unit = |v: f64| match w.target {
+            Target::Cpu => format!("{v:.2} cores"),
+            _ => crate::trace::bytes(v.max(0.0) as u64),
+        };
+        let mut s = format!(
+            "{} [{}, {}{}] {} {} -> {}: p10 {} p50 {} p90 {} over {} step{} ({}), margin {:.0}%, used {}",
+            w.name,
+            w.tier.name(),
+            priority_name(w.priority),
+            if self.write { "" } else { ", not written" },
+            self.knob,
+            self.old.show(self.knob),
+            self.new.show(self.knob),
+            unit(w.band.p10),
+            unit(w.band.p50),
+            unit(w.band.p90),
+            w.steps,
+            if w.steps == 1 { "" } else { "s" },
+            w.predictor,
+            w.margin * 100.0,
+            unit(w.usage),
+        );
+        if !w.bounds.is_empty() {
+            let b: Vec<String> = w.bounds.iter().map(|b| b.text(self.knob)).collect();
+            s.push_str(&format!("; bounded by {}", b.join(", ")));
+        }
+        s
+    }
+}
+
+/// The largest band among the first `steps` steps (each quantile separately).
+pub fn lead_band(bands: &[Band], steps: usize) -> Option<Band> {
+    let take = &bands[..steps.clamp(1, bands.len().max(1)).min(bands.len())];
+    let mut it = take.iter();
+    let first = *it.next()?;
+    Some(it.fold(first, |a, b| Band {
+        p10: a.p10.max(b.p10),
+        p50: a.p50.max(b.p50),
+        p90: a.p90.max(b.p90),
+    }))
+}
+
+/// `cpu.weight` for a workload expected to use at least `cores`: 100 (the default) plus
+/// 100 per core, so under contention busier workloads get proportionally more.
+pub fn weight_for(cores: f64) -> u64 {
+    (100.0 + 100.0 * cores.max(0.0))
+        .round()
+        .clamp(1.0, 10_000.0) as u64
+}
+
+fn page(bytes: f64) -> u64 {
+    (bytes.max(0.0) as u64) / PAGE * PAGE
+}
+
+/// One value in the making.
+struct Pending {
+    w: usize,
+    knob: Knob,
+    new: Value,
+    write: bool,
+    why: Explanation,
+    /// Set by the ceiling or a quota: the interval and hysteresis rules may not keep the
+    /// old value.
+    forced: bool,
+}
+
+/// The decision. Returns only changes (knobs whose value differs from what is applied),
+/// plus the changes a shadow-tier workload would get, marked not to be written.
+pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Action> {
+    let by_id: BTreeMap<&WorkloadId, &Forecast> =
+        forecasts.iter().map(|f| (&f.workload, f)).collect();
+    let mut pending: Vec<Pending> = Vec::new();
+    for (i, w) in state.workloads.iter().enumerate() {
+        let Some(f) = by_id.get(&w.workload) else {
+            continue;
+        };
+        let (Some(cpu), Some(mem)) = (
+            lead_band(f.of(Target::Cpu), rules.lead_steps),
+            lead_band(f.of(Target::Memory), rules.lead_steps),
+        ) else {
+            continue;
+        };
+        let steps = rules.lead_steps.min(f.of(Target::Cpu).len()).max(1);
+        let explain =
+            |target: Target, band: Band, margin: f64, usage: f64, wanted: Value| Explanation {
+                workload: w.workload.clone(),
+                name: w.name.clone(),
+                tier: w.tier,
+                priority: w.priority,
+                target,
+                band,
+                steps,
+                predictor: f.predictor.clone(),
+                margin,
+                usage,
+                wanted,
+                bounds: Vec::new(),
+            };
+        let cpu_margin = w
+            .cpu_margin
+            .clamp(rules.margin, rules.max_margin.max(rules.margin));
+        let mem_margin = w
+            .memory_margin
+            .clamp(rules.margin, rules.max_margin.max(rules.margin));
+        let bump = w.memory_bump.max(1.0);
+        let soft = |knob: Knob| -> Value {
+            match knob {
+                Knob::CpuWeight => Value::Amount(weight_for(cpu.p10)),
+                Knob::MemoryLow | Knob::MemoryMin => Value::Amount(page(mem.p10)),
+                Knob::CpuMax => Value::of_cores(cpu.p90 * (1.0 + cpu_margin)),
+                Knob::MemoryHigh => Value::Amount(page(mem.p90 * (1.0 + mem_margin) * bump)),
+                _ => knob.default_value(),
+            }
+        };
+        // What the tier sets; knobs a higher tier set and this one does not are lifted.
+        let knobs: &[(Knob, bool)] = match w.tier {
+            Tier::Shadow => &[
+                (Knob::CpuWeight, true),
+                (Knob::MemoryLow, true),
+                (Knob::MemoryMin, true),
+                (Knob::CpuMax, true),
+                (Knob::MemoryHigh, true),
+            ],
+            Tier::Warm => &[
+                (Knob::CpuWeight, true),
+                (Knob::MemoryLow, true),
+                (Knob::MemoryMin, false),
+                (Knob::CpuMax, false),
+                (Knob::MemoryHigh, false),
+            ],
+            Tier::Full => &[
+                (Knob::CpuWeight, true),
+                (Knob::MemoryLow, true),
+                (Knob::MemoryMin, true),
+                (Knob::CpuMax, true),
+                (Knob::MemoryHigh, true),
+            ],
+        };
+        for &(knob, set) in knobs {
+            let (target, band, margin, usage) = if knob.is_memory() {
+                (Target::Memory, mem, mem_margin, w.memory_bytes as f64)
+            } else {
+                (Target::Cpu, cpu, cpu_margin, w.cpu_cores)
+            };
+            let wanted = if set {
+                soft(knob)
+            } else {
+                knob.default_value()
+            };
+            let mut why = explain(target, band, margin, usage, wanted);
+            if !set {
+                why.bounds.push(Bound::TierLifted);
+            }
+            pending.push(Pending {
+                w: i,
+                knob,
+                new: wanted,
+                write: w.tier != Tier::Shadow,
+                why,
+                forced: false,
+            });
+        }
+    }
+    for p in &mut pending {
+        let w = &state.workloads[p.w];
+        if p.why.bounds.contains(&Bound::TierLifted) {
+            continue;
+        }
+        floor(p, w, rules);
+        rate_limit(p, w, rules);
+    }
+    quotas(&mut pending, state, rules);
+    ceiling(&mut pending, state, rules);
+    let mut out = Vec::new();
+    for mut p in pending {
+        let w = &state.workloads[p.w];
+        let old = w.value(p.knob);
+        if !p.forced && p.write {
+            if let Some(at) = w.written_ms.get(&p.knob) {
+                let since = state.now_ms.saturating_sub(*at);
+                if since < rules.min_interval_ms && p.new != old {
+                    p.why.bounds.push(Bound::Interval { since_ms: since });
+                    p.new = old;
+                }
+            }
+            if within(old, p.new, rules.deadband) && p.new != old {
+                p.why.bounds.push(Bound::Hysteresis);
+                p.new = old;
+            }
+        }
+        if p.new == old {
+            continue;
+        }
+        out.push(Action {
+            group: w.group.clone(),
+            knob: p.knob,
+            old,
+            new: p.new,
+            write: p.write,
+            why: p.why,
+        });
+    }
+    out
+}
+
+/// Whether `new` is within `band` (relative) of `old`.
+fn within(old: Value, new: Value, band: f64) -> bool {
+    match (old, new) {
+        (Value::Amount(o), Value::Amount(n)) if o > 0 => {
+            (n as f64 - o as f64).abs() / (o as f64) < band
+        }
+        _ => false,
+    }
+}
+
+fn floor(p: &mut Pending, w: &WorkloadState, r: &Rules) {
+    let floor = match p.knob {
+        Knob::CpuMax => Value::of_cores(r.min_cpu_cores),
+        Knob::MemoryHigh | Knob::MemoryMax => Value::Amount(
+            page(
+                (r.min_memory_bytes as f64).max(w.memory_bytes as f64 * (1.0 + r.memory_headroom)),
+            ) + PAGE,
+        ),
+        _ => return,
+    };
+    if let (Value::Amount(n), Value::Amount(f)) = (p.new, floor)
+        && n < f
+    {
+        p.new = floor;
+        p.why.bounds.push(Bound::Floor { floor });
+    }
+}
+
+fn rate_limit(p: &mut Pending, w: &WorkloadState, r: &Rules) {
+    let Value::Amount(old) = w.value(p.knob) else {
+        return; // from no limit, the first limit is set at once (the floor protects it)
+    };
+    let Value::Amount(new) = p.new else {
+        return; // lifting a limit is never held back
+    };
+    if old == 0 {
+        return;
+    }
+    let hi = (old as f64 * (1.0 + r.max_increase)).ceil() as u64;
+    let lo = (old as f64 * (1.0 - r.max_decrease).max(0.0)).floor() as u64;
+    let limited = new.clamp(lo, hi.max(lo));
+    if limited != new {
+        let limited = if p.knob.is_memory() {
+            limited / PAGE * PAGE
+        } else {
+            limited
+        };
+        p.new = Value::Amount(limited);
+        p.why.bounds.push(Bound::RateLimit {
+            limit: Value::Amount(limited),
+        });
+    }
+}
+
+/// The reservations that count against capacity: `cpu.max` (cores) and `memory.min` +
+/// `memory.low` (bytes guaranteed; `memory.low` is covered by `memory.min` where both are set).
+fn reserved(p: &Pending) -> Option<(bool, f64)> {
+    match (p.knob, p.new) {
+        (Knob::CpuMax, Value::Amount(q)) if p.write => Some((true, q as f64)),
+        (Knob::MemoryMin | Knob::MemoryLow, Value::Amount(b)) if p.write => Some((false, b as f64)),
+        _ => None,
+    }
+}
+
+/// Scales reservations to `limit`: `cpu` (quota µs) or memory (bytes), over the pending
+/// values selected by `pick`. Returns the scale applied (≤ 1).
+fn scale_to(pending: &mut [&mut Pending], cpu: bool, limit: f64) -> f64 {
+    // memory.low and memory.min of a workload overlap: count the larger of the two.
+    let mut per_w: BTreeMap<usize, f64> = BTreeMap::new();
+    for p in pending.iter() {
+        if let Some((c, v)) = reserved(p)
+            && c == cpu
+        {
+            let e = per_w.entry(p.w).or_default();
+            *e = e.max(v);
+        }
+    }
+    let total: f64 = per_w.values().sum();
+    if total <= limit || total <= 0.0 {
+        return 1.0;
+    }
+    let scale = (limit / total).clamp(0.0, 1.0);
+    for p in pending.iter_mut() {
+        if let Some((c, v)) = reserved(p)
+            && c == cpu
+        {
+            let scaled = v * scale;
+            p.new = Value::Amount(if cpu {
+                scaled.round() as u64
+            } else {
+                (scaled as u64) / PAGE * PAGE
+            });
+        }
+    }
+    scale
+}
+
+fn quotas(pending: &mut [Pending], state: &State, rules: &Rules) {
+    for q in &rules.quotas {
+        for (cpu, limit) in [
+            (
+                true,
+                q.cpu_cores
+                    .map(|c| c * crate::allocate::cgroups::CPU_PERIOD_US as f64),
+            ),
+            (false, q.memory_bytes.map(|b| b as f64)),
+        ] {
+            let Some(limit) = limit else { continue };
+            let mut mine: Vec<&mut Pending> = pending
+                .iter_mut()
+                .filter(|p| state.workloads[p.w].uid == Some(q.uid))
+                .collect();
+            let scale = scale_to(&mut mine, cpu, limit);
+            if scale < 1.0 {
+                for p in mine {
+                    if reserved(p).is_some_and(|(c, _)| c == cpu) {
+                        p.forced = true;
+                        p.why.bounds.push(Bound::Quota { uid: q.uid, scale });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Capacity minus the reserve, shared by priority: critical workloads get what they ask
+/// first, then normal, then best-effort; the first level that does not fit is scaled and
+/// the levels below it get nothing beyond their floors.
+fn ceiling(pending: &mut [Pending], state: &State, rules: &Rules) {
+    let caps = [
+        (
+            true,
+            (state.cpus - rules.reserve_cores).max(0.0)
+                * crate::allocate::cgroups::CPU_PERIOD_US as f64,
+        ),
+        (
+            false,
+            state
+                .memory_bytes
+                .saturating_sub(rules.reserve_memory_bytes) as f64,
+        ),
+    ];
+    // Workloads with reservations but no value this tick (not forecast) still hold what
+    // they have.
+    for (cpu, cap) in caps {
+        if state.cpus <= 0.0 && cpu || state.memory_bytes == 0 && !cpu {
+            continue;
+        }
+        let in_tick: std::collections::BTreeSet<usize> = pending.iter().map(|p| p.w).collect();
+        let held: f64 = state
+            .workloads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !in_tick.contains(i))
+            .map(|(_, w)| held_by(w, cpu))
+            .sum();
+        let mut left = (cap - held).max(0.0);
+        for prio in PRIORITIES {
+            let mut level: Vec<&mut Pending> = pending
+                .iter_mut()
+                .filter(|p| state.workloads[p.w].priority == prio)
+                .collect();
+            let scale = scale_to(&mut level, cpu, left);
+            let mut used: BTreeMap<usize, f64> = BTreeMap::new();
+            for p in level.iter_mut() {
+                if let Some((c, v)) = reserved(p)
+                    && c == cpu
+                {
+                    let e = used.entry(p.w).or_default();
+                    *e = e.max(v);
+                    if scale < 1.0 {
+                        p.forced = true;
+                        p.why.bounds.push(Bound::NodeCeiling { scale });
+                    }
+                }
+            }
+            left = (left - used.values().sum::<f64>()).max(0.0);
+        }
+    }
+}
+
+/// What a workload holds now against capacity.
+fn held_by(w: &WorkloadState, cpu: bool) -> f64 {
+    if cpu {
+        w.value(Knob::CpuMax).amount().unwrap_or(0) as f64
+    } else {
+        w.value(Knob::MemoryMin)
+            .amount()
+            .unwrap_or(0)
+            .max(w.value(Knob::MemoryLow).amount().unwrap_or(0)) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn band(p10: f64, p50: f64, p90: f64) -> Band {
+        Band { p10, p50, p90 }
+    }
+
+    fn forecast(id: &str, cpu: &[Band], mem: &[Band]) -> Forecast {
+        Forecast {
+            workload: WorkloadId(id.into()),
+            made_ms: 0,
+            interval_ms: 1000,
+            predictor: "test".into(),
+            bands: [cpu.to_vec(), mem.to_vec(), vec![], vec![]],
+        }
+    }
+
+    fn workload(id: &str, tier: Tier) -> WorkloadState {
+        let mut w = WorkloadState::new(
+            WorkloadId(id.into()),
+            id,
+            Group::new(&format!("umbra/{id}")).unwrap(),
+        );
+        w.tier = tier;
+        w.memory_bytes = 100 * MIB;
+        w.cpu_cores = 0.5;
+        w
+    }
+
+    fn state(ws: Vec<WorkloadState>) -> State {
+        State {
+            now_ms: 10_000,
+            cpus: 8.0,
+            memory_bytes: 16 << 30,
+            workloads: ws,
+        }
+    }
+
+    fn find(a: &[Action], id: &str, knob: Knob) -> Option<Action> {
+        a.iter()
+            .find(|x| x.why.workload.0 == id && x.knob == knob)
+            .cloned()
+    }
+
+    fn steady(c: f64, m: u64) -> (Vec<Band>, Vec<Band>) {
+        let mf = m as f64;
+        (
+            vec![band(c * 0.8, c, c * 1.2); 4],
+            vec![band(mf * 0.9, mf, mf * 1.1); 4],
+        )
+    }
+
+    #[test]
+    fn full_tier_sets_hard_limits_from_the_band_and_shadow_writes_nothing() {
+        let (c, m) = steady(1.0, 200 * MIB);
+        let f = vec![forecast("a", &c, &m), forecast("b", &c, &m)];
+        let s = state(vec![workload("a", Tier::Full), workload("b", Tier::Shadow)]);
+        let acts = decide(&f, &s, &Rules::default());
+        let cpu = find(&acts, "a", Knob::CpuMax).unwrap();
+        assert_eq!(cpu.new, Value::of_cores(1.2 * 1.15));
+        assert!(cpu.write && cpu.why.bounds.is_empty(), "{}", cpu.text());
+        let high = find(&acts, "a", Knob::MemoryHigh).unwrap();
+        assert_eq!(high.new, Value::Amount(page(m[0].p90 * 1.15)));
+        let min = find(&acts, "a", Knob::MemoryMin).unwrap();
+        assert_eq!(min.new, Value::Amount(page(m[0].p10)));
+        assert_eq!(
+            find(&acts, "a", Knob::CpuWeight).unwrap().new,
+            Value::Amount(weight_for(0.8))
+        );
+        let shadow: Vec<&Action> = acts.iter().filter(|a| a.why.workload.0 == "b").collect();
+        assert_eq!(shadow.len(), 5);
+        assert!(shadow.iter().all(|a| !a.write));
+        assert!(
+            cpu.text().contains("cpu.max max -> 1.38 cores"),
+            "{}",
+            cpu.text()
+        );
+    }
+
+    #[test]
+    fn a_predicted_step_is_reserved_before_it_happens() {
+        // Now 1 core; the forecast sees 3 cores two steps ahead.
+        let cpu = vec![
+            band(0.8, 1.0, 1.2),
+            band(2.5, 3.0, 3.5),
+            band(2.5, 3.0, 3.5),
+        ];
+        let (_, m) = steady(1.0, 100 * MIB);
+        let mut w = workload("a", Tier::Full);
+        w.applied.insert(Knob::CpuMax, Value::of_cores(1.4));
+        let acts = decide(
+            &[forecast("a", &cpu, &m)],
+            &state(vec![w]),
+            &Rules::default(),
+        );
+        let a = find(&acts, "a", Knob::CpuMax).unwrap();
+        // 3.5 × 1.15 = 4.03 wanted, the rate limit allows ×2 of 1.4.
+        assert_eq!(a.new, Value::of_cores(2.8));
+        assert!(
+            matches!(a.why.bounds[..], [Bound::RateLimit { .. }]),
+            "{a:?}"
+        );
+        let rules = Rules {
+            lead_steps: 1,
+            ..Rules::default()
+        };
+        let mut w = workload("a", Tier::Full);
+        w.applied.insert(Knob::CpuMax, Value::of_cores(1.4));
+        let acts = decide(&[forecast("a", &cpu, &m)], &state(vec![w]), &rules);
+        assert!(
+            find(&acts, "a", Knob::CpuMax).is_none(),
+            "with one step of lead the step is not seen: {acts:?}"
+        );
+    }
+
+    #[test]
+    fn memory_high_never_goes_below_usage_or_the_minimum() {
+        let (c, m) = steady(0.1, 10 * MIB);
+        let mut w = workload("a", Tier::Full);
+        w.memory_bytes = 300 * MIB;
+        let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &Rules::default());
+        let a = find(&acts, "a", Knob::MemoryHigh).unwrap();
+        let Value::Amount(v) = a.new else { panic!() };
+        assert!(v as f64 >= 300.0 * MIB as f64 * 1.05, "{}", a.text());
+        assert!(matches!(a.why.bounds[..], [Bound::Floor { .. }]));
+        let mut w = workload("a", Tier::Full);
+        w.memory_bytes = 0;
+        let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &Rules::default());
+        let Value::Amount(v) = find(&acts, "a", Knob::MemoryHigh).unwrap().new else {
+            panic!()
+        };
+        assert!(v >= 32 * MIB);
+        let cpu = find(&acts, "a", Knob::CpuMax).unwrap();
+        assert_eq!(cpu.new, Value::of_cores(0.12 * 1.15));
+        let (c, m) = steady(0.01, 100 * MIB);
+        let acts = decide(
+            &[forecast("a", &c, &m)],
+            &state(vec![workload("a", Tier::Full)]),
+            &Rules::default(),
+        );
+        assert_eq!(
+            find(&acts, "a", Knob::CpuMax).unwrap().new,
+            Value::of_cores(0.05)
+        );
+    }
+
+    #[test]
+    fn decreases_are_rate_limited_and_small_changes_are_not_written() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let mut w = workload("a", Tier::Full);
+        w.applied.insert(Knob::CpuMax, Value::of_cores(4.0));
+        let acts = decide(
+            &[forecast("a", &c, &m)],
+            &state(vec![w.clone()]),
+            &Rules::default(),
+        );
+        assert_eq!(
+            find(&acts, "a", Knob::CpuMax).unwrap().new,
+            Value::of_cores(3.0)
+        );
+        w.applied.insert(Knob::CpuMax, Value::of_cores(1.4));
+        let acts = decide(
+            &[forecast("a", &c, &m)],
+            &state(vec![w.clone()]),
+            &Rules::default(),
+        );
+        assert!(
+            find(&acts, "a", Knob::CpuMax).is_none(),
+            "1.38 vs 1.40 is inside the band"
+        );
+        let rules = Rules {
+            min_interval_ms: 5000,
+            ..Rules::default()
+        };
+        w.applied.insert(Knob::CpuMax, Value::of_cores(3.0));
+        w.written_ms.insert(Knob::CpuMax, 8000);
+        let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &rules);
+        assert!(find(&acts, "a", Knob::CpuMax).is_none(), "written 2 s ago");
+    }
+
+    #[test]
+    fn over_capacity_critical_workloads_are_served_first() {
+        let (c, m) = steady(3.0, 100 * MIB);
+        let f = vec![forecast("crit", &c, &m), forecast("be", &c, &m)];
+        let mut crit = workload("crit", Tier::Full);
+        crit.priority = Priority::Critical;
+        let mut be = workload("be", Tier::Full);
+        be.priority = Priority::BestEffort;
+        let mut s = state(vec![be, crit]);
+        s.cpus = 6.0;
+        let acts = decide(&f, &s, &Rules::default());
+        let c1 = find(&acts, "crit", Knob::CpuMax).unwrap();
+        assert_eq!(c1.new, Value::of_cores(3.6 * 1.15));
+        let b = find(&acts, "be", Knob::CpuMax).unwrap();
+        let got = b.new.cores().unwrap();
+        let want = 6.0 - 0.1 - 3.6 * 1.15;
+        assert!((got - want).abs() < 1e-3, "{got} vs {want}: {}", b.text());
+        assert!(
+            b.why
+                .bounds
+                .iter()
+                .any(|x| matches!(x, Bound::NodeCeiling { .. })),
+            "{}",
+            b.text()
+        );
+        let total: f64 = acts
+            .iter()
+            .filter(|a| a.knob == Knob::CpuMax)
+            .map(|a| a.new.cores().unwrap())
+            .sum();
+        assert!(total <= 6.0 - 0.1 + 1e-6);
+    }
+
+    #[test]
+    fn a_uid_quota_scales_its_workloads_together() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let f = vec![forecast("a", &c, &m), forecast("b", &c, &m)];
+        let mut a = workload("a", Tier::Full);
+        a.uid = Some(1000);
+        let mut b = workload("b", Tier::Full);
+        b.uid = Some(1000);
+        let rules = Rules {
+            quotas: vec![Quota {
+                uid: 1000,
+                cpu_cores: Some(1.38),
+                memory_bytes: None,
+            }],
+            ..Rules::default()
+        };
+        let acts = decide(&f, &state(vec![a, b]), &rules);
+        let sum: f64 = acts
+            .iter()
+            .filter(|a| a.knob == Knob::CpuMax)
+            .map(|a| a.new.cores().unwrap())
+            .sum();
+        assert!((sum - 1.38).abs() < 1e-3, "{sum}");
+        assert!(
+            find(&acts, "a", Knob::CpuMax)
+                .unwrap()
+                .why
+                .bounds
+                .iter()
+                .any(|b| matches!(b, Bound::Quota { uid: 1000, .. }))
+        );
+    }
+
+    #[test]
+    fn a_demoted_workload_has_its_hard_limits_lifted() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let mut w = workload("a", Tier::Warm);
+        w.applied.insert(Knob::CpuMax, Value::of_cores(1.38));
+        w.applied.insert(Knob::MemoryHigh, Value::Amount(200 * MIB));
+        w.applied.insert(Knob::MemoryMin, Value::Amount(90 * MIB));
+        let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &Rules::default());
+        for k in [Knob::CpuMax, Knob::MemoryHigh, Knob::MemoryMin] {
+            let a = find(&acts, "a", k).unwrap();
+            assert_eq!(a.new, k.default_value(), "{}", a.text());
+            assert_eq!(a.why.bounds, vec![Bound::TierLifted]);
+        }
+        assert!(find(&acts, "a", Knob::MemoryLow).is_some());
+    }
+
+    #[test]
+    fn an_oom_bump_and_the_observed_error_widen_the_margin() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let mut w = workload("a", Tier::Full);
+        w.memory_bump = 1.2;
+        w.cpu_margin = 0.5;
+        let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &Rules::default());
+        assert_eq!(
+            find(&acts, "a", Knob::MemoryHigh).unwrap().new,
+            Value::Amount(page(m[0].p90 * 1.15 * 1.2))
+        );
+        assert_eq!(
+            find(&acts, "a", Knob::CpuMax).unwrap().new,
+            Value::of_cores(1.2 * 1.5)
+        );
+    }
+
+    #[test]
+    fn workloads_without_forecasts_get_no_actions() {
+        let s = state(vec![workload("a", Tier::Full)]);
+        assert!(decide(&[], &s, &Rules::default()).is_empty());
+        let empty = forecast("a", &[], &[]);
+        assert!(decide(&[empty], &s, &Rules::default()).is_empty());
+    }
+}

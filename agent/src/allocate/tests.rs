@@ -1,0 +1,558 @@
+//! The stage on the temp-dir fake: processes found and placed, decisions written and read
+//! back, everything restored at shutdown and after a crash, faults counted, admission.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use super::{
+    cgroups::{Fake, Group, Knob, Value},
+    config::{AllocateConfig, WorkloadRule},
+    control::Control,
+    *,
+};
+use crate::{
+    aggregate::{
+        GroupBy, NodePoint, ProductionInput, ResourceProfile, ShadowPoint, Window, WorkloadId,
+    },
+    capture::{DropCounts, Lifecycle, LifecycleKind, NodeStats, ProcessSample, Tick},
+    predict::{Band, Forecast, RequestPrediction},
+};
+
+const MIB: u64 = 1 << 20;
+const EXE: &str = "/usr/bin/worker";
+const HASH: &str = "sha256:00ff";
+
+fn id() -> WorkloadId {
+    WorkloadId(format!("exe:{HASH}"))
+}
+
+fn cfg(start: Tier) -> AllocateConfig {
+    let mut c = AllocateConfig {
+        root: Some("umbra.slice".into()),
+        ..Default::default()
+    };
+    c.tiers.start = start;
+    c.workload.push(WorkloadRule {
+        exe: Some(EXE.into()),
+        ..Default::default()
+    });
+    c
+}
+
+fn sample(pid: u32, exe: &str) -> ProcessSample {
+    ProcessSample {
+        tgid: pid,
+        start_ns: 1000 + pid as u64,
+        ppid: Some(1),
+        cgroup_id: 0,
+        comm: "worker".into(),
+        exe: Some(exe.into()),
+        exe_hash: Some(HASH.into()),
+        cgroup: Some("/system.slice/app.service".into()),
+        counters: Default::default(),
+        memory: Default::default(),
+        exit: None,
+    }
+}
+
+fn tick(samples: Vec<ProcessSample>) -> Tick {
+    Tick {
+        timestamp_ns: 0,
+        wall_ms: 0,
+        samples,
+        drops: DropCounts::default(),
+        node: NodeStats::default(),
+        pressure: Vec::new(),
+    }
+}
+
+fn window(now_ms: u64, cpu: f64, rss: u64) -> Window {
+    Window {
+        points: vec![ShadowPoint {
+            timestamp_ms: now_ms,
+            interval_ms: 1000,
+            workload: id(),
+            name: "worker".into(),
+            processes: 1,
+            input: ProductionInput::default(),
+            profile: ResourceProfile {
+                cpu_cores: cpu,
+                rss_bytes: rss,
+                ..Default::default()
+            },
+        }],
+        node: NodePoint {
+            timestamp_ms: now_ms,
+            interval_ms: 1000,
+            cpus: 4,
+            mem_total_bytes: 8 << 30,
+            ..Default::default()
+        },
+    }
+}
+
+fn forecast(cpu: f64, mem: f64) -> Forecast {
+    let b = |v: f64| Band {
+        p10: v * 0.9,
+        p50: v,
+        p90: v * 1.1,
+    };
+    Forecast {
+        workload: id(),
+        made_ms: 0,
+        interval_ms: 1000,
+        predictor: "test".into(),
+        bands: [vec![b(cpu); 3], vec![b(mem); 3], vec![], vec![]],
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    fake: Fake,
+    state: std::path::PathBuf,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("cgroup");
+    std::fs::create_dir(&tree).unwrap();
+    let fake = Fake::new(&tree);
+    fake.spawn(7, &Group::new("system.slice/app.service").unwrap());
+    fake.spawn(8, &Group::new("system.slice/other.service").unwrap());
+    let state = dir.path().join("state");
+    Rig {
+        _dir: dir,
+        fake,
+        state,
+    }
+}
+
+fn alive(_: u32) -> Option<u64> {
+    Some(1)
+}
+
+fn start(r: &Rig, c: &AllocateConfig, enforce: bool) -> (Allocator, Option<Restored>) {
+    Allocator::with_backend(
+        c,
+        GroupBy::Exe,
+        Box::new(r.fake.clone()),
+        &r.state,
+        if enforce { Mode::Enforce } else { Mode::DryRun },
+        alive,
+    )
+    .unwrap()
+}
+
+/// A control that keeps the allocator's mode as it is.
+fn same(a: &Allocator) -> Control {
+    let mut c = Control::ephemeral();
+    let _ = c.set_mode(a.mode());
+    c
+}
+
+fn step(a: &mut Allocator, t: &Tick, w: &Window, f: &[Forecast]) -> Vec<Decision> {
+    let c = same(a);
+    a.tick(t, w, f, &c)
+}
+
+fn exec_on(a: &mut Allocator, ev: &Lifecycle, p: Option<&RequestPrediction>) -> Vec<Decision> {
+    let c = same(a);
+    a.on_exec(ev, p, &c)
+}
+
+fn g(s: &str) -> Group {
+    Group::new(s).unwrap()
+}
+
+fn worker_group() -> Group {
+    group_for(&g("umbra.slice"), EXE)
+}
+
+#[test]
+fn an_opted_in_process_is_placed_and_its_reservation_written_and_read_back() {
+    let r = rig();
+    let before = r.fake.snapshot();
+    let (mut a, restored) = start(&r, &cfg(Tier::Full), true);
+    assert!(restored.is_none());
+    let t = tick(vec![sample(7, EXE), sample(8, "/usr/bin/other")]);
+    let d = step(
+        &mut a,
+        &t,
+        &window(1000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    let wg = worker_group();
+    assert_eq!(r.fake.group_of(7), Some(wg.child("base")), "{d:#?}");
+    assert_eq!(
+        r.fake.group_of(8),
+        Some(g("system.slice/other.service")),
+        "a process no rule names is never touched"
+    );
+    let cpu = r.fake.read(&wg, Knob::CpuMax).unwrap();
+    assert_eq!(cpu, Value::of_cores(1.1 * 1.15));
+    let high = r.fake.read(&wg, Knob::MemoryHigh).unwrap();
+    assert!(
+        matches!(high, Value::Amount(b) if b >= 220 * MIB),
+        "{high:?}"
+    );
+    let written: Vec<&Decision> = d
+        .iter()
+        .filter(|x| matches!(x, Decision::Set { written: true, .. }))
+        .collect();
+    assert_eq!(written.len(), 5, "{d:#?}");
+    assert!(d.iter().all(|x| !x.text().is_empty()));
+    // Shutdown puts everything back exactly.
+    let restored = a.shutdown().unwrap();
+    assert!(restored.failures.is_empty(), "{restored:?}");
+    assert_eq!(r.fake.group_of(7), Some(g("system.slice/app.service")));
+    assert_eq!(r.fake.snapshot(), before);
+    assert!(!r.state.join("journal").exists());
+}
+
+#[test]
+fn dry_run_writes_nothing_and_explains_everything() {
+    let r = rig();
+    let before = r.fake.snapshot();
+    let (mut a, _) = start(&r, &cfg(Tier::Full), false);
+    let d = step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    assert!(r.fake.writes().is_empty(), "{:?}", r.fake.writes());
+    assert_eq!(r.fake.snapshot(), before);
+    let texts: Vec<String> = d.iter().map(Decision::text).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("cpu.max") && t.contains("(dry-run)")),
+        "{texts:#?}"
+    );
+}
+
+#[test]
+fn after_a_crash_the_next_start_restores_from_the_journal() {
+    let r = rig();
+    let before = r.fake.snapshot();
+    let (mut a, _) = start(&r, &cfg(Tier::Full), true);
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    assert_ne!(r.fake.snapshot(), before);
+    // kill -9: nothing runs on the way out.
+    std::mem::forget(a);
+    let (b, restored) = start(&r, &cfg(Tier::Full), false);
+    let restored = restored.unwrap();
+    assert_eq!(restored.processes, 1, "{restored:?}");
+    assert!(restored.groups >= 3, "{restored:?}");
+    assert_eq!(r.fake.snapshot(), before);
+    drop(b.shutdown());
+    assert_eq!(r.fake.snapshot(), before);
+}
+
+#[test]
+fn a_delegated_subtree_gets_its_original_values_back() {
+    let r = rig();
+    // The owned root exists already (delegated), with settings of its own.
+    r.fake.spawn(99, &g("umbra.slice/keep"));
+    r.fake.exit(99);
+    let mut f = r.fake.clone();
+    f.write(&g("umbra.slice"), Knob::CpuWeight, Value::Amount(321))
+        .unwrap();
+    let before = r.fake.snapshot();
+    let (mut a, _) = start(&r, &cfg(Tier::Full), true);
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    let sc = r
+        .fake
+        .read_raw(&g("umbra.slice"), Knob::SubtreeControl)
+        .unwrap();
+    assert_eq!(sc, "cpu memory io");
+    a.shutdown();
+    assert_eq!(
+        r.fake.snapshot(),
+        before,
+        "settings of a delegated root restored"
+    );
+    assert!(
+        r.fake.exists(&g("umbra.slice/keep")),
+        "what Umbra did not create stays"
+    );
+}
+
+#[test]
+fn refused_writes_and_vanished_groups_are_counted_not_fatal() {
+    let r = rig();
+    let (mut a, _) = start(&r, &cfg(Tier::Full), true);
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    let wg = worker_group();
+    r.fake.fail(&wg, "cpu.max", libc::EINVAL);
+    r.fake.fail(&wg, "memory.high", libc::EBUSY);
+    let d = step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(2000, 3.0, 100 * MIB),
+        &[forecast(3.0, 400.0 * MIB as f64)],
+    );
+    let failed: Vec<String> = d
+        .iter()
+        .filter_map(|x| match x {
+            Decision::Set { error: Some(e), .. } => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{d:#?}");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.contains("cpu.max") && e.contains("refused the value"))
+    );
+    let s = a.stats();
+    assert_eq!(s.faults.by_kind.get("EINVAL"), Some(&1));
+    assert_eq!(s.faults.by_kind.get("EBUSY"), Some(&1));
+    // Someone removes the whole workload group: the next tick neither panics nor fails
+    // the rest.
+    r.fake.fail(&wg, "cpu.max", 0);
+    r.fake.fail(&wg, "memory.high", 0);
+    r.fake.vanish(&wg);
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(3000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    r.fake.set_read_only(true);
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(4000, 2.0, 100 * MIB),
+        &[forecast(2.0, 300.0 * MIB as f64)],
+    );
+    assert!(a.stats().faults.by_kind.contains_key("EROFS") || a.stats().faults.total() >= 2);
+    r.fake.set_read_only(false);
+    let restored = a.shutdown().unwrap();
+    assert_eq!(
+        r.fake.group_of(7),
+        Some(g("system.slice/app.service")),
+        "{restored:?}"
+    );
+}
+
+fn exec(pid: u32) -> Lifecycle {
+    Lifecycle {
+        kind: LifecycleKind::Exec {
+            filename: EXE.into(),
+        },
+        pid,
+        tgid: pid,
+        ppid: Some(1),
+        timestamp_ns: crate::capture::procfs::boot_ns(),
+        cgroup_id: 0,
+        comm: "worker".into(),
+    }
+}
+
+fn prediction(pid: u32, cores: f64, peak: f64) -> RequestPrediction {
+    let b = |v: f64| Band {
+        p10: v * 0.8,
+        p50: v,
+        p90: v * 1.2,
+    };
+    RequestPrediction {
+        tgid: pid,
+        exec_ns: 0,
+        workload: id(),
+        cpu_seconds: b(cores * 10.0),
+        peak_rss_bytes: b(peak),
+        duration_seconds: b(10.0),
+        io_bytes: b(0.0),
+        source: "profile".into(),
+    }
+}
+
+#[test]
+fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_released() {
+    let r = rig();
+    let mut c = cfg(Tier::Full);
+    c.workload[0].per_request = true;
+    let (mut a, _) = start(&r, &c, true);
+    // Learn the node's size from a tick.
+    step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
+    r.fake.spawn(20, &g("system.slice/app.service"));
+    let d = exec_on(
+        &mut a,
+        &exec(20),
+        Some(&prediction(20, 1.0, 100.0 * MIB as f64)),
+    );
+    let req = worker_group().child("req-20");
+    assert_eq!(r.fake.group_of(20), Some(req.clone()), "{d:#?}");
+    assert!(
+        matches!(
+            d[0],
+            Decision::Place {
+                latency_us: Some(_),
+                ..
+            }
+        ),
+        "{d:#?}"
+    );
+    assert_eq!(
+        r.fake.read(&req, Knob::CpuMax).unwrap(),
+        Value::of_cores(1.2 * 1.15)
+    );
+    // A second request needing more than is left (4 cpus − 0.1 − 1.38): held, frozen.
+    r.fake.spawn(21, &g("system.slice/app.service"));
+    let d = exec_on(
+        &mut a,
+        &exec(21),
+        Some(&prediction(21, 2.5, 100.0 * MIB as f64)),
+    );
+    let held = worker_group().child("req-21");
+    assert!(
+        d.iter()
+            .any(|x| matches!(x, Decision::Hold { pid: 21, .. })),
+        "{d:#?}"
+    );
+    assert!(r.fake.frozen(&held).unwrap());
+    assert_eq!(a.stats().holds, 1);
+    // Still no room: held.
+    let d = step(&mut a, &tick(vec![]), &window(2000, 0.0, 0), &[]);
+    assert!(!d.iter().any(|x| matches!(x, Decision::Release { .. })));
+    // The first request ends: capacity frees, the held one is released.
+    r.fake.exit(20);
+    step(&mut a, &tick(vec![]), &window(3000, 0.0, 0), &[]);
+    let d = step(&mut a, &tick(vec![]), &window(4000, 0.0, 0), &[]);
+    assert!(
+        d.iter().any(
+            |x| matches!(x, Decision::Release { pid: 21, reason, .. } if reason.contains("freed"))
+        ),
+        "{d:#?}"
+    );
+    assert!(!r.fake.frozen(&held).unwrap());
+    assert!(!r.fake.exists(&req), "an ended request's group is removed");
+    assert_eq!(a.stats().released_fit, 1);
+    a.shutdown();
+    assert_eq!(r.fake.group_of(21), Some(g("system.slice/app.service")));
+}
+
+#[test]
+fn a_held_request_runs_after_the_timeout() {
+    let r = rig();
+    let mut c = cfg(Tier::Full);
+    c.workload[0].per_request = true;
+    c.admission.timeout_ms = 2000;
+    c.admission.hold = config::HoldMode::LowWeight;
+    let (mut a, _) = start(&r, &c, true);
+    step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
+    r.fake.spawn(30, &g("system.slice/app.service"));
+    let d = exec_on(
+        &mut a,
+        &exec(30),
+        Some(&prediction(30, 8.0, 100.0 * MIB as f64)),
+    );
+    assert!(
+        d.iter().any(|x| matches!(x, Decision::Hold { .. })),
+        "{d:#?}"
+    );
+    let req = worker_group().child("req-30");
+    assert_eq!(
+        r.fake.read(&req, Knob::CpuWeight).unwrap(),
+        Value::Amount(1)
+    );
+    let now = crate::capture::procfs::wall_ms();
+    let d = step(&mut a, &tick(vec![]), &window(now + 2500, 0.0, 0), &[]);
+    assert!(
+        d.iter()
+            .any(|x| matches!(x, Decision::Release { reason, .. } if reason.contains("timeout"))),
+        "{d:#?}"
+    );
+    assert_eq!(
+        r.fake.read(&req, Knob::CpuWeight).unwrap(),
+        Value::Amount(100)
+    );
+    assert_eq!(a.stats().released_timeout, 1);
+}
+
+#[test]
+fn tiers_are_earned_before_anything_is_written() {
+    let r = rig();
+    let (mut a, _) = start(&r, &cfg(Tier::Shadow), true);
+    let mut tiers = Vec::new();
+    for i in 0..40u64 {
+        let d = step(
+            &mut a,
+            &tick(vec![sample(7, EXE)]),
+            &window(1000 * (i + 1), 1.0, 100 * MIB),
+            &[forecast(1.0, 100.0 * MIB as f64)],
+        );
+        for x in &d {
+            if let Decision::Tier { change, .. } = x {
+                tiers.push((i, change.to));
+            }
+        }
+        if i < 10 {
+            assert!(
+                !r.fake
+                    .writes()
+                    .iter()
+                    .any(|(f, _)| f.ends_with("cpu.max") || f.ends_with("memory.low")),
+                "written in shadow at tick {i}: {:?}",
+                r.fake.writes()
+            );
+        }
+    }
+    assert_eq!(
+        tiers.iter().map(|t| t.1).collect::<Vec<_>>(),
+        vec![Tier::Warm, Tier::Full]
+    );
+    let wg = worker_group();
+    assert_ne!(r.fake.read(&wg, Knob::CpuMax).unwrap(), Value::Max);
+    a.shutdown();
+}
+
+#[test]
+fn leaving_enforce_puts_everything_back() {
+    let r = rig();
+    let before = r.fake.snapshot();
+    let (mut a, _) = start(&r, &cfg(Tier::Full), true);
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    a.set_mode(Mode::DryRun).unwrap();
+    assert_eq!(r.fake.snapshot(), before);
+    a.set_mode(Mode::Enforce).unwrap();
+    step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(2000, 1.0, 100 * MIB),
+        &[forecast(1.0, 200.0 * MIB as f64)],
+    );
+    assert_eq!(r.fake.group_of(7), Some(worker_group().child("base")));
+    a.shutdown();
+    assert_eq!(r.fake.snapshot(), before);
+}
+
+#[test]
+fn state_dir_defaults_below_the_publish_state_dir() {
+    let c = AllocateConfig::default();
+    assert_eq!(
+        state_dir(&c, Path::new("/var/lib/umbra")),
+        Path::new("/var/lib/umbra/allocate")
+    );
+}

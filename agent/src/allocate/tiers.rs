@@ -1,0 +1,466 @@
+//! Earned tiers: each workload's forecasts are scored against what it then used, and the
+//! record decides how strongly they are mirrored into its cgroup.
+//!
+//! Every interval, the step-1 band forecast the interval before is compared with the
+//! usage that came: *covered* when usage stayed at or under p90 × (1 + margin) — for a
+//! workload already capped, usage cannot exceed its cap, so throttling (`cpu.stat`),
+//! reclaim above `memory.high` (`memory.events`) or memory stalls (PSI) count as misses
+//! instead — and the relative error of p50. Over a window of evaluations:
+//! - **promotion** one tier up after `promote_after` consecutive evaluations with coverage
+//!   ≥ `promote_coverage` and mean error ≤ `max_error` (at least `min_samples` of them);
+//! - **demotion** one tier down when coverage falls below `demote_coverage` (a lower bar:
+//!   hysteresis), or at once on an OOM kill; then a cool-down before the next promotion,
+//!   and the record starts over;
+//! - the **margin** over p90 adapts to the observed error: the smallest margin (at least
+//!   the configured one) under which no more than `target_miss` of the window's
+//!   intervals would have exceeded the reservation.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::predict::Band;
+
+/// How strongly a workload's forecasts are mirrored into its cgroup: earned by the
+/// forecasts' record, capped by its rule.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Decide and explain; write nothing.
+    #[default]
+    Shadow,
+    /// Soft reservations: `cpu.weight`, `memory.low` from the band's lower part.
+    Warm,
+    /// Hard ones too: `memory.min` at p10, `cpu.max` and `memory.high` at p90 + margin.
+    Full,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Shadow => "shadow",
+            Tier::Warm => "warm",
+            Tier::Full => "full",
+        }
+    }
+
+    pub fn up(self) -> Tier {
+        match self {
+            Tier::Shadow => Tier::Warm,
+            _ => Tier::Full,
+        }
+    }
+
+    pub fn down(self) -> Tier {
+        match self {
+            Tier::Full => Tier::Warm,
+            _ => Tier::Shadow,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierRules {
+    /// The tier a newly managed workload starts in.
+    pub start: Tier,
+    /// Evaluations remembered.
+    pub window: usize,
+    pub min_samples: usize,
+    pub promote_coverage: f64,
+    pub demote_coverage: f64,
+    pub max_error: f64,
+    pub promote_after: usize,
+    /// Evaluations after a demotion before a promotion is possible again.
+    pub cooldown: usize,
+    /// Fraction of intervals the adapted margin may leave uncovered.
+    pub target_miss: f64,
+    /// Throttled time above this fraction of an interval is a CPU miss.
+    pub throttle_miss: f64,
+    /// Memory stall time (PSI `some`) above this fraction of an interval is a memory
+    /// miss (senpai's target: 10 ms per 6 s ≈ 0.17%).
+    pub stall_miss: f64,
+}
+
+impl Default for TierRules {
+    fn default() -> Self {
+        TierRules {
+            start: Tier::Shadow,
+            window: 60,
+            min_samples: 10,
+            promote_coverage: 0.9,
+            demote_coverage: 0.75,
+            max_error: 0.5,
+            promote_after: 5,
+            cooldown: 30,
+            target_miss: 0.05,
+            throttle_miss: 0.05,
+            stall_miss: 0.01,
+        }
+    }
+}
+
+/// What happened in one interval, for one workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub cpu_cores: f64,
+    pub memory_bytes: f64,
+    /// The interval, s.
+    pub seconds: f64,
+    /// Feedback from the workload's group in the interval (deltas).
+    pub throttled_s: f64,
+    pub memory_high_events: u64,
+    pub memory_stall_s: f64,
+    pub oom_kills: u64,
+    /// Whether a CPU cap and a memory high mark were in force in the interval.
+    pub cpu_capped: bool,
+    pub memory_capped: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Eval {
+    covered: bool,
+    error: f64,
+    cpu_ratio: f64,
+    mem_ratio: f64,
+}
+
+/// Below these, errors are relative to the floor (an idle workload is not "100% off").
+const CPU_FLOOR: f64 = 0.05;
+const MEM_FLOOR: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// A tier change and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TierChange {
+    pub from: Tier,
+    pub to: Tier,
+    pub coverage: f64,
+    pub error: f64,
+    pub reason: String,
+}
+
+/// One workload's record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    evals: VecDeque<Eval>,
+    streak: usize,
+    cooldown: usize,
+    pub tier: Tier,
+    pub cpu_margin: f64,
+    pub memory_margin: f64,
+}
+
+impl Record {
+    pub fn new(r: &TierRules, margin: f64) -> Record {
+        Record {
+            evals: VecDeque::new(),
+            streak: 0,
+            cooldown: 0,
+            tier: r.start,
+            cpu_margin: margin,
+            memory_margin: margin,
+        }
+    }
+
+    pub fn samples(&self) -> usize {
+        self.evals.len()
+    }
+
+    pub fn coverage(&self) -> f64 {
+        if self.evals.is_empty() {
+            return 0.0;
+        }
+        self.evals.iter().filter(|e| e.covered).count() as f64 / self.evals.len() as f64
+    }
+
+    pub fn error(&self) -> f64 {
+        if self.evals.is_empty() {
+            return f64::INFINITY;
+        }
+        self.evals.iter().map(|e| e.error).sum::<f64>() / self.evals.len() as f64
+    }
+
+    /// Scores the forecast (`cpu`, `mem`: the step-1 bands made an interval ago) against
+    /// what came; may change the tier (capped at `max`). `margin` is the configured one.
+    /// `margins`: the configured margin and the largest one allowed; `bands`: the
+    /// step-1 (cpu, memory) bands made an interval ago.
+    pub fn observe(
+        &mut self,
+        r: &TierRules,
+        margins: (f64, f64),
+        bands: (Band, Band),
+        o: &Outcome,
+        max: Tier,
+    ) -> Option<TierChange> {
+        let ((margin, max_margin), (cpu, mem)) = (margins, bands);
+        let cpu_ratio = o.cpu_cores / cpu.p90.max(CPU_FLOOR);
+        let mem_ratio = o.memory_bytes / mem.p90.max(MEM_FLOOR);
+        let secs = o.seconds.max(1e-3);
+        let cpu_miss = if o.cpu_capped {
+            o.throttled_s / secs > r.throttle_miss
+        } else {
+            cpu_ratio > 1.0 + self.cpu_margin && o.cpu_cores > CPU_FLOOR
+        };
+        let mem_miss = if o.memory_capped {
+            o.memory_high_events > 0 && o.memory_stall_s / secs > r.stall_miss
+        } else {
+            mem_ratio > 1.0 + self.memory_margin && o.memory_bytes > MEM_FLOOR
+        };
+        let err =
+            |actual: f64, p50: f64, floor: f64| (actual - p50).abs() / actual.max(p50).max(floor);
+        let error =
+            err(o.cpu_cores, cpu.p50, CPU_FLOOR).max(err(o.memory_bytes, mem.p50, MEM_FLOOR));
+        self.evals.push_back(Eval {
+            covered: !cpu_miss && !mem_miss,
+            error,
+            // Capped usage says nothing about demand above the cap: a throttled
+            // interval counts as far over it.
+            cpu_ratio: if cpu_miss && o.cpu_capped {
+                1.0 + max_margin
+            } else {
+                cpu_ratio
+            },
+            mem_ratio: if mem_miss && o.memory_capped {
+                1.0 + max_margin
+            } else {
+                mem_ratio
+            },
+        });
+        while self.evals.len() > r.window.max(1) {
+            self.evals.pop_front();
+        }
+        self.adapt_margins(r, margin, max_margin);
+        let (coverage, error) = (self.coverage(), self.error());
+        let from = self.tier;
+        let change = |to: Tier, reason: String| TierChange {
+            from,
+            to,
+            coverage,
+            error,
+            reason,
+        };
+        if o.oom_kills > 0 && self.tier > Tier::Shadow {
+            self.demote(r);
+            return Some(change(self.tier, format!("{} OOM kill(s)", o.oom_kills)));
+        }
+        if self.evals.len() >= r.min_samples
+            && coverage < r.demote_coverage
+            && self.tier > Tier::Shadow
+        {
+            self.demote(r);
+            return Some(change(
+                self.tier,
+                format!(
+                    "coverage {:.0}% below {:.0}%",
+                    coverage * 100.0,
+                    r.demote_coverage * 100.0
+                ),
+            ));
+        }
+        if self.tier > max {
+            self.tier = max;
+            self.streak = 0;
+            return Some(change(max, format!("capped at {}", max.name())));
+        }
+        self.cooldown = self.cooldown.saturating_sub(1);
+        let good = self.evals.len() >= r.min_samples
+            && coverage >= r.promote_coverage
+            && error <= r.max_error;
+        self.streak = if good { self.streak + 1 } else { 0 };
+        if self.streak >= r.promote_after && self.cooldown == 0 && self.tier < max {
+            self.tier = self.tier.up();
+            self.streak = 0;
+            return Some(change(
+                self.tier,
+                format!(
+                    "coverage {:.0}% ≥ {:.0}% and error {:.0}% ≤ {:.0}% for {} intervals",
+                    coverage * 100.0,
+                    r.promote_coverage * 100.0,
+                    error * 100.0,
+                    r.max_error * 100.0,
+                    r.promote_after
+                ),
+            ));
+        }
+        None
+    }
+
+    fn demote(&mut self, r: &TierRules) {
+        self.tier = self.tier.down();
+        self.streak = 0;
+        self.cooldown = r.cooldown;
+        self.evals.clear();
+    }
+
+    fn adapt_margins(&mut self, r: &TierRules, margin: f64, max_margin: f64) {
+        let pick = |ratios: Vec<f64>| -> f64 {
+            if ratios.len() < r.min_samples.max(1) {
+                return margin;
+            }
+            let mut v = ratios;
+            v.sort_by(f64::total_cmp);
+            let idx = ((1.0 - r.target_miss) * (v.len() - 1) as f64).round() as usize;
+            (v[idx.min(v.len() - 1)] - 1.0).clamp(margin, max_margin.max(margin))
+        };
+        self.cpu_margin = pick(self.evals.iter().map(|e| e.cpu_ratio).collect());
+        self.memory_margin = pick(self.evals.iter().map(|e| e.mem_ratio).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn band(v: f64) -> Band {
+        Band {
+            p10: v * 0.9,
+            p50: v,
+            p90: v * 1.1,
+        }
+    }
+
+    fn out(cpu: f64, mem: f64) -> Outcome {
+        Outcome {
+            cpu_cores: cpu,
+            memory_bytes: mem,
+            seconds: 1.0,
+            ..Outcome::default()
+        }
+    }
+
+    const M: f64 = 200.0 * 1024.0 * 1024.0;
+
+    #[test]
+    fn good_forecasts_earn_warm_then_full_and_no_further() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        let mut changes = Vec::new();
+        for i in 0..100 {
+            if let Some(c) = rec.observe(
+                &r,
+                (0.15, 1.0),
+                (band(1.0), band(M)),
+                &out(1.0, M),
+                Tier::Full,
+            ) {
+                changes.push((i, c.to));
+            }
+        }
+        // 10 samples, then 5 good in a row: warm at the 14th, full 5 later.
+        assert_eq!(changes, vec![(13, Tier::Warm), (18, Tier::Full)]);
+        assert_eq!(rec.tier, Tier::Full);
+        assert_eq!(rec.cpu_margin, 0.15);
+    }
+
+    #[test]
+    fn a_cap_holds_the_tier_down() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        for _ in 0..100 {
+            rec.observe(
+                &r,
+                (0.15, 1.0),
+                (band(1.0), band(M)),
+                &out(1.0, M),
+                Tier::Warm,
+            );
+        }
+        assert_eq!(rec.tier, Tier::Warm);
+    }
+
+    #[test]
+    fn bad_forecasts_demote_with_hysteresis_and_a_cooldown() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        for _ in 0..30 {
+            rec.observe(
+                &r,
+                (0.15, 1.0),
+                (band(1.0), band(M)),
+                &out(1.0, M),
+                Tier::Full,
+            );
+        }
+        assert_eq!(rec.tier, Tier::Full);
+        // Capped and throttled a third of the time: coverage falls under 75%.
+        let throttled = Outcome {
+            cpu_capped: true,
+            throttled_s: 0.5,
+            ..out(1.0, M)
+        };
+        let mut demoted_at = None;
+        for i in 0..60 {
+            let o = if i % 3 == 0 {
+                throttled
+            } else {
+                Outcome {
+                    cpu_capped: true,
+                    ..out(1.0, M)
+                }
+            };
+            if let Some(c) = rec.observe(&r, (0.15, 1.0), (band(1.0), band(M)), &o, Tier::Full) {
+                assert_eq!(c.to, Tier::Warm, "{c:?}");
+                demoted_at = Some(i);
+                break;
+            }
+        }
+        // Not before the window has min_samples of the bad record.
+        assert!(
+            demoted_at.is_some_and(|i| i >= 9),
+            "demoted at {demoted_at:?}"
+        );
+        // Perfect again: no promotion before the cool-down and a fresh record.
+        let mut back = None;
+        for i in 0..100 {
+            if let Some(c) = rec.observe(
+                &r,
+                (0.15, 1.0),
+                (band(1.0), band(M)),
+                &out(1.0, M),
+                Tier::Full,
+            ) {
+                back.get_or_insert((i, c.to));
+            }
+        }
+        let (i, to) = back.unwrap();
+        assert_eq!(to, Tier::Full);
+        assert!(i >= 14, "promoted again after {i} intervals");
+    }
+
+    #[test]
+    fn an_oom_kill_demotes_at_once() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        rec.tier = Tier::Full;
+        let o = Outcome {
+            oom_kills: 1,
+            ..out(1.0, M)
+        };
+        let c = rec
+            .observe(&r, (0.15, 1.0), (band(1.0), band(M)), &o, Tier::Full)
+            .unwrap();
+        assert_eq!((c.from, c.to), (Tier::Full, Tier::Warm));
+        assert!(c.reason.contains("OOM"));
+    }
+
+    #[test]
+    fn the_margin_follows_the_observed_error() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        // Usage runs 40% over the forecast's p90 a fifth of the time.
+        for i in 0..60 {
+            let cpu = if i % 5 == 0 { 1.1 * 1.4 } else { 1.0 };
+            rec.observe(
+                &r,
+                (0.15, 1.0),
+                (band(1.0), band(M)),
+                &out(cpu, M),
+                Tier::Full,
+            );
+        }
+        assert!((rec.cpu_margin - 0.4).abs() < 1e-6, "{}", rec.cpu_margin);
+        assert_eq!(rec.memory_margin, 0.15);
+    }
+}
