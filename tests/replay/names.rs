@@ -91,7 +91,11 @@ fn strange_names_pass_every_stage_under_both_groupings() {
         })
         .collect();
     assert_eq!(ticks.len(), 12);
-    assert_eq!(ticks[3], tick(4), "names survive the recording byte for byte");
+    assert_eq!(
+        ticks[3],
+        tick(4),
+        "names survive the recording byte for byte"
+    );
     for g in [GroupBy::Exe, GroupBy::Cgroup] {
         let mut agg = Aggregator::new(g, 1000);
         let mut sum = Summarizer::new(5000, 3);
@@ -100,7 +104,11 @@ fn strange_names_pass_every_stage_under_both_groupings() {
         let mut seq = 0;
         for t in &ticks {
             let win = agg.tick(t);
-            assert!(win.points.len() >= 7, "{g:?}: {} workloads", win.points.len());
+            assert!(
+                win.points.len() >= 7,
+                "{g:?}: {} workloads",
+                win.points.len()
+            );
             View::Table { top: 20 }
                 .window(&mut out, &win, Drops::default())
                 .unwrap();
@@ -128,7 +136,10 @@ fn strange_names_pass_every_stage_under_both_groupings() {
         assert!(text.contains("caf\u{e9}"), "{g:?}");
         // Control characters never reach the terminal raw in the table.
         let table: String = text.lines().filter(|l| !l.starts_with('{')).collect();
-        assert!(!table.contains('\u{1b}'), "{g:?}: an escape reached the table");
+        assert!(
+            !table.contains('\u{1b}'),
+            "{g:?}: an escape reached the table"
+        );
         assert!(hub.flush().unwrap().is_some(), "{g:?}: nothing stored");
         assert!(hub.summaries >= 2);
     }

@@ -83,6 +83,14 @@ impl History {
         self.bytes
     }
 
+    /// Points held, all tiers.
+    pub fn points(&self) -> usize {
+        self.series
+            .values()
+            .map(|s| s.tiers.iter().map(VecDeque::len).sum::<usize>())
+            .sum()
+    }
+
     pub fn insert(&mut self, w: &Window) {
         for p in &w.points {
             self.push(p);

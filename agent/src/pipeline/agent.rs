@@ -1,0 +1,337 @@
+//! The agent: aggregate → history → publish → output, with commands from the fleet
+//! routed to the stage they concern. One [`Sink`] of the loop.
+
+use std::{
+    io::Write,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::warn;
+
+use super::{FeedStats, PipelineError, Sink, feed::Feed};
+use crate::{
+    aggregate::{Aggregator, History, Window},
+    allocate::control::Control,
+    capture::CaptureItem,
+    config::Config,
+    publish::{self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command},
+    record::{Header, snapshot::Snapshots},
+    view::{Drops, View},
+};
+
+/// Where the agent's windows go besides the fleet: the terminal, or a function.
+pub trait Output: Send {
+    fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()>;
+}
+
+/// A [`View`] on a writer.
+pub struct Shown<W: Write + Send> {
+    pub view: View,
+    pub out: W,
+}
+
+impl<W: Write + Send> Output for Shown<W> {
+    fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()> {
+        self.view.window(&mut self.out, w, drops)
+    }
+}
+
+/// Every window to a function (`umbra export`).
+pub struct Each<F>(pub F);
+
+impl<F: FnMut(&Window) -> std::io::Result<()> + Send> Output for Each<F> {
+    fn window(&mut self, w: &Window, _: Drops) -> std::io::Result<()> {
+        (self.0)(w)
+    }
+}
+
+/// How an agent runs.
+pub struct AgentOptions {
+    /// Publish to the fleet (`publish.enabled` for `umbra run`, `--publish` for a replay).
+    pub publish: bool,
+    /// Keep the allocation state under the state dir (a live agent) or in memory.
+    pub persist: bool,
+    /// At the end, wait up to this long for the broker to take every message.
+    pub drain: Option<Duration>,
+}
+
+/// The agent proper: windows from aggregate into history, the fleet and the output;
+/// commands from the fleet routed to the stage they concern.
+pub struct Agent<O: Output> {
+    aggregate: Aggregator,
+    history: History,
+    control: Control,
+    publish: Option<Stage>,
+    snapshots: Snapshots,
+    /// The topic of the running snapshot's command, for its reply.
+    snapshot_topic: Option<String>,
+    output: O,
+    header: Header,
+    live: bool,
+    first: bool,
+    feed: Arc<FeedStats>,
+    kernel_drops: u64,
+    workloads: u32,
+    model: Option<ModelInfo>,
+    problems: Vec<String>,
+    node: publish::identity::NodeId,
+    instance: u64,
+    started: Instant,
+    status_every: tokio::time::Interval,
+    drain: Option<Duration>,
+}
+
+/// What, besides capture, wakes the agent.
+pub enum AgentWake {
+    Inbound(Inbound),
+    Status,
+}
+
+impl<O: Output> Agent<O> {
+    pub fn new(
+        cfg: &Config,
+        header: Header,
+        feed: &Feed,
+        output: O,
+        opts: AgentOptions,
+    ) -> Result<Agent<O>, PipelineError> {
+        let p = &cfg.publish;
+        let mut problems = Vec::new();
+        let control = if opts.persist {
+            let (c, err) = Control::open(&p.state_dir);
+            if let Some(e) = err {
+                warn!(error = %e, "Allocation state not restored");
+                problems.push(e.to_string());
+            }
+            c
+        } else {
+            Control::ephemeral()
+        };
+        let node = p.node_id();
+        let mut agent = Agent {
+            aggregate: Aggregator::new(cfg.aggregate.group_by, header.interval_ms),
+            history: History::new(cfg.aggregate.history.clone()),
+            control,
+            publish: None,
+            snapshots: Snapshots::new(
+                &p.state_dir.join("snapshots"),
+                p.snapshots_max_files as usize,
+                p.snapshots_max_bytes,
+                header.clone(),
+            ),
+            snapshot_topic: None,
+            output,
+            header,
+            live: feed.live,
+            first: true,
+            feed: feed.stats.clone(),
+            kernel_drops: 0,
+            workloads: 0,
+            model: None,
+            problems,
+            node,
+            instance: instance_id(),
+            started: Instant::now(),
+            status_every: tokio::time::interval(Duration::from_millis(p.status_every_ms)),
+            drain: opts.drain,
+        };
+        agent
+            .status_every
+            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        agent.status_every.reset();
+        if opts.publish {
+            let settings = p.settings()?;
+            let stage = Stage::start(p, settings, agent.status())?;
+            agent.model = stage.stored_model().map(|m| m.info());
+            agent.publish = Some(stage);
+        }
+        Ok(agent)
+    }
+
+    /// The agent's state for the fleet.
+    fn status(&self) -> Status {
+        let mut s = Status {
+            online: true,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            kernel: self.header.kernel.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            mode: self.control.mode().name().into(),
+            model: self.model.clone(),
+            workloads: self.workloads,
+            capture_drops: self.kernel_drops + self.feed.dropped(),
+            hostname: self.node.hostname.clone(),
+            node_id_source: self.node.source.into(),
+            instance: self.instance,
+            problems: self.problems.clone(),
+            ..Default::default()
+        };
+        if let Some(p) = &self.publish {
+            p.fill_status(&mut s);
+        }
+        s
+    }
+
+    fn window(&mut self, w: &Window, lost: u64) -> Result<(), PipelineError> {
+        self.history.insert(w);
+        self.workloads = w.points.len() as u32;
+        // The first window holds everything since each process was first seen: kept out
+        // of summaries, and out of the table of a live run (a replay shows it).
+        let first = std::mem::take(&mut self.first);
+        if !(first && self.live) {
+            let drops = Drops {
+                kernel: lost,
+                channel: self.feed.dropped(),
+            };
+            self.output.window(w, drops)?;
+        }
+        if first {
+            return Ok(());
+        }
+        if self.publish.is_some() {
+            let status = self.status();
+            if let Some(p) = &mut self.publish {
+                p.window(w);
+                p.remember(status);
+            }
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, topic: &str, id: Option<String>, r: Result<String, String>) {
+        if let Some(p) = &mut self.publish {
+            p.reply(topic, id, r);
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let s = self.status();
+        if let Some(p) = &mut self.publish {
+            p.status(s);
+        }
+    }
+
+    fn command(&mut self, topic: String, id: Option<String>, command: Command) {
+        let kept = |r: Result<(), crate::allocate::control::ControlError>, text: String| match r {
+            Ok(()) => text,
+            Err(e) => format!("{text} (not kept across restarts: {e})"),
+        };
+        let r = match command {
+            Command::SetMode(m) => Ok(kept(self.control.set_mode(m), format!("mode {}", m.name()))),
+            Command::SetTier { workload, tier } => match self.control.set_tier(&workload, tier) {
+                Err(crate::allocate::control::ControlError::TooManyTiers) => {
+                    Err(crate::allocate::control::ControlError::TooManyTiers.to_string())
+                }
+                r => Ok(kept(
+                    r,
+                    format!(
+                        "workload {} tier {tier:?}",
+                        crate::view::clip(&workload, 80)
+                    ),
+                )),
+            },
+            Command::TraceSnapshot { seconds } => {
+                let started = self.snapshots.start(seconds, id.clone());
+                if started.is_ok() {
+                    // Answered again when it ends.
+                    self.snapshot_topic = Some(topic.clone());
+                }
+                started
+            }
+            Command::Status => Ok("status published".into()),
+        };
+        let changed = r.is_ok();
+        self.reply(&topic, id, r);
+        if changed {
+            self.publish_status();
+        }
+    }
+
+    fn snapshot_ended(&mut self, ended: crate::record::snapshot::Ended) {
+        let topic = self
+            .snapshot_topic
+            .take()
+            .unwrap_or_else(|| "cmd/trace-snapshot".into());
+        let r = if ended.ok {
+            Ok(ended.message)
+        } else {
+            Err(ended.message)
+        };
+        self.reply(&topic, ended.id, r);
+    }
+}
+
+impl<O: Output> Sink for Agent<O> {
+    type Wake = AgentWake;
+
+    fn item(&mut self, item: CaptureItem) -> Result<(), PipelineError> {
+        if let Some(ended) = self.snapshots.tap(&item) {
+            self.snapshot_ended(ended);
+        }
+        let CaptureItem::Tick(t) = item else {
+            return Ok(());
+        };
+        self.kernel_drops = self.kernel_drops.max(t.drops.lost());
+        let w = self.aggregate.tick(&t);
+        self.window(&w, t.drops.lost())
+    }
+
+    async fn wake(&mut self) -> AgentWake {
+        match &mut self.publish {
+            Some(p) => tokio::select! {
+                Some(msg) = p.next_inbound() => AgentWake::Inbound(msg),
+                _ = self.status_every.tick() => AgentWake::Status,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    fn on(&mut self, wake: AgentWake) -> Result<(), PipelineError> {
+        match wake {
+            AgentWake::Status => self.publish_status(),
+            AgentWake::Inbound(msg) => {
+                let accepted = match &mut self.publish {
+                    Some(p) => p.accept(msg),
+                    None => Accepted::Refused,
+                };
+                match accepted {
+                    Accepted::Command { topic, id, command } => self.command(topic, id, command),
+                    Accepted::Model { topic, bundle } => {
+                        let info = bundle.info();
+                        let text = format!("model {} {} stored", info.name, info.version);
+                        self.model = Some(info);
+                        self.reply(&topic, None, Ok(text));
+                        self.publish_status();
+                    }
+                    Accepted::Refused => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), PipelineError> {
+        if let Some(ended) = self.snapshots.end(None) {
+            self.snapshot_ended(ended);
+        }
+        let status = self.status();
+        if let Some(mut p) = self.publish.take() {
+            p.remember(status);
+            p.finish(self.drain).await;
+        }
+        Ok(())
+    }
+}
+
+/// A random id per start of the agent.
+fn instance_id() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let t = crate::capture::procfs::wall_ms();
+        b = (t ^ ((std::process::id() as u64) << 32)).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
