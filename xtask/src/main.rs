@@ -8,8 +8,10 @@
 //! - `cargo xtask bench overhead`: the agent's cost on a scheduler-heavy benchmark.
 //! - `cargo xtask vm-test [--kernel K]... [--arch A] [--filter T]...`: the privileged tests
 //!   in QEMU guests on Debian's kernels and on arm64.
+//! - `cargo xtask fuzz [TARGET]... [--seconds N]`: the fuzz targets, each for N seconds.
 
 mod bench;
+mod fuzz;
 mod install;
 mod util;
 mod vm;
@@ -53,6 +55,8 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// The fuzz targets (cargo-fuzz, nightly), each for a set time.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> Result<()> {
@@ -90,6 +94,10 @@ fn main() -> Result<()> {
         Cmd::Bench { what } => {
             install::all()?;
             bench::run(what)
+        }
+        Cmd::Fuzz(args) => {
+            install::all()?;
+            fuzz::run_targets(&args)
         }
     }
 }

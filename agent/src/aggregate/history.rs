@@ -45,50 +45,109 @@ impl Default for HistoryConfig {
     }
 }
 
-#[derive(Default)]
-struct Series {
-    tiers: Vec<VecDeque<ShadowPoint>>,
-    /// Points of the current bucket of each coarser tier, not yet merged.
-    pending: Vec<Option<ShadowPoint>>,
+/// A stored point: its series, and the point without its id and name (the series has
+/// them), so every slot has one fixed size and memory is what the budget counts.
+#[derive(Clone)]
+struct Stored {
+    series: u32,
+    point: ShadowPoint,
 }
 
-/// The history itself.
+const SLOT: u64 = std::mem::size_of::<Stored>() as u64;
+/// A series' own memory besides its points: its map entry, id, name and pending buckets.
+const SERIES_OVERHEAD: u64 = 160 + 2 * std::mem::size_of::<ShadowPoint>() as u64;
+
+/// One workload.
+struct Series {
+    id: WorkloadId,
+    name: String,
+    /// Points of the current bucket of each coarser tier, not yet merged.
+    pending: Vec<Option<ShadowPoint>>,
+    /// Points held in all tiers.
+    held: u64,
+}
+
+impl Series {
+    fn bytes(&self) -> u64 {
+        SERIES_OVERHEAD + (self.id.0.len() + self.name.len()) as u64
+    }
+}
+
+/// The history itself: one time-ordered ring per tier, shared by all workloads. Each tier
+/// gets a share of the budget in proportion to the points its span needs (one hour of
+/// seconds needs 3,600 a workload, a day of minutes 1,440); a full tier drops its oldest
+/// point for each new one, counted. So the oldest go first, memory never exceeds the
+/// budget, and a drop or an expiry costs O(1).
 pub struct History {
     cfg: HistoryConfig,
-    series: HashMap<WorkloadId, Series>,
-    bytes: u64,
+    tiers: Vec<VecDeque<Stored>>,
+    /// Bytes of each tier's share of the budget.
+    shares: Vec<u64>,
+    series: Vec<Option<Series>>,
+    index: HashMap<WorkloadId, u32>,
+    free: Vec<u32>,
+    series_bytes: u64,
     /// Points dropped to stay inside the budget.
     pub dropped: u64,
     /// Points that aged out of their tier's span.
     pub expired: u64,
 }
 
-/// Estimated memory of one stored point.
-pub fn point_bytes(p: &ShadowPoint) -> u64 {
-    (std::mem::size_of::<ShadowPoint>() + p.workload.0.len() + p.name.len()) as u64
+/// Memory of one stored point.
+pub fn point_bytes(_: &ShadowPoint) -> u64 {
+    SLOT
+}
+
+/// A point as stored: without its id and name.
+fn slot_of(p: &ShadowPoint) -> ShadowPoint {
+    ShadowPoint {
+        timestamp_ms: p.timestamp_ms,
+        interval_ms: p.interval_ms,
+        workload: WorkloadId(String::new()),
+        name: String::new(),
+        processes: p.processes,
+        input: p.input.clone(),
+        profile: p.profile.clone(),
+    }
 }
 
 impl History {
     pub fn new(cfg: HistoryConfig) -> Self {
+        let need: Vec<u64> = cfg
+            .tiers
+            .iter()
+            .map(|t| (t.span_ms / t.resolution_ms.max(1)).max(1))
+            .collect();
+        let total: u64 = need.iter().sum::<u64>().max(1);
+        let shares = need
+            .iter()
+            .map(|n| (cfg.budget_bytes as u128 * *n as u128 / total as u128) as u64)
+            .collect();
         History {
+            tiers: vec![VecDeque::new(); cfg.tiers.len()],
+            shares,
             cfg,
-            series: HashMap::new(),
-            bytes: 0,
+            series: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            series_bytes: 0,
             dropped: 0,
             expired: 0,
         }
     }
 
+    /// Memory held: every tier's slots (allocated, not only used) and each workload's own.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.tiers
+            .iter()
+            .map(|q| q.capacity() as u64 * SLOT)
+            .sum::<u64>()
+            + self.series_bytes
     }
 
     /// Points held, all tiers.
     pub fn points(&self) -> usize {
-        self.series
-            .values()
-            .map(|s| s.tiers.iter().map(VecDeque::len).sum::<usize>())
-            .sum()
+        self.tiers.iter().map(VecDeque::len).sum()
     }
 
     pub fn insert(&mut self, w: &Window) {
@@ -98,87 +157,147 @@ impl History {
         if let Some(now) = w.points.iter().map(|p| p.timestamp_ms).max() {
             self.expire(now);
         }
-        self.enforce_budget();
+    }
+
+    /// The series of `p`, made if new.
+    fn series_of(&mut self, p: &ShadowPoint) -> u32 {
+        if let Some(&i) = self.index.get(&p.workload) {
+            if let Some(s) = self.series[i as usize].as_mut()
+                && s.name != p.name
+            {
+                self.series_bytes = self.series_bytes - s.bytes();
+                s.name.clone_from(&p.name);
+                self.series_bytes += s.bytes();
+            }
+            return i;
+        }
+        let s = Series {
+            id: p.workload.clone(),
+            name: p.name.clone(),
+            pending: vec![None; self.cfg.tiers.len()],
+            held: 0,
+        };
+        self.series_bytes += s.bytes();
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.series[i as usize] = Some(s);
+                i
+            }
+            None => {
+                self.series.push(Some(s));
+                (self.series.len() - 1) as u32
+            }
+        };
+        self.index.insert(p.workload.clone(), i);
+        i
     }
 
     fn push(&mut self, p: &ShadowPoint) {
-        let n = self.cfg.tiers.len();
-        let tiers = self.cfg.tiers.clone();
-        let s = self
-            .series
-            .entry(p.workload.clone())
-            .or_insert_with(|| Series {
-                tiers: vec![VecDeque::new(); n],
-                pending: vec![None; n],
-            });
-        let mut added = 0u64;
-        if n > 0 {
-            s.tiers[0].push_back(p.clone());
-            added += point_bytes(p);
+        if self.cfg.tiers.is_empty() {
+            return;
         }
-        for (k, tier) in tiers.iter().enumerate().skip(1) {
-            let bucket = |t: u64| t.saturating_sub(1) / tier.resolution_ms.max(1);
-            match &mut s.pending[k] {
-                Some(acc) if bucket(acc.timestamp_ms) == bucket(p.timestamp_ms) => merge(acc, p),
-                slot => {
-                    if let Some(done) = slot.take() {
-                        added += point_bytes(&done);
-                        s.tiers[k].push_back(done);
-                    }
-                    *slot = Some(p.clone());
+        let i = self.series_of(p);
+        self.store(0, i, slot_of(p));
+        for k in 1..self.cfg.tiers.len() {
+            let res = self.cfg.tiers[k].resolution_ms.max(1);
+            let bucket = |t: u64| t.saturating_sub(1) / res;
+            let Some(s) = self.series[i as usize].as_mut() else {
+                return;
+            };
+            let done = match &mut s.pending[k] {
+                Some(acc) if bucket(acc.timestamp_ms) == bucket(p.timestamp_ms) => {
+                    merge(acc, p);
+                    None
                 }
+                slot => slot.replace(slot_of(p)),
+            };
+            if let Some(done) = done {
+                self.store(k, i, done);
             }
         }
-        self.bytes += added;
+    }
+
+    /// Appends to tier `k`, within its share: grows by a quarter while the share allows
+    /// (tier 0 also carries the workloads' own memory), else drops the oldest.
+    fn store(&mut self, k: usize, series: u32, point: ShadowPoint) {
+        let share = if k == 0 {
+            self.shares[0].saturating_sub(self.series_bytes)
+        } else {
+            self.shares[k]
+        };
+        let q = &mut self.tiers[k];
+        if q.len() == q.capacity() {
+            let room = (share / SLOT).saturating_sub(q.capacity() as u64) as usize;
+            let grow = (q.capacity() / 4).max(64).min(room);
+            if grow > 0 {
+                q.reserve_exact(grow);
+            }
+        }
+        loop {
+            let q = &mut self.tiers[k];
+            if q.len() < q.capacity() && (q.len() as u64 + 1) * SLOT <= share {
+                break;
+            }
+            let Some(old) = q.pop_front() else { break };
+            let emptied = q.is_empty();
+            self.dropped += 1;
+            self.release(old.series);
+            if emptied {
+                break;
+            }
+        }
+        let q = &mut self.tiers[k];
+        q.push_back(Stored { series, point });
+        if let Some(s) = self.series[series as usize].as_mut() {
+            s.held += 1;
+        }
+    }
+
+    /// A point of `series` left its tier: the series goes when nothing of it is left.
+    fn release(&mut self, series: u32) {
+        let Some(s) = self.series[series as usize].as_mut() else {
+            return;
+        };
+        s.held = s.held.saturating_sub(1);
+        if s.held == 0 && s.pending.iter().all(Option::is_none) {
+            let bytes = s.bytes();
+            if let Some(s) = self.series[series as usize].take() {
+                self.index.remove(&s.id);
+            }
+            self.series_bytes -= bytes;
+            self.free.push(series);
+        }
     }
 
     fn expire(&mut self, now_ms: u64) {
-        for s in self.series.values_mut() {
-            for (k, tier) in self.cfg.tiers.iter().enumerate() {
-                let q = &mut s.tiers[k];
-                while q
-                    .front()
-                    .is_some_and(|p| p.timestamp_ms + tier.span_ms < now_ms)
-                {
-                    if let Some(p) = q.pop_front() {
-                        self.bytes = self.bytes.saturating_sub(point_bytes(&p));
-                        self.expired += 1;
-                    }
+        for k in 0..self.tiers.len() {
+            let span = self.cfg.tiers[k].span_ms;
+            while self.tiers[k]
+                .front()
+                .is_some_and(|s| s.point.timestamp_ms + span < now_ms)
+            {
+                if let Some(old) = self.tiers[k].pop_front() {
+                    self.expired += 1;
+                    self.release(old.series);
                 }
             }
         }
-        self.series.retain(|_, s| {
-            s.tiers.iter().any(|q| !q.is_empty()) || s.pending.iter().any(Option::is_some)
-        });
-    }
-
-    /// Drops the oldest points, finest tier first (coarser tiers still cover that time),
-    /// until inside the budget.
-    fn enforce_budget(&mut self) {
-        while self.bytes > self.cfg.budget_bytes {
-            let mut oldest: Option<(usize, WorkloadId, u64)> = None;
-            for k in 0..self.cfg.tiers.len() {
-                for (id, s) in &self.series {
-                    if let Some(p) = s.tiers[k].front()
-                        && oldest
-                            .as_ref()
-                            .is_none_or(|o| o.0 == k && p.timestamp_ms < o.2)
-                    {
-                        oldest = Some((k, id.clone(), p.timestamp_ms));
-                    }
+        // A workload gone long enough that its pending coarse buckets are past every span.
+        let oldest = self.cfg.tiers.last().map_or(0, |t| now_ms.saturating_sub(t.span_ms));
+        for i in 0..self.series.len() {
+            let stale = self.series[i].as_ref().is_some_and(|s| {
+                s.held == 0
+                    && s.pending
+                        .iter()
+                        .flatten()
+                        .all(|p| p.timestamp_ms < oldest)
+            });
+            if stale {
+                if let Some(s) = self.series[i].as_mut() {
+                    s.pending.iter_mut().for_each(|p| *p = None);
+                    s.held = 1;
                 }
-                if oldest.is_some() {
-                    break;
-                }
-            }
-            let Some((k, id, _)) = oldest else { break };
-            if let Some(p) = self
-                .series
-                .get_mut(&id)
-                .and_then(|s| s.tiers[k].pop_front())
-            {
-                self.bytes = self.bytes.saturating_sub(point_bytes(&p));
-                self.dropped += 1;
+                self.release(i as u32);
             }
         }
     }
@@ -192,28 +311,37 @@ impl History {
         to_ms: u64,
         resolution_ms: u64,
     ) -> Vec<ShadowPoint> {
-        let Some(s) = self.series.get(workload) else {
+        let Some(&i) = self.index.get(workload) else {
+            return vec![];
+        };
+        let Some(s) = self.series[i as usize].as_ref() else {
             return vec![];
         };
         let tiers = &self.cfg.tiers;
+        let first = |k: usize| {
+            self.tiers[k]
+                .iter()
+                .find(|p| p.series == i)
+                .map(|p| p.point.timestamp_ms)
+        };
         let pick = (0..tiers.len())
             .find(|&k| {
                 tiers[k].resolution_ms >= resolution_ms
-                    || s.tiers[k]
-                        .front()
-                        .is_some_and(|p| p.timestamp_ms <= from_ms + tiers[k].resolution_ms)
+                    || first(k).is_some_and(|t| t <= from_ms + tiers[k].resolution_ms)
                         && tiers
                             .get(k + 1)
                             .is_none_or(|t| t.resolution_ms > resolution_ms)
             })
             .unwrap_or(tiers.len().saturating_sub(1));
-        let Some(q) = s.tiers.get(pick) else {
+        let Some(q) = self.tiers.get(pick) else {
             return vec![];
         };
         let res = resolution_ms.max(tiers[pick].resolution_ms).max(1);
         let mut out: Vec<ShadowPoint> = Vec::new();
         for p in q
             .iter()
+            .filter(|p| p.series == i)
+            .map(|p| &p.point)
             .filter(|p| p.timestamp_ms > from_ms && p.timestamp_ms <= to_ms)
         {
             let bucket = |t: u64| t.saturating_sub(1) / res;
@@ -222,11 +350,15 @@ impl History {
                 _ => out.push(p.clone()),
             }
         }
+        for p in &mut out {
+            p.workload = s.id.clone();
+            p.name.clone_from(&s.name);
+        }
         out
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &WorkloadId> {
-        self.series.keys()
+        self.index.keys()
     }
 }
 
