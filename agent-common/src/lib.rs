@@ -11,6 +11,8 @@ use core::mem::size_of;
 pub const COMM_LEN: usize = 16;
 /// Bytes of an exec'd file name carried in a lifecycle event (longer names are cut).
 pub const FILENAME_LEN: usize = 256;
+/// Bytes of an exec'd image's arguments carried in an exec event (longer ones are cut).
+pub const ARGV_LEN: usize = 512;
 /// Buckets of a log2 latency histogram: bucket `i` counts values in `[2^i, 2^(i+1))` ns,
 /// bucket 0 also counts 0; the last bucket also counts everything larger.
 pub const HIST_BUCKETS: usize = 32;
@@ -106,6 +108,9 @@ pub const FLAG_THREAD: u32 = 2;
 pub const FLAG_PARTIAL: u32 = 4;
 /// Whether the exiting thread's process is known to be dead is not known (old kernel, no BTF).
 pub const FLAG_GROUP_UNKNOWN: u32 = 8;
+/// An exec whose arguments could not be read in the kernel (no BTF offsets, or the read
+/// failed): userspace reads `/proc/<pid>/cmdline` instead.
+pub const FLAG_NO_ARGV: u32 = 16;
 
 /// Exec, fork and exit events, sent through the `EVENTS` ring buffer.
 ///
@@ -127,6 +132,22 @@ pub struct LifecycleEvent {
     pub filename: [u8; FILENAME_LEN],
 }
 const _: () = assert!(size_of::<LifecycleEvent>() == 40 + COMM_LEN + FILENAME_LEN);
+
+/// An exec: the [`LifecycleEvent`] and the new image's arguments, read from
+/// `current->mm->arg_start..arg_end` (the strings the kernel copied in, each followed by
+/// NUL, as `/proc/<pid>/cmdline` shows them). Sent through `EVENTS` like the others; its
+/// `base.kind` is [`EVENT_EXEC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub base: LifecycleEvent,
+    /// Bytes of `argv` that hold arguments.
+    pub argv_len: u32,
+    /// Bytes the arguments take in all: more than `argv_len` when they were cut.
+    pub argv_total: u32,
+    pub argv: [u8; ARGV_LEN],
+}
+const _: () = assert!(size_of::<ExecEvent>() == size_of::<LifecycleEvent>() + 8 + ARGV_LEN);
 
 /// Key of the `EXITED` map: a process that is gone, by tgid and first sight.
 #[repr(C)]
@@ -319,8 +340,13 @@ pub struct TaskOffsets {
     pub signal_live: u32,
     /// `task_struct.se.sum_exec_runtime`: the scheduler's own on-CPU total of a thread.
     pub task_runtime: u32,
+    /// `task_struct.mm`, and `mm_struct.arg_start`/`arg_end` (where the arguments are).
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<TaskOffsets>() == 32);
+const _: () = assert!(size_of::<TaskOffsets>() == 48);
 
 /// Syscall numbers of this architecture that the `sys_exit` program classifies.
 /// Unused slots hold -1.
@@ -348,7 +374,7 @@ pub struct KernelConfig {
     /// Reserved, zero.
     pub _reserved: u64,
 }
-const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 32 + 16 * 8 + 8);
+const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 48 + 16 * 8 + 8);
 
 impl KernelConfig {
     /// A configuration with every field absent; the programs then record nothing that
@@ -396,6 +422,10 @@ impl KernelConfig {
             task_signal: 0,
             signal_live: 0,
             task_runtime: 0,
+            task_mm: 0,
+            mm_arg_start: 0,
+            mm_arg_end: 0,
+            _pad: 0,
         },
         syscalls: SyscallNrs {
             read: [-1; 5],
@@ -432,6 +462,7 @@ mod pod {
     unsafe impl aya::Pod for CpuState {}
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for LifecycleEvent {}
+    unsafe impl aya::Pod for ExecEvent {}
     unsafe impl aya::Pod for BlockKey {}
     unsafe impl aya::Pod for ExitedKey {}
     unsafe impl aya::Pod for DropTable {}

@@ -41,6 +41,7 @@ fn tick(n: u32, t: u64) -> Tick {
             exe: Some(format!("/usr/bin/proc{}", i % 100)),
             exe_hash: Some(format!("sha256:{:064x}", i % 100)),
             cgroup: Some(format!("/system.slice/svc{}.service", i % 50)),
+            app: None,
             counters,
             memory: Memory {
                 anon: 1 << 20,

@@ -145,7 +145,7 @@ impl<W: Write> Tracer<W> {
 
     fn event(&mut self, ev: &Lifecycle) -> io::Result<()> {
         let exe = match &ev.kind {
-            LifecycleKind::Exec { filename } => Some(filename.as_str()),
+            LifecycleKind::Exec { filename, .. } => Some(filename.as_str()),
             _ => None,
         };
         if !self.filter.wants(Kind::Exec)
@@ -156,11 +156,33 @@ impl<W: Write> Tracer<W> {
             return Ok(());
         }
         let (name, detail, mut obj) = match &ev.kind {
-            LifecycleKind::Exec { filename } => (
-                "exec",
-                format!("{filename} ppid={}", opt(ev.ppid)),
-                json!({ "filename": filename }),
-            ),
+            LifecycleKind::Exec {
+                filename,
+                argv,
+                inputs,
+            } => {
+                let args = argv.lossy();
+                let shown: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+                let files: Vec<serde_json::Value> = inputs
+                    .iter()
+                    .map(|f| json!({ "arg": f.arg, "size": f.size }))
+                    .collect();
+                (
+                    "exec",
+                    format!(
+                        "{filename} ppid={} argv=[{}]{}",
+                        opt(ev.ppid),
+                        shown.join(" "),
+                        if argv.truncated() { "…" } else { "" }
+                    ),
+                    json!({
+                        "filename": filename,
+                        "argv": args,
+                        "argv_truncated": argv.truncated(),
+                        "inputs": files,
+                    }),
+                )
+            }
             LifecycleKind::Fork => ("fork", format!("ppid={}", opt(ev.ppid)), json!({})),
             LifecycleKind::Exit { code } => (
                 "exit",
@@ -432,6 +454,7 @@ mod tests {
             exe: Some(format!("/usr/bin/{comm}")),
             exe_hash: None,
             cgroup: None,
+            app: None,
             counters: ProcCounters {
                 cpu_ns,
                 ..Default::default()
@@ -485,9 +508,7 @@ mod tests {
         let mut t = Tracer::new(filter, true, &mut out);
         for (pid, comm) in [(1, "a"), (2, "b")] {
             t.item(&CaptureItem::Event(Lifecycle {
-                kind: LifecycleKind::Exec {
-                    filename: format!("/bin/{comm}"),
-                },
+                kind: LifecycleKind::exec(format!("/bin/{comm}")),
                 pid,
                 tgid: pid,
                 ppid: None,

@@ -310,7 +310,9 @@ fn a_thousand_execs_all_arrive_without_drops() {
     let execs: HashSet<u32> = events
         .iter()
         .filter(|e| e.ppid == Some(parent))
-        .filter(|e| matches!(&e.kind, LifecycleKind::Exec { filename } if filename == "/bin/true"))
+        .filter(
+            |e| matches!(&e.kind, LifecycleKind::Exec { filename, .. } if filename == "/bin/true"),
+        )
         .map(|e| e.tgid)
         .collect();
     let exits: HashSet<u32> = events
@@ -492,4 +494,86 @@ fn a_reused_pid_never_merges_two_processes() {
         return;
     }
     panic!("could not get a pid reused in 10 attempts");
+}
+
+/// An exec's arguments come from the kernel (any bytes, cut at 512 with the full length
+/// known), and arguments naming files (relative to the process's directory, or absolute)
+/// are recorded with their sizes at the exec.
+#[test]
+fn exec_arguments_and_the_files_they_name_are_captured() {
+    if !privileged("exec_arguments_and_the_files_they_name_are_captured") {
+        return;
+    }
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+    let dir = disk_dir().join(format!("argv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("in.dat"), vec![1u8; 12_345]).unwrap();
+    let abs = dir.join("other.dat");
+    std::fs::write(&abs, vec![2u8; 777]).unwrap();
+    let long = "x".repeat(600);
+    let other = format!("--input={}", abs.display());
+    // sh stays alive for a moment, so the relative path resolves in its directory.
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("-c"),
+        OsStr::new("sleep 0.3"),
+        OsStr::new("sh"),
+        OsStr::new("in.dat"),
+        OsStr::from_bytes(b"caf\xe9"),
+        OsStr::new(&other),
+        OsStr::new("missing.dat"),
+        OsStr::new(&long),
+    ];
+    let mut cap = capture();
+    let mut wargs: Vec<&OsStr> = vec![OsStr::new("exec"), OsStr::new("1"), OsStr::new("/bin/sh")];
+    wargs.extend(&args);
+    let mut w = Workload::start_in(&wargs, Some(&dir));
+    let parent = w.pid();
+    w.go();
+    let mut events = Vec::new();
+    while w.child.try_wait().unwrap().is_none() {
+        cap.drain_events(&mut events);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cap.drain_events(&mut events);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (argv, inputs) = events
+        .iter()
+        .filter(|e| e.ppid == Some(parent))
+        .find_map(|e| match &e.kind {
+            LifecycleKind::Exec { argv, inputs, .. } => Some((argv.clone(), inputs.clone())),
+            _ => None,
+        })
+        .expect("the exec of /bin/sh");
+    let mut want = b"/bin/sh\0".to_vec();
+    for a in &args {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    eprintln!(
+        "argv: {:?} ({} of {} bytes, {:?}), inputs {inputs:?}",
+        argv.lossy(),
+        argv.raw().len(),
+        argv.total_len,
+        argv.source
+    );
+    assert_eq!(argv.source, umbra::capture::ArgvSource::Kernel);
+    assert_eq!(
+        argv.total_len as usize,
+        want.len(),
+        "all the arguments' length"
+    );
+    assert!(argv.truncated());
+    assert_eq!(argv.raw(), &want[..512], "the first 512 bytes, exactly");
+    let args: Vec<&[u8]> = argv.args().collect();
+    assert_eq!(args[5], b"caf\xe9", "a non-UTF-8 argument, unchanged");
+    assert_eq!(
+        inputs,
+        vec![
+            umbra::capture::InputFile {
+                arg: 4,
+                size: 12_345
+            },
+            umbra::capture::InputFile { arg: 6, size: 777 },
+        ]
+    );
 }

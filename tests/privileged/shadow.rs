@@ -204,3 +204,122 @@ fn a_recording_replays_to_exactly_the_live_points() {
     );
     assert_eq!(replayed, live_windows);
 }
+
+/// Interpreted programs are workloads of their own under executable grouping: two shell
+/// scripts (one run as `sh FILE`, one through its `#!` line, one with a name that is not
+/// UTF-8) and, where installed, two Python scripts and a Python module, live and in
+/// replay of the recording made at the same time.
+#[test]
+fn interpreted_programs_are_workloads_of_their_own_live_and_in_replay() {
+    if !privileged("interpreted_programs_are_workloads_of_their_own_live_and_in_replay") {
+        return;
+    }
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt, process::Command};
+    let dir = disk_dir().join(format!("interp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each program spins a little, then sleeps past the next tick.
+    let work = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1.5\n";
+    std::fs::write(dir.join("a.sh"), format!("# a\n{work}")).unwrap();
+    let odd = dir.join(OsStr::from_bytes(b"b\xff.sh"));
+    std::fs::write(&odd, format!("# b\n{work}")).unwrap();
+    let shebang = dir.join("c.sh");
+    std::fs::write(&shebang, format!("#!/bin/sh\n# c\n{work}")).unwrap();
+    std::fs::set_permissions(
+        &shebang,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // (command, expected workload name); relative paths resolve in `dir`.
+    let mut runs: Vec<(Command, String)> = Vec::new();
+    let mut sh = |script: &OsStr, name: &str| {
+        let mut c = Command::new("/bin/sh");
+        c.arg(script);
+        runs.push((c, name.to_string()));
+    };
+    sh(OsStr::new("a.sh"), "a.sh");
+    sh(OsStr::from_bytes(b"b\xff.sh"), "b\u{fffd}.sh");
+    runs.push((Command::new(&shebang), "c.sh".into()));
+    match python() {
+        Some(py) => {
+            let spin = "import time\nx=0\nfor i in range(300000): x+=i\ntime.sleep(1.5)\n";
+            std::fs::write(dir.join("d.py"), format!("# d\n{spin}")).unwrap();
+            std::fs::write(dir.join("e.py"), format!("# e\n{spin}")).unwrap();
+            std::fs::write(dir.join("umbramod.py"), format!("# m\n{spin}")).unwrap();
+            for (args, name) in [
+                (vec!["d.py"], "d.py"),
+                (vec!["-u", "e.py"], "e.py"),
+                (vec!["-m", "umbramod"], "umbramod"),
+            ] {
+                let mut c = Command::new(&py);
+                c.args(args);
+                runs.push((c, name.to_string()));
+            }
+        }
+        None => eprintln!("no python3 here: shell scripts only"),
+    }
+    let path = dir.join("interp.umbra");
+    let header = Header {
+        kernel: "test".into(),
+        node: "test".into(),
+        interval_ms: 500,
+        start_ms: 0,
+        agent_version: "test".into(),
+    };
+    let mut writer = Writer::create(&path, &header).unwrap();
+    let mut cap = capture();
+    let mut children: Vec<_> = runs
+        .iter_mut()
+        .map(|(c, _)| c.current_dir(&dir).spawn().unwrap())
+        .collect();
+    let live_windows = live(
+        &mut cap,
+        &mut Aggregator::new(GroupBy::Exe, 500),
+        6,
+        Duration::from_millis(500),
+        |item| writer.write(item).unwrap(),
+    );
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    writer.flush().unwrap();
+    drop(writer);
+    let mut agg = Aggregator::new(GroupBy::Exe, 500);
+    let replayed: Vec<Window> = Reader::open(&path)
+        .unwrap()
+        .filter_map(|i| match i.unwrap() {
+            CaptureItem::Tick(t) => Some(agg.tick(&t)),
+            CaptureItem::Event(_) => None,
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(replayed, live_windows, "replay gives the live points");
+    let mut keys = std::collections::BTreeMap::new();
+    for p in live_windows.iter().flat_map(|w| &w.points) {
+        keys.insert(p.name.clone(), p.workload.0.clone());
+    }
+    eprintln!("workloads: {keys:#?}");
+    let mut seen = std::collections::HashSet::new();
+    for (_, name) in &runs {
+        let key = keys
+            .get(name)
+            .unwrap_or_else(|| panic!("no workload named {name:?}: {keys:#?}"));
+        let want = if name == "umbramod" {
+            "module:python:umbramod"
+        } else {
+            "script:sha256:"
+        };
+        assert!(key.starts_with(want), "{name}: {key}");
+        assert!(seen.insert(key.clone()), "{name} shares its workload {key}");
+    }
+}
+
+/// A Python 3 interpreter binary (not a wrapper script), if one is installed.
+fn python() -> Option<std::path::PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()?;
+    let p = String::from_utf8(out.stdout).ok()?;
+    let p = std::path::PathBuf::from(p.trim());
+    p.is_file().then_some(p)
+}

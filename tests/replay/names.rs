@@ -40,6 +40,7 @@ fn tick(n: u64) -> Tick {
             exe: Some(format!("/opt/{name}/bin/{name}")),
             exe_hash: (i % 2 == 0).then(|| format!("sha256:{name}")),
             cgroup: Some(format!("/{name}.slice/{name}")),
+            app: None,
             counters: ProcCounters {
                 cpu_ns: n * 1_000_000 * (i as u64 + 1),
                 write_bytes: n * 10,

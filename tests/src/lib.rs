@@ -92,8 +92,18 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(args: &[&str]) -> Workload {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        Workload::start_in(&args, None)
+    }
+
+    /// With arguments that may be any bytes, in `cwd` if given.
+    pub fn start_in(args: &[&std::ffi::OsStr], cwd: Option<&std::path::Path>) -> Workload {
         let bin = workspace_bin("umbra-workload");
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -223,6 +233,23 @@ pub fn is_tick(i: &CaptureItem) -> bool {
 pub fn schedstat_ns(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
     s.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `/proc/<pid>/task/<tid>/schedstat` summed over a process's live threads: on-CPU ns,
+/// run-queue wait ns, time slices.
+pub fn schedstat_threads(pid: u32) -> (u64, u64, u64) {
+    let mut sum = (0, 0, 0);
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let s = std::fs::read_to_string(t.unwrap().path().join("schedstat")).unwrap_or_default();
+        let f: Vec<u64> = s
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() == 3 {
+            sum = (sum.0 + f[0], sum.1 + f[1], sum.2 + f[2]);
+        }
+    }
+    sum
 }
 
 /// `VmRSS` of a process, bytes.

@@ -7,17 +7,20 @@
 //! event is flagged [`FLAG_PARTIAL`] and userspace resolves what it can.
 
 use agent_common::{
-    ABSENT, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FILENAME_LEN, FLAG_GROUP_DEAD,
-    FLAG_GROUP_UNKNOWN, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent, prog,
+    ABSENT, ARGV_LEN, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent, FILENAME_LEN,
+    FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent,
+    prog,
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{btf_tracepoint, tracepoint},
+    maps::ring_buf::RingBufEntry,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -43,9 +46,16 @@ fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
         count_drop(p, Drop::RingBufFull);
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot of the right size.
-    let ev = unsafe { &mut *ev };
+    // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_common(ev, kind);
+    fill(ev);
+    submit(entry);
+}
+
+/// The fields every event has, from `current`.
+#[inline(always)]
+fn fill_common(ev: &mut LifecycleEvent, kind: u32) {
     let (pid, tgid) = current_ids();
     ev.kind = kind;
     ev.flags = 0;
@@ -57,9 +67,12 @@ fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.filename[0] = 0;
-    fill(ev);
-    // Wake the reader only once a batch has built up: a wakeup per event costs
-    // microseconds (irq_work and an IPI). The reader also drains on a short timer.
+}
+
+/// Wakes the reader only once a batch has built up: a wakeup per event costs
+/// microseconds (irq_work and an IPI). The reader also drains on a short timer.
+#[inline(always)]
+fn submit<T>(entry: RingBufEntry<T>) {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
     let flags = if pending >= size / 8 {
@@ -92,24 +105,87 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     }
     let loc: Option<u32> =
         tp_field_at::<_, 8>(&ctx, prog::SCHED_PROCESS_EXEC, config!(tp.exec_filename));
-    emit(EVENT_EXEC, |ev| {
-        match current_ppid() {
-            Some(ppid) => ev.ppid = ppid,
-            None => ev.flags |= FLAG_PARTIAL,
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_drop(prog::SCHED_PROCESS_EXEC, Drop::RingBufFull);
+        return 0;
+    };
+    // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_common(&mut ev.base, EVENT_EXEC);
+    match current_ppid() {
+        Some(ppid) => ev.base.ppid = ppid,
+        None => ev.base.flags |= FLAG_PARTIAL,
+    }
+    if let Some(loc) = loc {
+        // __data_loc: low 16 bits offset from the record start, high 16 bits length.
+        let off = (loc & 0xffff) as usize;
+        let src = unsafe { (ctx.as_ptr() as *const u8).add(off) };
+        let dst: &mut [u8; FILENAME_LEN] = &mut ev.base.filename;
+        if unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_err() {
+            ev.base.filename[0] = 0;
+            count_drop(prog::SCHED_PROCESS_EXEC, Drop::ReadFailed);
+            warn!(
+                &ctx,
+                "exec of pid {}: cannot read the file name", ev.base.pid
+            );
         }
-        if let Some(loc) = loc {
-            // __data_loc: low 16 bits offset from the record start, high 16 bits length.
-            let off = (loc & 0xffff) as usize;
-            let src = unsafe { (ctx.as_ptr() as *const u8).add(off) };
-            let dst: &mut [u8; FILENAME_LEN] = &mut ev.filename;
-            if unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_err() {
-                ev.filename[0] = 0;
-                count_drop(prog::SCHED_PROCESS_EXEC, Drop::ReadFailed);
-                warn!(&ctx, "exec of pid {}: cannot read the file name", ev.pid);
-            }
-        }
-    });
+    }
+    if !read_argv(ev) {
+        ev.argv_len = 0;
+        ev.argv_total = 0;
+        ev.base.flags |= FLAG_NO_ARGV;
+    }
+    submit(entry);
     0
+}
+
+/// The new image's arguments, `current->mm->arg_start..arg_end`, as far as `ev.argv`
+/// holds them. The kernel has just written them into the new memory map (the tracepoint
+/// fires after the binary is loaded), so the pages are present. `false` without BTF
+/// offsets or when the read fails: userspace falls back to `/proc/<pid>/cmdline`.
+#[inline(always)]
+fn read_argv(ev: &mut ExecEvent) -> bool {
+    if config!(task.valid) == 0 {
+        return false;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Some(mm) = kread::<*const u8>(task, config!(task.task_mm)) else {
+        return false;
+    };
+    let (Some(start), Some(end)) = (
+        kread::<u64>(mm, config!(task.mm_arg_start)),
+        kread::<u64>(mm, config!(task.mm_arg_end)),
+    ) else {
+        return false;
+    };
+    if end <= start {
+        return false;
+    }
+    let total = end - start;
+    // A size the verifier can bound: the whole buffer, or less than it.
+    let n = if total >= ARGV_LEN as u64 {
+        ARGV_LEN as u32
+    } else {
+        total as u32 & (ARGV_LEN as u32 - 1)
+    };
+    // SAFETY: `n` bytes fit in `ev.argv`; the helper checks the user address.
+    let r = unsafe {
+        generated::bpf_probe_read_user(
+            ev.argv.as_mut_ptr() as *mut c_void,
+            n,
+            start as *const c_void,
+        )
+    };
+    if r != 0 {
+        return false;
+    }
+    ev.argv_len = n;
+    ev.argv_total = if total > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        total as u32
+    };
+    true
 }
 
 #[btf_tracepoint(function = "sched_process_fork")]

@@ -240,12 +240,14 @@ fn key(group_by: GroupBy, s: &ProcessSample) -> Key<'_> {
             Some(path) => Key::Cgroup(path),
             None => Key::CgroupId(s.cgroup_id),
         },
-        GroupBy::Exe => match (&s.exe_hash, &s.exe) {
-            (Some(h), _) => Key::Exe(h),
+        GroupBy::Exe => match (&s.app, &s.exe_hash, &s.exe) {
+            // An interpreter: the program it runs (found once per process by capture).
+            (Some(a), _, _) => Key::App(&a.key),
+            (None, Some(h), _) => Key::Exe(h),
             // The file could not be read (gone, or no access): its path stands in.
-            (None, Some(path)) => Key::Path(path),
+            (None, None, Some(path)) => Key::Path(path),
             // Kernel threads have no executable.
-            (None, None) => Key::Kernel,
+            (None, None, None) => Key::Kernel,
         },
     }
 }
@@ -296,6 +298,8 @@ fn pressure_of(t: &Tick, id: &WorkloadId) -> Option<Pressure> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Key<'a> {
     Exe(&'a str),
+    /// What an interpreter runs: `script:…` or `module:…`, used as the id verbatim.
+    App(&'a str),
     Path(&'a str),
     Kernel,
     Cgroup(&'a str),
@@ -308,6 +312,7 @@ impl Key<'_> {
         let s = id.0.as_str();
         match self {
             Key::Exe(h) => s.strip_prefix("exe:") == Some(h),
+            Key::App(k) => s == *k,
             Key::Path(p) => s.strip_prefix("path:") == Some(p),
             Key::Kernel => s == "kernel",
             Key::Cgroup(p) => s.strip_prefix("cgroup:") == Some(p),
@@ -320,6 +325,7 @@ impl Key<'_> {
     fn id(&self) -> WorkloadId {
         WorkloadId(match self {
             Key::Exe(h) => format!("exe:{h}"),
+            Key::App(k) => (*k).to_string(),
             Key::Path(p) => format!("path:{p}"),
             Key::Kernel => "kernel".into(),
             Key::Cgroup(p) => format!("cgroup:{p}"),
@@ -343,6 +349,7 @@ impl Key<'_> {
                 .find(|p| !p.is_empty())
                 .unwrap_or("/")
                 .to_string(),
+            Key::App(_) => s.app.as_ref().map_or_else(exe_name, |a| a.name.clone()),
             Key::Exe(_) | Key::Path(_) | Key::CgroupId(_) => exe_name(),
         }
     }

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// A workload's identity, stable across restarts and across nodes:
-/// `cgroup:<path relative to the cgroup root>` or `exe:<sha256 of the executable, hex>`.
+/// `cgroup:<path relative to the cgroup root>`, `exe:<sha256 of the executable, hex>`, or
+/// for a program run by an interpreter `script:sha256:<hex>` / `module:<interpreter>:<name>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WorkloadId(pub String);
 

@@ -13,6 +13,7 @@ fn sample(tgid: u32, start: u64, exe: &str, cpu: u64, wbytes: u64) -> ProcessSam
         exe: Some(format!("/usr/bin/{exe}")),
         exe_hash: Some(format!("sha256:{exe}")),
         cgroup: Some(format!("/svc/{exe}")),
+        app: None,
         counters: ProcCounters {
             cpu_ns: cpu,
             write_bytes: wbytes,

@@ -845,7 +845,7 @@ impl Allocator {
         control: &Control,
     ) -> Vec<Decision> {
         self.follow(control);
-        let LifecycleKind::Exec { filename } = &ev.kind else {
+        let LifecycleKind::Exec { filename, .. } = &ev.kind else {
             if let LifecycleKind::Exit { .. } = ev.kind
                 && ev.pid == ev.tgid
             {

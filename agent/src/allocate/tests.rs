@@ -49,6 +49,7 @@ fn sample(pid: u32, exe: &str) -> ProcessSample {
         exe: Some(exe.into()),
         exe_hash: Some(HASH.into()),
         cgroup: Some("/system.slice/app.service".into()),
+        app: None,
         counters: Default::default(),
         memory: Default::default(),
         exit: None,
@@ -353,9 +354,7 @@ fn refused_writes_and_vanished_groups_are_counted_not_fatal() {
 
 fn exec(pid: u32) -> Lifecycle {
     Lifecycle {
-        kind: LifecycleKind::Exec {
-            filename: EXE.into(),
-        },
+        kind: LifecycleKind::exec(EXE),
         pid,
         tgid: pid,
         ppid: Some(1),

@@ -31,6 +31,10 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, CaptureError> {
         task_signal: off("task_struct", "signal")?,
         signal_live: off("signal_struct", "live")?,
         task_runtime: off("task_struct", "se")? + off("sched_entity", "sum_exec_runtime")?,
+        task_mm: off("task_struct", "mm")?,
+        mm_arg_start: off("mm_struct", "arg_start")?,
+        mm_arg_end: off("mm_struct", "arg_end")?,
+        _pad: 0,
     })
 }
 
@@ -79,5 +83,7 @@ mod tests {
         // pid and tgid are adjacent pid_t members of task_struct.
         assert_eq!(o.task_tgid, o.task_pid + 4);
         assert!(o.task_real_parent > o.task_tgid);
+        // arg_start and arg_end are adjacent unsigned longs of mm_struct.
+        assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
     }
 }

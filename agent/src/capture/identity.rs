@@ -1,17 +1,24 @@
 //! Stable identities for grouping processes into workloads: a SHA-256 fingerprint of a
-//! process's executable (the same binary has the same key on every node and after restarts) and the
+//! process's executable (the same binary has the same key on every node and after restarts),
+//! of the script an interpreter runs (or the module it names), and the
 //! path of its cgroup v2 directory. Both are cached, so the cost is one read of each
 //! executable file and one walk of the cgroup tree per new cgroup.
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     fs::File,
     io::{Read, Seek, SeekFrom},
-    os::unix::fs::MetadataExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use sha2::{Digest, Sha256};
+
+use super::{
+    interp::{self, Interpreter, Target},
+    types::{AppKey, Argv, InputFile},
+};
 
 /// Executables hashed and cgroups remembered before the caches are cleared.
 const CACHE_LIMIT: usize = 4096;
@@ -45,6 +52,50 @@ impl Identity {
         let file = File::open(format!("/proc/{tgid}/exe"))
             .ok()
             .or_else(|| path.and_then(|p| File::open(p).ok()))?;
+        self.file_hash(file)
+    }
+
+    /// The workload key of what an interpreter runs: `exe` is its executable, `argv` its
+    /// arguments, `cwd` where relative paths start (`/proc/<pid>/cwd` while it lives).
+    /// `None` when `exe` is no known interpreter or it runs no named program.
+    pub fn app_key(&mut self, exe: &[u8], argv: &Argv, cwd: &Path) -> Option<AppKey> {
+        let args: Vec<&[u8]> = argv.args().take(MAX_ARGS).collect();
+        let interp = Interpreter::of(exe, args.first().copied().unwrap_or(b""))?;
+        match interp::target(interp, args.get(1..).unwrap_or(&[]))? {
+            Target::Module(m) => Some(AppKey {
+                key: bounded(format!(
+                    "module:{}:{}",
+                    interp.name(),
+                    String::from_utf8_lossy(m)
+                )),
+                name: bounded(String::from_utf8_lossy(m).into_owned()),
+            }),
+            Target::Script(path) => {
+                let name = bounded(String::from_utf8_lossy(interp::basename(path)).into_owned());
+                let full = resolve(path, cwd);
+                let hash = File::open(&full).ok().and_then(|f| self.file_hash(f));
+                let key = match hash {
+                    Some(h) => format!("script:{h}"),
+                    None => {
+                        // Unreadable: its path stands in, absolute where the cwd is known.
+                        let shown = std::fs::read_link(cwd)
+                            .ok()
+                            .filter(|_| !path.starts_with(b"/"))
+                            .map(|d| d.join(OsStr::from_bytes(path)))
+                            .unwrap_or_else(|| PathBuf::from(OsStr::from_bytes(path)));
+                        format!("script:path:{}", shown.to_string_lossy())
+                    }
+                };
+                Some(AppKey {
+                    key: bounded(key),
+                    name,
+                })
+            }
+        }
+    }
+
+    /// Fingerprint of an open regular file, cached by (device, inode, size, mtime).
+    fn file_hash(&mut self, file: File) -> Option<String> {
         let m = file.metadata().ok()?;
         if !m.is_file() {
             return None;
@@ -79,12 +130,70 @@ impl Identity {
     }
 }
 
+/// Arguments looked at, at most (for the program and for input files).
+const MAX_ARGS: usize = 64;
+/// Input files recorded per exec, at most.
+pub const MAX_INPUTS: usize = 8;
+/// Longest workload key or name made from arguments, bytes.
+const MAX_KEY: usize = 256;
+
+/// `s` cut to [`MAX_KEY`] bytes at a character boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_KEY {
+        let mut end = MAX_KEY;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// `path` as given when absolute, else below `cwd`.
+fn resolve(path: &[u8], cwd: &Path) -> PathBuf {
+    let p = Path::new(OsStr::from_bytes(path));
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
+}
+
+/// Arguments of an exec that name existing regular files (relative ones below `cwd`),
+/// with their sizes: the argument itself, or the value of a `--name=value` option. Costs a
+/// `stat` per argument that could be a path (at most [`MAX_ARGS`]); at most
+/// [`MAX_INPUTS`] are kept. Relative paths resolve only while the process lives.
+pub fn input_files(argv: &Argv, cwd: &Path) -> Vec<InputFile> {
+    let mut out = Vec::new();
+    for (i, a) in argv.args().enumerate().take(MAX_ARGS).skip(1) {
+        if out.len() >= MAX_INPUTS {
+            break;
+        }
+        let cand = match a.strip_prefix(b"-") {
+            Some(opt) => match opt.iter().position(|&c| c == b'=') {
+                Some(eq) => &opt[eq + 1..],
+                None => continue,
+            },
+            None => a,
+        };
+        if cand.is_empty() || cand.len() > 4096 || cand.contains(&0) {
+            continue;
+        }
+        if let Ok(m) = std::fs::metadata(resolve(cand, cwd))
+            && m.is_file()
+        {
+            out.push(InputFile {
+                arg: i as u16,
+                size: m.len(),
+            });
+        }
+    }
+    out
+}
+
 /// Bytes read from each end of an executable for its fingerprint.
 const EDGE: u64 = 1 << 20;
 
-/// SHA-256 of the file's size, its first MiB and its last MiB: a content fingerprint
-/// that costs at most 2 MiB of reading however large the binary (a whole-file hash of a
-/// 100 MB binary would stall the capture loop), and still differs between builds.
 /// Cgroups whose pressure is read each tick, at most.
 const MAX_PRESSURE_CGROUPS: usize = 256;
 
@@ -130,6 +239,9 @@ pub fn some_avg10(text: &str) -> Option<f32> {
         .ok()
 }
 
+/// SHA-256 of the file's size, its first MiB and its last MiB: a content fingerprint
+/// that costs at most 2 MiB of reading however large the binary (a whole-file hash of a
+/// 100 MB binary would stall the capture loop), and still differs between builds.
 fn sha256(mut f: File) -> Option<String> {
     let size = f.metadata().ok()?.len();
     let mut h = Sha256::new();

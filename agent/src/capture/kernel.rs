@@ -6,12 +6,12 @@ use std::{
     collections::{HashMap as StdHashMap, VecDeque},
     fmt,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use agent_common::{
-    ABSENT, DROP_KINDS, ExitedKey, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, KernelConfig,
+    ABSENT, DROP_KINDS, ExecEvent, ExitedKey, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, KernelConfig,
     LifecycleEvent, ProcStats,
 };
 use aya::{
@@ -25,11 +25,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     CaptureError, CaptureItem, Source, btf,
-    identity::Identity,
+    identity::{self, Identity},
     procfs, syscalls,
     tracefs::{self, Tracefs},
     types::{
-        DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters, ProcessSample, Tick,
+        AppKey, Argv, ArgvSource, DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters,
+        ProcessSample, Tick,
     },
 };
 use crate::config::CaptureConfig;
@@ -229,6 +230,9 @@ struct ProcInfo {
     exit: Option<Exit>,
     /// Hash of `exe`, once computed (`Some(None)`: could not be read).
     exe_hash: Option<Option<String>>,
+    /// What an interpreter runs, once known (`Some(None)`: not an interpreter, or no
+    /// named program).
+    app: Option<Option<AppKey>>,
 }
 
 /// The live kernel source.
@@ -257,6 +261,8 @@ pub struct KernelCapture {
     /// batch has built up).
     drainer: Option<tokio::time::Interval>,
     ticks: u64,
+    /// Fault injection for tests: run once between reading the maps and acting on them.
+    after_read: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Exits younger than this are finalised at the next tick: the dying thread's last
@@ -448,7 +454,15 @@ impl KernelCapture {
             ticker: None,
             drainer: None,
             ticks: 0,
+            after_read: None,
         })
+    }
+
+    /// Fault injection, for tests: `f` runs once, in the next [`sample`](Self::sample),
+    /// right after the kernel's maps were read (to race a pid reuse with the read).
+    #[doc(hidden)]
+    pub fn after_map_read(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.after_read = Some(f);
     }
 
     pub fn report(&self) -> &AttachReport {
@@ -465,18 +479,24 @@ impl KernelCapture {
     pub fn drain_events(&mut self, out: &mut Vec<Lifecycle>) -> usize {
         let mut raw = Vec::new();
         while let Some(item) = self.ring.next() {
-            if item.len() >= std::mem::size_of::<LifecycleEvent>() {
-                // SAFETY: the kernel wrote a whole LifecycleEvent (size checked);
+            let exec = item.len() >= std::mem::size_of::<ExecEvent>()
+                && item.get(..4) == Some(&agent_common::EVENT_EXEC.to_ne_bytes()[..]);
+            if exec {
+                // SAFETY: the kernel wrote a whole ExecEvent (size and kind checked);
                 // read_unaligned copes with the ring's 8-byte alignment.
-                raw.push(unsafe {
-                    std::ptr::read_unaligned(item.as_ptr().cast::<LifecycleEvent>())
-                });
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ExecEvent>()) };
+                raw.push((Lifecycle::from_exec(&ev), ev.base.flags));
+            } else if item.len() >= std::mem::size_of::<LifecycleEvent>() {
+                // SAFETY: as above, for a LifecycleEvent.
+                let ev =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LifecycleEvent>()) };
+                raw.push((Lifecycle::from_kernel(&ev), ev.flags));
             }
         }
         let n = raw.len();
-        for r in raw {
-            if let Some(mut ev) = Lifecycle::from_kernel(&r) {
-                self.note(&mut ev, r.flags);
+        for (ev, flags) in raw {
+            if let Some(mut ev) = ev {
+                self.note(&mut ev, flags);
                 out.push(ev);
             }
         }
@@ -484,12 +504,28 @@ impl KernelCapture {
     }
 
     fn note(&mut self, ev: &mut Lifecycle, flags: u32) {
-        match &ev.kind {
-            LifecycleKind::Exec { filename } => {
+        match &mut ev.kind {
+            LifecycleKind::Exec {
+                filename,
+                argv,
+                inputs,
+            } => {
+                if argv.is_empty()
+                    && let Some(raw) = procfs::cmdline(ev.tgid)
+                {
+                    // The kernel could not read them: what /proc shows now (racy).
+                    *argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
+                }
+                let cwd = PathBuf::from(format!("/proc/{}/cwd", ev.tgid));
+                *inputs = identity::input_files(argv, &cwd);
+                let exe =
+                    procfs::exe_bytes(ev.tgid).unwrap_or_else(|| filename.as_bytes().to_vec());
+                let app = self.identity.app_key(&exe, argv, &cwd);
                 let info = self.procs.entry(ev.tgid).or_default();
                 info.comm.clone_from(&ev.comm);
                 info.exe = Some(filename.clone());
                 info.exe_hash = None;
+                info.app = Some(app);
                 if ev.ppid.is_some() {
                     info.ppid = ev.ppid;
                 }
@@ -502,10 +538,18 @@ impl KernelCapture {
                         None => ev.tgid = ev.pid,
                     }
                 }
+                // A forked child runs its parent's program until it execs.
+                let inherited = ev
+                    .ppid
+                    .and_then(|p| self.procs.get(&p))
+                    .and_then(|p| p.app.clone());
                 let info = self.procs.entry(ev.tgid).or_default();
                 info.ppid = ev.ppid;
                 if info.comm.is_empty() {
                     info.comm.clone_from(&ev.comm);
+                }
+                if info.app.is_none() {
+                    info.app = inherited;
                 }
             }
             LifecycleKind::Exit { code } => {
@@ -557,6 +601,9 @@ impl KernelCapture {
         let node = procfs::node_stats();
         let inflight = self.inflight();
         let mut entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
+        if let Some(f) = self.after_read.take() {
+            f();
+        }
         // The kernel adds a slice at switch-out; a task running for seconds would show its
         // CPU time in lumps. Count the slice in progress now, so each interval gets its own.
         for (tgid, st) in entries.iter_mut() {
@@ -617,7 +664,18 @@ impl KernelCapture {
                     },
                     exit,
                     exe_hash: None,
+                    app: known.app,
                 };
+            }
+            if info.app.is_none() {
+                // First seen without an exec (started before the agent, or forked): its
+                // arguments as /proc shows them.
+                info.app = Some(procfs::cmdline(tgid).and_then(|raw| {
+                    let argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
+                    let exe = procfs::exe_bytes(tgid)?;
+                    let cwd = PathBuf::from(format!("/proc/{tgid}/cwd"));
+                    self.identity.app_key(&exe, &argv, &cwd)
+                }));
             }
             hash_exe(&mut self.identity, tgid, info);
             if gc && info.exit.is_none() && !procfs::alive(tgid) {
@@ -830,6 +888,7 @@ fn build_sample(
         exe: info.exe.clone(),
         exe_hash: info.exe_hash.clone().flatten(),
         cgroup,
+        app: info.app.clone().flatten(),
         counters: ProcCounters::from_kernel(st),
         memory,
         exit,

@@ -18,6 +18,20 @@ pub fn exe(tgid: u32) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// `/proc/<pid>/cmdline`: the arguments, NUL-separated (what the process shows now, which
+/// may differ from what it was started with).
+pub fn cmdline(pid: u32) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/cmdline")).ok()
+}
+
+/// The executable's path as bytes (not necessarily UTF-8).
+pub fn exe_bytes(pid: u32) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt;
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.into_os_string().into_vec())
+}
+
 pub fn alive(tgid: u32) -> bool {
     Path::new(&format!("/proc/{tgid}")).exists()
 }

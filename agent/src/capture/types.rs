@@ -212,18 +212,177 @@ pub struct ProcessSample {
     pub exe_hash: Option<String>,
     /// Path of the process's cgroup v2 directory below the cgroup2 root.
     pub cgroup: Option<String>,
+    /// What an interpreter runs (its script or main module), when the executable is a
+    /// known interpreter: the workload key under executable grouping (format 3 on).
+    pub app: Option<AppKey>,
     pub counters: ProcCounters,
     pub memory: Memory,
     /// Set on the process's final sample; the process is not reported again.
     pub exit: Option<Exit>,
 }
 
+/// The program an interpreter runs, as a workload: every Python, Node, Java or shell
+/// program would otherwise be one workload, its interpreter's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppKey {
+    /// `script:sha256:<hex>` (the script's fingerprint, made as an executable's is),
+    /// `script:path:<path>` (a script that could not be read), or
+    /// `module:<interpreter>:<name>` (`python -m`, a Java main class or module).
+    pub key: String,
+    /// For people: the script's file name, or the module.
+    pub name: String,
+}
+
 /// Exec, fork and exit as they happen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LifecycleKind {
-    Exec { filename: String },
+    Exec {
+        filename: String,
+        /// The new image's arguments (format 3 on; empty in older recordings).
+        argv: Argv,
+        /// Arguments that named existing regular files at the exec, with their sizes:
+        /// a request's input, kept because the file may be gone by replay time.
+        inputs: Vec<InputFile>,
+    },
     Fork,
-    Exit { code: Option<i32> },
+    Exit {
+        code: Option<i32>,
+    },
+}
+
+impl LifecycleKind {
+    /// An exec of `filename` with nothing known of its arguments.
+    pub fn exec(filename: impl Into<String>) -> Self {
+        LifecycleKind::Exec {
+            filename: filename.into(),
+            argv: Argv::default(),
+            inputs: Vec::new(),
+        }
+    }
+}
+
+/// A file named in an exec's arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Index of the argument in `argv` (0 is the program).
+    pub arg: u16,
+    /// Size in bytes at the exec.
+    pub size: u64,
+}
+
+/// Where an exec's arguments came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgvSource {
+    /// Not known (an older recording, or neither the kernel nor /proc could say).
+    #[default]
+    None,
+    /// Read in the kernel at the exec: exact.
+    Kernel,
+    /// Read from `/proc/<pid>/cmdline` afterwards (no BTF, or the kernel's read failed): racy,
+    /// the process may have changed them or be gone.
+    Proc,
+}
+
+/// Arguments of an exec: arbitrary bytes (not necessarily UTF-8), each argument followed
+/// by NUL, as the kernel holds them. At most [`agent_common::ARGV_LEN`] bytes are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Argv {
+    bytes: Vec<u8>,
+    /// Bytes the arguments take in all; more than were kept when `truncated`.
+    pub total_len: u32,
+    pub source: ArgvSource,
+}
+
+impl Argv {
+    /// From the NUL-separated bytes the kernel or `/proc/<pid>/cmdline` gave, `total_len`
+    /// being what the arguments take in all (at least `raw.len()`).
+    pub fn from_raw(raw: &[u8], total_len: u32, source: ArgvSource) -> Self {
+        let keep = raw.len().min(agent_common::ARGV_LEN);
+        Argv {
+            bytes: raw[..keep].to_vec(),
+            total_len: total_len.max(keep as u32),
+            source,
+        }
+    }
+
+    /// The raw bytes, NUL-separated.
+    pub fn raw(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Whether arguments were cut (the last one kept may be partial).
+    pub fn truncated(&self) -> bool {
+        self.total_len as usize > self.bytes.len()
+    }
+
+    /// The arguments as bytes; a trailing NUL does not make an empty last argument.
+    pub fn args(&self) -> impl Iterator<Item = &[u8]> {
+        let b = self.bytes.strip_suffix(&[0]).unwrap_or(&self.bytes);
+        b.split(|&c| c == 0).filter(move |_| !b.is_empty())
+    }
+
+    /// The arguments for people (invalid UTF-8 replaced).
+    pub fn lossy(&self) -> Vec<String> {
+        self.args()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// Recordings (postcard) keep the bytes exactly; JSON shows the arguments as strings.
+impl Serialize for Argv {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let human = s.is_human_readable();
+        let mut st = s.serialize_struct("Argv", 3)?;
+        if human {
+            st.serialize_field("args", &self.lossy())?;
+            st.serialize_field("truncated", &self.truncated())?;
+        } else {
+            st.serialize_field("bytes", &self.bytes)?;
+            st.serialize_field("total_len", &self.total_len)?;
+        }
+        st.serialize_field("source", &self.source)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Argv")]
+        struct Raw {
+            bytes: Vec<u8>,
+            total_len: u32,
+            source: ArgvSource,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename = "Argv")]
+        struct Human {
+            args: Vec<String>,
+            #[serde(default)]
+            truncated: bool,
+            source: ArgvSource,
+        }
+        if d.is_human_readable() {
+            let h = Human::deserialize(d)?;
+            let mut bytes = Vec::new();
+            for a in &h.args {
+                bytes.extend_from_slice(a.as_bytes());
+                bytes.push(0);
+            }
+            let total = bytes.len() as u32 + u32::from(h.truncated);
+            Ok(Argv::from_raw(&bytes, total, h.source))
+        } else {
+            let r = Raw::deserialize(d)?;
+            Ok(Argv::from_raw(&r.bytes, r.total_len, r.source))
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,13 +398,23 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// An exec event with its arguments (the kernel's read, when it succeeded).
+    pub fn from_exec(ev: &agent_common::ExecEvent) -> Option<Self> {
+        let mut l = Self::from_kernel(&ev.base)?;
+        if ev.base.flags & agent_common::FLAG_NO_ARGV == 0
+            && let LifecycleKind::Exec { argv, .. } = &mut l.kind
+        {
+            let n = (ev.argv_len as usize).min(ev.argv.len());
+            *argv = Argv::from_raw(&ev.argv[..n], ev.argv_total, ArgvSource::Kernel);
+        }
+        Some(l)
+    }
+
     pub fn from_kernel(ev: &agent_common::LifecycleEvent) -> Option<Self> {
         use agent_common::{EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FLAG_PARTIAL};
         let partial = ev.flags & FLAG_PARTIAL != 0;
         let kind = match ev.kind {
-            EVENT_EXEC => LifecycleKind::Exec {
-                filename: cstr(&ev.filename),
-            },
+            EVENT_EXEC => LifecycleKind::exec(cstr(&ev.filename)),
             EVENT_FORK => LifecycleKind::Fork,
             EVENT_EXIT => LifecycleKind::Exit {
                 code: (!partial).then_some(ev.exit_code),
@@ -272,10 +441,46 @@ pub fn cstr(b: &[u8]) -> String {
 
 /// Everything the kernel could not record since load, summed over CPUs, per program
 /// (index: `agent_common::prog`) and kind (index: [`Drop`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as rows of counters (a row per program, a counter per kind), so that programs
+/// and kinds added later extend a recording's table rather than change its layout: rows
+/// and counters beyond what this build knows are summed into the last it knows, missing
+/// ones are zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropCounts(pub [[u64; DROP_KINDS]; prog::COUNT]);
 
+impl Serialize for DropCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for row in &self.0 {
+            seq.serialize_element(&row[..])?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for DropCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let rows: Vec<Vec<u64>> = Vec::deserialize(d)?;
+        Ok(DropCounts::from_rows(rows.iter().map(Vec::as_slice)))
+    }
+}
+
 impl DropCounts {
+    /// From rows of any shape: what does not fit is folded into the last program and kind.
+    pub fn from_rows<'a>(rows: impl Iterator<Item = &'a [u64]>) -> Self {
+        let mut d = DropCounts::default();
+        for (p, row) in rows.enumerate() {
+            let p = p.min(prog::COUNT - 1);
+            for (k, n) in row.iter().enumerate() {
+                let k = k.min(DROP_KINDS - 1);
+                d.0[p][k] = d.0[p][k].saturating_add(*n);
+            }
+        }
+        d
+    }
+
     /// Drops of kind `d`, all programs.
     pub fn get(&self, d: Drop) -> u64 {
         self.0.iter().map(|p| p[d as usize]).sum()

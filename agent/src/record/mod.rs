@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::capture::{CaptureError, CaptureItem, Source};
 
 pub const MAGIC: &[u8; 8] = b"UMBRAREC";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 2;
+/// The format version this build writes. It reads this one and format 2 (see [`v2`]).
+pub const VERSION: u16 = 3;
+/// The oldest format version this build reads.
+pub const OLDEST: u16 = 2;
 /// Frames larger than this are damage, not data.
 const MAX_FRAME: u32 = 64 << 20;
 /// Bytes before a frame's payload: its length and its CRC32.
@@ -50,6 +52,10 @@ pub enum RecordError {
         "{path} is format version {found}; this build reads version {VERSION}: replay it with a newer umbra"
     )]
     NewerVersion { path: PathBuf, found: u16 },
+    #[error(
+        "{path} is format version {found}, older than any this build reads ({OLDEST} to {VERSION}): replay it with the umbra that recorded it"
+    )]
+    OlderVersion { path: PathBuf, found: u16 },
     #[error(
         "{path} is damaged at byte {offset}: {what}; the {frames} frame(s) before it were read"
     )]
@@ -169,6 +175,7 @@ pub struct Reader {
     input: Box<dyn Read + Send>,
     path: PathBuf,
     header: Header,
+    version: u16,
     offset: u64,
     frames: u64,
     failed: bool,
@@ -214,6 +221,12 @@ impl Reader {
                 found,
             });
         }
+        if found < OLDEST {
+            return Err(RecordError::OlderVersion {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
         let mut r = Reader {
             input,
             path: path.to_path_buf(),
@@ -224,6 +237,7 @@ impl Reader {
                 start_ms: 0,
                 agent_version: String::new(),
             },
+            version: found,
             offset: 12,
             frames: 0,
             failed: false,
@@ -245,6 +259,11 @@ impl Reader {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The file's format version.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     fn corrupt(&self, offset: u64, what: String) -> RecordError {
@@ -324,7 +343,11 @@ impl Reader {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };
-        match postcard::from_bytes(&payload) {
+        let item = match self.version {
+            2 => postcard::from_bytes::<v2::Item>(&payload).map(CaptureItem::from),
+            _ => postcard::from_bytes(&payload),
+        };
+        match item {
             Ok(item) => Some(Ok(item)),
             Err(e) => {
                 self.failed = true;
@@ -410,6 +433,7 @@ impl Source for Replay {
 }
 
 pub mod snapshot;
+mod v2;
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,15 @@ fn items(n: usize) -> Vec<CaptureItem> {
                 CaptureItem::Event(Lifecycle {
                     kind: LifecycleKind::Exec {
                         filename: format!("/bin/x{i}"),
+                        argv: crate::capture::Argv::from_raw(
+                            &[format!("x{i}\0--in\0f").as_bytes(), b"\xff\0"].concat(),
+                            600,
+                            crate::capture::ArgvSource::Kernel,
+                        ),
+                        inputs: vec![crate::capture::InputFile {
+                            arg: 2,
+                            size: i as u64,
+                        }],
                     },
                     pid: i as u32,
                     tgid: i as u32,

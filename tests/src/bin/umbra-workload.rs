@@ -16,7 +16,12 @@ use std::{
 
 fn main() {
     block_usr1();
-    let args: Vec<String> = env::args().skip(1).collect();
+    // Arguments after the first four may be any bytes (`exec`): only these are text.
+    let args: Vec<String> = env::args_os()
+        .skip(1)
+        .take(4)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap();
     match arg(0).as_str() {
@@ -76,16 +81,68 @@ fn main() {
             drop(s);
             exit_now();
         }
-        // exec N PATH: run PATH N times, one after another.
+        // exec N PATH [ARGS...]: run PATH N times, one after another, with ARGS (any
+        // bytes).
         "exec" => {
             ready("");
             wait_go();
             let path = arg(2);
+            let rest: Vec<std::ffi::OsString> = env::args_os().skip(4).collect();
             for _ in 0..num(1) {
-                let st = std::process::Command::new(&path).status().unwrap();
+                let st = std::process::Command::new(&path)
+                    .args(&rest)
+                    .status()
+                    .unwrap();
                 assert!(st.success());
             }
             exit_now();
+        }
+        // threads N MS: N threads, each busy until it has had MS ms of CPU time (unpinned:
+        // on every CPU there is), then blocked, alive, until the second signal.
+        "threads" => {
+            ready("");
+            wait_go();
+            let ms = num(2);
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let release = std::sync::Arc::new(std::sync::Barrier::new(num(1) as usize + 1));
+            let handles: Vec<_> = (0..num(1))
+                .map(|_| {
+                    let (tx, release) = (tx.clone(), release.clone());
+                    std::thread::spawn(move || {
+                        spin_thread_cpu(Duration::from_millis(ms));
+                        tx.send(()).unwrap();
+                        release.wait();
+                    })
+                })
+                .collect();
+            for _ in 0..num(1) {
+                rx.recv().unwrap();
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "done").unwrap();
+            out.flush().unwrap();
+            drop(out);
+            wait_go();
+            release.wait();
+            for h in handles {
+                h.join().unwrap();
+            }
+            exit_now();
+        }
+        // exec-thread PATH: a thread other than the main one execs PATH (the process keeps
+        // its pid; the other threads are gone).
+        "exec-thread" => {
+            ready("");
+            wait_go();
+            let path = CString::new(arg(1)).unwrap();
+            let t = std::thread::spawn(move || {
+                let argv = [path.as_ptr(), std::ptr::null()];
+                // SAFETY: a NUL-terminated argv of valid C strings; on success nothing returns.
+                unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+                panic!("execv failed");
+            });
+            let _ = t.join();
+            std::process::exit(3);
         }
         other => {
             eprintln!("umbra-workload: unknown workload {other:?}");
@@ -162,6 +219,26 @@ fn spin_cpu(d: Duration) {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
     }
+}
+
+/// Burns CPU until the calling thread has used `d` of it.
+fn spin_thread_cpu(d: Duration) {
+    let mut x = 0u64;
+    while thread_cpu_time() < d {
+        for _ in 0..100_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn cpu_time() -> Duration {
