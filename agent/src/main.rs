@@ -42,6 +42,13 @@ enum Command {
         /// Processes shown per interval.
         #[arg(long, default_value_t = 10)]
         top: usize,
+        /// Write the allocation decisions to the cgroups (default: dry-run, decide and
+        /// explain only); for this run, until a `set-mode` command changes it.
+        #[arg(long)]
+        enforce: bool,
+        /// Print every allocation decision with its explanation below each interval.
+        #[arg(long)]
+        explain: bool,
         #[command(flatten)]
         publish: PublishArgs,
     },
@@ -346,15 +353,19 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let stdout = std::io::stdout();
     match command {
-        Command::Run { duration, top, .. } => {
-            pipeline::run(
-                &cfg,
-                stdout,
-                View::Table { top },
-                duration.map(Duration::from_secs),
-                shutdown,
-            )
-            .await?
+        Command::Run {
+            duration,
+            top,
+            enforce,
+            explain,
+            ..
+        } => {
+            let opts = pipeline::RunOptions {
+                duration: duration.map(Duration::from_secs),
+                enforce,
+                explain,
+            };
+            pipeline::run(&cfg, stdout, View::Table { top }, opts, shutdown).await?
         }
         Command::Trace {
             pid,
@@ -416,6 +427,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let out = pipeline::Shown {
                 view: View::Points { json },
                 out: std::io::BufWriter::new(stdout),
+                explain: false,
             };
             let drain = publish.then(|| Duration::from_secs(drain_secs));
             pipeline::replay(&cfg, &file, pace, out, drain, shutdown).await?;

@@ -116,6 +116,17 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// `set`, `tier`, `place`, `hold` or `release`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Set { .. } => "set",
+            Decision::Tier { .. } => "tier",
+            Decision::Place { .. } => "place",
+            Decision::Hold { .. } => "hold",
+            Decision::Release { .. } => "release",
+        }
+    }
+
     pub fn text(&self) -> String {
         match self {
             Decision::Set {
@@ -261,6 +272,11 @@ pub struct Allocator {
     cpus: f64,
     memory_bytes: u64,
     own_pid: u32,
+    /// A mode the stage could not enter (not tried again until asked again).
+    refused: Option<Mode>,
+    /// Processes are this machine's (a live capture): `/proc` may be read for them. A
+    /// replay's pids name other processes, so it never does.
+    live: bool,
 }
 
 /// Where the journal lives.
@@ -351,7 +367,18 @@ impl Allocator {
             cpus: 0.0,
             memory_bytes: 0,
             own_pid: std::process::id(),
+            refused: None,
+            live: true,
         }
+    }
+
+    /// The stage for a recording (a replay, `umbra simulate`): decides and explains, never
+    /// touches a cgroup or this machine's `/proc`.
+    pub fn offline(cfg: &AllocateConfig, group_by: GroupBy) -> Allocator {
+        let mut a = Allocator::new(cfg, group_by, None, Group::ROOT);
+        a.no_backend = Some("a recording is replayed: nothing is written".into());
+        a.live = false;
+        a
     }
 
     fn setup(&mut self) -> Result<(), AllocateError> {
@@ -386,13 +413,18 @@ impl Allocator {
         Ok(())
     }
 
-    /// Follows the mode the fleet set; a failure to enter enforce mode is logged and
-    /// the stage stays in dry-run.
+    /// Follows the mode the fleet set; a failure to enter enforce mode is logged (once)
+    /// and the stage stays in dry-run.
     fn follow(&mut self, control: &Control) {
         if control.mode() != self.mode
+            && self.refused != Some(control.mode())
             && let Err(e) = self.set_mode(control.mode())
         {
             warn!(error = %e, "Allocation stays in dry-run");
+            self.refused = Some(control.mode());
+        }
+        if control.mode() == self.mode {
+            self.refused = None;
         }
     }
 
@@ -449,7 +481,7 @@ impl Allocator {
         let exe = exe?;
         let mut uid = None;
         for (i, m) in self.matchers.iter().enumerate() {
-            if m.needs_uid() && uid.is_none() {
+            if m.needs_uid() && uid.is_none() && self.live {
                 uid = uid_of(tgid);
             }
             let c = Candidate {
@@ -691,6 +723,10 @@ impl Allocator {
                 .filter(|m| !m.pids.is_empty())
                 .map(|m| m.state.clone())
                 .collect(),
+            unsupported: Knob::SETTINGS
+                .into_iter()
+                .filter(|k| self.cgroups().is_some_and(|c| !c.supports(*k)))
+                .collect(),
         };
         let actions = decide(forecasts, &state, &self.cfg.rules);
         for a in actions {
@@ -854,11 +890,16 @@ impl Allocator {
             return Vec::new();
         };
         let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
-        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-            .ok()
+        if self.matchers.is_empty() {
+            return Vec::new();
+        }
+        let exe = self
+            .live
+            .then(|| std::fs::read_link(format!("/proc/{tgid}/exe")).ok())
+            .flatten()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| filename.clone());
-        let cgroup = if self.matchers.is_empty() {
+        let cgroup = if !self.live {
             None
         } else {
             cgroups::proc_cgroups(tgid)
