@@ -320,6 +320,10 @@ pub struct CaptureConfig {
     /// and the error for a missing tracepoint run on a kernel that has them.
     #[serde(skip)]
     pub simulate_missing: Vec<String>,
+    /// Wake the reader at every exec (set by the agent when allocation places requests
+    /// as they start; not read from the file).
+    #[serde(skip)]
+    pub wake_on_exec: bool,
 }
 
 impl Default for CaptureConfig {
@@ -334,6 +338,7 @@ impl Default for CaptureConfig {
             btf_tracepoints: true,
             disable: Vec::new(),
             simulate_missing: Vec::new(),
+            wake_on_exec: false,
         }
     }
 }

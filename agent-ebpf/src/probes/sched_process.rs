@@ -7,8 +7,8 @@
 //! event is flagged [`FLAG_PARTIAL`] and userspace resolves what it can.
 
 use agent_common::{
-    ABSENT, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FILENAME_LEN, FLAG_GROUP_DEAD,
-    FLAG_GROUP_UNKNOWN, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent, prog,
+    ABSENT, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, FILENAME_LEN,
+    FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent, prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -62,7 +62,8 @@ fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
     // microseconds (irq_work and an IPI). The reader also drains on a short timer.
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let flags = if pending >= size / 8 {
+    let wake_on_exec = kind == EVENT_EXEC && config!(flags) & CONFIG_WAKE_ON_EXEC != 0;
+    let flags = if wake_on_exec || pending >= size / 8 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -15,13 +15,18 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{FeedStats, PipelineError, Sink, feed::Feed, wire};
+use super::{
+    FeedStats, PipelineError, Sink,
+    feed::Feed,
+    launcher::{Launcher, Pending},
+    wire,
+};
 use crate::{
     aggregate::{Aggregator, History, Window},
-    allocate::{self, Allocator, Decision, Mode, control::Control},
+    allocate::{self, Allocator, Decision, Mode, control::Control, launch::LaunchReply},
     capture::{CaptureItem, Tick},
     config::Config,
-    predict::{Forecast, ForecastStage},
+    predict::{Forecast, ForecastStage, request::ProfilePredictor},
     publish::{self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command},
     record::{Header, snapshot::Snapshots},
     view::{self, Drops, Frame, View},
@@ -90,6 +95,10 @@ pub struct Agent<O: Output> {
     /// The latest forecast of each workload.
     forecasts: Vec<Forecast>,
     allocate: Option<Allocator>,
+    /// Per-request predictions (the profile store), for execs the allocator places.
+    requests: Option<ProfilePredictor>,
+    /// `umbra exec`'s socket.
+    launcher: Option<Launcher>,
     /// Decided since the last window (execs arrive between windows).
     decided: Vec<Decision>,
     decisions: u64,
@@ -118,6 +127,8 @@ pub struct Agent<O: Output> {
 pub enum AgentWake {
     Inbound(Inbound),
     Status,
+    /// `umbra exec` asks for a group.
+    Launch(Pending),
 }
 
 impl<O: Output> Agent<O> {
@@ -141,8 +152,8 @@ impl<O: Output> Agent<O> {
             Control::ephemeral()
         };
         let mut control = control;
+        let live = opts.stages && feed.live && opts.persist;
         let (forecast, allocate) = if opts.stages {
-            let live = feed.live && opts.persist;
             (
                 Some(ForecastStage::baseline(
                     &cfg.predict,
@@ -159,6 +170,11 @@ impl<O: Output> Agent<O> {
         } else {
             (None, None)
         };
+        let (requests, launcher) = if live {
+            start_requests(cfg, &mut problems)
+        } else {
+            (None, None)
+        };
         let node = p.node_id();
         let mut agent = Agent {
             aggregate: Aggregator::new(cfg.aggregate.group_by, header.interval_ms),
@@ -166,6 +182,8 @@ impl<O: Output> Agent<O> {
             forecast,
             forecasts: Vec::new(),
             allocate,
+            requests,
+            launcher,
             decided: Vec::new(),
             decisions: 0,
             control,
@@ -335,6 +353,39 @@ impl<O: Output> Agent<O> {
         }
     }
 
+    /// `umbra exec` asks for a group for a process it is about to start.
+    fn launch(&mut self, p: Pending) {
+        let req = p.request;
+        let prediction = self
+            .requests
+            .as_mut()
+            .and_then(|r| r.predict(0, &req.exe, crate::capture::procfs::boot_ns()));
+        let reply = match &mut self.allocate {
+            None => LaunchReply::refused("this agent does not allocate".into()),
+            Some(a) => {
+                match a.reserve_for_exec(&req.exe, req.workload.as_deref(), prediction.as_ref()) {
+                    Ok(r) => {
+                        self.decided.extend(r.decisions);
+                        LaunchReply {
+                            ok: true,
+                            error: None,
+                            group: r.group.to_string(),
+                            target: Some(r.target),
+                            limits: r
+                                .limits
+                                .iter()
+                                .map(|(k, v)| format!("{k} {}", v.show(*k)))
+                                .collect(),
+                            held: r.held,
+                        }
+                    }
+                    Err(e) => LaunchReply::refused(e.to_string()),
+                }
+            }
+        };
+        let _ = p.reply.send(reply);
+    }
+
     fn snapshot_ended(&mut self, ended: crate::record::snapshot::Ended) {
         let topic = self
             .snapshot_topic
@@ -360,9 +411,13 @@ impl<O: Output> Sink for Agent<O> {
             CaptureItem::Tick(t) => t,
             CaptureItem::Event(ev) => {
                 if let Some(a) = &mut self.allocate {
-                    // Per-request predictions come from predict; until then, none: the
-                    // request runs under its workload's reservation.
-                    let ds = a.on_exec(&ev, None, &self.control);
+                    let requests = &mut self.requests;
+                    let mut predict = |tgid: u32, exe: &str| {
+                        requests
+                            .as_mut()
+                            .and_then(|r| r.predict(tgid, exe, ev.timestamp_ns))
+                    };
+                    let ds = a.on_exec(&ev, &mut predict, &self.control);
                     self.decided.extend(ds);
                 }
                 return Ok(());
@@ -374,18 +429,49 @@ impl<O: Output> Sink for Agent<O> {
     }
 
     async fn wake(&mut self) -> AgentWake {
-        match &mut self.publish {
-            Some(p) => tokio::select! {
-                Some(msg) = p.next_inbound() => AgentWake::Inbound(msg),
-                _ = self.status_every.tick() => AgentWake::Status,
-            },
-            None => std::future::pending().await,
+        let Agent {
+            publish,
+            status_every,
+            launcher,
+            ..
+        } = self;
+        let has_publish = publish.is_some();
+        let inbound = async {
+            match publish {
+                Some(p) => match p.next_inbound().await {
+                    Some(msg) => AgentWake::Inbound(msg),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let status = async {
+            if !has_publish {
+                std::future::pending::<()>().await;
+            }
+            status_every.tick().await;
+            AgentWake::Status
+        };
+        let launch = async {
+            match launcher.as_mut() {
+                Some(l) => match l.next().await {
+                    Some(p) => AgentWake::Launch(p),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            w = inbound => w,
+            w = status => w,
+            w = launch => w,
         }
     }
 
     fn on(&mut self, wake: AgentWake) -> Result<(), PipelineError> {
         match wake {
             AgentWake::Status => self.publish_status(),
+            AgentWake::Launch(p) => self.launch(p),
             AgentWake::Inbound(msg) => {
                 let accepted = match &mut self.publish {
                     Some(p) => p.accept(msg),
@@ -408,6 +494,7 @@ impl<O: Output> Sink for Agent<O> {
     }
 
     async fn finish(mut self) -> Result<(), PipelineError> {
+        self.launcher = None;
         // Every cgroup back as it was, before anything else on the way out.
         if let Some(r) = self.allocate.take().and_then(Allocator::shutdown)
             && !r.failures.is_empty()
@@ -489,6 +576,33 @@ fn start_allocator(
         control.assume_mode(Mode::DryRun);
     }
     Ok(a)
+}
+
+/// Per-request predictions (the profile store under the state dir) and `umbra exec`'s
+/// socket, for a live agent; each missing one is a problem in status, not an error.
+fn start_requests(
+    cfg: &Config,
+    problems: &mut Vec<String>,
+) -> (Option<ProfilePredictor>, Option<Launcher>) {
+    let profiles = match ProfilePredictor::open(&cfg.publish.state_dir.join("profiles")) {
+        Ok((p, _)) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "No per-request predictions");
+            problems.push(format!("no per-request predictions: {e}"));
+            None
+        }
+    };
+    let dir = allocate::state_dir(&cfg.allocate, &cfg.publish.state_dir);
+    let path = dir.join(allocate::launch::SOCKET);
+    let launcher = match Launcher::bind(&path) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, socket = %path.display(), "umbra exec cannot reach this agent");
+            problems.push(format!("umbra exec socket {}: {e}", path.display()));
+            None
+        }
+    };
+    (profiles, launcher)
 }
 
 /// A random id per start of the agent.

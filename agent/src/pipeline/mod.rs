@@ -22,6 +22,7 @@
 
 mod agent;
 mod feed;
+mod launcher;
 mod sinks;
 mod wire;
 
@@ -164,7 +165,10 @@ pub async fn run<W: Write + Send>(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let feed = Feed::kernel(cfg)?;
+    // Requests placed as they start want their exec events at once, not in batches.
+    let mut with_wake = cfg.clone();
+    with_wake.capture.wake_on_exec = cfg.allocate.workload.iter().any(|w| w.per_request);
+    let feed = Feed::kernel(&with_wake)?;
     let agent = Agent::new(
         cfg,
         live_header(cfg),
