@@ -772,3 +772,153 @@ pub fn write_svg(sim: &Simulation, path: &Path) -> Result<(), SimulateError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{
+        capture::{CaptureItem, DropCounts, Memory, NodeStats, ProcessSample, Tick},
+        record::{Header, Writer},
+    };
+
+    const MB: f64 = 1e6;
+
+    /// A recording of a service whose load steps on a one-minute cycle (20 s at 0.3
+    /// cores and 100 MB, 20 s at 1.5 cores and 300 MB, 20 s back at the first level), with
+    /// a little deterministic noise, beside a steady background process: 30 minutes at 1 s.
+    fn stepping(path: &Path) {
+        let start_ms = 1_700_000_000_000u64;
+        let mut w = Writer::create(
+            path,
+            &Header {
+                kernel: "6.1".into(),
+                node: "sim".into(),
+                interval_ms: 1000,
+                start_ms,
+                agent_version: "test".into(),
+            },
+        )
+        .unwrap();
+        let proc_ = |tgid: u32, exe: &str, hash: &str, cpu_ns: u64, rss: f64| ProcessSample {
+            tgid,
+            start_ns: tgid as u64,
+            ppid: Some(1),
+            cgroup_id: 0,
+            comm: exe.rsplit('/').next().unwrap().into(),
+            exe: Some(exe.into()),
+            exe_hash: Some(hash.into()),
+            cgroup: Some("/system.slice/x.service".into()),
+            counters: crate::capture::ProcCounters {
+                cpu_ns,
+                ..Default::default()
+            },
+            memory: Memory {
+                anon: rss as u64,
+                ..Default::default()
+            },
+            exit: None,
+        };
+        let (mut svc_ns, mut bg_ns) = (0u64, 0u64);
+        for i in 0..1800u64 {
+            let phase = (i % 60) / 20;
+            let (cores, rss) = if phase == 1 {
+                (1.5, 300.0 * MB)
+            } else {
+                (0.3, 100.0 * MB)
+            };
+            // ±4% noise, fixed.
+            let noise = 1.0 + 0.04 * (((i * 7919) % 17) as f64 / 8.0 - 1.0);
+            svc_ns += (cores * noise * 1e9) as u64;
+            bg_ns += 200_000_000;
+            let t = Tick {
+                timestamp_ns: (i + 1) * 1_000_000_000,
+                wall_ms: start_ms + (i + 1) * 1000,
+                samples: vec![
+                    proc_(100, "/usr/bin/svc", "sha256:5c", svc_ns, rss * noise),
+                    proc_(200, "/usr/bin/bg", "sha256:b9", bg_ns, 50.0 * MB),
+                ],
+                drops: DropCounts::default(),
+                node: NodeStats {
+                    cpus: 4,
+                    cpu_busy_ns: svc_ns + bg_ns,
+                    mem_total_bytes: 8 << 30,
+                    mem_available_bytes: 6 << 30,
+                },
+                pressure: Vec::new(),
+            };
+            w.write(&CaptureItem::Tick(Box::new(t))).unwrap();
+        }
+    }
+
+    fn sim(strategies: &[&str]) -> SimConfig {
+        let cfg = crate::config::Config::default();
+        let mut s = SimConfig::new(&cfg);
+        s.strategies = strategies.iter().map(|s| s.to_string()).collect();
+        s
+    }
+
+    fn score<'a>(r: &'a Report, name: &str) -> &'a Score {
+        r.strategies.iter().find(|s| s.strategy == name).unwrap()
+    }
+
+    #[test]
+    fn on_a_predictable_cycle_umbra_reserves_far_less_than_vpa_without_more_violations() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("stepping.umbra");
+        stepping(&rec);
+        let s = simulate(std::slice::from_ref(&rec), &sim(&STRATEGIES)).unwrap();
+        let r = &s.report;
+        let (u, v, st) = (score(r, "umbra"), score(r, "vpa"), score(r, "static"));
+        eprintln!("{}", table(r));
+        eprintln!("{:?}", s.notes);
+        // The acceptance bar: slack at least 30% below VPA-like's, no more violations.
+        assert!(u.cpu_slack <= 0.7 * v.cpu_slack, "{u:?} {v:?}");
+        assert!(u.memory_slack <= 0.7 * v.memory_slack, "{u:?} {v:?}");
+        assert!(u.memory_violations <= v.memory_violations, "{u:?} {v:?}");
+        // Static never throttles and costs the most.
+        assert_eq!(st.throttled_fraction, 0.0);
+        assert_eq!(st.changes, 0);
+        assert!(st.core_s >= u.core_s && st.core_s >= v.core_s, "{r:?}");
+        // The JSON shape of the issue.
+        let j = serde_json::to_value(r).unwrap();
+        let keys: Vec<&str> = j["strategies"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "changes",
+                "core_s",
+                "cpu_slack",
+                "gib_s",
+                "memory_slack",
+                "memory_violations",
+                "strategy",
+                "throttled_fraction"
+            ]
+        );
+        assert!(svg(&s).starts_with("<svg"));
+    }
+
+    #[test]
+    fn an_unknown_strategy_is_named() {
+        let e = simulate(&[PathBuf::from("x.umbra")], &sim(&["vpa", "oracle"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"oracle\"") && e.contains("static"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_recording_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("bad.umbra");
+        std::fs::write(&rec, b"not a recording").unwrap();
+        let e = simulate(&[rec], &sim(&["static"])).unwrap_err().to_string();
+        assert!(e.contains("bad.umbra"), "{e}");
+    }
+}
