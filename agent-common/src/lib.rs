@@ -371,9 +371,13 @@ pub struct KernelConfig {
     pub tp: TpOffsets,
     pub task: TaskOffsets,
     pub syscalls: SyscallNrs,
-    /// Reserved, zero.
-    pub _reserved: u64,
+    /// `CONFIG_*` bits.
+    pub flags: u64,
 }
+
+/// [`KernelConfig::flags`]: wake the ring buffer's reader at every exec event (the
+/// allocate stage places requests as they start), not only once a batch has built up.
+pub const CONFIG_WAKE_ON_EXEC: u64 = 1;
 const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 48 + 16 * 8 + 8);
 
 impl KernelConfig {
@@ -434,7 +438,7 @@ impl KernelConfig {
             send: [-1; 2],
             recv: [-1; 2],
         },
-        _reserved: 0,
+        flags: 0,
     };
 }
 

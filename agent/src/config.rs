@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     aggregate::{GroupBy, HistoryConfig},
+    allocate::config::AllocateConfig,
     capture::Hook,
     predict::PredictConfig,
     publish::{
@@ -27,6 +28,7 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     pub publish: PublishConfig,
     pub predict: PredictConfig,
+    pub allocate: AllocateConfig,
 }
 
 /// `[publish]`: the MQTT link to the fleet hub (see `docs/mqtt.md`).
@@ -318,6 +320,10 @@ pub struct CaptureConfig {
     /// and the error for a missing tracepoint run on a kernel that has them.
     #[serde(skip)]
     pub simulate_missing: Vec<String>,
+    /// Wake the reader at every exec (set by the agent when allocation places requests
+    /// as they start; not read from the file).
+    #[serde(skip)]
+    pub wake_on_exec: bool,
 }
 
 impl Default for CaptureConfig {
@@ -332,6 +338,7 @@ impl Default for CaptureConfig {
             btf_tracepoints: true,
             disable: Vec::new(),
             simulate_missing: Vec::new(),
+            wake_on_exec: false,
         }
     }
 }
@@ -356,6 +363,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("config value {key} = {value} is invalid: {expected}")]
+    InvalidAt {
+        key: String,
+        value: String,
+        expected: String,
+    },
     #[error("config value {key} = {value} is invalid: {expected}")]
     Invalid {
         key: &'static str,
@@ -428,6 +441,13 @@ impl Config {
         )?;
         self.publish.validate()?;
         self.predict.validate(c.interval_ms)?;
+        self.allocate
+            .validate()
+            .map_err(|(key, value, expected)| ConfigError::InvalidAt {
+                key,
+                value,
+                expected,
+            })?;
         for name in &c.disable {
             match Hook::from_name(name) {
                 None => {
@@ -505,6 +525,11 @@ mod tests {
     #[case("[capture]\ndisable = [\"nope\"]\n", "capture.disable")]
     #[case("[capture]\ndisable = [\"sched_switch\"]\n", "capture.disable")]
     #[case("[aggregate.history]\ntiers = []\n", "aggregate.history.tiers")]
+    #[case(
+        "[[allocate.workload]]\npriority = \"critical\"\n",
+        "allocate.workload[0]"
+    )]
+    #[case("[allocate]\nroot = \"../etc\"\n", "allocate.root")]
     #[case(
         "[[aggregate.history.tiers]]\nresolution_ms = 1000\nspan_ms = 60000\n[[aggregate.history.tiers]]\nresolution_ms = 1500\nspan_ms = 600000\n",
         "aggregate.history.tiers"

@@ -9,6 +9,8 @@
 //! - [`fleet`]: the other end, for operators (`umbra sub`) and the hub (`umbra hub`,
 //!   cargo feature `fleet`).
 //! - [`pipeline`]: wires the stages; the only place that knows all of them.
+//! - [`simulate`]: recordings through allocation strategies (`umbra simulate`), with the
+//!   agent's own predictors and `decide`.
 
 pub mod aggregate;
 pub mod allocate;
@@ -20,5 +22,6 @@ pub mod pipeline;
 pub mod predict;
 pub mod publish;
 pub mod record;
+pub mod simulate;
 pub mod trace;
 pub mod view;

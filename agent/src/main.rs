@@ -42,6 +42,13 @@ enum Command {
         /// Processes shown per interval.
         #[arg(long, default_value_t = 10)]
         top: usize,
+        /// Write the allocation decisions to the cgroups (default: dry-run, decide and
+        /// explain only); for this run, until a `set-mode` command changes it.
+        #[arg(long)]
+        enforce: bool,
+        /// Print every allocation decision with its explanation below each interval.
+        #[arg(long)]
+        explain: bool,
         #[command(flatten)]
         publish: PublishArgs,
     },
@@ -122,6 +129,40 @@ enum Command {
     /// The fleet's hub: store summaries as Parquet, show the fleet, publish models
     /// (needs a build with `--features fleet`).
     Hub(Box<HubCli>),
+    /// Replay recordings through allocation strategies (umbra, vpa, autopilot, static) and
+    /// score each: slack, would-be throttling, memory violations, changes, cost.
+    Simulate {
+        #[arg(required = true)]
+        recordings: Vec<PathBuf>,
+        /// Only these strategies (repeatable; default: all).
+        #[arg(long)]
+        strategy: Vec<String>,
+        /// Managed workloads per recording: the busiest by CPU-seconds.
+        #[arg(long, default_value_t = 10)]
+        workloads: usize,
+        /// `{"strategies": [...]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Reservations against usage over time (the first recording) as SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Start a command inside a cgroup the running agent reserves for it (before the
+    /// command's first instruction); exits with the command's status.
+    Exec {
+        /// Reserve under this workload (its id or name); default: the command's executable.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Print the group, its limits and what placing cost, on stderr.
+        #[arg(long)]
+        report: bool,
+        /// State directory of the agent to ask (overrides publish.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Export recordings for training and for people: shadow data points (csv, jsonl) or
     /// the predict stage's feature rows (forecast; see models/CONTRACT.md).
     Export {
@@ -279,9 +320,12 @@ fn main() -> ExitCode {
         Command::Run { interval_ms, .. }
         | Command::Trace { interval_ms, .. }
         | Command::Record { interval_ms, .. } => *interval_ms,
-        Command::Replay { .. } | Command::Export { .. } | Command::Sub { .. } | Command::Hub(_) => {
-            None
-        }
+        Command::Replay { .. }
+        | Command::Export { .. }
+        | Command::Sub { .. }
+        | Command::Hub(_)
+        | Command::Simulate { .. }
+        | Command::Exec { .. } => None,
     };
     if let Some(ms) = interval {
         cfg.capture.interval_ms = ms;
@@ -315,6 +359,9 @@ fn main() -> ExitCode {
             },
             ..
         } => cfg.publish.broker = b.clone(),
+        Command::Exec {
+            state_dir: Some(d), ..
+        } => cfg.publish.state_dir = d.clone(),
         _ => {}
     }
     if let Err(e) = cfg.validate() {
@@ -333,7 +380,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli.command, cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("umbra: {e:#}");
             ExitCode::FAILURE
@@ -341,20 +388,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
+async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let stdout = std::io::stdout();
     match command {
-        Command::Run { duration, top, .. } => {
-            pipeline::run(
-                &cfg,
-                stdout,
-                View::Table { top },
-                duration.map(Duration::from_secs),
-                shutdown,
-            )
-            .await?
+        Command::Run {
+            duration,
+            top,
+            enforce,
+            explain,
+            ..
+        } => {
+            let opts = pipeline::RunOptions {
+                duration: duration.map(Duration::from_secs),
+                enforce,
+                explain,
+            };
+            pipeline::run(&cfg, stdout, View::Table { top }, opts, shutdown).await?
         }
         Command::Trace {
             pid,
@@ -416,6 +467,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let out = pipeline::Shown {
                 view: View::Points { json },
                 out: std::io::BufWriter::new(stdout),
+                explain: false,
             };
             let drain = publish.then(|| Duration::from_secs(drain_secs));
             pipeline::replay(&cfg, &file, pace, out, drain, shutdown).await?;
@@ -444,6 +496,72 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             .await?;
         }
         Command::Hub(hub) => hub_command(*hub, &cfg, shutdown).await?,
+        Command::Simulate {
+            recordings,
+            strategy,
+            workloads,
+            json,
+            plot,
+        } => {
+            let mut sim = umbra::simulate::SimConfig::new(&cfg);
+            if !strategy.is_empty() {
+                sim.strategies = strategy;
+            }
+            sim.workloads = workloads;
+            let s =
+                tokio::task::spawn_blocking(move || umbra::simulate::simulate(&recordings, &sim))
+                    .await??;
+            for n in &s.notes {
+                eprintln!("umbra: {n}");
+            }
+            if json {
+                println!("{}", serde_json::to_string(&s.report)?);
+            } else {
+                print!("{}", umbra::simulate::table(&s.report));
+            }
+            if let Some(p) = plot {
+                umbra::simulate::write_svg(&s, &p)?;
+                eprintln!("umbra: plot written to {}", p.display());
+            }
+        }
+        Command::Exec {
+            workload,
+            report,
+            command,
+            ..
+        } => {
+            use umbra::allocate::{self, launch};
+            let socket =
+                allocate::state_dir(&cfg.allocate, &cfg.publish.state_dir).join(launch::SOCKET);
+            let stop = shutdown.clone();
+            let l = tokio::task::spawn_blocking(move || {
+                launch::launch(&socket, workload.as_deref(), &command, &|| {
+                    stop.is_cancelled()
+                })
+            })
+            .await??;
+            if report {
+                eprintln!(
+                    "umbra exec: pid {} in {}{}{}; reserved in {} µs, started in {} µs; exit {}",
+                    l.pid,
+                    l.reply.group,
+                    if l.reply.limits.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with {}", l.reply.limits.join(", "))
+                    },
+                    if l.reply.held {
+                        " (held: frozen until capacity frees)"
+                    } else {
+                        ""
+                    },
+                    l.reserve.as_micros(),
+                    l.spawn.as_micros(),
+                    l.status
+                );
+            }
+            return Ok(ExitCode::from(l.status.clamp(0, 255) as u8));
+        }
         Command::Export {
             files,
             format,
@@ -494,7 +612,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             eprintln!("umbra: exported {what} to {}", output.display());
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(not(feature = "fleet"))]

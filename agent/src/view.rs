@@ -7,6 +7,8 @@ use std::io::Write;
 
 use crate::{
     aggregate::{ShadowPoint, Window},
+    allocate::Decision,
+    predict::{Forecast, Target},
     trace,
 };
 
@@ -48,13 +50,58 @@ pub struct Drops {
     pub channel: u64,
 }
 
+/// What the agent has to show for an interval.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    pub window: &'a Window,
+    pub drops: Drops,
+    /// The latest forecast of each workload (made at the last closed forecast bucket).
+    pub forecasts: &'a [Forecast],
+    /// What the allocate stage decided since the last frame.
+    pub decisions: &'a [Decision],
+}
+
+impl<'a> Frame<'a> {
+    /// A window alone: no forecasts, no decisions.
+    pub fn plain(window: &'a Window, drops: Drops) -> Frame<'a> {
+        Frame {
+            window,
+            drops,
+            forecasts: &[],
+            decisions: &[],
+        }
+    }
+}
+
 impl View {
-    pub fn window<W: Write>(&self, out: &mut W, w: &Window, drops: Drops) -> std::io::Result<()> {
+    pub fn window<W: Write>(&self, out: &mut W, f: &Frame<'_>) -> std::io::Result<()> {
         match *self {
             View::Quiet => Ok(()),
-            View::Table { top } => table(out, w, top, drops),
-            View::Points { json } => points(out, w, json),
+            View::Table { top } => table(out, f.window, top, f.drops, f.forecasts),
+            View::Points { json } => points(out, f.window, json),
         }
+    }
+}
+
+/// Decisions, explained, one a line (`umbra run --explain`).
+pub fn decisions<W: Write>(out: &mut W, ds: &[Decision]) -> std::io::Result<()> {
+    for d in ds {
+        writeln!(out, "   {} {}", d.kind(), clip(&d.text(), 600))?;
+    }
+    out.flush()
+}
+
+/// A forecast's first step of CPU as the table shows it: `p50 [p10-p90]`, in percent of
+/// a core.
+fn cpu_band(f: Option<&Forecast>) -> String {
+    match f.and_then(|f| f.of(Target::Cpu).first()) {
+        Some(b) => format!(
+            "{:.0} [{:.0}-{:.0}]",
+            b.p50 * 100.0,
+            b.p10 * 100.0,
+            b.p90 * 100.0
+        ),
+        None => "-".into(),
     }
 }
 
@@ -67,12 +114,18 @@ pub fn points<W: Write>(out: &mut W, w: &Window, json: bool) -> std::io::Result<
         }
         Ok(())
     } else {
-        table(out, w, usize::MAX, Drops::default())
+        table(out, w, usize::MAX, Drops::default(), &[])
     }
 }
 
 /// Node totals, then workloads by CPU.
-fn table<W: Write>(out: &mut W, w: &Window, top: usize, drops: Drops) -> std::io::Result<()> {
+fn table<W: Write>(
+    out: &mut W,
+    w: &Window,
+    top: usize,
+    drops: Drops,
+    forecasts: &[Forecast],
+) -> std::io::Result<()> {
     let n = &w.node;
     let secs = n.interval_ms.max(1) as f64 / 1000.0;
     let rate = |b: u64| trace::bytes((b as f64 / secs) as u64);
@@ -96,9 +149,20 @@ fn table<W: Write>(out: &mut W, w: &Window, top: usize, drops: Drops) -> std::io
     }
     writeln!(
         out,
-        "{:<20} {:>5} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  WORKLOAD",
-        "NAME", "PROCS", "CPU%", "RSS", "READ/s", "WRITE/s", "TX/s", "RX/s", "EXECS"
+        "{:<20} {:>5} {:>7} {:>15} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  WORKLOAD",
+        "NAME",
+        "PROCS",
+        "CPU%",
+        "NEXT p50[band]",
+        "RSS",
+        "READ/s",
+        "WRITE/s",
+        "TX/s",
+        "RX/s",
+        "EXECS"
     )?;
+    let by_id: std::collections::HashMap<&crate::aggregate::WorkloadId, &Forecast> =
+        forecasts.iter().map(|f| (&f.workload, f)).collect();
     let mut points: Vec<&ShadowPoint> = w.points.iter().collect();
     points.sort_by(|a, b| {
         b.profile
@@ -109,10 +173,11 @@ fn table<W: Write>(out: &mut W, w: &Window, top: usize, drops: Drops) -> std::io
     for p in points.into_iter().take(top) {
         writeln!(
             out,
-            "{:<20} {:>5} {:>7.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  {}",
+            "{:<20} {:>5} {:>7.1} {:>15} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}  {}",
             clip(&p.name, 20),
             p.processes,
             p.profile.cpu_cores * 100.0,
+            cpu_band(by_id.get(&p.workload).copied()),
             trace::bytes(p.profile.rss_bytes),
             rate(p.profile.read_bytes),
             rate(p.profile.write_bytes),
@@ -163,9 +228,13 @@ mod tests {
             node: NodePoint::default(),
         };
         let mut out = Vec::new();
-        View::Table { top: 10 }
-            .window(&mut out, &w, Drops::default())
-            .unwrap();
+        let f = Frame {
+            window: &w,
+            drops: Drops::default(),
+            forecasts: &[],
+            decisions: &[],
+        };
+        View::Table { top: 10 }.window(&mut out, &f).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 2 + names.len());
         assert!(!text.contains('\t'));

@@ -11,7 +11,7 @@ use umbra::{
     fleet::hub::Hub,
     publish::{Body, Envelope, Payload, SCHEMA, summary::Summarizer},
     record::{Header, Reader, Writer},
-    view::{Drops, View},
+    view::{Drops, Frame, View},
 };
 
 fn strange() -> Vec<String> {
@@ -111,10 +111,10 @@ fn strange_names_pass_every_stage_under_both_groupings() {
                 win.points.len()
             );
             View::Table { top: 20 }
-                .window(&mut out, &win, Drops::default())
+                .window(&mut out, &Frame::plain(&win, Drops::default()))
                 .unwrap();
             View::Points { json: true }
-                .window(&mut out, &win, Drops::default())
+                .window(&mut out, &Frame::plain(&win, Drops::default()))
                 .unwrap();
             if let Some(s) = sum.push(&win) {
                 seq += 1;

@@ -7,9 +7,9 @@
 //! event is flagged [`FLAG_PARTIAL`] and userspace resolves what it can.
 
 use agent_common::{
-    ABSENT, ARGV_LEN, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent, FILENAME_LEN,
-    FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV, FLAG_PARTIAL, FLAG_THREAD, LifecycleEvent,
-    prog,
+    ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent,
+    FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV, FLAG_PARTIAL, FLAG_THREAD,
+    LifecycleEvent, prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -50,7 +50,7 @@ fn emit(kind: u32, fill: impl FnOnce(&mut LifecycleEvent)) {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_common(ev, kind);
     fill(ev);
-    submit(entry);
+    submit(entry, false);
 }
 
 /// The fields every event has, from `current`.
@@ -70,12 +70,13 @@ fn fill_common(ev: &mut LifecycleEvent, kind: u32) {
 }
 
 /// Wakes the reader only once a batch has built up: a wakeup per event costs
-/// microseconds (irq_work and an IPI). The reader also drains on a short timer.
+/// microseconds (irq_work and an IPI). The reader also drains on a short timer. `wake`
+/// wakes it now (an exec while the allocate stage places requests as they start).
 #[inline(always)]
-fn submit<T>(entry: RingBufEntry<T>) {
+fn submit<T>(entry: RingBufEntry<T>, wake: bool) {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let flags = if pending >= size / 8 {
+    let flags = if wake || pending >= size / 8 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -135,7 +136,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         ev.argv_total = 0;
         ev.base.flags |= FLAG_NO_ARGV;
     }
-    submit(entry);
+    submit(entry, config!(flags) & CONFIG_WAKE_ON_EXEC != 0);
     0
 }
 

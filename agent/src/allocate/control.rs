@@ -84,6 +84,8 @@ pub struct Control {
     tiers: BTreeMap<String, Tier>,
     /// `None`: kept in memory only (replays, tests without a state dir).
     path: Option<PathBuf>,
+    /// The mode came from a `set-mode` command (kept on disk), not from a default.
+    mode_set: bool,
 }
 
 impl Control {
@@ -93,6 +95,7 @@ impl Control {
             mode: Mode::DryRun,
             tiers: BTreeMap::new(),
             path: None,
+            mode_set: false,
         }
     }
 
@@ -138,6 +141,7 @@ impl Control {
         match serde_json::from_slice::<Stored>(&text) {
             Ok(s) => {
                 c.mode = s.mode;
+                c.mode_set = true;
                 c.tiers = s.tiers;
                 c.tiers.retain(|k, _| !k.is_empty());
                 while c.tiers.len() > MAX_TIERS {
@@ -171,7 +175,19 @@ impl Control {
     /// Sets the mode and keeps it. On a write error the change still holds in memory.
     pub fn set_mode(&mut self, mode: Mode) -> Result<(), ControlError> {
         self.mode = mode;
+        self.mode_set = true;
         self.save()
+    }
+
+    /// Whether the mode was ever set by command (and kept), rather than a default.
+    pub fn mode_was_set(&self) -> bool {
+        self.mode_set
+    }
+
+    /// Takes `mode` for this run only (the config's default, or `umbra run --enforce`):
+    /// nothing is written; a later `set-mode` command replaces it and is kept.
+    pub fn assume_mode(&mut self, mode: Mode) {
+        self.mode = mode;
     }
 
     /// Sets a workload's tier (`normal` clears it) and keeps it.
@@ -241,6 +257,21 @@ mod tests {
         let mut again = again;
         again.set_tier("exe:sha256:aa", Tier::Normal).unwrap();
         assert_eq!(Control::open(d.path()).0.tiers().count(), 1);
+    }
+
+    #[test]
+    fn an_assumed_mode_is_not_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut c, _) = Control::open(d.path());
+        assert!(!c.mode_was_set());
+        c.assume_mode(Mode::Enforce);
+        assert_eq!(c.mode(), Mode::Enforce);
+        let (again, _) = Control::open(d.path());
+        assert_eq!(again.mode(), Mode::DryRun);
+        assert!(!again.mode_was_set());
+        c.set_mode(Mode::DryRun).unwrap();
+        let (again, _) = Control::open(d.path());
+        assert!(again.mode_was_set());
     }
 
     #[test]

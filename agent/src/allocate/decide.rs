@@ -160,6 +160,10 @@ pub struct State {
     pub cpus: f64,
     pub memory_bytes: u64,
     pub workloads: Vec<WorkloadState>,
+    /// Knobs the cgroup backend does not have (cgroup v1: `memory.min`, `memory.low`):
+    /// never decided.
+    #[serde(default)]
+    pub unsupported: Vec<Knob>,
 }
 
 /// A rule that moved a value away from what the forecast asked for.
@@ -183,7 +187,7 @@ pub enum Bound {
 }
 
 impl Bound {
-    fn text(&self, knob: Knob) -> String {
+    pub fn text(&self, knob: Knob) -> String {
         match self {
             Bound::Floor { floor } => format!("floor {}", floor.show(knob)),
             Bound::RateLimit { limit } => format!("rate limit {}", limit.show(knob)),
@@ -372,6 +376,9 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
             ],
         };
         for &(knob, set) in knobs {
+            if state.unsupported.contains(&knob) {
+                continue;
+            }
             let (target, band, margin, usage) = if knob.is_memory() {
                 (Target::Memory, mem, mem_margin, w.memory_bytes as f64)
             } else {
@@ -669,6 +676,7 @@ mod tests {
             cpus: 8.0,
             memory_bytes: 16 << 30,
             workloads: ws,
+            unsupported: Vec::new(),
         }
     }
 
@@ -911,6 +919,18 @@ mod tests {
             find(&acts, "a", Knob::CpuMax).unwrap().new,
             Value::of_cores(1.2 * 1.5)
         );
+    }
+
+    #[test]
+    fn knobs_the_backend_lacks_are_never_decided() {
+        let (c, m) = steady(1.0, 200 * MIB);
+        let mut st = state(vec![workload("a", Tier::Full)]);
+        st.unsupported = vec![Knob::MemoryMin, Knob::MemoryLow];
+        let a = decide(&[forecast("a", &c, &m)], &st, &Rules::default());
+        assert!(find(&a, "a", Knob::CpuMax).is_some());
+        assert!(find(&a, "a", Knob::MemoryHigh).is_some());
+        assert!(find(&a, "a", Knob::MemoryMin).is_none());
+        assert!(find(&a, "a", Knob::MemoryLow).is_none());
     }
 
     #[test]

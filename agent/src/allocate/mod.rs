@@ -27,6 +27,7 @@ pub mod control;
 pub mod decide;
 
 pub mod journal;
+pub mod launch;
 pub mod tiers;
 
 use std::{
@@ -116,6 +117,17 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// `set`, `tier`, `place`, `hold` or `release`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Set { .. } => "set",
+            Decision::Tier { .. } => "tier",
+            Decision::Place { .. } => "place",
+            Decision::Hold { .. } => "hold",
+            Decision::Release { .. } => "release",
+        }
+    }
+
     pub fn text(&self) -> String {
         match self {
             Decision::Set {
@@ -153,7 +165,11 @@ impl Decision {
                     .iter()
                     .map(|(k, v)| format!("{k} {}", v.show(*k)))
                     .collect();
-                let mut s = format!("{name} pid {pid} -> {group}");
+                let mut s = if *pid == 0 {
+                    format!("{name} (umbra exec) -> {group}")
+                } else {
+                    format!("{name} pid {pid} -> {group}")
+                };
                 if !l.is_empty() {
                     s.push_str(&format!(" with {} ({source})", l.join(", ")));
                 }
@@ -189,6 +205,18 @@ impl Decision {
             } => format!("{name} pid {pid} in {group} released after {held_ms} ms: {reason}"),
         }
     }
+}
+
+/// A group made ready for a process `umbra exec` is about to start.
+#[derive(Clone, Debug)]
+pub struct Reservation {
+    pub group: Group,
+    /// How the launcher puts its child into the group before its first instruction.
+    pub target: cgroups::ExecTarget,
+    pub limits: Vec<(Knob, Value)>,
+    /// The group is frozen (admission): the child starts held until capacity frees.
+    pub held: bool,
+    pub decisions: Vec<Decision>,
 }
 
 /// Counters of the stage, for status.
@@ -261,6 +289,13 @@ pub struct Allocator {
     cpus: f64,
     memory_bytes: u64,
     own_pid: u32,
+    /// Groups made for `umbra exec` so far (their names).
+    launched: u64,
+    /// A mode the stage could not enter (not tried again until asked again).
+    refused: Option<Mode>,
+    /// Processes are this machine's (a live capture): `/proc` may be read for them. A
+    /// replay's pids name other processes, so it never does.
+    live: bool,
 }
 
 /// Where the journal lives.
@@ -351,7 +386,19 @@ impl Allocator {
             cpus: 0.0,
             memory_bytes: 0,
             own_pid: std::process::id(),
+            refused: None,
+            launched: 0,
+            live: true,
         }
+    }
+
+    /// The stage for a recording (a replay, `umbra simulate`): decides and explains, never
+    /// touches a cgroup or this machine's `/proc`.
+    pub fn offline(cfg: &AllocateConfig, group_by: GroupBy) -> Allocator {
+        let mut a = Allocator::new(cfg, group_by, None, Group::ROOT);
+        a.no_backend = Some("a recording is replayed: nothing is written".into());
+        a.live = false;
+        a
     }
 
     fn setup(&mut self) -> Result<(), AllocateError> {
@@ -386,13 +433,18 @@ impl Allocator {
         Ok(())
     }
 
-    /// Follows the mode the fleet set; a failure to enter enforce mode is logged and
-    /// the stage stays in dry-run.
+    /// Follows the mode the fleet set; a failure to enter enforce mode is logged (once)
+    /// and the stage stays in dry-run.
     fn follow(&mut self, control: &Control) {
         if control.mode() != self.mode
+            && self.refused != Some(control.mode())
             && let Err(e) = self.set_mode(control.mode())
         {
             warn!(error = %e, "Allocation stays in dry-run");
+            self.refused = Some(control.mode());
+        }
+        if control.mode() == self.mode {
+            self.refused = None;
         }
     }
 
@@ -449,7 +501,7 @@ impl Allocator {
         let exe = exe?;
         let mut uid = None;
         for (i, m) in self.matchers.iter().enumerate() {
-            if m.needs_uid() && uid.is_none() {
+            if m.needs_uid() && uid.is_none() && self.live {
                 uid = uid_of(tgid);
             }
             let c = Candidate {
@@ -691,6 +743,10 @@ impl Allocator {
                 .filter(|m| !m.pids.is_empty())
                 .map(|m| m.state.clone())
                 .collect(),
+            unsupported: Knob::SETTINGS
+                .into_iter()
+                .filter(|k| self.cgroups().is_some_and(|c| !c.supports(*k)))
+                .collect(),
         };
         let actions = decide(forecasts, &state, &self.cfg.rules);
         for a in actions {
@@ -836,12 +892,13 @@ impl Allocator {
     }
 
     /// An exec as it happens: an opted-in executable whose rule asks for per-request
-    /// placement gets its own group with limits from `prediction` (or, without one, is
-    /// placed under its workload's reservation). Returns what was decided.
+    /// placement gets its own group with limits from its prediction — `predict(tgid,
+    /// exe)`, asked only for such execs — or, without one, is placed under its
+    /// workload's reservation. Returns what was decided.
     pub fn on_exec(
         &mut self,
         ev: &Lifecycle,
-        prediction: Option<&RequestPrediction>,
+        predict: &mut dyn FnMut(u32, &str) -> Option<RequestPrediction>,
         control: &Control,
     ) -> Vec<Decision> {
         self.follow(control);
@@ -854,11 +911,16 @@ impl Allocator {
             return Vec::new();
         };
         let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
-        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-            .ok()
+        if self.matchers.is_empty() {
+            return Vec::new();
+        }
+        let exe = self
+            .live
+            .then(|| std::fs::read_link(format!("/proc/{tgid}/exe")).ok())
+            .flatten()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| filename.clone());
-        let cgroup = if self.matchers.is_empty() {
+        let cgroup = if !self.live {
             None
         } else {
             cgroups::proc_cgroups(tgid)
@@ -877,14 +939,23 @@ impl Allocator {
             return Vec::new(); // placed with its workload at the next tick
         }
         self.stats.requests += 1;
+        let prediction = predict(tgid, &exe);
+        let prediction = prediction.as_ref();
         let group = g.child(&format!("req-{tgid}"));
         let tier = self
             .managed
             .get(&g)
             .map(|m| m.record.tier)
             .unwrap_or_default();
-        let (limits, source, cores, bytes) = self.request_limits(&g, tier, prediction);
-        let enforce = self.mode == Mode::Enforce && self.applier.is_some() && tier != Tier::Shadow;
+        let (limits, mut source, mut cores, mut bytes) = self.request_limits(&g, tier, prediction);
+        // A request of a workload whose forecasts have not earned a tier yet is placed
+        // (its own group: its own accounting and pressure), its limits explained only.
+        let shadow = tier == Tier::Shadow && !limits.is_empty();
+        if shadow {
+            source.push_str("; shadow tier: limits not written");
+            (cores, bytes) = (0.0, 0.0);
+        }
+        let enforce = self.mode == Mode::Enforce && self.applier.is_some();
         let mut out = Vec::new();
         if !enforce {
             out.push(Decision::Place {
@@ -899,7 +970,7 @@ impl Allocator {
             });
             return out;
         }
-        let r = self.place_request(&g, &group, tgid, &limits);
+        let r = self.place_request(&g, &group, tgid, if shadow { &[] } else { &limits });
         let latency = boot_ns().saturating_sub(ev.timestamp_ns) / 1000;
         let error = r.as_ref().err().map(|e| e.to_string());
         if error.is_none() {
@@ -1022,17 +1093,20 @@ impl Allocator {
         a.place(g, pid)
     }
 
-    /// Creates a request's group before its process exists (`umbra exec`): returns the
-    /// group, for [`cgroups::Cgroups::exec_target`].
+    /// Creates a request's group before its process exists (`umbra exec`): its limits
+    /// from `prediction` (at least the warm tier's), admission as for any request (a
+    /// request that does not fit gets a frozen group, so its process is born held).
+    /// Returns how the launcher puts its child there, and what was decided.
     pub fn reserve_for_exec(
         &mut self,
         exe: &str,
         workload: Option<&str>,
         prediction: Option<&RequestPrediction>,
-    ) -> Result<(Group, Vec<(Knob, Value)>), AllocateError> {
+    ) -> Result<Reservation, AllocateError> {
         if self.mode != Mode::Enforce {
             return Err(AllocateError::NoBackend(
-                "the agent is in dry-run mode: start it with --enforce (or send set-mode)".into(),
+                "the agent is in dry-run mode: start it with --enforce (or send set-mode enforce)"
+                    .into(),
             ));
         }
         let g = match workload {
@@ -1047,15 +1121,16 @@ impl Allocator {
         let name = exe.rsplit('/').next().unwrap_or(exe).to_string();
         let rule = self.managed.get(&g).map(|m| m.rule).unwrap_or(usize::MAX);
         self.managed_entry(&g, rule, &name);
-        let n = self.stats.requests;
-        self.stats.requests += 1;
-        let req = g.child(&format!("exec-{}-{n}", std::process::id()));
+        self.launched += 1;
+        let n = self.launched;
+        let req = g.child(&format!("exec-{n}"));
         let tier = self
             .managed
             .get(&g)
             .map(|m| m.record.tier)
             .unwrap_or_default();
-        let (limits, _, _, _) = self.request_limits(&g, tier.max(Tier::Warm), prediction);
+        let (limits, source, cores, bytes) =
+            self.request_limits(&g, tier.max(Tier::Warm), prediction);
         let a = self
             .applier
             .as_mut()
@@ -1068,24 +1143,51 @@ impl Allocator {
                 a.set(&req, *k, *v)?;
             }
         }
+        let target = a.cgroups().exec_target(&req).map_err(ApplyError::from)?;
         if let Some(m) = self.managed.get_mut(&g) {
             m.created = true;
         }
+        self.stats.requests += 1;
+        self.stats.placed += 1;
+        let key = u32::MAX - (n % (u32::MAX as u64 / 2)) as u32;
         self.requests.insert(
-            u32::MAX - n as u32,
+            key,
             Request {
                 pid: 0,
-                name,
+                name: name.clone(),
                 group: req.clone(),
                 parent: g,
-                cores: 0.0,
-                bytes: 0.0,
+                cores,
+                bytes,
                 held_since_ms: None,
                 hold: self.cfg.admission.hold,
                 idle: 0,
             },
         );
-        Ok((req, limits))
+        let mut decisions = vec![Decision::Place {
+            pid: 0,
+            name,
+            group: req.clone(),
+            limits: limits.clone(),
+            source: format!("umbra exec; {source}"),
+            latency_us: None,
+            written: true,
+            error: None,
+        }];
+        let held = match self.admit(key) {
+            Some(d) => {
+                decisions.push(d);
+                true
+            }
+            None => false,
+        };
+        Ok(Reservation {
+            group: req,
+            target,
+            limits,
+            held,
+            decisions,
+        })
     }
 
     fn on_exit(&mut self, tgid: u32) {
@@ -1126,7 +1228,7 @@ impl Allocator {
         self.held.push_back(pid);
         self.stats.holds += 1;
         Some(Decision::Hold {
-            pid,
+            pid: r.pid,
             name: r.name.clone(),
             group: r.group.clone(),
             hold,
@@ -1234,7 +1336,7 @@ impl Allocator {
             }
         }
         out.push(Decision::Release {
-            pid,
+            pid: r.pid,
             name: r.name.clone(),
             group: r.group.clone(),
             held_ms,

@@ -158,7 +158,7 @@ fn step(a: &mut Allocator, t: &Tick, w: &Window, f: &[Forecast]) -> Vec<Decision
 
 fn exec_on(a: &mut Allocator, ev: &Lifecycle, p: Option<&RequestPrediction>) -> Vec<Decision> {
     let c = same(a);
-    a.on_exec(ev, p, &c)
+    a.on_exec(ev, &mut |_, _| p.cloned(), &c)
 }
 
 fn g(s: &str) -> Group {

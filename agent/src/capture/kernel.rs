@@ -285,6 +285,9 @@ impl KernelCapture {
         let mut kc = KernelConfig::EMPTY;
         kc.tp = tracefs.offsets();
         kc.syscalls = syscalls::NRS;
+        if cfg.wake_on_exec {
+            kc.flags |= agent_common::CONFIG_WAKE_ON_EXEC;
+        }
         let simulated = |h: Hook| cfg.simulate_missing.iter().any(|t| *t == h.to_string());
         let disabled = |h: Hook| cfg.disable.iter().any(|d| d == h.name());
         // Network bytes without the sock length tracepoints (Linux < 6.3): from the send

@@ -17,7 +17,7 @@ mod types;
 use std::{future::Future, path::PathBuf};
 
 pub use agent_common::Drop as DropKind;
-pub use identity::{cgroup2_root, input_files};
+pub use identity::{Identity, cgroup2_root, input_files};
 pub use kernel::{AttachReport, Hook, HookStatus, KernelCapture};
 pub use procfs::NodeStats;
 pub use types::*;

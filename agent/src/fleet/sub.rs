@@ -143,6 +143,23 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> String {
                 .map(|i| format!(" (id {i})"))
                 .unwrap_or_default(),
         ),
+        Body::Decisions(d) => {
+            let mut s = format!(
+                "{head} decision {} ({}{})",
+                d.decisions.len(),
+                d.mode,
+                if d.omitted > 0 {
+                    format!(", {} more omitted", d.omitted)
+                } else {
+                    String::new()
+                }
+            );
+            for r in &d.decisions {
+                s.push_str("\n  ");
+                s.push_str(&crate::view::clip(&r.text, 400));
+            }
+            s
+        }
     }
 }
 

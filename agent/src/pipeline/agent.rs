@@ -1,5 +1,11 @@
-//! The agent: aggregate → history → publish → output, with commands from the fleet
-//! routed to the stage they concern. One [`Sink`] of the loop.
+//! The agent: aggregate → history → predict → allocate → publish → output, with
+//! commands from the fleet routed to the stage they concern. One [`Sink`] of the loop.
+//!
+//! Each window goes to the forecast stage (a closed bucket gives new forecasts), then to
+//! the allocator with the tick and the latest forecasts; each exec goes to the allocator
+//! as it arrives (per-request placement). What the allocator decided is shown
+//! (`--explain`), published on its own topic and counted in status. At the end the
+//! allocator puts every cgroup back.
 
 use std::{
     io::Write,
@@ -7,33 +13,49 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::{FeedStats, PipelineError, Sink, feed::Feed};
+use super::{
+    FeedStats, PipelineError, Sink,
+    feed::Feed,
+    launcher::{Launcher, Pending},
+    wire,
+};
 use crate::{
     aggregate::{Aggregator, History, Window},
-    allocate::control::Control,
-    capture::CaptureItem,
+    allocate::{self, Allocator, Decision, Mode, control::Control, launch::LaunchReply},
+    capture::{CaptureItem, Tick},
     config::Config,
+    predict::{Forecast, ForecastStage, request::ProfilePredictor},
     publish::{self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command},
     record::{Header, snapshot::Snapshots},
-    view::{Drops, View},
+    view::{self, Drops, Frame, View},
 };
 
 /// Where the agent's windows go besides the fleet: the terminal, or a function.
 pub trait Output: Send {
-    fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()>;
+    fn window(&mut self, f: &Frame<'_>) -> std::io::Result<()>;
+
+    /// Whether it wants forecasts and decisions (else the agent skips those stages).
+    fn stages(&self) -> bool {
+        true
+    }
 }
 
-/// A [`View`] on a writer.
+/// A [`View`] on a writer; with `explain`, every decision below its window.
 pub struct Shown<W: Write + Send> {
     pub view: View,
     pub out: W,
+    pub explain: bool,
 }
 
 impl<W: Write + Send> Output for Shown<W> {
-    fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()> {
-        self.view.window(&mut self.out, w, drops)
+    fn window(&mut self, f: &Frame<'_>) -> std::io::Result<()> {
+        self.view.window(&mut self.out, f)?;
+        if self.explain {
+            view::decisions(&mut self.out, f.decisions)?;
+        }
+        Ok(())
     }
 }
 
@@ -41,8 +63,12 @@ impl<W: Write + Send> Output for Shown<W> {
 pub struct Each<F>(pub F);
 
 impl<F: FnMut(&Window) -> std::io::Result<()> + Send> Output for Each<F> {
-    fn window(&mut self, w: &Window, _: Drops) -> std::io::Result<()> {
-        (self.0)(w)
+    fn window(&mut self, f: &Frame<'_>) -> std::io::Result<()> {
+        (self.0)(f.window)
+    }
+
+    fn stages(&self) -> bool {
+        false
     }
 }
 
@@ -54,6 +80,10 @@ pub struct AgentOptions {
     pub persist: bool,
     /// At the end, wait up to this long for the broker to take every message.
     pub drain: Option<Duration>,
+    /// Forecast and allocate (not needed to export windows).
+    pub stages: bool,
+    /// `umbra run --enforce`: allocation writes from the start (this run only).
+    pub enforce: bool,
 }
 
 /// The agent proper: windows from aggregate into history, the fleet and the output;
@@ -61,6 +91,17 @@ pub struct AgentOptions {
 pub struct Agent<O: Output> {
     aggregate: Aggregator,
     history: History,
+    forecast: Option<ForecastStage>,
+    /// The latest forecast of each workload.
+    forecasts: Vec<Forecast>,
+    allocate: Option<Allocator>,
+    /// Per-request predictions (the profile store), for execs the allocator places.
+    requests: Option<ProfilePredictor>,
+    /// `umbra exec`'s socket.
+    launcher: Option<Launcher>,
+    /// Decided since the last window (execs arrive between windows).
+    decided: Vec<Decision>,
+    decisions: u64,
     control: Control,
     publish: Option<Stage>,
     snapshots: Snapshots,
@@ -86,6 +127,8 @@ pub struct Agent<O: Output> {
 pub enum AgentWake {
     Inbound(Inbound),
     Status,
+    /// `umbra exec` asks for a group.
+    Launch(Pending),
 }
 
 impl<O: Output> Agent<O> {
@@ -108,10 +151,41 @@ impl<O: Output> Agent<O> {
         } else {
             Control::ephemeral()
         };
+        let mut control = control;
+        let live = opts.stages && feed.live && opts.persist;
+        let (forecast, allocate) = if opts.stages {
+            (
+                Some(ForecastStage::baseline(
+                    &cfg.predict,
+                    header.interval_ms as u64,
+                )),
+                Some(start_allocator(
+                    cfg,
+                    live,
+                    opts.enforce,
+                    &mut control,
+                    &mut problems,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        let (requests, launcher) = if live {
+            start_requests(cfg, &mut problems)
+        } else {
+            (None, None)
+        };
         let node = p.node_id();
         let mut agent = Agent {
             aggregate: Aggregator::new(cfg.aggregate.group_by, header.interval_ms),
             history: History::new(cfg.aggregate.history.clone()),
+            forecast,
+            forecasts: Vec::new(),
+            allocate,
+            requests,
+            launcher,
+            decided: Vec::new(),
+            decisions: 0,
             control,
             publish: None,
             snapshots: Snapshots::new(
@@ -156,7 +230,12 @@ impl<O: Output> Agent<O> {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel: self.header.kernel.clone(),
             uptime_s: self.started.elapsed().as_secs(),
-            mode: self.control.mode().name().into(),
+            mode: self
+                .allocate
+                .as_ref()
+                .map_or(self.control.mode(), |a| a.mode())
+                .name()
+                .into(),
             model: self.model.clone(),
             workloads: self.workloads,
             capture_drops: self.kernel_drops + self.feed.dropped(),
@@ -164,6 +243,10 @@ impl<O: Output> Agent<O> {
             node_id_source: self.node.source.into(),
             instance: self.instance,
             problems: self.problems.clone(),
+            allocation: self
+                .allocate
+                .as_ref()
+                .map(|a| Box::new(wire::allocation_status(&a.stats(), self.decisions))),
             ..Default::default()
         };
         if let Some(p) = &self.publish {
@@ -172,26 +255,45 @@ impl<O: Output> Agent<O> {
         s
     }
 
-    fn window(&mut self, w: &Window, lost: u64) -> Result<(), PipelineError> {
+    fn window(&mut self, t: &Tick, w: &Window, lost: u64) -> Result<(), PipelineError> {
         self.history.insert(w);
         self.workloads = w.points.len() as u32;
         // The first window holds everything since each process was first seen: kept out
-        // of summaries, and out of the table of a live run (a replay shows it).
+        // of forecasts, allocation and summaries, and out of the table of a live run (a
+        // replay shows it).
         let first = std::mem::take(&mut self.first);
+        if !first {
+            if let Some(fs) = self.forecast.as_mut().and_then(|f| f.push(w)) {
+                self.forecasts = fs;
+            }
+            if let Some(a) = &mut self.allocate {
+                let ds = a.tick(t, w, &self.forecasts, &self.control);
+                self.decided.extend(ds);
+            }
+        }
+        let decided = std::mem::take(&mut self.decided);
+        self.decisions += decided.len() as u64;
         if !(first && self.live) {
             let drops = Drops {
                 kernel: lost,
                 channel: self.feed.dropped(),
             };
-            self.output.window(w, drops)?;
+            self.output.window(&Frame {
+                window: w,
+                drops,
+                forecasts: &self.forecasts,
+                decisions: &decided,
+            })?;
         }
         if first {
             return Ok(());
         }
         if self.publish.is_some() {
             let status = self.status();
+            let mode = status.mode.clone();
             if let Some(p) = &mut self.publish {
                 p.window(w);
+                p.decisions(wire::decisions(w.node.timestamp_ms, &mode, &decided));
                 p.remember(status);
             }
         }
@@ -217,7 +319,11 @@ impl<O: Output> Agent<O> {
             Err(e) => format!("{text} (not kept across restarts: {e})"),
         };
         let r = match command {
-            Command::SetMode(m) => Ok(kept(self.control.set_mode(m), format!("mode {}", m.name()))),
+            // The allocator enters the mode first: a mode it cannot enter is refused.
+            Command::SetMode(m) => match self.allocate.as_mut().map(|a| a.set_mode(m)) {
+                Some(Err(e)) => Err(format!("mode {} refused: {e}", m.name())),
+                _ => Ok(kept(self.control.set_mode(m), format!("mode {}", m.name()))),
+            },
             Command::SetTier { workload, tier } => match self.control.set_tier(&workload, tier) {
                 Err(crate::allocate::control::ControlError::TooManyTiers) => {
                     Err(crate::allocate::control::ControlError::TooManyTiers.to_string())
@@ -247,6 +353,39 @@ impl<O: Output> Agent<O> {
         }
     }
 
+    /// `umbra exec` asks for a group for a process it is about to start.
+    fn launch(&mut self, p: Pending) {
+        let req = p.request;
+        let prediction = self
+            .requests
+            .as_mut()
+            .and_then(|r| r.predict(0, &req.exe, crate::capture::procfs::boot_ns()));
+        let reply = match &mut self.allocate {
+            None => LaunchReply::refused("this agent does not allocate".into()),
+            Some(a) => {
+                match a.reserve_for_exec(&req.exe, req.workload.as_deref(), prediction.as_ref()) {
+                    Ok(r) => {
+                        self.decided.extend(r.decisions);
+                        LaunchReply {
+                            ok: true,
+                            error: None,
+                            group: r.group.to_string(),
+                            target: Some(r.target),
+                            limits: r
+                                .limits
+                                .iter()
+                                .map(|(k, v)| format!("{k} {}", v.show(*k)))
+                                .collect(),
+                            held: r.held,
+                        }
+                    }
+                    Err(e) => LaunchReply::refused(e.to_string()),
+                }
+            }
+        };
+        let _ = p.reply.send(reply);
+    }
+
     fn snapshot_ended(&mut self, ended: crate::record::snapshot::Ended) {
         let topic = self
             .snapshot_topic
@@ -268,27 +407,71 @@ impl<O: Output> Sink for Agent<O> {
         if let Some(ended) = self.snapshots.tap(&item) {
             self.snapshot_ended(ended);
         }
-        let CaptureItem::Tick(t) = item else {
-            return Ok(());
+        let t = match item {
+            CaptureItem::Tick(t) => t,
+            CaptureItem::Event(ev) => {
+                if let Some(a) = &mut self.allocate {
+                    let requests = &mut self.requests;
+                    let mut predict = |tgid: u32, exe: &str| {
+                        requests
+                            .as_mut()
+                            .and_then(|r| r.predict(tgid, exe, ev.timestamp_ns))
+                    };
+                    let ds = a.on_exec(&ev, &mut predict, &self.control);
+                    self.decided.extend(ds);
+                }
+                return Ok(());
+            }
         };
         self.kernel_drops = self.kernel_drops.max(t.drops.lost());
         let w = self.aggregate.tick(&t);
-        self.window(&w, t.drops.lost())
+        self.window(&t, &w, t.drops.lost())
     }
 
     async fn wake(&mut self) -> AgentWake {
-        match &mut self.publish {
-            Some(p) => tokio::select! {
-                Some(msg) = p.next_inbound() => AgentWake::Inbound(msg),
-                _ = self.status_every.tick() => AgentWake::Status,
-            },
-            None => std::future::pending().await,
+        let Agent {
+            publish,
+            status_every,
+            launcher,
+            ..
+        } = self;
+        let has_publish = publish.is_some();
+        let inbound = async {
+            match publish {
+                Some(p) => match p.next_inbound().await {
+                    Some(msg) => AgentWake::Inbound(msg),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let status = async {
+            if !has_publish {
+                std::future::pending::<()>().await;
+            }
+            status_every.tick().await;
+            AgentWake::Status
+        };
+        let launch = async {
+            match launcher.as_mut() {
+                Some(l) => match l.next().await {
+                    Some(p) => AgentWake::Launch(p),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            w = inbound => w,
+            w = status => w,
+            w = launch => w,
         }
     }
 
     fn on(&mut self, wake: AgentWake) -> Result<(), PipelineError> {
         match wake {
             AgentWake::Status => self.publish_status(),
+            AgentWake::Launch(p) => self.launch(p),
             AgentWake::Inbound(msg) => {
                 let accepted = match &mut self.publish {
                     Some(p) => p.accept(msg),
@@ -311,6 +494,17 @@ impl<O: Output> Sink for Agent<O> {
     }
 
     async fn finish(mut self) -> Result<(), PipelineError> {
+        self.launcher = None;
+        // Every cgroup back as it was, before anything else on the way out.
+        if let Some(r) = self.allocate.take().and_then(Allocator::shutdown)
+            && !r.failures.is_empty()
+        {
+            self.problems.push(format!(
+                "{} cgroup changes not restored (the journal keeps them for the next start): {}",
+                r.failures.len(),
+                r.failures.join("; ")
+            ));
+        }
         if let Some(ended) = self.snapshots.end(None) {
             self.snapshot_ended(ended);
         }
@@ -321,6 +515,94 @@ impl<O: Output> Sink for Agent<O> {
         }
         Ok(())
     }
+}
+
+/// The allocate stage: on the live machine, after putting back what a killed run left
+/// (its journal), in the mode asked for — `--enforce`, else the last `set-mode` command,
+/// else `allocate.mode`; on a recording, offline (decides and explains only). A mode
+/// the machine cannot give (no cgroup hierarchy) is an error with `--enforce`, a problem
+/// in status otherwise.
+fn start_allocator(
+    cfg: &Config,
+    live: bool,
+    enforce: bool,
+    control: &mut Control,
+    problems: &mut Vec<String>,
+) -> Result<Allocator, PipelineError> {
+    if !live {
+        return Ok(Allocator::offline(&cfg.allocate, cfg.aggregate.group_by));
+    }
+    if enforce {
+        control.assume_mode(Mode::Enforce);
+    } else if !control.mode_was_set() {
+        control.assume_mode(cfg.allocate.mode);
+    }
+    let dir = allocate::state_dir(&cfg.allocate, &cfg.publish.state_dir);
+    let started = Allocator::start(&cfg.allocate, cfg.aggregate.group_by, &dir, Mode::DryRun);
+    let mut a = match started {
+        Ok((a, restored)) => {
+            if let Some(r) = restored {
+                info!(
+                    processes = r.processes,
+                    settings = r.settings,
+                    groups = r.groups,
+                    "Cgroups of the last run put back"
+                );
+                if !r.failures.is_empty() {
+                    problems.push(format!(
+                        "cgroups of the last run not all put back: {}",
+                        r.failures.join("; ")
+                    ));
+                }
+            }
+            a
+        }
+        Err(e) if !enforce => {
+            warn!(error = %e, "Allocation decides and explains only");
+            problems.push(format!("allocation decides and explains only: {e}"));
+            control.assume_mode(Mode::DryRun);
+            Allocator::offline(&cfg.allocate, cfg.aggregate.group_by)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if control.mode() == Mode::Enforce
+        && let Err(e) = a.set_mode(Mode::Enforce)
+    {
+        if enforce {
+            return Err(e.into());
+        }
+        warn!(error = %e, "Allocation stays in dry-run");
+        problems.push(format!("allocation stays in dry-run: {e}"));
+        control.assume_mode(Mode::DryRun);
+    }
+    Ok(a)
+}
+
+/// Per-request predictions (the profile store under the state dir) and `umbra exec`'s
+/// socket, for a live agent; each missing one is a problem in status, not an error.
+fn start_requests(
+    cfg: &Config,
+    problems: &mut Vec<String>,
+) -> (Option<ProfilePredictor>, Option<Launcher>) {
+    let profiles = match ProfilePredictor::open(&cfg.publish.state_dir.join("profiles")) {
+        Ok((p, _)) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "No per-request predictions");
+            problems.push(format!("no per-request predictions: {e}"));
+            None
+        }
+    };
+    let dir = allocate::state_dir(&cfg.allocate, &cfg.publish.state_dir);
+    let path = dir.join(allocate::launch::SOCKET);
+    let launcher = match Launcher::bind(&path) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, socket = %path.display(), "umbra exec cannot reach this agent");
+            problems.push(format!("umbra exec socket {}: {e}", path.display()));
+            None
+        }
+    };
+    (profiles, launcher)
 }
 
 /// A random id per start of the agent.

@@ -1,9 +1,11 @@
 //! Wires the stages: the only module that knows all of them.
 //!
 //! ```text
-//!  capture thread ──Feed (bounded in bytes)──▶ agent loop ──▶ aggregate → publish → view
-//!  (kernel or a recording)                        ▲                 │
-//!                                                  └── commands ◀────┘ (MQTT, via publish)
+//!  capture thread ──Feed (bounded in bytes)──▶ agent loop ──▶ aggregate → predict → allocate
+//!  (kernel or a recording)                        ▲     (ticks)                   │ (cgroups)
+//!                                                  │     execs ─────────────────▶ allocate
+//!                                                  │                              ▼
+//!                                                  └── commands ◀──── publish (MQTT) → view
 //! ```
 //!
 //! - **Feed**: the capture source runs on its own OS thread (map reads, /proc reads and
@@ -15,12 +17,14 @@
 //! - **[`drive`]**: the one loop every entry point runs: capture items into a [`Sink`],
 //!   plus whatever else the sink waits for (commands, timers), until the source ends or
 //!   `shutdown` fires; then what was already captured is delivered and the sink finishes.
-//! - **Sinks**: [`Agent`] (aggregate → history → publish → view, commands routed to the
-//!   stage they concern), [`Recorder`] (`umbra record`), `Tracer` (`umbra trace`).
+//! - **Sinks**: [`Agent`] (aggregate → history → predict → allocate → publish → view,
+//!   execs to allocate as they arrive, commands routed to the stage they concern), [`Recorder`] (`umbra record`), `Tracer` (`umbra trace`).
 
 mod agent;
 mod feed;
+mod launcher;
 mod sinks;
+mod wire;
 
 use std::{
     future::Future,
@@ -57,6 +61,8 @@ pub enum PipelineError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
+    #[error(transparent)]
+    Allocate(#[from] crate::allocate::AllocateError),
     #[error("the capture thread failed: {0}")]
     Thread(String),
 }
@@ -141,28 +147,48 @@ fn live_header(cfg: &Config) -> Header {
 // ---------------------------------------------------------------------------------------
 // Entry points.
 
+/// How `umbra run` runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    pub duration: Option<Duration>,
+    /// Allocation writes from the start (this run only; `set-mode` changes it).
+    pub enforce: bool,
+    /// Every decision shown with its explanation.
+    pub explain: bool,
+}
+
 /// `umbra run`: the agent's main job on the live kernel.
 pub async fn run<W: Write + Send>(
     cfg: &Config,
     out: W,
     view: View,
-    duration: Option<Duration>,
+    opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let feed = Feed::kernel(cfg)?;
+    // Requests placed as they start want their exec events at once, not in batches.
+    let mut with_wake = cfg.clone();
+    with_wake.capture.wake_on_exec = cfg.allocate.workload.iter().any(|w| w.per_request);
+    let feed = Feed::kernel(&with_wake)?;
     let agent = Agent::new(
         cfg,
         live_header(cfg),
         &feed,
-        Shown { view, out },
+        Shown {
+            view,
+            out,
+            explain: opts.explain,
+        },
         AgentOptions {
             publish: cfg.publish.enabled,
             persist: true,
             // On the way out, a moment for the last summary to reach the broker; whatever
             // does not stays spooled for the next start.
             drain: Some(Duration::from_secs(2)),
+            stages: true,
+            enforce: opts.enforce,
         },
     )?;
+    let duration = opts.duration;
     drive(feed, agent, duration, shutdown).await
 }
 
@@ -178,6 +204,7 @@ pub async fn replay<O: Output>(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     let (feed, header) = Feed::replay(path, pace)?;
+    let stages = output.stages();
     let agent = Agent::new(
         cfg,
         header,
@@ -188,6 +215,8 @@ pub async fn replay<O: Output>(
             // A replay published as the live agent would keeps its state as it would.
             persist: publish.is_some(),
             drain: publish,
+            stages,
+            enforce: false,
         },
     )?;
     drive(feed, agent, None, shutdown).await

@@ -39,6 +39,7 @@ pub enum Body {
     Summary(Summary),
     Status(Status),
     CmdResult(CmdResult),
+    Decisions(Decisions),
 }
 
 /// Kinds of message; each has its own topic.
@@ -47,10 +48,11 @@ pub enum Kind {
     Summary,
     Status,
     CmdResult,
+    Decision,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Summary, Kind::Status, Kind::CmdResult];
+    pub const ALL: [Kind; 4] = [Kind::Summary, Kind::Status, Kind::CmdResult, Kind::Decision];
 
     /// The topic under `umbra/v1/<fleet>/<node>/`, and the `kind` of JSON payloads.
     pub fn name(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Kind {
             Kind::Summary => "summary",
             Kind::Status => "status",
             Kind::CmdResult => "cmd/result",
+            Kind::Decision => "decision",
         }
     }
 
@@ -72,6 +75,7 @@ impl Body {
             Body::Summary(_) => Kind::Summary,
             Body::Status(_) => Kind::Status,
             Body::CmdResult(_) => Kind::CmdResult,
+            Body::Decisions(_) => Kind::Decision,
         }
     }
 }
@@ -160,6 +164,85 @@ pub struct Status {
     /// Conditions an operator should look at now, each naming what is wrong and where.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// The allocate stage's counters (none where the stage does not run).
+    #[serde(default)]
+    pub allocation: Option<Box<AllocationStatus>>,
+}
+
+/// What the allocate stage has done since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocationStatus {
+    /// `cgroup v2`, `cgroup v1` or `none` (decides and explains only).
+    pub backend: String,
+    /// Workloads managed (opted in and alive), and how many are at each tier.
+    pub managed: u32,
+    pub shadow: u32,
+    pub warm: u32,
+    pub full: u32,
+    /// Decisions made; knob writes made and refused.
+    pub decisions: u64,
+    pub writes: u64,
+    pub write_failures: u64,
+    /// Processes placed into managed groups; requests (execs with their own group);
+    /// requests held because they did not fit, and released (capacity freed, timeout).
+    pub placed: u64,
+    pub requests: u64,
+    pub holds: u64,
+    pub released_fit: u64,
+    pub released_timeout: u64,
+    /// Exec → placed with limits, µs, p50 and p99 of the recent requests.
+    pub exec_to_placed_p50_us: Option<u64>,
+    pub exec_to_placed_p99_us: Option<u64>,
+    /// Changes the kernel refused, by kind (`EINVAL`, `EBUSY`, `ENOSPC`, `EROFS`,
+    /// `ENOENT`, `journal`, …).
+    pub faults: Vec<(String, u64)>,
+}
+
+/// The allocate stage's decisions since the last message (at most one message per
+/// capture interval, only when something was decided).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Decisions {
+    /// The interval they were made in, ms since the Unix epoch.
+    pub made_ms: u64,
+    /// `dry-run` or `enforce`.
+    pub mode: String,
+    pub decisions: Vec<DecisionRecord>,
+    /// Decisions beyond the per-message bound, not listed.
+    pub omitted: u32,
+}
+
+/// One decision, explained.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// `set` (a knob of a workload's group), `tier` (a workload's tier changed), `place`
+    /// (a process moved into a group), `hold` or `release` (admission).
+    pub kind: String,
+    pub workload: String,
+    pub name: String,
+    /// The cgroup, below the hierarchy root (e.g. `/umbra.slice/nginx-1a2b3c4d`).
+    pub group: String,
+    /// The workload's tier: `shadow`, `warm` or `full` (for `tier`: the new one).
+    pub tier: String,
+    /// `set`: the knob (`cpu.max`, `memory.high`, …) and its old and new value (cpu.max
+    /// in µs of quota per 100 ms, memory in bytes, weights as is; none: no limit).
+    pub knob: String,
+    pub old: Option<u64>,
+    pub new: Option<u64>,
+    /// Written to the cgroup (enforce mode, a tier that writes, and the kernel took it).
+    pub written: bool,
+    pub error: Option<String>,
+    /// `set`: the predictor, the band (p10, p50, p90, in cores or bytes) over the lead
+    /// steps, and the usage in the last interval.
+    pub predictor: String,
+    pub band: Option<[f64; 3]>,
+    pub usage: Option<f64>,
+    /// The rules that moved the value away from what the forecast asked for.
+    pub bounds: Vec<String>,
+    /// `place`: the process and exec → placed, µs.
+    pub pid: Option<u32>,
+    pub latency_us: Option<u64>,
+    /// The whole explanation, one line.
+    pub text: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +337,7 @@ impl Envelope {
             Body::Summary(b) => serde_json::to_value(b),
             Body::Status(b) => serde_json::to_value(b),
             Body::CmdResult(b) => serde_json::to_value(b),
+            Body::Decisions(b) => serde_json::to_value(b),
         }
         .unwrap_or_default();
         serde_json::json!({
@@ -293,6 +377,7 @@ impl Envelope {
             Kind::Summary => Body::Summary(serde_json::from_value(body).map_err(bad)?),
             Kind::Status => Body::Status(serde_json::from_value(body).map_err(bad)?),
             Kind::CmdResult => Body::CmdResult(serde_json::from_value(body).map_err(bad)?),
+            Kind::Decision => Body::Decisions(serde_json::from_value(body).map_err(bad)?),
         };
         Ok(Envelope {
             schema: head.schema,
@@ -396,6 +481,29 @@ mod tests {
                 Body::Summary(summary(n, cpu)),
                 Body::Status(Status { online: true, mode: "dry-run".into(), ..Default::default() }),
                 Body::CmdResult(CmdResult { id: Some("x".into()), topic: "t".into(), ok: false, message: "m".into() }),
+                Body::Decisions(Decisions {
+                    made_ms: seq,
+                    mode: "enforce".into(),
+                    decisions: vec![DecisionRecord {
+                        kind: "set".into(),
+                        knob: "cpu.max".into(),
+                        old: None,
+                        new: Some(150_000),
+                        band: Some([0.5, 1.0, 1.3]),
+                        bounds: vec!["floor 0.05 cores".into()],
+                        ..Default::default()
+                    }],
+                    omitted: n as u32,
+                }),
+                Body::Status(Status {
+                    allocation: Some(Box::new(AllocationStatus {
+                        backend: "cgroup v1".into(),
+                        faults: vec![("EINVAL".into(), 2)],
+                        exec_to_placed_p99_us: Some(800),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
             ] {
                 let e = envelope(seq, body);
                 for p in [Payload::Postcard, Payload::Json] {

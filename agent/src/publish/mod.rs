@@ -10,7 +10,7 @@
 //! - [`stage`]: the stage core the agent loop drives.
 //!
 //! Topics (`<fleet>`, `<node>` from config), all QoS 1, documented in `docs/mqtt.md`:
-//! `umbra/v1/<fleet>/<node>/{summary,status,cmd/result}` out, `.../cmd/<name>` and
+//! `umbra/v1/<fleet>/<node>/{summary,status,cmd/result,decision}` out, `.../cmd/<name>` and
 //! `.../model` (and the fleet-wide `umbra/v1/<fleet>/model`) in.
 
 pub mod client;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    Body, CmdResult, Inbound, Outbox, PublishError, Settings, Status, client,
+    Body, CmdResult, Decisions, Inbound, Outbox, PublishError, Settings, Status, client,
     command::{Command, Verifier},
     model::{ModelBundle, ModelError, ModelStore, SignedModel},
     summary::Summarizer,
@@ -178,6 +178,14 @@ impl Stage {
     pub fn window(&mut self, w: &Window) {
         if let Some(sum) = self.summarizer.push(w) {
             self.push(Body::Summary(sum));
+        }
+    }
+
+    /// The allocate stage's decisions of an interval, as one message on their own topic
+    /// (spooled like summaries). Nothing is sent when nothing was decided.
+    pub fn decisions(&mut self, d: Decisions) {
+        if !d.decisions.is_empty() || d.omitted > 0 {
+            self.push(Body::Decisions(d));
         }
     }
 

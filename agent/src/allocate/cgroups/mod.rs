@@ -291,7 +291,8 @@ pub struct GroupStats {
 }
 
 /// How a process started by Umbra is put into its group before its first instruction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExecTarget {
     /// cgroup v2: `clone3` with `CLONE_INTO_CGROUP` and a descriptor of this directory.
     Clone3 { dir: PathBuf },
