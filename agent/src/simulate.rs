@@ -810,6 +810,7 @@ mod tests {
             exe: Some(exe.into()),
             exe_hash: Some(hash.into()),
             cgroup: Some("/system.slice/x.service".into()),
+            app: None,
             counters: crate::capture::ProcCounters {
                 cpu_ns,
                 ..Default::default()
