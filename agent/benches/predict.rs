@@ -12,8 +12,8 @@ use umbra::{
     aggregate::WorkloadId,
     predict::{
         Batch, Bucket, PredictConfig, Predictor, Series, baseline,
-        calibrate::{CalibrationConfig, Calibrated},
-        exec::{Exec, ProfileBaseline, RequestPredictor},
+        calibrate::{Calibrated, CalibrationConfig},
+        exec::{Exec, ProfileBaseline, RequestPredictor, load_request_model},
         features::N_FEATURES,
         onnx::{Model, OnnxForecaster},
         profiles::{ProfileStore, Run},
@@ -29,14 +29,21 @@ fn model() -> OnnxForecaster {
         .join("../tests/fixtures/onnx/forecast_bench.onnx");
     let bytes = std::fs::read(&p).expect("the benchmark's model fixture");
     let rt = default_runtime();
-    let m = Model::load("forecast_bench.onnx", &bytes, ModelKind::Forecast, rt.as_ref())
-        .expect("loads");
+    let m = Model::load(
+        "forecast_bench.onnx",
+        &bytes,
+        ModelKind::Forecast,
+        rt.as_ref(),
+    )
+    .expect("loads");
     OnnxForecaster::new(m).expect("a forecaster")
 }
 
 /// `n` workloads' windows of 24 buckets with busy, varied values.
 fn windows(n: usize) -> (Vec<WorkloadId>, Vec<Vec<Bucket>>) {
-    let ids = (0..n).map(|i| WorkloadId(format!("exe:sha256:{i:064x}"))).collect();
+    let ids = (0..n)
+        .map(|i| WorkloadId(format!("exe:sha256:{i:064x}")))
+        .collect();
     let bs = (0..n)
         .map(|i| {
             (0..WINDOW)
@@ -150,6 +157,41 @@ fn requests(c: &mut Criterion) {
                     parent: "sh",
                     input_bytes: 0,
                 }),
+            ))
+        })
+    });
+    // The request model (the runtime fixture's size: 7 features, 12 outputs) on a row.
+    let vocab = [
+        "argv_hash_3",
+        "profile_runs",
+        "input_bytes_total",
+        "profile_io_bytes_p50",
+        "profile_duration_seconds_p50",
+        "profile_peak_rss_bytes_p50",
+        "profile_cpu_seconds_p50",
+    ];
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx/request_fixture.onnx"),
+    )
+    .expect("the request fixture");
+    let rt = default_runtime();
+    let mut m = load_request_model("request_fixture.onnx", &bytes, &vocab, rt.as_ref())
+        .expect("a request model");
+    let row = [0.0, 64.0, 1048576.0, 1e6, 4.0, 1e8, 2.0];
+    g.bench_function("model", |b| {
+        b.iter(|| {
+            black_box(m.predict_row(
+                &store,
+                &Exec {
+                    tgid: 1,
+                    exec_ns: 1,
+                    key: &known,
+                    name: "prog0",
+                    parent: "sh",
+                    input_bytes: 1048576,
+                },
+                black_box(&row),
             ))
         })
     });

@@ -205,8 +205,7 @@ pub fn run(
     // A model sets the interval and horizon everything is compared at.
     let (mut cfg, mut interval_ms) = (cfg.clone(), opts.interval_ms);
     if let Some((bytes, origin)) = &model {
-        let s = crate::predict::schema::Schema::of_onnx(origin, bytes)
-            .map_err(LoadError::from)?;
+        let s = crate::predict::schema::Schema::of_onnx(origin, bytes).map_err(LoadError::from)?;
         cfg.horizon = s.horizon.unwrap_or(cfg.horizon);
         interval_ms = interval_ms.or(s.interval_ms);
     }
@@ -362,7 +361,11 @@ fn draw(path: &Path, plot: &Plot, opts: &EvalOptions, predictor: &str) -> Result
         Some(w) => plot
             .iter()
             .find(|(id, (name, _, _))| id.0 == *w || name == w)
-            .or_else(|| plot.iter().find(|(id, (name, _, _))| id.0.contains(w.as_str()) || name.contains(w.as_str())))
+            .or_else(|| {
+                plot.iter().find(|(id, (name, _, _))| {
+                    id.0.contains(w.as_str()) || name.contains(w.as_str())
+                })
+            })
             .ok_or_else(|| EvalError::NoWorkload(w.clone()))?,
         None => plot
             .iter()
@@ -419,7 +422,10 @@ fn draw(path: &Path, plot: &Plot, opts: &EvalOptions, predictor: &str) -> Result
         .label("p10-p90")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], BLUE.mix(0.2).filled()));
     chart
-        .draw_series(LineSeries::new(pts.iter().map(|p| (xs(p.0), p.2.p50)), &BLUE))
+        .draw_series(LineSeries::new(
+            pts.iter().map(|p| (xs(p.0), p.2.p50)),
+            &BLUE,
+        ))
         .map_err(|e| err(&e))?
         .label("p50")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
@@ -448,7 +454,16 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         writeln!(
             out,
             "{what:<8} {:<24} {:<8} {:<7} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
-            "predictor", "kind", "target", "pinball", "p10", "p50", "p90", "coverage", "mae_p50", "n"
+            "predictor",
+            "kind",
+            "target",
+            "pinball",
+            "p10",
+            "p50",
+            "p90",
+            "coverage",
+            "mae_p50",
+            "n"
         )?;
         for s in rows {
             writeln!(
@@ -476,5 +491,179 @@ fn num(v: f64) -> String {
         format!("{v:.3e}")
     } else {
         format!("{v:.4}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::predict::runtime::default_runtime;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    fn opts(model: Option<&str>, plot: Option<PathBuf>) -> EvalOptions {
+        EvalOptions {
+            interval_ms: None,
+            score_after: 0.0,
+            model: model.map(|m| {
+                let p = fixture(m);
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            }),
+            plot,
+            plot_workload: None,
+            plot_target: Target::Cpu,
+            group_by: GroupBy::Exe,
+        }
+    }
+
+    #[test]
+    fn pinball_is_the_quantile_loss() {
+        assert_eq!(pinball(0.9, 10.0, 8.0), 0.9 * 2.0);
+        assert!((pinball(0.9, 8.0, 10.0) - 0.1 * 2.0).abs() < 1e-12);
+        assert_eq!(pinball(0.5, 3.0, 3.0), 0.0);
+        let mut a = Acc::default();
+        a.add(
+            &Band {
+                p10: 1.0,
+                p50: 2.0,
+                p90: 3.0,
+            },
+            2.5,
+        );
+        a.add(
+            &Band {
+                p10: 1.0,
+                p50: 2.0,
+                p90: 3.0,
+            },
+            4.0,
+        );
+        let s = a.score("x", PredictorKind::Baseline, "cpu");
+        assert_eq!(s.coverage, 0.5);
+        assert!((s.mae_p50 - 1.25).abs() < 1e-12);
+        // p10: (0.1·1.5 + 0.1·3)/2; p50: (0.5·0.5 + 0.5·2)/2; p90: (0.1·0.5 + 0.9·1)/2
+        let want = [0.225, 0.625, 0.475];
+        for (g, w) in s.pinball_q.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{:?}", s.pinball_q);
+        }
+        assert!((s.pinball - want.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn every_baseline_is_scored_for_every_target_and_the_json_has_the_documented_shape() {
+        let cfg = PredictConfig::default();
+        let r = run(
+            &[fixture("compress.umbra"), fixture("batch.umbra")],
+            &cfg,
+            &opts(None, None),
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        assert_eq!(r.forecast.len(), baseline::BASELINES.len() * 2 * 4);
+        assert!(r.request.is_empty());
+        for s in &r.forecast {
+            assert!(s.n > 20, "{s:?}");
+            assert!((0.0..=1.0).contains(&s.coverage));
+            assert!(s.pinball.is_finite() && s.pinball >= 0.0);
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        let row = v["forecast"][0].as_object().unwrap();
+        let mut keys: Vec<&str> = row.keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "coverage",
+                "kind",
+                "mae_p50",
+                "pinball",
+                "predictor",
+                "target"
+            ]
+        );
+        assert_eq!(v["forecast"][0]["kind"], "baseline");
+        assert!(v["request"].as_array().unwrap().is_empty());
+        // The time split scores fewer buckets.
+        let mut o = opts(None, None);
+        o.interval_ms = Some(1000);
+        o.score_after = 0.5;
+        let half = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        o.score_after = 0.0;
+        let whole = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        assert!(
+            half.forecast[0].n < whole.forecast[0].n,
+            "{} {}",
+            half.forecast[0].n,
+            whole.forecast[0].n
+        );
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_model_is_scored_with_the_baselines_and_the_plot_is_drawn() {
+        let d = tempfile::tempdir().unwrap();
+        let svg = d.path().join("band.svg");
+        let cfg = PredictConfig::default();
+        let mut o = opts(Some("onnx/forecast_fixture.onnx"), Some(svg.clone()));
+        o.plot_workload = Some("xz".into());
+        let r = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        let names: Vec<&str> = r.forecast.iter().map(|s| s.predictor.as_str()).collect();
+        assert_eq!(names[0], "onnx:fixture-1");
+        assert_eq!(names[4], "onnx:fixture-1+aci");
+        assert_eq!(r.forecast[0].kind, "model");
+        // The fixture repeats the last value: its p50 is the `last` baseline's.
+        let last = r.forecast.iter().find(|s| s.predictor == "last").unwrap();
+        assert!((r.forecast[0].mae_p50 - last.mae_p50).abs() < 1e-3 * (1.0 + last.mae_p50));
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("actual") && text.contains("xz"),
+            "{}",
+            &text[..300]
+        );
+        assert!(text.matches("<polyline").count() >= 2 || text.matches("<path").count() >= 2);
+        // An unknown workload is an error naming it.
+        o.plot_workload = Some("no-such-program".into());
+        let e = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no-such-program"), "{e}");
+        // A model the build cannot honour is an error naming the file.
+        let o = opts(Some("onnx/forecast_nan.onnx"), None);
+        let e = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("forecast_nan.onnx"), "{e}");
     }
 }

@@ -553,11 +553,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 anyhow::bail!("--score-after {score_after}: a fraction in [0, 1)");
             }
             use umbra::predict::source::{ModelSetting, shipped};
-            let model = match model.or_else(|| {
-                match ModelSetting::parse(&cfg.predict.model) {
-                    ModelSetting::File(p) => Some(p),
-                    _ => None,
-                }
+            let model = match model.or_else(|| match ModelSetting::parse(&cfg.predict.model) {
+                ModelSetting::File(p) => Some(p),
+                _ => None,
             }) {
                 Some(p) => Some((
                     p.display().to_string(),

@@ -292,9 +292,7 @@ impl Calibrated {
 /// The width a band is measured in.
 #[inline]
 fn width(t: usize, b: &Band) -> f64 {
-    (b.p90 - b.p10)
-        .max(FLOOR[t])
-        .max(FLOOR_REL * b.p50.abs())
+    (b.p90 - b.p10).max(FLOOR[t]).max(FLOOR_REL * b.p50.abs())
 }
 
 impl Predictor for Calibrated {
@@ -360,7 +358,11 @@ impl Predictor for Calibrated {
                         let p = cells[i];
                         let y = newest.target(t) as f32;
                         let score = (p.lo - y).max(y - p.hi) / p.width;
-                        let err = if y < p.cal_lo || y > p.cal_hi { 1.0 } else { 0.0 };
+                        let err = if y < p.cal_lo || y > p.cal_hi {
+                            1.0
+                        } else {
+                            0.0
+                        };
                         self.scored += 1;
                         self.covered += (err == 0.0) as u64;
                         let c = &mut w.cells[i];
@@ -476,8 +478,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Saved, CalibrationError> {
     if crc32fast::hash(payload) != u32_at(16) {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let s: Saved =
-        postcard::from_bytes(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
+    let s: Saved = postcard::from_bytes(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
     if s.horizon == 0 || s.pool.len() != 4 * s.horizon as usize {
         return Err(corrupt(format!(
             "{} pooled rings for horizon {}",
@@ -744,7 +745,12 @@ mod tests {
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert!(decode(p, &flipped).unwrap_err().to_string().contains("checksum"));
+        assert!(
+            decode(p, &flipped)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
         let mut newer = good.clone();
         newer[8] = 2;
         assert!(matches!(

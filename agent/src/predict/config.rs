@@ -111,8 +111,16 @@ impl PredictConfig {
             self.calibration.coverage,
             0.05..=0.99,
         )?;
-        check("predict.calibration.gamma", self.calibration.gamma, 0.0..=0.5)?;
-        check("predict.calibration.scores", self.calibration.scores, 8..=4096)?;
+        check(
+            "predict.calibration.gamma",
+            self.calibration.gamma,
+            0.0..=0.5,
+        )?;
+        check(
+            "predict.calibration.scores",
+            self.calibration.scores,
+            8..=4096,
+        )?;
         check(
             "predict.calibration.max_workloads",
             self.calibration.max_workloads,

@@ -14,8 +14,10 @@
 use std::collections::HashMap;
 
 use super::{
-    Band, LEVELS, PredictorKind, RequestPrediction,
+    Band, LEVELS, ModelStats, PredictorKind, RequestPrediction,
+    onnx::{LoadError, Model, sort_crossed},
     profiles::{ProfileStore, quantiles},
+    schema::ModelKind,
 };
 use crate::aggregate::WorkloadId;
 
@@ -175,7 +177,12 @@ impl RequestPredictor for ProfileBaseline {
             .by_name
             .get(e.name)
             .map(|q| (q, "prior:name"))
-            .or_else(|| self.priors.by_parent.get(e.parent).map(|q| (q, "prior:parent")))
+            .or_else(|| {
+                self.priors
+                    .by_parent
+                    .get(e.parent)
+                    .map(|q| (q, "prior:parent"))
+            })
             .or_else(|| self.priors.node.as_ref().map(|q| (q, "prior:node")));
         match (own, kin) {
             // A run or two of its own: its median, the band of its kin around it.
@@ -195,9 +202,150 @@ impl RequestPredictor for ProfileBaseline {
     }
 }
 
+/// The ONNX per-request model. The request featurizer gives each exec's feature row in
+/// its own vocabulary order; the model's features are bound to positions in it once.
+pub struct OnnxRequest {
+    name: String,
+    model: Model,
+    /// Position in the featurizer's row of each schema feature.
+    bound: Vec<usize>,
+    levels: [usize; 3],
+    fallback: ProfileBaseline,
+    x: Vec<f32>,
+    out: Vec<f32>,
+    pub stats: ModelStats,
+}
+
+impl OnnxRequest {
+    /// A request model over rows laid out as `vocabulary` (the featurizer's names).
+    pub fn new(model: Model, vocabulary: &[&str]) -> Result<OnnxRequest, LoadError> {
+        let s = &model.schema;
+        let unusable = |why: String| LoadError::Unusable {
+            origin: model.origin.clone(),
+            why,
+        };
+        if s.kind != ModelKind::Request {
+            return Err(LoadError::Kind {
+                origin: model.origin.clone(),
+                found: s.kind.name(),
+                wanted: "request",
+            });
+        }
+        let bound = s
+            .features
+            .iter()
+            .map(|f| {
+                vocabulary.iter().position(|v| *v == f.name).ok_or_else(|| {
+                    unusable(format!(
+                        "feature {:?} is not computed by this build",
+                        f.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let level = |q: f64| {
+            s.quantile_index(q)
+                .ok_or_else(|| unusable(format!("no quantile {q}")))
+        };
+        let levels = [level(LEVELS[0])?, level(LEVELS[1])?, level(LEVELS[2])?];
+        Ok(OnnxRequest {
+            name: format!("onnx:{}", s.model_version),
+            bound,
+            levels,
+            fallback: ProfileBaseline::new(),
+            x: Vec::new(),
+            out: Vec::new(),
+            stats: ModelStats::default(),
+            model,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tells the fallback a run was recorded.
+    pub fn recorded(&mut self) {
+        self.fallback.recorded();
+    }
+
+    /// The prediction for `e` from its feature `row` (the featurizer's vocabulary order);
+    /// the profile baseline when the row or the model's output is not finite.
+    pub fn predict_row(
+        &mut self,
+        store: &ProfileStore,
+        e: &Exec<'_>,
+        row: &[f64],
+    ) -> RequestPrediction {
+        self.stats.rows += 1;
+        self.stats.batches += 1;
+        let feats = &self.model.schema.features;
+        self.x.clear();
+        let mut finite = true;
+        for (&i, f) in self.bound.iter().zip(feats) {
+            let v = row.get(i).copied().unwrap_or(f64::NAN);
+            finite &= v.is_finite();
+            self.x.push(f.forward(v) as f32);
+        }
+        let mut out = std::mem::take(&mut self.out);
+        let ran = finite && {
+            let x = std::mem::take(&mut self.x);
+            let r = self.model.run(&x, 1, &mut out);
+            self.x = x;
+            match r {
+                Ok(()) => true,
+                Err(err) => {
+                    self.stats.run_errors += 1;
+                    self.stats.last_error = Some(err);
+                    false
+                }
+            }
+        };
+        let q_n = self.model.schema.quantiles.len();
+        let result = if ran && out.iter().all(|v| v.is_finite()) {
+            let mut q = [[0.0; 3]; 4];
+            for (t, qt) in q.iter_mut().enumerate() {
+                let sc = &self.model.schema.targets[t];
+                let qs = &mut out[t * q_n..(t + 1) * q_n];
+                if sort_crossed(qs) {
+                    self.stats.crossed += 1;
+                }
+                *qt = self.levels.map(|i| sc.inverse(qs[i] as f64));
+            }
+            Some(prediction(e, q, "model".into()))
+        } else {
+            None
+        };
+        self.out = out;
+        result.unwrap_or_else(|| {
+            self.stats.fallback_rows += 1;
+            self.fallback.predict(store, e)
+        })
+    }
+}
+
+/// Loads the request model of `origin` for rows laid out as `vocabulary`.
+pub fn load_request_model(
+    origin: &str,
+    bytes: &[u8],
+    vocabulary: &[&str],
+    runtime: &dyn super::runtime::Runtime,
+) -> Result<OnnxRequest, LoadError> {
+    OnnxRequest::new(
+        Model::load(origin, bytes, ModelKind::Request, runtime)?,
+        vocabulary,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
 
     use super::*;
     use crate::predict::profiles::Run;
@@ -269,11 +417,71 @@ mod tests {
         assert_eq!(r.source, "profile+prior:node");
         assert!((r.cpu_seconds.p50 - 4.0).abs() < 1e-6, "{r:?}");
         // Nothing at all on the node: zeros, said so.
-        let r = ProfileBaseline::new().predict(
-            &ProfileStore::in_memory(1),
-            &exec("exe:x", "x", "y"),
-        );
+        let r =
+            ProfileBaseline::new().predict(&ProfileStore::in_memory(1), &exec("exe:x", "x", "y"));
         assert_eq!(r.source, "none");
         assert_eq!(r.cpu_seconds, Band::default());
+    }
+
+    /// A featurizer's vocabulary, in its own order (the fixture uses a subset).
+    const VOCAB: [&str; 8] = [
+        "argv_hash_3",
+        "profile_runs",
+        "input_bytes_total",
+        "profile_io_bytes_p50",
+        "profile_duration_seconds_p50",
+        "profile_peak_rss_bytes_p50",
+        "profile_cpu_seconds_p50",
+        "uid_root",
+    ];
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_request_model_runs_on_a_bound_row_and_falls_back_on_bad_input() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx/request_fixture.onnx");
+        let bytes = std::fs::read(&p).unwrap();
+        let rt = crate::predict::runtime::default_runtime();
+        let mut m =
+            load_request_model("request_fixture.onnx", &bytes, &VOCAB, rt.as_ref()).unwrap();
+        assert_eq!(m.name(), "onnx:fixture-request-1");
+        let store = ProfileStore::in_memory(10);
+        let e = exec("exe:a", "xz", "sh");
+        // Profile medians: cpu 2 s, RSS 1e8, duration 4 s, I/O 1e6; input 1 MiB.
+        let row = [0.0, 5.0, 1048576.0, 1e6, 4.0, 1e8, 2.0, 0.0];
+        let r = m.predict_row(&store, &e, &row);
+        assert_eq!(r.source, "model");
+        let sc = &m.model().schema.targets;
+        let inp = &m.model().schema.features[5];
+        // cpu: z(profile cpu p50) + 0.5·z(input bytes), ∓0.3.
+        let z = sc[0].forward(2.0) + 0.5 * inp.forward(1048576.0);
+        assert!((r.cpu_seconds.p50 - sc[0].inverse(z)).abs() < 1e-3, "{r:?}");
+        assert!(
+            (r.cpu_seconds.p90 - sc[0].inverse(z + 0.3)).abs() < 1e-3,
+            "{r:?}"
+        );
+        assert!((r.peak_rss_bytes.p50 - 1e8).abs() < 1e8 * 1e-4, "{r:?}");
+        assert!((r.duration_seconds.p50 - 4.0).abs() < 1e-3, "{r:?}");
+        // A NaN feature: the profile baseline (here: nothing known, zeros, said so).
+        let mut bad = row;
+        bad[2] = f64::NAN;
+        let r = m.predict_row(&store, &e, &bad);
+        assert_eq!(r.source, "none");
+        assert_eq!(m.stats.fallback_rows, 1);
+        // A vocabulary without one of the model's features: refused, naming it.
+        let e = load_request_model("request_fixture.onnx", &bytes, &VOCAB[1..], rt.as_ref())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("argv_hash_3") && e.contains("request_fixture.onnx"),
+            "{e}"
+        );
+        // A forecaster is not a request model.
+        let f = std::fs::read(p.with_file_name("forecast_fixture.onnx")).unwrap();
+        let e = load_request_model("f.onnx", &f, &VOCAB, rt.as_ref())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("a request model is needed"), "{e}");
     }
 }

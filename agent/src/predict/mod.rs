@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod baseline;
 pub mod calibrate;
-pub mod exec;
 pub mod config;
+pub mod exec;
 pub mod features;
 pub mod onnx;
 pub mod profiles;
@@ -374,9 +374,7 @@ impl ForecastStage {
         if ms == 0 || !ms.is_multiple_of(c) {
             return Err(onnx::LoadError::Unusable {
                 origin: m.origin.clone(),
-                why: format!(
-                    "its interval_ms {ms} is not a multiple of capture.interval_ms {c}"
-                ),
+                why: format!("its interval_ms {ms} is not a multiple of capture.interval_ms {c}"),
             });
         }
         let version = m.version().to_string();
@@ -417,7 +415,9 @@ impl ForecastStage {
         Ok(v)
     }
 
-    /// Checks the configured model file for a change; reloads it when it changed.
+    /// Checks the configured model file for a change; reloads it when it changed. A model
+    /// with another interval starts a new featurizer with this window (the workloads'
+    /// windows fill again).
     fn poll_sources(&mut self) {
         let Some(l) = &mut self.live else {
             return;
@@ -484,11 +484,12 @@ impl ForecastStage {
 
     /// Takes a window; the forecasts of the newest bucket it closed, if it closed one.
     pub fn push(&mut self, w: &Window) -> Option<Vec<Forecast>> {
+        // A changed model file takes over from this window on (one stat a window).
+        self.poll_sources();
         let mut out = None;
         let p = self.predictor.get_mut();
         self.featurizer.push(w, &mut |b| out = Some(p.forecast(b)));
         if out.is_some() && self.live.is_some() {
-            self.poll_sources();
             let due = self.live.as_mut().is_some_and(|l| {
                 l.since_save += 1;
                 l.since_save >= SAVE_EVERY
@@ -554,5 +555,191 @@ mod tests {
                 "{name}: {made} of {ticks}"
             );
         }
+    }
+
+    fn onnx_fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx")
+            .join(name)
+    }
+
+    /// Drives a recording through `stage`; `each(i, forecasts)` after every closed bucket.
+    fn drive(stage: &mut ForecastStage, rec: &str, mut each: impl FnMut(usize, &[Forecast])) {
+        let rec = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(rec);
+        let mut i = 0;
+        export::replay::<crate::record::RecordError>(&rec, GroupBy::Exe, |s| {
+            if let export::Step::Window(_, w) = s
+                && let Some(fs) = stage.push(w)
+            {
+                each(i, &fs);
+                i += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    fn live(model: &str, state: Option<&Path>) -> ForecastStage {
+        let cfg = PredictConfig {
+            model: model.into(),
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        ForecastStage::live(&cfg, 1000, state, None, runtime::default_runtime())
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_live_stage_runs_a_configured_model_calibrated() {
+        let p = onnx_fixture("forecast_fixture.onnx");
+        let mut stage = live(p.to_str().unwrap(), None);
+        let st = stage.status();
+        assert_eq!(st.predictor, "onnx:fixture-1+aci");
+        assert_eq!(st.model_version.as_deref(), Some("fixture-1"));
+        assert_eq!(st.model_source.as_deref(), p.to_str());
+        assert_eq!(st.fallback_reason, None);
+        // The model's interval (2 s) and horizon (3).
+        assert_eq!(stage.interval_ms(), 2000);
+        let mut n = 0;
+        drive(&mut stage, "compress.umbra", |_, fs| {
+            n += 1;
+            for f in fs {
+                assert_eq!(f.interval_ms, 2000);
+                assert!(f.predictor == "onnx:fixture-1+aci", "{}", f.predictor);
+                assert_eq!(f.of(Target::Cpu).len(), 3);
+            }
+        });
+        assert!(n > 3);
+        assert!(stage.status().coverage.is_some());
+    }
+
+    #[test]
+    fn a_model_that_cannot_run_leaves_the_fallback_forecasting_and_says_why() {
+        for (file, why) in [
+            ("forecast_nan.onnx", "non-finite"),
+            ("forecast_newer.onnx", "version 2"),
+            ("forecast_unknown_feature.onnx", "gpu_util"),
+            ("missing.onnx", "No such file"),
+        ] {
+            let p = onnx_fixture(file);
+            let mut stage = live(p.to_str().unwrap(), None);
+            let st = stage.status();
+            let reason = st.fallback_reason.clone().unwrap_or_default();
+            if cfg!(feature = "onnx") || file == "missing.onnx" {
+                assert!(
+                    reason.contains(file) && reason.contains(why),
+                    "{file}: {reason}"
+                );
+            }
+            assert!(reason.contains("autopilot baseline"), "{reason}");
+            assert_eq!(st.predictor, "autopilot+aci");
+            assert_eq!(st.model_version, None);
+            let mut n = 0;
+            drive(&mut stage, "batch.umbra", |_, fs| {
+                n += 1;
+                assert!(fs.iter().all(|f| f.predictor == "autopilot+aci"));
+            });
+            assert!(n > 0);
+        }
+        let stage = live("none", None);
+        assert!(stage.status().fallback_reason.unwrap().contains("\"none\""));
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_changed_model_file_is_reloaded_and_a_bad_change_keeps_the_model_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("forecast.onnx");
+        std::fs::write(&p, b"not yet a model").unwrap();
+        let mut stage = live(p.to_str().unwrap(), None);
+        assert!(
+            stage
+                .status()
+                .fallback_reason
+                .unwrap()
+                .contains("not an ONNX model")
+        );
+        let good = std::fs::read(onnx_fixture("forecast_fixture.onnx")).unwrap();
+        let mut seen = Vec::new();
+        drive(&mut stage, "batch.umbra", |i, fs| {
+            if i == 1 {
+                std::fs::write(&p, &good).unwrap();
+            }
+            if i == 3 {
+                // A copy cut short (a half-finished write): refused, the model stays.
+                std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+            }
+            seen.push(fs[0].predictor.clone());
+        });
+        assert_eq!(seen[..2], ["autopilot+aci", "autopilot+aci"]);
+        assert!(seen.len() > 4, "{seen:?}");
+        assert!(
+            seen[2..].iter().all(|p| p == "onnx:fixture-1+aci"),
+            "{seen:?}"
+        );
+        let st = stage.status();
+        assert_eq!(st.model_version.as_deref(), Some("fixture-1"));
+        assert!(st.fallback_reason.unwrap().contains("truncated"));
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_fleet_model_is_installed_and_a_bad_one_is_refused_keeping_the_current() {
+        let mut stage = live("none", None);
+        let good = std::fs::read(onnx_fixture("forecast_fixture.onnx")).unwrap();
+        assert_eq!(
+            stage.install("fleet model forecast 3", &good).unwrap(),
+            "fixture-1"
+        );
+        let st = stage.status();
+        assert_eq!(st.model_source.as_deref(), Some("fleet"));
+        assert_eq!(st.fallback_reason, None);
+        let nan = std::fs::read(onnx_fixture("forecast_nan.onnx")).unwrap();
+        let e = stage.install("fleet model forecast 4", &nan).unwrap_err();
+        assert!(e.to_string().contains("fleet model forecast 4"), "{e}");
+        assert_eq!(stage.status().model_version.as_deref(), Some("fixture-1"));
+        // A model whose interval the capture interval does not divide.
+        let cfg = PredictConfig::default();
+        let mut s3 = ForecastStage::live(&cfg, 3000, None, None, runtime::default_runtime());
+        let e = s3.install("fleet m", &good).unwrap_err().to_string();
+        assert!(
+            e.contains("not a multiple of capture.interval_ms 3000"),
+            "{e}"
+        );
+        // The fleet's model at start wins over the configured one.
+        let p = onnx_fixture("forecast_crossing.onnx");
+        let cfg = PredictConfig {
+            model: p.to_str().unwrap().into(),
+            ..Default::default()
+        };
+        let s4 = ForecastStage::live(
+            &cfg,
+            1000,
+            None,
+            Some(("fleet", &good)),
+            runtime::default_runtime(),
+        );
+        assert_eq!(s4.status().model_version.as_deref(), Some("fixture-1"));
+    }
+
+    #[test]
+    fn calibration_is_kept_under_the_state_dir_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let mut stage = live("none", Some(d.path()));
+        drive(&mut stage, "compress.umbra", |_, _| {});
+        stage.save().unwrap();
+        let saved = calibrate::load(d.path()).unwrap().unwrap();
+        assert!(saved.workloads() > 0);
+        let again = live("none", Some(d.path()));
+        match &again.predictor {
+            Forecaster::Calibrated(c) => assert_eq!(c.saved(), saved),
+            Forecaster::Plain(_) => panic!("not calibrated"),
+        }
+        // A damaged file: calibration starts over, the stage still runs.
+        std::fs::write(calibrate::path(d.path()), b"UMBRACAL\x01\x00junk").unwrap();
+        let fresh = live("none", Some(d.path()));
+        assert_eq!(fresh.status().predictor, "autopilot+aci");
     }
 }

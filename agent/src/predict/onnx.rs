@@ -91,10 +91,11 @@ impl Model {
         // A probe: the standardised means (all zeros) must give finite outputs.
         let x = vec![0.0f32; m.schema.input_width()];
         let mut out = Vec::new();
-        m.run(&x, 1, &mut out).map_err(|message| LoadError::Runtime {
-            origin: origin.into(),
-            message,
-        })?;
+        m.run(&x, 1, &mut out)
+            .map_err(|message| LoadError::Runtime {
+                origin: origin.into(),
+                message,
+            })?;
         if out.iter().any(|v| !v.is_finite()) {
             return Err(LoadError::NotFinite {
                 origin: origin.into(),
@@ -456,13 +457,25 @@ mod tests {
         };
         let good = bytes("forecast_fixture.onnx");
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("cut.onnx", good[..good.len() * 2 / 3].to_vec(), "not an ONNX model"),
+            (
+                "cut.onnx",
+                good[..good.len() * 2 / 3].to_vec(),
+                "not an ONNX model",
+            ),
             ("text.onnx", b"hello, model".to_vec(), "not an ONNX model"),
             ("nan.onnx", bytes("forecast_nan.onnx"), "non-finite"),
             ("newer.onnx", bytes("forecast_newer.onnx"), "version 2"),
-            ("unknown.onnx", bytes("forecast_unknown_feature.onnx"), "gpu_util"),
+            (
+                "unknown.onnx",
+                bytes("forecast_unknown_feature.onnx"),
+                "gpu_util",
+            ),
             ("shape.onnx", bytes("forecast_bad_shape.onnx"), "[N, 36]"),
-            ("request.onnx", bytes("request_fixture.onnx"), "a request model"),
+            (
+                "request.onnx",
+                bytes("request_fixture.onnx"),
+                "a request model",
+            ),
         ];
         for (name, b, expect) in cases {
             let e = load(name, &b).to_string();
@@ -543,7 +556,10 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.to_string().contains("short.onnx") && e.to_string().contains("gave 7 values"), "{e}");
+        assert!(
+            e.to_string().contains("short.onnx") && e.to_string().contains("gave 7 values"),
+            "{e}"
+        );
         // Right on the load's probe (zeros), wrong later: every row falls back.
         let mut p = fake(|x: &[f32]| {
             if x.iter().all(|v| *v == 0.0) {
@@ -557,7 +573,13 @@ mod tests {
         let f = p.forecast(&batch(&ids, &bs));
         assert_eq!(f[0].predictor, "last");
         assert_eq!(p.stats.run_errors, 1);
-        assert!(p.stats.last_error.as_deref().unwrap().contains("gave 7 values"));
+        assert!(
+            p.stats
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("gave 7 values")
+        );
     }
 
     #[test]

@@ -543,7 +543,12 @@ impl ProfileStore {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ProfileError::Io { path: jpath, source }),
+            Err(source) => {
+                return Err(ProfileError::Io {
+                    path: jpath,
+                    source,
+                });
+            }
         }
         Ok(store)
     }
@@ -608,12 +613,16 @@ pub fn print(state_dir: &Path, json: bool, out: &mut impl Write) -> Result<(), P
                 io_bytes: b[3],
                 input_bytes: [iq[0], iq[1], iq[2]],
             };
-            serde_json::to_writer(&mut *out, &l)
-                .map_err(|e| io(std::io::Error::other(e)))?;
+            serde_json::to_writer(&mut *out, &l).map_err(|e| io(std::io::Error::other(e)))?;
             writeln!(out).map_err(io)?;
         } else {
             let three = |v: [f64; 3], scale: f64| {
-                format!("{:.2}/{:.2}/{:.2}", v[0] / scale, v[1] / scale, v[2] / scale)
+                format!(
+                    "{:.2}/{:.2}/{:.2}",
+                    v[0] / scale,
+                    v[1] / scale,
+                    v[2] / scale
+                )
             };
             let mib = 1048576.0;
             writeln!(
@@ -645,10 +654,12 @@ mod tests {
         let dir = d.path().join("profiles");
         let (mut s, _) = ProfileStore::open(&dir, 100).unwrap();
         for i in 0..5 {
-            s.record("exe:sha256:aa", "xz", "sh", run(i as f32, i)).unwrap();
+            s.record("exe:sha256:aa", "xz", "sh", run(i as f32, i))
+                .unwrap();
         }
         s.save().unwrap();
-        s.record("exe:sha256:bb", "gzip", "sh", run(1.0, 9)).unwrap();
+        s.record("exe:sha256:bb", "gzip", "sh", run(1.0, 9))
+            .unwrap();
         drop(s);
         let before = fs::read(ProfileStore::journal_path(&dir)).unwrap();
         let mut out = Vec::new();

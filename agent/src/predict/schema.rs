@@ -230,7 +230,10 @@ impl Schema {
         if names != expected_targets {
             return Err(field(
                 "targets",
-                format!("{names:?}; a {} model must give {expected_targets:?}, in that order", self.kind.name()),
+                format!(
+                    "{names:?}; a {} model must give {expected_targets:?}, in that order",
+                    self.kind.name()
+                ),
             ));
         }
         for (what, list) in [("features", &self.features), ("targets", &self.targets)] {
@@ -371,19 +374,22 @@ pub fn onnx_metadata(origin: &str, bytes: &[u8]) -> Result<Vec<(String, String)>
                 ir_version = true;
             }
             (7, 2) => {
-                r.bytes()
-                    .ok_or_else(|| bad(format!("the graph at byte {at} is cut short: truncated?")))?;
+                r.bytes().ok_or_else(|| {
+                    bad(format!("the graph at byte {at} is cut short: truncated?"))
+                })?;
                 graph = true;
             }
             (14, 2) => {
-                let entry = r
-                    .bytes()
-                    .ok_or_else(|| bad(format!("metadata at byte {at} is cut short: truncated?")))?;
+                let entry = r.bytes().ok_or_else(|| {
+                    bad(format!("metadata at byte {at} is cut short: truncated?"))
+                })?;
                 let (mut k, mut v) = (String::new(), String::new());
                 let mut e = Proto::new(entry);
                 while !e.done() {
                     match e.key() {
-                        Some((1, 2)) => k = e.string().ok_or_else(|| bad("bad metadata key".into()))?,
+                        Some((1, 2)) => {
+                            k = e.string().ok_or_else(|| bad("bad metadata key".into()))?
+                        }
                         Some((2, 2)) => {
                             v = e.string().ok_or_else(|| bad("bad metadata value".into()))?
                         }
@@ -396,10 +402,15 @@ pub fn onnx_metadata(origin: &str, bytes: &[u8]) -> Result<Vec<(String, String)>
                 props.push((k, v));
             }
             (f, w) if (1..=64).contains(&f) => {
-                r.skip(w)
-                    .ok_or_else(|| bad(format!("field {f} at byte {at} is cut short: truncated?")))?;
+                r.skip(w).ok_or_else(|| {
+                    bad(format!("field {f} at byte {at} is cut short: truncated?"))
+                })?;
             }
-            (f, _) => return Err(bad(format!("field {f} at byte {at} is not an ONNX model's"))),
+            (f, _) => {
+                return Err(bad(format!(
+                    "field {f} at byte {at} is not an ONNX model's"
+                )));
+            }
         }
     }
     if !ir_version {
@@ -498,11 +509,17 @@ pub(crate) mod tests {
         let bytes = std::fs::read(fixture("forecast_fixture.onnx")).unwrap();
         let s = Schema::of_onnx("forecast_fixture.onnx", &bytes).unwrap();
         assert_eq!(s.kind, ModelKind::Forecast);
-        assert_eq!((s.window, s.horizon, s.interval_ms), (Some(4), Some(3), Some(2000)));
+        assert_eq!(
+            (s.window, s.horizon, s.interval_ms),
+            (Some(4), Some(3), Some(2000))
+        );
         assert_eq!(s.input_width(), 4 * 6);
         assert_eq!(s.output_width(), 4 * 3 * 3);
-        let r = Schema::of_onnx("r", &std::fs::read(fixture("request_fixture.onnx")).unwrap())
-            .unwrap();
+        let r = Schema::of_onnx(
+            "r",
+            &std::fs::read(fixture("request_fixture.onnx")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.kind, ModelKind::Request);
         assert_eq!(r.output_width(), 12);
     }
@@ -538,25 +555,37 @@ pub(crate) mod tests {
                 }),
                 "`targets`",
             ),
-            (schema_json(|v| v["quantiles"] = serde_json::json!([0.5, 0.9])), "must include 0.1"),
+            (
+                schema_json(|v| v["quantiles"] = serde_json::json!([0.5, 0.9])),
+                "must include 0.1",
+            ),
             (
                 schema_json(|v| v["quantiles"] = serde_json::json!([0.1, 0.9, 0.5])),
                 "increasing",
             ),
             (schema_json(|v| v["window"] = 0.into()), "`window`"),
-            (schema_json(|v| v["features"][1]["std"] = 0.into()), "std > 0"),
+            (
+                schema_json(|v| v["features"][1]["std"] = 0.into()),
+                "std > 0",
+            ),
             (
                 schema_json(|v| v["features"][1]["transform"] = "sqrt".into()),
                 "not valid JSON for the contract",
             ),
-            (schema_json(|v| v["kind"] = "classifier".into()), "unknown variant"),
+            (
+                schema_json(|v| v["kind"] = "classifier".into()),
+                "unknown variant",
+            ),
         ];
         for (json, expect) in cases {
             let e = Schema::parse("m.onnx", &json)
                 .and_then(|s| s.check("m.onnx").map(|()| s))
                 .unwrap_err();
             let msg = e.to_string();
-            assert!(msg.contains("m.onnx") && msg.contains(expect), "{expect}: {msg}");
+            assert!(
+                msg.contains("m.onnx") && msg.contains(expect),
+                "{expect}: {msg}"
+            );
         }
     }
 

@@ -191,7 +191,10 @@ mod tests {
             Box::new(NoRuntime),
         );
         let e = s.configured().err().unwrap().to_string();
-        assert!(e.contains("/nonexistent/forecast.onnx") && e.contains("predict.model"), "{e}");
+        assert!(
+            e.contains("/nonexistent/forecast.onnx") && e.contains("predict.model"),
+            "{e}"
+        );
         let mut s = Sources::new(
             ModelKind::Forecast,
             ModelSetting::File(fixture("forecast_fixture.onnx")),
@@ -199,7 +202,10 @@ mod tests {
             Box::new(NoRuntime),
         );
         let e = s.configured().err().unwrap().to_string();
-        assert!(e.contains("forecast_fixture.onnx") && e.contains("`onnx`"), "{e}");
+        assert!(
+            e.contains("forecast_fixture.onnx") && e.contains("`onnx`"),
+            "{e}"
+        );
         let mut s = Sources::new(
             ModelKind::Forecast,
             ModelSetting::Shipped,
@@ -208,7 +214,12 @@ mod tests {
         );
         let e = s.configured().err().unwrap().to_string();
         assert!(e.contains("models/forecast.onnx was absent"), "{e}");
-        let mut s = Sources::new(ModelKind::Forecast, ModelSetting::None, None, Box::new(NoRuntime));
+        let mut s = Sources::new(
+            ModelKind::Forecast,
+            ModelSetting::None,
+            None,
+            Box::new(NoRuntime),
+        );
         assert!(s.configured().unwrap().is_none());
     }
 
