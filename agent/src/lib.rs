@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod allocate;
 pub mod capture;
 pub mod config;
+pub mod eval;
 pub mod export;
 pub mod fleet;
 pub mod pipeline;

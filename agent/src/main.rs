@@ -177,6 +177,45 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Replay recordings through every forecaster (each baseline and the model, as they
+    /// are and calibrated) and score them: pinball loss per quantile, p10–p90 coverage,
+    /// MAE of p50, per target.
+    Eval {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON object: {"forecast": [...], "request": [...]}.
+        #[arg(long)]
+        json: bool,
+        /// Draw the band against the actual for one workload to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// The workload plotted (its name or key, or a part of it; default: the busiest).
+        #[arg(long)]
+        workload: Option<String>,
+        /// The target plotted: cpu, memory, io or net.
+        #[arg(long, default_value = "cpu")]
+        target: String,
+        /// The forecast model evaluated (default: predict.model when it is a file, else
+        /// the shipped model when this build has one).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Forecast step, ms (default: the model's, else predict.interval_ms).
+        #[arg(long)]
+        interval_ms: Option<u64>,
+        /// Score only buckets after this fraction of each recording (a time split).
+        #[arg(long, default_value_t = 0.0)]
+        score_after: f64,
+    },
+    /// The profile store: every executable's past runs (quantiles of CPU seconds, peak
+    /// RSS, duration, I/O bytes).
+    Profiles {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// State directory (overrides publish.state_dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 /// Overrides of `[publish]` for `umbra run`.
@@ -261,14 +300,12 @@ enum HubAction {
         /// Signing key file (from `umbra hub keygen`).
         #[arg(long)]
         key: PathBuf,
-        /// The model's schema (JSON: features, window, horizon, quantiles); default: the
-        /// ONNX file's name with `.schema.json`.
+        /// The model's name (default: its schema's kind, `forecast` or `request`).
         #[arg(long)]
-        schema: Option<PathBuf>,
+        name: Option<String>,
+        /// Its version (default: its schema's `model_version`).
         #[arg(long)]
-        name: String,
-        #[arg(long)]
-        version: String,
+        version: Option<String>,
         /// Fleet default: publish.fleet; node default: the whole fleet.
         #[command(flatten)]
         target: FleetTarget,
@@ -322,6 +359,8 @@ fn main() -> ExitCode {
         | Command::Record { interval_ms, .. } => *interval_ms,
         Command::Replay { .. }
         | Command::Export { .. }
+        | Command::Eval { .. }
+        | Command::Profiles { .. }
         | Command::Sub { .. }
         | Command::Hub(_)
         | Command::Simulate { .. }
@@ -611,6 +650,65 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             out.flush()?;
             eprintln!("umbra: exported {what} to {}", output.display());
         }
+        Command::Eval {
+            files,
+            json,
+            plot,
+            workload,
+            target,
+            model,
+            interval_ms,
+            score_after,
+        } => {
+            let plot_target = umbra::predict::Target::ALL
+                .into_iter()
+                .find(|t| t.name() == target)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--target {target:?}: one of cpu, memory, io, net")
+                })?;
+            if !(0.0..1.0).contains(&score_after) {
+                anyhow::bail!("--score-after {score_after}: a fraction in [0, 1)");
+            }
+            use umbra::predict::source::{ModelSetting, shipped};
+            let model = match model.or_else(|| match ModelSetting::parse(&cfg.predict.model) {
+                ModelSetting::File(p) => Some(p),
+                _ => None,
+            }) {
+                Some(p) => Some((
+                    p.display().to_string(),
+                    std::fs::read(&p)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+                )),
+                None if cfg.predict.model == "shipped" => {
+                    shipped::FORECAST.map(|b| ("shipped forecast.onnx".to_string(), b.to_vec()))
+                }
+                None => None,
+            };
+            let opts = umbra::eval::EvalOptions {
+                interval_ms,
+                score_after,
+                model,
+                plot,
+                plot_workload: workload,
+                plot_target,
+                group_by: cfg.aggregate.group_by,
+            };
+            let runtime = umbra::predict::runtime::default_runtime();
+            let report = umbra::eval::run(&files, &cfg.predict, &opts, runtime.as_ref())?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            if json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                umbra::eval::print_table(&mut out, &report)?;
+            }
+        }
+        Command::Profiles { json, state_dir } => {
+            let dir = state_dir.unwrap_or_else(|| cfg.publish.state_dir.clone());
+            let stdout = std::io::stdout();
+            umbra::predict::profiles::print(&dir, json, &mut stdout.lock())?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -639,12 +737,10 @@ async fn hub_command(hub: HubCli, cfg: &Config, shutdown: CancellationToken) -> 
         Some(HubAction::PublishModel {
             file,
             key,
-            schema,
             name,
             version,
             target,
         }) => {
-            let schema = schema.unwrap_or_else(|| file.with_extension("schema.json"));
             let url = target.broker.unwrap_or_else(|| cfg.publish.broker.clone());
             let fleet = target.fleet.unwrap_or_else(|| cfg.publish.fleet.clone());
             let b = hub::publish_model(
@@ -653,10 +749,9 @@ async fn hub_command(hub: HubCli, cfg: &Config, shutdown: CancellationToken) -> 
                 &fleet,
                 target.node.as_deref(),
                 &file,
-                &schema,
                 &key,
-                &name,
-                &version,
+                name.as_deref(),
+                version.as_deref(),
             )
             .await?;
             println!(

@@ -292,15 +292,13 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     )
 }
 
-fn publish_model(broker: &str, key: &Path, onnx: &Path, schema: &Path, version: &str) {
+fn publish_model(broker: &str, key: &Path, onnx: &Path, version: &str) {
     let out = Command::new(workspace_bin("umbra"))
         .args(["hub", "publish-model"])
         .arg(onnx)
         .arg("--key")
         .arg(key)
-        .arg("--schema")
-        .arg(schema)
-        .args(["--name", "forecast", "--version", version])
+        .args(["--version", version])
         .args(["--broker", broker, "--fleet", "test", "--node", "cmd"])
         .output()
         .unwrap();
@@ -344,23 +342,8 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
     let cmd = |name: &str, payload: &[u8]| {
         b.publish(&format!("umbra/v1/test/cmd/cmd/{name}"), payload, &[])
     };
-    let onnx = d.path().join("forecast.onnx");
-    // An ONNX ModelProto starts with ir_version (field 1, varint); transport is what is
-    // tested here, not the model.
-    fs::write(&onnx, [0x08, 0x09, 0x12, 0x04, b't', b'e', b's', b't']).unwrap();
-    let schema = d.path().join("good.schema.json");
-    fs::write(
-        &schema,
-        r#"{"features":["cpu_cores","rss_bytes","read_bytes","write_bytes","net_rx_bytes","net_tx_bytes","execs","conn_accepted"],"window":60,"horizon":10,"quantiles":[0.1,0.5,0.9]}"#,
-    )
-    .unwrap();
-    let bad_schema = d.path().join("bad.schema.json");
-    fs::write(
-        &bad_schema,
-        r#"{"features":["cpu_cores"],"window":60,"horizon":10,"quantiles":[0.1,0.5,0.9]}"#,
-    )
-    .unwrap();
-
+    // The runtime fixture (not a trained model): a valid forecaster for this build.
+    let onnx = fixture("onnx/forecast_fixture.onnx");
     let signing = umbra::publish::model::signing_key(&key).unwrap();
     let now = umbra::capture::procfs::wall_ms();
     let signed = |name: &str, fields: &str, ts: u64, nonce: &str, k: &ed25519_dalek::SigningKey| {
@@ -380,8 +363,20 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
     cmd("reboot", b"{}");
     cmd("trace-snapshot", br#"{"id":"t0","seconds":100000}"#);
     b.publish("umbra/v1/test/cmd/model", b"\x00\x01garbage", &[]);
-    publish_model(&b.url(), &other_key, &onnx, &schema, "1");
-    publish_model(&b.url(), &key, &onnx, &bad_schema, "2");
+    publish_model(&b.url(), &other_key, &onnx, "1");
+    // A model this build cannot run, signed with the right key (the hub's own tool
+    // refuses to publish it, so it is signed here).
+    let bad = umbra::publish::model::ModelBundle {
+        format: umbra::publish::model::BUNDLE_FORMAT,
+        name: "forecast".into(),
+        version: "2".into(),
+        onnx: fs::read(fixture("onnx/forecast_unknown_feature.onnx")).unwrap(),
+    };
+    b.publish(
+        "umbra/v1/test/cmd/model",
+        &umbra::publish::model::SignedModel::sign(&bad, &signing).encode(),
+        &[],
+    );
     cmd("set-mode", br#"{"id":"u1","mode":"enforce"}"#);
     cmd(
         "set-mode",
@@ -399,7 +394,7 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
     );
     cmd("set-mode", &good_mode);
     cmd("set-mode", &good_mode);
-    publish_model(&b.url(), &key, &onnx, &schema, "3");
+    publish_model(&b.url(), &key, &onnx, "3");
     // The operator's tool: signs, sends, prints the node's reply.
     let out = Command::new(workspace_bin("umbra"))
         .args([
@@ -442,7 +437,7 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
         (false, "between 1 and 300"),
         (false, "not a signed Umbra model bundle"),
         (false, "signature does not verify"),
-        (false, "this agent feeds"),
+        (false, "unknown feature \"gpu_util\""),
         (false, "must be signed with the fleet key"),
         (
             false,

@@ -35,7 +35,8 @@ pub enum Bench {
         iterations: u64,
     },
     /// Criterion micro-benchmarks: aggregate (1,000 processes a tick), record writes, the
-    /// publish spool and summary encoding.
+    /// publish spool and summary encoding, forecasts (1,000 workloads a tick) and
+    /// per-request predictions.
     Micro,
 }
 
@@ -50,6 +51,8 @@ pub fn run(b: Bench) -> Result<()> {
             "aggregate",
             "--bench",
             "publish",
+            "--bench",
+            "predict",
         ]),
     }
 }

@@ -31,7 +31,7 @@ use super::Dedup;
 use crate::publish::{
     Body, Envelope, PublishError, Security, Summary, Topics,
     client::fleet_client,
-    model::{BUNDLE_FORMAT, ModelBundle, ModelSchema, SignedModel},
+    model::{BUNDLE_FORMAT, ModelBundle, SignedModel},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -519,8 +519,9 @@ pub async fn run<W: Write>(
     Ok(hub)
 }
 
-/// `umbra hub publish-model`: signs an ONNX file with its schema and publishes it,
-/// retained, to the fleet's model topic (or one node's).
+/// `umbra hub publish-model`: checks an ONNX file's `umbra.schema` (as the agents will),
+/// signs it and publishes it, retained, to the fleet's model topic (or one node's). The
+/// name defaults to the schema's kind, the version to its `model_version`.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish_model(
     url: &str,
@@ -528,29 +529,26 @@ pub async fn publish_model(
     fleet: &str,
     node: Option<&str>,
     onnx: &Path,
-    schema: &Path,
     key: &Path,
-    name: &str,
-    version: &str,
+    name: Option<&str>,
+    version: Option<&str>,
 ) -> Result<ModelBundle, HubError> {
-    let read = |p: &Path| {
-        fs::read(p).map_err(|e| HubError::Input {
-            path: p.into(),
-            message: e.to_string(),
-        })
-    };
-    let schema: ModelSchema =
-        serde_json::from_slice(&read(schema)?).map_err(|e| HubError::Input {
-            path: schema.into(),
-            message: format!("not a model schema (features, window, horizon, quantiles): {e}"),
+    let bytes = fs::read(onnx).map_err(|e| HubError::Input {
+        path: onnx.into(),
+        message: e.to_string(),
+    })?;
+    let schema = crate::predict::schema::Schema::of_onnx(&onnx.display().to_string(), &bytes)
+        .map_err(|e| HubError::Input {
+            path: onnx.into(),
+            message: format!("{e}; agents would refuse it, so it is not published"),
         })?;
     let bundle = ModelBundle {
         format: BUNDLE_FORMAT,
-        name: name.into(),
-        version: version.into(),
-        schema,
-        onnx: read(onnx)?,
+        name: name.unwrap_or(schema.kind.name()).into(),
+        version: version.unwrap_or(&schema.model_version).into(),
+        onnx: bytes,
     };
+    let (name, version) = (bundle.name.clone(), bundle.version.clone());
     let key = crate::publish::model::signing_key(key)?;
     let payload = SignedModel::sign(&bundle, &key).encode();
     let topic = match node {

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::baseline::{AutopilotConfig, BASELINES, EwmaConfig, SeasonalConfig, VpaConfig};
+use super::{
+    baseline::{AutopilotConfig, BASELINES, EwmaConfig, SeasonalConfig, VpaConfig},
+    calibrate::CalibrationConfig,
+};
 use crate::config::ConfigError;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -22,6 +25,13 @@ pub struct PredictConfig {
     /// The baseline that forecasts while no model runs (one of `last`, `ewma`,
     /// `seasonal`, `vpa`, `autopilot`).
     pub fallback: String,
+    /// The forecast model: `"shipped"` (built into this binary from
+    /// `models/forecast.onnx`), `"none"` (baselines only), or the path of an `.onnx` file,
+    /// reloaded when it changes. A signed model from the fleet takes precedence.
+    pub model: String,
+    /// The per-request model, likewise (`models/request.onnx` when shipped).
+    pub request_model: String,
+    pub calibration: CalibrationConfig,
     pub ewma: EwmaConfig,
     pub seasonal: SeasonalConfig,
     pub vpa: VpaConfig,
@@ -36,6 +46,9 @@ impl Default for PredictConfig {
             window: 24,
             forget_after: 720,
             fallback: "autopilot".into(),
+            model: "shipped".into(),
+            request_model: "shipped".into(),
+            calibration: CalibrationConfig::default(),
             ewma: EwmaConfig::default(),
             seasonal: SeasonalConfig::default(),
             vpa: VpaConfig::default(),
@@ -93,6 +106,26 @@ impl PredictConfig {
                 expected: format!("one of {}", BASELINES.join(", ")),
             });
         }
+        check(
+            "predict.calibration.coverage",
+            self.calibration.coverage,
+            0.05..=0.99,
+        )?;
+        check(
+            "predict.calibration.gamma",
+            self.calibration.gamma,
+            0.0..=0.5,
+        )?;
+        check(
+            "predict.calibration.scores",
+            self.calibration.scores,
+            8..=4096,
+        )?;
+        check(
+            "predict.calibration.max_workloads",
+            self.calibration.max_workloads,
+            1..=1_000_000,
+        )?;
         check("predict.ewma.alpha", self.ewma.alpha, 0.001..=1.0)?;
         check(
             "predict.seasonal.max_period",

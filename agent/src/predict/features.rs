@@ -197,6 +197,13 @@ impl Featurizer {
         self.cfg
     }
 
+    /// Keeps `depth` buckets per workload from now on (tracks grow to it as buckets close;
+    /// a predictor pads a shorter series with absent buckets before it).
+    pub fn set_depth(&mut self, depth: usize) {
+        self.cfg.depth = depth.max(1);
+        self.cfg.forget_after = self.cfg.forget_after.max(self.cfg.depth as u32);
+    }
+
     pub fn tracks(&self) -> &BTreeMap<WorkloadId, Track> {
         &self.tracks
     }

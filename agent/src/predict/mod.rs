@@ -10,13 +10,21 @@
 use serde::{Deserialize, Serialize};
 
 pub mod baseline;
+pub mod calibrate;
 pub mod config;
+pub mod exec;
 pub mod features;
+pub mod onnx;
 pub mod profiles;
 pub mod request;
+pub mod runtime;
+pub mod schema;
+pub mod source;
 
 pub use config::PredictConfig;
 pub use features::{Bucket, BucketConfig, Featurizer};
+pub use onnx::ModelStats;
+pub use profiles::OUTCOMES;
 
 use crate::aggregate::{ShadowPoint, Window, WorkloadId};
 
@@ -156,13 +164,74 @@ pub trait Predictor: Send {
     }
     /// One forecast per series of the batch, in the batch's order.
     fn forecast(&mut self, batch: &Batch<'_>) -> Vec<Forecast>;
+    /// A model's counters (crossed quantiles, rows that fell back); `None` for baselines.
+    fn model_stats(&self) -> Option<&ModelStats> {
+        None
+    }
 }
+
+/// What the forecast stage runs and why, for status and `umbra run`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PredictStatus {
+    /// The predictor making the forecasts (e.g. `onnx:2026.12.01-1+aci`, `autopilot+aci`).
+    pub predictor: String,
+    /// The model in use: its `model_version` and where it came from (`shipped`, a path,
+    /// `fleet`).
+    pub model_version: Option<String>,
+    pub model_source: Option<String>,
+    /// Why no model (or not the preferred one) runs; `None` when all is well.
+    pub fallback_reason: Option<String>,
+    /// The model's (row, target, step) whose quantiles crossed and were sorted, rows that
+    /// fell back to the last value (non-finite input or output), failed runs.
+    pub crossed: u64,
+    pub fallback_rows: u64,
+    pub run_errors: u64,
+    /// Outcomes inside the calibrated p10–p90 band, of those scored.
+    pub coverage: Option<f64>,
+}
+
+/// The stage's predictor: calibrated (the live agent) or as it is (`umbra eval` compares
+/// both).
+enum Forecaster {
+    Plain(Box<dyn Predictor>),
+    Calibrated(calibrate::Calibrated),
+}
+
+impl Forecaster {
+    fn get(&self) -> &dyn Predictor {
+        match self {
+            Forecaster::Plain(p) => p.as_ref(),
+            Forecaster::Calibrated(c) => c,
+        }
+    }
+    fn get_mut(&mut self) -> &mut dyn Predictor {
+        match self {
+            Forecaster::Plain(p) => p.as_mut(),
+            Forecaster::Calibrated(c) => c,
+        }
+    }
+}
+
+/// What a live stage keeps besides its predictor: the model sources, the fallback, the
+/// calibration file.
+struct Live {
+    cfg: PredictConfig,
+    capture_interval_ms: u64,
+    sources: source::Sources,
+    state_dir: Option<std::path::PathBuf>,
+    since_save: u32,
+    status: PredictStatus,
+}
+
+/// Closed buckets between saves of the calibration state.
+const SAVE_EVERY: u32 = 60;
 
 /// The forecast stage's core: windows in, a forecast per tracked workload out each time a
 /// bucket closes. The live agent, `umbra eval` and `umbra simulate` drive this.
 pub struct ForecastStage {
     featurizer: Featurizer,
-    predictor: Box<dyn Predictor>,
+    predictor: Forecaster,
+    live: Option<Box<Live>>,
 }
 
 impl ForecastStage {
@@ -174,20 +243,240 @@ impl ForecastStage {
                 depth: predictor.history(),
                 forget_after,
             }),
-            predictor,
+            predictor: Forecaster::Plain(predictor),
+            live: None,
         }
+    }
+
+    /// A stage whose predictor is calibrated online (`cfg.calibration`).
+    pub fn calibrated(
+        interval_ms: u64,
+        forget_after: u32,
+        predictor: Box<dyn Predictor>,
+        cfg: &calibrate::CalibrationConfig,
+    ) -> Self {
+        let mut s = ForecastStage::new(interval_ms, forget_after, predictor);
+        if let Forecaster::Plain(p) = std::mem::replace(
+            &mut s.predictor,
+            Forecaster::Plain(Box::new(baseline::LastValue::new(1, 1))),
+        ) {
+            s.predictor = Forecaster::Calibrated(calibrate::Calibrated::new(p, cfg));
+        }
+        s
     }
 
     /// The fallback baseline of `cfg` (`predict.fallback`) at `cfg`'s interval.
     pub fn baseline(cfg: &PredictConfig, capture_interval_ms: u64) -> Self {
-        // `cfg` was validated: the name is known.
-        let p = baseline::by_name(&cfg.fallback, cfg)
-            .unwrap_or_else(|| Box::new(baseline::LastValue::new(cfg.horizon, cfg.window)));
-        ForecastStage::new(cfg.interval_ms(capture_interval_ms), cfg.forget_after, p)
+        ForecastStage::new(
+            cfg.interval_ms(capture_interval_ms),
+            cfg.forget_after,
+            fallback(cfg),
+        )
+    }
+
+    /// The live agent's stage: the best model its sources offer (the fleet's update
+    /// `fleet`, then `predict.model`), else the fallback baseline, calibrated; calibration
+    /// state kept under `state_dir`. Never fails: what went wrong is in [`Self::status`].
+    pub fn live(
+        cfg: &PredictConfig,
+        capture_interval_ms: u64,
+        state_dir: Option<&std::path::Path>,
+        fleet: Option<(&str, &[u8])>,
+        runtime: Box<dyn runtime::Runtime>,
+    ) -> Self {
+        let sources = source::Sources::new(
+            schema::ModelKind::Forecast,
+            source::ModelSetting::parse(&cfg.model),
+            source::shipped::FORECAST,
+            runtime,
+        );
+        let mut s = ForecastStage::calibrated(
+            cfg.interval_ms(capture_interval_ms),
+            cfg.forget_after,
+            fallback(cfg),
+            &cfg.calibration,
+        );
+        if !cfg.calibration.enabled {
+            s = ForecastStage::baseline(cfg, capture_interval_ms);
+        }
+        s.live = Some(Box::new(Live {
+            cfg: cfg.clone(),
+            capture_interval_ms,
+            sources,
+            state_dir: state_dir.map(|d| d.to_path_buf()),
+            since_save: 0,
+            status: PredictStatus::default(),
+        }));
+        if let Some(dir) = state_dir
+            && let Forecaster::Calibrated(c) = &mut s.predictor
+        {
+            match calibrate::load(dir) {
+                Ok(Some(saved)) => c.restore(saved),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "Calibration starts over"),
+            }
+        }
+        let mut reasons = Vec::new();
+        let mut chosen = None;
+        if let Some((origin, bytes)) = fleet
+            && let Some(l) = &mut s.live
+        {
+            match l.sources.fleet(origin, bytes) {
+                Ok(m) => chosen = Some(m),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        if chosen.is_none()
+            && let Some(l) = &mut s.live
+        {
+            match l.sources.configured() {
+                Ok(m) => chosen = m,
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        let chosen = chosen.and_then(|(m, origin)| match s.swap(m, &origin) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                reasons.push(e.to_string());
+                None
+            }
+        });
+        if chosen.is_none() && reasons.is_empty() {
+            reasons.push("predict.model = \"none\"".into());
+        }
+        s.set_reason(reasons);
+        s
+    }
+
+    fn set_reason(&mut self, reasons: Vec<String>) {
+        let name = self.predictor.get().name().to_string();
+        if let Some(l) = &mut self.live {
+            l.status.fallback_reason = (!reasons.is_empty()).then(|| {
+                let r = reasons.join("; ");
+                if l.status.model_version.is_some() {
+                    r
+                } else {
+                    format!("forecasting with the {} baseline: {r}", l.cfg.fallback)
+                }
+            });
+            if let Some(r) = &l.status.fallback_reason {
+                tracing::warn!(predictor = name, reason = %r, "Forecast model not in use");
+            }
+        }
+    }
+
+    /// Puts a loaded model in as the forecaster (calibration kept).
+    fn swap(&mut self, m: onnx::Model, origin: &source::Origin) -> Result<(), onnx::LoadError> {
+        let Some(l) = &mut self.live else {
+            return Ok(());
+        };
+        let ms = m.schema.interval_ms.unwrap_or(0);
+        let c = l.capture_interval_ms.max(1);
+        if ms == 0 || !ms.is_multiple_of(c) {
+            return Err(onnx::LoadError::Unusable {
+                origin: m.origin.clone(),
+                why: format!("its interval_ms {ms} is not a multiple of capture.interval_ms {c}"),
+            });
+        }
+        let version = m.version().to_string();
+        let p = onnx::OnnxForecaster::new(m)?;
+        l.status.model_version = Some(version.clone());
+        l.status.model_source = Some(origin.describe());
+        tracing::info!(model = version, source = %origin.describe(), "Forecast model in use");
+        let depth = p.history();
+        match &mut self.predictor {
+            Forecaster::Calibrated(cal) => cal.replace_inner(Box::new(p)),
+            Forecaster::Plain(old) => *old = Box::new(p),
+        }
+        if self.featurizer.config().interval_ms != ms {
+            self.featurizer = Featurizer::new(BucketConfig {
+                interval_ms: ms,
+                depth,
+                forget_after: l.cfg.forget_after,
+            });
+        } else {
+            self.featurizer.set_depth(depth);
+        }
+        Ok(())
+    }
+
+    /// The fleet's model update: loaded and swapped in, or refused (the current forecaster
+    /// stays). Returns the model's version.
+    pub fn install(&mut self, origin: &str, bytes: &[u8]) -> Result<String, onnx::LoadError> {
+        let Some(l) = &mut self.live else {
+            return Err(onnx::LoadError::Unusable {
+                origin: origin.into(),
+                why: "this stage takes no models".into(),
+            });
+        };
+        let (m, o) = l.sources.fleet(origin, bytes)?;
+        let v = m.version().to_string();
+        self.swap(m, &o)?;
+        self.set_reason(vec![]);
+        Ok(v)
+    }
+
+    /// Checks the configured model file for a change; reloads it when it changed. A model
+    /// with another interval starts a new featurizer with this window (the workloads'
+    /// windows fill again).
+    fn poll_sources(&mut self) {
+        let Some(l) = &mut self.live else {
+            return;
+        };
+        if !l.sources.changed() {
+            return;
+        }
+        let r = l.sources.configured();
+        let reasons = match r {
+            Ok(Some((m, o))) => match self.swap(m, &o) {
+                Ok(()) => vec![],
+                Err(e) => vec![e.to_string()],
+            },
+            Ok(None) => vec![],
+            Err(e) => vec![e.to_string()],
+        };
+        if !reasons.is_empty() && self.status().model_version.is_some() {
+            tracing::warn!(reason = %reasons.join("; "), "Changed model file refused; the model in use stays");
+        }
+        self.set_reason(reasons);
+    }
+
+    /// What runs and why; counters of the model in use.
+    pub fn status(&self) -> PredictStatus {
+        let mut s = self
+            .live
+            .as_ref()
+            .map(|l| l.status.clone())
+            .unwrap_or_default();
+        let p = self.predictor.get();
+        s.predictor = p.name().to_string();
+        if let Some(m) = p.model_stats() {
+            s.crossed = m.crossed;
+            s.fallback_rows = m.fallback_rows;
+            s.run_errors = m.run_errors;
+        }
+        if let Forecaster::Calibrated(c) = &self.predictor
+            && c.scored > 0
+        {
+            s.coverage = Some(c.covered as f64 / c.scored as f64);
+        }
+        s
+    }
+
+    /// Keeps the calibration state under the state dir.
+    pub fn save(&mut self) -> Result<(), calibrate::CalibrationError> {
+        let (Some(l), Forecaster::Calibrated(c)) = (&mut self.live, &self.predictor) else {
+            return Ok(());
+        };
+        l.since_save = 0;
+        match &l.state_dir {
+            Some(dir) => calibrate::save(dir, &c.saved()),
+            None => Ok(()),
+        }
     }
 
     pub fn predictor(&self) -> &dyn Predictor {
-        self.predictor.as_ref()
+        self.predictor.get()
     }
 
     pub fn interval_ms(&self) -> u64 {
@@ -196,11 +485,29 @@ impl ForecastStage {
 
     /// Takes a window; the forecasts of the newest bucket it closed, if it closed one.
     pub fn push(&mut self, w: &Window) -> Option<Vec<Forecast>> {
+        // A changed model file takes over from this window on (one stat a window).
+        self.poll_sources();
         let mut out = None;
-        let p = &mut self.predictor;
+        let p = self.predictor.get_mut();
         self.featurizer.push(w, &mut |b| out = Some(p.forecast(b)));
+        if out.is_some() && self.live.is_some() {
+            let due = self.live.as_mut().is_some_and(|l| {
+                l.since_save += 1;
+                l.since_save >= SAVE_EVERY
+            });
+            if due && let Err(e) = self.save() {
+                tracing::warn!(error = %e, "Calibration state not kept");
+            }
+        }
         out
     }
+}
+
+/// The fallback baseline of `cfg`.
+fn fallback(cfg: &PredictConfig) -> Box<dyn Predictor> {
+    // `cfg` was validated: the name is known.
+    baseline::by_name(&cfg.fallback, cfg)
+        .unwrap_or_else(|| Box::new(baseline::LastValue::new(cfg.horizon, cfg.window)))
 }
 
 #[cfg(test)]
@@ -249,5 +556,191 @@ mod tests {
                 "{name}: {made} of {ticks}"
             );
         }
+    }
+
+    fn onnx_fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx")
+            .join(name)
+    }
+
+    /// Drives a recording through `stage`; `each(i, forecasts)` after every closed bucket.
+    fn drive(stage: &mut ForecastStage, rec: &str, mut each: impl FnMut(usize, &[Forecast])) {
+        let rec = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(rec);
+        let mut i = 0;
+        export::replay::<crate::record::RecordError>(&rec, GroupBy::Exe, |s| {
+            if let export::Step::Window(_, w) = s
+                && let Some(fs) = stage.push(w)
+            {
+                each(i, &fs);
+                i += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    fn live(model: &str, state: Option<&Path>) -> ForecastStage {
+        let cfg = PredictConfig {
+            model: model.into(),
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        ForecastStage::live(&cfg, 1000, state, None, runtime::default_runtime())
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_live_stage_runs_a_configured_model_calibrated() {
+        let p = onnx_fixture("forecast_fixture.onnx");
+        let mut stage = live(p.to_str().unwrap(), None);
+        let st = stage.status();
+        assert_eq!(st.predictor, "onnx:fixture-1+aci");
+        assert_eq!(st.model_version.as_deref(), Some("fixture-1"));
+        assert_eq!(st.model_source.as_deref(), p.to_str());
+        assert_eq!(st.fallback_reason, None);
+        // The model's interval (2 s) and horizon (3).
+        assert_eq!(stage.interval_ms(), 2000);
+        let mut n = 0;
+        drive(&mut stage, "compress.umbra", |_, fs| {
+            n += 1;
+            for f in fs {
+                assert_eq!(f.interval_ms, 2000);
+                assert!(f.predictor == "onnx:fixture-1+aci", "{}", f.predictor);
+                assert_eq!(f.of(Target::Cpu).len(), 3);
+            }
+        });
+        assert!(n > 3);
+        assert!(stage.status().coverage.is_some());
+    }
+
+    #[test]
+    fn a_model_that_cannot_run_leaves_the_fallback_forecasting_and_says_why() {
+        for (file, why) in [
+            ("forecast_nan.onnx", "non-finite"),
+            ("forecast_newer.onnx", "version 2"),
+            ("forecast_unknown_feature.onnx", "gpu_util"),
+            ("missing.onnx", "No such file"),
+        ] {
+            let p = onnx_fixture(file);
+            let mut stage = live(p.to_str().unwrap(), None);
+            let st = stage.status();
+            let reason = st.fallback_reason.clone().unwrap_or_default();
+            if cfg!(feature = "onnx") || file == "missing.onnx" {
+                assert!(
+                    reason.contains(file) && reason.contains(why),
+                    "{file}: {reason}"
+                );
+            }
+            assert!(reason.contains("autopilot baseline"), "{reason}");
+            assert_eq!(st.predictor, "autopilot+aci");
+            assert_eq!(st.model_version, None);
+            let mut n = 0;
+            drive(&mut stage, "batch.umbra", |_, fs| {
+                n += 1;
+                assert!(fs.iter().all(|f| f.predictor == "autopilot+aci"));
+            });
+            assert!(n > 0);
+        }
+        let stage = live("none", None);
+        assert!(stage.status().fallback_reason.unwrap().contains("\"none\""));
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_changed_model_file_is_reloaded_and_a_bad_change_keeps_the_model_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("forecast.onnx");
+        std::fs::write(&p, b"not yet a model").unwrap();
+        let mut stage = live(p.to_str().unwrap(), None);
+        assert!(
+            stage
+                .status()
+                .fallback_reason
+                .unwrap()
+                .contains("not an ONNX model")
+        );
+        let good = std::fs::read(onnx_fixture("forecast_fixture.onnx")).unwrap();
+        let mut seen = Vec::new();
+        drive(&mut stage, "batch.umbra", |i, fs| {
+            if i == 1 {
+                std::fs::write(&p, &good).unwrap();
+            }
+            if i == 3 {
+                // A copy cut short (a half-finished write): refused, the model stays.
+                std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+            }
+            seen.push(fs[0].predictor.clone());
+        });
+        assert_eq!(seen[..2], ["autopilot+aci", "autopilot+aci"]);
+        assert!(seen.len() > 4, "{seen:?}");
+        assert!(
+            seen[2..].iter().all(|p| p == "onnx:fixture-1+aci"),
+            "{seen:?}"
+        );
+        let st = stage.status();
+        assert_eq!(st.model_version.as_deref(), Some("fixture-1"));
+        assert!(st.fallback_reason.unwrap().contains("truncated"));
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_fleet_model_is_installed_and_a_bad_one_is_refused_keeping_the_current() {
+        let mut stage = live("none", None);
+        let good = std::fs::read(onnx_fixture("forecast_fixture.onnx")).unwrap();
+        assert_eq!(
+            stage.install("fleet model forecast 3", &good).unwrap(),
+            "fixture-1"
+        );
+        let st = stage.status();
+        assert_eq!(st.model_source.as_deref(), Some("fleet"));
+        assert_eq!(st.fallback_reason, None);
+        let nan = std::fs::read(onnx_fixture("forecast_nan.onnx")).unwrap();
+        let e = stage.install("fleet model forecast 4", &nan).unwrap_err();
+        assert!(e.to_string().contains("fleet model forecast 4"), "{e}");
+        assert_eq!(stage.status().model_version.as_deref(), Some("fixture-1"));
+        // A model whose interval the capture interval does not divide.
+        let cfg = PredictConfig::default();
+        let mut s3 = ForecastStage::live(&cfg, 3000, None, None, runtime::default_runtime());
+        let e = s3.install("fleet m", &good).unwrap_err().to_string();
+        assert!(
+            e.contains("not a multiple of capture.interval_ms 3000"),
+            "{e}"
+        );
+        // The fleet's model at start wins over the configured one.
+        let p = onnx_fixture("forecast_crossing.onnx");
+        let cfg = PredictConfig {
+            model: p.to_str().unwrap().into(),
+            ..Default::default()
+        };
+        let s4 = ForecastStage::live(
+            &cfg,
+            1000,
+            None,
+            Some(("fleet", &good)),
+            runtime::default_runtime(),
+        );
+        assert_eq!(s4.status().model_version.as_deref(), Some("fixture-1"));
+    }
+
+    #[test]
+    fn calibration_is_kept_under_the_state_dir_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let mut stage = live("none", Some(d.path()));
+        drive(&mut stage, "compress.umbra", |_, _| {});
+        stage.save().unwrap();
+        let saved = calibrate::load(d.path()).unwrap().unwrap();
+        assert!(saved.workloads() > 0);
+        let again = live("none", Some(d.path()));
+        match &again.predictor {
+            Forecaster::Calibrated(c) => assert_eq!(c.saved(), saved),
+            Forecaster::Plain(_) => panic!("not calibrated"),
+        }
+        // A damaged file: calibration starts over, the stage still runs.
+        std::fs::write(calibrate::path(d.path()), b"UMBRACAL\x01\x00junk").unwrap();
+        let fresh = live("none", Some(d.path()));
+        assert_eq!(fresh.status().predictor, "autopilot+aci");
     }
 }

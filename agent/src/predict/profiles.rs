@@ -514,11 +514,178 @@ impl ProfileStore {
     }
 }
 
+impl ProfileStore {
+    /// The store in `dir` as it is on disk, read without changing anything (for
+    /// `umbra profiles`): the snapshot and the journal's whole frames.
+    pub fn read(dir: &Path) -> Result<ProfileStore, ProfileError> {
+        let mut store = ProfileStore::in_memory(usize::MAX);
+        let snap_path = Self::snapshot_path(dir);
+        match fs::read(&snap_path) {
+            Ok(bytes) => {
+                store.profiles = decode_snapshot(&snap_path, &bytes)?
+                    .profiles
+                    .into_iter()
+                    .collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ProfileError::Io {
+                    path: snap_path,
+                    source,
+                });
+            }
+        }
+        let jpath = Self::journal_path(dir);
+        match fs::read(&jpath) {
+            Ok(bytes) => {
+                for e in decode_journal(&bytes).0 {
+                    store.insert(&e.key, &e.name, &e.parent, e.run);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ProfileError::Io {
+                    path: jpath,
+                    source,
+                });
+            }
+        }
+        Ok(store)
+    }
+}
+
+/// One profile as `umbra profiles --json` prints it.
+#[derive(Serialize)]
+struct Listed<'a> {
+    key: &'a str,
+    name: &'a str,
+    parent: &'a str,
+    runs: usize,
+    total_runs: u64,
+    last_ms: u64,
+    /// p10, p50, p90 of each outcome over the kept runs.
+    cpu_seconds: [f64; 3],
+    peak_rss_bytes: [f64; 3],
+    duration_seconds: [f64; 3],
+    io_bytes: [f64; 3],
+    input_bytes: [f64; 3],
+}
+
+/// `umbra profiles [--json]`: the store under `<state_dir>/profiles`, busiest first.
+pub fn print(state_dir: &Path, json: bool, out: &mut impl Write) -> Result<(), ProfileError> {
+    let dir = state_dir.join("profiles");
+    let store = ProfileStore::read(&dir)?;
+    let mut all: Vec<(&String, &Profile)> = store.iter().collect();
+    all.sort_by(|a, b| b.1.total_runs.cmp(&a.1.total_runs).then(a.0.cmp(b.0)));
+    let io = |source| ProfileError::Io {
+        path: dir.clone(),
+        source,
+    };
+    if !json {
+        writeln!(
+            out,
+            "{:<24} {:>6} {:>8} {:>26} {:>26} {:>26} {:>26}",
+            "executable",
+            "runs",
+            "total",
+            "cpu s p10/p50/p90",
+            "peak RSS MiB p10/p50/p90",
+            "duration s p10/p50/p90",
+            "I/O MiB p10/p50/p90"
+        )
+        .map_err(io)?;
+    }
+    for (key, p) in all {
+        let b = p.bands();
+        let mut inputs: Vec<f64> = p.runs.iter().map(|r| r.input_bytes as f64).collect();
+        let iq = quantiles(&mut inputs, &LEVELS);
+        if json {
+            let l = Listed {
+                key,
+                name: &p.name,
+                parent: &p.parent,
+                runs: p.runs.len(),
+                total_runs: p.total_runs,
+                last_ms: p.last_ms,
+                cpu_seconds: b[0],
+                peak_rss_bytes: b[1],
+                duration_seconds: b[2],
+                io_bytes: b[3],
+                input_bytes: [iq[0], iq[1], iq[2]],
+            };
+            serde_json::to_writer(&mut *out, &l).map_err(|e| io(std::io::Error::other(e)))?;
+            writeln!(out).map_err(io)?;
+        } else {
+            let three = |v: [f64; 3], scale: f64| {
+                format!(
+                    "{:.2}/{:.2}/{:.2}",
+                    v[0] / scale,
+                    v[1] / scale,
+                    v[2] / scale
+                )
+            };
+            let mib = 1048576.0;
+            writeln!(
+                out,
+                "{:<24} {:>6} {:>8} {:>26} {:>26} {:>26} {:>26}",
+                crate::view::clip(if p.name.is_empty() { key } else { &p.name }, 24),
+                p.runs.len(),
+                p.total_runs,
+                three(b[0], 1.0),
+                three(b[1], mib),
+                three(b[2], 1.0),
+                three(b[3], mib),
+            )
+            .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn umbra_profiles_lists_the_store_without_changing_it() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("profiles");
+        let (mut s, _) = ProfileStore::open(&dir, 100).unwrap();
+        for i in 0..5 {
+            s.record("exe:sha256:aa", "xz", "sh", run(i as f32, i))
+                .unwrap();
+        }
+        s.save().unwrap();
+        s.record("exe:sha256:bb", "gzip", "sh", run(1.0, 9))
+            .unwrap();
+        drop(s);
+        let before = fs::read(ProfileStore::journal_path(&dir)).unwrap();
+        let mut out = Vec::new();
+        print(d.path(), true, &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["name"], "xz");
+        assert_eq!(lines[0]["runs"], 5);
+        assert_eq!(lines[0]["cpu_seconds"][1], 2.0);
+        assert_eq!(lines[1]["name"], "gzip");
+        assert_eq!(fs::read(ProfileStore::journal_path(&dir)).unwrap(), before);
+        let mut table = Vec::new();
+        print(d.path(), false, &mut table).unwrap();
+        let t = String::from_utf8(table).unwrap();
+        assert!(t.contains("xz") && t.contains("0.40/2.00/3.60"), "{t}");
+        // A damaged snapshot is an error naming it (and is left where it is).
+        let sp = ProfileStore::snapshot_path(&dir);
+        fs::write(&sp, b"UMBRAPRF garbage").unwrap();
+        let e = print(d.path(), true, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("profiles.bin"), "{e}");
+        assert!(sp.exists());
+    }
 
     fn run(cpu: f32, ms: u64) -> Run {
         Run {

@@ -14,61 +14,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::message::ModelInfo;
+use crate::predict::schema::{Schema, SchemaError};
 
-/// Version of the bundle layout.
-pub const BUNDLE_FORMAT: u16 = 1;
-
-/// Inputs and outputs a model is built for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelSchema {
-    /// Per-interval features of a workload, in input order.
-    pub features: Vec<String>,
-    /// Past intervals in, future intervals out.
-    pub window: u32,
-    pub horizon: u32,
-    pub quantiles: Vec<f32>,
-}
-
-impl ModelSchema {
-    /// The contract of this build's predict stage: a model must take exactly these
-    /// features; window, horizon and quantiles are the model's to choose within bounds.
-    pub const FEATURES: [&'static str; 8] = [
-        "cpu_cores",
-        "rss_bytes",
-        "read_bytes",
-        "write_bytes",
-        "net_rx_bytes",
-        "net_tx_bytes",
-        "execs",
-        "conn_accepted",
-    ];
-
-    pub fn check(&self) -> Result<(), String> {
-        if self.features != Self::FEATURES {
-            return Err(format!(
-                "features {:?}; this agent feeds {:?}",
-                self.features,
-                Self::FEATURES
-            ));
-        }
-        if !(1..=3600).contains(&self.window) || !(1..=3600).contains(&self.horizon) {
-            return Err(format!(
-                "window {} / horizon {} must be 1..=3600 intervals",
-                self.window, self.horizon
-            ));
-        }
-        if self.quantiles.is_empty()
-            || self.quantiles.iter().any(|q| !(0.0..=1.0).contains(q))
-            || self.quantiles.windows(2).any(|w| w[0] >= w[1])
-        {
-            return Err(format!(
-                "quantiles {:?} must be increasing, within 0..1",
-                self.quantiles
-            ));
-        }
-        Ok(())
-    }
-}
+/// Version of the bundle layout. Format 1 carried a separate schema; from format 2 the
+/// schema travels inside the ONNX file (`umbra.schema`, models/CONTRACT.md).
+pub const BUNDLE_FORMAT: u16 = 2;
 
 /// What the hub signs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,7 +26,7 @@ pub struct ModelBundle {
     pub format: u16,
     pub name: String,
     pub version: String,
-    pub schema: ModelSchema,
+    /// The ONNX file, its `umbra.schema` in its metadata.
     pub onnx: Vec<u8>,
 }
 
@@ -97,7 +47,9 @@ pub enum ModelError {
         "model signature does not verify against the configured publish.model_public_key: tampered, or signed with another key"
     )]
     BadSignature,
-    #[error("model bundle format {found}; this agent reads {BUNDLE_FORMAT}")]
+    #[error(
+        "model bundle format {found}; this agent reads {BUNDLE_FORMAT} (the schema inside the ONNX file): publish it again with this version's `umbra hub publish-model`"
+    )]
     Format { found: u16 },
     #[error("model {name} {version} is incompatible: {why}")]
     Schema {
@@ -152,21 +104,21 @@ impl SignedModel {
         }
         let b: ModelBundle = postcard::from_bytes(&signed.bundle)
             .map_err(|e| ModelError::Malformed(e.to_string()))?;
-        let schema_err = |why: String| ModelError::Schema {
+        b.schema().map_err(|e| ModelError::Schema {
             name: b.name.clone(),
             version: b.version.clone(),
-            why,
-        };
-        b.schema.check().map_err(schema_err)?;
-        // An ONNX file is a protobuf ModelProto: it opens with field 1 (ir_version, varint).
-        if b.onnx.first() != Some(&0x08) {
-            return Err(schema_err("the model bytes are not an ONNX file".into()));
-        }
+            why: e.to_string(),
+        })?;
         Ok(b)
     }
 }
 
 impl ModelBundle {
+    /// The schema inside the ONNX bytes, checked against this build.
+    pub fn schema(&self) -> Result<Schema, SchemaError> {
+        Schema::of_onnx(&format!("model {} {}", self.name, self.version), &self.onnx)
+    }
+
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
             name: self.name.clone(),
@@ -258,23 +210,25 @@ impl ModelStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    fn onnx(name: &str) -> Vec<u8> {
+        fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/onnx")
+                .join(name),
+        )
+        .unwrap()
+    }
 
     pub(crate) fn bundle() -> ModelBundle {
         ModelBundle {
             format: BUNDLE_FORMAT,
             name: "forecast".into(),
             version: "3".into(),
-            schema: ModelSchema {
-                features: ModelSchema::FEATURES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                window: 60,
-                horizon: 10,
-                quantiles: vec![0.1, 0.5, 0.9],
-            },
-            onnx: vec![0x08, 0x07, 0x12, 0x00],
+            onnx: onnx("forecast_fixture.onnx"),
         }
     }
 
@@ -288,6 +242,7 @@ mod tests {
         let signed = SignedModel::sign(&bundle(), &k);
         let ok = SignedModel::verify(&signed.encode(), &k.verifying_key()).unwrap();
         assert_eq!(ok, bundle());
+        assert_eq!(ok.schema().unwrap().model_version, "fixture-1");
         // Another key, a flipped byte, an empty signature, garbage.
         assert_eq!(
             SignedModel::verify(&signed.encode(), &key(2).verifying_key()),
@@ -315,22 +270,60 @@ mod tests {
     #[test]
     fn a_signed_but_incompatible_model_is_refused_with_the_reason() {
         let k = key(1);
+        let refused = |b: &ModelBundle| {
+            SignedModel::verify(&SignedModel::sign(b, &k).encode(), &k.verifying_key())
+                .unwrap_err()
+                .to_string()
+        };
         let mut b = bundle();
-        b.schema.features.pop();
-        let e = SignedModel::verify(&SignedModel::sign(&b, &k).encode(), &k.verifying_key())
-            .unwrap_err();
-        assert!(e.to_string().contains("this agent feeds"), "{e}");
+        b.onnx = onnx("forecast_unknown_feature.onnx");
+        let e = refused(&b);
+        assert!(e.contains("forecast 3") && e.contains("gpu_util"), "{e}");
         let mut b = bundle();
         b.onnx = b"not onnx".to_vec();
-        let e = SignedModel::verify(&SignedModel::sign(&b, &k).encode(), &k.verifying_key())
-            .unwrap_err();
-        assert!(e.to_string().contains("not an ONNX file"), "{e}");
+        assert!(refused(&b).contains("not an ONNX model"));
+        let mut b = bundle();
+        b.onnx.truncate(b.onnx.len() / 2);
+        assert!(refused(&b).contains("truncated"), "{}", refused(&b));
+        let mut b = bundle();
+        b.onnx = onnx("forecast_newer.onnx");
+        assert!(refused(&b).contains("version 2"));
         let mut b = bundle();
         b.format = 9;
         assert_eq!(
             SignedModel::verify(&SignedModel::sign(&b, &k).encode(), &k.verifying_key()),
             Err(ModelError::Format { found: 9 })
         );
+    }
+
+    #[test]
+    fn a_format_1_bundle_is_refused_saying_how_to_republish() {
+        // Format 1: format, name, version, schema {features, window, horizon, quantiles},
+        // onnx.
+        #[derive(Serialize)]
+        struct V1 {
+            format: u16,
+            name: String,
+            version: String,
+            schema: (Vec<String>, u32, u32, Vec<f32>),
+            onnx: Vec<u8>,
+        }
+        let k = key(1);
+        let bytes = postcard::to_stdvec(&V1 {
+            format: 1,
+            name: "forecast".into(),
+            version: "1".into(),
+            schema: (vec!["cpu_cores".into()], 60, 10, vec![0.1, 0.5, 0.9]),
+            onnx: vec![0x08, 0x07],
+        })
+        .unwrap();
+        let signed = SignedModel {
+            signature: k.sign(&bytes).to_bytes().to_vec(),
+            bundle: bytes,
+        };
+        let e = SignedModel::verify(&signed.encode(), &k.verifying_key()).unwrap_err();
+        assert_eq!(e, ModelError::Format { found: 1 });
+        assert!(e.to_string().contains("publish it again"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! Hot paths of the predict stage: one tick of forecasts for 1,000 workloads and for one
+//! (the ONNX forecaster of the benchmark's size — tests/fixtures/onnx/forecast_bench.onnx,
+//! a 408 → 64 → 72 MLP over a 24-bucket window of all 17 features, 6 steps, 4 targets, 3
+//! quantiles; random weights: cost does not depend on them — as it is and calibrated, and
+//! the fallback baseline), and a per-request prediction from the profile store.
+//! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use umbra::{
+    aggregate::WorkloadId,
+    predict::{
+        Batch, Bucket, PredictConfig, Predictor, Series, baseline,
+        calibrate::{Calibrated, CalibrationConfig},
+        exec::{Exec, ProfileBaseline, RequestPredictor, load_request_model},
+        features::N_FEATURES,
+        onnx::{Model, OnnxForecaster},
+        profiles::{ProfileStore, Run},
+        runtime::default_runtime,
+        schema::ModelKind,
+    },
+};
+
+const WINDOW: usize = 24;
+
+fn model() -> OnnxForecaster {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/onnx/forecast_bench.onnx");
+    let bytes = std::fs::read(&p).expect("the benchmark's model fixture");
+    let rt = default_runtime();
+    let m = Model::load(
+        "forecast_bench.onnx",
+        &bytes,
+        ModelKind::Forecast,
+        rt.as_ref(),
+    )
+    .expect("loads");
+    OnnxForecaster::new(m).expect("a forecaster")
+}
+
+/// `n` workloads' windows of 24 buckets with busy, varied values.
+fn windows(n: usize) -> (Vec<WorkloadId>, Vec<Vec<Bucket>>) {
+    let ids = (0..n)
+        .map(|i| WorkloadId(format!("exe:sha256:{i:064x}")))
+        .collect();
+    let bs = (0..n)
+        .map(|i| {
+            (0..WINDOW)
+                .map(|k| {
+                    let mut f = [0.0f32; N_FEATURES];
+                    for (j, v) in f.iter_mut().enumerate() {
+                        *v = ((i * 31 + k * 7 + j * 3) % 97) as f32 * 10.0;
+                    }
+                    f[0] = ((i + k) % 13) as f32 * 0.1;
+                    f[N_FEATURES - 1] = 1.0;
+                    Bucket {
+                        end_ms: (k as u64 + 1) * 5000,
+                        features: f,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (ids, bs)
+}
+
+fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>], now: u64) -> Batch<'a> {
+    Batch {
+        now_ms: now,
+        interval_ms: 5000,
+        series: ids
+            .iter()
+            .zip(bs)
+            .map(|(id, b)| Series {
+                workload: id,
+                name: "w",
+                buckets: b,
+            })
+            .collect(),
+    }
+}
+
+fn forecasts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("forecast");
+    for n in [1usize, 1000] {
+        let (ids, bs) = windows(n);
+        g.throughput(Throughput::Elements(n as u64));
+        let mut m = model();
+        g.bench_function(format!("onnx/{n}"), |b| {
+            b.iter(|| black_box(m.forecast(black_box(&batch(&ids, &bs, 120_000)))))
+        });
+        let mut cal = Calibrated::new(Box::new(model()), &CalibrationConfig::default());
+        let mut now = 120_000;
+        g.bench_function(format!("onnx+aci/{n}"), |b| {
+            b.iter(|| {
+                now += 5000;
+                black_box(cal.forecast(black_box(&batch(&ids, &bs, now))))
+            })
+        });
+        let cfg = PredictConfig::default();
+        let mut fallback = baseline::by_name(&cfg.fallback, &cfg).expect("the fallback");
+        g.bench_function(format!("{}/{n}", cfg.fallback), |b| {
+            b.iter(|| black_box(fallback.forecast(black_box(&batch(&ids, &bs, 120_000)))))
+        });
+    }
+    g.finish();
+}
+
+fn requests(c: &mut Criterion) {
+    // 1,000 executables with 64 runs each: the store full.
+    let mut store = ProfileStore::in_memory(4096);
+    for k in 0..1000u64 {
+        for r in 0..64u64 {
+            let v = ((k * 7 + r * 13) % 101) as f32;
+            store
+                .record(
+                    &format!("exe:sha256:{k:064x}"),
+                    &format!("prog{}", k % 50),
+                    "sh",
+                    Run {
+                        outcome: [v * 0.01, v * 1e6, v * 0.02, v * 1e5],
+                        input_bytes: r * 1000,
+                        ended_ms: k * 1000 + r,
+                    },
+                )
+                .expect("in memory");
+        }
+    }
+    let mut p = ProfileBaseline::new();
+    let known = format!("exe:sha256:{:064x}", 500);
+    let mut g = c.benchmark_group("request");
+    g.bench_function("profile", |b| {
+        b.iter(|| {
+            black_box(p.predict(
+                &store,
+                black_box(&Exec {
+                    tgid: 1,
+                    exec_ns: 1,
+                    key: &known,
+                    name: "prog0",
+                    parent: "sh",
+                    input_bytes: 0,
+                }),
+            ))
+        })
+    });
+    g.bench_function("prior", |b| {
+        b.iter(|| {
+            black_box(p.predict(
+                &store,
+                black_box(&Exec {
+                    tgid: 1,
+                    exec_ns: 1,
+                    key: "exe:sha256:new",
+                    name: "prog7",
+                    parent: "sh",
+                    input_bytes: 0,
+                }),
+            ))
+        })
+    });
+    // The request model (the runtime fixture's size: 7 features, 12 outputs) on a row.
+    let vocab = [
+        "argv_hash_3",
+        "profile_runs",
+        "input_bytes_total",
+        "profile_io_bytes_p50",
+        "profile_duration_seconds_p50",
+        "profile_peak_rss_bytes_p50",
+        "profile_cpu_seconds_p50",
+    ];
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx/request_fixture.onnx"),
+    )
+    .expect("the request fixture");
+    let rt = default_runtime();
+    let mut m = load_request_model("request_fixture.onnx", &bytes, &vocab, rt.as_ref())
+        .expect("a request model");
+    let row = [0.0, 64.0, 1048576.0, 1e6, 4.0, 1e8, 2.0];
+    g.bench_function("model", |b| {
+        b.iter(|| {
+            black_box(m.predict_row(
+                &store,
+                &Exec {
+                    tgid: 1,
+                    exec_ns: 1,
+                    key: &known,
+                    name: "prog0",
+                    parent: "sh",
+                    input_bytes: 1048576,
+                },
+                black_box(&row),
+            ))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, forecasts, requests);
+criterion_main!(benches);

@@ -1,0 +1,669 @@
+//! `umbra eval`: recordings replayed through every forecaster — each baseline and the
+//! model, each as it is and calibrated — with the very [`Predictor`] code the agent runs,
+//! scored against what happened.
+//!
+//! Every closed bucket, each predictor forecasts every tracked workload for the next
+//! `horizon` buckets; each step's band is scored when its bucket closes, if the workload
+//! was present in it (ran at all): pinball loss per quantile, whether the outcome fell in
+//! p10–p90, the absolute error of p50. `--score-after F` scores only the buckets after the
+//! first fraction F of each recording (a time split); files never trained on are scored
+//! whole.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::{GroupBy, WorkloadId},
+    export::{self, Step},
+    predict::{
+        Band, Batch, BucketConfig, Featurizer, Forecast, LEVELS, PredictConfig, Predictor,
+        PredictorKind, Target, baseline,
+        calibrate::Calibrated,
+        onnx::{LoadError, Model, OnnxForecaster},
+        runtime::Runtime,
+        schema::ModelKind,
+    },
+    record::RecordError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    #[error(
+        "{path} was recorded every {recorded} ms; the forecast interval {interval_ms} ms is not a multiple of it"
+    )]
+    Interval {
+        path: String,
+        interval_ms: u64,
+        recorded: u32,
+    },
+    #[error("--plot {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+    #[error("no workload matches --workload {0:?}")]
+    NoWorkload(String),
+    #[error("writing the report: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// One row of the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Score {
+    pub predictor: String,
+    pub kind: &'static str,
+    pub target: String,
+    /// Mean pinball loss over the three quantiles.
+    pub pinball: f64,
+    /// Share of outcomes inside p10–p90.
+    pub coverage: f64,
+    pub mae_p50: f64,
+    #[serde(skip)]
+    pub pinball_q: [f64; 3],
+    #[serde(skip)]
+    pub n: u64,
+}
+
+/// The whole report: `{"forecast": [...], "request": [...]}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub forecast: Vec<Score>,
+    pub request: Vec<Score>,
+}
+
+/// The pinball (quantile) loss of predicting `q̂` at level `tau` for outcome `y`.
+#[inline]
+pub fn pinball(tau: f64, y: f64, q: f64) -> f64 {
+    let d = y - q;
+    if d >= 0.0 { tau * d } else { (tau - 1.0) * d }
+}
+
+/// Running sums of one predictor and target.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Acc {
+    pinball: [f64; 3],
+    inside: u64,
+    abs: f64,
+    n: u64,
+}
+
+impl Acc {
+    pub fn add(&mut self, b: &Band, y: f64) {
+        for (i, (tau, q)) in LEVELS.iter().zip([b.p10, b.p50, b.p90]).enumerate() {
+            self.pinball[i] += pinball(*tau, y, q);
+        }
+        self.inside += (b.p10 <= y && y <= b.p90) as u64;
+        self.abs += (y - b.p50).abs();
+        self.n += 1;
+    }
+
+    pub fn score(&self, predictor: &str, kind: PredictorKind, target: &str) -> Score {
+        let n = self.n.max(1) as f64;
+        let pinball_q = self.pinball.map(|p| p / n);
+        Score {
+            predictor: predictor.into(),
+            kind: match kind {
+                PredictorKind::Model => "model",
+                PredictorKind::Baseline => "baseline",
+            },
+            target: target.into(),
+            pinball: pinball_q.iter().sum::<f64>() / 3.0,
+            coverage: self.inside as f64 / n,
+            mae_p50: self.abs / n,
+            pinball_q,
+            n: self.n,
+        }
+    }
+}
+
+/// What `umbra eval` compares.
+pub struct EvalOptions {
+    pub interval_ms: Option<u64>,
+    /// Only buckets after this fraction of each recording are scored.
+    pub score_after: f64,
+    /// The forecast model to evaluate: (its name for messages, its bytes), if any.
+    pub model: Option<(String, Vec<u8>)>,
+    /// The workload to plot (a substring of its name or key; default: the one that used
+    /// the most CPU), and the target.
+    pub plot: Option<PathBuf>,
+    pub plot_workload: Option<String>,
+    pub plot_target: Target,
+    pub group_by: GroupBy,
+}
+
+/// One predictor under evaluation.
+struct Entry {
+    p: Box<dyn Predictor>,
+    acc: [Acc; 4],
+    /// Per workload, the forecasts of the last `horizon` buckets.
+    pending: HashMap<WorkloadId, VecDeque<Forecast>>,
+}
+
+/// Points of the plot: bucket end, actual, and the step-1 band made a bucket before.
+type PlotSeries = Vec<(u64, f64, Band)>;
+
+/// The predictors `umbra eval` runs: each baseline and the model, as they are and calibrated.
+fn predictors(
+    cfg: &PredictConfig,
+    model: Option<&(Vec<u8>, String)>,
+    runtime: &dyn Runtime,
+) -> Result<Vec<Entry>, EvalError> {
+    let mut out: Vec<Box<dyn Predictor>> = Vec::new();
+    let model_pair = |calibrated: bool| -> Result<Option<Box<dyn Predictor>>, EvalError> {
+        let Some((bytes, origin)) = model else {
+            return Ok(None);
+        };
+        let m = Model::load(origin, bytes, ModelKind::Forecast, runtime)?;
+        let p: Box<dyn Predictor> = Box::new(OnnxForecaster::new(m)?);
+        Ok(Some(if calibrated {
+            Box::new(Calibrated::new(p, &cfg.calibration))
+        } else {
+            p
+        }))
+    };
+    if let Some(p) = model_pair(false)? {
+        out.push(p);
+    }
+    if let Some(p) = model_pair(true)? {
+        out.push(p);
+    }
+    for name in baseline::BASELINES {
+        for calibrated in [false, true] {
+            if let Some(p) = baseline::by_name(name, cfg) {
+                out.push(if calibrated {
+                    Box::new(Calibrated::new(p, &cfg.calibration))
+                } else {
+                    p
+                });
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|p| Entry {
+            p,
+            acc: Default::default(),
+            pending: HashMap::new(),
+        })
+        .collect())
+}
+
+/// Runs the evaluation; the report, and writes the plot when asked.
+pub fn run(
+    recordings: &[PathBuf],
+    cfg: &PredictConfig,
+    opts: &EvalOptions,
+    runtime: &dyn Runtime,
+) -> Result<Report, EvalError> {
+    let model = opts.model.as_ref().map(|(o, b)| (b.clone(), o.clone()));
+    // A model sets the interval and horizon everything is compared at.
+    let (mut cfg, mut interval_ms) = (cfg.clone(), opts.interval_ms);
+    if let Some((bytes, origin)) = &model {
+        let s = crate::predict::schema::Schema::of_onnx(origin, bytes).map_err(LoadError::from)?;
+        cfg.horizon = s.horizon.unwrap_or(cfg.horizon);
+        interval_ms = interval_ms.or(s.interval_ms);
+    }
+    let mut entries = predictors(&cfg, model.as_ref(), runtime)?;
+    // The plot shows the calibrated model, else the calibrated fallback baseline.
+    let shown = match &model {
+        Some(_) => 1,
+        None => entries
+            .iter()
+            .position(|e| e.p.name() == format!("{}+aci", cfg.fallback))
+            .unwrap_or(0),
+    };
+    let depth = entries.iter().map(|e| e.p.history()).max().unwrap_or(1);
+    let horizon = cfg.horizon;
+    let mut plot: BTreeMap<WorkloadId, (String, f64, PlotSeries)> = BTreeMap::new();
+    for r in recordings {
+        let recorded = export::recording_interval_ms(r)?;
+        let ms = interval_ms.unwrap_or_else(|| cfg.interval_ms(recorded as u64));
+        if recorded == 0 || !ms.is_multiple_of(recorded as u64) {
+            return Err(EvalError::Interval {
+                path: r.display().to_string(),
+                interval_ms: ms,
+                recorded,
+            });
+        }
+        // The recording's span, for the time split.
+        let (mut first, mut last) = (None, 0u64);
+        export::replay::<RecordError>(r, opts.group_by, |s| {
+            if let Step::Window(_, w) = s {
+                first.get_or_insert(w.node.timestamp_ms);
+                last = w.node.timestamp_ms;
+            }
+            Ok(())
+        })?;
+        let start = first.unwrap_or(0);
+        let split = start + ((last.saturating_sub(start)) as f64 * opts.score_after) as u64;
+        let mut f = Featurizer::new(BucketConfig {
+            interval_ms: ms,
+            depth,
+            forget_after: u32::MAX,
+        });
+        for e in &mut entries {
+            e.pending.clear();
+        }
+        let plotted = opts.plot.is_some();
+        export::replay::<RecordError>(r, opts.group_by, |s| {
+            if let Step::Window(_, w) = s {
+                f.push(w, &mut |b| {
+                    let p = plotted.then_some((&mut plot, shown, opts.plot_target));
+                    score_batch(&mut entries, b, horizon, split, p)
+                });
+            }
+            Ok(())
+        })?;
+    }
+    let mut report = Report::default();
+    for e in &entries {
+        for t in Target::ALL {
+            report
+                .forecast
+                .push(e.acc[t as usize].score(e.p.name(), e.p.kind(), t.name()));
+        }
+    }
+    if let Some(path) = &opts.plot {
+        let name = entries.get(shown).map_or("", |e| e.p.name());
+        draw(path, &plot, opts, name)?;
+    }
+    Ok(report)
+}
+
+/// The plot's data per workload: its name, CPU seconds in all (to pick the busiest), and
+/// the points.
+type Plot = BTreeMap<WorkloadId, (String, f64, PlotSeries)>;
+
+/// Scores the forecasts whose bucket is `b`, then forecasts from it. With `plot`, the
+/// actuals of `target` and the step-1 bands of entry `plot_entry` are kept.
+fn score_batch(
+    entries: &mut [Entry],
+    b: &Batch<'_>,
+    horizon: usize,
+    split: u64,
+    plot: Option<(&mut Plot, usize, Target)>,
+) {
+    let interval = b.interval_ms as u64;
+    let step = |f: &Forecast| {
+        let steps = b.now_ms.checked_sub(f.made_ms)? / interval.max(1);
+        (steps >= 1 && steps as usize <= horizon && f.made_ms + steps * interval == b.now_ms)
+            .then_some(steps as usize - 1)
+    };
+    if let Some((plot, pe, target)) = plot
+        && let Some(e) = entries.get(pe)
+    {
+        for s in &b.series {
+            let Some(newest) = s.buckets.last().filter(|x| x.end_ms == b.now_ms) else {
+                continue;
+            };
+            let p = plot
+                .entry(s.workload.clone())
+                .or_insert_with(|| (s.name.to_string(), 0.0, Vec::new()));
+            p.1 += newest.target(Target::Cpu);
+            let band = e
+                .pending
+                .get(s.workload)
+                .and_then(|q| q.iter().find(|f| step(f) == Some(0)))
+                .and_then(|f| f.of(target).first().copied());
+            if let Some(band) = band {
+                p.2.push((b.now_ms, newest.target(target), band));
+            }
+        }
+    }
+    for e in entries.iter_mut() {
+        for s in &b.series {
+            let Some(newest) = s.buckets.last().filter(|x| x.end_ms == b.now_ms) else {
+                continue;
+            };
+            if !newest.present() || b.now_ms <= split {
+                continue;
+            }
+            let Some(q) = e.pending.get(s.workload) else {
+                continue;
+            };
+            for f in q {
+                let Some(h) = step(f) else {
+                    continue;
+                };
+                for t in Target::ALL {
+                    if let Some(band) = f.of(t).get(h) {
+                        e.acc[t as usize].add(band, newest.target(t));
+                    }
+                }
+            }
+        }
+        let fs = e.p.forecast(b);
+        for (s, f) in b.series.iter().zip(fs) {
+            let q = e.pending.entry(s.workload.clone()).or_default();
+            q.push_back(f);
+            while q.len() > horizon {
+                q.pop_front();
+            }
+        }
+        if e.pending.len() > b.series.len() {
+            e.pending
+                .retain(|id, _| b.series.iter().any(|s| s.workload == id));
+        }
+    }
+}
+
+/// The SVG: for the chosen workload, the actual value of the target against the
+/// calibrated p10–p90 band and p50 made one bucket before.
+fn draw(path: &Path, plot: &Plot, opts: &EvalOptions, predictor: &str) -> Result<(), EvalError> {
+    use plotters::prelude::*;
+    let chosen = match &opts.plot_workload {
+        Some(w) => plot
+            .iter()
+            .find(|(id, (name, _, _))| id.0 == *w || name == w)
+            .or_else(|| {
+                plot.iter().find(|(id, (name, _, _))| {
+                    id.0.contains(w.as_str()) || name.contains(w.as_str())
+                })
+            })
+            .ok_or_else(|| EvalError::NoWorkload(w.clone()))?,
+        None => plot
+            .iter()
+            .max_by(|a, b| a.1.1.total_cmp(&b.1.1))
+            .ok_or_else(|| EvalError::NoWorkload("(any)".into()))?,
+    };
+    let (id, (name, _, pts)) = chosen;
+    let err = |e: &dyn std::fmt::Display| EvalError::Plot {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let t0 = pts.first().map_or(0, |p| p.0);
+    let xs = |ms: u64| (ms - t0) as f64 / 1000.0;
+    let x_max = pts.last().map_or(1.0, |p| xs(p.0)).max(1.0);
+    let y_max = pts
+        .iter()
+        .map(|p| p.1.max(p.2.p90))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.05;
+    let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let unit = match opts.plot_target {
+        Target::Cpu => "cores",
+        Target::Memory => "bytes",
+        Target::Io | Target::Net => "bytes/s",
+    };
+    let title = format!(
+        "{} {} ({unit}): actual vs {predictor} p10-p90, one step ahead",
+        crate::view::clip(name, 40),
+        opts.plot_target.name()
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc(unit)
+        .draw()
+        .map_err(|e| err(&e))?;
+    let band: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|p| (xs(p.0), p.2.p90))
+        .chain(pts.iter().rev().map(|p| (xs(p.0), p.2.p10)))
+        .collect();
+    chart
+        .draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.2))))
+        .map_err(|e| err(&e))?
+        .label("p10-p90")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], BLUE.mix(0.2).filled()));
+    chart
+        .draw_series(LineSeries::new(
+            pts.iter().map(|p| (xs(p.0), p.2.p50)),
+            &BLUE,
+        ))
+        .map_err(|e| err(&e))?
+        .label("p50")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(pts.iter().map(|p| (xs(p.0), p.1)), &BLACK))
+        .map_err(|e| err(&e))?
+        .label("actual")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    tracing::info!(workload = %id.0, path = %path.display(), "Plot written");
+    Ok(())
+}
+
+/// The report as a table.
+pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    for (what, rows) in [("forecast", &r.forecast), ("request", &r.request)] {
+        if rows.is_empty() {
+            continue;
+        }
+        writeln!(
+            out,
+            "{what:<8} {:<24} {:<8} {:<7} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
+            "predictor",
+            "kind",
+            "target",
+            "pinball",
+            "p10",
+            "p50",
+            "p90",
+            "coverage",
+            "mae_p50",
+            "n"
+        )?;
+        for s in rows {
+            writeln!(
+                out,
+                "{what:<8} {:<24} {:<8} {:<7} {:>12} {:>12} {:>12} {:>12} {:>7.1}% {:>12} {:>8}",
+                crate::view::clip(&s.predictor, 24),
+                s.kind,
+                s.target,
+                num(s.pinball),
+                num(s.pinball_q[0]),
+                num(s.pinball_q[1]),
+                num(s.pinball_q[2]),
+                100.0 * s.coverage,
+                num(s.mae_p50),
+                s.n
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A number in 12 columns, whatever its scale.
+fn num(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e6 || v.abs() < 1e-3) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::predict::runtime::default_runtime;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    fn opts(model: Option<&str>, plot: Option<PathBuf>) -> EvalOptions {
+        EvalOptions {
+            interval_ms: None,
+            score_after: 0.0,
+            model: model.map(|m| {
+                let p = fixture(m);
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            }),
+            plot,
+            plot_workload: None,
+            plot_target: Target::Cpu,
+            group_by: GroupBy::Exe,
+        }
+    }
+
+    #[test]
+    fn pinball_is_the_quantile_loss() {
+        assert_eq!(pinball(0.9, 10.0, 8.0), 0.9 * 2.0);
+        assert!((pinball(0.9, 8.0, 10.0) - 0.1 * 2.0).abs() < 1e-12);
+        assert_eq!(pinball(0.5, 3.0, 3.0), 0.0);
+        let mut a = Acc::default();
+        a.add(
+            &Band {
+                p10: 1.0,
+                p50: 2.0,
+                p90: 3.0,
+            },
+            2.5,
+        );
+        a.add(
+            &Band {
+                p10: 1.0,
+                p50: 2.0,
+                p90: 3.0,
+            },
+            4.0,
+        );
+        let s = a.score("x", PredictorKind::Baseline, "cpu");
+        assert_eq!(s.coverage, 0.5);
+        assert!((s.mae_p50 - 1.25).abs() < 1e-12);
+        // p10: (0.1·1.5 + 0.1·3)/2; p50: (0.5·0.5 + 0.5·2)/2; p90: (0.1·0.5 + 0.9·1)/2
+        let want = [0.225, 0.625, 0.475];
+        for (g, w) in s.pinball_q.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{:?}", s.pinball_q);
+        }
+        assert!((s.pinball - want.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn every_baseline_is_scored_for_every_target_and_the_json_has_the_documented_shape() {
+        let cfg = PredictConfig::default();
+        let r = run(
+            &[fixture("compress.umbra"), fixture("batch.umbra")],
+            &cfg,
+            &opts(None, None),
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        assert_eq!(r.forecast.len(), baseline::BASELINES.len() * 2 * 4);
+        assert!(r.request.is_empty());
+        for s in &r.forecast {
+            assert!(s.n > 20, "{s:?}");
+            assert!((0.0..=1.0).contains(&s.coverage));
+            assert!(s.pinball.is_finite() && s.pinball >= 0.0);
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        let row = v["forecast"][0].as_object().unwrap();
+        let mut keys: Vec<&str> = row.keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "coverage",
+                "kind",
+                "mae_p50",
+                "pinball",
+                "predictor",
+                "target"
+            ]
+        );
+        assert_eq!(v["forecast"][0]["kind"], "baseline");
+        assert!(v["request"].as_array().unwrap().is_empty());
+        // The time split scores fewer buckets.
+        let mut o = opts(None, None);
+        o.interval_ms = Some(1000);
+        o.score_after = 0.5;
+        let half = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        o.score_after = 0.0;
+        let whole = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        assert!(
+            half.forecast[0].n < whole.forecast[0].n,
+            "{} {}",
+            half.forecast[0].n,
+            whole.forecast[0].n
+        );
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_model_is_scored_with_the_baselines_and_the_plot_is_drawn() {
+        let d = tempfile::tempdir().unwrap();
+        let svg = d.path().join("band.svg");
+        let cfg = PredictConfig::default();
+        let mut o = opts(Some("onnx/forecast_fixture.onnx"), Some(svg.clone()));
+        o.plot_workload = Some("xz".into());
+        let r = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        let names: Vec<&str> = r.forecast.iter().map(|s| s.predictor.as_str()).collect();
+        assert_eq!(names[0], "onnx:fixture-1");
+        assert_eq!(names[4], "onnx:fixture-1+aci");
+        assert_eq!(r.forecast[0].kind, "model");
+        // The fixture repeats the last value: its p50 is the `last` baseline's.
+        let last = r.forecast.iter().find(|s| s.predictor == "last").unwrap();
+        assert!((r.forecast[0].mae_p50 - last.mae_p50).abs() < 1e-3 * (1.0 + last.mae_p50));
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("actual") && text.contains("xz"),
+            "{}",
+            &text[..300]
+        );
+        assert!(text.matches("<polyline").count() >= 2 || text.matches("<path").count() >= 2);
+        // An unknown workload is an error naming it.
+        o.plot_workload = Some("no-such-program".into());
+        let e = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no-such-program"), "{e}");
+        // A model the build cannot honour is an error naming the file.
+        let o = opts(Some("onnx/forecast_nan.onnx"), None);
+        let e = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("forecast_nan.onnx"), "{e}");
+    }
+}

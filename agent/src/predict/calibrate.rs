@@ -1,0 +1,801 @@
+//! Calibration: online adaptive conformal inference (ACI, Gibbs & Candès 2021) around any
+//! [`Predictor`], so the p10–p90 band covers its nominal 80% of outcomes on live data.
+//!
+//! Per workload, target and step ahead `h`, the calibrator keeps the last `scores`
+//! conformity scores `s = max(p10 − y, y − p90) / width` of the inner predictor's band
+//! (negative inside it; `width` is the band's, floored) and a miscoverage level `α_t`.
+//! A new band is widened (or narrowed, never past p50) by `Q · width`, `Q` the `1 − α_t`
+//! quantile of the scores. When the outcome of a band arrives (`h` buckets later),
+//! `α_{t+1} = α_t + γ(α − err_t)`, `err_t` 1 if the outcome fell outside the calibrated
+//! band: over T outcomes the miscoverage stays within `(max(α₁, 1 − α₁) + γ)/(γT)` of `α`
+//! whatever the sequence. A workload with fewer than [`MIN_SCORES`] scores borrows the
+//! pooled scores of every workload for that target and step.
+//!
+//! State is bounded (`max_workloads`, least recently seen first out) and survives restarts:
+//! `calibration.bin` under the state dir, `UMBRACAL`, format version (u16 LE), reserved
+//! (u16), payload length (u32 LE), CRC32 (u32 LE), postcard [`Saved`]. Later versions read
+//! every earlier one; a damaged file is an error naming it, and calibration starts over.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target};
+use crate::aggregate::WorkloadId;
+
+pub const MAGIC: &[u8; 8] = b"UMBRACAL";
+/// The format version this build writes (and the newest it reads).
+pub const VERSION: u16 = 1;
+const HEADER: usize = 8 + 2 + 2 + 4 + 4;
+const MAX_PAYLOAD: u32 = 256 << 20;
+/// Scores a workload needs before its own are used (else the pooled ones).
+pub const MIN_SCORES: usize = 8;
+/// Pooled scores kept per target and step.
+const POOL: usize = 256;
+/// Smallest band width per target (cores, bytes, bytes/s, bytes/s), and as a fraction of p50.
+const FLOOR: [f64; 4] = [0.001, 1_048_576.0, 1024.0, 1024.0];
+const FLOOR_REL: f64 = 0.01;
+
+/// `[predict.calibration]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationConfig {
+    pub enabled: bool,
+    /// The band's nominal coverage (p10–p90: 0.8).
+    pub coverage: f64,
+    /// ACI's step size γ.
+    pub gamma: f64,
+    /// Scores kept per workload, target and step.
+    pub scores: usize,
+    /// Workloads whose state is kept.
+    pub max_workloads: usize,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        CalibrationConfig {
+            enabled: true,
+            coverage: 0.8,
+            gamma: 0.005,
+            scores: 32,
+            max_workloads: 4096,
+        }
+    }
+}
+
+/// A ring of the last scores.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Ring {
+    v: VecDeque<f32>,
+}
+
+impl Ring {
+    fn push(&mut self, s: f32, cap: usize) {
+        if self.v.len() >= cap {
+            self.v.pop_front();
+        }
+        self.v.push_back(s);
+    }
+
+    /// The `level` quantile (the `⌈level·(n+1)⌉`-th smallest, conformal's rule, clamped
+    /// to the largest).
+    fn quantile(&self, level: f64, scratch: &mut Vec<f32>) -> f64 {
+        if self.v.is_empty() {
+            return 0.0;
+        }
+        scratch.clear();
+        scratch.extend(self.v.iter().copied());
+        scratch.sort_unstable_by(f32::total_cmp);
+        let n = scratch.len();
+        let k = ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n);
+        scratch[k - 1] as f64
+    }
+}
+
+/// One workload, one target, one step ahead.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Cell {
+    alpha: f32,
+    scores: Ring,
+}
+
+/// A band emitted and waiting for its outcome: the inner band, its width, and the band
+/// emitted after calibration (the one coverage is judged on).
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    lo: f32,
+    hi: f32,
+    width: f32,
+    cal_lo: f32,
+    cal_hi: f32,
+}
+
+struct Workload {
+    seen: u64,
+    /// `[target][step]` flattened: `t · horizon + h`.
+    cells: Vec<Cell>,
+    /// Bands made at the last `horizon` buckets (newest last): when, and per cell.
+    pending: VecDeque<(u64, Vec<Pending>)>,
+}
+
+/// What the calibration file holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub horizon: u32,
+    workloads: Vec<(String, Vec<Cell>)>,
+    pool: Vec<Ring>,
+}
+
+impl Saved {
+    pub fn workloads(&self) -> usize {
+        self.workloads.len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("calibration state {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("calibration state {path} is damaged ({what}); calibration starts over")]
+    Corrupt { path: PathBuf, what: String },
+    #[error(
+        "calibration state {path} is format version {found}; this build reads up to {VERSION}: calibration starts over"
+    )]
+    Newer { path: PathBuf, found: u16 },
+}
+
+/// Calibration around an inner predictor.
+pub struct Calibrated {
+    inner: Box<dyn Predictor>,
+    name: String,
+    cfg: CalibrationConfig,
+    horizon: usize,
+    workloads: HashMap<WorkloadId, Workload>,
+    pool: Vec<Ring>,
+    tick: u64,
+    scratch: Vec<f32>,
+    /// Outcomes scored, and those inside the calibrated band (for status and eval).
+    pub scored: u64,
+    pub covered: u64,
+}
+
+impl Calibrated {
+    pub fn new(inner: Box<dyn Predictor>, cfg: &CalibrationConfig) -> Calibrated {
+        let horizon = inner.horizon();
+        Calibrated {
+            name: format!("{}+aci", inner.name()),
+            inner,
+            cfg: CalibrationConfig {
+                scores: cfg.scores.max(MIN_SCORES),
+                max_workloads: cfg.max_workloads.max(1),
+                ..cfg.clone()
+            },
+            horizon,
+            workloads: HashMap::new(),
+            pool: vec![Ring::default(); 4 * horizon],
+            tick: 0,
+            scratch: Vec::new(),
+            scored: 0,
+            covered: 0,
+        }
+    }
+
+    pub fn inner(&self) -> &dyn Predictor {
+        self.inner.as_ref()
+    }
+
+    /// Replaces the inner predictor, keeping what was learnt when the horizon is the same.
+    pub fn replace_inner(&mut self, inner: Box<dyn Predictor>) {
+        self.name = format!("{}+aci", inner.name());
+        if inner.horizon() != self.horizon {
+            let saved = self.saved();
+            self.horizon = inner.horizon();
+            self.workloads.clear();
+            self.pool = vec![Ring::default(); 4 * self.horizon];
+            self.restore(saved);
+        }
+        for w in self.workloads.values_mut() {
+            w.pending.clear();
+        }
+        self.inner = inner;
+    }
+
+    fn alpha(&self) -> f32 {
+        (1.0 - self.cfg.coverage) as f32
+    }
+
+    /// The state to keep across restarts.
+    pub fn saved(&self) -> Saved {
+        let mut workloads: Vec<(String, Vec<Cell>)> = self
+            .workloads
+            .iter()
+            .map(|(k, w)| (k.0.clone(), w.cells.clone()))
+            .collect();
+        workloads.sort_by(|a, b| a.0.cmp(&b.0));
+        Saved {
+            horizon: self.horizon as u32,
+            workloads,
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Takes back saved state (steps beyond this horizon are dropped, missing ones start
+    /// fresh).
+    pub fn restore(&mut self, s: Saved) {
+        let (h_new, h_old) = (self.horizon, s.horizon as usize);
+        let alpha = self.alpha();
+        let remap = |cells: &[Cell], fresh: &dyn Fn() -> Cell| -> Vec<Cell> {
+            (0..4 * h_new)
+                .map(|i| {
+                    let (t, h) = (i / h_new, i % h_new);
+                    if h < h_old {
+                        cells.get(t * h_old + h).cloned().unwrap_or_else(fresh)
+                    } else {
+                        fresh()
+                    }
+                })
+                .collect()
+        };
+        let fresh = || Cell {
+            alpha,
+            scores: Ring::default(),
+        };
+        let pool: Vec<Cell> = s
+            .pool
+            .into_iter()
+            .map(|scores| Cell { alpha, scores })
+            .collect();
+        self.pool = remap(&pool, &fresh).into_iter().map(|c| c.scores).collect();
+        for (k, cells) in s.workloads.into_iter().take(self.cfg.max_workloads) {
+            let cells = remap(&cells, &fresh);
+            self.workloads.insert(
+                WorkloadId(k),
+                Workload {
+                    seen: 0,
+                    cells,
+                    pending: VecDeque::new(),
+                },
+            );
+        }
+    }
+
+    pub fn workloads(&self) -> usize {
+        self.workloads.len()
+    }
+
+    fn evict(&mut self) {
+        let over = self.workloads.len().saturating_sub(self.cfg.max_workloads);
+        if over == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, WorkloadId)> = self
+            .workloads
+            .iter()
+            .map(|(k, w)| (w.seen, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, k) in by_age.into_iter().take(over) {
+            self.workloads.remove(&k);
+        }
+    }
+}
+
+/// The width a band is measured in.
+#[inline]
+fn width(t: usize, b: &Band) -> f64 {
+    (b.p90 - b.p10).max(FLOOR[t]).max(FLOOR_REL * b.p50.abs())
+}
+
+impl Predictor for Calibrated {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> PredictorKind {
+        self.inner.kind()
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn history(&self) -> usize {
+        self.inner.history()
+    }
+    fn model_stats(&self) -> Option<&ModelStats> {
+        self.inner.model_stats()
+    }
+
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let mut fs = self.inner.forecast(b);
+        if !self.cfg.enabled {
+            return fs;
+        }
+        self.tick += 1;
+        let (h_n, alpha, gamma, cap) = (
+            self.horizon,
+            self.alpha(),
+            self.cfg.gamma as f32,
+            self.cfg.scores,
+        );
+        let interval = b.interval_ms as u64;
+        let tick = self.tick;
+        for (s, f) in b.series.iter().zip(fs.iter_mut()) {
+            let w = self
+                .workloads
+                .entry(s.workload.clone())
+                .or_insert_with(|| Workload {
+                    seen: tick,
+                    cells: vec![
+                        Cell {
+                            alpha,
+                            scores: Ring::default(),
+                        };
+                        4 * h_n
+                    ],
+                    pending: VecDeque::new(),
+                });
+            w.seen = tick;
+            // Score the bands whose outcome is this bucket.
+            if let Some(newest) = s.buckets.last().filter(|x| x.end_ms == b.now_ms) {
+                for (made, cells) in &w.pending {
+                    let Some(steps) = b.now_ms.checked_sub(*made).map(|d| d / interval.max(1))
+                    else {
+                        continue;
+                    };
+                    if steps == 0 || steps as usize > h_n || made + steps * interval != b.now_ms {
+                        continue;
+                    }
+                    let h = steps as usize - 1;
+                    for t in Target::ALL {
+                        let i = t as usize * h_n + h;
+                        let p = cells[i];
+                        let y = newest.target(t) as f32;
+                        let score = (p.lo - y).max(y - p.hi) / p.width;
+                        let err = if y < p.cal_lo || y > p.cal_hi {
+                            1.0
+                        } else {
+                            0.0
+                        };
+                        self.scored += 1;
+                        self.covered += (err == 0.0) as u64;
+                        let c = &mut w.cells[i];
+                        c.alpha = (c.alpha + gamma * (alpha - err)).clamp(-1.0, 2.0);
+                        if score.is_finite() {
+                            c.scores.push(score, cap);
+                            self.pool[i].push(score, POOL);
+                        }
+                    }
+                }
+            }
+            let oldest_useful = b.now_ms.saturating_sub(h_n as u64 * interval);
+            while w.pending.front().is_some_and(|(m, _)| *m <= oldest_useful) {
+                w.pending.pop_front();
+            }
+            // Calibrate this forecast's bands.
+            let mut emitted = Vec::with_capacity(4 * h_n);
+            for t in Target::ALL {
+                let bands = &mut f.bands[t as usize];
+                for h in 0..h_n {
+                    let i = t as usize * h_n + h;
+                    let Some(band) = bands.get_mut(h) else {
+                        emitted.push(Pending {
+                            lo: 0.0,
+                            hi: 0.0,
+                            width: 1.0,
+                            cal_lo: 0.0,
+                            cal_hi: f32::INFINITY,
+                        });
+                        continue;
+                    };
+                    let c = &w.cells[i];
+                    let level = 1.0 - c.alpha as f64;
+                    let q = if c.scores.v.len() >= MIN_SCORES {
+                        c.scores.quantile(level, &mut self.scratch)
+                    } else if self.pool[i].v.len() >= MIN_SCORES {
+                        self.pool[i].quantile(level, &mut self.scratch)
+                    } else {
+                        0.0
+                    };
+                    let wd = width(t as usize, band);
+                    // Emitted as the f32 kept, so the outcome is judged on what was sent.
+                    let lo = (band.p10 - q * wd).min(band.p50).max(0.0) as f32;
+                    let hi = (band.p90 + q * wd).max(band.p50) as f32;
+                    emitted.push(Pending {
+                        lo: band.p10 as f32,
+                        hi: band.p90 as f32,
+                        width: wd as f32,
+                        cal_lo: lo,
+                        cal_hi: hi,
+                    });
+                    band.p10 = (lo as f64).min(band.p50);
+                    band.p90 = (hi as f64).max(band.p50);
+                }
+            }
+            w.pending.push_back((b.now_ms, emitted));
+            if f.predictor == self.inner.name() {
+                f.predictor.clone_from(&self.name);
+            }
+        }
+        self.evict();
+        fs
+    }
+}
+
+/// The calibration file under `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("calibration.bin")
+}
+
+/// Encodes saved state as file bytes.
+pub fn encode(s: &Saved) -> Vec<u8> {
+    let payload = postcard::to_stdvec(s).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Decodes a calibration file's bytes; `path` names it in errors.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Saved, CalibrationError> {
+    let corrupt = |what: String| CalibrationError::Corrupt {
+        path: path.into(),
+        what,
+    };
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(corrupt("no UMBRACAL header".into()));
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version > VERSION {
+        return Err(CalibrationError::Newer {
+            path: path.into(),
+            found: version,
+        });
+    }
+    if version == 0 {
+        return Err(corrupt("format version 0".into()));
+    }
+    let len = u32_at(12);
+    if len > MAX_PAYLOAD || HEADER + len as usize != bytes.len() {
+        return Err(corrupt(format!(
+            "header says {len} payload bytes, the file holds {}",
+            bytes.len() - HEADER
+        )));
+    }
+    let payload = &bytes[HEADER..];
+    if crc32fast::hash(payload) != u32_at(16) {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let s: Saved = postcard::from_bytes(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
+    if s.horizon == 0 || s.pool.len() != 4 * s.horizon as usize {
+        return Err(corrupt(format!(
+            "{} pooled rings for horizon {}",
+            s.pool.len(),
+            s.horizon
+        )));
+    }
+    Ok(s)
+}
+
+/// Reads the state kept under `dir`; `None` when there is none.
+pub fn load(dir: &Path) -> Result<Option<Saved>, CalibrationError> {
+    let p = path(dir);
+    match fs::read(&p) {
+        Ok(b) => decode(&p, &b).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CalibrationError::Io { path: p, source }),
+    }
+}
+
+/// Keeps the state under `dir` (temporary file, sync, rename).
+pub fn save(dir: &Path, s: &Saved) -> Result<(), CalibrationError> {
+    let p = path(dir);
+    let tmp = p.with_extension("bin.tmp");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CalibrationError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&encode(s)).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, &p).map_err(io(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::predict::{Bucket, Series, features::N_FEATURES};
+
+    /// A predictor whose band is p50 = 1 with a fixed half-width, one step.
+    struct Fixed {
+        half: f64,
+        horizon: usize,
+    }
+
+    impl Predictor for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn kind(&self) -> PredictorKind {
+            PredictorKind::Baseline
+        }
+        fn horizon(&self) -> usize {
+            self.horizon
+        }
+        fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+            let band = Band {
+                p10: 1.0 - self.half,
+                p50: 1.0,
+                p90: 1.0 + self.half,
+            };
+            b.series
+                .iter()
+                .map(|s| Forecast {
+                    workload: s.workload.clone(),
+                    made_ms: b.now_ms,
+                    interval_ms: b.interval_ms,
+                    predictor: "fixed".into(),
+                    bands: std::array::from_fn(|_| vec![band; self.horizon]),
+                })
+                .collect()
+        }
+    }
+
+    /// xorshift64 in [0, 1).
+    fn rng(seed: &mut u64) -> f64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Runs `n` buckets of outcomes `y(i)` (all targets the same value) through `c` for
+    /// two workloads; the coverage of the calibrated band on the last `tail` buckets.
+    fn drive(c: &mut Calibrated, n: usize, tail: usize, mut y: impl FnMut(usize) -> f64) -> f64 {
+        let ids = [WorkloadId("a".into()), WorkloadId("b".into())];
+        let mut last: Option<Vec<Forecast>> = None;
+        let (mut inside, mut total) = (0, 0);
+        for i in 0..n {
+            let v = y(i);
+            let mut f = [0.0f32; N_FEATURES];
+            f[0] = v as f32;
+            f[1] = v as f32 * 1e8;
+            f[3] = v as f32 * 1e5;
+            f[7] = v as f32 * 1e5;
+            f[N_FEATURES - 1] = 1.0;
+            let bucket = [Bucket {
+                end_ms: (i as u64 + 1) * 1000,
+                features: f,
+            }];
+            if let Some(prev) = &last
+                && i >= n - tail
+            {
+                for p in prev {
+                    let b = p.of(Target::Cpu)[0];
+                    total += 1;
+                    inside += (b.p10 <= v && v <= b.p90) as usize;
+                }
+            }
+            let batch = Batch {
+                now_ms: (i as u64 + 1) * 1000,
+                interval_ms: 1000,
+                series: ids
+                    .iter()
+                    .map(|id| Series {
+                        workload: id,
+                        name: "w",
+                        buckets: &bucket,
+                    })
+                    .collect(),
+            };
+            last = Some(c.forecast(&batch));
+        }
+        inside as f64 / total as f64
+    }
+
+    #[test]
+    fn a_band_too_narrow_is_widened_to_cover_80_percent() {
+        // Outcomes uniform on [0, 2]; the inner band [0.9, 1.1] covers 10%.
+        let mut c = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.1,
+                horizon: 1,
+            }),
+            &CalibrationConfig::default(),
+        );
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let cov = drive(&mut c, 3000, 1000, |_| 2.0 * rng(&mut seed));
+        assert!((0.75..=0.85).contains(&cov), "coverage {cov}");
+        // Without calibration it stays at 10%.
+        let mut raw = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.1,
+                horizon: 1,
+            }),
+            &CalibrationConfig {
+                enabled: false,
+                ..Default::default()
+            },
+        );
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let cov = drive(&mut raw, 3000, 1000, |_| 2.0 * rng(&mut seed));
+        assert!(cov < 0.2, "coverage {cov}");
+    }
+
+    #[test]
+    fn a_band_too_wide_is_narrowed_but_never_past_p50() {
+        let mut c = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.9,
+                horizon: 2,
+            }),
+            &CalibrationConfig::default(),
+        );
+        let mut seed = 7u64;
+        let cov = drive(&mut c, 3000, 1000, |_| 0.95 + 0.1 * rng(&mut seed));
+        assert!((0.75..=0.85).contains(&cov), "coverage {cov}");
+    }
+
+    #[test]
+    fn coverage_follows_a_shift_in_the_data() {
+        let mut c = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.2,
+                horizon: 1,
+            }),
+            &CalibrationConfig::default(),
+        );
+        let mut seed = 99u64;
+        // Calm, then ten times noisier: the band catches up.
+        let cov = drive(&mut c, 4000, 1500, |i| {
+            let spread = if i < 2000 { 0.2 } else { 2.0 };
+            (1.0 + spread * (rng(&mut seed) - 0.5) * 2.0).max(0.0)
+        });
+        assert!((0.72..=0.88).contains(&cov), "coverage {cov}");
+    }
+
+    #[test]
+    fn state_survives_a_restart_and_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = || {
+            Calibrated::new(
+                Box::new(Fixed {
+                    half: 0.1,
+                    horizon: 2,
+                }),
+                &CalibrationConfig {
+                    max_workloads: 1,
+                    ..Default::default()
+                },
+            )
+        };
+        let mut c = mk();
+        let mut seed = 5u64;
+        drive(&mut c, 500, 10, |_| 2.0 * rng(&mut seed));
+        assert_eq!(c.workloads(), 1, "bounded to max_workloads");
+        save(d.path(), &c.saved()).unwrap();
+        let back = load(d.path()).unwrap().unwrap();
+        assert_eq!(back, c.saved());
+        let mut c2 = mk();
+        c2.restore(back);
+        assert_eq!(c2.saved(), c.saved());
+        // A restored calibrator widens at once, with no warm-up.
+        let ids = [WorkloadId(c.saved().workloads[0].0.clone())];
+        let bucket = [Bucket::absent(1000)];
+        let f = c2.forecast(&Batch {
+            now_ms: 1000,
+            interval_ms: 1000,
+            series: vec![Series {
+                workload: &ids[0],
+                name: "w",
+                buckets: &bucket,
+            }],
+        });
+        let b = f[0].of(Target::Cpu)[0];
+        assert!(b.p90 - b.p10 > 0.5, "{b:?}");
+        // A new horizon keeps the steps both have.
+        let mut c3 = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.1,
+                horizon: 3,
+            }),
+            &CalibrationConfig::default(),
+        );
+        c3.restore(c.saved());
+        assert_eq!(c3.saved().pool.len(), 12);
+        assert_eq!(c3.saved().pool[0], c.saved().pool[0]);
+    }
+
+    #[test]
+    fn a_damaged_or_newer_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.1,
+                horizon: 1,
+            }),
+            &CalibrationConfig::default(),
+        );
+        let mut seed = 3u64;
+        drive(&mut c, 50, 10, |_| rng(&mut seed));
+        let good = encode(&c.saved());
+        let p = Path::new("/state/calibration.bin");
+        for cut in 0..good.len() {
+            let e = decode(p, &good[..cut]).unwrap_err();
+            assert!(e.to_string().contains("/state/calibration.bin"), "{e}");
+        }
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(
+            decode(p, &flipped)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
+        let mut newer = good.clone();
+        newer[8] = 2;
+        assert!(matches!(
+            decode(p, &newer),
+            Err(CalibrationError::Newer { found: 2, .. })
+        ));
+        assert!(load(d.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_file_of_format_version_1_still_reads() {
+        // Written by this format's first build (tests/fixtures/calibration-v1.bin).
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/calibration-v1.bin");
+        let bytes = fs::read(&p).unwrap();
+        let s = decode(&p, &bytes).unwrap();
+        assert_eq!(s.horizon, 2);
+        assert_eq!(s.workloads(), 2);
+        assert!(s.pool.iter().all(|r| r.v.len() >= MIN_SCORES));
+    }
+
+    /// Writes tests/fixtures/calibration-v1.bin (run once when the format was made:
+    /// `cargo test -p umbra --lib write_calibration_fixture -- --ignored`).
+    #[test]
+    #[ignore]
+    fn write_calibration_fixture() {
+        let mut c = Calibrated::new(
+            Box::new(Fixed {
+                half: 0.1,
+                horizon: 2,
+            }),
+            &CalibrationConfig::default(),
+        );
+        let mut seed = 11u64;
+        drive(&mut c, 100, 10, |_| 2.0 * rng(&mut seed));
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/calibration-v1.bin");
+        fs::write(p, encode(&c.saved())).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_decoder_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..300)) {
+            let _ = decode(Path::new("x"), &bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode(Path::new("x"), &framed);
+        }
+    }
+}

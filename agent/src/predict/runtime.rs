@@ -1,0 +1,167 @@
+//! The model runtime behind a narrow trait: bytes in, a session that maps `[N, in]` rows of
+//! `float32` to `[N, out]`. The real one is tract (`onnx` feature); tests use fakes, so the
+//! predictors' logic (scaling, sorting, fallback) is tested without a model file.
+
+use super::schema::Schema;
+
+/// A loaded model, ready to run batches.
+pub trait Session: Send {
+    /// Runs `rows` rows of `x` (row-major, `rows · in` values); `out` is replaced with
+    /// `rows · out` values.
+    fn run(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<(), String>;
+}
+
+/// Loads a model's bytes for the tensors its schema declares.
+pub trait Runtime: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// A session over `bytes`, with input `schema.input` of `[N, input_width]` and output
+    /// `schema.output` of `[N, output_width]` (checked at load).
+    fn load(&self, bytes: &[u8], schema: &Schema) -> Result<Box<dyn Session>, String>;
+}
+
+/// This build's runtime: tract, or none when built without the `onnx` feature.
+pub fn default_runtime() -> Box<dyn Runtime> {
+    #[cfg(feature = "onnx")]
+    {
+        Box::new(tract::Tract)
+    }
+    #[cfg(not(feature = "onnx"))]
+    {
+        Box::new(NoRuntime)
+    }
+}
+
+/// A build without a model runtime: every load is refused, saying why.
+pub struct NoRuntime;
+
+impl Runtime for NoRuntime {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn load(&self, _: &[u8], _: &Schema) -> Result<Box<dyn Session>, String> {
+        Err("this umbra was built without the model runtime (cargo feature `onnx`)".into())
+    }
+}
+
+#[cfg(feature = "onnx")]
+pub mod tract {
+    //! tract-onnx: the model is typed with a symbolic batch `N`, decluttered, optimised
+    //! and planned once; one state is spawned and reused for every batch.
+
+    use tract_onnx::{prelude::*, tract_core::internal::bail};
+
+    use super::{Schema, Session};
+
+    pub struct Tract;
+
+    struct TractSession {
+        state: TypedSimpleState,
+        width: usize,
+    }
+
+    fn load(bytes: &[u8], schema: &Schema) -> TractResult<TractSession> {
+        let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+        let inputs = model.input_outlets()?.to_vec();
+        let outputs = model.output_outlets()?.to_vec();
+        if inputs.len() != 1 || outputs.len() != 1 {
+            bail!(
+                "the model has {} inputs and {} outputs; the contract has one of each",
+                inputs.len(),
+                outputs.len()
+            );
+        }
+        let in_name = model.node(inputs[0].node).name.clone();
+        let out_name = model
+            .outlet_label(outputs[0])
+            .unwrap_or(&model.node(outputs[0].node).name)
+            .to_string();
+        if in_name != schema.input || out_name != schema.output {
+            bail!(
+                "tensors are {in_name:?} → {out_name:?}; the schema says {:?} → {:?}",
+                schema.input,
+                schema.output
+            );
+        }
+        let n = model.sym("N");
+        model.set_input_fact(
+            0,
+            f32::fact([n.to_dim(), schema.input_width().to_dim()]).into(),
+        )?;
+        let typed = model.into_typed()?.into_decluttered()?;
+        let fact = typed.output_fact(0)?;
+        let want = [n.to_dim(), schema.output_width().to_dim()];
+        if fact.datum_type != f32::datum_type() || fact.shape.dims() != want {
+            bail!(
+                "output is {:?} {:?}; the schema needs float32 [N, {}]",
+                fact.datum_type,
+                fact.shape,
+                schema.output_width()
+            );
+        }
+        let plan = typed.into_optimized()?.into_runnable()?;
+        Ok(TractSession {
+            state: plan.spawn()?,
+            width: schema.input_width(),
+        })
+    }
+
+    impl super::Runtime for Tract {
+        fn name(&self) -> &'static str {
+            "tract"
+        }
+        fn load(&self, bytes: &[u8], schema: &Schema) -> Result<Box<dyn Session>, String> {
+            load(bytes, schema)
+                .map(|s| Box::new(s) as Box<dyn Session>)
+                .map_err(|e| format!("{e:#}"))
+        }
+    }
+
+    impl Session for TractSession {
+        fn run(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<(), String> {
+            let mut run = || -> TractResult<()> {
+                let t = Tensor::from_shape(&[rows, self.width], x)?;
+                let r = self.state.run(tvec![t.into_tvalue()])?;
+                let view = r[0].try_as_plain_ram()?;
+                let s = view.as_slice::<f32>()?;
+                out.clear();
+                out.extend_from_slice(s);
+                Ok(())
+            };
+            run().map_err(|e| format!("{e:#}"))
+        }
+    }
+}
+
+/// A runtime of functions, for tests: `f(row) → outputs`.
+#[cfg(test)]
+pub struct Fake<F>(pub F);
+
+#[cfg(test)]
+struct FakeSession<F> {
+    f: F,
+    width: usize,
+}
+
+#[cfg(test)]
+impl<F: Fn(&[f32]) -> Vec<f32> + Clone + Send + Sync + 'static> Runtime for Fake<F> {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn load(&self, _: &[u8], schema: &Schema) -> Result<Box<dyn Session>, String> {
+        Ok(Box::new(FakeSession {
+            f: self.0.clone(),
+            width: schema.input_width(),
+        }))
+    }
+}
+
+#[cfg(test)]
+impl<F: Fn(&[f32]) -> Vec<f32> + Send> Session for FakeSession<F> {
+    fn run(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<(), String> {
+        out.clear();
+        for r in 0..rows {
+            out.extend((self.f)(&x[r * self.width..(r + 1) * self.width]));
+        }
+        Ok(())
+    }
+}
