@@ -26,8 +26,10 @@ use crate::{
     allocate::{self, Allocator, Decision, Mode, control::Control, launch::LaunchReply},
     capture::{CaptureItem, Tick},
     config::Config,
-    predict::{Forecast, ForecastStage, request::ProfilePredictor},
-    publish::{self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command},
+    predict::{Forecast, ForecastStage, request::ProfilePredictor, runtime},
+    publish::{
+        self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command, model::ModelBundle,
+    },
     record::{Header, snapshot::Snapshots},
     view::{self, Drops, Frame, View},
 };
@@ -153,11 +155,15 @@ impl<O: Output> Agent<O> {
         };
         let mut control = control;
         let live = opts.stages && feed.live && opts.persist;
+        let predict_dir = p.state_dir.join("predict");
         let (forecast, allocate) = if opts.stages {
             (
-                Some(ForecastStage::baseline(
+                Some(ForecastStage::live(
                     &cfg.predict,
                     header.interval_ms as u64,
+                    opts.persist.then_some(predict_dir.as_path()),
+                    None,
+                    runtime::default_runtime(),
                 )),
                 Some(start_allocator(
                     cfg,
@@ -217,7 +223,11 @@ impl<O: Output> Agent<O> {
         if opts.publish {
             let settings = p.settings()?;
             let stage = Stage::start(p, settings, agent.status())?;
-            agent.model = stage.stored_model().map(|m| m.info());
+            if let Some(m) = stage.stored_model()
+                && let Err(e) = agent.install_model(&m)
+            {
+                agent.problems.push(e);
+            }
             agent.publish = Some(stage);
         }
         Ok(agent)
@@ -247,6 +257,7 @@ impl<O: Output> Agent<O> {
                 .allocate
                 .as_ref()
                 .map(|a| Box::new(wire::allocation_status(&a.stats(), self.decisions))),
+            predict: self.forecast.as_ref().map(|f| Box::new(f.status())),
             ..Default::default()
         };
         if let Some(p) = &self.publish {
@@ -303,6 +314,31 @@ impl<O: Output> Agent<O> {
     fn reply(&mut self, topic: &str, id: Option<String>, r: Result<String, String>) {
         if let Some(p) = &mut self.publish {
             p.reply(topic, id, r);
+        }
+    }
+
+    /// The fleet's model (verified and stored by the publish stage) into the forecast
+    /// stage. Refused by the stage (another interval, a schema this build cannot feed),
+    /// it stays stored and the model in use keeps forecasting; the reply says why.
+    fn install_model(&mut self, bundle: &ModelBundle) -> Result<String, String> {
+        let info = bundle.info();
+        let Some(f) = &mut self.forecast else {
+            self.model = Some(info.clone());
+            return Ok(format!("model {} {} stored", info.name, info.version));
+        };
+        match f.install("fleet", &bundle.onnx) {
+            Ok(_) => {
+                let text = format!("model {} {} stored and in use", info.name, info.version);
+                self.model = Some(info);
+                Ok(text)
+            }
+            Err(e) => {
+                warn!(error = %e, "Fleet model stored but not in use");
+                Err(format!(
+                    "model {} {} stored but not in use: {e}",
+                    info.name, info.version
+                ))
+            }
         }
     }
 
@@ -480,10 +516,8 @@ impl<O: Output> Sink for Agent<O> {
                 match accepted {
                     Accepted::Command { topic, id, command } => self.command(topic, id, command),
                     Accepted::Model { topic, bundle } => {
-                        let info = bundle.info();
-                        let text = format!("model {} {} stored", info.name, info.version);
-                        self.model = Some(info);
-                        self.reply(&topic, None, Ok(text));
+                        let r = self.install_model(&bundle);
+                        self.reply(&topic, None, r);
                         self.publish_status();
                     }
                     Accepted::Refused => {}
@@ -507,6 +541,11 @@ impl<O: Output> Sink for Agent<O> {
         }
         if let Some(ended) = self.snapshots.end(None) {
             self.snapshot_ended(ended);
+        }
+        if let Some(f) = &mut self.forecast
+            && let Err(e) = f.save()
+        {
+            warn!(error = %e, "Calibration state not kept");
         }
         let status = self.status();
         if let Some(mut p) = self.publish.take() {

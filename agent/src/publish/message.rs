@@ -167,6 +167,10 @@ pub struct Status {
     /// The allocate stage's counters (none where the stage does not run).
     #[serde(default)]
     pub allocation: Option<Box<AllocationStatus>>,
+    /// What forecasts: the model in use (or the baseline and why), its counters and the
+    /// calibrated band's coverage (none where the stage does not run).
+    #[serde(default)]
+    pub predict: Option<Box<crate::predict::PredictStatus>>,
 }
 
 /// What the allocate stage has done since start.
