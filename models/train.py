@@ -39,12 +39,15 @@ FORECAST_CANDIDATES = [
     F.Config(window=24, hidden=[]),
     F.Config(window=24, hidden=[], loss="units"),
     F.Config(window=12, hidden=[64]),
-    F.Config(window=24, hidden=[64]),
     F.Config(window=24, hidden=[64], loss="units"),
-    F.Config(window=48, hidden=[64], loss="units"),
     F.Config(window=24, hidden=[128, 64], loss="units"),
+    F.Config(window=12, hidden=[], train_skip=False),
+    F.Config(window=12, hidden=[64], train_skip=False),
+    F.Config(window=24, hidden=[64], train_skip=False),
+    F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3),
+    F.Config(window=12, hidden=[64], train_skip=False, weighting="scale"),
 ]
-FORECAST_KEPT = F.Config(window=24, hidden=[64])
+FORECAST_KEPT = F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3)
 
 
 def log(msg: str) -> None:

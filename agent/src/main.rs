@@ -133,6 +133,9 @@ enum Command {
         /// default: predict.interval_ms).
         #[arg(long)]
         interval_ms: Option<u64>,
+        /// argv hash buckets of the request features (--format requests).
+        #[arg(long, default_value_t = umbra::predict::request::DEFAULT_HASH_BUCKETS)]
+        hash_buckets: usize,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -263,6 +266,8 @@ enum ExportFormat {
     Jsonl,
     /// Per workload and forecast bucket: the feature vocabulary and the targets.
     Forecast,
+    /// Per completed request (exec'd image): its features at the exec and its outcomes.
+    Requests,
 }
 
 fn main() -> ExitCode {
@@ -448,6 +453,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             files,
             format,
             interval_ms,
+            hash_buckets,
             output,
         } => {
             let f = std::fs::File::create(&output)
@@ -465,6 +471,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                     let rows =
                         export::forecast(&files, cfg.aggregate.group_by, interval, &mut out)?;
                     format!("{rows} feature rows at {interval} ms")
+                }
+                ExportFormat::Requests => {
+                    let rows =
+                        export::requests(&files, cfg.aggregate.group_by, hash_buckets, &mut out)?;
+                    format!("{rows} requests")
                 }
                 ExportFormat::Csv | ExportFormat::Jsonl => {
                     let mut csv_header = matches!(format, ExportFormat::Csv);

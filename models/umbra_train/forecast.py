@@ -32,11 +32,18 @@ class Config:
     # "log": pinball of the standardised log1p targets; "units": pinball in the targets'
     # units, each target divided by its mean (what `umbra eval` measures).
     loss: str = "log"
+    # The skip's weights: trained, or fixed at "each target's last value".
+    train_skip: bool = True
+    # Sample weights of the log loss: "none", or "scale" (each window weighs by its
+    # target's size in units, relative to the mean: big workloads count as the metric counts them).
+    weighting: str = "none"
     quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
 
     def label(self) -> str:
         arch = "linear" if not self.hidden else "mlp" + "x".join(map(str, self.hidden))
-        return f"{arch} W={self.window} {self.loss}"
+        extra = ("" if self.train_skip else " fixed-skip") + ("" if self.weighting == "none" else f" w={self.weighting}")
+        extra += "" if self.weight_decay == 1e-5 else f" wd={self.weight_decay:g}"
+        return f"{arch} W={self.window} {self.loss}{extra}"
 
 
 def transform_of(name: str) -> str:
@@ -214,6 +221,22 @@ def fit(data: ForecastData, series: list[Series], cfg: Config, seed: int, sc: Sc
     hi = np.repeat((top - sc.t_mean) / sc.t_std, H * Q).astype(np.float32)
     spec = nn.Spec(x.shape[1], T * H * Q, cfg.quantiles, cfg.hidden, lo=lo, hi=hi)
     y_g = y  # (n, T·H)
+    weights = None
+    if cfg.weighting == "scale":
+        # The window's own size of each target: its last bucket and its mean, in units.
+        F_ = len(sc.features)
+        lastz = x.reshape(len(x), cfg.window, F_)
+        size = np.zeros((len(x), T))
+        for k, t in enumerate(TARGETS):
+            f = TARGET_FEATURE.get(t)
+            if f is None:
+                size[:, k] = yr[:, k, 0] * 0 + yr[:, k].mean()
+                continue
+            j = sc.features.index(f)
+            raw = np.expm1(lastz[:, :, j].astype(np.float64) * sc.f_std[j] + sc.f_mean[j])
+            size[:, k] = np.maximum(raw[:, -1], raw.mean(axis=1))
+        w = np.clip(size / np.maximum(size.mean(axis=0), 1e-12), 0.05, 50.0)
+        weights = np.repeat(w, H, axis=1).astype(np.float32)
     units = None
     if cfg.loss == "units":
         scale = np.maximum(yr.mean(axis=(0, 2)), 1e-9)
@@ -230,6 +253,8 @@ def fit(data: ForecastData, series: list[Series], cfg: Config, seed: int, sc: Sc
         weight_decay=cfg.weight_decay,
         skip_init=skip_init(sc, cfg),
         units=units,
+        weights=weights,
+        train_skip=cfg.train_skip,
         log=log,
     )
     if log:

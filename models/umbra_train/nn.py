@@ -134,6 +134,7 @@ def train(
     skip_init: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     units: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    train_skip: bool = True,
     log=None,
 ) -> dict:
     """Minibatch Adam on the mean pinball loss of standardised targets y (N, G) with
@@ -169,6 +170,9 @@ def train(
     @jax.jit
     def step(p, st, xb, yb, wb, lr_t):
         loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb, wb)
+        if not train_skip:
+            # The skip's weights stay as initialised (the last value); its bias learns.
+            grads["skip"] = (jnp.zeros_like(grads["skip"][0]), grads["skip"][1])
         m, v, t = st
         p, (m, v, _) = adam(p, grads, (m, v, t), lr_t)
         return p, (m, v, t + 1), loss

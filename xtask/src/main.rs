@@ -175,7 +175,7 @@ fn test() -> Result<()> {
         "umbra-tests",
         "--all-features",
     ])?;
-    models::pipeline_test()?;
+    models::pipeline_test(&util::target_dir().join("debug/umbra"))?;
     util::step("privileged tests (real kernel, real broker)");
     util::cargo(&["test", "-p", "umbra-tests", "--", "--test-threads=1"])?;
     match vm::install() {

@@ -3,11 +3,12 @@
 //! (`cargo xtask record-training`).
 //!
 //! Data flow: `models/data/record.sh` records real programs (`umbra record`, root) into
-//! `target/training-recordings/`; the training recordings are exported with
-//! `umbra export` (the agent's own featurizers) into `models/data/*-train.csv.xz`, the
-//! held-out test recordings are shipped whole as `models/data/test/*.umbra.zst`. Training
-//! reads the exports; the test recordings are exported into `target/models-test/` only for
-//! the held-out report.
+//! `target/training-recordings/`. Every recording is shipped whole, zstd-compressed
+//! (`models/data/{train,test}/*.umbra.zst`); the training recordings are also exported
+//! with `umbra export` (the agent's own featurizers) into `models/data/*-train.csv.xz`,
+//! which training reads. The test recordings are exported into `target/models-test/` only
+//! for the held-out report. The pipeline test re-exports the shipped training recordings
+//! and checks the bytes against the shipped exports.
 
 use std::{
     fs,
@@ -121,12 +122,12 @@ fn export(umbra: &Path, format: &str, recordings: &[PathBuf], out: &Path) -> Res
     run(cmd.args(recordings).arg("-o").arg(out))
 }
 
-/// The shipped test recordings (`models/data/test/*.umbra.zst`), decompressed into
-/// target/models-test/ (once), in name order.
-pub fn test_recordings() -> Result<Vec<PathBuf>> {
+/// The shipped recordings of a set (`models/data/<set>/*.umbra.zst`, set `train` or
+/// `test`), decompressed into target/models-<set>/ (once), in name order.
+pub fn recordings(set: &str) -> Result<Vec<PathBuf>> {
     install::apt(&["zstd"])?;
-    let src = models_dir().join("data/test");
-    let dst = target_dir().join("models-test");
+    let src = models_dir().join("data").join(set);
+    let dst = target_dir().join(format!("models-{set}"));
     fs::create_dir_all(&dst)?;
     let mut out = Vec::new();
     let mut names: Vec<PathBuf> = fs::read_dir(&src)
@@ -178,8 +179,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     cmd.arg("--out").arg(&out);
     if a.from_hub.is_none() {
         // The held-out report: the test recordings through the agent's exporters.
-        let umbra = umbra_bin(false)?;
-        let recs = test_recordings()?;
+        let umbra = umbra_bin(true)?;
+        let recs = recordings("test")?;
         let dir = target_dir().join("models-test");
         export(&umbra, "forecast", &recs, &dir.join("forecast-test.csv"))?;
         if has_request_export(&umbra) {
@@ -197,10 +198,51 @@ fn has_request_export(umbra: &Path) -> bool {
         .is_some_and(|h| h.contains("requests"))
 }
 
-/// The pipeline test of `cargo xtask test`: re-trains on a small slice of the shipped data,
-/// exports, checks the export in tract against JAX, and checks that the shipped models
-/// name the shipped data (its sha256 re-derived).
-pub fn pipeline_test() -> Result<()> {
+/// The pipeline test of `cargo xtask test`: the shipped training recordings re-exported by
+/// this build (`umbra`) give exactly the shipped exports; then (Python) a re-training on a
+/// small slice exports a model that tract runs as JAX does, and the shipped models name
+/// the shipped data (its sha256 re-derived).
+pub fn pipeline_test(umbra: &Path) -> Result<()> {
+    step("models: the shipped exports re-derived from the shipped training recordings");
+    let recs = recordings("train")?;
+    let dir = target_dir().join("models-train");
+    let names: Vec<PathBuf> = recs
+        .iter()
+        .filter_map(|p| p.file_name().map(PathBuf::from))
+        .collect();
+    for format in ["forecast", "requests"] {
+        let shipped = models_dir()
+            .join("data")
+            .join(format!("{format}-train.csv.xz"));
+        if !shipped.exists() {
+            continue;
+        }
+        let fresh = dir.join(format!("{format}-train.csv"));
+        let mut cmd = Command::new(umbra);
+        cmd.args(["--log", "warn", "export", "--format", format]);
+        if format == "forecast" {
+            cmd.args(["--interval-ms", INTERVAL_MS]);
+        }
+        run(cmd.args(&names).arg("-o").arg(&fresh).current_dir(&dir))?;
+        let a = output(
+            "sh",
+            &["-c", &format!("xz -dc '{}' | sha256sum", shipped.display())],
+        );
+        let b = output("sha256sum", &[fresh.to_str().unwrap_or("")]);
+        let hash =
+            |s: Option<String>| s.and_then(|s| s.split_whitespace().next().map(String::from));
+        let (a, b) = (hash(a), hash(b));
+        if a.is_none() || a != b {
+            bail!(
+                "{} is not what this build exports from models/data/train ({} vs {}): the \
+                 features changed; re-export and re-train (cargo xtask record-training \
+                 --export-only, then cargo xtask train)",
+                shipped.display(),
+                a.unwrap_or_default(),
+                b.unwrap_or_default()
+            );
+        }
+    }
     let py = venv()?;
     step("models pipeline (re-train a slice, tract against JAX, shipped data identity)");
     run(Command::new(&py)
@@ -259,27 +301,26 @@ fn segments() -> Result<Vec<(String, String)>> {
 fn export_recordings(umbra: &Path, dir: &Path) -> Result<()> {
     install::apt(&["xz-utils", "zstd"])?;
     let data = models_dir().join("data");
-    fs::create_dir_all(data.join("test"))?;
     let mut train = Vec::new();
     for (name, set) in segments()? {
         let rec = dir.join(format!("{name}.umbra"));
         if !rec.exists() {
-            bail!(
-                "{} is missing: record it (cargo xtask record-training --only {name})",
+            eprintln!(
+                "note: {} is missing, not shipped (cargo xtask record-training --only {name})",
                 rec.display()
             );
+            continue;
         }
-        match set.as_str() {
-            "train" => train.push(rec),
-            _ => {
-                step(&format!("shipping {name} (zstd -19)"));
-                run(Command::new("zstd")
-                    .args(["-q", "-19", "-f"])
-                    .arg(&rec)
-                    .arg("-o")
-                    .arg(data.join("test").join(format!("{name}.umbra.zst"))))?;
-            }
+        if set == "train" {
+            train.push(rec.clone());
         }
+        fs::create_dir_all(data.join(&set))?;
+        step(&format!("shipping {name} ({set}, zstd -19)"));
+        run(Command::new("zstd")
+            .args(["-q", "-19", "-f"])
+            .arg(&rec)
+            .arg("-o")
+            .arg(data.join(&set).join(format!("{name}.umbra.zst"))))?;
     }
     let tmp = target_dir().join("models-export");
     fs::create_dir_all(&tmp)?;
@@ -288,7 +329,9 @@ fn export_recordings(umbra: &Path, dir: &Path) -> Result<()> {
         formats.push("requests");
     }
     for format in formats {
-        step(&format!("umbra export --format {format} (training recordings)"));
+        step(&format!(
+            "umbra export --format {format} (training recordings)"
+        ));
         // Names relative to the recordings directory: the rows carry them.
         let csv = tmp.join(format!("{format}-train.csv"));
         let names: Vec<PathBuf> = train

@@ -13,6 +13,7 @@ pub mod baseline;
 pub mod config;
 pub mod features;
 pub mod profiles;
+pub mod request;
 
 pub use config::PredictConfig;
 pub use features::{Bucket, BucketConfig, Featurizer};
