@@ -204,11 +204,13 @@ fn has_request_export(umbra: &Path) -> bool {
 /// the shipped data (its sha256 re-derived).
 pub fn pipeline_test(umbra: &Path) -> Result<()> {
     step("models: the shipped exports re-derived from the shipped training recordings");
-    let recs = recordings("train")?;
+    recordings("train")?;
     let dir = target_dir().join("models-train");
-    let names: Vec<PathBuf> = recs
-        .iter()
-        .filter_map(|p| p.file_name().map(PathBuf::from))
+    // In record.sh's order, as exported when shipped.
+    let names: Vec<PathBuf> = segments()?
+        .into_iter()
+        .filter(|(name, set)| set == "train" && dir.join(format!("{name}.umbra")).exists())
+        .map(|(name, _)| PathBuf::from(format!("{name}.umbra")))
         .collect();
     for format in ["forecast", "requests"] {
         let shipped = models_dir()
