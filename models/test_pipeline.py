@@ -113,5 +113,72 @@ class Pipeline(unittest.TestCase):
             outputs_ordered(self, s, got)
 
 
+def request_names(hash_buckets: int) -> list[str]:
+    """The request vocabulary in the agent's order (agent/src/predict/request.rs)."""
+    out = ["profile_runs"]
+    for t in D.REQUEST_TARGETS:
+        out += [f"profile_{t}_p{p}" for p in (10, 50, 90)]
+    out += [f"profile_input_bytes_p{p}" for p in (10, 50, 90)]
+    out += [f"profile_{t}_per_mib_p50" for t in D.REQUEST_TARGETS]
+    out += ["input_files", "input_bytes_total", "input_bytes_max", "argv_count"]
+    out += [f"argv_hash_{k}" for k in range(hash_buckets)]
+    out += [f"parent_hash_{k}" for k in range(8)] + [f"cgroup_hash_{k}" for k in range(8)]
+    return out + ["uid_root", "node_cpu_busy", "node_mem_available"]
+
+
+def synthetic_requests(path: Path, n: int, seed: int) -> None:
+    """Requests of a compressor whose cost grows with its input: each row's profile holds
+    the quantiles of the runs before it, as the agent's export writes them."""
+    rng = np.random.default_rng(seed)
+    names = request_names(8)
+    runs: list[tuple[np.ndarray, float]] = []
+    lines = [",".join(["recording", "key", "exe", "exec_ns"] + names + [f"y_{t}" for t in D.REQUEST_TARGETS])]
+    for i in range(n):
+        mib = float(np.exp(rng.uniform(0, np.log(256))))
+        y = np.array([0.03 * mib, 2e6 + 1e5 * mib, 0.035 * mib, mib * 2**20]) * rng.lognormal(0, 0.1, 4)
+        row = dict.fromkeys(names, 0.0)
+        past = runs[-64:]
+        if past:
+            ys = np.array([r[0] for r in past])
+            ins = np.array([r[1] for r in past])
+            row["profile_runs"] = len(past)
+            for k, t in enumerate(D.REQUEST_TARGETS):
+                for p in (10, 50, 90):
+                    row[f"profile_{t}_p{p}"] = np.quantile(ys[:, k], p / 100)
+                row[f"profile_{t}_per_mib_p50"] = np.median(ys[:, k] / (ins / 2**20))
+            for p in (10, 50, 90):
+                row[f"profile_input_bytes_p{p}"] = np.quantile(ins, p / 100)
+        row.update(input_files=1, input_bytes_total=mib * 2**20, input_bytes_max=mib * 2**20, argv_count=3)
+        row["argv_hash_3"] = 2
+        row["node_mem_available"] = 0.8
+        lines.append(",".join(["r", "exe:sha256:x", "/usr/bin/x", str(i)] + [f"{row[k]:g}" for k in names] + [f"{v:g}" for v in y]))
+        runs.append((y, mib * 2**20))
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Request(unittest.TestCase):
+    def test_input_sizes_beat_the_profile_of_past_runs_on_a_size_dependent_program(self):
+        from types import SimpleNamespace
+
+        from umbra_train import request as R
+
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            synthetic_requests(d / "requests-train.csv", 700, seed=1)
+            (d / "test").mkdir()
+            synthetic_requests(d / "test" / "requests-test.csv", 300, seed=2)
+            report: dict = {"model_version": "test"}
+            R.KEPT = R.Config(hidden=[64], steps=800)
+            args = SimpleNamespace(data=d, out=d, quick=False, search=False, seed=3, test=d / "test")
+            R.run(args, report, lambda _: None)
+            self.assertTrue((d / "request.onnx").exists())
+            ratio = report["request_test"]["ratio_vs_profile"]
+            print("pinball / profile-only:", np.round(ratio, 3))
+            # cpu seconds, peak RSS, duration, I/O bytes: the input size explains most of it.
+            for t, r in zip(D.REQUEST_TARGETS, ratio):
+                self.assertLess(r, 0.8, f"{t}: {ratio}")
+            self.assertLess(report["request"]["tract_max_diff"], 1e-4)
+
+
 if __name__ == "__main__":
     unittest.main()
