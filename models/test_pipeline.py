@@ -156,6 +156,65 @@ def synthetic_requests(path: Path, n: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+HUB_INTS = [
+    "seq", "time_ms", "start_ms", "period_ms", "intervals", "processes_max", "rss_max_bytes",
+    "runq_p99_max_ns", "page_faults", "read_bytes", "write_bytes", "block_read_bytes",
+    "block_write_bytes", "net_rx_bytes", "net_tx_bytes", "retransmits", "execs",
+    "conn_accepted", "conn_opened", "syscalls", "node_cpus", "node_mem_available_min_bytes",
+]
+
+
+def hub_parquet(path: Path, periods: int) -> None:
+    """A file as `umbra hub` writes it (agent/src/fleet/hub.rs: SCHEMA): two workloads of
+    one node, one row per 10 s summary; the second skips every fifth period."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for k in range(periods):
+        for w in ("exe:sha256:a", "exe:sha256:b"):
+            if w.endswith("b") and k % 5 == 4:
+                continue
+            r = dict.fromkeys(HUB_INTS, 0)
+            r.update(node="n1", workload=w, name=w[-1], seq=k, start_ms=1_000_000 + 10_000 * k, period_ms=10_000,
+                     intervals=10, processes_max=1, rss_max_bytes=(50 + k) << 20, read_bytes=10_000 * k,
+                     cpu_cores_mean=0.5 if w.endswith("a") else 0.1 * (k % 3), cpu_cores_max=1.0,
+                     node_cpu_busy_mean=0.3, node_cpu_busy_max=0.5, historical=False,
+                     psi_cpu_max=None, psi_memory_max=None, psi_io_max=None)
+            rows.append(r)
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    pq.write_table(pa.table(cols), path)
+
+
+class Hub(unittest.TestCase):
+    def test_hub_summaries_become_dense_series_and_train(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            hub_parquet(d / "summaries-n1-0-0000.parquet", 40)
+            feats = D.load_forecast(sorted((HERE / "data").glob("forecast-*.csv.xz"))[:1]).features
+            data = D.load_hub(d, feats)
+            self.assertEqual(data.interval_ms, 10_000)
+            by = {s.workload: s for s in data.series}
+            a, b = by["exe:sha256:a"], by["exe:sha256:b"]
+            self.assertEqual(len(a), 40)
+            self.assertEqual(len(b), 40, "missed periods are absent buckets")
+            p = feats.index("present")
+            self.assertEqual(b.x[4, p], 0.0)
+            self.assertEqual(b.y[4].tolist(), [0, 0, 0, 0])
+            self.assertAlmostEqual(float(a.y[3, 0]), 0.5, places=5)
+            self.assertEqual(a.y[3, 1], (53 << 20))
+            self.assertAlmostEqual(float(a.x[3, feats.index("read_bps")]), 3_000.0, places=1)
+            r = subprocess.run(
+                [sys.executable, str(HERE / "train.py"), "--quick", "--only", "forecast", "--from-hub", str(d), "--out", str(d)],
+                capture_output=True,
+                text=True,
+            )
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            s = schema_of(d / "forecast.onnx")
+            self.assertEqual(s["interval_ms"], 10_000)
+            self.assertEqual(s["training_data"]["hub"], str(d))
+
+
 class Request(unittest.TestCase):
     def test_input_sizes_beat_the_profile_of_past_runs_on_a_size_dependent_program(self):
         from types import SimpleNamespace

@@ -214,15 +214,18 @@ def load_hub(dir: Path, features: list[str]) -> ForecastData:
     n = len(cols["node"])
     period = int(np.median(np.array(cols["period_ms"], dtype=np.int64))) if n else 10000
     by: dict[tuple[str, str], dict[int, int]] = {}
+    node_last: dict[str, int] = {}
     for i in range(n):
         if cols["workload"][i] == "other":
             continue
         end = int(cols["start_ms"][i]) + int(cols["period_ms"][i])
         by.setdefault((cols["node"][i], cols["workload"][i]), {})[end] = i
+        node_last[cols["node"][i]] = max(node_last.get(cols["node"][i], end), end)
     series = []
     for (node, wl), rows in sorted(by.items()):
+        # Dense from the workload's first period to the node's last, as the agent's export.
         ends = sorted(rows)
-        first, last = ends[0], ends[-1]
+        first, last = ends[0], node_last[node]
         grid = np.arange(first, last + period, period, dtype=np.int64)
         x = np.zeros((len(grid), len(features)), dtype=np.float32)
         day = 86_400_000
