@@ -518,7 +518,7 @@ mod tests {
         }
     }
 
-    fn get<'a>(f: &RequestFeaturizer, row: &'a [f32], name: &str) -> f32 {
+    fn get(f: &RequestFeaturizer, row: &[f32], name: &str) -> f32 {
         row[f.names().iter().position(|n| n == name).unwrap()]
     }
 
