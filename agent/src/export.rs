@@ -1,6 +1,6 @@
 //! Recordings as rows, for training and for spreadsheets: shadow data points (`csv`,
-//! `jsonl`) and the feature rows of `models/CONTRACT.md` (`forecast`), computed by the
-//! very code the live predict stage runs.
+//! `jsonl`) and the feature rows of `models/CONTRACT.md` (`forecast`, `requests`), computed
+//! by the very code the live predict stage runs.
 
 use std::{io::Write, path::Path};
 
@@ -10,6 +10,8 @@ use crate::{
     predict::{
         Batch, BucketConfig, Featurizer, Target,
         features::{FEATURES, N_FEATURES},
+        profiles::{OUTCOMES, ProfileStore},
+        request::{Completed, RequestFeaturizer, RequestTracker},
     },
     record::{Reader, RecordError},
 };
@@ -201,12 +203,86 @@ pub fn forecast(
     Ok(rows)
 }
 
+/// Executables whose runs the export's profile store keeps (far more than a recording holds).
+const EXPORT_PROFILE_KEYS: usize = 1 << 20;
+
+/// The header of `--format requests`.
+pub fn requests_header(f: &RequestFeaturizer) -> String {
+    let mut h = String::from("recording,key,exe,exec_ns");
+    for n in f.names() {
+        h.push(',');
+        h.push_str(n);
+    }
+    for t in OUTCOMES {
+        h.push_str(",y_");
+        h.push_str(t);
+    }
+    h
+}
+
+/// One request's row.
+pub fn request_row(out: &mut impl Write, recording: &str, c: &Completed) -> std::io::Result<()> {
+    write!(
+        out,
+        "{},{},{},{}",
+        quote(recording),
+        quote(&c.facts.key),
+        quote(&c.facts.exe),
+        c.exec_ns
+    )?;
+    for v in &c.features {
+        write!(out, ",{v}")?;
+    }
+    for i in 0..OUTCOMES.len() {
+        write!(out, ",{}", c.outcome.get(i) as f32)?;
+    }
+    writeln!(out)
+}
+
+/// `umbra export --format requests`: one row per completed request of every recording, in
+/// the order they completed, with the profile store built up over the recordings in the
+/// order given, as the live agent would. Returns the rows written.
+pub fn requests(
+    recordings: &[impl AsRef<Path>],
+    group_by: GroupBy,
+    hash_buckets: usize,
+    out: &mut impl Write,
+) -> Result<u64, ExportError> {
+    let featurizer = RequestFeaturizer::new(hash_buckets);
+    writeln!(out, "{}", requests_header(&featurizer))?;
+    let mut profiles = ProfileStore::in_memory(EXPORT_PROFILE_KEYS);
+    let mut rows = 0u64;
+    for r in recordings {
+        let r = r.as_ref();
+        let name = r.display().to_string();
+        let mut tracker = RequestTracker::new(featurizer.clone());
+        let mut done: Vec<Completed> = Vec::new();
+        replay(r, group_by, |s| {
+            match s {
+                Step::Event(e) => done.extend(tracker.event(e, &profiles)),
+                Step::Window(t, w) => done.extend(tracker.tick(t, w, &profiles)),
+            }
+            for c in done.drain(..) {
+                request_row(out, &name, &c)?;
+                rows += 1;
+                // In memory: recording a run cannot fail.
+                let _ = profiles.record(&c.facts.key, c.name(), &c.facts.parent, c.run());
+            }
+            Ok::<(), ExportError>(())
+        })?;
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::aggregate::{ProductionInput, ResourceProfile, WorkloadId};
+    use crate::{
+        aggregate::{ProductionInput, ResourceProfile, WorkloadId},
+        predict::request::RequestFeaturizer,
+    };
 
     #[test]
     fn a_row_has_as_many_fields_as_the_header_and_quotes_text() {
@@ -268,6 +344,61 @@ mod tests {
         // Dense: every workload's rows run to the recording's last bucket.
         let end = last.values().max().copied().unwrap();
         assert!(last.values().all(|&e| e == end), "{last:?}");
+    }
+
+    #[test]
+    fn request_rows_of_a_real_recording_follow_the_contract() {
+        let mut out = Vec::new();
+        // The compression fixture runs gzip and xz; the compile one runs cc again and again.
+        let recs = [fixture("compress.umbra"), fixture("compile.umbra")];
+        let rows = requests(&recs, GroupBy::Exe, 16, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let f = RequestFeaturizer::new(16);
+        assert_eq!(header.len(), 4 + f.names().len() + 4);
+        assert_eq!(header[4], "profile_runs");
+        assert_eq!(
+            header[header.len() - 4..],
+            [
+                "y_cpu_seconds",
+                "y_peak_rss_bytes",
+                "y_duration_seconds",
+                "y_io_bytes"
+            ]
+        );
+        let body: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(body.len() as u64, rows);
+        let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let named = |exe: &str| {
+            body.iter()
+                .filter(|r| r[2].trim_matches('"').ends_with(exe))
+                .collect::<Vec<_>>()
+        };
+        // gzip ran once on 60 MB (xz after it, still running when the recording ended, is
+        // no completed request): CPU seconds, memory, time and bytes.
+        assert!(named("/xz").is_empty());
+        let r = named("/gzip");
+        assert_eq!(r.len(), 1, "{r:?}");
+        let v = |n: &str| r[0][col(n)].parse::<f64>().unwrap();
+        assert!(r[0][1].starts_with("\"exe:sha256:"), "{:?}", r[0][1]);
+        assert!(v("y_cpu_seconds") > 0.2);
+        assert!(v("y_duration_seconds") >= v("y_cpu_seconds") * 0.9);
+        assert!(v("y_peak_rss_bytes") > 1e6);
+        assert!(v("y_io_bytes") > 50e6, "read 60 MB");
+        assert_eq!(v("profile_runs"), 0.0, "the first run");
+        // cc1 (the compiler proper) ran many times: later runs see the earlier ones.
+        let cc1 = named("/cc1");
+        assert!(cc1.len() >= 5, "{}", cc1.len());
+        let runs: Vec<f64> = cc1
+            .iter()
+            .map(|r| r[col("profile_runs")].parse().unwrap())
+            .collect();
+        assert_eq!(runs[0], 0.0);
+        assert!(runs.windows(2).all(|w| w[1] >= w[0]), "{runs:?}");
+        assert!(*runs.last().unwrap() >= 4.0, "{runs:?}");
+        let last = cc1.last().unwrap();
+        assert!(last[col("profile_cpu_seconds_p50")].parse::<f64>().unwrap() > 0.0);
     }
 
     #[test]

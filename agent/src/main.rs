@@ -174,6 +174,9 @@ enum Command {
         /// default: predict.interval_ms).
         #[arg(long)]
         interval_ms: Option<u64>,
+        /// argv hash buckets of the request features (--format requests).
+        #[arg(long, default_value_t = umbra::predict::request::DEFAULT_HASH_BUCKETS)]
+        hash_buckets: usize,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -341,6 +344,8 @@ enum ExportFormat {
     Jsonl,
     /// Per workload and forecast bucket: the feature vocabulary and the targets.
     Forecast,
+    /// Per completed request (exec'd image): its features at the exec and its outcomes.
+    Requests,
 }
 
 fn main() -> ExitCode {
@@ -605,6 +610,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             files,
             format,
             interval_ms,
+            hash_buckets,
             output,
         } => {
             let f = std::fs::File::create(&output)
@@ -622,6 +628,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                     let rows =
                         export::forecast(&files, cfg.aggregate.group_by, interval, &mut out)?;
                     format!("{rows} feature rows at {interval} ms")
+                }
+                ExportFormat::Requests => {
+                    let rows =
+                        export::requests(&files, cfg.aggregate.group_by, hash_buckets, &mut out)?;
+                    format!("{rows} requests")
                 }
                 ExportFormat::Csv | ExportFormat::Jsonl => {
                     let mut csv_header = matches!(format, ExportFormat::Csv);

@@ -9,10 +9,14 @@
 //! - `cargo xtask vm-test [--kernel K]... [--arch A] [--filter T]...`: the privileged tests
 //!   in QEMU guests on Debian's kernels and on arm64.
 //! - `cargo xtask fuzz [TARGET]... [--seconds N]`: the fuzz targets, each for N seconds.
+//! - `cargo xtask train [--search] [--from-hub DIR]`: train the models (models/) in a venv.
+//! - `cargo xtask record-training [--only NAME,...]`: re-record and re-export the models'
+//!   training and test data (root).
 
 mod bench;
 mod fuzz;
 mod install;
+mod models;
 mod util;
 mod vm;
 
@@ -50,6 +54,10 @@ enum Cmd {
     Test,
     /// The privileged tests in QEMU guests: Debian's 5.10, 6.1 and 6.12 kernels, arm64.
     VmTest(vm::Args),
+    /// Train the models of models/ (Python venv from PyPI, pinned) and report held-out numbers.
+    Train(models::TrainArgs),
+    /// Re-record the models' training and test data on this machine and export it (root).
+    RecordTraining(models::RecordArgs),
     /// Whole-system benchmarks.
     Bench {
         #[command(subcommand)]
@@ -91,6 +99,8 @@ fn main() -> Result<()> {
             install::all()?;
             vm::run(&args)
         }
+        Cmd::Train(a) => models::train(&a),
+        Cmd::RecordTraining(a) => models::record(&a),
         Cmd::Bench { what } => {
             install::all()?;
             bench::run(what)
@@ -173,6 +183,7 @@ fn test() -> Result<()> {
         "umbra-tests",
         "--all-features",
     ])?;
+    models::pipeline_test(&util::target_dir().join("debug/umbra"))?;
     util::step("privileged tests (real kernel, real broker)");
     util::cargo(&["test", "-p", "umbra-tests", "--", "--test-threads=1"])?;
     match vm::install() {

@@ -234,6 +234,13 @@ impl Aggregator {
 }
 
 /// The workload key of a process, borrowed from its sample (no allocation per process).
+/// The executable workload of a process (`exe:sha256:…`, as `group_by = "exe"` groups it)
+/// and its name: the key requests are profiled under.
+pub fn exe_key(s: &ProcessSample) -> (WorkloadId, String) {
+    let k = key(GroupBy::Exe, s);
+    (k.id(), k.name(s))
+}
+
 fn key(group_by: GroupBy, s: &ProcessSample) -> Key<'_> {
     match group_by {
         GroupBy::Cgroup => match &s.cgroup {

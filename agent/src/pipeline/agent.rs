@@ -26,7 +26,7 @@ use crate::{
     allocate::{self, Allocator, Decision, Mode, control::Control, launch::LaunchReply},
     capture::{CaptureItem, Tick},
     config::Config,
-    predict::{Forecast, ForecastStage, request::ProfilePredictor, runtime},
+    predict::{Forecast, ForecastStage, per_request::ProfilePredictor, runtime},
     publish::{
         self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command, model::ModelBundle,
     },

@@ -17,6 +17,7 @@ pub mod features;
 pub mod onnx;
 pub mod profiles;
 pub mod request;
+pub mod per_request;
 pub mod runtime;
 pub mod schema;
 pub mod source;

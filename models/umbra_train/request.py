@@ -1,0 +1,255 @@
+"""The per-request model: an exec's features (its executable's profile, input sizes, hashed
+argv, parent, cgroup, uid, node load) → quantiles of cpu_seconds, peak_rss_bytes,
+duration_seconds and io_bytes (models/CONTRACT.md, kind "request")."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import nn
+from .data import REQUEST_TARGETS, RequestData, load_requests, sha256_of
+
+QUANTILES = [0.1, 0.5, 0.9]
+IDENTITY_PREFIXES = ("parent_hash_", "cgroup_hash_", "uid_root", "node_cpu_busy", "node_mem_available")
+
+
+@dataclass
+class Config:
+    hidden: list[int] = field(default_factory=lambda: [64])
+    steps: int = 3000
+    lr: float = 2e-3
+    batch: int = 256
+    weight_decay: float = 1e-5
+    quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
+
+    def label(self) -> str:
+        return "linear" if not self.hidden else "mlp" + "x".join(map(str, self.hidden))
+
+
+CANDIDATES = [Config(hidden=[]), Config(hidden=[32]), Config(hidden=[64]), Config(hidden=[128, 64])]
+KEPT = Config(hidden=[64])
+
+
+def transform_of(name: str) -> str:
+    return "identity" if name.startswith(IDENTITY_PREFIXES) else "log1p"
+
+
+@dataclass
+class Scaling:
+    features: list[str]
+    f_tr: list[str]
+    f_mean: np.ndarray
+    f_std: np.ndarray
+    t_mean: np.ndarray
+    t_std: np.ndarray
+
+    def x(self, d: RequestData) -> np.ndarray:
+        cols = [d.features.index(f) for f in self.features]
+        v = d.x[:, cols].astype(np.float64)
+        for i, t in enumerate(self.f_tr):
+            if t == "log1p":
+                v[:, i] = np.log1p(np.maximum(v[:, i], 0.0))
+        return ((v - self.f_mean) / self.f_std).astype(np.float32)
+
+    def y(self, d: RequestData) -> np.ndarray:
+        return ((np.log1p(np.maximum(d.y.astype(np.float64), 0.0)) - self.t_mean) / self.t_std).astype(np.float32)
+
+    def to_units(self, pred: np.ndarray, q: int) -> np.ndarray:
+        p = pred.reshape(len(pred), len(REQUEST_TARGETS), q).astype(np.float64)
+        return np.maximum(np.expm1(p * self.t_std[None, :, None] + self.t_mean[None, :, None]), 0.0)
+
+
+def fit_scaling(d: RequestData) -> Scaling:
+    names = list(d.features)
+    trs = [transform_of(f) for f in names]
+    v = d.x.astype(np.float64).copy()
+    for i, t in enumerate(trs):
+        if t == "log1p":
+            v[:, i] = np.log1p(np.maximum(v[:, i], 0.0))
+    fm, fs = v.mean(0), v.std(0)
+    fs = np.where(fs > 1e-6, fs, 1.0)
+    yt = np.log1p(np.maximum(d.y.astype(np.float64), 0.0))
+    tm, ts = yt.mean(0), yt.std(0)
+    ts = np.where(ts > 1e-6, ts, 1.0)
+    # Each target shares the scaling of its profile median, so "the median of past runs"
+    # passes straight through the skip.
+    for k, t in enumerate(REQUEST_TARGETS):
+        f = f"profile_{t}_p50"
+        if f in names:
+            j = names.index(f)
+            tm[k], ts[k] = fm[j], fs[j]
+    return Scaling(names, trs, fm, fs, tm, ts)
+
+
+def skip_init(sc: Scaling, cfg: Config) -> np.ndarray:
+    q = len(cfg.quantiles)
+    a = np.zeros((len(sc.features), len(REQUEST_TARGETS) * q), np.float32)
+    for k, t in enumerate(REQUEST_TARGETS):
+        for j, lvl in enumerate(cfg.quantiles):
+            f = f"profile_{t}_p{int(round(lvl * 100))}"
+            if f in sc.features:
+                a[sc.features.index(f), k * q + j] = 1.0 if j == q // 2 else 0.0
+    return a
+
+
+def pinball_units(pred, y, quantiles):
+    tau = np.asarray(quantiles)
+    d = y[..., None] - pred
+    return np.maximum(tau * d, (tau - 1) * d).mean(axis=(0, 2))
+
+
+def coverage(pred, y):
+    return ((y >= pred[..., 0]) & (y <= pred[..., -1])).mean(axis=0)
+
+
+def profile_baseline(d: RequestData) -> np.ndarray:
+    """The profile-only baseline: the empirical p10/p50/p90 of the key's past runs."""
+    return np.stack(
+        [np.stack([d.column(f"profile_{t}_p{p}") for p in (10, 50, 90)], -1) for t in REQUEST_TARGETS], 1
+    ).astype(np.float64)
+
+
+def size_dependent(d: RequestData) -> np.ndarray:
+    """Rows the acceptance is about: a known executable (past runs) given input files."""
+    return (d.column("profile_runs") > 0) & (d.column("input_bytes_total") > 0)
+
+
+def evaluate(params, spec, sc, cfg, d: RequestData, mask: np.ndarray) -> dict:
+    sub = d.take(np.nonzero(mask)[0])
+    pred = sc.to_units(nn.predict(params, spec, sc.x(sub)), len(cfg.quantiles))
+    base = profile_baseline(sub)
+    y = sub.y.astype(np.float64)
+    return {
+        "n": int(len(sub)),
+        "model": {"pinball": pinball_units(pred, y, cfg.quantiles), "coverage": coverage(pred, y)},
+        "profile": {"pinball": pinball_units(base, y, [0.1, 0.5, 0.9]), "coverage": coverage(base, y)},
+    }
+
+
+def fit(d: RequestData, cfg: Config, seed: int, log=None):
+    sc = fit_scaling(d)
+    x, y = sc.x(d), sc.y(d)
+    spec = nn.Spec(x.shape[1], len(REQUEST_TARGETS) * len(cfg.quantiles), cfg.quantiles, cfg.hidden)
+    t0 = time.time()
+    params = nn.train(
+        spec, x, y, seed=seed, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        skip_init=skip_init(sc, cfg), log=log,
+    )
+    if log:
+        log(f"  {cfg.label()}: {len(x)} requests, {time.time() - t0:.1f} s")
+    return params, spec, sc
+
+
+def time_split(d: RequestData, frac=0.75) -> tuple[np.ndarray, np.ndarray]:
+    """Per recording, the first `frac` of its requests (in exec order) train, the rest validate."""
+    tr = np.zeros(len(d), bool)
+    for r in np.unique(d.recording):
+        idx = np.nonzero(d.recording == r)[0]
+        idx = idx[np.argsort(d.exec_ns[idx], kind="stable")]
+        tr[idx[: int(len(idx) * frac)]] = True
+    return tr, ~tr
+
+
+def schema(sc: Scaling, cfg: Config, hash_buckets: int, training: dict, version: str, seed: int) -> dict:
+    return {
+        "schema_version": 1,
+        "kind": "request",
+        "model_version": version,
+        "quantiles": cfg.quantiles,
+        "hash_buckets": hash_buckets,
+        "features": [
+            {"name": n, "transform": t, "mean": float(m), "std": float(s)}
+            for n, t, m, s in zip(sc.features, sc.f_tr, sc.f_mean, sc.f_std)
+        ],
+        "targets": [
+            {"name": n, "transform": "log1p", "mean": float(m), "std": float(s)}
+            for n, m, s in zip(REQUEST_TARGETS, sc.t_mean, sc.t_std)
+        ],
+        "input": "x",
+        "output": "q",
+        "training_data": training,
+        "trained_by": f"models/train.py (seed {seed}, {cfg.label()}, {cfg.steps} steps)",
+    }
+
+
+def fmt(res: dict) -> str:
+    lines = [f"  {'predictor':<12}" + "".join(f"{t:>18}" for t in REQUEST_TARGETS) + "   coverage"]
+    for k in ("model", "profile"):
+        r = res[k]
+        lines.append(
+            f"  {k:<12}" + "".join(f"{v:>18.5g}" for v in r["pinball"]) + "   " + ",".join(f"{c:.2f}" for c in r["coverage"])
+        )
+    return "\n".join(lines)
+
+
+def run(args, report: dict, log) -> None:
+    data_dir: Path = args.data
+    files = [f for f in sorted(data_dir.glob("requests-*.csv*")) if "test" not in f.name]
+    if not files:
+        log(f"request model: no requests-*.csv[.xz] in {data_dir}; skipped")
+        return
+    d = load_requests(files)
+    hb = sum(1 for f in d.features if f.startswith("argv_hash_"))
+    identity = {"sha256": sha256_of(files), "files": [f.name for f in files], "rows": len(d),
+                "recordings": sorted({Path(r).name for r in np.unique(d.recording)})}
+    if args.quick:
+        d = d.take(np.arange(min(len(d), 600)))
+    log(f"request: {len(d)} requests, {len(d.features)} features, {len(np.unique(d.key))} executables")
+    cfg = KEPT if not args.quick else Config(hidden=[16], steps=300)
+    if args.search:
+        tr, va = time_split(d)
+        dtr, dva = d.take(np.nonzero(tr)[0]), d.take(np.nonzero(va)[0])
+        results = []
+        for c in CANDIDATES:
+            params, spec, sc = fit(dtr, c, args.seed, log=log)
+            res = evaluate(params, spec, sc, c, dva, size_dependent(dva))
+            ratio = res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)
+            results.append((c, res, ratio))
+            log(f"validation {c.label()} (n={res['n']}): pinball / profile = " + ", ".join(f"{t} {r:.3f}" for t, r in zip(REQUEST_TARGETS, ratio)))
+        cfg = results[int(np.argmin([float(r.mean()) for _, _, r in results]))][0]
+        log(f"kept: {cfg.label()} (lowest mean ratio)")
+        report["request_validation"] = [
+            {"config": c.label(), "n": r["n"], "model": r["model"]["pinball"].tolist(),
+             "profile": r["profile"]["pinball"].tolist(), "ratio": ra.tolist()}
+            for c, r, ra in results
+        ]
+    t0 = time.time()
+    params, spec, sc = fit(d, cfg, args.seed, log=log)
+    report["request_train_seconds"] = round(time.time() - t0, 1)
+    out = args.out / "request.onnx"
+    sch = schema(sc, cfg, hb, identity, report["model_version"], args.seed)
+    size = nn.export_onnx(params, spec, sch, out)
+    x = sc.x(d)[:512]
+    want = nn.predict(params, spec, x)
+    got, meta = nn.tract_run(out, x)
+    diff = float(np.abs(got - want).max())
+    if diff > 1e-4 or json.loads(meta) != json.loads(json.dumps(sch)):
+        raise SystemExit(f"{out}: tract disagrees with JAX (max diff {diff}) or the schema did not survive")
+    log(f"wrote {out} ({size} bytes); tract matches JAX to {diff:.2g} on {len(x)} requests")
+    report["request"] = {"file": out.name, "bytes": size, "config": cfg.label(), "tract_max_diff": diff}
+    if args.test:
+        tfiles = sorted(Path(args.test).glob("requests-*.csv*"))
+        if tfiles:
+            t = load_requests(tfiles)
+            if t.features != d.features:
+                raise SystemExit("test request rows have other features than the training rows")
+            res = evaluate(params, spec, sc, cfg, t, size_dependent(t))
+            log(f"held-out test requests, known executables with input files (n={res['n']}):")
+            log(fmt(res))
+            unseen = ~np.isin(t.exe, np.unique(d.exe))
+            report["request_test"] = {
+                "size_dependent": {k: (v if k == "n" else {kk: vv.tolist() for kk, vv in v.items()}) for k, v in res.items()},
+                "ratio_vs_profile": (res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)).tolist(),
+                "unseen_executables": sorted({Path(e).name for e in t.exe[unseen]}),
+            }
+            m = size_dependent(t) & unseen
+            if m.any():
+                r2 = evaluate(params, spec, sc, cfg, t, m)
+                log(f"  of which executables never in training (n={r2['n']}):")
+                log(fmt(r2))
+                report["request_test"]["unseen"] = {k: (v if k == "n" else {kk: vv.tolist() for kk, vv in v.items()}) for k, v in r2.items()}
