@@ -8,9 +8,12 @@
 //! - `cargo xtask bench overhead`: the agent's cost on a scheduler-heavy benchmark.
 //! - `cargo xtask vm-test [--kernel K]... [--arch A] [--filter T]...`: the privileged tests
 //!   in QEMU guests on Debian's kernels and on arm64.
+//! - `cargo xtask deb [--dev]`: the Debian package; `cargo xtask install-service`: the
+//!   agent as a systemd service on this machine.
 
 mod bench;
 mod install;
+mod package;
 mod util;
 mod vm;
 
@@ -48,6 +51,15 @@ enum Cmd {
     Test,
     /// The privileged tests in QEMU guests: Debian's 5.10, 6.1 and 6.12 kernels, arm64.
     VmTest(vm::Args),
+    /// Build the Debian package (target/debian/umbra_*.deb): the agent, its hardened
+    /// systemd unit and a dry-run config; installing it starts the agent.
+    Deb {
+        /// From the debug build (quick; for tests), not the release one.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Install the agent as a systemd service here (binary, unit, config) and start it.
+    InstallService,
     /// Whole-system benchmarks.
     Bench {
         #[command(subcommand)]
@@ -87,6 +99,14 @@ fn main() -> Result<()> {
             install::all()?;
             vm::run(&args)
         }
+        Cmd::Deb { dev } => {
+            install::all()?;
+            package::deb(dev).map(|_| ())
+        }
+        Cmd::InstallService => {
+            install::all()?;
+            package::install_service()
+        }
         Cmd::Bench { what } => {
             install::all()?;
             bench::run(what)
@@ -113,6 +133,7 @@ fn in_ci() -> bool {
 
 fn test() -> Result<()> {
     install::all()?;
+    install::tool_tests()?;
     util::step("rustfmt");
     util::cargo(&["+nightly", "fmt", "--all", "--", "--check"])?;
     util::step("clippy (userspace)");
@@ -143,6 +164,9 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The edge build, packaged (before the build below, whose features it leaves out).
+    util::step("Debian package (debug build, for the package tests)");
+    package::deb(true)?;
     util::step("build");
     // The fleet side too: the tests run `umbra hub`.
     util::cargo(&[
@@ -152,7 +176,7 @@ fn test() -> Result<()> {
         "-p",
         "umbra-tests",
         "--features",
-        "umbra/fleet",
+        "umbra/fleet,umbra/report",
         "--bins",
     ])?;
     util::step("unit tests");

@@ -15,14 +15,61 @@ use crate::{
     allocate::control::Control,
     capture::CaptureItem,
     config::Config,
+    insight::Insights,
     publish::{self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command},
     record::{Header, snapshot::Snapshots},
     view::{Drops, View},
 };
 
-/// Where the agent's windows go besides the fleet: the terminal, or a function.
+/// Where the agent's windows go besides the fleet: the terminal, a function, or a tool
+/// that looks inside (`umbra top`, the Perfetto trace, the report, the metrics).
 pub trait Output: Send {
     fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()>;
+
+    /// Every capture item, before aggregate sees it (per-process tools).
+    fn item(&mut self, _item: &CaptureItem) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// The agent's conclusions for the window just shown: forecasts, tiers, decisions,
+    /// anomalies.
+    fn insights(&mut self, _i: &Insights) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether [`status`](Self::status) wants the agent's status each window.
+    fn wants_status(&self) -> bool {
+        false
+    }
+
+    /// The agent's own health, after each window (when [`wants_status`](Self::wants_status)).
+    fn status(&mut self, _s: &Status) {}
+
+    /// After the last window.
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<O: Output + ?Sized> Output for &mut O {
+    fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()> {
+        (**self).window(w, drops)
+    }
+    fn item(&mut self, item: &CaptureItem) -> std::io::Result<()> {
+        (**self).item(item)
+    }
+    fn insights(&mut self, i: &Insights) -> std::io::Result<()> {
+        (**self).insights(i)
+    }
+    fn wants_status(&self) -> bool {
+        (**self).wants_status()
+    }
+    fn status(&mut self, s: &Status) {
+        (**self).status(s)
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        (**self).finish()
+    }
 }
 
 /// A [`View`] on a writer.
@@ -75,6 +122,8 @@ pub struct Agent<O: Output> {
     workloads: u32,
     model: Option<ModelInfo>,
     problems: Vec<String>,
+    /// The newest window's conclusions, for the output (filled by the stages that have them).
+    insights: Insights,
     node: publish::identity::NodeId,
     instance: u64,
     started: Instant,
@@ -130,6 +179,7 @@ impl<O: Output> Agent<O> {
             workloads: 0,
             model: None,
             problems,
+            insights: Insights::default(),
             node,
             instance: instance_id(),
             started: Instant::now(),
@@ -184,6 +234,13 @@ impl<O: Output> Agent<O> {
                 channel: self.feed.dropped(),
             };
             self.output.window(w, drops)?;
+            self.insights.timestamp_ms = w.node.timestamp_ms;
+            self.output.insights(&self.insights)?;
+            self.insights.notes.clear();
+            if self.output.wants_status() {
+                let s = self.status();
+                self.output.status(&s);
+            }
         }
         if first {
             return Ok(());
@@ -268,6 +325,7 @@ impl<O: Output> Sink for Agent<O> {
         if let Some(ended) = self.snapshots.tap(&item) {
             self.snapshot_ended(ended);
         }
+        self.output.item(&item)?;
         let CaptureItem::Tick(t) = item else {
             return Ok(());
         };
@@ -311,6 +369,7 @@ impl<O: Output> Sink for Agent<O> {
     }
 
     async fn finish(mut self) -> Result<(), PipelineError> {
+        self.output.finish()?;
         if let Some(ended) = self.snapshots.end(None) {
             self.snapshot_ended(ended);
         }
