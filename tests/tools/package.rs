@@ -60,7 +60,7 @@ fn the_package_installs_the_agent_its_unit_and_a_dry_run_config() {
     let files = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
     for want in [
         "./usr/bin/umbra",
-        "./lib/systemd/system/umbra.service",
+        "/lib/systemd/system/umbra.service",
         "./etc/umbra/umbra.toml",
         "./usr/share/doc/umbra/README.md",
     ] {
@@ -107,7 +107,10 @@ fn the_package_installs_the_agent_its_unit_and_a_dry_run_config() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let unit = std::fs::read_to_string(x.path().join("lib/systemd/system/umbra.service")).unwrap();
+    let unit = ["usr/lib/systemd/system/umbra.service", "lib/systemd/system/umbra.service"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(x.path().join(p)).ok())
+        .expect("the unit");
     verify(&unit, x.path());
 }
 

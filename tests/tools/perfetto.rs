@@ -44,8 +44,6 @@ struct Decoded {
     /// (track uuid, category, name, annotations)
     instants: Vec<(u64, String, String, BTreeMap<String, String>)>,
     clock_snapshots: usize,
-    /// The newest timestamp: where a counter's last value ends.
-    end: u64,
 }
 
 impl Decoded {
@@ -75,7 +73,6 @@ fn decode(bytes: &[u8]) -> Decoded {
     for p in &trace.packet {
         let p: &TracePacket = p;
         seq.insert(p.trusted_packet_sequence_id());
-        d.end = d.end.max(p.timestamp());
         if p.has_clock_snapshot() {
             d.clock_snapshots += 1;
         }
@@ -140,6 +137,8 @@ struct Truth {
     names: HashMap<u32, String>,
     execs: usize,
     exits: usize,
+    /// The last tick: where the trace's counters end.
+    last_tick_ns: u64,
 }
 
 fn truth(path: &Path) -> Truth {
@@ -148,6 +147,7 @@ fn truth(path: &Path) -> Truth {
         names: HashMap::new(),
         execs: 0,
         exits: 0,
+        last_tick_ns: 0,
     };
     let mut first: HashMap<(u32, u64), u64> = HashMap::new();
     let mut last: HashMap<(u32, u64), u64> = HashMap::new();
@@ -161,6 +161,7 @@ fn truth(path: &Path) -> Truth {
             }
             CaptureItem::Tick(tick) => {
                 ticks += 1;
+                t.last_tick_ns = tick.timestamp_ns;
                 for s in &tick.samples {
                     let k = (s.tgid, s.start_ns);
                     // The first tick's samples are the baseline the counters start from.
@@ -248,7 +249,7 @@ fn process_tracks_counters_and_instants_match_the_recording() {
                     .get(&kids["on-CPU %"])
                     .cloned()
                     .unwrap_or_default();
-                seen += integrate(&series, d.end);
+                seen += integrate(&series, t.last_tick_ns);
             }
             let err = (seen - *ns as f64).abs() / *ns as f64;
             assert!(
@@ -295,7 +296,8 @@ fn process_tracks_counters_and_instants_match_the_recording() {
 }
 
 /// ∫ cpu% dt over the trace, in ns: each value holds from its timestamp to the next
-/// one, the last to the end of the trace (as Perfetto draws a counter).
+/// one, the last to the end of the capture (Perfetto draws it to the trace's end, which
+/// events after the last tick may push a little further).
 fn integrate(series: &[(u64, f64)], end: u64) -> f64 {
     let mut sum = 0.0;
     for (i, (ts, v)) in series.iter().enumerate() {

@@ -107,9 +107,13 @@ impl Workload {
         if filter.is_empty() {
             return true;
         }
+        // The name anywhere; an id from its start (a hash's digits match anything), a
+        // cgroup's path anywhere.
         let f = filter.to_lowercase();
+        let id = self.id.0.to_lowercase();
         self.name.to_lowercase().contains(&f)
-            || self.id.0.to_lowercase().contains(&f)
+            || id.starts_with(&f)
+            || (id.starts_with("cgroup:") && id.contains(&f))
             || self
                 .insight
                 .tier
