@@ -107,10 +107,13 @@ fn the_package_installs_the_agent_its_unit_and_a_dry_run_config() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let unit = ["usr/lib/systemd/system/umbra.service", "lib/systemd/system/umbra.service"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(x.path().join(p)).ok())
-        .expect("the unit");
+    let unit = [
+        "usr/lib/systemd/system/umbra.service",
+        "lib/systemd/system/umbra.service",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(x.path().join(p)).ok())
+    .expect("the unit");
     verify(&unit, x.path());
 }
 

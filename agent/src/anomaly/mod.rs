@@ -120,9 +120,8 @@ impl AnomalyConfig {
                 "more than 1",
             );
         }
-        if !(self.growth > 0.0 && self.growth.is_finite())
-            || !(2..=1000).contains(&self.growth_buckets)
-        {
+        let growth_ok = self.growth > 0.0 && self.growth.is_finite();
+        if !(growth_ok && (2..=1000).contains(&self.growth_buckets)) {
             return bad(
                 "anomaly.growth",
                 format!("{} over {}", self.growth, self.growth_buckets),
@@ -378,6 +377,9 @@ struct Found {
     since_ms: u64,
 }
 
+/// A workload's closed bucket: its id, its name, the bucket.
+type Row = (WorkloadId, String, Bucket);
+
 /// The anomaly stage's core.
 pub struct Detector {
     cfg: AnomalyConfig,
@@ -440,7 +442,7 @@ impl Detector {
     /// Takes a window; what the buckets it closed brought (none mostly).
     pub fn push(&mut self, w: &Window) -> Vec<Judged> {
         let mut out = Vec::new();
-        let mut batches: Vec<(u64, Vec<(WorkloadId, String, Bucket)>)> = Vec::new();
+        let mut batches: Vec<(u64, Vec<Row>)> = Vec::new();
         self.featurizer.push(w, &mut |b| {
             let rows = b
                 .series
@@ -459,7 +461,7 @@ impl Detector {
         out
     }
 
-    fn judge(&mut self, end_ms: u64, rows: &[(WorkloadId, String, Bucket)]) -> Judged {
+    fn judge(&mut self, end_ms: u64, rows: &[Row]) -> Judged {
         let cfg = self.cfg.clone();
         let alpha = 1.0 - 0.5f64.powf(1.0 / cfg.half_life);
         let mut judged = Judged {

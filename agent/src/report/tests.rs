@@ -45,7 +45,7 @@ async fn a_bad_recording_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.umbra");
     std::fs::write(&bad, b"not a recording").unwrap();
-    let e = write(&Config::default(), &[bad.clone()], dir.path())
+    let e = write(&Config::default(), std::slice::from_ref(&bad), dir.path())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("bad.umbra"), "{e}");
