@@ -265,3 +265,87 @@ fn the_idle_fixture_raises_no_anomaly() {
         found.iter().map(Anomaly::text).collect::<Vec<_>>()
     );
 }
+
+/// Buckets within which a workload that changes its program is found drifting.
+const DRIFT_WITHIN: usize = 8;
+
+/// The windows of a recording, after aggregate.
+fn windows_of(path: &Path) -> Vec<Window> {
+    let mut agg = Aggregator::new(GroupBy::Exe, 1000);
+    items(path)
+        .into_iter()
+        .filter_map(|i| match i {
+            CaptureItem::Tick(t) => Some(agg.tick(&t)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_workload_that_changes_its_program_drifts_within_a_few_buckets() {
+    // The web recording's perl worker, then — same workload, from its 60% mark on — the
+    // batch recording's python worker (a different program, a different load), its
+    // points relabelled and placed on the web recording's clock.
+    let web = windows_of(&holdout("web"));
+    let batch = windows_of(&holdout("batch"));
+    let find = |ws: &[Window], name: &str| {
+        ws.iter()
+            .flat_map(|w| &w.points)
+            .find(|p| p.name == name)
+            .map(|p| p.workload.clone())
+            .unwrap()
+    };
+    let perl = find(&web, "perl");
+    let python = find(&batch, "python3.11");
+    let switch = web.len() * 6 / 10;
+    let mut spliced = web.clone();
+    for (k, w) in spliced.iter_mut().enumerate().skip(switch) {
+        w.points.retain(|p| p.workload != perl);
+        let Some(other) = batch.get(k) else { continue };
+        if let Some(p) = other.points.iter().find(|p| p.workload == python) {
+            let mut p = p.clone();
+            p.workload = perl.clone();
+            p.name = "perl".into();
+            p.timestamp_ms = w.node.timestamp_ms;
+            w.points.push(p);
+        }
+    }
+    let run = |ws: &[Window]| {
+        let cfg = PredictConfig {
+            interval_ms: Some(INTERVAL_MS),
+            ..Default::default()
+        };
+        let mut stage = ForecastStage::baseline(&cfg, 1000);
+        let mut d = Detector::new(AnomalyConfig::default(), INTERVAL_MS);
+        let mut drifted = Vec::new();
+        for w in ws {
+            for j in d.push(w) {
+                drifted.extend(j.drifted);
+            }
+            if let Some(fs) = stage.push(w) {
+                d.expect(&fs);
+            }
+        }
+        drifted
+    };
+    // Unchanged, the worker does not drift.
+    let clean = run(&web);
+    assert!(
+        clean.iter().all(|d| d.workload != perl),
+        "{:?}",
+        clean.iter().map(|d| d.text()).collect::<Vec<_>>()
+    );
+    let drifted = run(&spliced);
+    let at = web[switch].node.timestamp_ms;
+    let d = drifted
+        .iter()
+        .find(|d| d.workload == perl)
+        .unwrap_or_else(|| panic!("no drift: {drifted:?}"));
+    let buckets = d.timestamp_ms.saturating_sub(at).div_ceil(INTERVAL_MS) as usize;
+    println!(
+        "drift found {buckets} bucket(s) of {INTERVAL_MS} ms after the change: {}",
+        d.text()
+    );
+    assert!(d.timestamp_ms > at, "drift before the change: {}", d.text());
+    assert!(buckets <= DRIFT_WITHIN, "{buckets} buckets");
+}
