@@ -7,6 +7,7 @@ use std::io::Write;
 
 use crate::{
     aggregate::{ShadowPoint, Window},
+    insight::{Insights, NoteKind},
     trace,
 };
 
@@ -55,6 +56,21 @@ impl View {
             View::Table { top } => table(out, w, top, drops),
             View::Points { json } => points(out, w, json),
         }
+    }
+}
+
+impl View {
+    /// Anomalies and drift, one line each (the table views; JSON lines stay points only).
+    pub fn notes<W: Write>(&self, out: &mut W, i: &Insights) -> std::io::Result<()> {
+        if matches!(self, View::Quiet | View::Points { json: true }) {
+            return Ok(());
+        }
+        for n in &i.notes {
+            if matches!(n.kind, NoteKind::Anomaly | NoteKind::Drift) {
+                writeln!(out, "!! {:<8} {}", n.kind.name(), clip(&n.text, 400))?;
+            }
+        }
+        Ok(())
     }
 }
 

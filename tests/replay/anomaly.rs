@@ -349,3 +349,67 @@ fn a_workload_that_changes_its_program_drifts_within_a_few_buckets() {
     assert!(d.timestamp_ms > at, "drift before the change: {}", d.text());
     assert!(buckets <= DRIFT_WITHIN, "{buckets} buckets");
 }
+
+#[test]
+fn the_agent_prints_the_anomalies_of_a_replay() {
+    // The web recording with a fork bomb in its client, written as a recording and replayed
+    // through the agent by the CLI, as a person would.
+    let path = holdout("web");
+    let reader = Reader::open(&path).unwrap();
+    let header = reader.header().clone();
+    let all: Vec<CaptureItem> = reader.map(|i| i.unwrap()).collect();
+    let windows = windows_of(&path);
+    let curl = windows
+        .iter()
+        .flat_map(|w| &w.points)
+        .find(|p| p.name == "curl")
+        .map(|p| p.workload.clone())
+        .unwrap();
+    let ticks: Vec<u64> = all
+        .iter()
+        .filter_map(|i| match i {
+            CaptureItem::Tick(t) => Some(t.timestamp_ns),
+            _ => None,
+        })
+        .collect();
+    let start = ticks[ticks.len() / 2];
+    let mut inj = Injector::new(
+        Fault {
+            kind: FaultKind::ForkBomb,
+            workload: curl,
+            start_ns: start,
+            end_ns: start + 20_000_000_000,
+            size: 40.0,
+        },
+        GroupBy::Exe,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = dir.path().join("web-fork-bomb.umbra");
+    let mut w = umbra::record::Writer::create(&faulty, &header).unwrap();
+    for i in all.into_iter().flat_map(|i| inj.apply(i)) {
+        w.write(&i).unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    let out = std::process::Command::new(umbra_tests::workspace_bin("umbra"))
+        .args(["replay", "--as-fast-as-possible"])
+        .arg(&faulty)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("!! anomaly"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("curl") && l.contains("processes")),
+        "{lines:#?}"
+    );
+}

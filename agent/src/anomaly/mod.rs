@@ -261,6 +261,49 @@ impl Anomaly {
     }
 }
 
+impl From<&Anomaly> for crate::publish::AnomalyReport {
+    fn from(a: &Anomaly) -> Self {
+        crate::publish::AnomalyReport {
+            workload: a.workload.0.clone(),
+            name: a.name.clone(),
+            kind: a.kind.name().into(),
+            target: a.target.name().into(),
+            observed: a.observed,
+            band: a.band.map(|b| [b.p10, b.p50, b.p90]),
+            score: a.score,
+            since_ms: a.since_ms,
+            timestamp_ms: a.timestamp_ms,
+            moved: a
+                .moved
+                .iter()
+                .map(|m| (m.feature.clone(), m.usual, m.now))
+                .collect(),
+            text: a.text(),
+        }
+    }
+}
+
+impl From<&drift::Drifted> for crate::publish::AnomalyReport {
+    fn from(d: &drift::Drifted) -> Self {
+        crate::publish::AnomalyReport {
+            workload: d.workload.0.clone(),
+            name: d.name.clone(),
+            kind: "drift".into(),
+            target: "cpu+memory".into(),
+            observed: d.error,
+            band: None,
+            score: d.error / d.usual_error.max(1e-9),
+            since_ms: d.timestamp_ms,
+            timestamp_ms: d.timestamp_ms,
+            moved: Vec::new(),
+            text: d.text(),
+        }
+    }
+}
+
+/// Anomalies kept, newest last (the agent's history of them).
+pub const KEPT: usize = 1024;
+
 /// The smallest band width taken for a target (a band of zero width makes every wiggle
 /// "many widths" away): 0.05 cores, 16 MiB, 256 KiB/s.
 fn floor(t: Target) -> f64 {
@@ -391,6 +434,8 @@ pub struct Detector {
     drift: drift::Drift,
     /// Anomalies found since start, by kind.
     pub found: BTreeMap<AnomalyKind, u64>,
+    /// The last [`KEPT`] anomalies.
+    kept: VecDeque<Anomaly>,
 }
 
 /// What a closed bucket brought.
@@ -417,6 +462,7 @@ impl Detector {
             expected: HashMap::new(),
             workloads: HashMap::new(),
             found: BTreeMap::new(),
+            kept: VecDeque::new(),
         }
     }
 
@@ -439,6 +485,11 @@ impl Detector {
         self.drift.drifting()
     }
 
+    /// The last [`KEPT`] anomalies, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &Anomaly> {
+        self.kept.iter()
+    }
+
     /// Takes a window; what the buckets it closed brought (none mostly).
     pub fn push(&mut self, w: &Window) -> Vec<Judged> {
         let mut out = Vec::new();
@@ -456,7 +507,14 @@ impl Detector {
             batches.push((b.now_ms, rows));
         });
         for (end_ms, rows) in batches {
-            out.push(self.judge(end_ms, &rows));
+            let j = self.judge(end_ms, &rows);
+            for a in &j.anomalies {
+                if self.kept.len() >= KEPT {
+                    self.kept.pop_front();
+                }
+                self.kept.push_back(a.clone());
+            }
+            out.push(j);
         }
         out
     }

@@ -11,11 +11,12 @@ use tracing::warn;
 
 use super::{FeedStats, PipelineError, Sink, feed::Feed};
 use crate::{
-    aggregate::{Aggregator, History, Window},
+    aggregate::{Aggregator, History, Window, WorkloadId},
     allocate::control::Control,
+    anomaly::Detector,
     capture::CaptureItem,
     config::Config,
-    insight::Insights,
+    insight::{Insights, Note, NoteKind},
     publish::{self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command},
     record::{Header, snapshot::Snapshots},
     view::{Drops, View},
@@ -82,6 +83,10 @@ impl<W: Write + Send> Output for Shown<W> {
     fn window(&mut self, w: &Window, drops: Drops) -> std::io::Result<()> {
         self.view.window(&mut self.out, w, drops)
     }
+
+    fn insights(&mut self, i: &Insights) -> std::io::Result<()> {
+        self.view.notes(&mut self.out, i)
+    }
 }
 
 /// Every window to a function (`umbra export`).
@@ -124,6 +129,8 @@ pub struct Agent<O: Output> {
     problems: Vec<String>,
     /// The newest window's conclusions, for the output (filled by the stages that have them).
     insights: Insights,
+    /// Anomalies and drift, judged against the forecasts handed to it ([`Agent::expect`]).
+    anomaly: Option<Detector>,
     node: publish::identity::NodeId,
     instance: u64,
     started: Instant,
@@ -158,6 +165,10 @@ impl<O: Output> Agent<O> {
             Control::ephemeral()
         };
         let node = p.node_id();
+        let anomaly = cfg.anomaly.enabled.then(|| {
+            let interval = cfg.predict.interval_ms(header.interval_ms as u64);
+            Detector::new(cfg.anomaly.clone(), interval)
+        });
         let mut agent = Agent {
             aggregate: Aggregator::new(cfg.aggregate.group_by, header.interval_ms),
             history: History::new(cfg.aggregate.history.clone()),
@@ -180,6 +191,7 @@ impl<O: Output> Agent<O> {
             model: None,
             problems,
             insights: Insights::default(),
+            anomaly,
             node,
             instance: instance_id(),
             started: Instant::now(),
@@ -219,11 +231,20 @@ impl<O: Output> Agent<O> {
         if let Some(p) = &self.publish {
             p.fill_status(&mut s);
         }
+        if let Some(d) = &self.anomaly {
+            for (id, since) in d.drifting() {
+                s.problems.push(format!(
+                    "workload {} drifting since {since} ms: its forecasts no longer fit, flagged for retraining",
+                    crate::view::clip(&id.0, 80)
+                ));
+            }
+        }
         s
     }
 
     fn window(&mut self, w: &Window, lost: u64) -> Result<(), PipelineError> {
         self.history.insert(w);
+        self.watch(w);
         self.workloads = w.points.len() as u32;
         // The first window holds everything since each process was first seen: kept out
         // of summaries, and out of the table of a live run (a replay shows it).
@@ -253,6 +274,50 @@ impl<O: Output> Agent<O> {
             }
         }
         Ok(())
+    }
+
+    /// Forecasts made when a bucket closed: the next bucket's anomalies are judged
+    /// against them.
+    pub fn expect(&mut self, forecasts: &[crate::predict::Forecast]) {
+        if let Some(d) = &mut self.anomaly {
+            d.expect(forecasts);
+        }
+    }
+
+    /// Anomalies and drift of the buckets `w` closed: into the insights (shown, counted),
+    /// to the fleet on their own topic; drifting workloads flagged.
+    fn watch(&mut self, w: &Window) {
+        let Some(d) = &mut self.anomaly else { return };
+        for j in d.push(w) {
+            let notes = j
+                .anomalies
+                .iter()
+                .map(|a| (NoteKind::Anomaly, &a.workload, &a.name, a.text(), a.into()))
+                .chain(
+                    j.drifted
+                        .iter()
+                        .map(|x| (NoteKind::Drift, &x.workload, &x.name, x.text(), x.into())),
+                );
+            for (kind, workload, name, text, report) in notes {
+                self.insights.notes.push(Note {
+                    timestamp_ms: j.end_ms,
+                    kind,
+                    workload: Some(workload.clone()),
+                    name: name.clone(),
+                    text,
+                });
+                if let Some(p) = &mut self.publish {
+                    p.anomaly(report);
+                }
+            }
+        }
+        for wi in self.insights.workloads.values_mut() {
+            wi.drifting = false;
+        }
+        let drifting: Vec<WorkloadId> = d.drifting().map(|(id, _)| id.clone()).collect();
+        for id in drifting {
+            self.insights.workload(&id).drifting = true;
+        }
     }
 
     fn reply(&mut self, topic: &str, id: Option<String>, r: Result<String, String>) {
