@@ -5,9 +5,9 @@
 //! p10, p50 and p90) on CPU and memory, each divided by a scale (the recent mean of the
 //! target, floored) so workloads of any size compare. A Page-Hinkley test runs on it:
 //! `m = Σ (e − mean(e) − δ)`, drift when `m − min(m) > λ` — a sustained rise of the error
-//! by more than `δ`, not a single bad bucket. A drifting workload stays flagged (for
-//! retraining, and demoted to the shadow tier by the agent) until its error has been back
-//! to normal for `recover` buckets.
+//! by more than `δ`, not a single bad bucket. A drifting workload stays flagged for
+//! retraining until its error has been back to normal for `recover` buckets (demoting it
+//! to the shadow tier is the allocate stage's, once that stage takes the flag).
 
 use std::collections::HashMap;
 
@@ -80,7 +80,7 @@ pub struct Drifted {
 impl Drifted {
     pub fn text(&self) -> String {
         format!(
-            "{}: forecast error drifted ({:.2} against {:.2} usually): flagged for retraining, demoted to the shadow tier",
+            "{}: forecast error drifted ({:.2} against {:.2} usually): flagged for retraining",
             self.name, self.error, self.usual_error
         )
     }

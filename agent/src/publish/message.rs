@@ -89,7 +89,7 @@ pub struct AnomalyReport {
     pub workload: String,
     pub name: String,
     /// `outside-band`, `cost-jump`, `memory-growth`, `process-burst`, `io-stall`, or
-    /// `drift` (flagged for retraining, demoted to the shadow tier).
+    /// `drift` (flagged for retraining).
     pub kind: String,
     /// `cpu`, `memory`, `io` or `net`.
     pub target: String,
