@@ -189,7 +189,15 @@ fn the_live_agent_serves_valid_metrics_with_program_runs() {
     // Two windows later the execs and the programs' runs are in.
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let text = get(port);
+        // The endpoint opens just after the programs attach.
+        let Some(text) = get(port) else {
+            assert!(
+                Instant::now() < deadline,
+                "no metrics endpoint on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         let ok = text.contains("umbra_windows_total")
             && value(&text, "umbra_windows_total") >= 2.0
             && text
@@ -221,14 +229,14 @@ fn the_live_agent_serves_valid_metrics_with_program_runs() {
     );
 }
 
-/// `GET /metrics` from the agent.
-fn get(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+/// `GET /metrics` from the agent; `None` while nothing listens.
+fn get(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    Some(body.to_string())
 }
