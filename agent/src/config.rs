@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aggregate::{GroupBy, HistoryConfig},
     allocate::config::AllocateConfig,
+    anomaly::AnomalyConfig,
     capture::Hook,
+    metrics::MetricsConfig,
     predict::PredictConfig,
     publish::{
         BrokerUrl, Payload, Security, Settings, Topics, identity::NodeId, model,
@@ -29,6 +31,10 @@ pub struct Config {
     pub publish: PublishConfig,
     pub predict: PredictConfig,
     pub allocate: AllocateConfig,
+    /// `[metrics]`: the Prometheus endpoint (off by default).
+    pub metrics: MetricsConfig,
+    /// `[anomaly]`: how far from its band a workload may go, and drift.
+    pub anomaly: AnomalyConfig,
 }
 
 /// `[publish]`: the MQTT link to the fleet hub (see `docs/mqtt.md`).
@@ -401,6 +407,8 @@ impl Config {
 
     /// Checks every value; call again after command-line overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics.validate()?;
+        self.anomaly.validate()?;
         let c = &self.capture;
         check("capture.interval_ms", c.interval_ms, 10..=60_000)?;
         check("capture.max_processes", c.max_processes, 64..=4_194_304)?;

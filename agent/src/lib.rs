@@ -8,21 +8,31 @@
 //!   an on-disk spool; commands and signed models from it.
 //! - [`fleet`]: the other end, for operators (`umbra sub`) and the hub (`umbra hub`,
 //!   cargo feature `fleet`).
+//! - [`insight`]: what the agent concluded (forecast bands, tiers, decisions, anomalies)
+//!   in the shape the tools show it; [`perfetto`]: `umbra trace --perfetto`; [`top`]:
+//!   `umbra top`.
 //! - [`pipeline`]: wires the stages; the only place that knows all of them.
 //! - [`simulate`]: recordings through allocation strategies (`umbra simulate`), with the
 //!   agent's own predictors and `decide`.
 
 pub mod aggregate;
 pub mod allocate;
+pub mod anomaly;
 pub mod capture;
 pub mod config;
 pub mod eval;
 pub mod export;
 pub mod fleet;
+pub mod insight;
+pub mod metrics;
+pub mod perfetto;
 pub mod pipeline;
 pub mod predict;
 pub mod publish;
 pub mod record;
+#[cfg(feature = "report")]
+pub mod report;
 pub mod simulate;
+pub mod top;
 pub mod trace;
 pub mod view;

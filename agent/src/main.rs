@@ -75,6 +75,35 @@ enum Command {
         /// Sampling interval in ms (overrides capture.interval_ms).
         #[arg(long)]
         interval_ms: Option<u64>,
+        /// Write a Perfetto trace (TrackEvent protobuf) to this file instead of lines:
+        /// open it in ui.perfetto.dev.
+        #[arg(long, value_name = "OUT.pftrace")]
+        perfetto: Option<PathBuf>,
+        /// Read a recording instead of the kernel (no root needed).
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
+    },
+    /// A live terminal view of workloads: CPU, memory, I/O, network, run-queue wait,
+    /// forecast band, tier and last decision; keys sort and filter (q quits).
+    Top {
+        /// Show a recording instead of the live kernel (no root needed).
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
+        /// With --replay: N times faster than recorded.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Sampling interval in ms (overrides capture.interval_ms).
+        #[arg(long)]
+        interval_ms: Option<u64>,
+    },
+    /// An HTML report with SVG plots of recordings: usage against the forecast band,
+    /// reservations against usage, anomalies marked (needs a build with `--features report`).
+    Report {
+        #[arg(required = true)]
+        recordings: Vec<PathBuf>,
+        /// Directory for index.html.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Record what capture produces (samples and lifecycle events) to a file.
     Record {
@@ -360,6 +389,7 @@ fn main() -> ExitCode {
     };
     let interval = match &cli.command {
         Command::Run { interval_ms, .. }
+        | Command::Top { interval_ms, .. }
         | Command::Trace { interval_ms, .. }
         | Command::Record { interval_ms, .. } => *interval_ms,
         Command::Replay { .. }
@@ -369,7 +399,8 @@ fn main() -> ExitCode {
         | Command::Sub { .. }
         | Command::Hub(_)
         | Command::Simulate { .. }
-        | Command::Exec { .. } => None,
+        | Command::Exec { .. }
+        | Command::Report { .. } => None,
     };
     if let Some(ms) = interval {
         cfg.capture.interval_ms = ms;
@@ -458,24 +489,50 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             kind,
             duration,
             json,
+            perfetto,
+            replay,
             ..
         } => {
+            let from = match &replay {
+                Some(f) => pipeline::From::Recording(f, Pace::AsFastAsPossible),
+                None => pipeline::From::Kernel,
+            };
+            let duration = duration.map(Duration::from_secs);
+            if let Some(out) = perfetto {
+                let s = umbra::perfetto::write(&cfg, from, &out, duration, shutdown).await?;
+                eprintln!(
+                    "umbra: wrote {} processes, {} workloads, {} counter values and {} instants ({} bytes) to {}; open it in https://ui.perfetto.dev",
+                    s.processes,
+                    s.workloads,
+                    s.counter_values,
+                    s.instants,
+                    s.bytes,
+                    out.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let filter = Filter {
                 pids: pid,
                 comms: comm,
                 cgroup,
                 kinds: kind,
             };
-            pipeline::trace(
-                &cfg,
-                stdout,
-                filter,
-                json,
-                duration.map(Duration::from_secs),
-                shutdown,
-            )
-            .await?
+            pipeline::trace(&cfg, from, stdout, filter, json, duration, shutdown).await?
         }
+        Command::Top { replay, speed, .. } => {
+            if !(speed.is_finite() && speed > 0.0) {
+                anyhow::bail!("--speed must be a positive number, not {speed}");
+            }
+            let (from, label) = match &replay {
+                Some(f) => (
+                    pipeline::From::Recording(f, Pace::Speed(speed)),
+                    f.display().to_string(),
+                ),
+                None => (pipeline::From::Kernel, "live".to_string()),
+            };
+            umbra::top::run(&cfg, from, label, shutdown).await?
+        }
+        Command::Report { recordings, output } => report(&cfg, &recordings, &output).await?,
         Command::Record {
             duration, output, ..
         } => {
@@ -722,6 +779,26 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "report"))]
+async fn report(_: &Config, _: &[PathBuf], _: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this umbra was built without reports: build it with `cargo build --release --features report`"
+    )
+}
+
+#[cfg(feature = "report")]
+async fn report(cfg: &Config, recordings: &[PathBuf], dir: &std::path::Path) -> anyhow::Result<()> {
+    let (index, s) = umbra::report::write(cfg, recordings, dir).await?;
+    eprintln!(
+        "umbra: report of {} recording(s), {} plots, {} anomalies: {}",
+        s.recordings,
+        s.plots,
+        s.anomalies,
+        index.display()
+    );
+    Ok(())
 }
 
 #[cfg(not(feature = "fleet"))]

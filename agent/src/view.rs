@@ -8,6 +8,7 @@ use std::io::Write;
 use crate::{
     aggregate::{ShadowPoint, Window},
     allocate::Decision,
+    insight::{Insights, NoteKind},
     predict::{Forecast, Target},
     trace,
 };
@@ -102,6 +103,21 @@ fn cpu_band(f: Option<&Forecast>) -> String {
             b.p90 * 100.0
         ),
         None => "-".into(),
+    }
+}
+
+impl View {
+    /// Anomalies and drift, one line each (the table views; JSON lines stay points only).
+    pub fn notes<W: Write>(&self, out: &mut W, i: &Insights) -> std::io::Result<()> {
+        if matches!(self, View::Quiet | View::Points { json: true }) {
+            return Ok(());
+        }
+        for n in &i.notes {
+            if matches!(n.kind, NoteKind::Anomaly | NoteKind::Drift) {
+                writeln!(out, "!! {:<8} {}", n.kind.name(), clip(&n.text, 400))?;
+            }
+        }
+        Ok(())
     }
 }
 

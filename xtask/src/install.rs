@@ -140,3 +140,50 @@ pub fn musl_target(arch: &str) -> Result<String> {
     }
     Ok(triple.to_string())
 }
+
+/// What the tests of the tools need: tmux (drives `umbra top` in a pseudo-terminal),
+/// headless Chromium (opens `umbra report`), dpkg-dev and systemd (`cargo xtask deb`'s
+/// dependencies and `systemd-analyze verify`), and promtool (checks the metrics).
+const TOOL_TEST_PACKAGES: &[&str] = &["tmux", "chromium", "dpkg-dev", "systemd"];
+
+pub fn tool_tests() -> Result<()> {
+    apt_with(TOOL_TEST_PACKAGES, &["--no-install-recommends"])?;
+    promtool().map(|_| ())
+}
+
+/// `promtool` from Debian's `prometheus` package, extracted under `target/tools/` rather
+/// than installed: installing the package would start a Prometheus server. The tests find
+/// it there (or on PATH).
+pub fn promtool() -> Result<std::path::PathBuf> {
+    let dir = util::target_dir().join("tools/prometheus");
+    let bin = dir.join("usr/bin/promtool");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    util::step("apt-get download prometheus (for promtool)");
+    let tmp = util::target_dir().join("tools/download");
+    std::fs::create_dir_all(&tmp)?;
+    let download = || {
+        run(Command::new("apt-get")
+            .args(["download", "-qq", "prometheus"])
+            .current_dir(&tmp))
+    };
+    if download().is_err() {
+        // No package lists yet.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        download()?;
+    }
+    let deb = std::fs::read_dir(&tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("prometheus_"))
+        })
+        .ok_or_else(|| anyhow::anyhow!("apt-get download prometheus left no package"))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !bin.is_file() {
+        bail!("{} holds no usr/bin/promtool", deb.display());
+    }
+    Ok(bin)
+}

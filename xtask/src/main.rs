@@ -12,11 +12,14 @@
 //! - `cargo xtask train [--search] [--from-hub DIR]`: train the models (models/) in a venv.
 //! - `cargo xtask record-training [--only NAME,...]`: re-record and re-export the models'
 //!   training and test data (root).
+//! - `cargo xtask deb [--dev]`: the Debian package; `cargo xtask install-service`: the
+//!   agent as a systemd service on this machine.
 
 mod bench;
 mod fuzz;
 mod install;
 mod models;
+mod package;
 mod util;
 mod vm;
 
@@ -58,6 +61,15 @@ enum Cmd {
     Train(models::TrainArgs),
     /// Re-record the models' training and test data on this machine and export it (root).
     RecordTraining(models::RecordArgs),
+    /// Build the Debian package (target/debian/umbra_*.deb): the agent, its hardened
+    /// systemd unit and a dry-run config; installing it starts the agent.
+    Deb {
+        /// From the debug build (quick; for tests), not the release one.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Install the agent as a systemd service here (binary, unit, config) and start it.
+    InstallService,
     /// Whole-system benchmarks.
     Bench {
         #[command(subcommand)]
@@ -101,6 +113,14 @@ fn main() -> Result<()> {
         }
         Cmd::Train(a) => models::train(&a),
         Cmd::RecordTraining(a) => models::record(&a),
+        Cmd::Deb { dev } => {
+            install::all()?;
+            package::deb(dev).map(|_| ())
+        }
+        Cmd::InstallService => {
+            install::all()?;
+            package::install_service()
+        }
         Cmd::Bench { what } => {
             install::all()?;
             bench::run(what)
@@ -131,6 +151,7 @@ fn in_ci() -> bool {
 
 fn test() -> Result<()> {
     install::all()?;
+    install::tool_tests()?;
     util::step("rustfmt");
     util::cargo(&["+nightly", "fmt", "--all", "--", "--check"])?;
     util::step("clippy (userspace)");
@@ -161,6 +182,9 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The edge build, packaged (before the build below, whose features it leaves out).
+    util::step("Debian package (debug build, for the package tests)");
+    package::deb(true)?;
     util::step("build");
     // The fleet side too: the tests run `umbra hub`.
     util::cargo(&[
@@ -170,7 +194,7 @@ fn test() -> Result<()> {
         "-p",
         "umbra-tests",
         "--features",
-        "umbra/fleet",
+        "umbra/fleet,umbra/report",
         "--bins",
     ])?;
     util::step("unit tests");

@@ -283,14 +283,14 @@ impl History {
             }
         }
         // A workload gone long enough that its pending coarse buckets are past every span.
-        let oldest = self.cfg.tiers.last().map_or(0, |t| now_ms.saturating_sub(t.span_ms));
+        let oldest = self
+            .cfg
+            .tiers
+            .last()
+            .map_or(0, |t| now_ms.saturating_sub(t.span_ms));
         for i in 0..self.series.len() {
             let stale = self.series[i].as_ref().is_some_and(|s| {
-                s.held == 0
-                    && s.pending
-                        .iter()
-                        .flatten()
-                        .all(|p| p.timestamp_ms < oldest)
+                s.held == 0 && s.pending.iter().flatten().all(|p| p.timestamp_ms < oldest)
             });
             if stale {
                 if let Some(s) = self.series[i].as_mut() {

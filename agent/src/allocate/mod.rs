@@ -448,6 +448,11 @@ impl Allocator {
         }
     }
 
+    /// The managed workloads' state: tier, what their groups have now.
+    pub fn workloads(&self) -> impl Iterator<Item = &WorkloadState> {
+        self.managed.values().map(|m| &m.state)
+    }
+
     pub fn root(&self) -> &Group {
         &self.root
     }

@@ -477,6 +477,42 @@ impl KernelCapture {
         self.ebpf.programs()
     }
 
+    /// Runs and run time of each loaded program, where the kernel counts them
+    /// ([`enable_program_stats`], or `sysctl kernel.bpf_stats_enabled=1`); zeros otherwise.
+    /// Named by hook: the BTF and the classic program of a hook (one of them attached)
+    /// are summed.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let mut by_hook: std::collections::BTreeMap<&str, ProgramStats> = Default::default();
+        for (name, p) in self.programs() {
+            let Ok(info) = p.info() else { continue };
+            let hook = name.strip_suffix("_btf").unwrap_or(name);
+            let s = by_hook.entry(hook).or_insert_with(|| ProgramStats {
+                name: hook.to_string(),
+                ..Default::default()
+            });
+            s.runs += info.run_count();
+            s.run_ns += info.run_time().as_nanos() as u64;
+        }
+        by_hook.into_values().collect()
+    }
+}
+
+/// Run-time statistics of one kernel program, since it was loaded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+/// Has the kernel count runs and run time of BPF programs while the returned descriptor
+/// is open (`BPF_ENABLE_STATS`, Linux ≥ 5.8, needs CAP_SYS_ADMIN).
+pub fn enable_program_stats() -> Result<std::os::fd::OwnedFd, CaptureError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| CaptureError::Io(std::io::Error::other(e.to_string())))
+}
+
+impl KernelCapture {
     /// Moves every event waiting in the ring buffer into `out`, updating what is known of
     /// each process. Never blocks.
     pub fn drain_events(&mut self, out: &mut Vec<Lifecycle>) -> usize {

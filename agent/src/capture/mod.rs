@@ -18,7 +18,9 @@ use std::{future::Future, path::PathBuf};
 
 pub use agent_common::Drop as DropKind;
 pub use identity::{Identity, cgroup2_root, input_files};
-pub use kernel::{AttachReport, Hook, HookStatus, KernelCapture};
+pub use kernel::{
+    AttachReport, Hook, HookStatus, KernelCapture, ProgramStats, enable_program_stats,
+};
 pub use procfs::NodeStats;
 pub use types::*;
 

@@ -196,7 +196,7 @@ impl Hub {
                     seen.last_instance = Some((s.instance, s.online));
                 }
             }
-            Body::CmdResult(_) | Body::Decisions(_) => {}
+            Body::CmdResult(_) | Body::Decisions(_) | Body::Anomaly(_) => {}
         }
         true
     }

@@ -7,7 +7,10 @@ use rumqttc::{Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::publish::{Body, Envelope, PublishError, Security, Topics, client::fleet_client};
+use crate::{
+    publish::{Body, Envelope, PublishError, Security, Topics, client::fleet_client},
+    view::clip,
+};
 
 /// What to subscribe to; `None` is every fleet, node or kind.
 #[derive(Clone, Debug, Default)]
@@ -160,6 +163,7 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> String {
             }
             s
         }
+        Body::Anomaly(a) => format!("{head} ANOMALY {}: {}", a.kind, clip(&a.text, 300)),
     }
 }
 

@@ -22,10 +22,17 @@ use super::{
     wire,
 };
 use crate::{
-    aggregate::{Aggregator, History, Window},
-    allocate::{self, Allocator, Decision, Mode, control::Control, launch::LaunchReply},
+    aggregate::{Aggregator, History, Window, WorkloadId},
+    allocate::{
+        self, Allocator, Decision, Mode,
+        cgroups::{CPU_PERIOD_US, Group, Knob},
+        control::Control,
+        launch::LaunchReply,
+    },
+    anomaly::Detector,
     capture::{CaptureItem, Tick},
     config::Config,
+    insight::{Insights, Note, NoteKind, Reservation, next_bands},
     predict::{Forecast, ForecastStage, per_request::ProfilePredictor, runtime},
     publish::{
         self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command, model::ModelBundle,
@@ -34,13 +41,62 @@ use crate::{
     view::{self, Drops, Frame, View},
 };
 
-/// Where the agent's windows go besides the fleet: the terminal, or a function.
+/// Where the agent's windows go besides the fleet: the terminal, a function, or a tool
+/// that looks inside (`umbra top`, the Perfetto trace, the report, the metrics).
 pub trait Output: Send {
     fn window(&mut self, f: &Frame<'_>) -> std::io::Result<()>;
 
     /// Whether it wants forecasts and decisions (else the agent skips those stages).
     fn stages(&self) -> bool {
         true
+    }
+
+    /// Every capture item, before aggregate sees it (per-process tools).
+    fn item(&mut self, _item: &CaptureItem) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// The agent's conclusions for the window just shown: forecasts, tiers, decisions,
+    /// anomalies.
+    fn insights(&mut self, _i: &Insights) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether [`status`](Self::status) wants the agent's status each window.
+    fn wants_status(&self) -> bool {
+        false
+    }
+
+    /// The agent's own health, after each window (when [`wants_status`](Self::wants_status)).
+    fn status(&mut self, _s: &Status) {}
+
+    /// After the last window.
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<O: Output + ?Sized> Output for &mut O {
+    fn window(&mut self, f: &Frame<'_>) -> std::io::Result<()> {
+        (**self).window(f)
+    }
+    fn stages(&self) -> bool {
+        (**self).stages()
+    }
+    fn item(&mut self, item: &CaptureItem) -> std::io::Result<()> {
+        (**self).item(item)
+    }
+    fn insights(&mut self, i: &Insights) -> std::io::Result<()> {
+        (**self).insights(i)
+    }
+    fn wants_status(&self) -> bool {
+        (**self).wants_status()
+    }
+    fn status(&mut self, s: &Status) {
+        (**self).status(s)
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        (**self).finish()
     }
 }
 
@@ -58,6 +114,10 @@ impl<W: Write + Send> Output for Shown<W> {
             view::decisions(&mut self.out, f.decisions)?;
         }
         Ok(())
+    }
+
+    fn insights(&mut self, i: &Insights) -> std::io::Result<()> {
+        self.view.notes(&mut self.out, i)
     }
 }
 
@@ -118,6 +178,10 @@ pub struct Agent<O: Output> {
     workloads: u32,
     model: Option<ModelInfo>,
     problems: Vec<String>,
+    /// The newest window's conclusions, for the output (filled by the stages that have them).
+    insights: Insights,
+    /// Anomalies and drift, judged against the forecasts handed to it ([`Agent::expect`]).
+    anomaly: Option<Detector>,
     node: publish::identity::NodeId,
     instance: u64,
     started: Instant,
@@ -182,6 +246,10 @@ impl<O: Output> Agent<O> {
             (None, None)
         };
         let node = p.node_id();
+        let anomaly = cfg.anomaly.enabled.then(|| {
+            let interval = cfg.predict.interval_ms(header.interval_ms as u64);
+            Detector::new(cfg.anomaly.clone(), interval)
+        });
         let mut agent = Agent {
             aggregate: Aggregator::new(cfg.aggregate.group_by, header.interval_ms),
             history: History::new(cfg.aggregate.history.clone()),
@@ -210,6 +278,8 @@ impl<O: Output> Agent<O> {
             workloads: 0,
             model: None,
             problems,
+            insights: Insights::default(),
+            anomaly,
             node,
             instance: instance_id(),
             started: Instant::now(),
@@ -263,18 +333,32 @@ impl<O: Output> Agent<O> {
         if let Some(p) = &self.publish {
             p.fill_status(&mut s);
         }
+        if let Some(d) = &self.anomaly {
+            for (id, since) in d.drifting() {
+                s.problems.push(format!(
+                    "workload {} drifting since {since} ms: its forecasts no longer fit, flagged for retraining",
+                    crate::view::clip(&id.0, 80)
+                ));
+            }
+        }
         s
     }
 
     fn window(&mut self, t: &Tick, w: &Window, lost: u64) -> Result<(), PipelineError> {
         self.history.insert(w);
+        self.watch(w);
         self.workloads = w.points.len() as u32;
         // The first window holds everything since each process was first seen: kept out
         // of forecasts, allocation and summaries, and out of the table of a live run (a
         // replay shows it).
         let first = std::mem::take(&mut self.first);
         if !first {
+            // The bands in effect for this interval: made one bucket earlier.
+            for f in &self.forecasts {
+                self.insights.workload(&f.workload).forecast = next_bands(f);
+            }
             if let Some(fs) = self.forecast.as_mut().and_then(|f| f.push(w)) {
+                self.expect(&fs);
                 self.forecasts = fs;
             }
             if let Some(a) = &mut self.allocate {
@@ -284,6 +368,7 @@ impl<O: Output> Agent<O> {
         }
         let decided = std::mem::take(&mut self.decided);
         self.decisions += decided.len() as u64;
+        self.note_allocation(w.node.timestamp_ms, &decided);
         if !(first && self.live) {
             let drops = Drops {
                 kernel: lost,
@@ -295,6 +380,13 @@ impl<O: Output> Agent<O> {
                 forecasts: &self.forecasts,
                 decisions: &decided,
             })?;
+            self.insights.timestamp_ms = w.node.timestamp_ms;
+            self.output.insights(&self.insights)?;
+            self.insights.notes.clear();
+            if self.output.wants_status() {
+                let s = self.status();
+                self.output.status(&s);
+            }
         }
         if first {
             return Ok(());
@@ -309,6 +401,100 @@ impl<O: Output> Agent<O> {
             }
         }
         Ok(())
+    }
+
+    /// The allocate stage's state and decisions into the insights: each managed
+    /// workload's tier and what its group reserves, each decision a note.
+    fn note_allocation(&mut self, now_ms: u64, decided: &[Decision]) {
+        self.insights.model = self
+            .forecast
+            .as_ref()
+            .and_then(|f| f.status().model_version);
+        let Some(a) = &self.allocate else { return };
+        for st in a.workloads() {
+            let amount = |k: Knob| st.applied.get(&k).and_then(|v| v.amount());
+            let wi = self.insights.workload(&st.workload);
+            wi.tier = Some(st.tier.name().into());
+            wi.reservation = Some(Reservation {
+                cpu_cores: amount(Knob::CpuMax).map(|q| q as f64 / CPU_PERIOD_US as f64),
+                memory_bytes: amount(Knob::MemoryMin)
+                    .or_else(|| amount(Knob::MemoryLow))
+                    .or_else(|| amount(Knob::MemoryHigh))
+                    .map(|b| b as f64),
+            });
+        }
+        let by_group: std::collections::HashMap<&Group, (&WorkloadId, &str)> = a
+            .workloads()
+            .map(|st| (&st.group, (&st.workload, st.name.as_str())))
+            .collect();
+        let mut notes = Vec::new();
+        for d in decided {
+            let owner = match d {
+                Decision::Tier { workload, name, .. } => Some((workload, name.as_str())),
+                Decision::Set { action, .. } => by_group.get(&action.group).copied(),
+                Decision::Place { group, .. }
+                | Decision::Hold { group, .. }
+                | Decision::Release { group, .. } => by_group.get(group).copied(),
+            };
+            let text = d.text();
+            notes.push((owner.map(|(w, n)| (w.clone(), n.to_string())), text));
+        }
+        for (owner, text) in notes {
+            if let Some((w, _)) = &owner {
+                self.insights.workload(w).last_decision = Some(text.clone());
+            }
+            self.insights.notes.push(Note {
+                timestamp_ms: now_ms,
+                kind: NoteKind::Decision,
+                name: owner.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
+                workload: owner.map(|(w, _)| w),
+                text,
+            });
+        }
+    }
+
+    /// Forecasts made when a bucket closed: the next bucket's anomalies are judged
+    /// against them.
+    pub fn expect(&mut self, forecasts: &[crate::predict::Forecast]) {
+        if let Some(d) = &mut self.anomaly {
+            d.expect(forecasts);
+        }
+    }
+
+    /// Anomalies and drift of the buckets `w` closed: into the insights (shown, counted),
+    /// to the fleet on their own topic; drifting workloads flagged.
+    fn watch(&mut self, w: &Window) {
+        let Some(d) = &mut self.anomaly else { return };
+        for j in d.push(w) {
+            let notes = j
+                .anomalies
+                .iter()
+                .map(|a| (NoteKind::Anomaly, &a.workload, &a.name, a.text(), a.into()))
+                .chain(
+                    j.drifted
+                        .iter()
+                        .map(|x| (NoteKind::Drift, &x.workload, &x.name, x.text(), x.into())),
+                );
+            for (kind, workload, name, text, report) in notes {
+                self.insights.notes.push(Note {
+                    timestamp_ms: j.end_ms,
+                    kind,
+                    workload: Some(workload.clone()),
+                    name: name.clone(),
+                    text,
+                });
+                if let Some(p) = &mut self.publish {
+                    p.anomaly(report);
+                }
+            }
+        }
+        for wi in self.insights.workloads.values_mut() {
+            wi.drifting = false;
+        }
+        let drifting: Vec<WorkloadId> = d.drifting().map(|(id, _)| id.clone()).collect();
+        for id in drifting {
+            self.insights.workload(&id).drifting = true;
+        }
     }
 
     fn reply(&mut self, topic: &str, id: Option<String>, r: Result<String, String>) {
@@ -443,6 +629,7 @@ impl<O: Output> Sink for Agent<O> {
         if let Some(ended) = self.snapshots.tap(&item) {
             self.snapshot_ended(ended);
         }
+        self.output.item(&item)?;
         let t = match item {
             CaptureItem::Tick(t) => t,
             CaptureItem::Event(ev) => {
@@ -539,6 +726,7 @@ impl<O: Output> Sink for Agent<O> {
                 r.failures.join("; ")
             ));
         }
+        self.output.finish()?;
         if let Some(ended) = self.snapshots.end(None) {
             self.snapshot_ended(ended);
         }

@@ -3,7 +3,7 @@
 use std::{
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -15,7 +15,9 @@ use tracing::{info, warn};
 
 use super::PipelineError;
 use crate::{
-    capture::{CaptureItem, KernelCapture, Source},
+    capture::{
+        CaptureError, CaptureItem, KernelCapture, ProgramStats, Source, enable_program_stats,
+    },
     config::Config,
     record::{Header, Pace, Reader, Replay},
 };
@@ -23,14 +25,24 @@ use crate::{
 /// Bytes of capture items in flight to the agent loop, at most.
 const FEED_BYTES: usize = 64 << 20;
 
-/// What the feed lost on the way (a live capture only; a replay waits instead).
+/// What the feed lost on the way (a live capture only; a replay waits instead), and the
+/// kernel programs' run-time statistics (a live capture with metrics on).
 #[derive(Debug, Default)]
 pub struct FeedStats {
     pub events_dropped: AtomicU64,
     pub ticks_dropped: AtomicU64,
+    programs: Mutex<Vec<ProgramStats>>,
 }
 
 impl FeedStats {
+    /// The kernel programs' runs and run time, as of the newest tick.
+    pub fn programs(&self) -> Vec<ProgramStats> {
+        self.programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn dropped(&self) -> u64 {
         self.events_dropped.load(Ordering::Relaxed) + self.ticks_dropped.load(Ordering::Relaxed)
     }
@@ -66,7 +78,22 @@ impl Feed {
         for (hook, status) in &source.report().hooks {
             info!(%hook, ?status, "Hook");
         }
-        Feed::spawn(source, true, |_| Ok(()))
+        let stats = Arc::new(FeedStats::default());
+        if !cfg.metrics.enabled {
+            return Feed::spawn(source, true, stats, |_| Ok(()));
+        }
+        // The metrics show what each program costs: the kernel counts it while asked to.
+        let enabled = enable_program_stats()
+            .inspect_err(|e| {
+                warn!(error = %e, "BPF run-time statistics not enabled: program runs and run time stay zero unless kernel.bpf_stats_enabled=1")
+            })
+            .ok();
+        let measured = Measured {
+            inner: source,
+            stats: stats.clone(),
+            _enabled: enabled,
+        };
+        Feed::spawn(measured, true, stats, |_| Ok(()))
     }
 
     /// A recording, replayed on its own thread; the error that ended a damaged one comes
@@ -74,24 +101,28 @@ impl Feed {
     pub fn replay(path: &Path, pace: Pace) -> Result<(Feed, Header), PipelineError> {
         let reader = Reader::open(path)?;
         let header = reader.header().clone();
-        let feed = Feed::spawn(Replay::new(reader, pace), false, |r: &mut Replay| {
-            match r.error.take() {
+        let stats = Arc::new(FeedStats::default());
+        let feed = Feed::spawn(
+            Replay::new(reader, pace),
+            false,
+            stats,
+            |r: &mut Replay| match r.error.take() {
                 Some(e) => Err(e.into()),
                 None => Ok(()),
-            }
-        })?;
+            },
+        )?;
         Ok((feed, header))
     }
 
     fn spawn<S: Source + 'static>(
         mut source: S,
         live: bool,
+        stats: Arc<FeedStats>,
         end: impl FnOnce(&mut S) -> Result<(), PipelineError> + Send + 'static,
     ) -> Result<Feed, PipelineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let bytes = Arc::new(AtomicUsize::new(0));
         let room = Arc::new(Notify::new());
-        let stats = Arc::new(FeedStats::default());
         let stop = CancellationToken::new();
         let (b, r, st, s) = (bytes.clone(), room.clone(), stats.clone(), stop.clone());
         let thread = std::thread::Builder::new()
@@ -143,6 +174,29 @@ impl Feed {
             Ok(r) => r,
             Err(_) => Err(PipelineError::Thread("it panicked".into())),
         }
+    }
+}
+
+/// The kernel capture, its programs' statistics read after each tick.
+struct Measured {
+    inner: KernelCapture,
+    stats: Arc<FeedStats>,
+    /// Keeps the kernel counting while open.
+    _enabled: Option<std::os::fd::OwnedFd>,
+}
+
+impl Source for Measured {
+    async fn next(&mut self) -> Result<Option<CaptureItem>, CaptureError> {
+        let item = self.inner.next().await?;
+        if let Some(CaptureItem::Tick(_)) = &item {
+            let p = self.inner.program_stats();
+            *self
+                .stats
+                .programs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = p;
+        }
+        Ok(item)
     }
 }
 

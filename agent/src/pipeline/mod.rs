@@ -63,6 +63,8 @@ pub enum PipelineError {
     Publish(#[from] publish::PublishError),
     #[error(transparent)]
     Allocate(#[from] crate::allocate::AllocateError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("the capture thread failed: {0}")]
     Thread(String),
 }
@@ -169,15 +171,40 @@ pub async fn run<W: Write + Send>(
     let mut with_wake = cfg.clone();
     with_wake.capture.wake_on_exec = cfg.allocate.workload.iter().any(|w| w.per_request);
     let feed = Feed::kernel(&with_wake)?;
+    let shown = Shown {
+        view,
+        out,
+        explain: opts.explain,
+    };
+    if !cfg.metrics.enabled {
+        return run_agent(cfg, feed, shown, opts, shutdown).await;
+    }
+    let registry = crate::metrics::Registry::new();
+    let stop = shutdown.child_token();
+    let server = crate::metrics::serve(cfg.metrics.addr()?, registry.clone(), stop.clone()).await?;
+    let metered = crate::metrics::Metered {
+        inner: shown,
+        registry,
+        feed: feed.stats.clone(),
+    };
+    let r = run_agent(cfg, feed, metered, opts, shutdown).await;
+    stop.cancel();
+    let _ = server.await;
+    r
+}
+
+async fn run_agent<O: Output>(
+    cfg: &Config,
+    feed: Feed,
+    output: O,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
     let agent = Agent::new(
         cfg,
         live_header(cfg),
         &feed,
-        Shown {
-            view,
-            out,
-            explain: opts.explain,
-        },
+        output,
         AgentOptions {
             publish: cfg.publish.enabled,
             persist: true,
@@ -220,6 +247,46 @@ pub async fn replay<O: Output>(
         },
     )?;
     drive(feed, agent, None, shutdown).await
+}
+
+/// Where a tool that looks inside reads from.
+#[derive(Clone, Copy, Debug)]
+pub enum From<'a> {
+    /// The live kernel (needs root).
+    Kernel,
+    /// A recording, at its pace.
+    Recording(&'a Path, Pace),
+}
+
+/// `umbra top`, `umbra trace --perfetto` and `umbra report`: the agent — aggregate and
+/// the stages after it — publishing nothing and keeping no state, its windows and
+/// conclusions into the output `make` builds from the source's header.
+pub async fn look<O: Output>(
+    cfg: &Config,
+    from: From<'_>,
+    make: impl FnOnce(&Header) -> std::io::Result<O>,
+    duration: Option<Duration>,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let (feed, header) = match from {
+        From::Kernel => (Feed::kernel(cfg)?, live_header(cfg)),
+        From::Recording(path, pace) => Feed::replay(path, pace)?,
+    };
+    let output = make(&header)?;
+    let agent = Agent::new(
+        cfg,
+        header,
+        &feed,
+        output,
+        AgentOptions {
+            publish: false,
+            persist: false,
+            drain: None,
+            stages: true,
+            enforce: false,
+        },
+    )?;
+    drive(feed, agent, duration, shutdown).await
 }
 
 /// Drives a recording through aggregate; `each` sees every window (`umbra export`).
@@ -272,16 +339,20 @@ pub async fn record(
     })
 }
 
-/// `umbra trace`: the filtered live stream.
+/// `umbra trace`: the filtered stream, live or from a recording.
 pub async fn trace<W: Write + Send>(
     cfg: &Config,
+    from: From<'_>,
     out: W,
     filter: Filter,
     json: bool,
     duration: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let feed = Feed::kernel(cfg)?;
+    let feed = match from {
+        From::Kernel => Feed::kernel(cfg)?,
+        From::Recording(path, pace) => Feed::replay(path, pace)?.0,
+    };
     let sink = sinks::Tracing {
         tracer: Tracer::new(filter, json, out),
         feed: feed.stats.clone(),

@@ -39,7 +39,11 @@ pub enum Body {
     Summary(Summary),
     Status(Status),
     CmdResult(CmdResult),
+    /// Decisions and anomalies were added after schema 2's first release: a subscriber
+    /// that predates them finds these malformed (on their own topics, so nothing else is
+    /// affected).
     Decisions(Decisions),
+    Anomaly(AnomalyReport),
 }
 
 /// Kinds of message; each has its own topic.
@@ -49,10 +53,17 @@ pub enum Kind {
     Status,
     CmdResult,
     Decision,
+    Anomaly,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Summary, Kind::Status, Kind::CmdResult, Kind::Decision];
+    pub const ALL: [Kind; 5] = [
+        Kind::Summary,
+        Kind::Status,
+        Kind::CmdResult,
+        Kind::Decision,
+        Kind::Anomaly,
+    ];
 
     /// The topic under `umbra/v1/<fleet>/<node>/`, and the `kind` of JSON payloads.
     pub fn name(self) -> &'static str {
@@ -61,6 +72,7 @@ impl Kind {
             Kind::Status => "status",
             Kind::CmdResult => "cmd/result",
             Kind::Decision => "decision",
+            Kind::Anomaly => "anomaly",
         }
     }
 
@@ -76,8 +88,34 @@ impl Body {
             Body::Status(_) => Kind::Status,
             Body::CmdResult(_) => Kind::CmdResult,
             Body::Decisions(_) => Kind::Decision,
+            Body::Anomaly(_) => Kind::Anomaly,
         }
     }
+}
+
+/// A workload that stopped behaving like itself, or whose forecasts drifted (`anomaly`
+/// topic; docs/mqtt.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyReport {
+    pub workload: String,
+    pub name: String,
+    /// `outside-band`, `cost-jump`, `memory-growth`, `process-burst`, `io-stall`, or
+    /// `drift` (flagged for retraining).
+    pub kind: String,
+    /// `cpu`, `memory`, `io` or `net`.
+    pub target: String,
+    pub observed: f64,
+    /// The band it was judged against: p10, p50, p90.
+    pub band: Option<[f64; 3]>,
+    /// Band widths beyond the band, or the factor of the usual.
+    pub score: f64,
+    /// When it began and the bucket it was found in, ms since the Unix epoch.
+    pub since_ms: u64,
+    pub timestamp_ms: u64,
+    /// The features that moved most: name, recent mean, value now.
+    pub moved: Vec<(String, f64, f64)>,
+    /// One line for people.
+    pub text: String,
 }
 
 /// Per-workload aggregates of the shadow data points of one summary period.
@@ -342,6 +380,7 @@ impl Envelope {
             Body::Status(b) => serde_json::to_value(b),
             Body::CmdResult(b) => serde_json::to_value(b),
             Body::Decisions(b) => serde_json::to_value(b),
+            Body::Anomaly(b) => serde_json::to_value(b),
         }
         .unwrap_or_default();
         serde_json::json!({
@@ -382,6 +421,7 @@ impl Envelope {
             Kind::Status => Body::Status(serde_json::from_value(body).map_err(bad)?),
             Kind::CmdResult => Body::CmdResult(serde_json::from_value(body).map_err(bad)?),
             Kind::Decision => Body::Decisions(serde_json::from_value(body).map_err(bad)?),
+            Kind::Anomaly => Body::Anomaly(serde_json::from_value(body).map_err(bad)?),
         };
         Ok(Envelope {
             schema: head.schema,

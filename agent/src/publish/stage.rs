@@ -189,6 +189,11 @@ impl Stage {
         }
     }
 
+    /// An anomaly or a drift, on its own topic.
+    pub fn anomaly(&mut self, a: super::message::AnomalyReport) {
+        self.push(Body::Anomaly(a));
+    }
+
     /// What the publish stage itself reports in status: its spool, and its problems.
     pub fn fill_status(&self, s: &mut Status) {
         s.spool = self.outbox.status();
