@@ -165,7 +165,7 @@ impl History {
             if let Some(s) = self.series[i as usize].as_mut()
                 && s.name != p.name
             {
-                self.series_bytes = self.series_bytes - s.bytes();
+                self.series_bytes -= s.bytes();
                 s.name.clone_from(&p.name);
                 self.series_bytes += s.bytes();
             }
