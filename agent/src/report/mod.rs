@@ -113,6 +113,8 @@ struct Collector {
     /// Per workload, the step-1 bands of the newest forecast and the interval they cover.
     next: BTreeMap<WorkloadId, (u64, u64, [Band; 4])>,
     agent_forecasts: bool,
+    /// The model behind the agent's forecasts, when one runs.
+    agent_model: Option<String>,
 }
 
 impl Collector {
@@ -178,6 +180,9 @@ impl Output for &mut Collector {
         if self.start_ms.is_none() {
             return Ok(());
         }
+        if i.model.is_some() {
+            self.agent_model.clone_from(&i.model);
+        }
         let t = self.rel(i.timestamp_ms);
         for (id, wi) in &i.workloads {
             let Some(s) = self.series.get_mut(id) else {
@@ -235,6 +240,7 @@ pub async fn collect(cfg: &Config, path: &Path) -> Result<Recording, ReportError
         node_cpu: Vec::new(),
         next: BTreeMap::new(),
         agent_forecasts: false,
+        agent_model: None,
     };
     pipeline::look(
         cfg,
@@ -245,7 +251,13 @@ pub async fn collect(cfg: &Config, path: &Path) -> Result<Recording, ReportError
     )
     .await?;
     let forecaster = if c.agent_forecasts {
-        "the agent's forecasts".to_string()
+        match &c.agent_model {
+            Some(m) => format!("the agent's forecasts (model {m}, calibrated)"),
+            None => format!(
+                "the agent's forecasts (its fallback baseline `{}`, calibrated)",
+                cfg.predict.fallback
+            ),
+        }
     } else {
         format!(
             "baseline `{}` at {} ms (predict.fallback; the agent made no forecasts)",
