@@ -39,7 +39,7 @@ pub use control::Mode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 pub use tiers::Tier;
-use tracing::{info, warn};
+use tracing::{debug, info, trace, warn};
 
 use self::{
     apply::{Applier, ApplyError, Faults, Restored},
@@ -356,6 +356,10 @@ impl Allocator {
         let (applier, restored) =
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
         let mut a = Allocator::new(cfg, group_by, Some(applier), root);
+        // The node's size before the first window (a request may come first).
+        let node = crate::capture::procfs::node_stats();
+        a.cpus = node.cpus as f64;
+        a.memory_bytes = node.mem_total_bytes;
         a.set_mode(mode)?;
         Ok((a, restored))
     }
@@ -511,10 +515,11 @@ impl Allocator {
             };
             if m.matches(&c) {
                 let g = group_for(&self.root, exe);
-                let _ = start_ns;
+                debug!(tgid, start_ns, exe, rule = i, group = %g, "Opted in");
                 return Some((g, i));
             }
         }
+        trace!(tgid, exe, "Not opted in");
         None
     }
 

@@ -40,6 +40,11 @@ pub trait Output: Send {
     fn stages(&self) -> bool {
         true
     }
+
+    /// Decisions not shown with a window (made after the last one).
+    fn decisions(&mut self, _: &[Decision]) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A [`View`] on a writer; with `explain`, every decision below its window.
@@ -54,6 +59,13 @@ impl<W: Write + Send> Output for Shown<W> {
         self.view.window(&mut self.out, f)?;
         if self.explain {
             view::decisions(&mut self.out, f.decisions)?;
+        }
+        Ok(())
+    }
+
+    fn decisions(&mut self, ds: &[Decision]) -> std::io::Result<()> {
+        if self.explain {
+            view::decisions(&mut self.out, ds)?;
         }
         Ok(())
     }
@@ -271,23 +283,30 @@ impl<O: Output> Agent<O> {
                 self.decided.extend(ds);
             }
         }
-        let decided = std::mem::take(&mut self.decided);
-        self.decisions += decided.len() as u64;
-        if !(first && self.live) {
-            let drops = Drops {
-                kernel: lost,
-                channel: self.feed.dropped(),
-            };
-            self.output.window(&Frame {
-                window: w,
-                drops,
-                forecasts: &self.forecasts,
-                decisions: &decided,
-            })?;
-        }
+        let drops = Drops {
+            kernel: lost,
+            channel: self.feed.dropped(),
+        };
         if first {
+            // Its decisions (execs placed before it) wait for the next window.
+            if !self.live {
+                self.output.window(&Frame {
+                    window: w,
+                    drops,
+                    forecasts: &self.forecasts,
+                    decisions: &[],
+                })?;
+            }
             return Ok(());
         }
+        let decided = std::mem::take(&mut self.decided);
+        self.decisions += decided.len() as u64;
+        self.output.window(&Frame {
+            window: w,
+            drops,
+            forecasts: &self.forecasts,
+            decisions: &decided,
+        })?;
         if self.publish.is_some() {
             let status = self.status();
             let mode = status.mode.clone();
@@ -508,8 +527,16 @@ impl<O: Output> Sink for Agent<O> {
         if let Some(ended) = self.snapshots.end(None) {
             self.snapshot_ended(ended);
         }
+        let decided = std::mem::take(&mut self.decided);
+        self.decisions += decided.len() as u64;
+        let _ = self.output.decisions(&decided);
         let status = self.status();
         if let Some(mut p) = self.publish.take() {
+            p.decisions(wire::decisions(
+                crate::capture::procfs::wall_ms(),
+                &status.mode,
+                &decided,
+            ));
             p.remember(status);
             p.finish(self.drain).await;
         }
