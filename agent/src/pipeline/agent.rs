@@ -592,6 +592,15 @@ fn start_allocator(
         }
         Err(e) => return Err(e.into()),
     };
+    if cfg.allocate.workload.iter().any(|w| w.egress) {
+        match crate::capture::egress::EgressLimiter::load() {
+            Ok(l) => a.set_egress(Box::new(l)),
+            Err(e) => {
+                warn!(error = %e, "Egress is not limited");
+                problems.push(format!("egress is not limited: {e}"));
+            }
+        }
+    }
     if control.mode() == Mode::Enforce
         && let Err(e) = a.set_mode(Mode::Enforce)
     {
