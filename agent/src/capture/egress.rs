@@ -26,10 +26,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/um
 pub struct EgressLimiter {
     ebpf: Ebpf,
     link: Option<CgroupSkbLinkId>,
-    /// TCP pacing of connections opened, where the kernel lets `sock_ops` programs read
-    /// the current cgroup (Linux ≥ 6.x); without it the bucket alone holds the rate.
+    /// TCP pacing of the connections a limited workload opens.
     pacing: Option<SockOpsLinkId>,
-    pacing_loaded: bool,
     /// Buckets set, by directory: their cgroup ids.
     ids: StdHashMap<PathBuf, u64>,
 }
@@ -41,7 +39,8 @@ fn err(what: impl Into<String>, e: impl std::fmt::Display) -> EgressError {
     }
 }
 
-/// An error and its sources, one line.
+/// An error and its sources, one line; of a verifier log only the lines that say why
+/// (the full log is at `debug`).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -49,7 +48,39 @@ fn chain(e: &dyn std::error::Error) -> String {
         s.push_str(&format!(": {c}"));
         cur = c.source();
     }
-    s
+    if !s.contains('\n') {
+        return s;
+    }
+    tracing::debug!(log = %s, "Verifier output");
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let why: Vec<&str> = lines
+        .iter()
+        .skip(1)
+        .map(|l| l.trim_start_matches([':', ' ']))
+        .filter(|l| {
+            [
+                "unknown func",
+                "not allowed",
+                "invalid",
+                "denied",
+                "unsupported",
+            ]
+            .iter()
+            .any(|k| l.to_ascii_lowercase().contains(k))
+        })
+        .collect();
+    let why = if why.is_empty() {
+        lines.iter().skip(1).rev().take(2).rev().copied().collect()
+    } else {
+        why
+    };
+    let first = lines.first().copied().unwrap_or_default();
+    let first = first.split("Verifier output").next().unwrap_or(first);
+    format!(
+        "{} … {}",
+        first.trim_end_matches([' ', '.', ':']),
+        why.join("; ")
+    )
 }
 
 /// The cgroup id of a cgroup2 directory: its inode number.
@@ -60,7 +91,10 @@ fn cgroup_id(dir: &Path) -> Result<u64, EgressError> {
 }
 
 impl EgressLimiter {
-    /// Loads the program (not yet attached).
+    /// Loads both programs (not yet attached). Without TCP pacing — a kernel whose
+    /// `sock_ops` programs may not read the connecting process's cgroup (Debian's 5.10
+    /// refuses it) — there is no limiter: the policer alone drops TCP segments that then
+    /// wait for a retransmission timeout, and a 4 MB/s limit yields well under 1 MB/s.
     pub fn load() -> Result<EgressLimiter, EgressError> {
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
             err(
@@ -75,32 +109,27 @@ impl EgressLimiter {
             .map_err(|e| err("program", e))?;
         prog.load()
             .map_err(|e| err("program", format!("the verifier refused it: {}", chain(&e))))?;
-        let pacing_loaded = match ebpf.program_mut("pacing").map(<&mut SockOps>::try_from) {
-            Some(Ok(p)) => match p.load() {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::info!(
-                        error = %chain(&e),
-                        "No TCP pacing of managed connections (the token bucket alone limits egress)"
-                    );
-                    false
-                }
-            },
-            _ => false,
-        };
+        let pacing: &mut SockOps = ebpf
+            .program_mut("pacing")
+            .ok_or_else(|| err("TCP pacing", "pacing is missing from the object"))?
+            .try_into()
+            .map_err(|e| err("TCP pacing", e))?;
+        pacing.load().map_err(|e| {
+            err(
+                "TCP pacing",
+                format!(
+                    "the kernel refuses the sock_ops program ({}); without pacing a policer \
+                     starves TCP far below the limit, so egress is not limited on this kernel",
+                    chain(&e)
+                ),
+            )
+        })?;
         Ok(EgressLimiter {
             ebpf,
             link: None,
             pacing: None,
-            pacing_loaded,
             ids: StdHashMap::new(),
         })
-    }
-
-    /// Whether connections a managed process opens are paced (else the bucket alone
-    /// holds the rate).
-    pub fn paces(&self) -> bool {
-        self.pacing.is_some()
     }
 
     /// Connections seen by the pacing program: opened, of a limited workload, paced,
@@ -153,20 +182,33 @@ impl Egress for EgressLimiter {
             .attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
             .map_err(|e| err(format!("attach to {}", root.display()), chain(&e)))?;
         self.link = Some(link);
-        if self.pacing_loaded
-            && let Some(Ok(p)) = self
-                .ebpf
-                .program_mut("pacing")
-                .map(<&mut SockOps>::try_from)
-        {
-            let dir =
-                std::fs::File::open(root).map_err(|e| err(format!("{}", root.display()), e))?;
-            match p.attach(dir, CgroupAttachMode::Single) {
-                Ok(l) => self.pacing = Some(l),
-                Err(e) => tracing::warn!(error = %chain(&e), "TCP pacing not attached"),
+        let paced = std::fs::File::open(root)
+            .map_err(|e| err(format!("{}", root.display()), e))
+            .and_then(|dir| {
+                let p: &mut SockOps = self
+                    .ebpf
+                    .program_mut("pacing")
+                    .ok_or_else(|| err("TCP pacing", "pacing is missing"))?
+                    .try_into()
+                    .map_err(|e| err("TCP pacing", e))?;
+                p.attach(dir, CgroupAttachMode::Single).map_err(|e| {
+                    err(
+                        format!("attach TCP pacing to {}", root.display()),
+                        chain(&e),
+                    )
+                })
+            });
+        match paced {
+            Ok(l) => {
+                self.pacing = Some(l);
+                Ok(())
+            }
+            Err(e) => {
+                // No limit rather than a policer alone (see `load`).
+                self.detach();
+                Err(e)
             }
         }
-        Ok(())
     }
 
     fn set(&mut self, dir: &Path, rate: u64, burst: u64) -> Result<(), EgressError> {
@@ -232,5 +274,27 @@ impl Egress for EgressLimiter {
         {
             let _ = p.detach(link);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct E(String);
+
+    #[test]
+    fn a_verifier_log_is_reduced_to_why() {
+        let log = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). \
+                   Verifier output: ; #[sock_ops]\n0: (bf) r6 = r1\n; x\n\
+                   unknown func bpf_get_current_cgroup_id#80\n: Invalid argument (os error 22)";
+        assert_eq!(
+            chain(&E(log.into())),
+            "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22) … unknown \
+             func bpf_get_current_cgroup_id#80; Invalid argument (os error 22)"
+        );
+        assert_eq!(chain(&E("one line".into())), "one line");
     }
 }
