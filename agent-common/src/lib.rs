@@ -457,6 +457,29 @@ pub fn hist_bucket(ns: u64) -> usize {
     }
 }
 
+/// The egress token bucket of one managed cgroup (`cgroup_skb` egress program, separate
+/// object `umbra-egress`). Userspace writes `rate` and `burst` (and resets the rest when
+/// it creates the entry); the program refills `tokens` by the time since `last_ns` and
+/// takes each packet's length from it; a packet finding too few tokens is dropped with a
+/// congestion notification (TCP backs off instead of timing out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressBucket {
+    /// Bytes per second allowed.
+    pub rate: u64,
+    /// Most tokens held, bytes.
+    pub burst: u64,
+    /// Tokens now, bytes (signed: concurrent CPUs may overdraw a little).
+    pub tokens: i64,
+    /// Boot-clock ns of the last refill.
+    pub last_ns: u64,
+    /// Bytes passed and dropped, and packets dropped, since the entry was made.
+    pub passed_bytes: u64,
+    pub dropped_bytes: u64,
+    pub dropped_packets: u64,
+}
+const _: () = assert!(size_of::<EgressBucket>() == 7 * 8);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -472,6 +495,7 @@ mod pod {
     unsafe impl aya::Pod for DropTable {}
     unsafe impl aya::Pod for BlockPending {}
     unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for EgressBucket {}
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod cgroups;
 pub mod config;
 pub mod control;
 pub mod decide;
+pub mod egress;
 
 pub mod journal;
 pub mod launch;
@@ -39,7 +40,7 @@ pub use control::Mode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 pub use tiers::Tier;
-use tracing::{info, warn};
+use tracing::{debug, info, trace, warn};
 
 use self::{
     apply::{Applier, ApplyError, Faults, Restored},
@@ -114,6 +115,17 @@ pub enum Decision {
         held_ms: u64,
         reason: String,
     },
+    /// A workload's egress rate (bytes per second; `None`: no limit).
+    Egress {
+        name: String,
+        group: Group,
+        old: Option<u64>,
+        new: Option<u64>,
+        /// The network band behind it (bytes per second, over the lead steps).
+        band: Band,
+        written: bool,
+        error: Option<String>,
+    },
 }
 
 impl Decision {
@@ -125,6 +137,7 @@ impl Decision {
             Decision::Place { .. } => "place",
             Decision::Hold { .. } => "hold",
             Decision::Release { .. } => "release",
+            Decision::Egress { .. } => "egress",
         }
     }
 
@@ -203,6 +216,34 @@ impl Decision {
                 held_ms,
                 reason,
             } => format!("{name} pid {pid} in {group} released after {held_ms} ms: {reason}"),
+            Decision::Egress {
+                name,
+                group,
+                old,
+                new,
+                band,
+                written,
+                error,
+            } => {
+                let rate = |r: &Option<u64>| match r {
+                    Some(b) => format!("{}/s", crate::trace::bytes(*b)),
+                    None => "max".into(),
+                };
+                let mut s = format!(
+                    "{name} {group} egress {} -> {}: network p10 {}/s p50 {}/s p90 {}/s",
+                    rate(old),
+                    rate(new),
+                    crate::trace::bytes(band.p10 as u64),
+                    crate::trace::bytes(band.p50 as u64),
+                    crate::trace::bytes(band.p90 as u64),
+                );
+                if let Some(e) = error {
+                    s.push_str(&format!(" — FAILED: {e}"));
+                } else if !written {
+                    s.push_str(" (dry-run)");
+                }
+                s
+            }
         }
     }
 }
@@ -289,6 +330,10 @@ pub struct Allocator {
     cpus: f64,
     memory_bytes: u64,
     own_pid: u32,
+    /// The egress limiter, where a rule limits egress; and the rate each group has.
+    egress: Option<Box<dyn egress::Egress>>,
+    egress_attached: bool,
+    egress_rates: BTreeMap<Group, u64>,
     /// Groups made for `umbra exec` so far (their names).
     launched: u64,
     /// A mode the stage could not enter (not tried again until asked again).
@@ -356,6 +401,10 @@ impl Allocator {
         let (applier, restored) =
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
         let mut a = Allocator::new(cfg, group_by, Some(applier), root);
+        // The node's size before the first window (a request may come first).
+        let node = crate::capture::procfs::node_stats();
+        a.cpus = node.cpus as f64;
+        a.memory_bytes = node.mem_total_bytes;
         a.set_mode(mode)?;
         Ok((a, restored))
     }
@@ -388,6 +437,9 @@ impl Allocator {
             own_pid: std::process::id(),
             refused: None,
             launched: 0,
+            egress: None,
+            egress_attached: false,
+            egress_rates: BTreeMap::new(),
             live: true,
         }
     }
@@ -426,7 +478,11 @@ impl Allocator {
             return Ok(());
         }
         match m {
-            Mode::Enforce => self.setup()?,
+            Mode::Enforce => {
+                self.setup()?;
+                // Rates decided in dry-run were never set.
+                self.egress_rates.clear();
+            }
             Mode::DryRun => self.put_back_all(),
         }
         self.mode = m;
@@ -516,10 +572,11 @@ impl Allocator {
             };
             if m.matches(&c) {
                 let g = group_for(&self.root, exe);
-                let _ = start_ns;
+                debug!(tgid, start_ns, exe, rule = i, group = %g, "Opted in");
                 return Some((g, i));
             }
         }
+        trace!(tgid, exe, "Not opted in");
         None
     }
 
@@ -757,9 +814,128 @@ impl Allocator {
         for a in actions {
             out.push(self.apply_action(a, enforce));
         }
+        self.egress_tick(forecasts, enforce, &mut out);
         self.requests_tick(&mut out, enforce);
         self.retire_idle(enforce);
         out
+    }
+
+    /// Gives the stage an egress limiter (where a rule limits egress).
+    pub fn set_egress(&mut self, e: Box<dyn egress::Egress>) {
+        self.egress = Some(e);
+    }
+
+    /// The predicted network rate as each egress-limited workload's bucket (at the full
+    /// tier; below it, no limit): p90 over the lead steps × (1 + egress.margin), changes
+    /// within the deadband kept.
+    fn egress_tick(&mut self, forecasts: &[Forecast], enforce: bool, out: &mut Vec<Decision>) {
+        let by_id: HashMap<&WorkloadId, &Forecast> =
+            forecasts.iter().map(|f| (&f.workload, f)).collect();
+        let groups: Vec<Group> = self
+            .managed
+            .iter()
+            .filter(|(_, m)| self.cfg.workload.get(m.rule).is_some_and(|r| r.egress))
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in groups {
+            let Some(m) = self.managed.get(&g) else {
+                continue;
+            };
+            let band = by_id
+                .get(&m.state.workload)
+                .and_then(|f| decide::lead_band(f.of(Target::Net), self.cfg.rules.lead_steps));
+            let old = self.egress_rates.get(&g).copied();
+            let new = match (m.record.tier, band) {
+                (Tier::Full, Some(b)) if !m.pids.is_empty() => Some(
+                    egress::bucket(
+                        b.p90 * (1.0 + self.cfg.egress.margin),
+                        self.cfg.egress.min_bytes_per_s,
+                        self.cfg.egress.burst_ms,
+                    )
+                    .0,
+                ),
+                _ => None,
+            };
+            let within = match (old, new) {
+                (Some(o), Some(n)) => {
+                    (n as f64 - o as f64).abs() <= self.cfg.rules.deadband * o as f64
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if within {
+                continue;
+            }
+            let name = m.state.name.clone();
+            let mut d = Decision::Egress {
+                name,
+                group: g.clone(),
+                old,
+                new,
+                band: band.unwrap_or_default(),
+                written: false,
+                error: None,
+            };
+            if enforce && m.created {
+                let r = self.write_egress(&g, new);
+                if let Decision::Egress { written, error, .. } = &mut d {
+                    *written = r.is_ok();
+                    *error = r.err();
+                }
+            } else if !enforce {
+                // Dry-run: the rate decided, so that the deadband applies to the next.
+                match new {
+                    Some(r) => self.egress_rates.insert(g.clone(), r),
+                    None => self.egress_rates.remove(&g),
+                };
+            }
+            out.push(d);
+        }
+    }
+
+    fn write_egress(&mut self, g: &Group, rate: Option<u64>) -> Result<(), String> {
+        let dir = self
+            .cgroups()
+            .and_then(|c| c.cgroup2_dir(g))
+            .ok_or("no cgroup2 mount to attach the egress limiter to")?;
+        let root_dir = self
+            .cgroups()
+            .and_then(|c| c.cgroup2_dir(&self.root))
+            .ok_or("no cgroup2 mount")?;
+        let e = self
+            .egress
+            .as_mut()
+            .ok_or("the egress limiter did not load (see the agent's problems)")?;
+        if !self.egress_attached {
+            let level = g.as_str().split('/').count() as u32;
+            e.attach(&root_dir, level).map_err(|e| e.to_string())?;
+            self.egress_attached = true;
+        }
+        match rate {
+            Some(r) => {
+                let (r, burst) = egress::bucket(
+                    r as f64,
+                    self.cfg.egress.min_bytes_per_s,
+                    self.cfg.egress.burst_ms,
+                );
+                e.set(&dir, r, burst).map_err(|e| e.to_string())?;
+                self.egress_rates.insert(g.clone(), r);
+            }
+            None => {
+                e.clear(&dir).map_err(|e| e.to_string())?;
+                self.egress_rates.remove(g);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every bucket removed and the limiter detached.
+    fn egress_off(&mut self) {
+        if let Some(e) = self.egress.as_mut() {
+            e.detach();
+        }
+        self.egress_attached = false;
+        self.egress_rates.clear();
     }
 
     /// Moves processes of managed workloads that are not yet in their group.
@@ -1351,6 +1527,7 @@ impl Allocator {
 
     /// Everything back as it was before Umbra (leaving enforce mode).
     fn put_back_all(&mut self) {
+        self.egress_off();
         if let Some(a) = self.applier.as_mut() {
             let r = a.restore();
             info!(
@@ -1374,6 +1551,7 @@ impl Allocator {
     /// SIGTERM/SIGINT: every original value restored, processes moved back, the subtree
     /// removed, the journal deleted.
     pub fn shutdown(mut self) -> Option<Restored> {
+        self.egress_off();
         let a = self.applier.take()?;
         let r = a.shutdown();
         info!(

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{
-    cgroups::{Fake, Group, Knob, Value},
+    cgroups::{Cgroups, Fake, Group, Knob, Value},
     config::{AllocateConfig, WorkloadRule},
     control::Control,
     *,
@@ -554,4 +554,121 @@ fn state_dir_defaults_below_the_publish_state_dir() {
         state_dir(&c, Path::new("/var/lib/umbra")),
         Path::new("/var/lib/umbra/allocate")
     );
+}
+
+/// A fake egress limiter the test can still look into once the stage owns it.
+#[derive(Clone, Default)]
+struct SharedEgress(std::sync::Arc<std::sync::Mutex<egress::FakeEgress>>);
+
+impl egress::Egress for SharedEgress {
+    fn attach(&mut self, root: &Path, level: u32) -> Result<(), egress::EgressError> {
+        self.0.lock().unwrap().attach(root, level)
+    }
+    fn set(&mut self, dir: &Path, rate: u64, burst: u64) -> Result<(), egress::EgressError> {
+        self.0.lock().unwrap().set(dir, rate, burst)
+    }
+    fn clear(&mut self, dir: &Path) -> Result<(), egress::EgressError> {
+        self.0.lock().unwrap().clear(dir)
+    }
+    fn counters(&self, dir: &Path) -> Option<egress::EgressCounters> {
+        self.0.lock().unwrap().counters(dir)
+    }
+    fn detach(&mut self) {
+        self.0.lock().unwrap().detach()
+    }
+}
+
+fn with_net(mut f: Forecast, bytes_per_s: f64) -> Forecast {
+    f.bands[3] = vec![
+        Band {
+            p10: bytes_per_s * 0.5,
+            p50: bytes_per_s * 0.8,
+            p90: bytes_per_s,
+        };
+        3
+    ];
+    f
+}
+
+#[test]
+fn the_predicted_egress_rate_is_enforced_at_the_full_tier_and_removed_at_shutdown() {
+    let r = rig();
+    let mut c = cfg(Tier::Full);
+    c.workload[0].egress = true;
+    let fake = SharedEgress::default();
+
+    // Dry-run: decided and explained, nothing set.
+    let (mut a, _) = start(&r, &c, false);
+    a.set_egress(Box::new(fake.clone()));
+    let f = with_net(forecast(1.0, 200.0 * MIB as f64), 4e6);
+    let d = step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        std::slice::from_ref(&f),
+    );
+    let texts: Vec<String> = d.iter().map(Decision::text).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("egress max -> ") && t.contains("(dry-run)")),
+        "{texts:#?}"
+    );
+    assert!(fake.0.lock().unwrap().buckets.is_empty());
+    // The same rate again is not decided again.
+    let d = step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(2000, 1.0, 100 * MIB),
+        std::slice::from_ref(&f),
+    );
+    assert!(
+        !d.iter().any(|x| matches!(x, Decision::Egress { .. })),
+        "{d:#?}"
+    );
+    a.shutdown();
+
+    // Enforced: p90 × (1 + margin 0.25), burst 20 ms of it, on the workload's group.
+    let (mut a, _) = start(&r, &c, true);
+    a.set_egress(Box::new(fake.clone()));
+    let d = step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(1000, 1.0, 100 * MIB),
+        std::slice::from_ref(&f),
+    );
+    let e = d
+        .iter()
+        .find_map(|x| match x {
+            Decision::Egress {
+                new,
+                written,
+                error,
+                ..
+            } => Some((*new, *written, error.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no egress decision: {d:#?}"));
+    assert_eq!(e, (Some(5_000_000), true, None));
+    {
+        let l = fake.0.lock().unwrap();
+        let dir = r.fake.cgroup2_dir(&worker_group()).unwrap();
+        assert_eq!(l.buckets.get(&dir), Some(&(5_000_000, 100_000)), "{l:?}");
+        // Buckets belong to groups two levels below the cgroup2 root.
+        assert_eq!(l.attached.as_ref().map(|x| x.1), Some(2), "{l:?}");
+    }
+    // A change within the deadband writes nothing new.
+    let d = step(
+        &mut a,
+        &tick(vec![sample(7, EXE)]),
+        &window(2000, 1.0, 100 * MIB),
+        &[with_net(forecast(1.0, 200.0 * MIB as f64), 4.01e6)],
+    );
+    assert!(
+        !d.iter().any(|x| matches!(x, Decision::Egress { .. })),
+        "{d:#?}"
+    );
+    a.shutdown();
+    let l = fake.0.lock().unwrap();
+    assert!(l.buckets.is_empty() && l.attached.is_none(), "{l:?}");
 }

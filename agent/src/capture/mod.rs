@@ -6,6 +6,7 @@
 //! pipeline reads: the kernel here, a recording in replay.
 
 mod btf;
+pub mod egress;
 mod identity;
 pub mod interp;
 mod kernel;

@@ -70,6 +70,11 @@ pub trait Output: Send {
     /// The agent's own health, after each window (when [`wants_status`](Self::wants_status)).
     fn status(&mut self, _s: &Status) {}
 
+    /// Decisions not shown with a window (made after the last one).
+    fn decisions(&mut self, _: &[Decision]) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// After the last window.
     fn finish(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -95,6 +100,9 @@ impl<O: Output + ?Sized> Output for &mut O {
     fn status(&mut self, s: &Status) {
         (**self).status(s)
     }
+    fn decisions(&mut self, ds: &[Decision]) -> std::io::Result<()> {
+        (**self).decisions(ds)
+    }
     fn finish(&mut self) -> std::io::Result<()> {
         (**self).finish()
     }
@@ -118,6 +126,13 @@ impl<W: Write + Send> Output for Shown<W> {
 
     fn insights(&mut self, i: &Insights) -> std::io::Result<()> {
         self.view.notes(&mut self.out, i)
+    }
+
+    fn decisions(&mut self, ds: &[Decision]) -> std::io::Result<()> {
+        if self.explain {
+            view::decisions(&mut self.out, ds)?;
+        }
+        Ok(())
     }
 }
 
@@ -366,30 +381,37 @@ impl<O: Output> Agent<O> {
                 self.decided.extend(ds);
             }
         }
+        let drops = Drops {
+            kernel: lost,
+            channel: self.feed.dropped(),
+        };
+        if first {
+            // Its decisions (execs placed before it) wait for the next window.
+            if !self.live {
+                self.output.window(&Frame {
+                    window: w,
+                    drops,
+                    forecasts: &self.forecasts,
+                    decisions: &[],
+                })?;
+            }
+            return Ok(());
+        }
         let decided = std::mem::take(&mut self.decided);
         self.decisions += decided.len() as u64;
         self.note_allocation(w.node.timestamp_ms, &decided);
-        if !(first && self.live) {
-            let drops = Drops {
-                kernel: lost,
-                channel: self.feed.dropped(),
-            };
-            self.output.window(&Frame {
-                window: w,
-                drops,
-                forecasts: &self.forecasts,
-                decisions: &decided,
-            })?;
-            self.insights.timestamp_ms = w.node.timestamp_ms;
-            self.output.insights(&self.insights)?;
-            self.insights.notes.clear();
-            if self.output.wants_status() {
-                let s = self.status();
-                self.output.status(&s);
-            }
-        }
-        if first {
-            return Ok(());
+        self.output.window(&Frame {
+            window: w,
+            drops,
+            forecasts: &self.forecasts,
+            decisions: &decided,
+        })?;
+        self.insights.timestamp_ms = w.node.timestamp_ms;
+        self.output.insights(&self.insights)?;
+        self.insights.notes.clear();
+        if self.output.wants_status() {
+            let s = self.status();
+            self.output.status(&s);
         }
         if self.publish.is_some() {
             let status = self.status();
@@ -434,7 +456,8 @@ impl<O: Output> Agent<O> {
                 Decision::Set { action, .. } => by_group.get(&action.group).copied(),
                 Decision::Place { group, .. }
                 | Decision::Hold { group, .. }
-                | Decision::Release { group, .. } => by_group.get(group).copied(),
+                | Decision::Release { group, .. }
+                | Decision::Egress { group, .. } => by_group.get(group).copied(),
             };
             let text = d.text();
             notes.push((owner.map(|(w, n)| (w.clone(), n.to_string())), text));
@@ -726,7 +749,6 @@ impl<O: Output> Sink for Agent<O> {
                 r.failures.join("; ")
             ));
         }
-        self.output.finish()?;
         if let Some(ended) = self.snapshots.end(None) {
             self.snapshot_ended(ended);
         }
@@ -735,12 +757,23 @@ impl<O: Output> Sink for Agent<O> {
         {
             warn!(error = %e, "Calibration state not kept");
         }
+        let decided = std::mem::take(&mut self.decided);
+        self.decisions += decided.len() as u64;
+        let _ = self.output.decisions(&decided);
+        // The output's end (a trace's last packets, a report's page) must not keep what
+        // is spooled from the broker: its error is returned after.
+        let finished = self.output.finish();
         let status = self.status();
         if let Some(mut p) = self.publish.take() {
+            p.decisions(wire::decisions(
+                crate::capture::procfs::wall_ms(),
+                &status.mode,
+                &decided,
+            ));
             p.remember(status);
             p.finish(self.drain).await;
         }
-        Ok(())
+        Ok(finished?)
     }
 }
 
@@ -792,6 +825,15 @@ fn start_allocator(
         }
         Err(e) => return Err(e.into()),
     };
+    if cfg.allocate.workload.iter().any(|w| w.egress) {
+        match crate::capture::egress::EgressLimiter::load() {
+            Ok(l) => a.set_egress(Box::new(l)),
+            Err(e) => {
+                warn!(error = %e, "Egress is not limited");
+                problems.push(format!("egress is not limited: {e}"));
+            }
+        }
+    }
     if control.mode() == Mode::Enforce
         && let Err(e) = a.set_mode(Mode::Enforce)
     {

@@ -97,6 +97,24 @@ fn record(d: &Decision) -> DecisionRecord {
             r.written = *written;
             r.error = error.clone();
         }
+        Decision::Egress {
+            name,
+            group,
+            old,
+            new,
+            band,
+            written,
+            error,
+        } => {
+            r.name = name.clone();
+            r.group = group.to_string();
+            r.knob = "net.egress".into();
+            r.old = *old;
+            r.new = *new;
+            r.band = Some([band.p10, band.p50, band.p90]);
+            r.written = *written;
+            r.error = error.clone();
+        }
         Decision::Hold {
             pid, name, group, ..
         }
