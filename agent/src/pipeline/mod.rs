@@ -252,7 +252,11 @@ pub async fn trace<W: Write + Send>(
     duration: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let feed = Feed::kernel(cfg)?;
+    // `umbra trace` attaches the detail level for its own run: run-queue histograms and
+    // every syscall, for the kernel engineer looking.
+    let mut cfg = cfg.clone();
+    cfg.capture.detail = true;
+    let feed = Feed::kernel(&cfg)?;
     let sink = sinks::Tracing {
         tracer: Tracer::new(filter, json, out),
         feed: feed.stats.clone(),
