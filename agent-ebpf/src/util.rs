@@ -124,9 +124,12 @@ pub fn task_record_thread<M: Mem>(r: &mut TaskRecord, task: *const u8) {
             config!(task.rss_count),
         );
         if base != ABSENT {
+            // Probe reads whatever `M` is: the counters are `atomic_long_t` (an array member
+            // before Linux 6.2), which a direct load is refused into before 6.x ("type
+            // 'atomic_long_t' is not a struct", Linux 5.10's verifier).
             let mut i = 0;
             while i < RSS_MEMBERS {
-                r.rss_pages[i] = M::read::<i64>(mm, base + i as u32 * stride + count);
+                r.rss_pages[i] = Probe::read::<i64>(mm, base + i as u32 * stride + count);
                 i += 1;
             }
         }
