@@ -680,9 +680,11 @@ fn a_thread_that_never_switches_out_is_counted_every_interval() {
         let (got, want) = read(&mut cap);
         let (dg, dw) = (got - last.0, want - last.1);
         eprintln!("interval {i}: captured {dg} ns, schedstat {dw} ns");
-        // Within one scheduler tick (4 ms at HZ=250, 10 ms at HZ=100) of schedstat.
+        // Within two scheduler ticks (8 ms at HZ=250, 20 ms at HZ=100) of schedstat: the
+        // task iterator reads a running thread's runtime as of its last tick (schedstat
+        // brings it up to date), so each end of the interval may lag by one.
         assert!(
-            dg.abs_diff(dw) <= 12_000_000,
+            dg.abs_diff(dw) <= 21_000_000,
             "interval {i}: captured {dg} ns, schedstat {dw} ns"
         );
         got_all += dg;
@@ -955,8 +957,8 @@ fn each_counter_path_loads_and_the_fallback_is_reported() {
             assert_eq!(r.status(Hook::SchedSwitch), Some(&HookStatus::DetailOff));
             assert_eq!(r.status(Hook::RssStat), Some(&HookStatus::ByIterator));
         }
-        // A kernel whose verifier refuses the iterator (Linux 5.10): `auto` falls back to
-        // the hooks and says why. (`cargo xtask test` forces the iterator on the host.)
+        // A kernel that refuses the iterator: `auto` falls back to the hooks and says why.
+        // (`cargo xtask test` forces the iterator on the host.)
         Err(umbra::capture::CaptureError::NoIterator { why }) => {
             eprintln!("the task iterator is refused here: {why}");
             let cap = capture_exact(&cfg(Counters::Auto, &[]));

@@ -51,8 +51,8 @@ for t in /tests/*; do
     done
 done
 # The capture tests again with capture.counters = "auto" (the default is the per-event
-# hooks): on the task iterator where the kernel runs it, on the hooks where it refuses it
-# (Linux 5.10's verifier does). The fork/exec storm is a known gap of the iterator path.
+# hooks): on the task iterator where the kernel runs it, on the hooks where it refuses it.
+# The fork/exec storm is a known gap of the iterator path.
 for bin in capture shadow; do
     t=/tests/$bin
     [ -x "$t" ] || continue
