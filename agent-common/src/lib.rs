@@ -25,7 +25,23 @@ pub const RSS_ANON: usize = 1;
 pub const RSS_SWAP: usize = 2;
 pub const RSS_SHMEM: usize = 3;
 
-/// Per-process (thread group) counters, the value of the `PROC_STATS` map keyed by tgid.
+/// A process: its tgid and when it started (`start_boottime` of its thread-group leader,
+/// boot-clock ns, read through BTF; 0 without BTF). The key of `PROC_STATS`: a reused tgid
+/// is another key, so two processes never share counters and userspace deletes an entry
+/// by its exact key, never by tgid alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start_ns: u64,
+}
+const _: () = assert!(size_of::<ProcKey>() == 16);
+
+/// Per-process (thread group) counters of events, the value of the `PROC_STATS` map keyed
+/// by [`ProcKey`]. On the task-iterator path only the event-driven ones are used (execs,
+/// block, network, connections, retransmits) and, at the detail level, run-queue
+/// histograms and syscalls; on the hooks path all of them.
 ///
 /// Counters only grow; userspace turns them into per-interval deltas. `rss` holds the
 /// latest value per member in bytes, `rss_seen` has bit `i` set once member `i` was reported.
@@ -91,14 +107,21 @@ pub struct CpuState {
     /// tgid is known only while it runs) when it is switched out.
     pub pending_wait: u64,
     pub tid: u32,
-    pub _pad: u32,
+    /// The process of `tid` (tgid 0: not known in the kernel, a classic tracepoint without
+    /// the next task's BTF; userspace asks /proc, every time).
+    pub owner_tgid: u32,
+    pub owner_start_ns: u64,
 }
-const _: () = assert!(size_of::<CpuState>() == 24);
+const _: () = assert!(size_of::<CpuState>() == 32);
 
 /// Kinds of [`LifecycleEvent`].
 pub const EVENT_EXEC: u32 = 1;
 pub const EVENT_FORK: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
+/// A process's last task is freed (`sched_process_free` of its leader): its final counters,
+/// now exact (the dying tasks' last slices were accounted at their final switch). An
+/// [`ExitEvent`]; not a lifecycle event of its own.
+pub const EVENT_FREE: u32 = 4;
 
 /// [`LifecycleEvent::flags`]: the exiting thread was the last of its process.
 pub const FLAG_GROUP_DEAD: u32 = 1;
@@ -106,6 +129,8 @@ pub const FLAG_GROUP_DEAD: u32 = 1;
 pub const FLAG_THREAD: u32 = 2;
 /// `tgid`/`ppid`/`exit_code` could not be read (no BTF offsets); userspace resolves them.
 pub const FLAG_PARTIAL: u32 = 4;
+/// An exit whose `ExitEvent::total` holds the process's final counters.
+pub const FLAG_TOTAL: u32 = 32;
 /// Whether the exiting thread's process is known to be dead is not known (old kernel, no BTF).
 pub const FLAG_GROUP_UNKNOWN: u32 = 8;
 /// An exec whose arguments could not be read in the kernel (no BTF offsets, or the read
@@ -128,10 +153,76 @@ pub struct LifecycleEvent {
     pub exit_code: i32,
     pub timestamp_ns: u64,
     pub cgroup_id: u64,
+    /// Start of the process (`ProcKey::start_ns`): of the exec'ing or exiting one, of the
+    /// forked child.
+    pub start_ns: u64,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
 }
-const _: () = assert!(size_of::<LifecycleEvent>() == 40 + COMM_LEN + FILENAME_LEN);
+const _: () = assert!(size_of::<LifecycleEvent>() == 48 + COMM_LEN + FILENAME_LEN);
+
+/// The end of a process: the [`LifecycleEvent`] and, with [`FLAG_TOTAL`], its final
+/// counters read from its tasks in `sched_process_exit` (the exiting thread, a zombie
+/// leader, and the totals of the threads that went before, from `signal_struct`): what
+/// the task iterator can no longer see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub base: LifecycleEvent,
+    pub total: TaskRecord,
+}
+const _: () =
+    assert!(size_of::<ExitEvent>() == size_of::<LifecycleEvent>() + size_of::<TaskRecord>());
+
+/// [`TaskRecord::ioac`] members.
+pub const IOAC_RCHAR: usize = 0;
+pub const IOAC_WCHAR: usize = 1;
+pub const IOAC_SYSCR: usize = 2;
+pub const IOAC_SYSCW: usize = 3;
+pub const IOAC_READ_BYTES: usize = 4;
+pub const IOAC_WRITE_BYTES: usize = 5;
+
+/// [`TaskRecord::flags`]: the totals of a process's exited threads (`signal_struct`),
+/// written once per process, with its leader.
+pub const REC_SIGNAL: u32 = 1;
+/// A kernel thread.
+pub const REC_KTHREAD: u32 = 2;
+/// `rss` is the process's memory (the task has a memory map).
+pub const REC_MM: u32 = 4;
+/// The thread's process is a 32-bit one on a 64-bit kernel.
+pub const REC_COMPAT: u32 = 8;
+
+/// One thread as the task iterator reads it each tick, from the kernel's own per-task
+/// accounting (no per-event hook): its scheduler runtime, context switches, run-queue
+/// wait (`sched_info`), page faults, I/O accounting (`ioac`) and its memory map's RSS
+/// counters; or, with [`REC_SIGNAL`], the same totals of the process's exited threads.
+/// Userspace sums them per [`ProcKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub tid: u32,
+    pub tgid: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    /// `start_boottime` of the thread-group leader.
+    pub start_ns: u64,
+    /// cgroup v2 id of the task (0: not known).
+    pub cgroup_id: u64,
+    pub runtime_ns: u64,
+    pub nvcsw: u64,
+    pub nivcsw: u64,
+    /// `sched_info.run_delay` and `pcount`: time waited in the run queue, and slices run.
+    pub run_delay_ns: u64,
+    pub pcount: u64,
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    /// `ioac`, by `IOAC_*`: bytes and calls of read- and write-family syscalls, and bytes
+    /// the task caused to be read from or written to storage.
+    pub ioac: [u64; 6],
+    /// RSS counters of the memory map, pages, by `RSS_*` member.
+    pub rss_pages: [i64; RSS_MEMBERS],
+}
+const _: () = assert!(size_of::<TaskRecord>() == 16 + 8 * 15 + 8 * RSS_MEMBERS);
 
 /// An exec: the [`LifecycleEvent`] and the new image's arguments, read from
 /// `current->mm->arg_start..arg_end` (the strings the kernel copied in, each followed by
@@ -164,10 +255,20 @@ const _: () = assert!(size_of::<ExitedKey>() == 16);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlockPending {
     pub queued_ns: u64,
-    pub tgid: u32,
-    pub _pad: u32,
+    pub owner: ProcKey,
 }
-const _: () = assert!(size_of::<BlockPending>() == 16);
+const _: () = assert!(size_of::<BlockPending>() == 24);
+
+/// A listening TCP port in a network namespace (`LISTENERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// Inode number of the network namespace (0 without BTF).
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<ListenKey>() == 8);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -199,8 +300,17 @@ pub enum Drop {
     MmOwnerFull = 6,
     /// `EXITED` was full: the final counters of a process whose pid was reused were lost.
     ExitedMapFull = 7,
+    /// An event of a process whose counters were already final (a socket closed after
+    /// the process's final sample, a late block completion): its count was lost.
+    ProcGone = 8,
+    /// The kernel skipped the program because another BPF program was running on the CPU
+    /// (`recursion_misses` of the program's info, read by userspace; Linux ≥ 5.12).
+    RecursionMiss = 9,
+    /// An event whose owner was never seen (a block request or a memory map from before
+    /// the agent attached): not attributed to any process.
+    OwnerUnknown = 10,
 }
-pub const DROP_KINDS: usize = 8;
+pub const DROP_KINDS: usize = 11;
 
 impl Drop {
     pub const ALL: [Drop; DROP_KINDS] = [
@@ -212,6 +322,9 @@ impl Drop {
         Drop::SockOwnerUnknown,
         Drop::MmOwnerFull,
         Drop::ExitedMapFull,
+        Drop::ProcGone,
+        Drop::RecursionMiss,
+        Drop::OwnerUnknown,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -224,6 +337,9 @@ impl Drop {
             Drop::SockOwnerUnknown => "sock_owner_unknown",
             Drop::MmOwnerFull => "mm_owner_full",
             Drop::ExitedMapFull => "exited_map_full",
+            Drop::ProcGone => "proc_gone",
+            Drop::RecursionMiss => "recursion_miss",
+            Drop::OwnerUnknown => "owner_unknown",
         }
     }
 }
@@ -247,7 +363,10 @@ pub mod prog {
     pub const INET_SOCK_SET_STATE: u32 = 13;
     pub const TCP_RETRANSMIT_SKB: u32 = 14;
     pub const CGROUP_ATTACH_TASK: u32 = 15;
-    pub const COUNT: usize = 16;
+    /// The task iterator (`iter/task`), run once a tick.
+    pub const TASK_ITER: u32 = 16;
+    pub const SCHED_PROCESS_FREE: u32 = 17;
+    pub const COUNT: usize = 18;
     /// Names, by id: the hooks' tracepoint names.
     pub const NAMES: [&str; COUNT] = [
         "sched_switch",
@@ -266,6 +385,8 @@ pub mod prog {
         "inet_sock_set_state",
         "tcp_retransmit_skb",
         "cgroup_attach_task",
+        "task_iter",
+        "sched_process_free",
     ];
 }
 
@@ -320,16 +441,18 @@ pub struct TpOffsets {
     pub cgroup_attach_root: u32,
     pub cgroup_attach_id: u32,
     pub cgroup_attach_pid: u32,
-    pub _pad: [u32; 2],
+    pub set_state_sport: u32,
+    pub set_state_family: u32,
 }
 const _: () = assert!(size_of::<TpOffsets>() == 32 * 4);
 pub const ABSENT: u32 = u32::MAX;
 
 /// Offsets into kernel structures, from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 /// `valid == 0` when the kernel has no BTF: the programs then skip what needs them and
-/// mark their events [`FLAG_PARTIAL`].
+/// mark their events [`FLAG_PARTIAL`]. Members a kernel lacks are [`ABSENT`] (their
+/// measurements are then not read).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskOffsets {
     pub valid: u32,
     pub task_pid: u32,
@@ -344,9 +467,98 @@ pub struct TaskOffsets {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    pub task_group_leader: u32,
+    /// `start_boottime` (`real_start_time` before Linux 5.5).
+    pub task_start: u32,
+    pub task_flags: u32,
+    pub task_nvcsw: u32,
+    pub task_nivcsw: u32,
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
+    /// `sched_info.run_delay` and `sched_info.pcount` (CONFIG_SCHED_INFO).
+    pub task_run_delay: u32,
+    pub task_pcount: u32,
+    /// `task_struct.ioac` and `signal_struct.ioac` (CONFIG_TASK_XACCT), and the members of
+    /// `struct task_io_accounting` in the order of [`TaskRecord`]: rchar, wchar, syscr,
+    /// syscw, read_bytes, write_bytes.
+    pub task_ioac: u32,
+    pub sig_ioac: u32,
+    pub ioac: [u32; 6],
+    /// `signal_struct`: the totals of exited threads.
+    pub sig_runtime: u32,
+    pub sig_nvcsw: u32,
+    pub sig_nivcsw: u32,
+    pub sig_min_flt: u32,
+    pub sig_maj_flt: u32,
+    /// `mm_struct.rss_stat`: element `i`'s counter is at `mm_rss + i * rss_stride +
+    /// rss_count` (an `atomic_long_t` array before Linux 6.2, `percpu_counter`s since).
+    pub mm_rss: u32,
+    pub rss_stride: u32,
+    pub rss_count: u32,
+    /// `task_struct.cgroups` → `css_set.dfl_cgrp` → `cgroup.kn` → `kernfs_node.id`.
+    pub task_cgroups: u32,
+    pub css_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// `task_struct.bio_list`: non-NULL while a stacked block driver submits below itself.
+    pub task_bio_list: u32,
+    /// `sock.__sk_common.skc_net` and `net.ns.inum`: a socket's network namespace.
+    pub sock_net: u32,
+    pub net_inum: u32,
+    /// Where a task's 32-bit (compat) mode shows: `thread_info.status & TS_COMPAT` (x86),
+    /// `thread_info.flags & (1 << TIF_32BIT)` (arm64); the mask is in `compat_mask`.
+    pub task_compat: u32,
+    pub compat_mask: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<TaskOffsets>() == 48);
+const _: () = assert!(size_of::<TaskOffsets>() == 46 * 4);
+
+impl TaskOffsets {
+    /// Nothing known.
+    pub const EMPTY: TaskOffsets = TaskOffsets {
+        valid: 0,
+        task_pid: ABSENT,
+        task_tgid: ABSENT,
+        task_real_parent: ABSENT,
+        task_exit_code: ABSENT,
+        task_signal: ABSENT,
+        signal_live: ABSENT,
+        task_runtime: ABSENT,
+        task_mm: ABSENT,
+        mm_arg_start: ABSENT,
+        mm_arg_end: ABSENT,
+        task_group_leader: ABSENT,
+        task_start: ABSENT,
+        task_flags: ABSENT,
+        task_nvcsw: ABSENT,
+        task_nivcsw: ABSENT,
+        task_min_flt: ABSENT,
+        task_maj_flt: ABSENT,
+        task_run_delay: ABSENT,
+        task_pcount: ABSENT,
+        task_ioac: ABSENT,
+        sig_ioac: ABSENT,
+        ioac: [ABSENT; 6],
+        sig_runtime: ABSENT,
+        sig_nvcsw: ABSENT,
+        sig_nivcsw: ABSENT,
+        sig_min_flt: ABSENT,
+        sig_maj_flt: ABSENT,
+        mm_rss: ABSENT,
+        rss_stride: 0,
+        rss_count: 0,
+        task_cgroups: ABSENT,
+        css_dfl_cgrp: ABSENT,
+        cgroup_kn: ABSENT,
+        kn_id: ABSENT,
+        task_bio_list: ABSENT,
+        sock_net: ABSENT,
+        net_inum: ABSENT,
+        task_compat: ABSENT,
+        compat_mask: 0,
+        _pad: 0,
+    };
+}
 
 /// Syscall numbers of this architecture that the `sys_exit` program classifies.
 /// Unused slots hold -1.
@@ -364,6 +576,17 @@ pub struct SyscallNrs {
 }
 const _: () = assert!(size_of::<SyscallNrs>() == 16 * 8);
 
+impl SyscallNrs {
+    /// No syscall classified.
+    pub const NONE: SyscallNrs = SyscallNrs {
+        read: [-1; 5],
+        write: [-1; 5],
+        accept: [-1; 2],
+        send: [-1; 2],
+        recv: [-1; 2],
+    };
+}
+
 /// Everything userspace tells the programs before they load, as one read-only global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,6 +594,10 @@ pub struct KernelConfig {
     pub tp: TpOffsets,
     pub task: TaskOffsets,
     pub syscalls: SyscallNrs,
+    /// The same for 32-bit tasks on a 64-bit kernel (their own syscall table).
+    pub compat_syscalls: SyscallNrs,
+    /// Page size, bytes (RSS counters are in pages).
+    pub page_size: u64,
     /// `CONFIG_*` bits.
     pub flags: u64,
 }
@@ -378,7 +605,7 @@ pub struct KernelConfig {
 /// [`KernelConfig::flags`]: wake the ring buffer's reader at every exec event (the
 /// allocate stage places requests as they start), not only once a batch has built up.
 pub const CONFIG_WAKE_ON_EXEC: u64 = 1;
-const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 48 + 16 * 8 + 8);
+const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 46 * 4 + 2 * 16 * 8 + 8 + 8);
 
 impl KernelConfig {
     /// A configuration with every field absent; the programs then record nothing that
@@ -415,29 +642,13 @@ impl KernelConfig {
             cgroup_attach_root: ABSENT,
             cgroup_attach_id: ABSENT,
             cgroup_attach_pid: ABSENT,
-            _pad: [0; 2],
+            set_state_sport: ABSENT,
+            set_state_family: ABSENT,
         },
-        task: TaskOffsets {
-            valid: 0,
-            task_pid: 0,
-            task_tgid: 0,
-            task_real_parent: 0,
-            task_exit_code: 0,
-            task_signal: 0,
-            signal_live: 0,
-            task_runtime: 0,
-            task_mm: 0,
-            mm_arg_start: 0,
-            mm_arg_end: 0,
-            _pad: 0,
-        },
-        syscalls: SyscallNrs {
-            read: [-1; 5],
-            write: [-1; 5],
-            accept: [-1; 2],
-            send: [-1; 2],
-            recv: [-1; 2],
-        },
+        task: TaskOffsets::EMPTY,
+        syscalls: SyscallNrs::NONE,
+        compat_syscalls: SyscallNrs::NONE,
+        page_size: 4096,
         flags: 0,
     };
 }
@@ -490,6 +701,10 @@ mod pod {
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for LifecycleEvent {}
     unsafe impl aya::Pod for ExecEvent {}
+    unsafe impl aya::Pod for ExitEvent {}
+    unsafe impl aya::Pod for TaskRecord {}
+    unsafe impl aya::Pod for ProcKey {}
+    unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for BlockKey {}
     unsafe impl aya::Pod for ExitedKey {}
     unsafe impl aya::Pod for DropTable {}

@@ -1,9 +1,13 @@
 //! Umbra's kernel programs.
 //!
-//! Tracepoints only (classic and BTF), so the object loads on kernels without kprobes
-//! or fentry. Per-process counters aggregate in bounded hash maps keyed by tgid
-//! ([`maps::PROC_STATS`]); exec, fork and exit go through a ring buffer
-//! ([`maps::EVENTS`]); every failure to record something is counted in [`maps::DROPS`].
+//! Tracepoints (classic and BTF) and a task iterator only, so the object loads on kernels
+//! without kprobes or fentry. Each tick userspace runs the task iterator
+//! (`probes/task_iter.rs`), which reads every thread's own accounting; events stay events:
+//! exec, fork and exit go through a ring buffer ([`maps::EVENTS`]), block, network and
+//! connection counters aggregate in bounded hash maps keyed by process
+//! ([`maps::PROC_STATS`]). Kernels without the iterator get the per-event hooks instead
+//! (scheduler, memory, faults, syscalls), which the detail level also attaches. Every
+//! failure to record something is counted in [`maps::DROPS`].
 //! Field offsets of classic tracepoints and kernel structures come from userspace
 //! (tracefs formats and BTF) through the read-only global [`maps::CONFIG`].
 #![no_std]

@@ -2,7 +2,8 @@
 //! resizes the hash maps from its config before loading.
 
 use agent_common::{
-    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ProcStats, ThreadState,
+    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ListenKey, ProcKey,
+    ProcStats, ThreadState,
 };
 use aya_ebpf::{
     macros::map,
@@ -13,16 +14,22 @@ use aya_ebpf::{
 #[unsafe(no_mangle)]
 pub static CONFIG: KernelConfig = KernelConfig::EMPTY;
 
-/// Final counters of processes whose tgid was reused before userspace collected them:
-/// a fork that finds its new tgid still in `PROC_STATS` moves the old entry here, so two
-/// processes never share counters.
+/// Without BTF only: final counters of processes whose tgid was reused before userspace
+/// collected them (a fork that finds its new tgid still in `PROC_STATS` moves the old
+/// entry here). With BTF a reused tgid is another [`ProcKey`].
 #[map]
 pub static EXITED: HashMap<ExitedKey, ProcStats> = HashMap::with_max_entries(1024, 0);
 
-/// Per-process counters keyed by tgid. A plain hash (not LRU) so that a full map is a
-/// counted drop rather than a silent eviction; userspace deletes exited processes.
+/// Per-process counters keyed by process. A plain hash (not LRU) so that a full map is a
+/// counted drop rather than a silent eviction; userspace deletes the entries of processes
+/// it has finished, by key.
 #[map]
-pub static PROC_STATS: HashMap<u32, ProcStats> = HashMap::with_max_entries(8192, 0);
+pub static PROC_STATS: HashMap<ProcKey, ProcStats> = HashMap::with_max_entries(8192, 0);
+
+/// The start of the process that holds a tgid now, for hooks that know only a pid
+/// (`cgroup_attach_task` without BTF).
+#[map]
+pub static START_OF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
 
 /// Per-thread state, keyed by tid: when it became runnable, and its scheduler runtime at
 /// its last switch-out. Entries are removed when the thread dies.
@@ -51,12 +58,18 @@ pub static ZERO_STATS: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1,
 pub static BLOCK_PENDING: LruHashMap<BlockKey, BlockPending> =
     LruHashMap::with_max_entries(16384, 0);
 
-/// Owner (tgid) of a socket, learnt in process context, used where the kernel reports a
-/// socket from softirq (close, retransmit).
+/// Owner of a socket, learnt in process context (a send or receive, a connect) or, for a
+/// socket accepted by a listener, from the listener's owner; used where the kernel
+/// reports a socket from softirq (close, retransmit).
 #[map]
-pub static SOCK_OWNER: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+pub static SOCK_OWNER: LruHashMap<u64, ProcKey> = LruHashMap::with_max_entries(16384, 0);
 
-/// Owner (tgid) of an `mm` by `rss_stat`'s hashed mm id, for updates made from another
+/// Owner of each listening TCP port, by network namespace: who accepts the connections
+/// that arrive there.
+#[map]
+pub static LISTENERS: LruHashMap<ListenKey, ProcKey> = LruHashMap::with_max_entries(4096, 0);
+
+/// Owner of an `mm` by `rss_stat`'s hashed mm id, for updates made from another
 /// task's context (reclaim, exit).
 #[map]
-pub static MM_OWNER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
+pub static MM_OWNER: LruHashMap<u32, ProcKey> = LruHashMap::with_max_entries(8192, 0);

@@ -1,19 +1,23 @@
-//! Helpers shared by the probes: process entries, atomic counters, drop accounting,
-//! config reads.
+//! Helpers shared by the probes: process keys and entries, atomic counters, drop
+//! accounting, reads of kernel structures through their BTF offsets, config reads.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
-    ABSENT, DROP_SLOTS, Drop, ExitedKey, HIST_BUCKETS, ProcStats, drop_slot, hist_bucket,
+    ABSENT, DROP_SLOTS, Drop, ExitedKey, HIST_BUCKETS, ProcKey, ProcStats, REC_MM, RSS_MEMBERS,
+    TaskRecord, drop_slot, hist_bucket,
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel,
+    },
     programs::TracePointContext,
 };
 
-use crate::maps::{DROPS, EXITED, PROC_STATS, ZERO_STATS};
+use crate::maps::{DROPS, EXITED, PROC_STATS, START_OF, ZERO_STATS};
 
 /// Reads one field of [`CONFIG`]; volatile so the compiler does not fold the default.
 #[macro_export]
@@ -39,30 +43,190 @@ pub fn hist_add(hist: &mut [u32; HIST_BUCKETS], ns: u64) {
     }
 }
 
+/// Counts a drop. Atomic: a program on this CPU can be interrupted by another that
+/// counts into the same table (a wakeup from a hardirq during a syscall's exit).
 #[inline(always)]
 pub fn count_drop(prog: u32, kind: Drop) {
     let i = drop_slot(prog, kind) as usize;
     if let Some(table) = DROPS.get_ptr_mut(0)
         && i < DROP_SLOTS
     {
-        // SAFETY: this CPU's table, `i` in bounds; programs do not nest on a CPU for the
-        // tracepoints used here.
-        unsafe { (*table).0[i] += 1 };
+        // SAFETY: this CPU's table, `i` in bounds.
+        unsafe { add(&mut (*table).0[i], 1) };
     }
 }
 
-/// The counters of process `tgid`, created on first sight. `None` (and a counted drop)
+/// Reads of kernel memory at a BTF offset; [`ABSENT`] members read as zero.
+pub trait Mem {
+    fn read<T: Copy + Default>(base: *const u8, off: u32) -> T;
+
+    /// A pointer member, as an address (0: NULL or unreadable).
+    #[inline(always)]
+    fn ptr(base: *const u8, off: u32) -> *const u8 {
+        Self::read::<u64>(base, off) as *const u8
+    }
+}
+
+/// Direct loads through a pointer the verifier knows the BTF type of (a BTF tracepoint's
+/// or an iterator's task): no helper call, fault-safe, checked against the type at load.
+pub struct Direct;
+
+impl Mem for Direct {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
+        if off == ABSENT {
+            return T::default();
+        }
+        // SAFETY: `base` is a BTF pointer (or one loaded through one): the verifier checks
+        // the access against its type and turns it into a fault-safe load.
+        unsafe { core::ptr::read(base.add(off as usize).cast::<T>()) }
+    }
+}
+
+/// `bpf_probe_read_kernel`, for addresses without a BTF type (`bpf_get_current_task`).
+pub struct Probe;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: *const u8, off: u32) -> T {
+        if off == ABSENT || base.is_null() {
+            return T::default();
+        }
+        kread(base, off).unwrap_or_default()
+    }
+}
+
+/// `a + b`, or [`ABSENT`] when either is.
+#[inline(always)]
+pub const fn at(a: u32, b: u32) -> u32 {
+    if a == ABSENT || b == ABSENT {
+        ABSENT
+    } else {
+        a + b
+    }
+}
+
+/// Adds one thread's own accounting into `r` and sets its ids, its process's start, its
+/// cgroup and (with a memory map) the map's RSS counters.
+#[inline(always)]
+pub fn task_record_thread<M: Mem>(r: &mut TaskRecord, task: *const u8) {
+    r.tid = M::read::<i32>(task, config!(task.task_pid)) as u32;
+    r.tgid = M::read::<i32>(task, config!(task.task_tgid)) as u32;
+    let leader = M::ptr(task, config!(task.task_group_leader));
+    r.start_ns = M::read::<u64>(leader, config!(task.task_start));
+    add_thread::<M>(r, task);
+    let mm = M::ptr(task, config!(task.task_mm));
+    if !mm.is_null() {
+        r.flags |= REC_MM;
+        let (base, stride, count) = (
+            config!(task.mm_rss),
+            config!(task.rss_stride),
+            config!(task.rss_count),
+        );
+        if base != ABSENT {
+            // Probe reads whatever `M` is: the counters are `atomic_long_t` (an array member
+            // before Linux 6.2), which a direct load is refused into before 6.x ("type
+            // 'atomic_long_t' is not a struct", Linux 5.10's verifier).
+            let mut i = 0;
+            while i < RSS_MEMBERS {
+                r.rss_pages[i] = Probe::read::<i64>(mm, base + i as u32 * stride + count);
+                i += 1;
+            }
+        }
+    }
+    let css = M::ptr(task, config!(task.task_cgroups));
+    let cgrp = M::ptr(css, config!(task.css_dfl_cgrp));
+    let kn = M::ptr(cgrp, config!(task.cgroup_kn));
+    r.cgroup_id = M::read::<u64>(kn, config!(task.kn_id));
+}
+
+/// Adds a thread's counters (not its ids) into `r`.
+#[inline(always)]
+pub fn add_thread<M: Mem>(r: &mut TaskRecord, task: *const u8) {
+    r.runtime_ns += M::read::<u64>(task, config!(task.task_runtime));
+    r.nvcsw += M::read::<u64>(task, config!(task.task_nvcsw));
+    r.nivcsw += M::read::<u64>(task, config!(task.task_nivcsw));
+    r.run_delay_ns += M::read::<u64>(task, config!(task.task_run_delay));
+    r.pcount += M::read::<u64>(task, config!(task.task_pcount));
+    r.min_flt += M::read::<u64>(task, config!(task.task_min_flt));
+    r.maj_flt += M::read::<u64>(task, config!(task.task_maj_flt));
+    add_ioac::<M>(r, task, config!(task.task_ioac));
+}
+
+/// Adds the totals of the process's exited threads (`task->signal`) into `r`.
+#[inline(always)]
+pub fn task_record_signal<M: Mem>(r: &mut TaskRecord, task: *const u8) {
+    let sig = M::ptr(task, config!(task.task_signal));
+    if sig.is_null() {
+        return;
+    }
+    r.runtime_ns += M::read::<u64>(sig, config!(task.sig_runtime));
+    r.nvcsw += M::read::<u64>(sig, config!(task.sig_nvcsw));
+    r.nivcsw += M::read::<u64>(sig, config!(task.sig_nivcsw));
+    r.min_flt += M::read::<u64>(sig, config!(task.sig_min_flt));
+    r.maj_flt += M::read::<u64>(sig, config!(task.sig_maj_flt));
+    add_ioac::<M>(r, sig, config!(task.sig_ioac));
+}
+
+#[inline(always)]
+fn add_ioac<M: Mem>(r: &mut TaskRecord, base: *const u8, ioac: u32) {
+    let o = config!(task.ioac);
+    let mut i = 0;
+    while i < r.ioac.len() {
+        r.ioac[i] += M::read::<u64>(base, at(ioac, o[i]));
+        i += 1;
+    }
+}
+
+/// The start of `current`'s process (its leader's `start_boottime`); 0 without BTF.
+#[inline(always)]
+pub fn current_start() -> u64 {
+    if config!(task.valid) == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let leader = Probe::ptr(task, config!(task.task_group_leader));
+    Probe::read::<u64>(leader, config!(task.task_start))
+}
+
+/// The process of `current`.
+#[inline(always)]
+pub fn current_key() -> ProcKey {
+    let (_, tgid) = current_ids();
+    ProcKey {
+        tgid,
+        _pad: 0,
+        start_ns: current_start(),
+    }
+}
+
+/// The process of a task from a BTF argument (direct loads).
+#[inline(always)]
+pub fn task_key(task: *const u8) -> Option<ProcKey> {
+    if config!(task.valid) == 0 || task.is_null() {
+        return None;
+    }
+    let tgid = Direct::read::<i32>(task, config!(task.task_tgid)) as u32;
+    let leader = Direct::ptr(task, config!(task.task_group_leader));
+    Some(ProcKey {
+        tgid,
+        _pad: 0,
+        start_ns: Direct::read::<u64>(leader, config!(task.task_start)),
+    })
+}
+
+/// The counters of process `key`, created on first sight. `None` (and a counted drop)
 /// when the map is full.
 #[inline(always)]
-pub fn proc_entry(prog: u32, tgid: u32) -> Option<&'static mut ProcStats> {
-    if let Some(p) = PROC_STATS.get_ptr_mut(tgid) {
+pub fn proc_entry(prog: u32, key: ProcKey) -> Option<&'static mut ProcStats> {
+    if let Some(p) = PROC_STATS.get_ptr_mut(key) {
         // SAFETY: map values stay valid for the program's run.
         return Some(unsafe { &mut *p });
     }
     let zero = ZERO_STATS.get_ptr(0)?;
     // SAFETY: `zero` is a valid per-CPU map value of the right type.
     let zero = unsafe { &*zero };
-    match PROC_STATS.insert(tgid, zero, BPF_NOEXIST as u64) {
+    match PROC_STATS.insert(key, zero, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU inserted it first: fine, look it up below.
         Err(-17) => {}
@@ -71,42 +235,57 @@ pub fn proc_entry(prog: u32, tgid: u32) -> Option<&'static mut ProcStats> {
             return None;
         }
     }
-    let p = PROC_STATS.get_ptr_mut(tgid)?;
+    let p = PROC_STATS.get_ptr_mut(key)?;
     // SAFETY: as above.
     let p = unsafe { &mut *p };
     if p.first_seen_ns == 0 {
         p.first_seen_ns = unsafe { bpf_ktime_get_boot_ns() };
         p.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        // The start of the process holding this tgid now, for hooks that know only a pid.
+        let _ = START_OF.insert(key.tgid, key.start_ns, 0);
     }
     Some(p)
 }
 
-/// A new process is getting `tgid`: an entry still under that tgid belongs to a process
-/// that is gone (a live one would still hold the pid); move it to `EXITED` for userspace.
+/// Without BTF (start 0) a new process gets the key of any earlier holder of its tgid:
+/// such an entry belongs to a process that is gone (a live one would still hold the pid);
+/// move it to `EXITED` for userspace.
 #[inline(always)]
 pub fn retire_stale(prog: u32, tgid: u32) {
-    let Some(old) = PROC_STATS.get_ptr(tgid) else {
+    let key = ProcKey {
+        tgid,
+        _pad: 0,
+        start_ns: 0,
+    };
+    let Some(old) = PROC_STATS.get_ptr(key) else {
         return;
     };
     // SAFETY: map value, valid for the program's run.
     let old = unsafe { &*old };
-    let key = ExitedKey {
+    let exited = ExitedKey {
         tgid,
         _pad: 0,
         first_seen_ns: old.first_seen_ns,
     };
-    if EXITED.insert(key, old, 0).is_err() {
+    if EXITED.insert(exited, old, 0).is_err() {
         count_drop(prog, Drop::ExitedMapFull);
     }
-    let _ = PROC_STATS.remove(tgid);
+    let _ = PROC_STATS.remove(key);
 }
 
-/// Only when `tgid` is tracked already: for events seen outside the process's own
-/// context, which must not create entries for processes that have gone.
+/// Only when `key` is tracked already: for events seen outside the process's own
+/// context, which must not create entries for processes that have gone. A miss is
+/// counted: the event's count is lost.
 #[inline(always)]
-pub fn proc_existing(tgid: u32) -> Option<&'static mut ProcStats> {
-    // SAFETY: map values stay valid for the program's run.
-    PROC_STATS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
+pub fn proc_existing(prog: u32, key: &ProcKey) -> Option<&'static mut ProcStats> {
+    match PROC_STATS.get_ptr_mut(key) {
+        // SAFETY: map values stay valid for the program's run.
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            count_drop(prog, Drop::ProcGone);
+            None
+        }
+    }
 }
 
 /// Reads a `T` at `offset` in a classic tracepoint's record. `None` when the offset is
@@ -160,9 +339,7 @@ pub fn task_pid(task: *const u8) -> Option<u32> {
     if config!(task.valid) == 0 || task.is_null() {
         return None;
     }
-    let off = config!(task.task_pid) as usize;
-    // SAFETY: `task` is a trusted `task_struct *` argument and `off` its `pid` member.
-    Some(unsafe { core::ptr::read(task.add(off).cast::<i32>()) } as u32)
+    Some(Direct::read::<i32>(task, config!(task.task_pid)) as u32)
 }
 
 /// `se.sum_exec_runtime` of a task from a BTF tracepoint argument (direct load).
@@ -171,9 +348,7 @@ pub fn task_runtime(task: *const u8) -> Option<u64> {
     if config!(task.valid) == 0 || task.is_null() {
         return None;
     }
-    let off = config!(task.task_runtime) as usize;
-    // SAFETY: `task` is a trusted `task_struct *` argument and `off` the runtime member.
-    Some(unsafe { core::ptr::read(task.add(off).cast::<u64>()) })
+    Some(Direct::read::<u64>(task, config!(task.task_runtime)))
 }
 
 /// `tgid` and `pid` of a task, through its BTF offsets.

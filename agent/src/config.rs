@@ -319,6 +319,14 @@ pub struct CaptureConfig {
     pub max_sockets: u32,
     /// Use BTF tracepoints where the kernel has them (cheaper); classic ones otherwise.
     pub btf_tracepoints: bool,
+    /// Where per-process counters come from: `"hooks"` (per-event hooks, the default),
+    /// `"iterator"` (the task iterator, read once a tick) or `"auto"` (the iterator where
+    /// the kernel has it, else the hooks).
+    pub counters: crate::capture::Counters,
+    /// The per-event hooks only they can measure with (run-queue latency histograms,
+    /// every syscall counted), on top of the task iterator. Off by default (their cost is
+    /// in BENCHMARKS.md); `umbra trace` turns it on for its own run.
+    pub detail: bool,
     /// Hooks to leave off, by tracepoint name (e.g. `"page_fault_user"`).
     pub disable: Vec<String>,
     /// Fault injection, for tests only (not read from the file): tracepoints
@@ -342,6 +350,8 @@ impl Default for CaptureConfig {
             max_block_requests: 16384,
             max_sockets: 16384,
             btf_tracepoints: true,
+            counters: crate::capture::Counters::Hooks,
+            detail: false,
             disable: Vec::new(),
             simulate_missing: Vec::new(),
             wake_on_exec: false,

@@ -33,6 +33,38 @@ fn live(
     windows
 }
 
+/// As [`live`], but the ring buffer is drained every 5 ms between ticks, as the agent's
+/// capture loop does (`Source::next` drains when the kernel wakes it, once an eighth of
+/// the ring is used, and every 50 ms): for event storms a per-tick drain would overrun.
+fn live_draining(
+    cap: &mut KernelCapture,
+    agg: &mut Aggregator,
+    ticks: usize,
+    interval: Duration,
+    mut keep: impl FnMut(&CaptureItem),
+) -> Vec<Window> {
+    let step = Duration::from_millis(5);
+    let mut windows = Vec::new();
+    for _ in 0..ticks {
+        let end = std::time::Instant::now() + interval;
+        let mut early = Vec::new();
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(left.min(step));
+            cap.drain_events(&mut early);
+        }
+        for ev in early {
+            keep(&CaptureItem::Event(ev));
+        }
+        let tick = cap.sample().unwrap();
+        for ev in cap.take_events() {
+            keep(&CaptureItem::Event(ev));
+        }
+        keep(&CaptureItem::Tick(Box::new(tick.clone())));
+        windows.push(agg.tick(&tick));
+    }
+    windows
+}
+
 #[test]
 fn workload_cpu_adds_up_to_node_busy_time_and_bytes_to_proc_io() {
     if !privileged("workload_cpu_adds_up_to_node_busy_time_and_bytes_to_proc_io") {
@@ -322,4 +354,99 @@ fn python() -> Option<std::path::PathBuf> {
     let p = String::from_utf8(out.stdout).ok()?;
     let p = std::path::PathBuf::from(p.trim());
     p.is_file().then_some(p)
+}
+
+/// A fork/exec storm: a tiny static program started again and again for 10 s (8 at a
+/// time). Every exec and exit arrives, or each one lost is counted; the capture's memory
+/// stays bounded; and the processes' CPU still adds up to /proc/stat busy time within 3%.
+#[test]
+#[ignore = "not yet met: the CPU sum strays 1-8% from /proc/stat busy time (either way, no \
+            drops) on a loaded host and in 5.10 guests, and the task iterator path loses the \
+            CPU of processes shorter than a tick when the ring buffer overflows; run with \
+            --ignored"]
+fn a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up() {
+    if !privileged("a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up") {
+        return;
+    }
+    use umbra::capture::{DropKind, LifecycleKind};
+    let dir = disk_dir();
+    let tiny = dir.join(format!("tiny-{}", std::process::id()));
+    std::fs::write(&tiny, tiny_exit_program()).unwrap();
+    std::fs::set_permissions(&tiny, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let count = dir.join(format!("storm-count-{}", std::process::id()));
+    let mut cap = capture();
+    let w = Workload::start(&[
+        "storm",
+        "10",
+        tiny.to_str().unwrap(),
+        count.to_str().unwrap(),
+    ]);
+    let storm = w.pid();
+    let mut agg = Aggregator::new(GroupBy::Exe, 1000);
+    let mut events = Vec::new();
+    w.go();
+    let mut windows = live_draining(&mut cap, &mut agg, 13, Duration::from_secs(1), |i| {
+        if let CaptureItem::Event(e) = i {
+            events.push(e.clone());
+        }
+    });
+    w.wait();
+    windows.extend(live_draining(
+        &mut cap,
+        &mut agg,
+        2,
+        Duration::from_secs(1),
+        |i| {
+            if let CaptureItem::Event(e) = i {
+                events.push(e.clone());
+            }
+        },
+    ));
+    let started: usize = std::fs::read_to_string(&count).unwrap().parse().unwrap();
+    let _ = std::fs::remove_file(&count);
+    let _ = std::fs::remove_file(&tiny);
+    let tiny_name = tiny.to_str().unwrap();
+    let execs: std::collections::HashSet<u32> = events
+        .iter()
+        .filter(|e| e.ppid == Some(storm))
+        .filter(
+            |e| matches!(&e.kind, LifecycleKind::Exec { filename, .. } if filename == tiny_name),
+        )
+        .map(|e| e.tgid)
+        .collect();
+    let exits = events
+        .iter()
+        .filter(|e| matches!(e.kind, LifecycleKind::Exit { .. }) && execs.contains(&e.tgid))
+        .count();
+    let drops = cap.drop_counts().unwrap();
+    let ring_full = drops.get(DropKind::RingBufFull);
+    let tracked = cap.tracked();
+    eprintln!(
+        "storm: {started} started ({:.0}/s), {} exec and {exits} exit events, ring-full drops {ring_full}, all drops {:?}, {tracked} entries tracked",
+        started as f64 / 10.0,
+        execs.len(),
+        drops.by_program().collect::<Vec<_>>()
+    );
+    assert!(started > 500, "the storm started only {started} processes");
+    // Every exec and exit is here, or the ring buffer's drops account for the missing.
+    let missing = (started - execs.len()) + (started - exits.min(started));
+    assert!(
+        missing as u64 <= ring_full,
+        "{missing} events missing, {ring_full} counted"
+    );
+    // Memory bounded: what the capture remembers does not grow with the storm.
+    assert!(tracked < 4 * 8192, "{tracked} entries tracked");
+    // CPU over the storm: the processes' (the short ones' from their final counters)
+    // against the node's busy time.
+    let (mut sum, mut busy) = (0u64, 0u64);
+    for w in windows.iter().skip(1) {
+        sum += w.points.iter().map(|p| p.profile.cpu_ns).sum::<u64>();
+        busy += w.node.cpu_busy_ns;
+    }
+    let err = rel_err(sum as f64, busy as f64);
+    eprintln!(
+        "storm CPU: processes {sum} ns, /proc/stat busy {busy} ns, error {:.2}%",
+        err * 100.0
+    );
+    assert!(err <= 0.03, "processes {sum} ns vs busy {busy} ns");
 }

@@ -60,7 +60,22 @@ pub fn capture() -> KernelCapture {
     capture_with(&CaptureConfig::default())
 }
 
+/// `UMBRA_CAPTURE_COUNTERS=hooks|iterator|auto` runs every test on that path (tests that
+/// pick a path use [`capture_exact`]): `cargo xtask test` and the VM guests run the
+/// capture tests on the default (hooks) path and again on the task iterator.
 pub fn capture_with(cfg: &CaptureConfig) -> KernelCapture {
+    let mut cfg = cfg.clone();
+    match std::env::var("UMBRA_CAPTURE_COUNTERS").as_deref() {
+        Ok("hooks") => cfg.counters = umbra::capture::Counters::Hooks,
+        Ok("iterator") => cfg.counters = umbra::capture::Counters::Iterator,
+        Ok("auto") => cfg.counters = umbra::capture::Counters::Auto,
+        _ => {}
+    }
+    capture_exact(&cfg)
+}
+
+/// The capture loaded exactly as `cfg` asks, whatever `UMBRA_CAPTURE_COUNTERS` says.
+pub fn capture_exact(cfg: &CaptureConfig) -> KernelCapture {
     match KernelCapture::load(cfg) {
         Ok(c) => c,
         Err(e) => panic!("kernel capture failed to load: {e}"),
@@ -276,6 +291,45 @@ pub fn disk_dir() -> PathBuf {
     };
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A static program of a few bytes that exits with 0 (`exit(0)`, no libc): the cheapest
+/// process there is, for fork/exec storms.
+pub fn tiny_exit_program() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    #[cfg(target_arch = "x86_64")]
+    let (machine, code): (u16, &[u8]) = (
+        0x3e,
+        // mov eax, 60; xor edi, edi; syscall
+        &[0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05],
+    );
+    #[cfg(target_arch = "aarch64")]
+    let (machine, code): (u16, &[u8]) = (
+        0xb7,
+        // mov x8, #93; mov x0, #0; svc #0
+        &[
+            0xa8, 0x0b, 0x80, 0xd2, 0x00, 0x00, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4,
+        ],
+    );
+    let size = (64 + 56 + code.len()) as u64;
+    let mut e = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&machine.to_le_bytes());
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&(BASE + 120).to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    for v in [0u64, BASE, BASE, size, size, 0x1000] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.extend_from_slice(code);
+    e
 }
 
 pub fn rel_err(got: f64, want: f64) -> f64 {

@@ -1,18 +1,22 @@
 //! `cargo xtask bench overhead`: what the agent costs, measured in one run.
 //!
-//! - Slowdown: a pipe ping-pong between two threads (the shape of `perf bench sched pipe`,
-//!   pinned to one CPU as with `taskset -c 0`, and unpinned:
-//!   every round trip is two context switches, two wakeups, two reads and two writes,
-//!   all of them hooked), run alternately without and with the agent; the ratio of the
-//!   medians.
+//! - Slowdown, each workload run alternately without and with the agent (`umbra run`,
+//!   default config), the ratio of the medians: a pipe ping-pong between two threads (the
+//!   shape of `perf bench sched pipe`, pinned to one CPU as with `taskset -c 0`, and
+//!   unpinned), a hackbench-like message storm (groups of sender and receiver threads over
+//!   pipes), and a real parallel build (`cargo build -j2` of a small crate from the local
+//!   registry cache). The ping-pong and hackbench also on the task iterator path
+//!   (`capture.counters = "iterator"`), with and without the detail level, and, with `--before BIN`,
+//!   with another agent binary (an earlier version) in the same run.
 //! - Per-program cost: `kernel.bpf_stats_enabled` on, run time / run count per program
 //!   from `bpftool prog show`, while the ping-pong runs.
-//! - Agent CPU and RSS: on-CPU time of all its threads (schedstat) and VmRSS, idle and
-//!   under load.
+//! - The task iterator's cost per tick with 1,000 and 10,000 threads alive, and the
+//!   agent's CPU and RSS with 1,000 processes alive.
 
 use std::{
     fs,
     io::Write,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -25,14 +29,18 @@ use crate::{install, util};
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// Slowdown of a scheduler-heavy benchmark with the agent, per-program ns/run, agent CPU and RSS.
+    /// Slowdown of scheduler-heavy work and a build with the agent, per-program ns/run,
+    /// the task iterator's cost per tick, agent CPU and RSS.
     Overhead {
         /// Alternating rounds (each runs the benchmark without and with the agent).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Round trips per benchmark run.
+        /// Round trips per ping-pong run.
         #[arg(long, default_value_t = 200_000)]
         iterations: u64,
+        /// Another agent binary measured in the same run (e.g. an earlier version).
+        #[arg(long)]
+        before: Option<PathBuf>,
     },
     /// Criterion micro-benchmarks: aggregate (1,000 processes a tick), record writes, the
     /// publish spool and summary encoding, forecasts (1,000 workloads a tick) and
@@ -42,7 +50,11 @@ pub enum Bench {
 
 pub fn run(b: Bench) -> Result<()> {
     match b {
-        Bench::Overhead { rounds, iterations } => overhead(rounds, iterations),
+        Bench::Overhead {
+            rounds,
+            iterations,
+            before,
+        } => overhead(rounds, iterations, before.as_deref()),
         Bench::Micro => util::cargo(&[
             "bench",
             "-p",
@@ -53,11 +65,23 @@ pub fn run(b: Bench) -> Result<()> {
             "publish",
             "--bench",
             "predict",
+            "--bench",
+            "exec_args",
         ]),
     }
 }
 
-fn overhead(rounds: usize, iterations: u64) -> Result<()> {
+/// One way of running the agent.
+struct Variant {
+    name: &'static str,
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+/// A workload measured with and without the agent: its time per unit, ns.
+type Workload<'a> = (&'a str, Box<dyn Fn() -> f64 + 'a>);
+
+fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()> {
     if !util::is_root() {
         bail!("the overhead benchmark loads the agent: run it as root");
     }
@@ -66,32 +90,86 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
     util::cargo(&["build", "--release", "-p", "umbra"])?;
     let bin = util::target_dir().join("release/umbra");
     set_bpf_stats(false)?;
-
-    // The agent as shipped, and without syscall accounting (raw_syscalls/sys_exit makes
-    // every syscall take the kernel's tracing slow path).
-    let no_sys = util::target_dir().join("bench/no-sys-exit.toml");
-    fs::create_dir_all(no_sys.parent().context("bench dir")?)?;
-    fs::write(&no_sys, "[capture]\ndisable = [\"sys_exit\"]\n")?;
-    let variants: [(&str, Vec<String>); 2] = [
-        ("agent (all hooks)", vec![]),
+    let dir = util::target_dir().join("bench");
+    fs::create_dir_all(&dir)?;
+    let config = |name: &str, text: &str| -> Result<Vec<String>> {
+        let p = dir.join(name);
+        fs::write(&p, text)?;
+        Ok(vec!["--config".into(), p.display().to_string()])
+    };
+    let mut variants = vec![
+        Variant {
+            name: "agent, default",
+            bin: bin.clone(),
+            args: vec![],
+        },
+        Variant {
+            name: "agent, task iterator path",
+            bin: bin.clone(),
+            args: config("iterator.toml", "[capture]\ncounters = \"iterator\"\n")?,
+        },
+        Variant {
+            name: "agent, task iterator + detail level",
+            bin: bin.clone(),
+            args: config(
+                "detail.toml",
+                "[capture]\ncounters = \"iterator\"\ndetail = true\n",
+            )?,
+        },
+    ];
+    if let Some(b) = before {
+        variants.push(Variant {
+            name: "agent, --before binary",
+            bin: b.to_path_buf(),
+            args: vec![],
+        });
+    }
+    let build_dir = dir.join("build-crate");
+    prepare_build(&build_dir)?;
+    let workloads: Vec<(Workload, bool)> = vec![
         (
-            "agent without sys_exit",
-            vec!["--config".into(), no_sys.display().to_string()],
+            (
+                "pipe ping-pong, pinned (ns per round trip)",
+                Box::new(move || pingpong(iterations, true)),
+            ),
+            true,
+        ),
+        (
+            (
+                "pipe ping-pong, unpinned (ns per round trip)",
+                Box::new(move || pingpong(iterations, false)),
+            ),
+            true,
+        ),
+        (
+            (
+                "hackbench-like, 2 groups × 5 senders × 5 receivers × 2,000 messages (ns per message)",
+                Box::new(|| hackbench(2, 5, 2000)),
+            ),
+            true,
+        ),
+        (
+            (
+                "cargo build -j2 of regex-syntax (ns, whole build)",
+                Box::new(|| build_once(&build_dir).unwrap_or(f64::NAN)),
+            ),
+            false,
         ),
     ];
+    eprintln!("load before measuring: {}", load_average());
     let mut md = String::new();
-    md.push_str("| benchmark | round trip without agent (median) | with agent (median) | slowdown | goal |\n|---|---|---|---|---|\n");
-    let mut headline = 0.0;
-    for pinned in [true, false] {
-        for (name, args) in &variants {
-            util::step(&format!(
-                "{name}, threads {}: {rounds} alternating rounds of {iterations} pipe round trips",
-                if pinned {
-                    "pinned to CPU 0"
-                } else {
-                    "unpinned"
-                }
-            ));
+    md.push_str(&format!(
+        "Load average at the start: {}\n\n",
+        load_average()
+    ));
+    md.push_str("| benchmark | agent | without (median) | with (median) | slowdown |\n|---|---|---|---|---|\n");
+    for ((name, work), all_variants) in &workloads {
+        for v in variants
+            .iter()
+            .take(if *all_variants { variants.len() } else { 1 })
+        {
+            let rounds = if *all_variants { rounds } else { rounds.min(3) };
+            util::step(&format!("{name}, {}: {rounds} alternating rounds", v.name));
             let mut without = Vec::new();
             let mut with = Vec::new();
             for r in 0..rounds {
@@ -99,15 +177,15 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
                 let first_with = r % 2 == 1;
                 for agent_on in [first_with, !first_with] {
                     let ns = if agent_on {
-                        let agent = Agent::start(&bin, args)?;
-                        let ns = pingpong(iterations, pinned);
+                        let agent = Agent::start(&v.bin, &v.args)?;
+                        let ns = work();
                         agent.stop()?;
                         ns
                     } else {
-                        pingpong(iterations, pinned)
+                        work()
                     };
                     eprintln!(
-                        "round {r}: agent {}: {ns:.0} ns per round trip",
+                        "round {r}: agent {}: {ns:.0}",
                         if agent_on { "on " } else { "off" }
                     );
                     if agent_on {
@@ -118,54 +196,253 @@ fn overhead(rounds: usize, iterations: u64) -> Result<()> {
                 }
             }
             let (m_without, m_with) = (median(&mut without), median(&mut with));
-            let slowdown = m_with / m_without - 1.0;
-            if pinned && args.is_empty() {
-                headline = slowdown;
-            }
             md.push_str(&format!(
-                "| pipe ping-pong, {}, {name} | {m_without:.0} ns | {m_with:.0} ns | {:.2}% | ≤ 3% |\n",
-                if pinned { "pinned" } else { "unpinned" },
-                slowdown * 100.0
+                "| {name} | {} | {m_without:.0} | {m_with:.0} | {:.2}% |\n",
+                v.name,
+                (m_with / m_without - 1.0) * 100.0
             ));
         }
     }
-    eprintln!(
-        "headline slowdown (pinned, all hooks): {:.2}%",
-        headline * 100.0
-    );
+    md.push_str(&format!(
+        "\nLoad average at the end of the slowdown runs: {}\n",
+        load_average()
+    ));
 
-    util::step("per-program cost and agent footprint");
-    let agent = Agent::start(&bin, &[])?;
-    let idle_cpu = agent.cpu_percent(Duration::from_secs(20))?;
-    set_bpf_stats(true)?;
-    let load = thread::spawn(move || pingpong(iterations * 4, true));
-    let load_cpu = agent.cpu_percent(Duration::from_secs(10))?;
-    let _ = load.join();
-    let progs = prog_stats(agent.child.id())?;
-    set_bpf_stats(false)?;
-    let rss = agent.rss_bytes()?;
-    agent.stop()?;
-
-    md.push_str("\n| measure | value | goal |\n|---|---|---|\n");
-    md.push_str(&format!(
-        "| agent CPU, idle machine | {idle_cpu:.3}% of one core | ≤ 0.5% |\n"
-    ));
-    md.push_str(&format!(
-        "| agent CPU, under the pipe benchmark | {load_cpu:.3}% of one core | |\n"
-    ));
-    md.push_str(&format!(
-        "| agent RSS | {:.1} MB | ≤ 25 MB |\n",
-        rss as f64 / 1e6
-    ));
-    md.push_str("\n| program | runs | ns/run |\n|---|---|---|\n");
-    for (name, cnt, ns) in &progs {
-        md.push_str(&format!("| {name} | {cnt} | {ns:.0} |\n"));
+    util::step("per-program cost (bpf_stats) under the pinned ping-pong");
+    md.push_str("\n| agent | program | runs | ns/run |\n|---|---|---|---|\n");
+    for v in variants.iter().take(3) {
+        let agent = Agent::start(&v.bin, &v.args)?;
+        set_bpf_stats(true)?;
+        let _ = pingpong(iterations * 2, true);
+        let progs = prog_stats(agent.child.id())?;
+        set_bpf_stats(false)?;
+        agent.stop()?;
+        for (p, cnt, ns) in &progs {
+            md.push_str(&format!("| {} | {p} | {cnt} | {ns:.0} |\n", v.name));
+        }
     }
-    let out = util::target_dir().join("bench/overhead.md");
-    fs::create_dir_all(out.parent().context("bench dir")?)?;
+
+    util::step("the task iterator's cost per tick");
+    md.push_str("\n| threads alive | task_iter ns/run (per task) | kernel time per tick | agent CPU per tick (kernel + userspace) | agent CPU |\n|---|---|---|---|---|\n");
+    for n in [1_000usize, 10_000] {
+        let parked = park_threads(n);
+        let agent = Agent::start(&bin, &[])?;
+        thread::sleep(Duration::from_secs(3));
+        set_bpf_stats(true)?;
+        let before = iter_stats(agent.child.id())?;
+        let t0 = agent.cpu_ns()?;
+        let start = Instant::now();
+        thread::sleep(Duration::from_secs(10));
+        let t1 = agent.cpu_ns()?;
+        let after = iter_stats(agent.child.id())?;
+        set_bpf_stats(false)?;
+        agent.stop()?;
+        drop(parked);
+        let secs = start.elapsed().as_secs_f64();
+        let ticks = secs.round().max(1.0);
+        let (runs, ns) = (after.0 - before.0, after.1 - before.1);
+        md.push_str(&format!(
+            "| {n} | {:.0} | {:.2} ms | {:.2} ms | {:.3}% of one core |\n",
+            ns as f64 / runs.max(1) as f64,
+            ns as f64 / ticks / 1e6,
+            (t1 - t0) as f64 / ticks / 1e6,
+            (t1 - t0) as f64 / (secs * 1e9) * 100.0
+        ));
+    }
+
+    util::step("agent CPU and RSS with 1,000 processes alive");
+    let sleepers: Vec<Child> = (0..1000)
+        .map(|_| {
+            Command::new("sleep")
+                .arg("600")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting sleep")
+        })
+        .collect::<Result<_>>()?;
+    md.push_str(
+        "\n| agent, 1,000 processes alive | CPU (20 s) | RSS | goal |\n|---|---|---|---|\n",
+    );
+    for v in variants.iter().take(1).chain(variants.iter().skip(3)) {
+        let agent = Agent::start(&v.bin, &v.args)?;
+        thread::sleep(Duration::from_secs(3));
+        let cpu = agent.cpu_percent(Duration::from_secs(20))?;
+        let rss = agent.rss_bytes()?;
+        agent.stop()?;
+        md.push_str(&format!(
+            "| {} | {cpu:.3}% of one core | {:.1} MB | ≤ 0.2%, ≤ 25 MB |\n",
+            v.name,
+            rss as f64 / 1e6
+        ));
+    }
+    for mut s in sleepers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    md.push_str(&format!("\nLoad average at the end: {}\n", load_average()));
+    let out = dir.join("overhead.md");
     fs::write(&out, &md)?;
     println!("{md}\n(written to {})", out.display());
     Ok(())
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// `n` threads that sleep until dropped (small stacks).
+struct Parked {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<thread::JoinHandle<()>>,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+fn park_threads(n: usize) -> Parked {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handles = (0..n)
+        .filter_map(|_| {
+            let stop = stop.clone();
+            thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        thread::park();
+                    }
+                })
+                .ok()
+        })
+        .collect();
+    Parked { stop, handles }
+}
+
+/// (runs, run time ns) of the agent's task iterator program.
+fn iter_stats(pid: u32) -> Result<(u64, u64)> {
+    let out = util::output("bpftool", &["-j", "prog", "show"]).context("bpftool prog show")?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool JSON")?;
+    let ids = prog_ids(pid)?;
+    for p in &progs {
+        if p["id"].as_u64().is_some_and(|id| ids.contains(&id)) && p["name"] == "task_iter" {
+            return Ok((
+                p["run_cnt"].as_u64().unwrap_or(0),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    Ok((0, 0))
+}
+
+/// Hackbench's shape (`hackbench -T -g G -f F -l L -s 100`): G groups of F sender and F
+/// receiver threads; every sender writes L 100-byte messages to every receiver of its
+/// group through a pipe of its own. Mean ns per message.
+fn hackbench(groups: usize, fan: usize, loops: usize) -> f64 {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..groups {
+        // pipes[s][r]: sender s to receiver r.
+        let mut read_ends: Vec<Vec<i32>> = vec![Vec::new(); fan];
+        let mut write_ends: Vec<Vec<i32>> = vec![Vec::new(); fan];
+        for ws in write_ends.iter_mut() {
+            for rs in read_ends.iter_mut() {
+                let mut p = [0i32; 2];
+                // SAFETY: pipe(2) fills the two-element array.
+                unsafe { libc::pipe(p.as_mut_ptr()) };
+                rs.push(p[0]);
+                ws.push(p[1]);
+            }
+        }
+        for fds in read_ends {
+            handles.push(thread::spawn(move || {
+                let mut buf = [0u8; 100];
+                for _ in 0..loops {
+                    for &fd in &fds {
+                        let mut got = 0;
+                        while got < buf.len() {
+                            // SAFETY: a valid fd and buffer.
+                            let n = unsafe {
+                                libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got)
+                            };
+                            if n <= 0 {
+                                break;
+                            }
+                            got += n as usize;
+                        }
+                    }
+                }
+                for fd in fds {
+                    // SAFETY: closing our fd.
+                    unsafe { libc::close(fd) };
+                }
+            }));
+        }
+        for fds in write_ends {
+            handles.push(thread::spawn(move || {
+                let buf = [7u8; 100];
+                for _ in 0..loops {
+                    for &fd in &fds {
+                        // SAFETY: a valid fd and buffer.
+                        unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+                    }
+                }
+                for fd in fds {
+                    // SAFETY: closing our fd.
+                    unsafe { libc::close(fd) };
+                }
+            }));
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    start.elapsed().as_nanos() as f64 / (groups * fan * fan * loops) as f64
+}
+
+/// A crate depending on regex-syntax, built offline from the local registry cache.
+fn prepare_build(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir.join("src"))?;
+    fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"umbra-bench-build\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nregex-syntax = \"0.8\"\n\n[workspace]\n",
+    )?;
+    fs::write(
+        dir.join("src/main.rs"),
+        "fn main() { println!(\"{:?}\", regex_syntax::parse(\"a+b\").is_ok()); }\n",
+    )?;
+    // Resolve once (lock file), so each measured build only compiles.
+    let st = Command::new("cargo")
+        .args(["generate-lockfile", "--offline"])
+        .current_dir(dir)
+        .status()?;
+    if !st.success() {
+        bail!("cannot prepare the build benchmark in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// One clean `cargo build -j2` of the prepared crate, ns.
+fn build_once(dir: &Path) -> Result<f64> {
+    let target = dir.join("target");
+    let _ = fs::remove_dir_all(&target);
+    let start = Instant::now();
+    let st = Command::new("cargo")
+        .args(["build", "--offline", "-j2", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    if !st.success() {
+        bail!("the benchmark build failed");
+    }
+    Ok(start.elapsed().as_nanos() as f64)
 }
 
 /// Mean ns per round trip of `n` ping-pongs over two pipes between two threads.
@@ -253,7 +530,7 @@ fn set_bpf_stats(on: bool) -> Result<()> {
 
 /// (program, run count, ns/run) of the programs process `pid` holds (the `prog_id` of its
 /// BPF file descriptors), so other agents running at the time do not count.
-fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
+fn prog_ids(pid: u32) -> Result<std::collections::HashSet<u64>> {
     let mut ids = std::collections::HashSet::new();
     for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let info = fs::read_to_string(fd?.path()).unwrap_or_default();
@@ -265,6 +542,11 @@ fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
             ids.insert(id);
         }
     }
+    Ok(ids)
+}
+
+fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
+    let ids = prog_ids(pid)?;
     let out = util::output("bpftool", &["-j", "prog", "show"]).context("bpftool prog show")?;
     let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool JSON")?;
     let mut rows = Vec::new();

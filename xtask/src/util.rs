@@ -90,6 +90,16 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new("cargo").args(args).current_dir(root()))
 }
 
+/// `cargo args` with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
 pub fn cargo_in(dir: &str, args: &[&str]) -> Result<()> {
     run(Command::new("cargo")
         .args(args)

@@ -1,20 +1,27 @@
 //! Block I/O: `block/block_bio_queue` runs in the submitting task's context, so bytes are
 //! attributed to the process that issued them (a `fsync`, an `O_DIRECT` write; buffered
-//! writeback lands on the flusher thread, as in the kernel's own accounting).
-//! `block/block_rq_complete` closes the request and adds its latency, from queue to
-//! completion, to the issuer's histogram.
+//! writeback lands on the flusher thread, as in the kernel's own accounting). A stacked
+//! driver (device mapper, md) submits its own bios below the first one from the same
+//! task, with `current->bio_list` set: only the top one counts bytes, every layer's is
+//! remembered for its latency. `block/block_rq_complete` closes the request and adds its
+//! latency, from queue to completion, to the issuer's histogram.
 
 use agent_common::{
     BlockKey, BlockPending, Drop,
     prog::{BLOCK_BIO_QUEUE, BLOCK_RQ_COMPLETE},
 };
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 
 use crate::{
     config,
     maps::BLOCK_PENDING,
     util::{
-        add, count_drop, current_ids, hist_add, proc_entry, proc_existing, tp_field, tp_field_at,
+        Mem, Probe, add, count_drop, current_key, hist_add, proc_entry, proc_existing, tp_field,
+        tp_field_at,
     },
 };
 
@@ -47,15 +54,19 @@ fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
     if !read && !write {
         return None;
     }
-    let (_, tgid) = current_ids();
-    let p = proc_entry(BLOCK_BIO_QUEUE, tgid)?;
-    let bytes = nr_sector as u64 * 512;
-    if write {
-        add(&mut p.block_write_bytes, bytes);
-    } else {
-        add(&mut p.block_read_bytes, bytes);
+    let owner = current_key();
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let stacked = Probe::read::<u64>(task, config!(task.task_bio_list)) != 0;
+    if !stacked {
+        let p = proc_entry(BLOCK_BIO_QUEUE, owner)?;
+        let bytes = nr_sector as u64 * 512;
+        if write {
+            add(&mut p.block_write_bytes, bytes);
+        } else {
+            add(&mut p.block_read_bytes, bytes);
+        }
+        add(&mut p.block_ios, 1);
     }
-    add(&mut p.block_ios, 1);
     let key = BlockKey {
         sector,
         dev,
@@ -63,8 +74,7 @@ fn try_bio_queue(ctx: &TracePointContext) -> Option<()> {
     };
     let pending = BlockPending {
         queued_ns: unsafe { bpf_ktime_get_ns() },
-        tgid,
-        _pad: 0,
+        owner,
     };
     if BLOCK_PENDING.insert(key, pending, 0).is_err() {
         count_drop(BLOCK_BIO_QUEUE, Drop::BlockPendingFull);
@@ -90,7 +100,7 @@ fn try_rq_complete(ctx: &TracePointContext) -> Option<()> {
     let pending = *unsafe { BLOCK_PENDING.get(key) }?;
     let _ = BLOCK_PENDING.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
-    let p = proc_existing(pending.tgid)?;
+    let p = proc_existing(BLOCK_RQ_COMPLETE, &pending.owner)?;
     if now > pending.queued_ns {
         hist_add(&mut p.block_hist, now - pending.queued_ns);
     }

@@ -9,3 +9,4 @@ mod sched_switch;
 mod sched_wakeup;
 mod sock;
 mod sys_exit;
+mod task_iter;

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use crate::{
     config,
     maps::MM_OWNER,
-    util::{count_drop, current_ids, proc_entry, proc_existing, tp_field_at},
+    util::{count_drop, current_key, proc_entry, proc_existing, tp_field_at},
 };
 
 #[tracepoint(category = "kmem", name = "rss_stat")]
@@ -27,17 +27,19 @@ fn try_rss_stat(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let proc = if curr != 0 {
-        let (_, tgid) = current_ids();
+        let key = current_key();
         // SAFETY: map value read.
-        if unsafe { MM_OWNER.get(mm_id) } != Some(&tgid) && MM_OWNER.insert(mm_id, tgid, 0).is_err()
-        {
+        if unsafe { MM_OWNER.get(mm_id) } != Some(&key) && MM_OWNER.insert(mm_id, key, 0).is_err() {
             count_drop(PROG, Drop::MmOwnerFull);
         }
-        proc_entry(PROG, tgid)?
+        proc_entry(PROG, key)?
     } else {
         // SAFETY: map value read.
-        let owner = *unsafe { MM_OWNER.get(mm_id) }?;
-        proc_existing(owner)?
+        let Some(owner) = (unsafe { MM_OWNER.get(mm_id) }).copied() else {
+            count_drop(PROG, Drop::OwnerUnknown);
+            return None;
+        };
+        proc_existing(PROG, &owner)?
     };
     proc.rss[member] = size;
     let bit = 1u64 << member;

@@ -4,12 +4,14 @@
 //! Thread creation and thread exits are not sent (the per-process counters cover threads);
 //! only process forks and the exit of a process's last thread are. The parent's tgid, the
 //! exit code and whether an exit ends the process come from BTF offsets; without BTF the
-//! event is flagged [`FLAG_PARTIAL`] and userspace resolves what it can.
+//! event is flagged [`FLAG_PARTIAL`] and userspace resolves what it can. An exit carries
+//! the process's final counters, read from its tasks ([`ExitEvent`]): once it is gone the
+//! task iterator cannot see it.
 
 use agent_common::{
-    ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent,
-    FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV, FLAG_PARTIAL, FLAG_THREAD,
-    LifecycleEvent, prog,
+    ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_FREE,
+    ExecEvent, ExitEvent, FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV,
+    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, TaskRecord, prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -29,8 +31,9 @@ use crate::{
     config,
     maps::EVENTS,
     util::{
-        add, count_drop, current_ids, kread, proc_entry, retire_stale, task_ids, tp_field,
-        tp_field_at,
+        Direct, Mem, Probe, add, add_thread, count_drop, current_ids, current_key, current_start,
+        kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
+        task_record_thread, tp_field, tp_field_at,
     },
 };
 
@@ -65,6 +68,7 @@ fn fill_common(ev: &mut LifecycleEvent, kind: u32) {
     ev.exit_code = 0;
     ev.timestamp_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.start_ns = current_start();
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.filename[0] = 0;
 }
@@ -99,8 +103,7 @@ fn current_ppid() -> Option<u32> {
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     // A new image: its cgroup is the one it execs in.
-    let (_, tgid) = current_ids();
-    if let Some(p) = proc_entry(prog::SCHED_PROCESS_EXEC, tgid) {
+    if let Some(p) = proc_entry(prog::SCHED_PROCESS_EXEC, current_key()) {
         p.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         add(&mut p.execs, 1);
     }
@@ -192,7 +195,7 @@ fn read_argv(ev: &mut ExecEvent) -> bool {
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg(1);
-    let Some((child_pid, child_tgid)) = task_ids(child) else {
+    let (Some((child_pid, child_tgid)), Some(key)) = (task_ids(child), task_key(child)) else {
         return 0;
     };
     let (_, parent_tgid) = current_ids();
@@ -200,11 +203,11 @@ pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> i32 {
         // A new thread: its work lands in its process's counters.
         return 0;
     }
-    retire_stale(prog::SCHED_PROCESS_FORK, child_tgid);
     emit(EVENT_FORK, |ev| {
         ev.ppid = parent_tgid;
         ev.pid = child_pid;
         ev.tgid = child_tgid;
+        ev.start_ns = key.start_ns;
     });
     0
 }
@@ -216,15 +219,65 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     else {
         return 0;
     };
-    // The child's pid is free only if no live process or thread holds it.
-    retire_stale(prog::SCHED_PROCESS_FORK, child as u32);
+    // Without BTF, the child's pid is free only if no live process or thread holds it.
+    if config!(task.valid) == 0 {
+        retire_stale(prog::SCHED_PROCESS_FORK, child as u32);
+    }
     emit(EVENT_FORK, |ev| {
-        // Without the child's task we cannot tell a thread from a process: userspace does.
+        // Without the child's task we cannot tell a thread from a process, nor when it
+        // started: userspace does.
         ev.ppid = ev.tgid;
         ev.pid = child as u32;
         ev.tgid = 0;
+        ev.start_ns = 0;
         ev.flags |= FLAG_PARTIAL | FLAG_THREAD;
     });
+    0
+}
+
+/// The end of a process, with exact final counters: its leader's `task_struct` is freed
+/// after the last thread's final switch (which accounted its last slice) and the reap,
+/// which folded every task's counters into `signal_struct`.
+/// Leaders only; runs from an RCU callback, so `current` is unrelated.
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    if config!(task.valid) == 0 || task.is_null() {
+        return 0;
+    }
+    let pid = Direct::read::<i32>(task, config!(task.task_pid));
+    let tgid = Direct::read::<i32>(task, config!(task.task_tgid));
+    if pid != tgid {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_drop(prog::SCHED_PROCESS_FREE, Drop::RingBufFull);
+        return 0;
+    };
+    // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    // Every task of the process, the leader last (at its reap, after its final switch),
+    // has been folded into `signal_struct` by now: its totals are the process's.
+    ev.total = TaskRecord {
+        tid: pid as u32,
+        tgid: tgid as u32,
+        start_ns: Direct::read::<u64>(task, config!(task.task_start)),
+        ..TaskRecord::default()
+    };
+    task_record_signal::<Direct>(&mut ev.total, task);
+    let b = &mut ev.base;
+    b.kind = EVENT_FREE;
+    b.flags = FLAG_TOTAL;
+    b.pid = pid as u32;
+    b.tgid = tgid as u32;
+    b.ppid = 0;
+    b.exit_code = 0;
+    b.timestamp_ns = unsafe { bpf_ktime_get_boot_ns() };
+    b.cgroup_id = 0;
+    b.start_ns = ev.total.start_ns;
+    b.comm = [0; 16];
+    b.filename[0] = 0;
+    submit(entry, false);
     0
 }
 
@@ -258,12 +311,30 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         },
         false => (0, FLAG_PARTIAL),
     };
-    emit(EVENT_EXIT, |ev| {
-        ev.flags = flags | partial;
-        ev.exit_code = code;
-        if let Some(ppid) = current_ppid() {
-            ev.ppid = ppid;
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_drop(prog::SCHED_PROCESS_EXIT, Drop::RingBufFull);
+        return 0;
+    };
+    // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_common(&mut ev.base, EVENT_EXIT);
+    ev.base.flags = flags | partial;
+    ev.base.exit_code = code;
+    if let Some(ppid) = current_ppid() {
+        ev.base.ppid = ppid;
+    }
+    ev.total = TaskRecord::default();
+    if btf {
+        // The process's final counters: this thread, a leader that went before it (a
+        // zombie keeps its own counters), and the threads that exited earlier.
+        task_record_thread::<Probe>(&mut ev.total, task);
+        let leader = Probe::ptr(task, config!(task.task_group_leader));
+        if !leader.is_null() && leader != task {
+            add_thread::<Probe>(&mut ev.total, leader);
         }
-    });
+        task_record_signal::<Probe>(&mut ev.total, task);
+        ev.base.flags |= FLAG_TOTAL;
+    }
+    submit(entry, false);
     0
 }

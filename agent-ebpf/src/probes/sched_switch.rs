@@ -9,7 +9,9 @@
 //! wait; `THREADS` holds only when each thread became runnable.
 //! <https://github.com/torvalds/linux/blob/v6.12/kernel/sched/core.c#L6684>
 
-use agent_common::{CpuState, Drop, RUNTIME_UNKNOWN, ThreadState, prog::SCHED_SWITCH as PROG};
+use agent_common::{
+    CpuState, Drop, ProcKey, RUNTIME_UNKNOWN, ThreadState, prog::SCHED_SWITCH as PROG,
+};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_task, bpf_ktime_get_ns},
@@ -21,8 +23,8 @@ use crate::{
     config,
     maps::{CPU_STATE, THREADS},
     util::{
-        add, count_drop, current_ids, hist_add, kread, proc_entry, task_pid, task_runtime,
-        tp_field_at,
+        add, count_drop, current_ids, current_key, hist_add, kread, proc_entry, task_key, task_pid,
+        task_runtime, tp_field_at,
     },
 };
 
@@ -42,10 +44,15 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     };
     let state = prev_state as u32;
     let runtime = task_runtime(prev).unwrap_or(RUNTIME_UNKNOWN);
+    let (Some(prev_key), Some(next_key)) = (task_key(prev), task_key(next)) else {
+        return 0;
+    };
     on_switch(
         preempt & 1 != 0 || state == 0,
         state & TASK_DEAD != 0,
+        prev_key,
         next_tid,
+        next_key,
         runtime,
     );
     0
@@ -69,10 +76,14 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
     } else {
         RUNTIME_UNKNOWN
     };
+    // The next task's process is not known here (no task pointer): userspace asks /proc.
+    let unknown = ProcKey::default();
     on_switch(
         involuntary,
         state & REPORTED_DEAD != 0,
+        current_key(),
         next_tid as u32,
+        unknown,
         runtime,
     );
     Some(())
@@ -82,26 +93,33 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<()> {
 /// `Option`, whose payload the compiler may load unwritten on the `None` path (Linux 5.10's
 /// verifier refuses reads of uninitialised stack; newer ones allow them to root).
 #[inline(always)]
-fn on_switch(involuntary: bool, prev_dead: bool, next_tid: u32, prev_runtime: u64) {
+fn on_switch(
+    involuntary: bool,
+    prev_dead: bool,
+    prev_key: ProcKey,
+    next_tid: u32,
+    next_key: ProcKey,
+    prev_runtime: u64,
+) {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(cpu) = CPU_STATE.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot; programs on one CPU do not nest for this tracepoint.
     let cpu = unsafe { &mut *cpu };
-    let (prev_tid, prev_tgid) = current_ids();
+    let (prev_tid, _) = current_ids();
     if prev_tid != 0 {
         switch_out(
             now,
             cpu,
             prev_tid,
-            prev_tgid,
+            prev_key,
             involuntary,
             prev_dead,
             prev_runtime,
         );
     }
-    switch_in(now, cpu, next_tid);
+    switch_in(now, cpu, next_tid, next_key);
 }
 
 /// Accounts the slice that ends: the scheduler's own runtime delta when the task's BTF
@@ -112,14 +130,14 @@ fn switch_out(
     now: u64,
     cpu: &mut CpuState,
     tid: u32,
-    tgid: u32,
+    key: ProcKey,
     involuntary: bool,
     dead: bool,
     runtime: u64,
 ) {
     let known = runtime != RUNTIME_UNKNOWN;
     let thread = THREADS.get_ptr_mut(tid);
-    if let Some(proc) = proc_entry(PROG, tgid) {
+    if let Some(proc) = proc_entry(PROG, key) {
         if involuntary {
             add(&mut proc.involuntary_switches, 1);
         } else {
@@ -175,8 +193,10 @@ fn switch_out(
 }
 
 #[inline(always)]
-fn switch_in(now: u64, cpu: &mut CpuState, tid: u32) {
+fn switch_in(now: u64, cpu: &mut CpuState, tid: u32, owner: ProcKey) {
     cpu.tid = tid;
+    cpu.owner_tgid = owner.tgid;
+    cpu.owner_start_ns = owner.start_ns;
     cpu.since = now;
     cpu.pending_wait = 0;
     if tid == 0 {

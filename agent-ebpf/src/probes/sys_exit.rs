@@ -1,17 +1,22 @@
-//! `raw_syscalls/sys_exit`: every syscall counted per process; the read and write
-//! families (read, pread64, readv, preadv, preadv2 and their write twins) add their
-//! returned byte counts; accept/accept4 count accepted connections. On kernels without the
-//! `sock` length tracepoints (before 6.3), userspace also fills in the send and receive
-//! syscalls, whose byte counts become network bytes. Syscall numbers are the
-//! architecture's, from userspace.
+//! `raw_syscalls/sys_exit` (hooks path, detail level, or network bytes before Linux 6.3):
+//! every syscall counted per process; the read and write families (read, pread64, readv,
+//! preadv, preadv2 and their write twins) add their returned byte counts. On kernels
+//! without the `sock` length tracepoints (before 6.3), userspace also fills in the send
+//! and receive syscalls, whose byte counts become network bytes. Syscall numbers are the
+//! architecture's, from userspace; a 32-bit task on a 64-bit kernel (`TS_COMPAT` on x86,
+//! `TIF_32BIT` on arm64) is classified by its own table. Accepted connections are counted
+//! from the listener's side in `sock`, not here.
 
 use agent_common::prog::SYS_EXIT as PROG;
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     config,
-    util::{add, current_ids, proc_entry, tp_field_at},
+    util::{Mem, Probe, add, current_key, proc_entry, tp_field_at},
 };
+
+/// `__X32_SYSCALL_BIT`: x32 tasks number their syscalls like x86_64 with this bit set.
+const X32_BIT: i64 = 0x4000_0000;
 
 #[tracepoint(category = "raw_syscalls", name = "sys_exit")]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
@@ -43,16 +48,23 @@ fn transfer(calls: &mut u64, bytes: &mut u64, ret: i64) {
 fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     let id: i64 = tp_field_at::<_, 8>(ctx, PROG, config!(tp.sys_exit_id))?;
     let ret: i64 = tp_field_at::<_, 16>(ctx, PROG, config!(tp.sys_exit_ret))?;
-    let (_, tgid) = current_ids();
-    let p = proc_entry(PROG, tgid)?;
+    let p = proc_entry(PROG, current_key())?;
     add(&mut p.syscalls, 1);
-    let nrs = config!(syscalls);
+    let mask = config!(task.compat_mask);
+    let compat = mask != 0 && {
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        Probe::read::<u32>(task, config!(task.task_compat)) & mask != 0
+    };
+    let nrs = if compat {
+        config!(compat_syscalls)
+    } else {
+        config!(syscalls)
+    };
+    let id = id & !X32_BIT;
     if is_in(id, &nrs.read) {
         transfer(&mut p.read_calls, &mut p.read_bytes, ret);
     } else if is_in(id, &nrs.write) {
         transfer(&mut p.write_calls, &mut p.write_bytes, ret);
-    } else if ret >= 0 && is_in(id, &nrs.accept) {
-        add(&mut p.conn_accepted, 1);
     } else if is_in(id, &nrs.send) {
         transfer(&mut p.net_tx_calls, &mut p.net_tx_bytes, ret);
     } else if is_in(id, &nrs.recv) {

@@ -1,6 +1,7 @@
-//! The live kernel source: loads the embedded object, attaches every hook (BTF tracepoint
-//! where the kernel offers one, classic tracepoint otherwise), and reads maps and the ring
-//! buffer into plain values.
+//! The live kernel source: loads the embedded object, probes and attaches what this
+//! kernel offers — the task iterator for per-process counters where it can, today's
+//! per-event hooks where it cannot — and reads maps, the iterator and the ring buffer into
+//! plain values (the per-tick composition is in `sampler`).
 
 use std::{
     collections::{HashMap as StdHashMap, VecDeque},
@@ -11,32 +12,55 @@ use std::{
 };
 
 use agent_common::{
-    ABSENT, DROP_KINDS, ExecEvent, ExitedKey, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, KernelConfig,
-    LifecycleEvent, ProcStats,
+    ABSENT, DROP_KINDS, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FREE, ExecEvent, ExitEvent, ExitedKey,
+    FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_TOTAL, KernelConfig, LifecycleEvent, ProcKey,
+    ProcStats, TaskRecord, prog,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, Iter, TracePoint},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
 
 use super::{
-    CaptureError, CaptureItem, Source, btf,
+    CaptureError, CaptureItem, Source, bpf, btf,
     identity::{self, Identity},
-    procfs, syscalls,
+    procfs,
+    sampler::ProcInfo,
+    syscalls,
     tracefs::{self, Tracefs},
-    types::{
-        AppKey, Argv, ArgvSource, DropCounts, Exit, Lifecycle, LifecycleKind, Memory, ProcCounters,
-        ProcessSample, Tick,
-    },
+    types::{Argv, ArgvSource, DropCounts, Exit, Lifecycle, LifecycleKind},
 };
 use crate::config::CaptureConfig;
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/umbra"));
+
+/// Where per-process counters come from (`capture.counters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counters {
+    /// The task iterator where the kernel has it (Linux ≥ 5.8 with BTF), else the hooks.
+    Auto,
+    /// The task iterator, or an error naming why it cannot run.
+    Iterator,
+    /// Per-event hooks (scheduler, memory, faults, syscalls), as on kernels without the
+    /// iterator. The default: the iterator path does not yet keep a fork/exec storm's CPU
+    /// within 3% of `/proc/stat` when the ring buffer overflows.
+    #[default]
+    Hooks,
+}
+
+/// What the agent runs on: the counters' path chosen at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterPath {
+    Iterator,
+    Hooks,
+}
 
 /// A kernel hook: what it measures, where it attaches, whether the agent can run without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -58,10 +82,12 @@ pub enum Hook {
     InetSockSetState,
     TcpRetransmitSkb,
     CgroupAttachTask,
+    TaskIter,
+    SchedProcessFree,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 16] = [
+    pub const ALL: [Hook; prog::COUNT] = [
         Hook::SchedSwitch,
         Hook::SchedWakeup,
         Hook::SchedWakeupNew,
@@ -78,9 +104,12 @@ impl Hook {
         Hook::InetSockSetState,
         Hook::TcpRetransmitSkb,
         Hook::CgroupAttachTask,
+        Hook::TaskIter,
+        Hook::SchedProcessFree,
     ];
 
     /// (tracefs category, tracepoint name); the name is also the config name of the hook.
+    /// The task iterator is `iter/task`.
     pub const fn tracepoint(self) -> (&'static str, &'static str) {
         match self {
             Hook::SchedSwitch => ("sched", "sched_switch"),
@@ -99,22 +128,56 @@ impl Hook {
             Hook::InetSockSetState => ("sock", "inet_sock_set_state"),
             Hook::TcpRetransmitSkb => ("tcp", "tcp_retransmit_skb"),
             Hook::CgroupAttachTask => ("cgroup", "cgroup_attach_task"),
+            Hook::TaskIter => ("iter", "task"),
+            Hook::SchedProcessFree => ("sched", "sched_process_free"),
         }
     }
 
     pub const fn name(self) -> &'static str {
-        self.tracepoint().1
+        match self {
+            Hook::TaskIter => "task_iter",
+            h => h.tracepoint().1,
+        }
     }
 
     pub fn from_name(name: &str) -> Option<Hook> {
         Hook::ALL.into_iter().find(|h| h.name() == name)
     }
 
-    /// The agent refuses to start without these: no CPU accounting or lifecycle otherwise.
+    /// The program id (`agent_common::prog`), the index of its drop counters.
+    pub fn id(self) -> usize {
+        Hook::ALL.iter().position(|h| *h == self).unwrap_or(0)
+    }
+
+    /// The agent refuses to start without these: no lifecycle otherwise (and, on the
+    /// hooks path, no CPU accounting without `sched_switch`).
     pub const fn required(self) -> bool {
         matches!(
             self,
             Hook::SchedSwitch | Hook::SchedProcessExec | Hook::SchedProcessExit
+        )
+    }
+
+    /// Hooks of the iterator path only (exact final counters of an ended process).
+    const fn iterator_only(self) -> bool {
+        matches!(self, Hook::SchedProcessFree)
+    }
+
+    /// Hooks whose measurements the task iterator reads from the kernel's own
+    /// accounting instead: off on the iterator path.
+    const fn replaced_by_iterator(self) -> bool {
+        matches!(
+            self,
+            Hook::RssStat | Hook::PageFaultUser | Hook::CgroupAttachTask
+        )
+    }
+
+    /// Per-event hooks of the detail level (run-queue histograms, syscall counts): off
+    /// on the iterator path unless `capture.detail` is on.
+    const fn detail(self) -> bool {
+        matches!(
+            self,
+            Hook::SchedSwitch | Hook::SchedWakeup | Hook::SchedWakeupNew | Hook::SysExit
         )
     }
 
@@ -125,6 +188,7 @@ impl Hook {
             Hook::SchedWakeup => Some("sched_wakeup_btf"),
             Hook::SchedWakeupNew => Some("sched_wakeup_new_btf"),
             Hook::SchedProcessFork => Some("sched_process_fork_btf"),
+            Hook::SchedProcessFree => Some("sched_process_free_btf"),
             _ => None,
         }
     }
@@ -139,7 +203,10 @@ impl Hook {
             Hook::SchedWakeup | Hook::SchedWakeupNew => vec![("pid", o.wakeup_pid)],
             Hook::SchedProcessExec => vec![("filename", o.exec_filename)],
             Hook::SchedProcessFork => vec![("child_pid", o.fork_child_pid)],
-            Hook::SchedProcessExit | Hook::PageFaultUser => vec![],
+            Hook::SchedProcessExit
+            | Hook::PageFaultUser
+            | Hook::TaskIter
+            | Hook::SchedProcessFree => vec![],
             Hook::RssStat => vec![
                 ("mm_id", o.rss_mm_id),
                 ("curr", o.rss_curr),
@@ -163,6 +230,7 @@ impl Hook {
                 ("skaddr", o.set_state_sk),
                 ("oldstate", o.set_state_old),
                 ("newstate", o.set_state_new),
+                ("sport", o.set_state_sport),
                 ("protocol", o.set_state_protocol),
             ],
             Hook::TcpRetransmitSkb => vec![("skaddr", o.retrans_sk)],
@@ -188,12 +256,18 @@ impl fmt::Display for Hook {
 pub enum HookStatus {
     BtfTracepoint,
     Tracepoint,
+    /// The task iterator, run once a tick.
+    Iterator,
     /// Left off by configuration (`capture.disable`).
     Disabled,
     /// Not on this kernel; `raw_syscalls/sys_exit` measures it instead (network bytes from
     /// the send and receive syscalls, before Linux 6.3).
     SyscallFallback,
-    /// Not on this kernel; the reason says what is missing.
+    /// Off: the task iterator reads what it measured from the kernel's own accounting.
+    ByIterator,
+    /// Off: a per-event hook of the detail level (`capture.detail`, on in `umbra trace`).
+    DetailOff,
+    /// Not on this kernel (or not used); the reason says what is missing.
     Unavailable(String),
 }
 
@@ -202,6 +276,10 @@ pub enum HookStatus {
 pub struct AttachReport {
     pub kernel: String,
     pub btf: bool,
+    /// Where per-process counters come from, and, on the hooks path, why.
+    pub counters: CounterPath,
+    pub hooks_reason: Option<String>,
+    pub detail: bool,
     pub hooks: Vec<(Hook, HookStatus)>,
 }
 
@@ -213,69 +291,63 @@ impl AttachReport {
     pub fn attached(&self, hook: Hook) -> bool {
         matches!(
             self.status(hook),
-            Some(HookStatus::BtfTracepoint | HookStatus::Tracepoint)
+            Some(HookStatus::BtfTracepoint | HookStatus::Tracepoint | HookStatus::Iterator)
         )
     }
 }
 
-/// What userspace knows of a tracked process beyond its counters.
-#[derive(Clone, Debug, Default)]
-struct ProcInfo {
-    start_ns: u64,
-    comm: String,
-    exe: Option<String>,
-    ppid: Option<u32>,
-    /// RSS from /proc for members the kernel has not reported since attach.
-    seed: Option<Memory>,
-    exit: Option<Exit>,
-    /// Hash of `exe`, once computed (`Some(None)`: could not be read).
-    exe_hash: Option<Option<String>>,
-    /// What an interpreter runs, once known (`Some(None)`: not an interpreter, or no
-    /// named program).
-    app: Option<Option<AppKey>>,
-}
-
 /// The live kernel source.
 pub struct KernelCapture {
-    ebpf: Ebpf,
-    stats: HashMap<MapData, u32, ProcStats>,
-    threads: HashMap<MapData, u32, agent_common::ThreadState>,
-    drops: PerCpuArray<MapData, agent_common::DropTable>,
-    cpu_state: PerCpuArray<MapData, agent_common::CpuState>,
-    /// tid → tgid of threads seen running at a tick.
-    tgid_of: StdHashMap<u32, u32>,
+    pub(super) ebpf: Ebpf,
+    pub(super) stats: HashMap<MapData, ProcKey, ProcStats>,
+    pub(super) threads_map: HashMap<MapData, u32, agent_common::ThreadState>,
+    pub(super) drops: PerCpuArray<MapData, agent_common::DropTable>,
+    pub(super) cpu_state: PerCpuArray<MapData, agent_common::CpuState>,
+    pub(super) exited: HashMap<MapData, ExitedKey, ProcStats>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
+    /// The task iterator's link (iterator path): each tick reads a new run of it.
+    pub(super) iter_link: Option<OwnedFd>,
     /// The kernel log, when no runtime polls it: flushed at each sample.
-    logger: Option<KernelLog>,
-    report: AttachReport,
-    procs: StdHashMap<u32, ProcInfo>,
-    identity: Identity,
-    exited: HashMap<MapData, ExitedKey, ProcStats>,
-    recent_exits: VecDeque<(u32, Exit)>,
+    pub(super) logger: Option<KernelLog>,
+    pub(super) report: AttachReport,
+    pub(super) page_size: u64,
+    /// Whether `BPF_MAP_LOOKUP_BATCH` works here (Linux ≥ 5.6).
+    pub(super) batch: bool,
+    pub(super) procs: StdHashMap<ProcKey, ProcInfo>,
+    /// What events told of processes whose start they did not carry (a classic fork
+    /// tracepoint), by tgid, until the process's key is known.
+    pub(super) unkeyed: StdHashMap<u32, (ProcInfo, u64)>,
+    /// Processes already reported finished, and the tick they were: anything seen of them
+    /// later (a zombie the iterator still visits, an entry a late event re-made) is not a
+    /// new process.
+    pub(super) finished: StdHashMap<ProcKey, u64>,
+    /// Threads seen by the iterator: their process and last run-queue totals, kept so the
+    /// wait of a thread that exits is not lost from its process's total.
+    pub(super) threads: StdHashMap<u32, super::sampler::ThreadSeen>,
+    pub(super) identity: Identity,
+    pub(super) recent_exits: VecDeque<(u32, Exit)>,
     pending: VecDeque<CaptureItem>,
-    unclaimed: Vec<Lifecycle>,
+    pub(super) unclaimed: Vec<Lifecycle>,
     interval: Duration,
     ticker: Option<tokio::time::Interval>,
     /// Drains the ring buffer between wakeups (the programs wake the reader only when a
     /// batch has built up).
     drainer: Option<tokio::time::Interval>,
-    ticks: u64,
+    pub(super) ticks: u64,
     /// Fault injection for tests: run once between reading the maps and acting on them.
-    after_read: Option<Box<dyn FnOnce() + Send>>,
+    pub(super) after_read: Option<Box<dyn FnOnce() + Send>>,
+    pub(super) iter_buf: Vec<u8>,
+    /// Whether `sched_process_free` is attached (exact final counters).
+    pub(super) free_hook: bool,
 }
 
-/// Exits younger than this are finalised at the next tick: the dying thread's last
-/// switch-out (its final CPU slice) lands just after the exit tracepoint.
-const EXIT_SETTLE_NS: u64 = 20_000_000;
 /// Events drained by `sample` and not taken are bounded (sync callers may never take them).
-const MAX_UNCLAIMED: usize = 65536;
-/// Exits remembered for processes retired through `EXITED` (pid reuse).
+pub(super) const MAX_UNCLAIMED: usize = 65536;
+/// Exits remembered for processes retired through `EXITED` (pid reuse without BTF).
 const RECENT_EXITS: usize = 4096;
 /// How often the ring buffer is drained without a wakeup.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
-/// Every this many ticks, processes whose exit was never seen are checked in /proc.
-const GC_EVERY_TICKS: u64 = 30;
 
 impl KernelCapture {
     /// Loads and attaches everything, as configured.
@@ -285,6 +357,8 @@ impl KernelCapture {
         let mut kc = KernelConfig::EMPTY;
         kc.tp = tracefs.offsets();
         kc.syscalls = syscalls::NRS;
+        kc.compat_syscalls = syscalls::COMPAT_NRS;
+        kc.page_size = page_size();
         if cfg.wake_on_exec {
             kc.flags |= agent_common::CONFIG_WAKE_ON_EXEC;
         }
@@ -300,15 +374,19 @@ impl KernelCapture {
         };
         if fallback(Hook::SockSendLength) {
             kc.syscalls.send = syscalls::SEND;
+            kc.compat_syscalls.send = syscalls::COMPAT_SEND;
         }
         if fallback(Hook::SockRecvLength) {
             kc.syscalls.recv = syscalls::RECV;
+            kc.compat_syscalls.recv = syscalls::COMPAT_RECV;
         }
+        let net_from_syscalls = kc.syscalls.send[0] >= 0 || kc.syscalls.recv[0] >= 0;
         let btf_path = Path::new(btf::VMLINUX_BTF);
         // Task offsets serve the classic tracepoints too (exact CPU time, exit codes,
-        // parents); BTF tracepoints additionally need the parsed BTF.
+        // parents, process keys) and the task iterator; BTF tracepoints and the iterator
+        // additionally need the parsed BTF.
         let task = if btf_path.exists() {
-            match btf::task_offsets(btf_path) {
+            match btf::kernel_task_offsets() {
                 Ok(t) => Some(t),
                 Err(e) => {
                     warn!(error = %e, "Kernel BTF unusable; task fields come from /proc");
@@ -325,27 +403,30 @@ impl KernelCapture {
         if let Some(t) = task {
             kc.task = t;
         }
-        let kernel_btf = if cfg.btf_tracepoints && task.is_some() {
-            match Btf::from_sys_fs() {
+        let parsed_btf = if task.is_some() {
+            match sys_btf() {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    warn!(error = %e, "Kernel BTF unusable; using classic tracepoints only");
+                    warn!(error = %e, "Kernel BTF unusable; classic tracepoints and hooks only");
                     None
                 }
             }
         } else {
             None
         };
+        let tp_btf = parsed_btf.as_ref().filter(|_| cfg.btf_tracepoints);
 
         let mut loader = EbpfLoader::new();
         loader
-            .btf(kernel_btf.as_ref())
+            .btf(parsed_btf.as_ref())
             .override_global("CONFIG", &kc, true)
             .map_max_entries("PROC_STATS", cfg.max_processes)
+            .map_max_entries("START_OF", cfg.max_processes)
             .map_max_entries("THREADS", cfg.max_threads)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes())
             .map_max_entries("BLOCK_PENDING", cfg.max_block_requests)
             .map_max_entries("SOCK_OWNER", cfg.max_sockets)
+            .map_max_entries("LISTENERS", (cfg.max_sockets / 4).max(256))
             .map_max_entries("MM_OWNER", cfg.max_processes)
             .map_max_entries("EXITED", (cfg.max_processes / 8).max(256));
         let mut ebpf = loader
@@ -353,10 +434,56 @@ impl KernelCapture {
             .map_err(|source| CaptureError::Load { source })?;
         let logger = init_kernel_log(&mut ebpf);
 
+        // The counters' path: the task iterator where it loads, unless told otherwise.
+        let (iter_link, iter_status, hooks_reason) = match cfg.counters {
+            Counters::Hooks => (
+                None,
+                HookStatus::Unavailable("capture.counters = \"hooks\"".into()),
+                Some("capture.counters = \"hooks\"".to_string()),
+            ),
+            wanted => {
+                let why_not = if simulated(Hook::TaskIter) {
+                    Err("the task iterator does not exist on this kernel (simulated)".to_string())
+                } else {
+                    attach_iter(&mut ebpf, parsed_btf.as_ref(), &kc)
+                };
+                match why_not {
+                    Ok(link) => (Some(link), HookStatus::Iterator, None),
+                    Err(why) if wanted == Counters::Iterator => {
+                        return Err(CaptureError::NoIterator { why });
+                    }
+                    Err(why) => {
+                        warn!(why = %why, "Task iterator unavailable; per-event hooks count instead");
+                        (None, HookStatus::Unavailable(why.clone()), Some(why))
+                    }
+                }
+            }
+        };
+        let on_iter = iter_link.is_some();
+        let path = if on_iter {
+            CounterPath::Iterator
+        } else {
+            CounterPath::Hooks
+        };
+
         let mut hooks = Vec::new();
         for hook in Hook::ALL {
-            let status = if disabled(hook) {
+            let status = if hook == Hook::TaskIter {
+                iter_status.clone()
+            } else if disabled(hook) {
                 HookStatus::Disabled
+            } else if !on_iter && hook.iterator_only() {
+                HookStatus::Unavailable("used with the task iterator only".into())
+            } else if hook.iterator_only() && parsed_btf.is_none() {
+                HookStatus::Unavailable("a BTF tracepoint: needs the kernel's BTF".into())
+            } else if on_iter && hook.replaced_by_iterator() {
+                HookStatus::ByIterator
+            } else if on_iter
+                && hook.detail()
+                && !cfg.detail
+                && !(hook == Hook::SysExit && net_from_syscalls)
+            {
+                HookStatus::DetailOff
             } else if ((hook == Hook::SockSendLength && kc.syscalls.send[0] >= 0)
                 || (hook == Hook::SockRecvLength && kc.syscalls.recv[0] >= 0))
                 // (sys_exit comes first in Hook::ALL.)
@@ -370,10 +497,16 @@ impl KernelCapture {
                     "tracepoint {hook} does not exist on this kernel (simulated)"
                 ))
             } else {
-                attach(&mut ebpf, &tracefs, &kc, kernel_btf.as_ref(), hook)?
+                let btf = if hook.iterator_only() {
+                    parsed_btf.as_ref()
+                } else {
+                    tp_btf
+                };
+                attach(&mut ebpf, &tracefs, &kc, btf, hook)?
             };
+            let required = hook.required() && !(on_iter && hook == Hook::SchedSwitch);
             match &status {
-                HookStatus::Unavailable(why) if hook.required() => {
+                HookStatus::Unavailable(why) if required => {
                     let (category, name) = hook.tracepoint();
                     debug!(%hook, why, "Required hook unavailable");
                     return Err(CaptureError::MissingTracepoint {
@@ -391,65 +524,59 @@ impl KernelCapture {
             }
             hooks.push((hook, status));
         }
+        let free_hook = hooks
+            .iter()
+            .any(|(h, s)| *h == Hook::SchedProcessFree && *s == HookStatus::BtfTracepoint);
         let report = AttachReport {
             kernel: kernel_release(),
-            btf: kernel_btf.is_some(),
+            btf: tp_btf.is_some(),
+            counters: path,
+            hooks_reason,
+            detail: cfg.detail,
             hooks,
         };
         info!(
             kernel = %report.kernel,
             btf = report.btf,
+            counters = ?report.counters,
+            detail = report.detail,
             attached = report.hooks.iter().filter(|(h, _)| report.attached(*h)).count(),
             "Kernel capture attached"
         );
 
-        let stats = HashMap::try_from(take(&mut ebpf, "PROC_STATS")?).map_err(|source| {
-            CaptureError::Map {
-                name: "PROC_STATS",
-                source,
-            }
-        })?;
-        let threads =
-            HashMap::try_from(take(&mut ebpf, "THREADS")?).map_err(|source| CaptureError::Map {
-                name: "THREADS",
-                source,
-            })?;
-        let exited =
-            HashMap::try_from(take(&mut ebpf, "EXITED")?).map_err(|source| CaptureError::Map {
-                name: "EXITED",
-                source,
-            })?;
-        let cpu_state = PerCpuArray::try_from(take(&mut ebpf, "CPU_STATE")?).map_err(|source| {
-            CaptureError::Map {
-                name: "CPU_STATE",
-                source,
-            }
-        })?;
-        let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(|source| {
-            CaptureError::Map {
-                name: "DROPS",
-                source,
-            }
-        })?;
-        let ring =
-            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| CaptureError::Map {
-                name: "EVENTS",
-                source,
-            })?;
+        macro_rules! map {
+            ($kind:ident, $name:literal) => {
+                $kind::try_from(take(&mut ebpf, $name)?).map_err(|source| CaptureError::Map {
+                    name: $name,
+                    source,
+                })?
+            };
+        }
+        let stats = map!(HashMap, "PROC_STATS");
+        let threads_map = map!(HashMap, "THREADS");
+        let exited = map!(HashMap, "EXITED");
+        let cpu_state = map!(PerCpuArray, "CPU_STATE");
+        let drops = map!(PerCpuArray, "DROPS");
+        let ring = map!(RingBuf, "EVENTS");
         Ok(KernelCapture {
             ebpf,
             stats,
-            threads,
+            threads_map,
             drops,
+            cpu_state,
+            exited,
             ring,
             ring_fd: None,
+            iter_link,
             logger,
             report,
+            page_size: kc.page_size,
+            batch: true,
             procs: StdHashMap::new(),
-            cpu_state,
-            tgid_of: StdHashMap::new(),
+            unkeyed: StdHashMap::new(),
+            finished: StdHashMap::new(),
+            threads: StdHashMap::new(),
             identity: Identity::new(),
-            exited,
             recent_exits: VecDeque::new(),
             pending: VecDeque::new(),
             unclaimed: Vec::new(),
@@ -458,6 +585,8 @@ impl KernelCapture {
             drainer: None,
             ticks: 0,
             after_read: None,
+            iter_buf: Vec::new(),
+            free_hook,
         })
     }
 
@@ -470,6 +599,12 @@ impl KernelCapture {
 
     pub fn report(&self) -> &AttachReport {
         &self.report
+    }
+
+    /// Entries userspace keeps about processes and threads (bounded: they are let go
+    /// when their processes end).
+    pub fn tracked(&self) -> usize {
+        self.procs.len() + self.unkeyed.len() + self.finished.len() + self.threads.len()
     }
 
     /// The loaded programs, for run-time statistics (`kernel.bpf_stats_enabled`).
@@ -517,32 +652,69 @@ impl KernelCapture {
     /// each process. Never blocks.
     pub fn drain_events(&mut self, out: &mut Vec<Lifecycle>) -> usize {
         let mut raw = Vec::new();
+        let mut freed = Vec::new();
         while let Some(item) = self.ring.next() {
-            let exec = item.len() >= std::mem::size_of::<ExecEvent>()
-                && item.get(..4) == Some(&agent_common::EVENT_EXEC.to_ne_bytes()[..]);
-            if exec {
+            let kind = item
+                .get(..4)
+                .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+            if kind == Some(EVENT_EXEC) && item.len() >= std::mem::size_of::<ExecEvent>() {
                 // SAFETY: the kernel wrote a whole ExecEvent (size and kind checked);
                 // read_unaligned copes with the ring's 8-byte alignment.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ExecEvent>()) };
-                raw.push((Lifecycle::from_exec(&ev), ev.base.flags));
+                raw.push((Lifecycle::from_exec(&ev), ev.base, None));
+            } else if kind == Some(EVENT_FREE) && item.len() >= std::mem::size_of::<ExitEvent>() {
+                // SAFETY: as below, for an ExitEvent.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ExitEvent>()) };
+                freed.push((ev.base.tgid, ev.base.start_ns, ev.total));
+            } else if kind == Some(EVENT_EXIT) && item.len() >= std::mem::size_of::<ExitEvent>() {
+                // SAFETY: as above, for an ExitEvent.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ExitEvent>()) };
+                let total = (ev.base.flags & FLAG_TOTAL != 0).then_some(ev.total);
+                raw.push((Lifecycle::from_kernel(&ev.base), ev.base, total));
             } else if item.len() >= std::mem::size_of::<LifecycleEvent>() {
                 // SAFETY: as above, for a LifecycleEvent.
                 let ev =
                     unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LifecycleEvent>()) };
-                raw.push((Lifecycle::from_kernel(&ev), ev.flags));
+                raw.push((Lifecycle::from_kernel(&ev), ev, None));
             }
         }
         let n = raw.len();
-        for (ev, flags) in raw {
+        for (ev, base, total) in raw {
             if let Some(mut ev) = ev {
-                self.note(&mut ev, flags);
+                self.note(&mut ev, &base, total);
                 out.push(ev);
             }
+        }
+        for (tgid, start, total) in freed {
+            let info = self.info_of(tgid, start);
+            info.total = Some(total);
+            info.freed = true;
         }
         n
     }
 
-    fn note(&mut self, ev: &mut Lifecycle, flags: u32) {
+    /// What userspace knows of the process an event with `start` (0: not carried) is of.
+    fn info_of(&mut self, tgid: u32, start: u64) -> &mut ProcInfo {
+        if start == 0 && self.report.btf_offsets() {
+            let tick = self.ticks;
+            return &mut self
+                .unkeyed
+                .entry(tgid)
+                .or_insert_with(|| (ProcInfo::default(), tick))
+                .0;
+        }
+        let key = ProcKey {
+            tgid,
+            _pad: 0,
+            start_ns: start,
+        };
+        let info = self.procs.entry(key).or_default();
+        info.start_ns = start;
+        info
+    }
+
+    fn note(&mut self, ev: &mut Lifecycle, raw: &LifecycleEvent, total: Option<TaskRecord>) {
+        let start = raw.start_ns;
         match &mut ev.kind {
             LifecycleKind::Exec {
                 filename,
@@ -560,13 +732,14 @@ impl KernelCapture {
                 let exe =
                     procfs::exe_bytes(ev.tgid).unwrap_or_else(|| filename.as_bytes().to_vec());
                 let app = self.identity.app_key(&exe, argv, &cwd);
-                let info = self.procs.entry(ev.tgid).or_default();
-                info.comm.clone_from(&ev.comm);
-                info.exe = Some(filename.clone());
+                let (comm, ppid, filename) = (ev.comm.clone(), ev.ppid, filename.clone());
+                let info = self.info_of(ev.tgid, start);
+                info.comm = comm;
+                info.exe = Some(filename);
                 info.exe_hash = None;
                 info.app = Some(app);
-                if ev.ppid.is_some() {
-                    info.ppid = ev.ppid;
+                if ppid.is_some() {
+                    info.ppid = ppid;
                 }
             }
             LifecycleKind::Fork => {
@@ -578,30 +751,38 @@ impl KernelCapture {
                     }
                 }
                 // A forked child runs its parent's program until it execs.
-                let inherited = ev
-                    .ppid
-                    .and_then(|p| self.procs.get(&p))
-                    .and_then(|p| p.app.clone());
-                let info = self.procs.entry(ev.tgid).or_default();
-                info.ppid = ev.ppid;
+                let inherited = ev.ppid.and_then(|p| {
+                    self.procs
+                        .iter()
+                        .filter(|(k, i)| k.tgid == p && i.exit.is_none())
+                        .max_by_key(|(k, _)| k.start_ns)
+                        .and_then(|(_, i)| i.app.clone())
+                });
+                let (comm, ppid) = (ev.comm.clone(), ev.ppid);
+                let info = self.info_of(ev.tgid, start);
+                info.ppid = ppid;
                 if info.comm.is_empty() {
-                    info.comm.clone_from(&ev.comm);
+                    info.comm = comm;
                 }
                 if info.app.is_none() {
                     info.app = inherited;
                 }
             }
             LifecycleKind::Exit { code } => {
-                if flags & (FLAG_GROUP_DEAD | FLAG_GROUP_UNKNOWN) != 0 {
-                    let info = self.procs.entry(ev.tgid).or_default();
-                    if info.comm.is_empty() {
-                        info.comm.clone_from(&ev.comm);
-                    }
+                if raw.flags & (FLAG_GROUP_DEAD | FLAG_GROUP_UNKNOWN) != 0 {
                     let exit = Exit {
                         code: *code,
                         timestamp_ns: ev.timestamp_ns,
                     };
+                    let comm = ev.comm.clone();
+                    let info = self.info_of(ev.tgid, start);
+                    if info.comm.is_empty() {
+                        info.comm = comm;
+                    }
                     info.exit = Some(exit);
+                    if total.is_some() {
+                        info.total = total;
+                    }
                     if self.recent_exits.len() >= RECENT_EXITS {
                         self.recent_exits.pop_front();
                     }
@@ -611,191 +792,13 @@ impl KernelCapture {
         }
     }
 
-    /// Reads every process's counters: live ones, and the final sample of those that
-    /// exited (their kernel entries are then removed).
-    pub fn sample(&mut self) -> Result<Tick, CaptureError> {
-        if let Some(l) = self.logger.as_mut() {
-            l.flush();
-        }
-        // Events still in the ring belong before this tick: they are kept for
-        // `take_events` (and come out of `next` ahead of the tick).
-        let mut events = std::mem::take(&mut self.unclaimed);
-        self.drain_events(&mut events);
-        if events.len() > MAX_UNCLAIMED {
-            let extra = events.len() - MAX_UNCLAIMED;
-            events.drain(..extra);
-            warn!(
-                dropped = extra,
-                "Lifecycle events never taken; oldest dropped"
-            );
-        }
-        self.unclaimed = events;
-        let now = procfs::boot_ns();
-        self.identity.new_tick();
-        let wall_ms = procfs::wall_ms();
-        self.ticks += 1;
-        let gc = self.ticks.is_multiple_of(GC_EVERY_TICKS);
-        // Node counters, running slices and the kernel maps are read together, before the
-        // slower work below (names, hashes), so they describe the same instant.
-        let node = procfs::node_stats();
-        let inflight = self.inflight();
-        let mut entries: Vec<(u32, ProcStats)> = self.stats.iter().filter_map(Result::ok).collect();
-        if let Some(f) = self.after_read.take() {
-            f();
-        }
-        // The kernel adds a slice at switch-out; a task running for seconds would show its
-        // CPU time in lumps. Count the slice in progress now, so each interval gets its own.
-        for (tgid, st) in entries.iter_mut() {
-            if let Some(ns) = inflight.get(tgid) {
-                st.cpu_ns += ns;
-            }
-        }
-        let mut samples = Vec::with_capacity(entries.len());
-        let mut finished = Vec::new();
-        // Processes whose tgid was reused before we collected them: final samples.
-        let retired: Vec<(ExitedKey, ProcStats)> =
-            self.exited.iter().filter_map(Result::ok).collect();
-        for (key, st) in retired {
-            let _ = self.exited.remove(&key);
-            let info = match self.procs.get(&key.tgid) {
-                Some(i) if i.start_ns == key.first_seen_ns => {
-                    self.procs.remove(&key.tgid).unwrap_or_default()
-                }
-                _ => ProcInfo::default(),
-            };
-            let exit = info
-                .exit
-                .or_else(|| self.recent_exit(key.tgid, key.first_seen_ns))
-                .unwrap_or(Exit {
-                    code: None,
-                    timestamp_ns: now,
-                });
-            let mut info = info;
-            let cgroup = self.identity.cgroup_path(st.cgroup_id);
-            hash_exe(&mut self.identity, key.tgid, &mut info);
-            samples.push(build_sample(key.tgid, &st, &info, cgroup, Some(exit)));
-        }
-        for (tgid, st) in entries {
-            let info = self.procs.entry(tgid).or_default();
-            if info.start_ns != st.first_seen_ns {
-                // A process seen for the first time. What events told us before its counters
-                // appeared (start_ns 0) is its own; what an older process left is not.
-                let known = std::mem::take(info);
-                let known = if known.start_ns == 0 {
-                    known
-                } else {
-                    ProcInfo::default()
-                };
-                let exit = known.exit.filter(|e| e.timestamp_ns >= st.first_seen_ns);
-                *info = ProcInfo {
-                    start_ns: st.first_seen_ns,
-                    comm: if known.comm.is_empty() {
-                        procfs::comm(tgid).unwrap_or_default()
-                    } else {
-                        known.comm
-                    },
-                    exe: known.exe.or_else(|| procfs::exe(tgid)),
-                    ppid: known.ppid.or_else(|| procfs::ppid(tgid)),
-                    seed: if st.rss_seen == 0b1111 {
-                        None
-                    } else {
-                        procfs::memory(tgid)
-                    },
-                    exit,
-                    exe_hash: None,
-                    app: known.app,
-                };
-            }
-            if info.app.is_none() {
-                // First seen without an exec (started before the agent, or forked): its
-                // arguments as /proc shows them.
-                info.app = Some(procfs::cmdline(tgid).and_then(|raw| {
-                    let argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
-                    let exe = procfs::exe_bytes(tgid)?;
-                    let cwd = PathBuf::from(format!("/proc/{tgid}/cwd"));
-                    self.identity.app_key(&exe, &argv, &cwd)
-                }));
-            }
-            hash_exe(&mut self.identity, tgid, info);
-            if gc && info.exit.is_none() && !procfs::alive(tgid) {
-                info.exit = Some(Exit {
-                    code: None,
-                    timestamp_ns: now,
-                });
-            }
-            let exit = info.exit.filter(|e| e.timestamp_ns + EXIT_SETTLE_NS <= now);
-            if exit.is_some() {
-                finished.push(tgid);
-            }
-            let cgroup = self.identity.cgroup_path(st.cgroup_id);
-            samples.push(build_sample(tgid, &st, info, cgroup, exit));
-        }
-        for tgid in finished {
-            // Gone from the kernel map first, then from what we know.
-            if let Err(e) = self.stats.remove(&tgid) {
-                debug!(tgid, error = %e, "Exited process already removed");
-            }
-            self.procs.remove(&tgid);
-        }
-        // Exits of processes that never reached the stats map (or already left it).
-        self.procs.retain(|_, i| {
-            i.start_ns != 0
-                || i.exit
-                    .is_none_or(|e| e.timestamp_ns + 10 * EXIT_SETTLE_NS > now)
-        });
-        if gc {
-            self.gc_threads();
-        }
-        samples.sort_by_key(|s| s.tgid);
-        let pressure = self
-            .identity
-            .pressure(samples.iter().filter_map(|s| s.cgroup.as_deref()));
-        Ok(Tick {
-            timestamp_ns: now,
-            wall_ms,
-            samples,
-            drops: self.drop_counts()?,
-            node,
-            pressure,
-        })
-    }
-
     /// The exit seen for `tgid` after `start_ns`, among recent exits.
-    fn recent_exit(&self, tgid: u32, start_ns: u64) -> Option<Exit> {
+    pub(super) fn recent_exit(&self, tgid: u32, start_ns: u64) -> Option<Exit> {
         self.recent_exits
             .iter()
             .rev()
             .find(|(t, e)| *t == tgid && e.timestamp_ns >= start_ns)
             .map(|(_, e)| *e)
-    }
-
-    /// On-CPU time of the slices running right now, by tgid.
-    fn inflight(&mut self) -> StdHashMap<u32, u64> {
-        let mut out = StdHashMap::new();
-        let Ok(per_cpu) = self.cpu_state.get(&0, 0) else {
-            return out;
-        };
-        let now = procfs::mono_ns();
-        if self.tgid_of.len() > 65536 {
-            self.tgid_of.clear();
-        }
-        for st in per_cpu.iter() {
-            if st.tid == 0 || st.since == 0 || st.since >= now {
-                continue;
-            }
-            let tgid = match self.tgid_of.get(&st.tid) {
-                Some(t) => *t,
-                None => match procfs::tgid_of(st.tid) {
-                    Some(t) => {
-                        self.tgid_of.insert(st.tid, t);
-                        t
-                    }
-                    None => continue,
-                },
-            };
-            *out.entry(tgid).or_insert(0) += now - st.since;
-        }
-        out
     }
 
     /// Lifecycle events that `sample` drained from the ring buffer (they happened before
@@ -804,20 +807,53 @@ impl KernelCapture {
         std::mem::take(&mut self.unclaimed)
     }
 
-    /// Removes thread entries of threads that are gone without a final switch seen.
-    fn gc_threads(&mut self) {
-        let dead: Vec<u32> = self
-            .threads
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|tid| !procfs::alive(*tid))
-            .collect();
-        for tid in dead {
-            let _ = self.threads.remove(&tid);
-        }
+    /// Reads one run of the task iterator into `self.iter_buf`: a [`TaskRecord`] per
+    /// thread, and one for each process's exited threads.
+    pub(super) fn read_iter(&mut self) -> Result<Vec<TaskRecord>, CaptureError> {
+        use std::io::Read;
+        let Some(link) = &self.iter_link else {
+            return Ok(Vec::new());
+        };
+        let fd = bpf::iter_create(link.as_fd()).map_err(|e| CaptureError::Iter {
+            what: "creating a run of the task iterator",
+            source: e,
+        })?;
+        let mut file = std::fs::File::from(fd);
+        self.iter_buf.clear();
+        file.read_to_end(&mut self.iter_buf)
+            .map_err(|e| CaptureError::Iter {
+                what: "reading the task iterator",
+                source: e,
+            })?;
+        let size = std::mem::size_of::<TaskRecord>();
+        Ok(self
+            .iter_buf
+            .chunks_exact(size)
+            // SAFETY: each chunk is a TaskRecord the kernel wrote (size checked by
+            // chunks_exact); read_unaligned copes with any alignment.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<TaskRecord>()) })
+            .collect())
     }
 
-    /// Drop counters per program and kind, summed over CPUs (one map lookup).
+    /// Every entry of `PROC_STATS`: in batches where the kernel can (a consistent walk),
+    /// else key by key.
+    pub(super) fn read_stats(&mut self) -> Vec<(ProcKey, ProcStats)> {
+        use aya::maps::IterableMap;
+        if self.batch {
+            let mut out = Vec::new();
+            match bpf::lookup_batch(self.stats.map().fd().as_fd(), 512, &mut out) {
+                Ok(()) => return out,
+                Err(e) => {
+                    debug!(error = %e, "BPF_MAP_LOOKUP_BATCH unavailable; reading key by key");
+                    self.batch = false;
+                }
+            }
+        }
+        self.stats.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Drop counters per program and kind, summed over CPUs (one map lookup), with each
+    /// program's recursion misses (runs the kernel skipped).
     pub fn drop_counts(&self) -> Result<DropCounts, CaptureError> {
         let per_cpu = self.drops.get(&0, 0).map_err(|source| CaptureError::Map {
             name: "DROPS",
@@ -831,7 +867,24 @@ impl KernelCapture {
                 }
             }
         }
+        for (name, p) in self.ebpf.programs() {
+            let Some(hook) = Hook::from_name(name.trim_end_matches("_btf")) else {
+                continue;
+            };
+            if let Ok(fd) = p.fd()
+                && let Ok(s) = bpf::prog_stats(fd.as_fd())
+            {
+                d.0[hook.id()][Drop::RecursionMiss as usize] += s.recursion_misses;
+            }
+        }
         Ok(d)
+    }
+}
+
+impl AttachReport {
+    /// Whether the kernel's task offsets were known (BTF), so events carry process starts.
+    fn btf_offsets(&self) -> bool {
+        self.counters == CounterPath::Iterator || self.btf
     }
 }
 
@@ -888,54 +941,48 @@ impl Source for KernelCapture {
     }
 }
 
-/// A process's sample from its kernel counters and what userspace knows of it.
-fn hash_exe(identity: &mut Identity, tgid: u32, info: &mut ProcInfo) {
-    if info.exe_hash.is_none() && info.exe.is_some() {
-        info.exe_hash = Some(identity.exe_hash(tgid, info.exe.as_deref()));
-    }
-}
-
-fn build_sample(
-    tgid: u32,
-    st: &ProcStats,
-    info: &ProcInfo,
-    cgroup: Option<String>,
-    exit: Option<Exit>,
-) -> ProcessSample {
-    let mut memory = Memory::from_kernel(st);
-    if let Some(seed) = info.seed {
-        let seen = |bit: usize| st.rss_seen & (1 << bit) != 0;
-        if !seen(agent_common::RSS_FILE) {
-            memory.file = seed.file;
-        }
-        if !seen(agent_common::RSS_ANON) {
-            memory.anon = seed.anon;
-        }
-        if !seen(agent_common::RSS_SHMEM) {
-            memory.shmem = seed.shmem;
-        }
-        if !seen(agent_common::RSS_SWAP) {
-            memory.swap = seed.swap;
-        }
-    }
-    ProcessSample {
-        tgid,
-        start_ns: st.first_seen_ns,
-        ppid: info.ppid,
-        cgroup_id: st.cgroup_id,
-        comm: info.comm.clone(),
-        exe: info.exe.clone(),
-        exe_hash: info.exe_hash.clone().flatten(),
-        cgroup,
-        app: info.app.clone().flatten(),
-        counters: ProcCounters::from_kernel(st),
-        memory,
-        exit,
-    }
+/// The kernel's BTF as aya reads it, parsed once per process.
+fn sys_btf() -> Result<Btf, String> {
+    static CACHE: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()))
+        .clone()
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
     ebpf.take_map(name).ok_or(CaptureError::MissingMap { name })
+}
+
+/// Loads the task iterator and makes its link; the error says why it cannot run here.
+fn attach_iter(ebpf: &mut Ebpf, btf: Option<&Btf>, kc: &KernelConfig) -> Result<OwnedFd, String> {
+    let Some(btf) = btf else {
+        return Err("the task iterator needs the kernel's BTF (/sys/kernel/btf/vmlinux)".into());
+    };
+    let t = &kc.task;
+    for (name, off) in [
+        ("task_struct.se.sum_exec_runtime", t.task_runtime),
+        ("task_struct.group_leader", t.task_group_leader),
+        ("task_struct.start_boottime", t.task_start),
+        ("task_struct.nvcsw", t.task_nvcsw),
+        ("signal_struct.sum_sched_runtime", t.sig_runtime),
+    ] {
+        if t.valid == 0 || off == ABSENT {
+            return Err(format!("the kernel's BTF has no {name}"));
+        }
+    }
+    let prog: &mut Iter = ebpf
+        .program_mut("task_iter")
+        .ok_or("the task iterator is missing from the object")?
+        .try_into()
+        .map_err(|e| format!("not an iterator program: {e}"))?;
+    prog.load("task", btf)
+        .map_err(|e| format!("loading iter/task failed (Linux ≥ 5.8 with BTF): {e}"))?;
+    let fd = prog.fd().map_err(|e| e.to_string())?;
+    let link = bpf::iter_link(fd.as_fd())
+        .map_err(|e| format!("creating the iter/task link failed: {e}"))?;
+    // One run now: a kernel that loads the program but cannot run it is found here.
+    bpf::iter_create(link.as_fd()).map_err(|e| format!("running iter/task failed: {e}"))?;
+    Ok(link)
 }
 
 /// Attaches one hook: the BTF tracepoint if possible, the classic one otherwise.
@@ -950,6 +997,11 @@ fn attach(
     if let (Some(prog), Some(btf)) = (hook.btf_program(), btf) {
         match attach_btf(ebpf, prog, name, btf) {
             Ok(()) => return Ok(HookStatus::BtfTracepoint),
+            Err(e) if hook.iterator_only() => {
+                return Ok(HookStatus::Unavailable(format!(
+                    "BTF tracepoint {category}/{name} refused: {e}"
+                )));
+            }
             Err(e) => debug!(%hook, error = %e, "BTF tracepoint refused; trying the classic one"),
         }
     }
@@ -1016,7 +1068,7 @@ fn attach_btf(
 
 /// aya-log's reader of the programs' log ring buffer, emitting through `log` (bridged to
 /// `tracing` by the subscriber).
-type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+pub(super) type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// Kernel log lines from the programs (rare paths only) go to `tracing`: polled by a task
 /// when there is a runtime, else returned to be flushed at each sample.
@@ -1065,6 +1117,12 @@ fn raise_memlock() {
     }
 }
 
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -1088,6 +1146,7 @@ mod tests {
     fn hooks_follow_the_kernel_program_ids() {
         for (i, h) in Hook::ALL.iter().enumerate() {
             assert_eq!(agent_common::prog::NAMES[i], h.name());
+            assert_eq!(h.id(), i);
         }
     }
 }

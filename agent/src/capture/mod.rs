@@ -5,12 +5,14 @@
 //! [`DropCounts`]) that later stages consume without aya. The [`Source`] trait is what the
 //! pipeline reads: the kernel here, a recording in replay.
 
+pub mod bpf;
 mod btf;
 pub mod egress;
 mod identity;
 pub mod interp;
 mod kernel;
 pub mod procfs;
+mod sampler;
 mod syscalls;
 mod tracefs;
 mod types;
@@ -20,7 +22,8 @@ use std::{future::Future, path::PathBuf};
 pub use agent_common::Drop as DropKind;
 pub use identity::{Identity, cgroup2_root, input_files};
 pub use kernel::{
-    AttachReport, Hook, HookStatus, KernelCapture, ProgramStats, enable_program_stats,
+    AttachReport, CounterPath, Counters, Hook, HookStatus, KernelCapture, ProgramStats,
+    enable_program_stats,
 };
 pub use procfs::NodeStats;
 pub use types::*;
@@ -64,6 +67,17 @@ pub enum CaptureError {
     },
     #[error("kernel map {name} is missing from the object")]
     MissingMap { name: &'static str },
+    #[error(
+        "capture.counters = \"iterator\", but the task iterator cannot run here: {why}; \
+         use \"auto\" (the per-event hooks count where it cannot) or \"hooks\""
+    )]
+    NoIterator { why: String },
+    #[error("{what}: {source}")]
+    Iter {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -32,6 +32,32 @@ pub fn exe_bytes(pid: u32) -> Option<Vec<u8>> {
         .map(|p| p.into_os_string().into_vec())
 }
 
+/// When a process started, boot-clock ns (`/proc/<pid>/stat`'s start time: clock-tick
+/// resolution).
+pub fn start_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    // Fields after the command: state is the 3rd of the line, starttime the 22nd.
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ticks.saturating_mul(1_000_000_000 / clock_ticks().max(1)))
+}
+
+/// Whether the process `tgid` that started at `start_ns` (boot-clock ns; 0: any) lives:
+/// not merely a process that took its tgid since.
+pub fn alive_key(tgid: u32, start_ns: u64) -> bool {
+    if start_ns == 0 {
+        return alive(tgid);
+    }
+    match start_ns_of(tgid) {
+        Some(s) => s.abs_diff(start_ns) <= 2 * (1_000_000_000 / clock_ticks().max(1)),
+        None => false,
+    }
+}
+
+fn start_ns_of(tgid: u32) -> Option<u64> {
+    start_ns(tgid)
+}
+
 pub fn alive(tgid: u32) -> bool {
     Path::new(&format!("/proc/{tgid}")).exists()
 }

@@ -163,7 +163,8 @@ impl Tracefs {
             cgroup_attach_root: attach.offset("dst_root", 4),
             cgroup_attach_id: attach.offset("dst_id", 8),
             cgroup_attach_pid: attach.offset("pid", 4),
-            _pad: [0; 2],
+            set_state_sport: state.offset("sport", 2),
+            set_state_family: state.offset("family", 2),
         }
     }
 }

@@ -80,9 +80,10 @@ impl ProcCounters {
     pub fn since(&self, prev: &ProcCounters) -> ProcCounters {
         let mut runq_hist = [0; HIST_BUCKETS];
         let mut block_hist = [0; HIST_BUCKETS];
+        // Kernel histogram buckets are u32 and wrap: the delta is modulo 2^32.
         for i in 0..HIST_BUCKETS {
-            runq_hist[i] = self.runq_hist[i].saturating_sub(prev.runq_hist[i]);
-            block_hist[i] = self.block_hist[i].saturating_sub(prev.block_hist[i]);
+            runq_hist[i] = self.runq_hist[i].wrapping_sub(prev.runq_hist[i]);
+            block_hist[i] = self.block_hist[i].wrapping_sub(prev.block_hist[i]);
         }
         macro_rules! sub {
             ($($f:ident),*) => { ProcCounters { $($f: self.$f.saturating_sub(prev.$f),)* runq_hist, block_hist } };
@@ -105,6 +106,15 @@ impl ProcCounters {
         hist_add_since(&mut self.block_hist, &now.block_hist, &mut prev.block_hist);
     }
 
+    /// Raises every counter to at least `floor`'s (histograms excepted): counters never
+    /// go back, even where two reads of the kernel's accounting overlap.
+    pub fn raise_to(&mut self, floor: &ProcCounters) {
+        macro_rules! raise {
+            ($($f:ident),*) => { $(self.$f = self.$f.max(floor.$f);)* };
+        }
+        each_counter!(raise);
+    }
+
     /// Adds `other` into `self` (for totals over processes).
     pub fn add(&mut self, other: &ProcCounters) {
         macro_rules! plus {
@@ -124,22 +134,11 @@ fn hist_add_since(acc: &mut Histogram, now: &Histogram, prev: &mut Histogram) {
     if now == prev {
         return;
     }
-    // Kernel histograms only grow, so `now - prev` cannot wrap, and one interval's sum
-    // over a workload stays far below 2^32: plain lane-wise arithmetic that vectorises.
-    // A counter that went backwards (never seen) falls back to saturating arithmetic.
-    // No early exit: the compare vectorises.
-    let grew = now
-        .iter()
-        .zip(prev.iter())
-        .fold(true, |ok, (n, p)| ok & (n >= p));
-    if grew {
-        for i in 0..HIST_BUCKETS {
-            acc[i] = acc[i].wrapping_add(now[i] - prev[i]);
-        }
-    } else {
-        for i in 0..HIST_BUCKETS {
-            acc[i] = acc[i].saturating_add(now[i].saturating_sub(prev[i]));
-        }
+    // Kernel histogram buckets are u32 counters that wrap: the delta is modulo 2^32, and
+    // one interval's sum over a workload stays far below 2^32. Plain lane-wise arithmetic
+    // that vectorises.
+    for i in 0..HIST_BUCKETS {
+        acc[i] = acc[i].wrapping_add(now[i].wrapping_sub(prev[i]));
     }
     *prev = *now;
 }
@@ -496,11 +495,12 @@ impl DropCounts {
         })
     }
 
-    /// Losses of data: everything but events that could not be attributed to a process.
+    /// Losses of data: everything but events that could not be attributed to a process
+    /// (their owner predates the agent).
     pub fn lost(&self) -> u64 {
         Drop::ALL
             .iter()
-            .filter(|d| **d != Drop::SockOwnerUnknown)
+            .filter(|d| !matches!(d, Drop::SockOwnerUnknown | Drop::OwnerUnknown))
             .map(|d| self.get(*d))
             .sum()
     }
@@ -594,6 +594,25 @@ mod tests {
         assert_eq!(acc, expected);
         assert_eq!(acc.cpu_ns, 31);
         assert_eq!(acc.block_hist[4], 3);
+        assert_eq!(prev, now);
+    }
+
+    /// Kernel histogram buckets are u32 and wrap: a bucket that passed 2^32 in the
+    /// interval still gives its true delta.
+    #[test]
+    fn histogram_deltas_tolerate_u32_wrap() {
+        let mut prev = ProcCounters::default();
+        prev.runq_hist[3] = u32::MAX - 1;
+        prev.block_hist[7] = u32::MAX;
+        let mut now = prev.clone();
+        now.runq_hist[3] = 3;
+        now.block_hist[7] = 0;
+        assert_eq!(now.since(&prev).runq_hist[3], 5);
+        assert_eq!(now.since(&prev).block_hist[7], 1);
+        let mut acc = ProcCounters::default();
+        acc.add_since(&now, &mut prev);
+        assert_eq!(acc.runq_hist[3], 5);
+        assert_eq!(acc.block_hist[7], 1);
         assert_eq!(prev, now);
     }
 

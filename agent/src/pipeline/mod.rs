@@ -349,8 +349,12 @@ pub async fn trace<W: Write + Send>(
     duration: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
+    // `umbra trace` attaches the detail level for its own run: run-queue histograms and
+    // every syscall, for the kernel engineer looking.
+    let mut cfg = cfg.clone();
+    cfg.capture.detail = true;
     let feed = match from {
-        From::Kernel => Feed::kernel(cfg)?,
+        From::Kernel => Feed::kernel(&cfg)?,
         From::Recording(path, pace) => Feed::replay(path, pace)?.0,
     };
     let sink = sinks::Tracing {

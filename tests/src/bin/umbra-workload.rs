@@ -129,6 +129,46 @@ fn main() {
             }
             exit_now();
         }
+        // storm SECS PATH COUNTFILE: for SECS seconds, start PATH again and again (8 at a
+        // time, posix_spawn), then write how many were started to COUNTFILE.
+        "storm" => {
+            ready("");
+            wait_go();
+            let path = CString::new(arg(2)).unwrap();
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            let end = Instant::now() + Duration::from_secs(num(1));
+            let (mut started, mut running) = (0u64, 0);
+            while Instant::now() < end {
+                while running < 8 {
+                    let mut pid = 0;
+                    // SAFETY: valid NUL-terminated argv and envp; no file actions or attributes.
+                    let r = unsafe {
+                        libc::posix_spawn(
+                            &mut pid,
+                            path.as_ptr(),
+                            std::ptr::null(),
+                            std::ptr::null(),
+                            argv.as_ptr() as *const *mut libc::c_char,
+                            envp.as_ptr() as *const *mut libc::c_char,
+                        )
+                    };
+                    assert_eq!(r, 0, "posix_spawn");
+                    started += 1;
+                    running += 1;
+                }
+                // SAFETY: reaping our own children.
+                unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
+                running -= 1;
+            }
+            while running > 0 {
+                // SAFETY: as above.
+                unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
+                running -= 1;
+            }
+            std::fs::write(arg(3), started.to_string()).unwrap();
+            exit_now();
+        }
         // exec-thread PATH: a thread other than the main one execs PATH (the process keeps
         // its pid; the other threads are gone).
         "exec-thread" => {

@@ -1,0 +1,646 @@
+//! One tick of the live capture: every process's counters, composed from what this
+//! kernel offers — the task iterator's per-thread accounting summed per process, plus the
+//! event counters of `PROC_STATS` (iterator path), or `PROC_STATS` alone (hooks path) —
+//! and the final sample of each process that ended.
+//!
+//! A process is a [`ProcKey`] (tgid and start): a reused tgid is another process.
+//! Userspace deletes a `PROC_STATS` entry only by its key, after it has reported that
+//! process finished; whatever shows up of a finished process later (a zombie still in
+//! the task list, an entry re-made by a late event) is never a new process.
+
+use std::collections::HashMap;
+
+use agent_common::{
+    ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats, REC_MM,
+    REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP, TaskRecord, hist_bucket,
+};
+use tracing::{debug, warn};
+
+use super::{
+    CaptureError,
+    kernel::{CounterPath, KernelCapture, MAX_UNCLAIMED},
+    procfs,
+    types::{AppKey, Argv, ArgvSource, Exit, Histogram, Memory, ProcCounters, ProcessSample, Tick},
+};
+
+/// Exits younger than this are finalised at a later tick: the dying thread's last
+/// switch-out (its final CPU slice, on the hooks path) and a socket's close at exit land
+/// just after the exit tracepoint.
+const EXIT_SETTLE_NS: u64 = 20_000_000;
+/// How long an ended process's final counters are awaited from the free of its last task.
+const FREE_WAIT_NS: u64 = 2_000_000_000;
+/// Ticks a process may be missing from the kernel's view before it is taken as gone
+/// (its exit event lost).
+const MISSING_TICKS: u32 = 2;
+/// Ticks a finished process is remembered.
+const FINISHED_TICKS: u64 = 32;
+/// Every this many ticks, processes whose exit was never seen are checked in /proc.
+const GC_EVERY_TICKS: u64 = 30;
+
+/// What userspace knows of a tracked process beyond its counters.
+#[derive(Clone, Debug, Default)]
+pub struct ProcInfo {
+    /// The key's start (0: not known yet).
+    pub start_ns: u64,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub ppid: Option<u32>,
+    /// RSS from /proc for members the kernel has not reported since attach (hooks path).
+    pub seed: Option<Memory>,
+    pub exit: Option<Exit>,
+    /// The final counters the exit event carried (iterator path), then those of the free
+    /// of its last task (exact).
+    pub total: Option<TaskRecord>,
+    /// Whether the process's last task was freed (`total` is final).
+    pub freed: bool,
+    /// Hash of `exe`, once computed (`Some(None)`: could not be read).
+    pub exe_hash: Option<Option<String>>,
+    /// What an interpreter runs, once known (`Some(None)`: not an interpreter, or no
+    /// named program).
+    pub app: Option<Option<AppKey>>,
+    /// Whether /proc was asked about this process (first sight).
+    pub looked_up: bool,
+    /// The counters reported last: the next are never lower (a thread's totals move into
+    /// its process's `signal_struct` as it exits; a read between can see them twice).
+    pub last: ProcCounters,
+    pub memory: Memory,
+    pub cgroup_id: u64,
+    /// Run-queue wait and slices of threads that are gone (`sched_info` is not kept in
+    /// `signal_struct`).
+    pub retired_delay: u64,
+    pub retired_slices: u64,
+    /// A run-queue histogram made of each interval's mean wait (iterator path without the
+    /// detail level, which alone sees each wait).
+    pub runq_hist: Histogram,
+    /// Ticks in a row the process was not in the kernel's view.
+    pub missing: u32,
+    /// When the kernel first saw it (no BTF: what tells it from a reused tgid).
+    pub first_seen: u64,
+    /// The tick an event first told of it.
+    pub noted: u64,
+}
+
+/// A thread the iterator saw: its process and run-queue totals.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadSeen {
+    key: ProcKey,
+    run_delay: u64,
+    slices: u64,
+    tick: u64,
+}
+
+/// A process's sums over its threads (and exited threads) from one run of the iterator.
+#[derive(Default)]
+struct Totals {
+    rec: TaskRecord,
+    rss: Option<[i64; RSS_MEMBERS]>,
+    cgroup_id: u64,
+    has_leader: bool,
+}
+
+impl Totals {
+    fn add(&mut self, r: &TaskRecord) {
+        let t = &mut self.rec;
+        t.runtime_ns += r.runtime_ns;
+        t.nvcsw += r.nvcsw;
+        t.nivcsw += r.nivcsw;
+        t.run_delay_ns += r.run_delay_ns;
+        t.pcount += r.pcount;
+        t.min_flt += r.min_flt;
+        t.maj_flt += r.maj_flt;
+        for (a, b) in t.ioac.iter_mut().zip(r.ioac) {
+            *a += b;
+        }
+        if r.flags & REC_SIGNAL != 0 {
+            return;
+        }
+        let leader = r.tid == r.tgid;
+        self.has_leader |= leader;
+        if r.flags & REC_MM != 0 && (self.rss.is_none() || leader) {
+            self.rss = Some(r.rss_pages);
+        }
+        if r.cgroup_id != 0 && (self.cgroup_id == 0 || leader) {
+            self.cgroup_id = r.cgroup_id;
+        }
+    }
+}
+
+impl KernelCapture {
+    /// Reads every process's counters: live ones, and the final sample of those that
+    /// ended (their kernel entries are then removed, by key).
+    pub fn sample(&mut self) -> Result<Tick, CaptureError> {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+        // Events still in the ring belong before this tick: they are kept for
+        // `take_events` (and come out of `next` ahead of the tick).
+        let mut events = std::mem::take(&mut self.unclaimed);
+        self.drain_events(&mut events);
+        if events.len() > MAX_UNCLAIMED {
+            let extra = events.len() - MAX_UNCLAIMED;
+            events.drain(..extra);
+            warn!(
+                dropped = extra,
+                "Lifecycle events never taken; oldest dropped"
+            );
+        }
+        self.unclaimed = events;
+        let now = procfs::boot_ns();
+        self.identity.new_tick();
+        let wall_ms = procfs::wall_ms();
+        self.ticks += 1;
+        let tick = self.ticks;
+        let gc = tick.is_multiple_of(GC_EVERY_TICKS);
+        // Node counters, the task iterator and the kernel maps are read together, before
+        // the slower work below (names, hashes), so they describe the same instant.
+        let node = procfs::node_stats();
+        let on_iter = self.report.counters == CounterPath::Iterator;
+        let records = if on_iter {
+            self.read_iter()?
+        } else {
+            Vec::new()
+        };
+        let inflight = if on_iter {
+            HashMap::new()
+        } else {
+            self.inflight()
+        };
+        let stats = self.read_stats();
+        if let Some(f) = self.after_read.take() {
+            f();
+        }
+        // Processes whose tgid was reused before we collected them (no BTF only).
+        let retired: Vec<(ExitedKey, ProcStats)> =
+            self.exited.iter().filter_map(Result::ok).collect();
+
+        if std::env::var_os("UMBRA_DEBUG_SAMPLER").is_some() {
+            for (k, i) in &self.procs {
+                if i.exit.is_some() {
+                    eprintln!(
+                        "dbg proc {k:?} exit {:?} freed {} total {} looked {}",
+                        i.exit,
+                        i.freed,
+                        i.total.is_some(),
+                        i.looked_up
+                    );
+                }
+            }
+        }
+        let mut totals: HashMap<ProcKey, Totals> = HashMap::new();
+        for r in &records {
+            let key = ProcKey {
+                tgid: r.tgid,
+                _pad: 0,
+                start_ns: r.start_ns,
+            };
+            totals.entry(key).or_default().add(r);
+            if r.flags & REC_SIGNAL == 0 {
+                self.seen_thread(r.tid, key, r.run_delay_ns, r.pcount, tick);
+            }
+        }
+        self.retire_threads(tick);
+        let stats: HashMap<ProcKey, ProcStats> = stats.into_iter().collect();
+
+        // Every process to report: alive in the iterator, with counters in the map, or
+        // ended with its final counters in its exit event.
+        let mut keys: Vec<ProcKey> = totals.keys().copied().collect();
+        keys.extend(stats.keys().filter(|k| !totals.contains_key(k)));
+        keys.extend(self.procs.iter().filter_map(|(k, i)| {
+            (i.total.is_some() && !totals.contains_key(k) && !stats.contains_key(k)).then_some(*k)
+        }));
+        keys.sort_unstable();
+        keys.dedup();
+        // The latest start per tgid: an ended process whose tgid another one holds now is
+        // certainly gone, whatever its exit's settling time.
+        let mut newest: HashMap<u32, u64> = HashMap::new();
+        for k in &keys {
+            let n = newest.entry(k.tgid).or_insert(0);
+            *n = (*n).max(k.start_ns);
+        }
+
+        let mut samples = Vec::with_capacity(keys.len() + retired.len());
+        let mut done: Vec<ProcKey> = Vec::new();
+        for key in keys {
+            if self.finished.contains_key(&key) {
+                // Reported finished already: a zombie the iterator still visits, or an
+                // entry a late event re-made (its counts came too late).
+                if stats.contains_key(&key) {
+                    let _ = self.stats.remove(&key);
+                }
+                continue;
+            }
+            let t = totals.get(&key);
+            let st = stats.get(&key);
+            self.first_sight(key);
+            let Some(info) = self.procs.get_mut(&key) else {
+                continue;
+            };
+            let alive = t.is_some() || (!on_iter && st.is_some());
+            info.missing = if t.is_some() || (!on_iter && st.is_some()) {
+                0
+            } else {
+                info.missing + 1
+            };
+            if gc && info.exit.is_none() && !procfs::alive_key(key.tgid, key.start_ns) {
+                info.exit = Some(Exit {
+                    code: None,
+                    timestamp_ns: now,
+                });
+            }
+            if info.freed && info.exit.is_none() {
+                // Freed, its exit event lost (the ring buffer had no room).
+                info.exit = Some(Exit {
+                    code: None,
+                    timestamp_ns: now,
+                });
+            }
+            if on_iter && info.exit.is_none() && !alive && info.missing >= MISSING_TICKS {
+                // Gone without an exit event (one the ring buffer could not take).
+                info.exit = Some(Exit {
+                    code: None,
+                    timestamp_ns: now,
+                });
+            }
+            let counters = compose(
+                on_iter,
+                self.report.detail,
+                t,
+                st,
+                inflight.get(&key).copied().unwrap_or(0),
+                info,
+            );
+            if let Some(t) = t {
+                if let Some(rss) = t.rss {
+                    info.memory = memory_of(&rss, self.page_size);
+                }
+                if t.cgroup_id != 0 {
+                    info.cgroup_id = t.cgroup_id;
+                }
+            } else if !on_iter && let Some(st) = st {
+                info.memory = Memory::from_kernel(st);
+                seed_memory(&mut info.memory, st, info.seed);
+            }
+            if let Some(st) = st
+                && (info.cgroup_id == 0 || !on_iter)
+            {
+                info.cgroup_id = st.cgroup_id;
+                if info.first_seen == 0 {
+                    info.first_seen = st.first_seen_ns;
+                }
+            }
+            let reused = newest.get(&key.tgid).is_some_and(|n| *n > key.start_ns);
+            // On the iterator path the final counters are exact once the process's last
+            // task is freed (it is reaped and its final switch accounted), which follows
+            // the exit shortly; a process nobody reaps is finished with what was seen.
+            let freed = !on_iter || info.freed || !self.free_hook;
+            let exit = info.exit.filter(|e| {
+                reused
+                    || (e.timestamp_ns + EXIT_SETTLE_NS <= now
+                        && (freed || e.timestamp_ns + FREE_WAIT_NS <= now))
+            });
+            if exit.is_some() {
+                done.push(key);
+            }
+            let info = info.clone();
+            let cgroup = self.identity.cgroup_path(info.cgroup_id);
+            let mut s = sample_of(key, &info, counters, cgroup, exit);
+            if key.start_ns == 0 {
+                // No BTF: the process is told apart from an earlier holder of its tgid by
+                // when the kernel first saw it.
+                s.start_ns = st.map_or(info.first_seen, |st| st.first_seen_ns);
+            }
+            samples.push(s);
+        }
+        // Without BTF: processes whose tgid was reused before we collected them.
+        for (key, st) in retired {
+            let _ = self.exited.remove(&key);
+            let pkey = ProcKey {
+                tgid: key.tgid,
+                _pad: 0,
+                start_ns: 0,
+            };
+            let mut info = match self.procs.get(&pkey) {
+                Some(i) if i.last.cpu_ns <= st.cpu_ns => {
+                    self.procs.remove(&pkey).unwrap_or_default()
+                }
+                _ => ProcInfo::default(),
+            };
+            let exit = info
+                .exit
+                .or_else(|| self.recent_exit(key.tgid, key.first_seen_ns))
+                .unwrap_or(Exit {
+                    code: None,
+                    timestamp_ns: now,
+                });
+            let counters = ProcCounters::from_kernel(&st);
+            info.memory = Memory::from_kernel(&st);
+            let cgroup = self.identity.cgroup_path(st.cgroup_id);
+            info.cgroup_id = st.cgroup_id;
+            let mut s = sample_of(pkey, &info, counters, cgroup, Some(exit));
+            s.start_ns = st.first_seen_ns;
+            samples.push(s);
+        }
+        for key in done {
+            // Gone from the kernel map first, by its key, then from what we know.
+            if stats.contains_key(&key)
+                && let Err(e) = self.stats.remove(&key)
+            {
+                debug!(tgid = key.tgid, error = %e, "Finished process already removed");
+            }
+            self.procs.remove(&key);
+            self.finished.insert(key, tick);
+        }
+        // Finished processes are remembered for a while; events never tied to a process
+        // (a fork whose child never showed up) likewise.
+        self.finished
+            .retain(|k, t| tick - *t < FINISHED_TICKS || totals.contains_key(k));
+        self.unkeyed.retain(|_, (_, t)| tick - *t < FINISHED_TICKS);
+        // What events told of processes never seen is let go after a while.
+        self.procs
+            .retain(|_, i| i.looked_up || tick - i.noted < FINISHED_TICKS);
+        if gc && !on_iter {
+            self.gc_threads();
+        }
+        samples.sort_by_key(|s| (s.tgid, s.start_ns));
+        let pressure = self
+            .identity
+            .pressure(samples.iter().filter_map(|s| s.cgroup.as_deref()));
+        Ok(Tick {
+            timestamp_ns: now,
+            wall_ms,
+            samples,
+            drops: self.drop_counts()?,
+            node,
+            pressure,
+        })
+    }
+
+    /// Fills in what a process seen for the first time is: names, executable, parent and
+    /// program from what events told (under its key, or by tgid when they did not carry
+    /// its start), else from /proc.
+    fn first_sight(&mut self, key: ProcKey) {
+        let known = self.procs.get(&key).is_some_and(|i| i.looked_up);
+        if known {
+            return;
+        }
+        let mut info = self.procs.remove(&key).unwrap_or_default();
+        if let Some((from_events, _)) = self.unkeyed.remove(&key.tgid) {
+            merge(&mut info, from_events, key.start_ns);
+        }
+        let tgid = key.tgid;
+        info.start_ns = key.start_ns;
+        info.looked_up = true;
+        if info.comm.is_empty() {
+            info.comm = procfs::comm(tgid).unwrap_or_default();
+        }
+        if info.exe.is_none() {
+            info.exe = procfs::exe(tgid);
+        }
+        if info.ppid.is_none() {
+            info.ppid = procfs::ppid(tgid);
+        }
+        if self.report.counters == CounterPath::Hooks {
+            info.seed = procfs::memory(tgid);
+        }
+        if info.app.is_none() {
+            // First seen without an exec (started before the agent, or forked): its
+            // arguments as /proc shows them.
+            info.app = Some(procfs::cmdline(tgid).and_then(|raw| {
+                let argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
+                let exe = procfs::exe_bytes(tgid)?;
+                let cwd = std::path::PathBuf::from(format!("/proc/{tgid}/cwd"));
+                self.identity.app_key(&exe, &argv, &cwd)
+            }));
+        }
+        if info.exe_hash.is_none() && info.exe.is_some() {
+            info.exe_hash = Some(self.identity.exe_hash(tgid, info.exe.as_deref()));
+        }
+        self.procs.insert(key, info);
+    }
+
+    fn seen_thread(&mut self, tid: u32, key: ProcKey, run_delay: u64, slices: u64, tick: u64) {
+        let now = ThreadSeen {
+            key,
+            run_delay,
+            slices,
+            tick,
+        };
+        if let Some(old) = self.threads.insert(tid, now)
+            && (old.key != key || run_delay < old.run_delay)
+        {
+            // Another thread holds the tid now: the old one is gone.
+            if let Some(i) = self.procs.get_mut(&old.key) {
+                i.retired_delay += old.run_delay;
+                i.retired_slices += old.slices;
+            }
+        }
+    }
+
+    /// Threads not seen this tick are gone: their run-queue totals stay with their process.
+    fn retire_threads(&mut self, tick: u64) {
+        let procs = &mut self.procs;
+        self.threads.retain(|_, t| {
+            if t.tick == tick {
+                return true;
+            }
+            if let Some(i) = procs.get_mut(&t.key) {
+                i.retired_delay += t.run_delay;
+                i.retired_slices += t.slices;
+            }
+            false
+        });
+    }
+
+    /// On-CPU time of the slices running right now, by process (hooks path): the kernel
+    /// adds a slice at switch-out, and a task running for seconds would show its CPU time
+    /// in lumps. The process comes from the kernel where it knew it, else from /proc —
+    /// asked every time, never cached, so a reused tid is never another's.
+    fn inflight(&mut self) -> HashMap<ProcKey, u64> {
+        let mut out = HashMap::new();
+        let Ok(per_cpu) = self.cpu_state.get(&0, 0) else {
+            return out;
+        };
+        let now = procfs::mono_ns();
+        for st in per_cpu.iter() {
+            if st.tid == 0 || st.since == 0 || st.since >= now {
+                continue;
+            }
+            let key = if st.owner_tgid != 0 {
+                ProcKey {
+                    tgid: st.owner_tgid,
+                    _pad: 0,
+                    start_ns: st.owner_start_ns,
+                }
+            } else {
+                let Some(tgid) = procfs::tgid_of(st.tid) else {
+                    continue;
+                };
+                // The live process of that tgid: the latest start among those tracked.
+                match self
+                    .procs
+                    .keys()
+                    .filter(|k| k.tgid == tgid)
+                    .max_by_key(|k| k.start_ns)
+                {
+                    Some(k) => *k,
+                    None => ProcKey {
+                        tgid,
+                        _pad: 0,
+                        start_ns: procfs::start_ns(tgid).unwrap_or(0),
+                    },
+                }
+            };
+            *out.entry(key).or_insert(0) += now - st.since;
+        }
+        out
+    }
+
+    /// Removes thread entries of threads that are gone without a final switch seen.
+    fn gc_threads(&mut self) {
+        let dead: Vec<u32> = self
+            .threads_map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tid| !procfs::alive(*tid))
+            .collect();
+        for tid in dead {
+            let _ = self.threads_map.remove(&tid);
+        }
+    }
+}
+
+/// `info` takes what events told of a process (`from`) where it knows nothing yet.
+fn merge(info: &mut ProcInfo, from: ProcInfo, start: u64) {
+    if info.comm.is_empty() {
+        info.comm = from.comm;
+    }
+    if info.exe.is_none() {
+        info.exe = from.exe;
+        info.exe_hash = from.exe_hash;
+    }
+    if info.ppid.is_none() {
+        info.ppid = from.ppid;
+    }
+    if info.app.is_none() {
+        info.app = from.app;
+    }
+    if info.exit.is_none() {
+        info.exit = from.exit.filter(|e| e.timestamp_ns >= start);
+        info.total = from.total;
+    }
+}
+
+/// A process's counters this tick. Iterator path: the kernel's per-task accounting summed
+/// over its threads (or its exit event's final counters), with the event counters of
+/// `PROC_STATS`; hooks path: `PROC_STATS`, with the slice running now. Never lower than
+/// what was reported last.
+fn compose(
+    on_iter: bool,
+    detail: bool,
+    t: Option<&Totals>,
+    st: Option<&ProcStats>,
+    inflight: u64,
+    info: &mut ProcInfo,
+) -> ProcCounters {
+    let mut c = st.map(ProcCounters::from_kernel).unwrap_or_default();
+    if on_iter {
+        match t.map(|t| &t.rec).or(info.total.as_ref()) {
+            Some(r) => {
+                c.cpu_ns = r.runtime_ns;
+                c.voluntary_switches = r.nvcsw;
+                c.involuntary_switches = r.nivcsw;
+                c.runq_wait_ns = r.run_delay_ns + info.retired_delay;
+                c.runq_waits = r.pcount + info.retired_slices;
+                c.page_faults = r.min_flt + r.maj_flt;
+                c.read_bytes = r.ioac[IOAC_RCHAR];
+                c.write_bytes = r.ioac[IOAC_WCHAR];
+                c.read_calls = r.ioac[IOAC_SYSCR];
+                c.write_calls = r.ioac[IOAC_SYSCW];
+            }
+            // Not in this run of the iterator (started after it): as reported last.
+            None => {
+                let l = &info.last;
+                c.cpu_ns = l.cpu_ns;
+                c.voluntary_switches = l.voluntary_switches;
+                c.involuntary_switches = l.involuntary_switches;
+                c.runq_wait_ns = l.runq_wait_ns;
+                c.runq_waits = l.runq_waits;
+                c.page_faults = l.page_faults;
+                c.read_bytes = l.read_bytes;
+                c.write_bytes = l.write_bytes;
+                c.read_calls = l.read_calls;
+                c.write_calls = l.write_calls;
+            }
+        }
+        if !detail {
+            // Without the detail level, syscalls are the read and write families.
+            c.syscalls = c.read_calls + c.write_calls;
+        }
+    } else {
+        c.cpu_ns += inflight;
+    }
+    c.raise_to(&info.last);
+    if on_iter && !detail {
+        // Each interval's slices, in the bucket of the interval's mean wait.
+        let slices = c.runq_waits - info.last.runq_waits;
+        let wait = c.runq_wait_ns - info.last.runq_wait_ns;
+        if let Some(mean) = wait.checked_div(slices) {
+            let b = hist_bucket(mean);
+            info.runq_hist[b] = info.runq_hist[b].wrapping_add(slices as u32);
+        }
+        c.runq_hist = info.runq_hist;
+    }
+    info.last = c.clone();
+    c
+}
+
+fn memory_of(rss: &[i64; RSS_MEMBERS], page: u64) -> Memory {
+    let b = |i: usize| rss[i].max(0) as u64 * page;
+    Memory {
+        file: b(RSS_FILE),
+        anon: b(RSS_ANON),
+        shmem: b(RSS_SHMEM),
+        swap: b(RSS_SWAP),
+    }
+}
+
+/// RSS members the kernel has not reported since attach come from /proc (hooks path).
+fn seed_memory(m: &mut Memory, st: &ProcStats, seed: Option<Memory>) {
+    let Some(seed) = seed else { return };
+    let seen = |bit: usize| st.rss_seen & (1 << bit) != 0;
+    if !seen(RSS_FILE) {
+        m.file = seed.file;
+    }
+    if !seen(RSS_ANON) {
+        m.anon = seed.anon;
+    }
+    if !seen(RSS_SHMEM) {
+        m.shmem = seed.shmem;
+    }
+    if !seen(RSS_SWAP) {
+        m.swap = seed.swap;
+    }
+}
+
+fn sample_of(
+    key: ProcKey,
+    info: &ProcInfo,
+    counters: ProcCounters,
+    cgroup: Option<String>,
+    exit: Option<Exit>,
+) -> ProcessSample {
+    ProcessSample {
+        tgid: key.tgid,
+        start_ns: key.start_ns,
+        ppid: info.ppid,
+        cgroup_id: info.cgroup_id,
+        comm: info.comm.clone(),
+        exe: info.exe.clone(),
+        exe_hash: info.exe_hash.clone().flatten(),
+        cgroup,
+        app: info.app.clone().flatten(),
+        counters,
+        memory: info.memory,
+        exit,
+    }
+}
