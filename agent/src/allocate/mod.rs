@@ -504,6 +504,36 @@ impl Allocator {
         }
     }
 
+    /// Workloads whose forecast error drifts (the anomaly detector's verdict): each
+    /// managed one goes back to the shadow tier and stays there while it drifts.
+    pub fn drifting(&mut self, ids: &[WorkloadId]) -> Vec<Decision> {
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            return out;
+        }
+        let tiers = &self.cfg.tiers;
+        for m in self.managed.values_mut() {
+            if !ids.contains(&m.state.workload) {
+                continue;
+            }
+            if let Some(change) = m.record.drifting(tiers) {
+                info!(
+                    workload = m.state.name,
+                    from = change.from.name(),
+                    reason = change.reason,
+                    "Tier"
+                );
+                m.state.tier = m.record.tier;
+                out.push(Decision::Tier {
+                    workload: m.state.workload.clone(),
+                    name: m.state.name.clone(),
+                    change,
+                });
+            }
+        }
+        out
+    }
+
     /// The managed workloads' state: tier, what their groups have now.
     pub fn workloads(&self) -> impl Iterator<Item = &WorkloadState> {
         self.managed.values().map(|m| &m.state)

@@ -287,6 +287,26 @@ impl Record {
         None
     }
 
+    /// The workload's forecast error drifted (its model no longer fits): back to the
+    /// shadow tier, and kept there — no promotion streak — while the drift lasts.
+    pub fn drifting(&mut self, r: &TierRules) -> Option<TierChange> {
+        self.streak = 0;
+        self.cooldown = self.cooldown.max(r.cooldown);
+        if self.tier == Tier::Shadow {
+            return None;
+        }
+        let change = TierChange {
+            from: self.tier,
+            to: Tier::Shadow,
+            coverage: self.coverage(),
+            error: self.error(),
+            reason: "its forecast error drifted (flagged for retraining)".into(),
+        };
+        self.tier = Tier::Shadow;
+        self.evals.clear();
+        Some(change)
+    }
+
     fn demote(&mut self, r: &TierRules) {
         self.tier = self.tier.down();
         self.streak = 0;
@@ -352,6 +372,38 @@ mod tests {
         assert_eq!(changes, vec![(13, Tier::Warm), (18, Tier::Full)]);
         assert_eq!(rec.tier, Tier::Full);
         assert_eq!(rec.cpu_margin, 0.15);
+    }
+
+    #[test]
+    fn a_drifting_workload_goes_to_shadow_and_stays_there_while_it_drifts() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        let good = |rec: &mut Record| {
+            rec.observe(
+                &r,
+                (0.15, 1.0),
+                (band(1.0), band(M)),
+                &out(1.0, M),
+                Tier::Full,
+            )
+        };
+        for _ in 0..30 {
+            good(&mut rec);
+        }
+        assert_eq!(rec.tier, Tier::Full);
+        let c = rec.drifting(&r).expect("a change");
+        assert_eq!((c.from, c.to, rec.tier), (Tier::Full, Tier::Shadow, Tier::Shadow));
+        // Good intervals while it still drifts earn nothing.
+        for _ in 0..50 {
+            assert!(good(&mut rec).is_none());
+            assert!(rec.drifting(&r).is_none());
+        }
+        assert_eq!(rec.tier, Tier::Shadow);
+        // Drift over: it earns its tiers again.
+        for _ in 0..50 {
+            good(&mut rec);
+        }
+        assert_eq!(rec.tier, Tier::Full);
     }
 
     #[test]

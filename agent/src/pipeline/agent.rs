@@ -377,6 +377,12 @@ impl<O: Output> Agent<O> {
                 self.forecasts = fs;
             }
             if let Some(a) = &mut self.allocate {
+                let drifting: Vec<WorkloadId> = self
+                    .anomaly
+                    .as_ref()
+                    .map(|d| d.drifting().map(|(id, _)| id.clone()).collect())
+                    .unwrap_or_default();
+                self.decided.extend(a.drifting(&drifting));
                 let ds = a.tick(t, w, &self.forecasts, &self.control);
                 self.decided.extend(ds);
             }
