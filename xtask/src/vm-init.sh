@@ -50,19 +50,6 @@ for t in /tests/*; do
         marker "END $bin $name $?"
     done
 done
-# The capture tests again with capture.counters = "auto" (the default is the per-event
-# hooks): on the task iterator where the kernel runs it, on the hooks where it refuses it.
-# The fork/exec storm is a known gap of the iterator path.
-for bin in capture shadow; do
-    t=/tests/$bin
-    [ -x "$t" ] || continue
-    names=$("$t" --list --format terse $FILTERS --skip a_fork_exec_storm) || { marker "LIST-FAILED $bin-auto $?"; continue; }
-    for name in $(echo "$names" | sed -n 's/: test$//p'); do
-        marker "START $bin-auto $name"
-        UMBRA_CAPTURE_COUNTERS=auto "$t" --exact "$name" --test-threads=1 --nocapture 2>&1
-        marker "END $bin-auto $name $?"
-    done
-done
 marker "DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f
