@@ -234,13 +234,12 @@ impl<O: Output> Agent<O> {
         };
         let mut control = control;
         let live = opts.stages && feed.live && opts.persist;
-        let predict_dir = p.state_dir.join("predict");
         let (forecast, allocate) = if opts.stages {
             (
                 Some(ForecastStage::live(
                     &cfg.predict,
                     header.interval_ms as u64,
-                    opts.persist.then_some(predict_dir.as_path()),
+                    opts.persist.then_some(p.state_dir.as_path()),
                     None,
                     runtime::default_runtime(),
                 )),
