@@ -392,7 +392,10 @@ mod tests {
         }
         assert_eq!(rec.tier, Tier::Full);
         let c = rec.drifting(&r).expect("a change");
-        assert_eq!((c.from, c.to, rec.tier), (Tier::Full, Tier::Shadow, Tier::Shadow));
+        assert_eq!(
+            (c.from, c.to, rec.tier),
+            (Tier::Full, Tier::Shadow, Tier::Shadow)
+        );
         // Good intervals while it still drifts earn nothing.
         for _ in 0..50 {
             assert!(good(&mut rec).is_none());

@@ -72,6 +72,9 @@ pub struct HubArgs {
     pub max_summaries: Option<u64>,
 }
 
+/// Under the data dir: the workloads flagged for retraining, one JSON object a line.
+pub const RETRAIN_FILE: &str = "retrain.jsonl";
+
 /// What a hub saw of one node.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct NodeSeen {
@@ -97,6 +100,8 @@ pub struct NodeSeen {
     pub conflicts: u64,
     pub instance_switches: u64,
     pub duplicate_id: bool,
+    /// Workloads of the node whose forecasts drifted (each flagged for retraining).
+    pub drifts: u64,
     #[serde(skip)]
     last_instance: Option<(u64, bool)>,
 }
@@ -196,9 +201,36 @@ impl Hub {
                     seen.last_instance = Some((s.instance, s.online));
                 }
             }
+            Body::Anomaly(a) if a.kind == "drift" => {
+                seen.drifts += 1;
+                self.flag_for_retraining(&node, a);
+            }
             Body::CmdResult(_) | Body::Decisions(_) | Body::Anomaly(_) => {}
         }
         true
+    }
+
+    /// A workload whose forecasts drifted: one JSON line in `<data>/retrain.jsonl` (node,
+    /// workload, since when), so the next training run (`cargo xtask train --from-hub`)
+    /// knows whose recent summaries — already in the Parquet files — to weigh.
+    fn flag_for_retraining(&self, node: &str, a: &crate::publish::message::AnomalyReport) {
+        let path = self.data.join(RETRAIN_FILE);
+        let line = serde_json::json!({
+            "node": node,
+            "workload": a.workload,
+            "name": a.name,
+            "since_ms": a.since_ms,
+            "timestamp_ms": a.timestamp_ms,
+            "text": a.text,
+        });
+        let r = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = r {
+            warn!(path = %path.display(), error = %e, "Drift not kept for retraining");
+        }
     }
 
     /// Writes held rows to a new Parquet file; returns its path.
@@ -457,7 +489,7 @@ pub async fn run<W: Write>(
         })?;
     let mut hub = Hub::new(&args.data, &args.client_id)?;
     let base = format!("umbra/v1/{}/+", args.fleet);
-    let topics: Vec<String> = ["summary", "status", "cmd/result"]
+    let topics: Vec<String> = ["summary", "status", "cmd/result", "anomaly"]
         .iter()
         .map(|k| match &args.group {
             Some(g) => format!("$share/{g}/{base}/{k}"),
@@ -733,6 +765,46 @@ mod tests {
             }),
         }
         .encode(Payload::Postcard)
+    }
+
+    #[test]
+    fn a_drift_is_kept_for_retraining_and_other_anomalies_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let mut hub = Hub::new(d.path(), "test").unwrap();
+        let msg = |seq: u64, kind: &str| {
+            Envelope {
+                schema: ENV_SCHEMA,
+                node: "n1".into(),
+                seq,
+                time_ms: 1000 * seq,
+                historical: false,
+                body: Body::Anomaly(crate::publish::message::AnomalyReport {
+                    workload: "exe:sha256:ab".into(),
+                    name: "nginx \u{fffd}".into(),
+                    kind: kind.into(),
+                    target: "cpu".into(),
+                    since_ms: 7,
+                    timestamp_ms: 9,
+                    text: "drifted".into(),
+                    ..Default::default()
+                }),
+            }
+            .encode(Payload::Postcard)
+        };
+        let t = "umbra/v1/f/n1/anomaly";
+        assert!(hub.ingest(t, &msg(1, "outside-band")));
+        assert!(hub.ingest(t, &msg(2, "drift")));
+        assert!(!hub.ingest(t, &msg(2, "drift")), "a duplicate");
+        let text = fs::read_to_string(d.path().join(RETRAIN_FILE)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["workload"], "exe:sha256:ab");
+        assert_eq!(lines[0]["node"], "n1");
+        assert_eq!(lines[0]["since_ms"], 7);
+        assert_eq!(hub.nodes["n1"].drifts, 1);
     }
 
     #[test]
