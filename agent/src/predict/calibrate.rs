@@ -25,14 +25,19 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target};
+use super::{
+    Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target,
+    framed::{Format, Unframed},
+};
 use crate::aggregate::WorkloadId;
 
 pub const MAGIC: &[u8; 8] = b"UMBRACAL";
 /// The format version this build writes (and the newest it reads).
 pub const VERSION: u16 = 1;
-const HEADER: usize = 8 + 2 + 2 + 4 + 4;
-const MAX_PAYLOAD: u32 = 256 << 20;
+const FORMAT: Format = Format {
+    magic: MAGIC,
+    version: VERSION,
+};
 /// Scores a workload needs before its own are used (else the pooled ones).
 pub const MIN_SCORES: usize = 8;
 /// Pooled scores kept per target and step.
@@ -435,15 +440,7 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Encodes saved state as file bytes.
 pub fn encode(s: &Saved) -> Vec<u8> {
-    let payload = postcard::to_stdvec(s).unwrap_or_default();
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    FORMAT.frame(&postcard::to_stdvec(s).unwrap_or_default())
 }
 
 /// Decodes a calibration file's bytes; `path` names it in errors.
@@ -452,32 +449,16 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Saved, CalibrationError> {
         path: path.into(),
         what,
     };
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-        return Err(corrupt("no UMBRACAL header".into()));
-    }
-    let u32_at =
-        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version > VERSION {
-        return Err(CalibrationError::Newer {
-            path: path.into(),
-            found: version,
-        });
-    }
-    if version == 0 {
-        return Err(corrupt("format version 0".into()));
-    }
-    let len = u32_at(12);
-    if len > MAX_PAYLOAD || HEADER + len as usize != bytes.len() {
-        return Err(corrupt(format!(
-            "header says {len} payload bytes, the file holds {}",
-            bytes.len() - HEADER
-        )));
-    }
-    let payload = &bytes[HEADER..];
-    if crc32fast::hash(payload) != u32_at(16) {
-        return Err(corrupt("checksum mismatch".into()));
-    }
+    let payload = match FORMAT.unframe(bytes) {
+        Ok((_, payload)) => payload,
+        Err(Unframed::Newer(found)) => {
+            return Err(CalibrationError::Newer {
+                path: path.into(),
+                found,
+            });
+        }
+        Err(Unframed::Corrupt(what)) => return Err(corrupt(what)),
+    };
     let s: Saved = postcard::from_bytes(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
     if s.horizon == 0 || s.pool.len() != 4 * s.horizon as usize {
         return Err(corrupt(format!(

@@ -14,6 +14,7 @@ pub mod calibrate;
 pub mod config;
 pub mod exec;
 pub mod features;
+pub mod framed;
 pub mod onnx;
 pub mod per_request;
 pub mod profiles;

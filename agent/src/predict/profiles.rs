@@ -22,16 +22,20 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::LEVELS;
+use super::{
+    LEVELS,
+    framed::{Format, Unframed},
+};
 
 pub const MAGIC: &[u8; 8] = b"UMBRAPRF";
 /// The format version this build writes and reads.
 pub const VERSION: u16 = 1;
 /// Completed runs kept per key.
 pub const RUNS_KEPT: usize = 64;
-const HEADER: usize = 8 + 2 + 2 + 4 + 4;
-/// Snapshot payloads larger than this are damage, not data.
-const MAX_PAYLOAD: u32 = 256 << 20;
+const FORMAT: Format = Format {
+    magic: MAGIC,
+    version: VERSION,
+};
 const MAX_FRAME: u32 = 1 << 16;
 
 /// What a request (one exec'd image until it exits or execs again) used.
@@ -203,43 +207,16 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, ProfileErr
         path: path.to_path_buf(),
         what,
     };
-    if bytes.len() < 8 || &bytes[..8] != MAGIC {
-        return Err(corrupt("no UMBRAPRF magic at byte 0".into()));
-    }
-    if bytes.len() < HEADER {
-        return Err(corrupt(format!(
-            "{} bytes: shorter than the {HEADER}-byte header",
-            bytes.len()
-        )));
-    }
-    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-    let u32_at =
-        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let version = u16_at(8);
-    if version > VERSION {
-        return Err(ProfileError::NewerVersion {
-            path: path.to_path_buf(),
-            found: version,
-        });
-    }
-    if version == 0 {
-        return Err(corrupt("format version 0".into()));
-    }
-    let len = u32_at(12);
-    let want = u32_at(16);
-    if len > MAX_PAYLOAD || HEADER + len as usize != bytes.len() {
-        return Err(corrupt(format!(
-            "header says {len} payload bytes, the file holds {}",
-            bytes.len() - HEADER
-        )));
-    }
-    let payload = &bytes[HEADER..];
-    let got = crc32fast::hash(payload);
-    if got != want {
-        return Err(corrupt(format!(
-            "checksum mismatch (header says {want:08x}, data gives {got:08x})"
-        )));
-    }
+    let payload = match FORMAT.unframe(bytes) {
+        Ok((_, payload)) => payload,
+        Err(Unframed::Newer(found)) => {
+            return Err(ProfileError::NewerVersion {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        Err(Unframed::Corrupt(what)) => return Err(corrupt(what)),
+    };
     let snap: Snapshot = postcard::from_bytes(payload)
         .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
     if let Some((k, p)) = snap.profiles.iter().find(|(_, p)| p.runs.len() > RUNS_KEPT) {
@@ -253,15 +230,7 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, ProfileErr
 
 /// A snapshot as file bytes.
 pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
-    let payload = postcard::to_stdvec(s).unwrap_or_default();
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    FORMAT.frame(&postcard::to_stdvec(s).unwrap_or_default())
 }
 
 /// Journal entries from `bytes`, and where the last whole frame ends.
