@@ -189,11 +189,12 @@ fn survey(path: &Path, group_by: GroupBy, k: usize) -> Result<Survey, SimulateEr
     let mut cpu_s: HashMap<WorkloadId, f64> = HashMap::new();
     let mut peaks: HashMap<WorkloadId, Limits> = HashMap::new();
     let mut windows = 0usize;
-    let mut interval_ms = 1000u64;
+    // The configured interval (the header's), as the agent's forecast stage sees it; a
+    // window's own length jitters around it.
+    let interval_ms = export::recording_interval_ms(path)?.max(1) as u64;
     export::replay::<RecordError>(path, group_by, |s| {
         if let Step::Window(_, w) = s {
             windows += 1;
-            interval_ms = w.node.interval_ms.max(1) as u64;
             if windows == 1 {
                 return Ok(()); // the catch-up window, as the agent skips it
             }
@@ -425,10 +426,31 @@ fn best_baseline(
     let managed: HashSet<&WorkloadId> = survey.managed.iter().collect();
     let upto = (survey.windows / 4).max(2);
     let mut best: Option<(String, f64)> = None;
-    for name in baseline::BASELINES {
+    let candidates = baseline::BASELINES
+        .iter()
+        .map(|n| n.to_string())
+        .chain(std::iter::once(MODEL.to_string()));
+    for name in candidates {
         let mut p = predict.clone();
-        p.fallback = name.into();
-        let mut stage = ForecastStage::baseline(&p, survey.interval_ms);
+        let mut stage = if name == MODEL {
+            // The model as it is (uncalibrated, like the baselines here); skipped when
+            // none loads.
+            p.calibration.enabled = false;
+            let s = ForecastStage::live(
+                &p,
+                survey.interval_ms,
+                None,
+                None,
+                crate::predict::runtime::default_runtime(),
+            );
+            if s.status().model_version.is_none() {
+                continue;
+            }
+            s
+        } else {
+            p.fallback.clone_from(&name);
+            ForecastStage::baseline(&p, survey.interval_ms)
+        };
         let mut latest: HashMap<WorkloadId, (Band, Band)> = HashMap::new();
         let (mut loss, mut scale, mut n) = ([0.0f64; 2], [0.0f64; 2], 0usize);
         let mut seen = 0usize;
@@ -467,11 +489,14 @@ fn best_baseline(
         let rel = |i: usize| loss[i] / scale[i].max(1e-9);
         let score = rel(0) + rel(1);
         if best.as_ref().is_none_or(|(_, b)| score < *b) {
-            best = Some((name.to_string(), score));
+            best = Some((name.clone(), score));
         }
     }
     Ok(best.unwrap_or_else(|| (predict.fallback.clone(), f64::NAN)))
 }
+
+/// [`best_baseline`]'s name for the configured model (`predict.model`).
+const MODEL: &str = "model";
 
 /// Mean pinball loss of a band's three quantiles for the value `y`.
 fn pinball(b: &Band, y: f64) -> f64 {
@@ -576,8 +601,10 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
     Ok(out)
 }
 
-/// The Umbra strategy's forecast stage, and a note saying which predictor it runs. The
-/// trained model plugs in here when `models/` ships one.
+/// The Umbra strategy's forecast stage and a note saying which predictor it runs: of the
+/// configured model (`predict.model`, by default the shipped one) and the baselines, the
+/// one of lowest quantile loss on the first quarter of the recording — the model as the
+/// agent runs it (calibrated, the best baseline its fallback).
 fn umbra_stage(
     path: &Path,
     sim: &SimConfig,
@@ -585,13 +612,30 @@ fn umbra_stage(
     predict: &PredictConfig,
 ) -> Result<(ForecastStage, String), SimulateError> {
     let (name, loss) = best_baseline(path, sim, survey, predict)?;
+    if name == MODEL {
+        let stage = ForecastStage::live(
+            predict,
+            survey.interval_ms,
+            None,
+            None,
+            crate::predict::runtime::default_runtime(),
+        );
+        let v = stage.status().model_version.unwrap_or_default();
+        return Ok((
+            stage,
+            format!(
+                "umbra runs model {v}, calibrated (lowest quantile loss on the first quarter \
+                 of the recording, {loss:.3})"
+            ),
+        ));
+    }
     let mut p = predict.clone();
     p.fallback = name.clone();
     Ok((
         ForecastStage::baseline(&p, survey.interval_ms),
         format!(
-            "umbra runs the {name} baseline (no trained model ships in models/ yet; \
-             lowest quantile loss on the first quarter of the recording, {loss:.3})"
+            "umbra runs the {name} baseline (lowest quantile loss on the first quarter of \
+             the recording, {loss:.3}, below the model's)"
         ),
     ))
 }
