@@ -444,7 +444,11 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
             "signature does not verify against publish.fleet_public_key",
         ),
         (false, "stale or replayed"),
-        (true, "mode enforce"),
+        // Signed, fresh and obeyed — by an allocator that cannot write on a replay.
+        (
+            false,
+            "mode enforce refused: allocation needs a cgroup hierarchy",
+        ),
         (false, "was used before"),
         (true, "model forecast 3 stored"),
     ];
@@ -494,12 +498,13 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
     );
     assert!(st.wait_exit(Duration::from_secs(10)), "{}", st.log());
     let s = &json_lines(&status)[0]["envelope"]["body"];
-    assert_eq!(s["mode"], "enforce", "{s}");
+    assert_eq!(s["mode"], "dry-run", "{s}");
     assert_eq!(s["model"]["version"], "3", "{s}");
     assert_eq!(s["online"], true, "{s}");
     let log = a.log.clone();
     assert!(a.stop(), "{}", read(&log));
-    // The mode set by command survives a restart of the agent.
+    // The agent comes back (a mode set by command survives a restart: the allocate
+    // stage's control tests; a replay refuses enforce).
     let status2 = d.path().join("status2.jsonl");
     let _st = Umbra::start_with_stdout(
         &[
@@ -535,7 +540,7 @@ fn bad_commands_and_models_are_refused_and_the_agent_keeps_running() {
         json_lines(&status2)
     );
     let s = online().unwrap();
-    assert_eq!(s["mode"], "enforce", "{s}");
+    assert_eq!(s["mode"], "dry-run", "{s}");
     // A snapshot file was written and is a valid recording.
     let snaps: Vec<PathBuf> = fs::read_dir(d.path().join("cmd").join("snapshots"))
         .unwrap()
