@@ -379,7 +379,8 @@ enum ExportFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log);
+    // `umbra top` draws on the terminal: a log line there would tear its screen.
+    init_logs(&cli.log, !matches!(cli.command, Command::Top { .. }));
     let mut cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -940,11 +941,17 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_logs(filter: &str) {
+fn init_logs(filter: &str, to_stderr: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::sink)
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
 }
