@@ -62,6 +62,8 @@ pub struct SpoolLimits {
 
 struct Segment {
     first_seq: u64,
+    /// The seq its next record must carry (a segment holds consecutive seqs).
+    next: u64,
     path: PathBuf,
     file: File,
     bytes: u64,
@@ -156,11 +158,13 @@ impl Spool {
                     next_seq.max(first + entries.len() as u64 + (len - good) / HEADER as u64);
             }
             spool.bytes += good;
+            let next = first + entries.len() as u64;
             spool
                 .entries
                 .extend(entries.into_iter().filter(|e| e.seq > acked));
             spool.segments.push_back(Segment {
                 first_seq: first,
+                next,
                 path,
                 file,
                 bytes: good,
@@ -197,10 +201,13 @@ impl Spool {
             });
         }
         let seq = self.next_seq;
+        // A new segment when the last is full, or when `seq` cannot follow its records
+        // (damage was cut from it, and the cut seqs are never reused): a record out of
+        // sequence would end the segment at the next start, losing it.
         let roll = self
             .segments
             .back()
-            .is_none_or(|s| s.bytes + rec_len > self.limits.segment_bytes);
+            .is_none_or(|s| s.bytes + rec_len > self.limits.segment_bytes || s.next != seq);
         if roll {
             let path = self.dir.join(format!("{seq:020}.seg"));
             let file = OpenOptions::new()
@@ -211,6 +218,7 @@ impl Spool {
                 .map_err(io_err(&path))?;
             self.segments.push_back(Segment {
                 first_seq: seq,
+                next: seq,
                 path,
                 file,
                 bytes: 0,
@@ -253,6 +261,7 @@ impl Spool {
             acked: false,
         });
         seg.bytes += rec_len;
+        seg.next = seq + 1;
         self.bytes += rec_len;
         self.next_seq += 1;
         self.enforce_budget()?;
@@ -446,6 +455,23 @@ impl Drop for Spool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_message_appended_after_a_cut_survives_a_restart() {
+        // Found by the spool_segment fuzz target: a segment whose only bytes were damage
+        // is cut to nothing, its seq is not reused, and the next message went into it
+        // out of sequence — the next start cut it too and gave its seq again.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("00000000000000000001.seg"), [0x42u8; 16]).unwrap();
+        let (mut s, rec) = Spool::open(d.path(), LIMITS).unwrap();
+        assert_eq!(rec.truncated_bytes, 16);
+        let seq = s.append(b"after").unwrap();
+        drop(s);
+        let (again, _) = Spool::open(d.path(), LIMITS).unwrap();
+        assert!(again.next_seq() > seq, "seq {seq} given again");
+        let (got, payload) = again.next_from(0).unwrap().expect("the message is kept");
+        assert_eq!((got, &payload[..]), (seq, &b"after"[..]));
+    }
+
     use proptest::prelude::*;
 
     use super::*;
