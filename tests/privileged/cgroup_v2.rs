@@ -148,8 +148,11 @@ fn a_group_under_the_agent_subtree_takes_limits_and_reports_pressure() {
         "process {} is not in {name}: {own:?}",
         spin.pid()
     );
-    // Only the CPU the spinner uses from now on is the group's.
+    // The group's usage and the spinner's own CPU over the same window: from just before
+    // it starts spinning to just after it is done (it waits, using nothing, at each end;
+    // what the move into the group cost is left out of both).
     let before = schedstat_ns(spin.pid());
+    let usage_before = flat_keyed(&read(&grp.join("cpu.stat")), "usage_usec");
     spin.go();
     spin.wait_done();
     let used = schedstat_ns(spin.pid()) - before;
@@ -158,7 +161,7 @@ fn a_group_under_the_agent_subtree_takes_limits_and_reports_pressure() {
         "cpu.stat of {name}: {}; the spinner used {used} ns there",
         stat.replace('\n', ", ")
     );
-    let usage = flat_keyed(&stat, "usage_usec") * 1000;
+    let usage = (flat_keyed(&stat, "usage_usec") - usage_before) * 1000;
     assert!(
         rel_err(usage as f64, used as f64) <= 0.05,
         "the group's usage {usage} ns vs its only process's {used} ns: {stat}"
