@@ -1,10 +1,15 @@
-//! Builds the kernel programs (`agent-ebpf`) for `bpfel-unknown-none` with aya-build and
-//! leaves the object at `$OUT_DIR/umbra`, which `capture` embeds; and embeds the shipped
-//! models (`models/forecast.onnx`, `models/request.onnx`, when they exist) for `predict`.
-use std::{fmt::Write as _, path::Path};
+//! Builds the kernel programs (`agent-ebpf`) for `bpf{el,eb}-unknown-none` and leaves the
+//! objects at `$OUT_DIR/umbra` and `$OUT_DIR/umbra-egress`, which `capture` embeds; and
+//! embeds the shipped models (`models/forecast.onnx`, `models/request.onnx`, when they
+//! exist) for `predict`.
+use std::{
+    ffi::OsString,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
-use anyhow::{Context as _, anyhow};
-use aya_build::Toolchain;
+use anyhow::{Context as _, anyhow, bail};
 
 /// `$OUT_DIR/shipped_models.rs`: `FORECAST` and `REQUEST`, each `Some(bytes)` when the
 /// file exists and the model runtime is built in.
@@ -32,9 +37,82 @@ fn shipped_models() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel programs, built as aya-build builds them (nightly, `build-std=core`, BTF,
+/// `bpf_target_arch`) but in one target directory per architecture,
+/// `<target>/bpf/<arch>`, shared by every build of this crate: aya-build keeps its target
+/// directory under `OUT_DIR`, which differs per profile and feature set, so each of them
+/// built `core` and the programs again from nothing (about a minute, six times in
+/// `cargo xtask test`).
+fn kernel_programs(target_dir: &Path, root: &Path) -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed={}", root.display());
+    let env = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
+    let out_dir = PathBuf::from(env("OUT_DIR")?);
+    let target = match env("CARGO_CFG_TARGET_ENDIAN")?.as_str() {
+        "little" => "bpfel-unknown-none",
+        "big" => "bpfeb-unknown-none",
+        other => bail!("unsupported endianness {other}"),
+    };
+    let mut arch = env("CARGO_CFG_TARGET_ARCH")?;
+    if arch.starts_with("riscv64") {
+        arch = "riscv64".into();
+    }
+    let dir = target_dir.join("bpf").join(&arch);
+    let mut flags = OsString::new();
+    for (i, f) in [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if i > 0 {
+            flags.push("\x1f");
+        }
+        flags.push(f);
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "umbra-ebpf",
+        "--bins",
+    ])
+    .args(["--release", "--target", target, "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&dir)
+    .current_dir(root)
+    .env("CARGO_ENCODED_RUSTFLAGS", flags)
+    // The outer build's compiler and wrappers are not the kernel programs' (nightly).
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WRAPPER")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    // Its stdout would be read by cargo as this script's instructions.
+    .stdout(Stdio::null());
+    let st = cmd.status().with_context(|| {
+        format!("cannot start {cmd:?} (is rustup installed? `cargo xtask install`)")
+    })?;
+    if !st.success() {
+        bail!("building the kernel programs failed ({st}): {cmd:?}");
+    }
+    for bin in ["umbra", "umbra-egress"] {
+        let from = dir.join(target).join("release").join(bin);
+        std::fs::copy(&from, out_dir.join(bin))
+            .with_context(|| format!("copying {} to {}", from.display(), out_dir.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     shipped_models()?;
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+    let cargo_metadata::Metadata {
+        packages,
+        target_directory,
+        ..
+    } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
         .context("cargo metadata")?;
@@ -46,10 +124,5 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
-    let package = aya_build::Package {
-        name: ebpf.name.as_str(),
-        root_dir: root.as_str(),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([package], Toolchain::default())
+    kernel_programs(target_directory.as_std_path(), root.as_std_path())
 }

@@ -149,6 +149,9 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The package selection and features every build and test step of `test` uses.
+const WHOLE: &[&str] = &["--workspace", "--exclude", "umbra-ebpf", "--all-features"];
+
 fn test() -> Result<()> {
     install::all()?;
     install::tool_tests()?;
@@ -182,51 +185,47 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
-    // The edge build, packaged (before the build below, whose features it leaves out).
-    util::step("Debian package (debug build, for the package tests)");
-    package::deb(true)?;
-    util::step("build");
-    // The fleet side too: the tests run `umbra hub`.
-    util::cargo(&[
-        "build",
-        "-p",
-        "umbra",
-        "-p",
-        "umbra-tests",
-        "--features",
-        "umbra/fleet,umbra/report",
-        "--bins",
-    ])?;
+    // One build of everything the steps below run, with one feature resolution (the
+    // whole workspace, all features, test targets included): each step selects the same
+    // packages and features, so no step compiles a dependency again (a different package
+    // selection resolves dependencies' features differently and rebuilt tract, parquet and
+    // the agent, minutes each).
+    util::step("build (every binary and test, all features)");
+    util::cargo(&[&["build"][..], WHOLE, &["--bins", "--tests"]].concat())?;
+    util::step("Debian package (of the debug build above, for the package tests)");
+    package::pack(false)?;
     util::step("unit tests");
-    util::cargo(&[
-        "test",
-        "--workspace",
-        "--exclude",
-        "umbra-ebpf",
-        "--exclude",
-        "umbra-tests",
-        "--all-features",
-    ])?;
+    util::cargo(&[&["test"][..], WHOLE, &["--lib", "--bins"]].concat())?;
+    util::cargo(&[&["test"][..], WHOLE, &["--doc"]].concat())?;
     models::pipeline_test(&util::target_dir().join("debug/umbra"))?;
     util::step("privileged tests (real kernel, real broker)");
-    util::cargo(&["test", "-p", "umbra-tests", "--", "--test-threads=1"])?;
+    util::cargo(
+        &[
+            &["test"][..],
+            WHOLE,
+            &["--test", "*", "--", "--test-threads=1"],
+        ]
+        .concat(),
+    )?;
     util::step("capture tests on the task iterator (capture.counters = \"iterator\")");
     util::cargo_env(
         &[
-            "test",
-            "-p",
-            "umbra-tests",
-            "--test",
-            "capture",
-            "--test",
-            "shadow",
-            "--",
-            "--test-threads=1",
-            // Known gap of the iterator path (why it is not the default): a storm that
-            // overflows the ring buffer loses the CPU of processes shorter than a tick.
-            "--skip",
-            "a_fork_exec_storm",
-        ],
+            &["test"][..],
+            WHOLE,
+            &[
+                "--test",
+                "capture",
+                "--test",
+                "shadow",
+                "--",
+                "--test-threads=1",
+                // Known gap of the iterator path (why it is not the default): a storm that
+                // overflows the ring buffer loses the CPU of processes shorter than a tick.
+                "--skip",
+                "a_fork_exec_storm",
+            ],
+        ]
+        .concat(),
         &[("UMBRA_CAPTURE_COUNTERS", "iterator")],
     )?;
     match vm::install() {

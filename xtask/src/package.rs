@@ -37,6 +37,13 @@ pub fn cargo_deb() -> Result<()> {
 /// Builds the package: the release binary, or the debug one with `dev` (quick, for the
 /// tests of the package's contents). Returns the `.deb`'s path.
 pub fn deb(dev: bool) -> Result<PathBuf> {
+    build(!dev, None)?;
+    pack(!dev)
+}
+
+/// Packages the binary already built (release, or the debug one), without building.
+/// Returns the `.deb`'s path.
+pub fn pack(release: bool) -> Result<PathBuf> {
     cargo_deb()?;
     let out = util::target_dir().join("debian");
     // Only the package built now is left, so its path is known.
@@ -48,8 +55,7 @@ pub fn deb(dev: bool) -> Result<PathBuf> {
             }
         }
     }
-    build(!dev, None)?;
-    let profile = if dev { "dev" } else { "release" };
+    let profile = if release { "release" } else { "dev" };
     util::cargo(&[
         "deb",
         "-p",

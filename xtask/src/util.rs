@@ -63,8 +63,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Prints a step's heading with the time since the first one (where `cargo xtask test`
+/// spends its minutes).
 pub fn step(what: &str) {
-    eprintln!("\n==> {what}");
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let t = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    eprintln!("\n==> [{:02}:{:02}] {what}", t / 60, t % 60);
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
