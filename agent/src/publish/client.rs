@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use super::{
     message::{Body, CmdResult, Envelope, Kind, Payload, SCHEMA, SpoolStatus, Status, Topics},
     spool::{Recovered, Spool, SpoolError, SpoolLimits},
+    stage::Bucket,
 };
 
 /// Spooled messages handed to rumqttc and not yet acknowledged, at most.
@@ -544,6 +545,8 @@ async fn poll_loop(
     let mut backoff = Duration::from_millis(250);
     let mut was_connected = false;
     let mut failures = 0u64;
+    // "Busy" replies to commands the full queue refused: rate-limited like every reply.
+    let mut busy = Bucket::new();
     loop {
         let (client, mut events) = AsyncClient::new(opts.clone(), REQUEST_CAPACITY);
         loop {
@@ -607,7 +610,9 @@ async fn poll_loop(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    route(&base, settings, outbox, inbound, p.topic, p.payload);
+                    route(
+                        &base, settings, outbox, inbound, &mut busy, p.topic, p.payload,
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -639,6 +644,7 @@ fn route(
     settings: &Settings,
     outbox: &Outbox,
     inbound: &mpsc::Sender<Inbound>,
+    busy: &mut Bucket,
     topic: String,
     payload: Bytes,
 ) {
@@ -659,6 +665,10 @@ fn route(
             Inbound::Command { topic, .. } | Inbound::Model { topic, .. } => topic,
         };
         debug!(topic, "Command queue full; command refused");
+        if !busy.take() {
+            outbox.mem().replies_dropped += 1;
+            return;
+        }
         // Replies are never spooled: this cannot fail.
         let _ = outbox.push(Body::CmdResult(CmdResult {
             id: None,

@@ -49,14 +49,21 @@ pub enum Accepted {
     Refused,
 }
 
-/// A token bucket.
-struct Bucket {
+/// A token bucket for command replies ([`REPLY_RATE`], [`REPLY_BURST`]).
+pub(super) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn take(&mut self) -> bool {
+    pub(super) fn new() -> Bucket {
+        Bucket {
+            tokens: REPLY_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    pub(super) fn take(&mut self) -> bool {
         let now = Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.at).as_secs_f64() * REPLY_RATE).min(REPLY_BURST);
@@ -144,10 +151,7 @@ impl Stage {
             ),
             model_key: keys.models,
             store: ModelStore::new(&p.state_dir),
-            replies: Bucket {
-                tokens: REPLY_BURST,
-                at: Instant::now(),
-            },
+            replies: Bucket::new(),
             replies_limited: 0,
             spool_errors: 0,
         })
