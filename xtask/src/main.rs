@@ -233,11 +233,21 @@ fn test() -> Result<()> {
         installed => {
             installed?;
             util::step("privileged tests in QEMU (Debian 5.10, 6.1 and 6.12, x86_64)");
-            vm::run(&vm::Args::new(vm::Arch::X86_64, &[]))?;
-            util::step("capture smoke tests in QEMU (Debian 6.12, aarch64, 2 CPUs)");
+            let x86 = vm::Args::new(vm::Arch::X86_64, &[]);
+            let x86_ready = vm::prepare(&x86)?;
             let mut arm = vm::Args::new(vm::Arch::Aarch64, vm::ARM64_SMOKE);
             arm.smp = 2;
-            vm::run(&arm)?;
+            // The aarch64 build (niced) runs beside the x86_64 guests, which use one CPU.
+            let arm_ready = std::thread::scope(|s| {
+                let arm_build = s.spawn(|| vm::prepare(&arm));
+                let x86_run = vm::run_prepared(&x86, x86_ready);
+                let arm_ready = arm_build
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the aarch64 build thread panicked"))?;
+                x86_run.and(arm_ready)
+            })?;
+            util::step("capture smoke tests in QEMU (Debian 6.12, aarch64, 2 CPUs)");
+            vm::run_prepared(&arm, arm_ready)?;
         }
     }
     util::step("all tests passed");

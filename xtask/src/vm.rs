@@ -179,7 +179,21 @@ pub fn install() -> Result<()> {
     install::apt_with(PACKAGES, &["--no-install-recommends"])
 }
 
+/// The kernels fetched and the guests' initramfs base built: what a run needs.
+pub struct Prepared {
+    kernels: Vec<Kernel>,
+    base: PathBuf,
+    took: Duration,
+}
+
 pub fn run(args: &Args) -> Result<()> {
+    let p = prepare(args)?;
+    run_prepared(args, p)
+}
+
+/// Fetches the kernels and builds the static binaries (under `nice`: it can run beside
+/// the guests of another architecture without taking their CPU).
+pub fn prepare(args: &Args) -> Result<Prepared> {
     let started = Instant::now();
     install()?;
     let vm = util::target_dir().join("vm");
@@ -206,7 +220,21 @@ pub fn run(args: &Args) -> Result<()> {
     let bins = build(args.arch)?;
     let base = vm.join(format!("base-{}.cpio", args.arch.name()));
     pack_base(&bins, &busybox, &base)?;
-    let prepared = started.elapsed();
+    Ok(Prepared {
+        kernels,
+        base,
+        took: started.elapsed(),
+    })
+}
+
+/// Boots each prepared kernel and runs the tests in it.
+pub fn run_prepared(args: &Args, p: Prepared) -> Result<()> {
+    let Prepared {
+        kernels,
+        base,
+        took: prepared,
+    } = p;
+    let vm = util::target_dir().join("vm");
 
     let mut summaries = Vec::new();
     let mut facts = Vec::new();
