@@ -149,6 +149,41 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The privileged tests on this host: every integration test (real kernel, real broker),
+/// then the capture tests again on the task iterator.
+fn host_privileged_tests() -> Result<()> {
+    util::step("privileged tests (real kernel, real broker)");
+    util::cargo(
+        &[
+            &["test"][..],
+            WHOLE,
+            &["--test", "*", "--", "--test-threads=1"],
+        ]
+        .concat(),
+    )?;
+    util::step("capture tests on the task iterator (capture.counters = \"iterator\")");
+    util::cargo_env(
+        &[
+            &["test"][..],
+            WHOLE,
+            &[
+                "--test",
+                "capture",
+                "--test",
+                "shadow",
+                "--",
+                "--test-threads=1",
+                // Known gap of the iterator path (why it is not the default): a storm that
+                // overflows the ring buffer loses the CPU of processes shorter than a tick.
+                "--skip",
+                "a_fork_exec_storm",
+            ],
+        ]
+        .concat(),
+        &[("UMBRA_CAPTURE_COUNTERS", "iterator")],
+    )
+}
+
 /// The package selection and features every build and test step of `test` uses.
 const WHOLE: &[&str] = &["--workspace", "--exclude", "umbra-ebpf", "--all-features"];
 
@@ -198,58 +233,38 @@ fn test() -> Result<()> {
     util::cargo(&[&["test"][..], WHOLE, &["--lib", "--bins"]].concat())?;
     util::cargo(&[&["test"][..], WHOLE, &["--doc"]].concat())?;
     models::pipeline_test(&util::target_dir().join("debug/umbra"))?;
-    util::step("privileged tests (real kernel, real broker)");
-    util::cargo(
-        &[
-            &["test"][..],
-            WHOLE,
-            &["--test", "*", "--", "--test-threads=1"],
-        ]
-        .concat(),
-    )?;
-    util::step("capture tests on the task iterator (capture.counters = \"iterator\")");
-    util::cargo_env(
-        &[
-            &["test"][..],
-            WHOLE,
-            &[
-                "--test",
-                "capture",
-                "--test",
-                "shadow",
-                "--",
-                "--test-threads=1",
-                // Known gap of the iterator path (why it is not the default): a storm that
-                // overflows the ring buffer loses the CPU of processes shorter than a tick.
-                "--skip",
-                "a_fork_exec_storm",
-            ],
-        ]
-        .concat(),
-        &[("UMBRA_CAPTURE_COUNTERS", "iterator")],
-    )?;
-    match vm::install() {
-        Err(e) if !in_ci() => eprintln!("skipped: VM tests (QEMU cannot be installed: {e:#})"),
-        installed => {
-            installed?;
-            util::step("privileged tests in QEMU (Debian 5.10, 6.1 and 6.12, x86_64)");
-            let x86 = vm::Args::new(vm::Arch::X86_64, &[]);
-            let x86_ready = vm::prepare(&x86)?;
-            let mut arm = vm::Args::new(vm::Arch::Aarch64, vm::ARM64_SMOKE);
-            arm.smp = 2;
-            // The aarch64 build (niced) runs beside the x86_64 guests, which use one CPU.
-            let arm_ready = std::thread::scope(|s| {
-                let arm_build = s.spawn(|| vm::prepare(&arm));
-                let x86_run = vm::run_prepared(&x86, x86_ready);
-                let arm_ready = arm_build
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the aarch64 build thread panicked"))?;
-                x86_run.and(arm_ready)
-            })?;
-            util::step("capture smoke tests in QEMU (Debian 6.12, aarch64, 2 CPUs)");
-            vm::run_prepared(&arm, arm_ready)?;
+    let vms = match vm::install() {
+        Err(e) if !in_ci() => {
+            eprintln!("skipped: VM tests (QEMU cannot be installed: {e:#})");
+            false
         }
-    }
+        installed => installed.map(|()| true)?,
+    };
+    let x86 = vm::Args::new(vm::Arch::X86_64, &[]);
+    let mut arm = vm::Args::new(vm::Arch::Aarch64, vm::ARM64_SMOKE);
+    arm.smp = 2;
+    let joined = |r: std::thread::Result<Result<vm::Prepared>>| {
+        r.map_err(|_| anyhow::anyhow!("a guests' build thread panicked"))?
+    };
+    std::thread::scope(|s| -> Result<()> {
+        // The guests' builds run niced, each beside steps that leave a CPU free: the
+        // x86_64 one beside the host's privileged tests (which mostly wait), the aarch64 one
+        // beside the x86_64 guests (one CPU each).
+        let x86_build = vms.then(|| s.spawn(|| vm::prepare(&x86)));
+        let host = host_privileged_tests();
+        let x86_ready = x86_build.map(|h| joined(h.join())).transpose();
+        host?;
+        let Some(x86_ready) = x86_ready? else {
+            return Ok(());
+        };
+        util::step("privileged tests in QEMU (Debian 5.10, 6.1 and 6.12, x86_64)");
+        let arm_build = s.spawn(|| vm::prepare(&arm));
+        let x86_run = vm::run_prepared(&x86, x86_ready);
+        let arm_ready = joined(arm_build.join());
+        x86_run?;
+        util::step("capture smoke tests in QEMU (Debian 6.12, aarch64, 2 CPUs)");
+        vm::run_prepared(&arm, arm_ready?)
+    })?;
     util::step("all tests passed");
     Ok(())
 }

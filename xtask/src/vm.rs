@@ -854,6 +854,11 @@ struct Binaries {
 fn build(arch: Arch) -> Result<Binaries> {
     let triple = install::musl_target(arch.name())?;
     let profile: &[&str] = &["--profile", "vm"];
+    let log = util::target_dir()
+        .join("vm")
+        .join(format!("build-{}.log", arch.name()));
+    let _ = fs::remove_file(&log);
+    eprintln!("(cargo's output: {})", log.display());
     let mut artifacts = cargo_json(
         &[
             &[
@@ -873,6 +878,7 @@ fn build(arch: Arch) -> Result<Binaries> {
             profile,
         ]
         .concat(),
+        &log,
     )?;
     // Only the privileged tests (tests/privileged/*.rs) run in the guests: build no other.
     let mut privileged: Vec<String> = fs::read_dir(util::root().join("tests/privileged"))?
@@ -892,7 +898,7 @@ fn build(arch: Arch) -> Result<Binaries> {
         args.extend(["--test", t]);
     }
     args.extend(profile);
-    artifacts.extend(cargo_json(&args)?);
+    artifacts.extend(cargo_json(&args, &log)?);
     let exe = |kind: &str, name: &str| {
         artifacts
             .iter()
@@ -926,20 +932,40 @@ struct Artifact {
 
 /// Runs cargo with JSON messages (diagnostics still rendered on stderr) and returns the
 /// executables it built.
-fn cargo_json(args: &[&str]) -> Result<Vec<Artifact>> {
+///
+/// In a target directory of its own (`target/vm/cargo`: it runs beside the host's tests in
+/// `cargo xtask test`, whose cargo holds the main one's lock), niced, its messages appended
+/// to `log` (shown when it fails).
+fn cargo_json(args: &[&str], log: &Path) -> Result<Vec<Artifact>> {
+    let target_dir = util::target_dir().join("vm").join("cargo");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new("nice");
     cmd.arg("cargo")
         .args(args)
         .arg("--message-format=json-render-diagnostics")
+        .arg("--target-dir")
+        .arg(&target_dir)
         .current_dir(util::root())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(file);
     let shown = format!("cargo {}", args.join(" "));
     let out = cmd
         .spawn()
         .with_context(|| format!("cannot start {shown}"))?
         .wait_with_output()?;
     if !out.status.success() {
-        bail!("{shown} failed: {}", out.status);
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("{}", lines[lines.len().saturating_sub(80)..].join("\n"));
+        bail!(
+            "{shown} failed: {} (its whole output: {})",
+            out.status,
+            log.display()
+        );
     }
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
