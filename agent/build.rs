@@ -3,7 +3,6 @@
 //! embeds the shipped models (`models/forecast.onnx`, `models/request.onnx`, when they
 //! exist) for `predict`.
 use std::{
-    ffi::OsString,
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -57,20 +56,13 @@ fn kernel_programs(target_dir: &Path, root: &Path) -> anyhow::Result<()> {
         arch = "riscv64".into();
     }
     let dir = target_dir.join("bpf").join(&arch);
-    let mut flags = OsString::new();
-    for (i, f) in [
+    // CARGO_ENCODED_RUSTFLAGS: the flags separated by 0x1f.
+    let flags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
     ]
-    .iter()
-    .enumerate()
-    {
-        if i > 0 {
-            flags.push("\x1f");
-        }
-        flags.push(f);
-    }
+    .join("\x1f");
     let mut cmd = Command::new("rustup");
     cmd.args([
         "run",
