@@ -46,12 +46,13 @@ fn main() {
         "touch" => {
             ready("");
             wait_go();
-            let mut v = vec![0u8; (num(1) as usize) << 20];
-            no_huge_pages(&mut v);
-            for i in (0..v.len()).step_by(4096) {
-                v[i] = 1;
+            let len = (num(1) as usize) << 20;
+            let p = fresh_small_pages(len);
+            for i in (0..len).step_by(4096) {
+                // SAFETY: inside the mapping `fresh_small_pages` made, which stays mapped
+                // until exit.
+                unsafe { p.add(i).write_volatile(1) };
             }
-            std::hint::black_box(&v);
             done_then_exit();
         }
         // io PATH BYTES MODE: write BYTES to PATH and read them back (MODE: plain|fsync|direct).
@@ -193,12 +194,26 @@ fn main() {
 
 /// Base pages whatever the kernel's transparent huge page mode (Debian's kernels default
 /// to `always`), so touching N pages is N page faults.
-fn no_huge_pages(v: &mut [u8]) {
-    let start = v.as_mut_ptr() as usize;
-    let aligned = (start + 4095) & !4095;
-    let len = (start + v.len()).saturating_sub(aligned) & !4095;
-    // SAFETY: advice on whole pages inside our own allocation.
-    unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+/// A fresh anonymous mapping of `len` bytes, untouched and advised against huge pages
+/// before its first fault: every page then faults once on its first write. (A heap
+/// allocation writes its header first, and that write can fault in a whole huge page where
+/// the kernel's default is `always`.)
+fn fresh_small_pages(len: usize) -> *mut u8 {
+    // SAFETY: a new private anonymous mapping; nothing else refers to it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "mmap of {len} bytes failed");
+    // SAFETY: advice on our own mapping.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    p.cast()
 }
 
 fn ready(info: &str) {
