@@ -50,6 +50,12 @@ pub enum Bench {
     /// publish spool and summary encoding, forecasts (1,000 workloads a tick) and
     /// per-request predictions.
     Micro,
+    /// One stepping CPU load under a static limit, a VPA-like recommender and Umbra
+    /// (`--enforce`), on this machine's cgroups: throttled time against reserved
+    /// core-seconds.
+    Ab(crate::ab::AbArgs),
+    /// Exec -> placed with limits over many execs (p50, p99), and what `umbra exec` costs.
+    Placement(crate::placement::PlacementArgs),
 }
 
 pub fn run(b: Bench) -> Result<()> {
@@ -64,6 +70,8 @@ pub fn run(b: Bench) -> Result<()> {
             iterations,
             before.as_deref(),
         ),
+        Bench::Ab(a) => crate::ab::run(&a),
+        Bench::Placement(a) => crate::placement::run(&a),
         Bench::Micro => util::cargo(&[
             "bench",
             "-p",
@@ -78,6 +86,13 @@ pub fn run(b: Bench) -> Result<()> {
             "exec_args",
         ]),
     }
+}
+
+/// The release agent, built.
+pub fn release_agent() -> Result<PathBuf> {
+    util::step("build (release)");
+    util::cargo(&["build", "--release", "-p", "umbra"])?;
+    Ok(util::target_dir().join("release/umbra"))
 }
 
 /// One way of running the agent.
@@ -95,9 +110,7 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
         bail!("the overhead benchmark loads the agent: run it as root");
     }
     install::apt(&["bpftool"])?;
-    util::step("build (release)");
-    util::cargo(&["build", "--release", "-p", "umbra"])?;
-    let bin = util::target_dir().join("release/umbra");
+    let bin = release_agent()?;
     set_bpf_stats(false)?;
     let dir = util::target_dir().join("bench");
     fs::create_dir_all(&dir)?;
@@ -525,7 +538,7 @@ fn unpin() {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -577,30 +590,59 @@ fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
     Ok(rows)
 }
 
-/// The agent running as a child (`umbra run`, output discarded).
-struct Agent {
+/// The agent running as a child (`umbra run`), its log in a file.
+pub struct Agent {
     child: Child,
+    log: PathBuf,
 }
 
 impl Agent {
-    fn start(bin: &std::path::Path, extra: &[String]) -> Result<Agent> {
+    fn start(bin: &Path, extra: &[String]) -> Result<Agent> {
+        let log = util::target_dir().join("bench/agent.log");
+        Agent::start_with(bin, extra, &[], None, &log)
+    }
+
+    /// `umbra [extra] run --top 0 [run_args]`, its stdout to `stdout` (else discarded)
+    /// and its warnings to `log`.
+    pub fn start_with(
+        bin: &Path,
+        extra: &[String],
+        run_args: &[&str],
+        stdout: Option<&Path>,
+        log: &Path,
+    ) -> Result<Agent> {
+        let out = match stdout {
+            Some(p) => Stdio::from(fs::File::create(p)?),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(bin)
             .args(extra)
             .args(["--log", "warn", "run", "--top", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .args(run_args)
+            .stdout(out)
+            .stderr(fs::File::create(log)?)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        let agent = |child| Agent {
+            child,
+            log: log.to_path_buf(),
+        };
         // Attached once its programs show up; give it a moment either way.
         thread::sleep(Duration::from_secs(2));
         if let Some(st) = child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
+            let err = fs::read_to_string(log).unwrap_or_default();
+            drop(agent(child));
             bail!("agent exited early ({st}): {err}");
         }
-        Ok(Agent { child })
+        Ok(agent(child))
+    }
+
+    /// Whether it still runs; an error (naming its log) when it exited.
+    pub fn check(&mut self) -> Result<()> {
+        if let Some(st) = self.child.try_wait()? {
+            bail!("the agent exited early ({st}); see {}", self.log.display());
+        }
+        Ok(())
     }
 
     /// On-CPU ns of all the agent's threads (`/proc/<pid>/task/*/schedstat`).
@@ -637,18 +679,25 @@ impl Agent {
         Ok(kb * 1024)
     }
 
-    fn stop(mut self) -> Result<()> {
+    pub fn stop(mut self) -> Result<()> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let st = self.child.wait()?;
         if !st.success() {
-            let mut err = String::new();
-            if let Some(mut e) = self.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
+            let err = fs::read_to_string(&self.log).unwrap_or_default();
             let _ = std::io::stderr().write_all(err.as_bytes());
             bail!("agent exited with {st}");
         }
         Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let _ = self.child.wait();
+        }
     }
 }

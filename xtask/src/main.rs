@@ -5,7 +5,8 @@
 //! - `cargo xtask test`: rustfmt, clippy (userspace and kernel), unit and privileged tests.
 //! - `cargo xtask install`: only the installation step.
 //! - `cargo xtask build [--release] [--target aarch64]`: build the agent.
-//! - `cargo xtask bench overhead`: the agent's cost on a scheduler-heavy benchmark.
+//! - `cargo xtask bench overhead`: the agent's cost on a scheduler-heavy benchmark;
+//!   `cargo xtask bench ab`: a stepping load under static, VPA-like and Umbra limits.
 //! - `cargo xtask vm-test [--kernel K]... [--arch A] [--filter T]...`: the privileged tests
 //!   in QEMU guests on Debian's kernels and on arm64.
 //! - `cargo xtask fuzz [TARGET]... [--seconds N]`: the fuzz targets, each for N seconds.
@@ -15,11 +16,13 @@
 //! - `cargo xtask deb [--dev]`: the Debian package; `cargo xtask install-service`: the
 //!   agent as a systemd service on this machine.
 
+mod ab;
 mod bench;
 mod fuzz;
 mod install;
 mod models;
 mod package;
+mod placement;
 mod util;
 mod vm;
 
@@ -75,6 +78,9 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// The stepping load of `bench ab` (run by it).
+    #[command(hide = true)]
+    AbLoad(ab::LoadArgs),
     /// The fuzz targets (cargo-fuzz, nightly), each for a set time.
     Fuzz(fuzz::Args),
 }
@@ -120,6 +126,10 @@ fn main() -> Result<()> {
         Cmd::InstallService => {
             install::all()?;
             package::install_service()
+        }
+        Cmd::AbLoad(a) => {
+            ab::load(&a);
+            Ok(())
         }
         Cmd::Bench { what } => {
             install::all()?;

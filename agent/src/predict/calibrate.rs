@@ -211,7 +211,10 @@ impl Calibrated {
         for w in self.workloads.values_mut() {
             w.pending.clear();
         }
-        self.inner = inner;
+        if let Some(p) = self.inner.replace_primary(inner) {
+            self.inner = p;
+        }
+        self.name = format!("{}+aci", self.inner.name());
     }
 
     fn alpha(&self) -> f32 {

@@ -25,6 +25,11 @@ pub struct PredictConfig {
     /// The baseline that forecasts while no model runs (one of `last`, `ewma`,
     /// `seasonal`, `vpa`, `autopilot`).
     pub fallback: String,
+    /// Baselines that compete with the model (or the fallback) per workload and target:
+    /// one takes over a workload's target when its recent forecasts were clearly better
+    /// (e.g. `seasonal` for a batch step every few minutes that the model does not see).
+    /// Empty: the model alone.
+    pub candidates: Vec<String>,
     /// The forecast model: `"shipped"` (built into this binary from
     /// `models/forecast.onnx`), `"none"` (baselines only), or the path of an `.onnx` file,
     /// reloaded when it changes. A signed model from the fleet takes precedence.
@@ -46,6 +51,7 @@ impl Default for PredictConfig {
             window: 24,
             forget_after: 720,
             fallback: "autopilot".into(),
+            candidates: vec!["seasonal".into()],
             model: "shipped".into(),
             request_model: "shipped".into(),
             calibration: CalibrationConfig::default(),
@@ -104,6 +110,17 @@ impl PredictConfig {
                 key: "predict.fallback",
                 value: format!("{:?}", self.fallback),
                 expected: format!("one of {}", BASELINES.join(", ")),
+            });
+        }
+        if let Some(c) = self
+            .candidates
+            .iter()
+            .find(|c| !BASELINES.contains(&c.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "predict.candidates",
+                value: format!("{c:?}"),
+                expected: format!("baselines among {}", BASELINES.join(", ")),
             });
         }
         check(
@@ -168,6 +185,10 @@ mod tests {
     #[rstest]
     #[case("[predict]\ninterval_ms = 1500\n", "predict.interval_ms")]
     #[case("[predict]\nfallback = \"oracle\"\n", "predict.fallback")]
+    #[case(
+        "[predict]\ncandidates = [\"seasonal\", \"oracle\"]\n",
+        "predict.candidates"
+    )]
     #[case("[predict.vpa]\nmargin = -1.0\n", "predict.vpa.margin")]
     #[case("[predict.ewma]\nalpha = 0.0\n", "predict.ewma.alpha")]
     fn bad_values_name_the_key(#[case] text: &str, #[case] key: &str) {

@@ -21,6 +21,7 @@ pub mod profiles;
 pub mod request;
 pub mod runtime;
 pub mod schema;
+pub mod select;
 pub mod source;
 
 pub use config::PredictConfig;
@@ -170,6 +171,11 @@ pub trait Predictor: Send {
     fn model_stats(&self) -> Option<&ModelStats> {
         None
     }
+    /// Puts `p` in as the primary predictor this one wraps (a model loaded or reloaded);
+    /// gives it back when this one wraps none.
+    fn replace_primary(&mut self, p: Box<dyn Predictor>) -> Option<Box<dyn Predictor>> {
+        Some(p)
+    }
 }
 
 /// What the forecast stage runs and why, for status and `umbra run`.
@@ -292,15 +298,21 @@ impl ForecastStage {
             source::shipped::FORECAST,
             runtime,
         );
-        let mut s = ForecastStage::calibrated(
-            cfg.interval_ms(capture_interval_ms),
-            cfg.forget_after,
-            fallback(cfg),
-            &cfg.calibration,
-        );
-        if !cfg.calibration.enabled {
-            s = ForecastStage::baseline(cfg, capture_interval_ms);
-        }
+        let primary = with_candidates(cfg, fallback(cfg));
+        let mut s = if cfg.calibration.enabled {
+            ForecastStage::calibrated(
+                cfg.interval_ms(capture_interval_ms),
+                cfg.forget_after,
+                primary,
+                &cfg.calibration,
+            )
+        } else {
+            ForecastStage::new(
+                cfg.interval_ms(capture_interval_ms),
+                cfg.forget_after,
+                primary,
+            )
+        };
         s.live = Some(Box::new(Live {
             cfg: cfg.clone(),
             capture_interval_ms,
@@ -388,7 +400,11 @@ impl ForecastStage {
         let depth = p.history();
         match &mut self.predictor {
             Forecaster::Calibrated(cal) => cal.replace_inner(Box::new(p)),
-            Forecaster::Plain(old) => *old = Box::new(p),
+            Forecaster::Plain(old) => {
+                if let Some(p) = old.replace_primary(Box::new(p)) {
+                    *old = p;
+                }
+            }
         }
         if self.featurizer.config().interval_ms != ms {
             self.featurizer = Featurizer::new(BucketConfig {
@@ -502,6 +518,26 @@ impl ForecastStage {
             }
         }
         out
+    }
+}
+
+/// `primary`, with `cfg.candidates` competing per workload ([`select::Select`]).
+fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn Predictor> {
+    let h = primary.horizon();
+    let candidates: Vec<Box<dyn Predictor>> = cfg
+        .candidates
+        .iter()
+        .filter(|c| **c != cfg.fallback)
+        .filter_map(|c| {
+            let mut c_cfg = cfg.clone();
+            c_cfg.horizon = h;
+            baseline::by_name(c, &c_cfg)
+        })
+        .collect();
+    if candidates.is_empty() {
+        primary
+    } else {
+        Box::new(select::Select::new(primary, candidates))
     }
 }
 
@@ -642,7 +678,13 @@ mod tests {
             let mut n = 0;
             drive(&mut stage, "batch.umbra", |_, fs| {
                 n += 1;
-                assert!(fs.iter().all(|f| f.predictor == "autopilot+aci"));
+                // The fallback, or the candidate baseline that took a workload over.
+                assert!(
+                    fs.iter().all(|f| f.predictor == "autopilot+aci"
+                        || (f.predictor.contains("seasonal") && !f.predictor.contains("onnx"))),
+                    "{:?}",
+                    fs.iter().map(|f| &f.predictor).collect::<Vec<_>>()
+                );
             });
             assert!(n > 0);
         }

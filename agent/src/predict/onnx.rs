@@ -7,10 +7,12 @@
 //! a row with a non-finite feature or output is forecast by the last-value baseline from
 //! its own window instead (counted), so the stage never emits garbage.
 
+use std::collections::HashMap;
+
 use super::{
     Band, Batch, Bucket, Forecast, LEVELS, Predictor, PredictorKind, Series, Target,
     baseline::LastValue,
-    features::feature_index,
+    features::{N_FEATURES, feature_index},
     runtime::{Runtime, Session},
     schema::{ModelKind, Schema, SchemaError},
 };
@@ -147,7 +149,28 @@ pub struct OnnxForecaster {
     x: Vec<f32>,
     out: Vec<f32>,
     qs: Vec<f32>,
+    /// Each workload's window as last transformed, kept between batches: a closed
+    /// bucket does not change, so it is transformed once, not once per window it is in.
+    steps: HashMap<crate::aggregate::WorkloadId, Steps>,
+    scratch: Vec<Step>,
     pub stats: ModelStats,
+}
+
+/// A workload's transformed window, oldest first, and the batch that last saw it.
+#[derive(Default)]
+struct Steps {
+    steps: Vec<Step>,
+    batch: u64,
+}
+
+/// One bucket's model inputs: its end, a fingerprint of its raw features (reused only
+/// when both match), whether they were all finite, the transformed values.
+#[derive(Clone, Copy)]
+struct Step {
+    end_ms: u64,
+    key: u64,
+    finite: bool,
+    row: [f32; N_FEATURES],
 }
 
 impl OnnxForecaster {
@@ -186,6 +209,8 @@ impl OnnxForecaster {
             x: Vec::new(),
             out: Vec::new(),
             qs: Vec::new(),
+            steps: HashMap::new(),
+            scratch: Vec::new(),
             stats: ModelStats::default(),
             model,
         })
@@ -199,11 +224,21 @@ impl OnnxForecaster {
         self.model.schema.interval_ms.unwrap_or(0)
     }
 
-    /// Writes one series' row into `x`; false when a feature is not finite.
-    fn featurize(&self, s: &Series<'_>, now_ms: u64, interval_ms: u64, x: &mut [f32]) -> bool {
-        let scaled = &self.model.schema.features;
-        let f_n = self.features.len();
+    /// Writes one series' row into `x`; false when a feature is not finite. Buckets
+    /// transformed in an earlier batch are copied, not transformed again.
+    fn featurize(&mut self, s: &Series<'_>, now_ms: u64, interval_ms: u64, x: &mut [f32]) -> bool {
+        let batch = self.stats.batches;
+        let kept = match self.steps.get_mut(s.workload) {
+            Some(k) => k,
+            None => self.steps.entry(s.workload.clone()).or_default(),
+        };
+        kept.batch = batch;
+        let (features, scaled) = (&self.features, &self.model.schema.features);
+        let f_n = features.len();
         let n = s.buckets.len();
+        let new = &mut self.scratch;
+        new.clear();
+        let mut old = kept.steps.iter().peekable();
         let mut finite = true;
         for step in 0..self.window {
             // Step 0 is the oldest; a series shorter than the window is padded with
@@ -216,13 +251,32 @@ impl OnnxForecaster {
                 pad = Bucket::absent(now_ms.saturating_sub(back as u64 * interval_ms));
                 &pad
             };
-            let row = &mut x[step * f_n..(step + 1) * f_n];
-            for (j, (&fi, sc)) in self.features.iter().zip(scaled).enumerate() {
-                let v = b.features[fi] as f64;
-                finite &= v.is_finite();
-                row[j] = sc.forward(v) as f32;
-            }
+            let key = features.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &fi| {
+                (h ^ u64::from(b.features[fi].to_bits())).wrapping_mul(0x0100_0000_01b3)
+            });
+            while old.next_if(|o| o.end_ms < b.end_ms).is_some() {}
+            let st = match old.peek() {
+                Some(o) if o.end_ms == b.end_ms && o.key == key => **o,
+                _ => {
+                    let mut st = Step {
+                        end_ms: b.end_ms,
+                        key,
+                        finite: true,
+                        row: [0.0; N_FEATURES],
+                    };
+                    for (j, (&fi, sc)) in features.iter().zip(scaled).enumerate() {
+                        let v = b.features[fi] as f64;
+                        st.finite &= v.is_finite();
+                        st.row[j] = sc.forward(v) as f32;
+                    }
+                    st
+                }
+            };
+            finite &= st.finite;
+            x[step * f_n..(step + 1) * f_n].copy_from_slice(&st.row[..f_n]);
+            new.push(st);
         }
+        std::mem::swap(&mut kept.steps, new);
         finite
     }
 }
@@ -264,6 +318,9 @@ impl Predictor for OnnxForecaster {
                 row.fill(0.0);
             }
         }
+        // Workloads not in this batch are forgotten (kept windows are only a shortcut).
+        let batch = self.stats.batches;
+        self.steps.retain(|_, k| k.batch == batch);
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let mut chunk = Vec::new();
@@ -601,6 +658,33 @@ mod tests {
             // `present` (identity, mean 0.5, std 0.5): 1 → 1.
             assert_eq!(x[step * 6 + 4], 1.0);
         }
+    }
+
+    #[test]
+    fn kept_windows_give_the_inputs_a_fresh_forecaster_would() {
+        let inputs = |p: &mut OnnxForecaster, ids: &[WorkloadId], bs: &[Vec<Bucket>]| {
+            let mut fresh = fake(|x: &[f32]| vec![0.0; 36 * (x.len() / 24)]);
+            fresh.forecast(&batch(ids, bs));
+            p.forecast(&batch(ids, bs));
+            (fresh.x.clone(), p.x.clone())
+        };
+        let mut p = fake(|x: &[f32]| vec![0.0; 36 * (x.len() / 24)]);
+        let ids = [WorkloadId("a".into()), WorkloadId("b".into())];
+        let all: Vec<f64> = (0..12).map(|i| (i * 7 % 5) as f64 * 0.3).collect();
+        // The windows slide one bucket a batch (the usual case: three of four kept).
+        for end in 1..=all.len() {
+            let bs = [buckets(&all[..end]), buckets(&all[end / 2..end])];
+            let (want, got) = inputs(&mut p, &ids, &bs);
+            assert_eq!(got, want, "after {end} buckets");
+        }
+        // A bucket of the same end with other values (a workload started over) is
+        // transformed again, not taken from before; a workload gone is forgotten.
+        let mut changed = buckets(&all);
+        changed.last_mut().unwrap().features[0] = 9.0;
+        let bs = [changed];
+        let (want, got) = inputs(&mut p, &ids[..1], &bs);
+        assert_eq!(got, want);
+        assert_eq!(p.steps.len(), 1);
     }
 
     #[test]

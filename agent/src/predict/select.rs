@@ -1,0 +1,317 @@
+//! Per workload and target, the predictor whose recent forecasts were best.
+//!
+//! The primary predictor (the model, or the fallback baseline without one) forecasts every
+//! workload; the candidates (`predict.candidates`, by default the seasonal baseline) do
+//! too, alongside. Each forecast's first [`STEPS`] steps are scored when their outcome
+//! arrives (the mean pinball loss of p10, p50 and p90), in a moving average per workload,
+//! target and predictor. A workload's target switches to a candidate once at least
+//! [`MIN_SCORED`] outcomes were scored and its loss is below [`SWITCH`] × the loss of the
+//! one in use (and back likewise): a workload with a period the model does not see — a
+//! batch step every few minutes — is forecast by the baseline that sees it, the others stay
+//! with the model. Each forecast names the predictor it came from (per target when they
+//! differ).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::{Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target};
+use crate::aggregate::WorkloadId;
+
+/// Forecast steps scored (the allocator reserves from the first few).
+pub const STEPS: usize = 2;
+/// Weight kept by a moving average per scored outcome (half-life ≈ 23 buckets).
+const DECAY: f64 = 0.97;
+/// Outcomes scored before a workload may switch.
+pub const MIN_SCORED: u32 = 12;
+/// A candidate takes over when its loss is below this fraction of the one in use.
+pub const SWITCH: f64 = 0.85;
+
+/// Bands of one forecast as scored: [predictor][target][step].
+type Made = Vec<[[Band; STEPS]; 4]>;
+
+struct Track {
+    seen: u64,
+    /// Forecasts made at the last `STEPS` buckets, by their bucket's end.
+    pending: VecDeque<(u64, Made)>,
+    /// Moving average of the loss, [predictor][target]; `None` before the first score.
+    loss: Vec<[Option<f64>; 4]>,
+    scored: u32,
+    chosen: [usize; 4],
+}
+
+pub struct Select {
+    /// The primary first, then the candidates.
+    all: Vec<Box<dyn Predictor>>,
+    tracks: HashMap<WorkloadId, Track>,
+    tick: u64,
+    name: String,
+}
+
+impl Select {
+    pub fn new(primary: Box<dyn Predictor>, candidates: Vec<Box<dyn Predictor>>) -> Select {
+        let mut all = vec![primary];
+        all.extend(candidates);
+        let name = all[0].name().to_string();
+        Select {
+            all,
+            tracks: HashMap::new(),
+            tick: 0,
+            name,
+        }
+    }
+
+    /// The predictor each target of `w` uses now (names), if `w` is tracked.
+    pub fn chosen(&self, w: &WorkloadId) -> Option<[&str; 4]> {
+        let t = self.tracks.get(w)?;
+        Some(t.chosen.map(|i| self.all[i].name()))
+    }
+}
+
+/// Mean pinball loss of a band's three quantiles against `y`.
+fn pinball(b: &Band, y: f64) -> f64 {
+    let l = |q: f64, p: f64| {
+        let d = y - p;
+        (q * d).max((q - 1.0) * d)
+    };
+    (l(0.1, b.p10) + l(0.5, b.p50) + l(0.9, b.p90)) / 3.0
+}
+
+impl Predictor for Select {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> PredictorKind {
+        self.all[0].kind()
+    }
+    fn horizon(&self) -> usize {
+        self.all[0].horizon()
+    }
+    fn history(&self) -> usize {
+        self.all.iter().map(|p| p.history()).max().unwrap_or(1)
+    }
+    fn model_stats(&self) -> Option<&ModelStats> {
+        self.all[0].model_stats()
+    }
+    /// Another primary (a model loaded or reloaded); what was scored starts over.
+    fn replace_primary(&mut self, p: Box<dyn Predictor>) -> Option<Box<dyn Predictor>> {
+        self.name = p.name().to_string();
+        self.all[0] = p;
+        self.tracks.clear();
+        None
+    }
+
+    fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        let outs: Vec<Vec<Forecast>> = self.all.iter_mut().map(|p| p.forecast(b)).collect();
+        self.tick += 1;
+        let (tick, n) = (self.tick, self.all.len());
+        let interval = (b.interval_ms as u64).max(1);
+        let mut result = Vec::with_capacity(b.series.len());
+        for (r, s) in b.series.iter().enumerate() {
+            let Some(primary) = outs[0].get(r) else {
+                continue;
+            };
+            let t = match self.tracks.get_mut(s.workload) {
+                Some(t) => t,
+                None => self.tracks.entry(s.workload.clone()).or_insert(Track {
+                    seen: tick,
+                    pending: VecDeque::with_capacity(STEPS + 1),
+                    loss: vec![[None; 4]; n],
+                    scored: 0,
+                    chosen: [0; 4],
+                }),
+            };
+            t.seen = tick;
+            // Score the forecasts whose outcome is this bucket.
+            if let Some(newest) = s.buckets.last().filter(|x| x.end_ms == b.now_ms) {
+                let mut any = false;
+                for (made, bands) in &t.pending {
+                    let steps = b.now_ms.saturating_sub(*made) / interval;
+                    if steps == 0 || steps as usize > STEPS || made + steps * interval != b.now_ms {
+                        continue;
+                    }
+                    any = true;
+                    for (p, per_target) in bands.iter().enumerate() {
+                        for target in Target::ALL {
+                            let i = target as usize;
+                            let l =
+                                pinball(&per_target[i][steps as usize - 1], newest.target(target));
+                            let avg = &mut t.loss[p][i];
+                            *avg = Some(match *avg {
+                                Some(a) => DECAY * a + (1.0 - DECAY) * l,
+                                None => l,
+                            });
+                        }
+                    }
+                }
+                t.scored += any as u32;
+            }
+            while t
+                .pending
+                .front()
+                .is_some_and(|(m, _)| *m + STEPS as u64 * interval <= b.now_ms)
+            {
+                t.pending.pop_front();
+            }
+            let made: Made = outs
+                .iter()
+                .map(|o| {
+                    let f = o.get(r).filter(|f| f.workload == *s.workload);
+                    Target::ALL.map(|target| {
+                        let bands = f.map(|f| f.of(target)).unwrap_or(&[]);
+                        std::array::from_fn(|h| bands.get(h).copied().unwrap_or_default())
+                    })
+                })
+                .collect();
+            t.pending.push_back((b.now_ms, made));
+            // Switch where another predictor has been clearly better.
+            if t.scored >= MIN_SCORED {
+                for i in 0..4 {
+                    let cur = t.loss[t.chosen[i]][i].unwrap_or(f64::INFINITY);
+                    let best = (0..n)
+                        .filter_map(|p| t.loss[p][i].map(|l| (p, l)))
+                        .min_by(|a, b| a.1.total_cmp(&b.1));
+                    if let Some((p, l)) = best
+                        && p != t.chosen[i]
+                        && l < SWITCH * cur
+                    {
+                        t.chosen[i] = p;
+                    }
+                }
+            }
+            let mut f = primary.clone();
+            for target in Target::ALL {
+                let p = t.chosen[target as usize];
+                if p != 0
+                    && let Some(o) = outs[p].get(r).filter(|o| o.workload == *s.workload)
+                {
+                    f.bands[target as usize] = o.bands[target as usize].clone();
+                }
+            }
+            let (cpu, mem) = (
+                t.chosen[Target::Cpu as usize],
+                t.chosen[Target::Memory as usize],
+            );
+            if cpu != 0 || mem != 0 {
+                let name = |p: usize| outs[p].get(r).map_or("", |o| o.predictor.as_str());
+                f.predictor = if cpu == mem {
+                    name(cpu).to_string()
+                } else {
+                    format!("cpu {}, memory {}", name(cpu), name(mem))
+                };
+            }
+            result.push(f);
+        }
+        self.tracks.retain(|_, t| t.seen == tick);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::predict::{
+        Bucket, PredictConfig, Series,
+        baseline::{self, SeasonalConfig, SeasonalNaive},
+        features::N_FEATURES,
+    };
+
+    /// A batch step: `high` for one bucket in every `period`, else `low`.
+    fn cpu_at(k: usize, period: usize) -> f64 {
+        if k % period == period - 1 { 1.5 } else { 0.2 }
+    }
+
+    fn bucket(k: usize, period: usize) -> Bucket {
+        let mut f = [0.0f32; N_FEATURES];
+        f[0] = cpu_at(k, period) as f32;
+        f[1] = 1e8;
+        f[N_FEATURES - 1] = 1.0;
+        Bucket {
+            end_ms: (k as u64 + 1) * 5000,
+            features: f,
+        }
+    }
+
+    /// Drives `p` over `n` buckets of one workload; the CPU p90 forecast one step ahead
+    /// of each bucket, with the predictor it came from.
+    fn run(p: &mut dyn Predictor, n: usize, period: usize) -> Vec<(f64, String)> {
+        let id = WorkloadId("exe:steps".into());
+        let mut bs: Vec<Bucket> = Vec::new();
+        let mut out = Vec::new();
+        for k in 0..n {
+            bs.push(bucket(k, period));
+            let keep = bs.len().saturating_sub(24);
+            let b = Batch {
+                now_ms: bs.last().unwrap().end_ms,
+                interval_ms: 5000,
+                series: vec![Series {
+                    workload: &id,
+                    name: "steps",
+                    buckets: &bs[keep..],
+                }],
+            };
+            let f = p.forecast(&b).remove(0);
+            out.push((f.of(Target::Cpu)[0].p90, f.predictor.clone()));
+        }
+        out
+    }
+
+    fn primary() -> Box<dyn Predictor> {
+        baseline::by_name("autopilot", &PredictConfig::default()).unwrap()
+    }
+
+    fn seasonal() -> Box<dyn Predictor> {
+        Box::new(SeasonalNaive::new(6, &SeasonalConfig { max_period: 24 }))
+    }
+
+    #[test]
+    fn a_batch_step_the_primary_misses_is_forecast_ahead_by_the_candidate_that_sees_it() {
+        let period = 12;
+        let mut s = Select::new(primary(), vec![seasonal()]);
+        let out = run(&mut s, 12 * period, period);
+        // Late in the run, the bucket before each step: the step is reserved ahead.
+        let mut ahead = 0;
+        let mut steps = 0;
+        for k in (8 * period..12 * period - 1).filter(|k| (k + 1) % period == period - 1) {
+            steps += 1;
+            let (p90, who) = &out[k];
+            if *p90 >= 1.4 {
+                ahead += 1;
+            }
+            assert_eq!(who, "seasonal", "bucket {k}");
+        }
+        assert_eq!(ahead, steps, "{out:?}");
+        // Between steps nothing is held back for them (the primary alone, whose
+        // percentile covers the step, reserves it all the time).
+        let quiet = 11 * period - 6;
+        assert!(out[quiet].0 < 0.5, "{:?}", out[quiet]);
+        let mut alone = primary();
+        let out = run(alone.as_mut(), 12 * period, period);
+        assert!(out[quiet].0 >= 1.4, "{:?}", out[quiet]);
+    }
+
+    #[test]
+    fn no_switch_without_a_clear_margin() {
+        // The same predictor as primary and candidate: equal losses, no switch.
+        let period = 12;
+        let mut s = Select::new(seasonal(), vec![seasonal()]);
+        let out = run(&mut s, 10 * period, period);
+        assert!(out.iter().all(|(_, who)| who == "seasonal"), "{out:?}");
+        let id = WorkloadId("exe:steps".into());
+        assert_eq!(s.tracks[&id].chosen, [0; 4]);
+        assert!(s.tracks[&id].scored >= MIN_SCORED);
+    }
+
+    #[test]
+    fn losses_are_the_pinball_of_the_three_quantiles() {
+        let b = Band {
+            p10: 1.0,
+            p50: 2.0,
+            p90: 3.0,
+        };
+        // y = 2: 0.1·1 + 0 + 0.1·1 (p90 over by 1: (0.9 − 1)·(−1)).
+        assert!((pinball(&b, 2.0) - (0.1 + 0.0 + 0.1) / 3.0).abs() < 1e-12);
+        // y = 4: 0.1·3 + 0.5·2 + 0.9·1.
+        assert!((pinball(&b, 4.0) - (0.3 + 1.0 + 0.9) / 3.0).abs() < 1e-12);
+    }
+}
