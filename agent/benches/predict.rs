@@ -1,13 +1,14 @@
 //! Hot paths of the predict stage: one tick of forecasts for 1,000 workloads and for one
 //! (the ONNX forecaster of the benchmark's size — tests/fixtures/onnx/forecast_bench.onnx,
 //! a 408 → 64 → 72 MLP over a 24-bucket window of all 17 features, 6 steps, 4 targets, 3
-//! quantiles; random weights: cost does not depend on them — as it is and calibrated, and
-//! the fallback baseline), and a per-request prediction from the profile store.
+//! quantiles; random weights: cost does not depend on them — as it is, calibrated, as the
+//! live agent runs it (the candidate baselines competing per workload, calibrated), and the
+//! fallback baseline), and a per-request prediction from the profile store.
 //! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use umbra::{
     aggregate::WorkloadId,
     predict::{
@@ -19,6 +20,7 @@ use umbra::{
         profiles::{ProfileStore, Run},
         runtime::default_runtime,
         schema::ModelKind,
+        select::Select,
     },
 };
 
@@ -39,14 +41,12 @@ fn model() -> OnnxForecaster {
     OnnxForecaster::new(m).expect("a forecaster")
 }
 
-/// `n` workloads' windows of 24 buckets with busy, varied values.
-fn windows(n: usize) -> (Vec<WorkloadId>, Vec<Vec<Bucket>>) {
-    let ids = (0..n)
-        .map(|i| WorkloadId(format!("exe:sha256:{i:064x}")))
-        .collect();
-    let bs = (0..n)
+/// `n` workloads' windows of 24 buckets at tick `tick`, with busy, varied values: each
+/// tick the windows slide one bucket (one new bucket per workload, as live).
+fn windows(n: usize, tick: usize) -> Vec<Vec<Bucket>> {
+    (0..n)
         .map(|i| {
-            (0..WINDOW)
+            (tick..tick + WINDOW)
                 .map(|k| {
                     let mut f = [0.0f32; N_FEATURES];
                     for (j, v) in f.iter_mut().enumerate() {
@@ -61,13 +61,18 @@ fn windows(n: usize) -> (Vec<WorkloadId>, Vec<Vec<Bucket>>) {
                 })
                 .collect()
         })
-        .collect();
-    (ids, bs)
+        .collect()
 }
 
-fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>], now: u64) -> Batch<'a> {
+fn ids(n: usize) -> Vec<WorkloadId> {
+    (0..n)
+        .map(|i| WorkloadId(format!("exe:sha256:{i:064x}")))
+        .collect()
+}
+
+fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>]) -> Batch<'a> {
     Batch {
-        now_ms: now,
+        now_ms: bs[0].last().map_or(0, |b| b.end_ms),
         interval_ms: 5000,
         series: ids
             .iter()
@@ -81,28 +86,55 @@ fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>], now: u64) -> Batch<'a
     }
 }
 
+/// One tick of `p` per iteration, the clock moving on; the windows are made outside the
+/// measured time.
+fn bench_ticks(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: String,
+    p: &mut dyn Predictor,
+    ids: &[WorkloadId],
+) {
+    let mut tick = 0;
+    g.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                tick += 1;
+                windows(ids.len(), tick)
+            },
+            |bs| black_box(p.forecast(black_box(&batch(ids, &bs)))).len(),
+            BatchSize::LargeInput,
+        )
+    });
+}
+
 fn forecasts(c: &mut Criterion) {
     let mut g = c.benchmark_group("forecast");
     for n in [1usize, 1000] {
-        let (ids, bs) = windows(n);
+        let ids = ids(n);
         g.throughput(Throughput::Elements(n as u64));
-        let mut m = model();
-        g.bench_function(format!("onnx/{n}"), |b| {
-            b.iter(|| black_box(m.forecast(black_box(&batch(&ids, &bs, 120_000)))))
-        });
+        bench_ticks(&mut g, format!("onnx/{n}"), &mut model(), &ids);
         let mut cal = Calibrated::new(Box::new(model()), &CalibrationConfig::default());
-        let mut now = 120_000;
-        g.bench_function(format!("onnx+aci/{n}"), |b| {
-            b.iter(|| {
-                now += 5000;
-                black_box(cal.forecast(black_box(&batch(&ids, &bs, now))))
-            })
-        });
+        bench_ticks(&mut g, format!("onnx+aci/{n}"), &mut cal, &ids);
         let cfg = PredictConfig::default();
+        // The live agent's stack: the model with the candidate baselines competing per
+        // workload (predict.candidates), calibrated.
+        let candidates = cfg
+            .candidates
+            .iter()
+            .filter_map(|c| baseline::by_name(c, &cfg))
+            .collect();
+        let mut live = Calibrated::new(
+            Box::new(Select::new(Box::new(model()), candidates)),
+            &CalibrationConfig::default(),
+        );
+        bench_ticks(&mut g, format!("live/{n}"), &mut live, &ids);
         let mut fallback = baseline::by_name(&cfg.fallback, &cfg).expect("the fallback");
-        g.bench_function(format!("{}/{n}", cfg.fallback), |b| {
-            b.iter(|| black_box(fallback.forecast(black_box(&batch(&ids, &bs, 120_000)))))
-        });
+        bench_ticks(
+            &mut g,
+            format!("{}/{n}", cfg.fallback),
+            fallback.as_mut(),
+            &ids,
+        );
     }
     g.finish();
 }

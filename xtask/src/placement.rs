@@ -2,7 +2,7 @@
 //! limits, on this machine's real cgroups.
 //!
 //! - Automatic: `umbra run --enforce --explain` with a per-request rule for a probe
-//!   executable (a copy of `sleep` at `target/bench/placement/umbra-probe`); the probe is
+//!   executable (its workload in the full tier from the start, so each request gets limits) (a copy of `sleep` at `target/bench/placement/umbra-probe`); the probe is
 //!   started `execs` times, one after the other, each living 100 ms. Each placement's
 //!   latency is the agent's own measure, from the exec's kernel timestamp to the write of
 //!   the pid into the group (`placed N µs after exec` in the explanation): p50, p99, max.
@@ -50,6 +50,7 @@ pub fn run(a: &PlacementArgs) -> Result<()> {
         &cfg,
         format!(
             "[publish]\nstate_dir = \"{}\"\n\
+             [allocate.tiers]\nstart = \"full\"\n\
              [[allocate.workload]]\nexe = \"{}\"\nper_request = true\n",
             state.display(),
             probe.display()
@@ -87,7 +88,7 @@ pub fn run(a: &PlacementArgs) -> Result<()> {
         let s = Instant::now();
         let out = Command::new(&bin)
             .args(["exec", "--state-dir"])
-            .arg(state.join("allocate"))
+            .arg(&state)
             .arg("--")
             .arg(&t)
             .stderr(Stdio::piped())
@@ -113,6 +114,10 @@ pub fn run(a: &PlacementArgs) -> Result<()> {
             rest.split_whitespace().next()?.parse().ok()
         })
         .collect();
+    let with_limits = explained
+        .lines()
+        .filter(|l| l.contains("umbra-probe pid") && l.contains(" with "))
+        .count();
     let failed = explained
         .lines()
         .filter(|l| l.contains("umbra-probe") && l.contains("FAILED"))
@@ -123,8 +128,9 @@ pub fn run(a: &PlacementArgs) -> Result<()> {
     }
     let q = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize] as f64 / 1e3;
     println!(
-        "\nAutomatic placement, exec -> placed with limits: {} of {} execs placed ({failed} \
-         failed): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "\nAutomatic placement, exec -> placed: {} of {} execs placed in their own group, \
+         {with_limits} of them with limits ({failed} placements failed): p50 {:.2} ms, p90 \
+         {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         us.len(),
         a.execs,
         q(0.5),
