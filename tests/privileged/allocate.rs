@@ -466,6 +466,70 @@ fn an_opted_in_exec_is_placed_in_its_own_group_with_its_limits() {
 }
 
 #[test]
+fn a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it() {
+    if !privileged("a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it") {
+        return;
+    }
+    if backend().is_none() {
+        return;
+    }
+    let wl = workspace_bin("umbra-workload");
+    let key = format!(
+        "exe:{}",
+        Identity::new()
+            .exe_hash(u32::MAX, wl.to_str())
+            .expect("fingerprint")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("state/profiles");
+    let extra = format!(
+        "[allocate.tiers]\nstart = \"full\"\n[[allocate.workload]]\nexe = \"{}\"\nper_request = true\n",
+        wl.display()
+    );
+    let agent = Agent::start_in(dir, own_root(), &extra, true);
+    let placed_in = |pid: u32| -> String {
+        let want = format!("/req-{pid}");
+        wait_for(
+            "the exec placed in its own group",
+            Duration::from_secs(20),
+            || proc_cgroup(pid).contains(&want),
+        );
+        let cg = proc_cgroup(pid);
+        let line = cg
+            .lines()
+            .find(|l| l.contains(&want) && (l.contains(":cpu") || l.starts_with("0::")))
+            .unwrap_or_else(|| panic!("{cg}"))
+            .to_string();
+        line.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string()
+    };
+    // Never seen: placed, no limits.
+    let mut first = Workload::start(&["spin", "300"]);
+    let rel = placed_in(first.pid());
+    assert_eq!(cpu_limit(&rel), None, "{rel}: {}", agent.output());
+    first.go();
+    first.wait_done();
+    first.finish();
+    wait_for("the run learned", Duration::from_secs(20), || {
+        ProfileStore::read(&profiles)
+            .ok()
+            .and_then(|s| s.get(&key).map(|p| !p.runs.is_empty()))
+            .unwrap_or(false)
+    });
+    // Known now: its one run (0.3 cpu-seconds) bounds the next exec.
+    let second = Workload::start(&["spin", "300"]);
+    let rel = placed_in(second.pid());
+    let cores = cpu_limit(&rel).unwrap_or_else(|| panic!("no cpu limit on {rel}"));
+    assert!(cores > 0.0, "{rel}: {cores} cores");
+    drop(second);
+    let out = agent.stop();
+    assert!(out.contains("profile of 1 runs"), "{out}");
+}
+
+#[test]
 fn umbra_exec_starts_its_command_inside_the_reserved_group() {
     if !privileged("umbra_exec_starts_its_command_inside_the_reserved_group") {
         return;

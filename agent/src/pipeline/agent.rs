@@ -347,6 +347,14 @@ impl<O: Output> Agent<O> {
         if let Some(p) = &self.publish {
             p.fill_status(&mut s);
         }
+        if let Some(r) = &self.requests
+            && let Some(e) = &r.last_error
+        {
+            s.problems.push(format!(
+                "profile store: {e}; {} runs kept in memory only",
+                r.unjournaled
+            ));
+        }
         if let Some(d) = &self.anomaly {
             for (id, since) in d.drifting() {
                 s.problems.push(format!(
@@ -661,6 +669,9 @@ impl<O: Output> Sink for Agent<O> {
         let t = match item {
             CaptureItem::Tick(t) => t,
             CaptureItem::Event(ev) => {
+                if let Some(r) = &mut self.requests {
+                    r.event(&ev);
+                }
                 if let Some(a) = &mut self.allocate {
                     let requests = &mut self.requests;
                     let mut predict = |tgid: u32, exe: &str| {
@@ -676,6 +687,9 @@ impl<O: Output> Sink for Agent<O> {
         };
         self.kernel_drops = self.kernel_drops.max(t.drops.lost());
         let w = self.aggregate.tick(&t);
+        if let Some(r) = &mut self.requests {
+            r.tick(&t, &w);
+        }
         self.window(&t, &w, t.drops.lost())
     }
 
@@ -761,6 +775,9 @@ impl<O: Output> Sink for Agent<O> {
             && let Err(e) = f.save()
         {
             warn!(error = %e, "Calibration state not kept");
+        }
+        if let Some(r) = &mut self.requests {
+            r.save();
         }
         let decided = std::mem::take(&mut self.decided);
         self.decisions += decided.len() as u64;

@@ -1,21 +1,40 @@
 //! Per-request predictions from the profile store: a new exec of an executable with past
 //! runs is predicted to need what those runs needed (p10/p50/p90 of their outcomes). The
 //! request model, when it ships, answers the same question through the same call.
+//!
+//! The store learns as the agent runs: every exec opens a request in a
+//! [`RequestTracker`], the ticks measure it, and each completed request becomes a run of
+//! its executable's profile (journaled at once, compacted into the snapshot every
+//! [`SAVE_EVERY`] runs and on the way out).
 
 use std::path::Path;
+
+use tracing::warn;
 
 use super::{
     Band, RequestPrediction,
     profiles::{Loaded, ProfileError, ProfileStore},
+    request::{Completed, DEFAULT_HASH_BUCKETS, RequestFeaturizer, RequestTracker},
 };
-use crate::{aggregate::WorkloadId, capture::Identity};
+use crate::{
+    aggregate::{Window, WorkloadId},
+    capture::{Identity, Lifecycle, Tick},
+};
 
 /// Profiles kept by the agent's store.
 const MAX_KEYS: usize = 4096;
+/// Journaled runs after which the store is compacted into its snapshot.
+pub const SAVE_EVERY: u64 = 1024;
 
 pub struct ProfilePredictor {
     store: ProfileStore,
     identity: Identity,
+    tracker: RequestTracker,
+    /// Runs learned since the start.
+    pub learned: u64,
+    /// Runs kept in memory only (the journal could not be written), and the last error.
+    pub unjournaled: u64,
+    pub last_error: Option<String>,
 }
 
 impl ProfilePredictor {
@@ -29,7 +48,62 @@ impl ProfilePredictor {
         ProfilePredictor {
             store,
             identity: Identity::new(),
+            tracker: RequestTracker::new(RequestFeaturizer::new(DEFAULT_HASH_BUCKETS)),
+            learned: 0,
+            unjournaled: 0,
+            last_error: None,
         }
+    }
+
+    /// An exec or exit event: an exec opens a request (and ends the process's previous
+    /// one, which is learned).
+    pub fn event(&mut self, e: &Lifecycle) {
+        if let Some(c) = self.tracker.event(e, &self.store) {
+            self.learn(&c);
+        }
+    }
+
+    /// A tick and its window: the requests that ended are learned.
+    pub fn tick(&mut self, t: &Tick, w: &Window) {
+        for c in self.tracker.tick(t, w, &self.store) {
+            self.learn(&c);
+        }
+        if self.store.unsaved >= SAVE_EVERY {
+            self.save();
+        }
+    }
+
+    /// Compacts the journal into the snapshot (also on the way out). A failure is kept
+    /// for status; the journal still holds every run.
+    pub fn save(&mut self) {
+        if let Err(e) = self.store.save() {
+            self.fail(e);
+        }
+    }
+
+    /// Profiles in the store.
+    pub fn profiles(&self) -> usize {
+        self.store.len()
+    }
+
+    fn learn(&mut self, c: &Completed) {
+        self.learned += 1;
+        let r = self
+            .store
+            .record(&c.facts.key, c.name(), &c.facts.parent, c.run());
+        if let Err(e) = r {
+            // Kept in memory (a full disk, a read-only state dir): predictions go on.
+            self.unjournaled += 1;
+            self.fail(e);
+        }
+    }
+
+    fn fail(&mut self, e: ProfileError) {
+        let text = e.to_string();
+        if self.last_error.as_deref() != Some(&text) {
+            warn!(error = %text, "Profile store not written; runs are kept in memory");
+        }
+        self.last_error = Some(text);
     }
 
     /// What the exec of `exe` by `tgid` will need, if its executable has past runs. The
