@@ -96,6 +96,9 @@ pub enum Decision {
         source: String,
         /// Exec → placed, µs (requests placed on exec).
         latency_us: Option<u64>,
+        /// Exec → seen by the allocator, µs (the rest of `latency_us` is the kernel's
+        /// move: one RCU grace period unless the hierarchy favours dynamic changes).
+        seen_us: Option<u64>,
         written: bool,
         error: Option<String>,
     },
@@ -171,6 +174,7 @@ impl Decision {
                 limits,
                 source,
                 latency_us,
+                seen_us,
                 written,
                 error,
             } => {
@@ -188,6 +192,9 @@ impl Decision {
                 }
                 if let Some(us) = latency_us {
                     s.push_str(&format!(", placed {us} µs after exec"));
+                    if let Some(seen) = seen_us {
+                        s.push_str(&format!(" (seen at {seen} µs)"));
+                    }
                 }
                 if let Some(e) = error {
                     s.push_str(&format!(" — FAILED: {e}"));
@@ -398,6 +405,14 @@ impl Allocator {
         })
         .unwrap_or_default();
         info!(backend = backend.describe(), root = %root, "Cgroups");
+        if cfg.workload.iter().any(|w| w.per_request) && !cgroups::Mounts::read().favordynmods {
+            info!(
+                "Requests are placed after their exec in one RCU grace period (milliseconds): \
+                 no cgroup hierarchy is mounted with favordynmods (cgroup_favordynmods=true \
+                 on the kernel command line, or remount with -o favordynmods); umbra exec \
+                 starts its command inside its group"
+            );
+        }
         let (applier, restored) =
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
         let mut a = Allocator::new(cfg, group_by, Some(applier), root);
@@ -1013,6 +1028,7 @@ impl Allocator {
                     limits: Vec::new(),
                     source: "workload".into(),
                     latency_us: None,
+                    seen_us: None,
                     written: error.is_none(),
                     error,
                 });
@@ -1112,6 +1128,7 @@ impl Allocator {
         predict: &mut dyn FnMut(u32, &str) -> Option<RequestPrediction>,
         control: &Control,
     ) -> Vec<Decision> {
+        let seen = boot_ns().saturating_sub(ev.timestamp_ns) / 1000;
         self.follow(control);
         let LifecycleKind::Exec { filename, .. } = &ev.kind else {
             if let LifecycleKind::Exit { .. } = ev.kind
@@ -1176,6 +1193,7 @@ impl Allocator {
                 limits,
                 source,
                 latency_us: None,
+                seen_us: None,
                 written: false,
                 error: None,
             });
@@ -1202,6 +1220,7 @@ impl Allocator {
             limits,
             source,
             latency_us: error.is_none().then_some(latency),
+            seen_us: error.is_none().then_some(seen),
             written: error.is_none(),
             error: error.clone(),
         });
@@ -1382,6 +1401,7 @@ impl Allocator {
             limits: limits.clone(),
             source: format!("umbra exec; {source}"),
             latency_us: None,
+            seen_us: None,
             written: true,
             error: None,
         }];

@@ -526,6 +526,10 @@ pub struct Mounts {
     pub unified: Option<PathBuf>,
     /// v1 hierarchies: (controllers as in `/proc/<pid>/cgroup`, e.g. `cpu,cpuacct`; mount point).
     pub v1: Vec<(String, PathBuf)>,
+    /// A hierarchy is mounted with `favordynmods` (the kernel's choice is global): moving
+    /// a process does not wait for an RCU grace period (forks and exits pay a little
+    /// instead).
+    pub favordynmods: bool,
 }
 
 impl Mounts {
@@ -550,6 +554,13 @@ impl Mounts {
                 continue;
             }
             let point = PathBuf::from(unescape(point));
+            if matches!(*fstype, "cgroup" | "cgroup2")
+                && post
+                    .get(2)
+                    .is_some_and(|o| o.split(',').any(|x| x == "favordynmods"))
+            {
+                m.favordynmods = true;
+            }
             match *fstype {
                 "cgroup2" if m.unified.is_none() => m.unified = Some(point),
                 "cgroup" => {
@@ -714,6 +725,13 @@ mod tests {
             PathBuf::from("/mnt/with space")
         );
         assert_eq!(m.v1.len(), 4, "{m:?}");
+        assert!(!m.favordynmods);
+        let fast =
+            "25 24 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,favordynmods\n";
+        assert!(Mounts::parse(fast).favordynmods);
+        // A tmpfs option of the same name is not the kernel's.
+        let tmpfs = "24 30 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw,favordynmods\n";
+        assert!(!Mounts::parse(tmpfs).favordynmods);
     }
 
     #[test]
