@@ -523,22 +523,27 @@ impl ForecastStage {
 
 /// `primary`, with `cfg.candidates` competing per workload ([`select::Select`]).
 fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn Predictor> {
-    let h = primary.horizon();
-    let candidates: Vec<Box<dyn Predictor>> = cfg
+    let names: Vec<String> = cfg
         .candidates
         .iter()
         .filter(|c| **c != cfg.fallback)
-        .filter_map(|c| {
-            let mut c_cfg = cfg.clone();
-            c_cfg.horizon = h;
-            baseline::by_name(c, &c_cfg)
-        })
+        .cloned()
         .collect();
-    if candidates.is_empty() {
-        primary
-    } else {
-        Box::new(select::Select::new(primary, candidates))
+    if names.is_empty() {
+        return primary;
     }
+    let base = cfg.clone();
+    // Candidates forecast as far ahead as the primary (made again for a model of another
+    // horizon).
+    let make = move |h: usize| -> Vec<Box<dyn Predictor>> {
+        let mut c_cfg = base.clone();
+        c_cfg.horizon = h;
+        names
+            .iter()
+            .filter_map(|c| baseline::by_name(c, &c_cfg))
+            .collect()
+    };
+    Box::new(select::Select::with_make(primary, Box::new(make)))
 }
 
 /// The fallback baseline of `cfg`.

@@ -38,12 +38,16 @@ struct Track {
     chosen: [usize; 4],
 }
 
+/// Makes the candidates for a horizon (a primary of another horizon swaps in).
+pub type MakeCandidates = Box<dyn Fn(usize) -> Vec<Box<dyn Predictor>> + Send>;
+
 pub struct Select {
     /// The primary first, then the candidates.
     all: Vec<Box<dyn Predictor>>,
     tracks: HashMap<WorkloadId, Track>,
     tick: u64,
     name: String,
+    make: Option<MakeCandidates>,
 }
 
 impl Select {
@@ -56,7 +60,17 @@ impl Select {
             tracks: HashMap::new(),
             tick: 0,
             name,
+            make: None,
         }
+    }
+
+    /// Candidates made by `make` for the primary's horizon, and made again whenever a
+    /// primary of another horizon replaces it.
+    pub fn with_make(primary: Box<dyn Predictor>, make: MakeCandidates) -> Select {
+        let candidates = make(primary.horizon());
+        let mut s = Select::new(primary, candidates);
+        s.make = Some(make);
+        s
     }
 
     /// The predictor each target of `w` uses now (names), if `w` is tracked.
@@ -94,19 +108,29 @@ impl Predictor for Select {
     /// Another primary (a model loaded or reloaded); what was scored starts over.
     fn replace_primary(&mut self, p: Box<dyn Predictor>) -> Option<Box<dyn Predictor>> {
         self.name = p.name().to_string();
+        let h = p.horizon();
+        if h != self.all[0].horizon()
+            && let Some(make) = &self.make
+        {
+            self.all.truncate(1);
+            self.all.extend(make(h));
+        }
         self.all[0] = p;
         self.tracks.clear();
         None
     }
 
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
-        let outs: Vec<Vec<Forecast>> = self.all.iter_mut().map(|p| p.forecast(b)).collect();
+        let mut outs: Vec<Vec<Forecast>> = self.all.iter_mut().map(|p| p.forecast(b)).collect();
+        // The primary's forecasts are moved into the result, a candidate's bands copied in.
+        let mut primaries: Vec<Option<Forecast>> =
+            std::mem::take(&mut outs[0]).into_iter().map(Some).collect();
         self.tick += 1;
         let (tick, n) = (self.tick, self.all.len());
         let interval = (b.interval_ms as u64).max(1);
         let mut result = Vec::with_capacity(b.series.len());
         for (r, s) in b.series.iter().enumerate() {
-            let Some(primary) = outs[0].get(r) else {
+            let Some(primary) = primaries.get(r).and_then(Option::as_ref) else {
                 continue;
             };
             let t = match self.tracks.get_mut(s.workload) {
@@ -151,10 +175,13 @@ impl Predictor for Select {
             {
                 t.pending.pop_front();
             }
-            let made: Made = outs
-                .iter()
-                .map(|o| {
-                    let f = o.get(r).filter(|f| f.workload == *s.workload);
+            let made: Made = (0..n)
+                .map(|p| {
+                    let f = if p == 0 {
+                        Some(primary)
+                    } else {
+                        outs[p].get(r).filter(|f| f.workload == *s.workload)
+                    };
                     Target::ALL.map(|target| {
                         let bands = f.map(|f| f.of(target)).unwrap_or(&[]);
                         std::array::from_fn(|h| bands.get(h).copied().unwrap_or_default())
@@ -177,13 +204,18 @@ impl Predictor for Select {
                     }
                 }
             }
-            let mut f = primary.clone();
+            let Some(mut f) = primaries[r].take() else {
+                continue;
+            };
             for target in Target::ALL {
-                let p = t.chosen[target as usize];
+                let i = target as usize;
+                let p = t.chosen[i];
+                // Bands of another length (a candidate of another horizon) never mix in.
                 if p != 0
                     && let Some(o) = outs[p].get(r).filter(|o| o.workload == *s.workload)
+                    && o.bands[i].len() == f.bands[i].len()
                 {
-                    f.bands[target as usize] = o.bands[target as usize].clone();
+                    f.bands[i].copy_from_slice(&o.bands[i]);
                 }
             }
             let (cpu, mem) = (
@@ -191,7 +223,14 @@ impl Predictor for Select {
                 t.chosen[Target::Memory as usize],
             );
             if cpu != 0 || mem != 0 {
-                let name = |p: usize| outs[p].get(r).map_or("", |o| o.predictor.as_str());
+                let primary_name = f.predictor.clone();
+                let name = |p: usize| {
+                    if p == 0 {
+                        primary_name.as_str()
+                    } else {
+                        outs[p].get(r).map_or("", |o| o.predictor.as_str())
+                    }
+                };
                 f.predictor = if cpu == mem {
                     name(cpu).to_string()
                 } else {
@@ -288,6 +327,47 @@ mod tests {
         let mut alone = primary();
         let out = run(alone.as_mut(), 12 * period, period);
         assert!(out[quiet].0 >= 1.4, "{:?}", out[quiet]);
+    }
+
+    #[test]
+    fn a_primary_of_another_horizon_gets_candidates_of_its_horizon() {
+        let period = 12;
+        let make: MakeCandidates = Box::new(|h| {
+            vec![Box::new(SeasonalNaive::new(h, &SeasonalConfig { max_period: 24 })) as _]
+        });
+        let mut s = Select::with_make(primary(), make);
+        assert_eq!(s.all[1].horizon(), s.all[0].horizon());
+        let longer = PredictConfig {
+            horizon: 12,
+            ..Default::default()
+        };
+        assert_ne!(longer.horizon, s.horizon());
+        s.replace_primary(baseline::by_name("autopilot", &longer).unwrap());
+        assert_eq!(s.all[1].horizon(), 12);
+        // The seasonal candidate takes CPU over (see above); every target's bands keep
+        // the primary's horizon.
+        let id = WorkloadId("exe:steps".into());
+        let mut bs: Vec<Bucket> = Vec::new();
+        let mut switched = false;
+        for k in 0..12 * period {
+            bs.push(bucket(k, period));
+            let keep = bs.len().saturating_sub(24);
+            let b = Batch {
+                now_ms: bs.last().unwrap().end_ms,
+                interval_ms: 5000,
+                series: vec![Series {
+                    workload: &id,
+                    name: "steps",
+                    buckets: &bs[keep..],
+                }],
+            };
+            let f = s.forecast(&b).remove(0);
+            switched |= f.predictor == "seasonal";
+            for t in Target::ALL {
+                assert_eq!(f.of(t).len(), 12, "bucket {k}, {t:?}: {f:?}");
+            }
+        }
+        assert!(switched);
     }
 
     #[test]
