@@ -1287,6 +1287,16 @@ impl Allocator {
             ),
             (Knob::MemoryLow, Value::Amount(low)),
         ];
+        // A prior (kin's runs, not its own) is a guess: soft settings only, nothing held
+        // for it at admission.
+        if p.is_prior() {
+            return (
+                limits,
+                format!("{} prediction; soft only until runs of its own", p.source),
+                0.0,
+                0.0,
+            );
+        }
         if tier == Tier::Full {
             limits.push((Knob::CpuMax, Value::of_cores(cores)));
             limits.push((Knob::MemoryHigh, Value::Amount(high)));

@@ -383,6 +383,32 @@ fn prediction(pid: u32, cores: f64, peak: f64) -> RequestPrediction {
 }
 
 #[test]
+fn a_request_predicted_from_a_prior_gets_soft_settings_only_and_is_never_held() {
+    let r = rig();
+    let mut c = cfg(Tier::Full);
+    c.workload[0].per_request = true;
+    let (mut a, _) = start(&r, &c, true);
+    step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
+    r.fake.spawn(20, &g("system.slice/app.service"));
+    // Kin that needed far more than the node has: a guess, neither capped nor held.
+    let mut p = prediction(20, 64.0, 100.0 * MIB as f64);
+    p.source = "prior:node".into();
+    let d = exec_on(&mut a, &exec(20), Some(&p));
+    let req = worker_group().child("req-20");
+    assert_eq!(r.fake.group_of(20), Some(req.clone()), "{d:#?}");
+    assert!(!r.fake.frozen(&req).unwrap(), "{d:#?}");
+    assert_eq!(d.len(), 1, "{d:#?}");
+    let Decision::Place { limits, source, .. } = &d[0] else {
+        panic!("{d:#?}")
+    };
+    let knobs: Vec<Knob> = limits.iter().map(|(k, _)| *k).collect();
+    assert!(!knobs.contains(&Knob::CpuMax), "{limits:?}");
+    assert!(!knobs.contains(&Knob::MemoryHigh), "{limits:?}");
+    assert!(knobs.contains(&Knob::CpuWeight), "{limits:?}");
+    assert!(source.contains("soft only"), "{source}");
+}
+
+#[test]
 fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_released() {
     let r = rig();
     let mut c = cfg(Tier::Full);

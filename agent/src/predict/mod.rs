@@ -115,9 +115,16 @@ pub struct RequestPrediction {
     pub peak_rss_bytes: Band,
     pub duration_seconds: Band,
     pub io_bytes: Band,
-    /// How it was made: `model`, `profile` (the executable's past runs) or `prior`
+    /// How it was made: `model`, `profile…` (the executable's past runs) or `prior:…`
     /// (an executable never seen: similar executables, its parent, the node).
     pub source: String,
+}
+
+impl RequestPrediction {
+    /// Borrowed from other executables: the executable has no runs of its own.
+    pub fn is_prior(&self) -> bool {
+        self.source.starts_with("prior:")
+    }
 }
 
 /// Whether a predictor is a trained model or a baseline (for `umbra eval`).

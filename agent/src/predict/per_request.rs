@@ -1,6 +1,7 @@
 //! Per-request predictions from the profile store: a new exec of an executable with past
-//! runs is predicted to need what those runs needed (p10/p50/p90 of their outcomes). The
-//! request model, when it ships, answers the same question through the same call.
+//! runs is predicted to need what those runs needed (p10/p50/p90 of their outcomes); one
+//! never seen borrows from its kin (a prior). The request model, when it ships, answers
+//! the same question through the same call.
 //!
 //! The store learns as the agent runs: every exec opens a request in a
 //! [`RequestTracker`], the ticks measure it, and each completed request becomes a run of
@@ -12,12 +13,13 @@ use std::path::Path;
 use tracing::warn;
 
 use super::{
-    Band, RequestPrediction,
+    RequestPrediction,
+    exec::{Exec, ProfileBaseline, RequestPredictor},
     profiles::{Loaded, ProfileError, ProfileStore},
     request::{Completed, DEFAULT_HASH_BUCKETS, RequestFeaturizer, RequestTracker},
 };
 use crate::{
-    aggregate::{Window, WorkloadId},
+    aggregate::Window,
     capture::{Identity, Lifecycle, Tick},
 };
 
@@ -30,6 +32,7 @@ pub struct ProfilePredictor {
     store: ProfileStore,
     identity: Identity,
     tracker: RequestTracker,
+    baseline: ProfileBaseline,
     /// Runs learned since the start.
     pub learned: u64,
     /// Runs kept in memory only (the journal could not be written), and the last error.
@@ -49,6 +52,7 @@ impl ProfilePredictor {
             store,
             identity: Identity::new(),
             tracker: RequestTracker::new(RequestFeaturizer::new(DEFAULT_HASH_BUCKETS)),
+            baseline: ProfileBaseline::new(),
             learned: 0,
             unjournaled: 0,
             last_error: None,
@@ -88,6 +92,7 @@ impl ProfilePredictor {
 
     fn learn(&mut self, c: &Completed) {
         self.learned += 1;
+        self.baseline.recorded();
         let r = self
             .store
             .record(&c.facts.key, c.name(), &c.facts.parent, c.run());
@@ -106,32 +111,34 @@ impl ProfilePredictor {
         self.last_error = Some(text);
     }
 
-    /// What the exec of `exe` by `tgid` will need, if its executable has past runs. The
-    /// key is the executable's fingerprint (cached per file: one read of at most 2 MiB the
+    /// What the exec of `exe` by `tgid` will need: from its executable's past runs, or —
+    /// an executable never seen — a prior from its kin (executables of the same file name,
+    /// of the same parent, the node's; [`ProfileBaseline`]). None without either. The key
+    /// is the executable's fingerprint (cached per file: one read of at most 2 MiB the
     /// first time a binary is seen).
     pub fn predict(&mut self, tgid: u32, exe: &str, exec_ns: u64) -> Option<RequestPrediction> {
         let hash = self.identity.exe_hash(tgid, Some(exe))?;
         let key = format!("exe:{hash}");
-        let p = self.store.get(&key)?;
-        if p.runs.is_empty() {
-            return None;
-        }
-        let b = p.bands();
-        let band = |i: usize| Band {
-            p10: b[i][0],
-            p50: b[i][1],
-            p90: b[i][2],
-        };
-        Some(RequestPrediction {
+        let facts = self.tracker.facts(tgid);
+        let e = Exec {
             tgid,
             exec_ns,
-            workload: WorkloadId(key),
-            cpu_seconds: band(0),
-            peak_rss_bytes: band(1),
-            duration_seconds: band(2),
-            io_bytes: band(3),
-            source: format!("profile of {} runs", p.runs.len()),
-        })
+            key: &key,
+            name: exe.rsplit('/').next().unwrap_or(exe),
+            parent: facts.map_or("", |f| f.parent.as_str()),
+            input_bytes: facts.map_or(0, |f| f.input_bytes()),
+        };
+        let mut p = self.baseline.predict(&self.store, &e);
+        let runs = self.store.get(&key).map_or(0, |p| p.runs.len());
+        p.source = match p.source.as_str() {
+            "none" => return None,
+            "profile" => format!("profile of {runs} runs"),
+            s => match s.strip_prefix("profile+") {
+                Some(kin) => format!("profile of {runs} runs, its band from {kin}"),
+                None => s.to_string(),
+            },
+        };
+        Some(p)
     }
 }
 
@@ -170,5 +177,39 @@ mod tests {
         assert_eq!(r.peak_rss_bytes.p90, 1e8);
         // Another executable has no past.
         assert!(p.predict(u32::MAX, "/bin/sh", 5).is_none());
+    }
+
+    #[test]
+    fn an_executable_never_seen_borrows_a_prior_from_the_node() {
+        let mut store = ProfileStore::in_memory(16);
+        let o = |cpu: f64| Outcome {
+            cpu_seconds: cpu,
+            peak_rss_bytes: 1e7,
+            duration_seconds: 1.0,
+            io_bytes: 0.0,
+        };
+        // One other executable: too few to pool.
+        store
+            .record("exe:a", "xz", "sh", Run::new(&o(1.0), 0, 1))
+            .unwrap();
+        let mut p = ProfilePredictor::new(store);
+        assert!(p.predict(u32::MAX, "/bin/sh", 5).is_none());
+        let mut store = ProfileStore::in_memory(16);
+        store
+            .record("exe:a", "xz", "sh", Run::new(&o(1.0), 0, 1))
+            .unwrap();
+        store
+            .record("exe:b", "gzip", "sh", Run::new(&o(3.0), 0, 2))
+            .unwrap();
+        let mut p = ProfilePredictor::new(store);
+        let r = p.predict(u32::MAX, "/bin/sh", 5).unwrap();
+        assert!(r.is_prior(), "{}", r.source);
+        assert_eq!(r.source, "prior:node");
+        assert!(r.cpu_seconds.p10 <= r.cpu_seconds.p50 && r.cpu_seconds.p50 <= r.cpu_seconds.p90);
+        assert!(
+            (1.0..=3.0).contains(&r.cpu_seconds.p50),
+            "{:?}",
+            r.cpu_seconds
+        );
     }
 }

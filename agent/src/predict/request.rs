@@ -336,6 +336,11 @@ impl RequestTracker {
         &self.featurizer
     }
 
+    /// What is known of `tgid`'s open request (its exec's facts).
+    pub fn facts(&self, tgid: u32) -> Option<&ExecFacts> {
+        self.open.get(&tgid).map(|o| &o.facts)
+    }
+
     /// Requests open now.
     pub fn open(&self) -> usize {
         self.open.len()
