@@ -73,32 +73,54 @@ impl Default for CalibrationConfig {
     }
 }
 
-/// A ring of the last scores.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A ring of the last scores, and the same scores sorted (kept in step with each push, so
+/// a quantile is a lookup; not saved: rebuilt from the ring when it is read back).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Ring {
     v: VecDeque<f32>,
+    #[serde(skip)]
+    sorted: Vec<f32>,
+}
+
+impl PartialEq for Ring {
+    fn eq(&self, other: &Ring) -> bool {
+        self.v == other.v
+    }
 }
 
 impl Ring {
     fn push(&mut self, s: f32, cap: usize) {
-        if self.v.len() >= cap {
-            self.v.pop_front();
+        self.sync();
+        if self.v.len() >= cap
+            && let Some(old) = self.v.pop_front()
+        {
+            let at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            self.sorted.remove(at);
         }
         self.v.push_back(s);
+        let at = self.sorted.partition_point(|x| x.total_cmp(&s).is_lt());
+        self.sorted.insert(at, s);
+    }
+
+    /// The sorted copy, made again if the ring was read back (or replaced) without it.
+    fn sync(&mut self) {
+        if self.sorted.len() != self.v.len() {
+            self.sorted.clear();
+            self.sorted.extend(self.v.iter().copied());
+            self.sorted.sort_unstable_by(f32::total_cmp);
+        }
     }
 
     /// The `level` quantile (the `⌈level·(n+1)⌉`-th smallest, conformal's rule, clamped
     /// to the largest).
-    fn quantile(&self, level: f64, scratch: &mut Vec<f32>) -> f64 {
+    fn quantile(&mut self, level: f64) -> f64 {
         if self.v.is_empty() {
             return 0.0;
         }
-        scratch.clear();
-        scratch.extend(self.v.iter().copied());
-        scratch.sort_unstable_by(f32::total_cmp);
-        let n = scratch.len();
+        self.sync();
+        let n = self.sorted.len();
         let k = ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n);
-        scratch[k - 1] as f64
+        self.sorted[k - 1] as f64
     }
 }
 
@@ -167,7 +189,6 @@ pub struct Calibrated {
     workloads: HashMap<WorkloadId, Workload>,
     pool: Vec<Ring>,
     tick: u64,
-    scratch: Vec<f32>,
     /// Outcomes scored, and those inside the calibrated band (for status and eval).
     pub scored: u64,
     pub covered: u64,
@@ -188,7 +209,6 @@ impl Calibrated {
             workloads: HashMap::new(),
             pool: vec![Ring::default(); 4 * horizon],
             tick: 0,
-            scratch: Vec::new(),
             scored: 0,
             covered: 0,
         }
@@ -402,12 +422,12 @@ impl Predictor for Calibrated {
                         });
                         continue;
                     };
-                    let c = &w.cells[i];
+                    let c = &mut w.cells[i];
                     let level = 1.0 - c.alpha as f64;
                     let q = if c.scores.v.len() >= MIN_SCORES {
-                        c.scores.quantile(level, &mut self.scratch)
+                        c.scores.quantile(level)
                     } else if self.pool[i].v.len() >= MIN_SCORES {
-                        self.pool[i].quantile(level, &mut self.scratch)
+                        self.pool[i].quantile(level)
                     } else {
                         0.0
                     };
@@ -774,6 +794,32 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn a_ring_quantile_is_the_order_statistic_of_its_last_scores(
+            scores in proptest::collection::vec(-5.0f32..5.0, 1..200),
+            cap in 1usize..40,
+            level in 0.0f64..1.0,
+            reread in 0usize..200,
+        ) {
+            let mut r = Ring::default();
+            for (i, s) in scores.iter().enumerate() {
+                r.push(*s, cap);
+                // A ring read back from a file has no sorted copy yet.
+                if i == reread {
+                    r = Ring { v: r.v.clone(), sorted: Vec::new() };
+                }
+            }
+            let mut last: Vec<f32> = scores[scores.len().saturating_sub(cap)..].to_vec();
+            last.sort_unstable_by(f32::total_cmp);
+            let n = last.len();
+            let k = ((level * (n + 1) as f64).ceil() as usize).clamp(1, n);
+            // Kept in step by each push, not rebuilt (unless just read back).
+            if reread + 1 != scores.len() {
+                proptest::prop_assert_eq!(&r.sorted, &last);
+            }
+            proptest::prop_assert_eq!(r.quantile(level), last[k - 1] as f64);
+        }
+
         #[test]
         fn the_decoder_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..300)) {
             let _ = decode(Path::new("x"), &bytes);
