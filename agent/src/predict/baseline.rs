@@ -23,10 +23,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Band, Batch, Forecast, PredictConfig, Predictor, PredictorKind, Series, Target,
-    profiles::quantiles,
-};
+use super::{Band, Batch, Forecast, PredictConfig, Predictor, PredictorKind, Series, Target};
 use crate::aggregate::WorkloadId;
 
 /// Names of the baselines, for `umbra eval`, `umbra simulate` and `predict.fallback`.
@@ -191,16 +188,60 @@ fn empirical_bands(
     lag: impl Fn(usize) -> usize,
     scratch: &mut Vec<f64>,
 ) -> Vec<Band> {
+    // Steps of the same lag (every step of a seasonal forecast) share their changes.
+    let mut last: Option<(usize, (f64, f64))> = None;
     (1..=horizon)
         .map(|h| {
             let p50 = base(h);
             let l = lag(h).max(1);
-            scratch.clear();
-            scratch.extend((l..ys.len()).map(|i| ys[i] - ys[i - l]));
-            let q = quantiles(scratch, &[0.1, 0.9]);
-            band(p50 + q[0], p50, p50 + q[1])
+            let q = match last {
+                Some((lag, q)) if lag == l => q,
+                _ => {
+                    scratch.clear();
+                    scratch.extend((l..ys.len()).map(|i| ys[i] - ys[i - l]));
+                    let q = p10_p90(scratch);
+                    last = Some((l, q));
+                    q
+                }
+            };
+            band(p50 + q.0, p50, p50 + q.1)
         })
         .collect()
+}
+
+/// The 10th and 90th percentiles of `v` as [`quantiles`] gives them (numpy's linear
+/// interpolation), by selection instead of a sort. Reorders `v`.
+fn p10_p90(v: &mut [f64]) -> (f64, f64) {
+    let n = v.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let cmp = |a: &f64, b: &f64| a.total_cmp(b);
+    // Order statistics at `pos`'s floor and ceiling; everything right of `at` after a
+    // selection at `at` is not smaller, so the next one is the smallest there.
+    let at = |q: f64| -> (usize, f64) {
+        let pos = q * (n - 1) as f64;
+        (pos.floor() as usize, pos - pos.floor())
+    };
+    let (lo10, f10) = at(0.1);
+    let (lo90, f90) = at(0.9);
+    let (_, &mut a10, right) = v.select_nth_unstable_by(lo10, cmp);
+    let b10 = if f10 > 0.0 {
+        right.iter().copied().min_by(cmp).unwrap_or(a10)
+    } else {
+        a10
+    };
+    let a90 = if lo90 == lo10 {
+        a10
+    } else {
+        *v[lo10 + 1..].select_nth_unstable_by(lo90 - lo10 - 1, cmp).1
+    };
+    let b90 = if f90 > 0.0 {
+        v[lo90 + 1..].iter().copied().min_by(cmp).unwrap_or(a90)
+    } else {
+        a90
+    };
+    (a10 + (b10 - a10) * f10, a90 + (b90 - a90) * f90)
 }
 
 impl Predictor for LastValue {
@@ -754,6 +795,19 @@ mod tests {
                     assert!(b.p90.is_finite());
                 }
             }
+        }
+    }
+
+    use crate::predict::profiles::quantiles;
+
+    proptest::proptest! {
+        #[test]
+        fn p10_p90_by_selection_is_numpys(v in proptest::collection::vec(-1e3f64..1e3, 0..300)) {
+            let mut sorted = v.clone();
+            let want = quantiles(&mut sorted, &[0.1, 0.9]);
+            let mut w = v.clone();
+            let got = p10_p90(&mut w);
+            proptest::prop_assert_eq!(got, (want[0], want[1]));
         }
     }
 
