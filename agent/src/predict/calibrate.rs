@@ -102,6 +102,16 @@ impl Ring {
         self.sorted.insert(at, s);
     }
 
+    /// A push that leaves the sorted copy to be made when a quantile is next asked for
+    /// (rings written every tick and read seldom: the pooled scores).
+    fn push_unsorted(&mut self, s: f32, cap: usize) {
+        if self.v.len() >= cap {
+            self.v.pop_front();
+        }
+        self.v.push_back(s);
+        self.sorted.clear();
+    }
+
     /// The sorted copy, made again if the ring was read back (or replaced) without it.
     fn sync(&mut self) {
         if self.sorted.len() != self.v.len() {
@@ -355,20 +365,23 @@ impl Predictor for Calibrated {
         let interval = b.interval_ms as u64;
         let tick = self.tick;
         for (s, f) in b.series.iter().zip(fs.iter_mut()) {
-            let w = self
-                .workloads
-                .entry(s.workload.clone())
-                .or_insert_with(|| Workload {
-                    seen: tick,
-                    cells: vec![
-                        Cell {
-                            alpha,
-                            scores: Ring::default(),
-                        };
-                        4 * h_n
-                    ],
-                    pending: VecDeque::new(),
-                });
+            let w = match self.workloads.get_mut(s.workload) {
+                Some(w) => w,
+                None => self
+                    .workloads
+                    .entry(s.workload.clone())
+                    .or_insert_with(|| Workload {
+                        seen: tick,
+                        cells: vec![
+                            Cell {
+                                alpha,
+                                scores: Ring::default(),
+                            };
+                            4 * h_n
+                        ],
+                        pending: VecDeque::new(),
+                    }),
+            };
             w.seen = tick;
             // Score the bands whose outcome is this bucket.
             if let Some(newest) = s.buckets.last().filter(|x| x.end_ms == b.now_ms) {
@@ -397,7 +410,7 @@ impl Predictor for Calibrated {
                         c.alpha = (c.alpha + gamma * (alpha - err)).clamp(-1.0, 2.0);
                         if score.is_finite() {
                             c.scores.push(score, cap);
-                            self.pool[i].push(score, POOL);
+                            self.pool[i].push_unsorted(score, POOL);
                         }
                     }
                 }
@@ -802,8 +815,10 @@ mod tests {
             reread in 0usize..200,
         ) {
             let mut r = Ring::default();
+            let mut lazy = Ring::default();
             for (i, s) in scores.iter().enumerate() {
                 r.push(*s, cap);
+                lazy.push_unsorted(*s, cap);
                 // A ring read back from a file has no sorted copy yet.
                 if i == reread {
                     r = Ring { v: r.v.clone(), sorted: Vec::new() };
@@ -818,6 +833,7 @@ mod tests {
                 proptest::prop_assert_eq!(&r.sorted, &last);
             }
             proptest::prop_assert_eq!(r.quantile(level), last[k - 1] as f64);
+            proptest::prop_assert_eq!(lazy.quantile(level), last[k - 1] as f64);
         }
 
         #[test]
