@@ -209,8 +209,8 @@ fn one(
         )?);
         thread::sleep(Duration::from_secs(1));
     }
-    let mut load = Stopper(load_cmd.spawn().context("starting the load")?);
-    let pid = load.0.id();
+    let mut load = bench::Interrupted(load_cmd.spawn().context("starting the load")?);
+    let pid = load.id();
     let warm_end = Instant::now() + Duration::from_secs(a.warmup * a.period_s);
     while Instant::now() < warm_end {
         if let Some(a) = &mut agent {
@@ -248,7 +248,7 @@ fn one(
         eprintln!("note: the load moved between groups while measured: {seen:?}");
     }
     let after = throttling(&chain0);
-    load.stop();
+    let _ = load.interrupt();
     if let Some(a) = agent.take() {
         a.stop()?;
     }
@@ -306,24 +306,6 @@ fn print_table(a: &AbArgs, rows: &[Row], cpus: f64) {
 }
 
 /// A child stopped (SIGINT, then waited for) when dropped.
-struct Stopper(Child);
-
-impl Stopper {
-    fn stop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            // SAFETY: signalling our own child, not yet reaped.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// The static strategy's group: `umbra-ab` below the cpu controller's mount (v1) or the
 /// cgroup2 root (where cpu is enabled there).
 struct StaticGroup {

@@ -592,8 +592,33 @@ fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
 
 /// The agent running as a child (`umbra run`), its log in a file.
 pub struct Agent {
-    child: Child,
+    child: Interrupted,
     log: PathBuf,
+}
+
+/// A child process interrupted (SIGINT) and reaped when dropped, if still running.
+pub struct Interrupted(pub Child);
+
+impl Interrupted {
+    /// SIGINT, then its exit status; None if it had already exited (and was reaped).
+    pub fn interrupt(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        if self.0.try_wait()?.is_some() {
+            return Ok(None);
+        }
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        self.0.wait().map(Some)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        let _ = self.interrupt();
+    }
 }
 
 impl Agent {
@@ -624,7 +649,7 @@ impl Agent {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let agent = |child| Agent {
-            child,
+            child: Interrupted(child),
             log: log.to_path_buf(),
         };
         // Attached once its programs show up; give it a moment either way.
@@ -639,7 +664,7 @@ impl Agent {
 
     /// Whether it still runs; an error (naming its log) when it exited.
     pub fn check(&mut self) -> Result<()> {
-        if let Some(st) = self.child.try_wait()? {
+        if let Some(st) = self.child.0.try_wait()? {
             bail!("the agent exited early ({st}); see {}", self.log.display());
         }
         Ok(())
@@ -680,9 +705,10 @@ impl Agent {
     }
 
     pub fn stop(mut self) -> Result<()> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let st = self.child.wait()?;
+        let st = match self.child.interrupt()? {
+            Some(st) => st,
+            None => self.child.0.wait()?,
+        };
         if !st.success() {
             let err = fs::read_to_string(&self.log).unwrap_or_default();
             let _ = std::io::stderr().write_all(err.as_bytes());
@@ -692,12 +718,3 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            let _ = self.child.wait();
-        }
-    }
-}
