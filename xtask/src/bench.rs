@@ -717,4 +717,3 @@ impl Agent {
         Ok(())
     }
 }
-
