@@ -423,6 +423,27 @@ fn cpu_limit(rel: &str) -> Option<f64> {
     (q > 0.0).then_some(q / p)
 }
 
+/// Waits until `pid` is in its own request group (`req-<pid>`); that group's path below
+/// the hierarchy holding the cpu controller.
+fn placed_in(pid: u32) -> String {
+    let want = format!("/req-{pid}");
+    wait_for(
+        "the exec placed in its own group",
+        Duration::from_secs(20),
+        || proc_cgroup(pid).contains(&want),
+    );
+    let cg = proc_cgroup(pid);
+    let line = cg
+        .lines()
+        .find(|l| l.contains(&want) && (l.contains(":cpu") || l.starts_with("0::")))
+        .unwrap_or_else(|| panic!("{cg}"));
+    line.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string()
+}
+
 #[test]
 fn an_opted_in_exec_is_placed_in_its_own_group_with_its_limits() {
     if !privileged("an_opted_in_exec_is_placed_in_its_own_group_with_its_limits") {
@@ -443,18 +464,8 @@ fn an_opted_in_exec_is_placed_in_its_own_group_with_its_limits() {
     );
     let agent = Agent::start_in(dir, root.clone(), &extra, true);
     let w = Workload::start(&["spin", "100"]);
-    let want = format!("/req-{}", w.pid());
-    wait_for(
-        "the exec placed in its own group",
-        Duration::from_secs(20),
-        || proc_cgroup(w.pid()).contains(&want),
-    );
-    let cg = proc_cgroup(w.pid());
-    let line = cg
-        .lines()
-        .find(|l| l.contains(&want) && (l.contains(":cpu") || l.starts_with("0::")))
-        .unwrap_or_else(|| panic!("{cg}"));
-    let rel = line.rsplit(':').next().unwrap().trim_start_matches('/');
+    let rel = placed_in(w.pid());
+    let rel = rel.as_str();
     // p90 0.4 cores × (1 + request.margin 0.15).
     let cores = cpu_limit(rel).unwrap_or_else(|| panic!("no cpu limit on {rel}"));
     assert!((cores - 0.46).abs() < 0.011, "{rel}: {cores} cores");
@@ -487,25 +498,6 @@ fn a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it() {
         wl.display()
     );
     let agent = Agent::start_in(dir, own_root(), &extra, true);
-    let placed_in = |pid: u32| -> String {
-        let want = format!("/req-{pid}");
-        wait_for(
-            "the exec placed in its own group",
-            Duration::from_secs(20),
-            || proc_cgroup(pid).contains(&want),
-        );
-        let cg = proc_cgroup(pid);
-        let line = cg
-            .lines()
-            .find(|l| l.contains(&want) && (l.contains(":cpu") || l.starts_with("0::")))
-            .unwrap_or_else(|| panic!("{cg}"))
-            .to_string();
-        line.rsplit(':')
-            .next()
-            .unwrap()
-            .trim_start_matches('/')
-            .to_string()
-    };
     // Never seen: placed, no limits.
     let mut first = Workload::start(&["spin", "300"]);
     let rel = placed_in(first.pid());

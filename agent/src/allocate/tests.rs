@@ -382,14 +382,21 @@ fn prediction(pid: u32, cores: f64, peak: f64) -> RequestPrediction {
     }
 }
 
-#[test]
-fn a_request_predicted_from_a_prior_gets_soft_settings_only_and_is_never_held() {
+/// An enforcing allocator whose workload is placed per request, in the full tier, that
+/// knows the node's size (from a tick); process 20 is alive outside its groups.
+fn per_request_with_pid_20() -> (Rig, Allocator) {
     let r = rig();
     let mut c = cfg(Tier::Full);
     c.workload[0].per_request = true;
     let (mut a, _) = start(&r, &c, true);
     step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
     r.fake.spawn(20, &g("system.slice/app.service"));
+    (r, a)
+}
+
+#[test]
+fn a_request_predicted_from_a_prior_gets_soft_settings_only_and_is_never_held() {
+    let (r, mut a) = per_request_with_pid_20();
     // Kin that needed far more than the node has: a guess, neither capped nor held.
     let mut p = prediction(20, 64.0, 100.0 * MIB as f64);
     p.source = "prior:node".into();
@@ -410,13 +417,7 @@ fn a_request_predicted_from_a_prior_gets_soft_settings_only_and_is_never_held() 
 
 #[test]
 fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_released() {
-    let r = rig();
-    let mut c = cfg(Tier::Full);
-    c.workload[0].per_request = true;
-    let (mut a, _) = start(&r, &c, true);
-    // Learn the node's size from a tick.
-    step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
-    r.fake.spawn(20, &g("system.slice/app.service"));
+    let (r, mut a) = per_request_with_pid_20();
     let d = exec_on(
         &mut a,
         &exec(20),

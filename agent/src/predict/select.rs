@@ -271,12 +271,16 @@ mod tests {
         }
     }
 
-    /// Drives `p` over `n` buckets of one workload; the CPU p90 forecast one step ahead
-    /// of each bucket, with the predictor it came from.
-    fn run(p: &mut dyn Predictor, n: usize, period: usize) -> Vec<(f64, String)> {
+    /// Drives `p` over `n` buckets of one workload, handing each bucket's forecast to
+    /// `each`.
+    fn drive(
+        p: &mut dyn Predictor,
+        n: usize,
+        period: usize,
+        mut each: impl FnMut(usize, Forecast),
+    ) {
         let id = WorkloadId("exe:steps".into());
         let mut bs: Vec<Bucket> = Vec::new();
-        let mut out = Vec::new();
         for k in 0..n {
             bs.push(bucket(k, period));
             let keep = bs.len().saturating_sub(24);
@@ -289,9 +293,16 @@ mod tests {
                     buckets: &bs[keep..],
                 }],
             };
-            let f = p.forecast(&b).remove(0);
-            out.push((f.of(Target::Cpu)[0].p90, f.predictor.clone()));
+            each(k, p.forecast(&b).remove(0));
         }
+    }
+
+    /// The CPU p90 forecast one step ahead of each bucket, with the predictor it came from.
+    fn run(p: &mut dyn Predictor, n: usize, period: usize) -> Vec<(f64, String)> {
+        let mut out = Vec::new();
+        drive(p, n, period, |_, f| {
+            out.push((f.of(Target::Cpu)[0].p90, f.predictor.clone()))
+        });
         out
     }
 
@@ -346,27 +357,13 @@ mod tests {
         assert_eq!(s.all[1].horizon(), 12);
         // The seasonal candidate takes CPU over (see above); every target's bands keep
         // the primary's horizon.
-        let id = WorkloadId("exe:steps".into());
-        let mut bs: Vec<Bucket> = Vec::new();
         let mut switched = false;
-        for k in 0..12 * period {
-            bs.push(bucket(k, period));
-            let keep = bs.len().saturating_sub(24);
-            let b = Batch {
-                now_ms: bs.last().unwrap().end_ms,
-                interval_ms: 5000,
-                series: vec![Series {
-                    workload: &id,
-                    name: "steps",
-                    buckets: &bs[keep..],
-                }],
-            };
-            let f = s.forecast(&b).remove(0);
+        drive(&mut s, 12 * period, period, |k, f| {
             switched |= f.predictor == "seasonal";
             for t in Target::ALL {
                 assert_eq!(f.of(t).len(), 12, "bucket {k}, {t:?}: {f:?}");
             }
-        }
+        });
         assert!(switched);
     }
 
