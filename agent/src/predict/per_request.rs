@@ -33,8 +33,6 @@ pub struct ProfilePredictor {
     identity: Identity,
     tracker: RequestTracker,
     baseline: ProfileBaseline,
-    /// Runs learned since the start.
-    pub learned: u64,
     /// Runs kept in memory only (the journal could not be written), and the last error.
     pub unjournaled: u64,
     pub last_error: Option<String>,
@@ -53,7 +51,6 @@ impl ProfilePredictor {
             identity: Identity::new(),
             tracker: RequestTracker::new(RequestFeaturizer::new(DEFAULT_HASH_BUCKETS)),
             baseline: ProfileBaseline::new(),
-            learned: 0,
             unjournaled: 0,
             last_error: None,
         }
@@ -85,13 +82,7 @@ impl ProfilePredictor {
         }
     }
 
-    /// Profiles in the store.
-    pub fn profiles(&self) -> usize {
-        self.store.len()
-    }
-
     fn learn(&mut self, c: &Completed) {
-        self.learned += 1;
         self.baseline.recorded();
         let r = self
             .store
