@@ -246,7 +246,11 @@ fn test() -> Result<()> {
         }
         installed => installed.map(|()| true)?,
     };
-    let x86 = vm::Args::new(vm::Arch::X86_64, &[]);
+    let mut x86 = vm::Args::new(vm::Arch::X86_64, &[]);
+    x86.iterator = vm::ITERATOR_ACCURACY
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
     let mut arm = vm::Args::new(vm::Arch::Aarch64, vm::ARM64_SMOKE);
     arm.smp = 2;
     std::thread::scope(|s| -> Result<()> {

@@ -54,6 +54,22 @@ const DISK_BYTES: u64 = 1 << 30;
 const GUEST_MIB: u32 = 1536;
 /// Lines of console shown with a failure.
 const TAIL: usize = 40;
+/// The accuracy tests that `cargo xtask test` runs again on the task iterator in the
+/// x86_64 guests (the host runs all of them on both paths).
+pub const ITERATOR_ACCURACY: &[&str] = &[
+    "cpu_time_of_a_spinner_matches_schedstat",
+    "run_queue_wait_matches_schedstat",
+    "pinned_spinners_wait_in_the_run_queue",
+    "rss_of_touched_memory_matches_vmrss",
+    "syscall_io_bytes_are_exact",
+    "threads_spinning_on_every_cpu_add_up",
+    "a_thread_that_never_switches_out_is_counted_every_interval",
+    "a_pid_reused_while_the_maps_are_read_is_counted_once",
+    "a_reused_pid_never_merges_two_processes",
+    "exec_from_a_non_leader_thread_is_one_process",
+    "block_io_of_",
+    "workload_cpu_adds_up_to_node_busy_time",
+];
 /// The arm64 smoke tests in `cargo xtask test`: programs load and attach, an exec is seen,
 /// a spinner's CPU time is counted, cgroup v2 works.
 pub const ARM64_SMOKE: &[&str] = &[
@@ -145,6 +161,10 @@ pub struct Args {
     /// Run only the tests whose name contains this; repeatable (any matches).
     #[arg(long = "filter")]
     pub filters: Vec<String>,
+    /// Then run the tests whose name contains this again on the task iterator
+    /// (`capture.counters = "iterator"`); repeatable.
+    #[arg(long = "iterator-filter")]
+    pub iterator: Vec<String>,
     /// Outer timeout per guest, seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -166,6 +186,7 @@ impl Args {
             kernels: Vec::new(),
             arch,
             filters: filters.iter().map(|f| f.to_string()).collect(),
+            iterator: Vec::new(),
             timeout: 900,
             smp: 1,
             refresh: false,
@@ -617,11 +638,14 @@ impl Kernel {
             decompress(m, &extra.join(format!("modules/{i:02}-{stem}.ko")))?;
         }
         let brk = std::env::var("UMBRA_VM_BREAK").unwrap_or_default();
+        // The tests' counter path (`UMBRA_CAPTURE_COUNTERS`), passed on when set.
+        let counters = std::env::var("UMBRA_CAPTURE_COUNTERS").unwrap_or_default();
         fs::write(
             extra.join("vm.env"),
             format!(
-                "FILTERS='{}'\nBREAK='{brk}'\nPACKAGE='{}'\n",
+                "FILTERS='{}'\nITERATOR='{}'\nBREAK='{brk}'\nCOUNTERS='{counters}'\nPACKAGE='{}'\n",
                 args.filters.join(" "),
+                args.iterator.join(" "),
                 self.package
             ),
         )?;
