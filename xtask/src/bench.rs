@@ -245,11 +245,13 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
     }
 
     util::step("the task iterator's cost per tick");
-    md.push_str("\n| threads alive | task_iter ns/run (per task) | kernel time per tick | agent CPU per tick (kernel + userspace) | agent CPU |\n|---|---|---|---|---|\n");
-    for n in [1_000usize, 10_000] {
+    md.push_str("\n| agent | threads alive | task_iter ns/run (per task) | kernel time per tick | agent CPU per tick (kernel + userspace) | agent CPU |\n|---|---|---|---|---|---|\n");
+    // The iterator path (the default path runs no iterator), of this build and of --before.
+    let iterating = std::iter::once(("this build", bin.as_path()))
+        .chain(before.map(|b| ("--before binary", b)));
+    for ((name, agent_bin), n) in iterating.flat_map(|a| [(a, 1_000usize), (a, 10_000)]) {
         let parked = park_threads(n);
-        // The iterator path (the default path runs no iterator).
-        let agent = Agent::start(&bin, &variants[1].args)?;
+        let agent = Agent::start(agent_bin, &variants[1].args)?;
         thread::sleep(Duration::from_secs(3));
         set_bpf_stats(true)?;
         let before = iter_stats(agent.child.id())?;
@@ -265,7 +267,7 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
         let ticks = secs.round().max(1.0);
         let (runs, ns) = (after.0 - before.0, after.1 - before.1);
         md.push_str(&format!(
-            "| {n} | {:.0} | {:.2} ms | {:.2} ms | {:.3}% of one core |\n",
+            "| {name} | {n} | {:.0} | {:.2} ms | {:.2} ms | {:.3}% of one core |\n",
             ns as f64 / runs.max(1) as f64,
             ns as f64 / ticks / 1e6,
             (t1 - t0) as f64 / ticks / 1e6,

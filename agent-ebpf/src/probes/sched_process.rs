@@ -33,7 +33,7 @@ use crate::{
     util::{
         Direct, Mem, Probe, add, add_thread, count_drop, current_ids, current_key, current_start,
         kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
-        task_record_thread, tp_field, tp_field_at,
+        task_record_thread, tp_field, tp_field_at, zero_record,
     },
 };
 
@@ -258,12 +258,10 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     // Every task of the process, the leader last (at its reap, after its final switch),
     // has been folded into `signal_struct` by now: its totals are the process's.
-    ev.total = TaskRecord {
-        tid: pid as u32,
-        tgid: tgid as u32,
-        start_ns: Direct::read::<u64>(task, config!(task.task_start)),
-        ..TaskRecord::default()
-    };
+    zero_record(&mut ev.total);
+    ev.total.tid = pid as u32;
+    ev.total.tgid = tgid as u32;
+    ev.total.start_ns = Direct::read::<u64>(task, config!(task.task_start));
     task_record_signal::<Direct>(&mut ev.total, task);
     let b = &mut ev.base;
     b.kind = EVENT_FREE;
@@ -323,7 +321,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if let Some(ppid) = current_ppid() {
         ev.base.ppid = ppid;
     }
-    ev.total = TaskRecord::default();
+    zero_record(&mut ev.total);
     if btf {
         // The process's final counters: this thread, a leader that went before it (a
         // zombie keeps its own counters), and the threads that exited earlier.

@@ -17,7 +17,9 @@ use aya_ebpf::helpers::generated::bpf_seq_write;
 
 use crate::{
     config,
-    util::{Direct, Mem, count_drop, task_record_signal, task_record_thread},
+    util::{
+        Direct, Mem, count_drop, task_record_signal, task_record_thread, zero_record, zeroed_record,
+    },
 };
 
 /// `PF_KTHREAD` in `task_struct.flags`.
@@ -39,24 +41,24 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
     }
     // SAFETY: `meta` is a valid `bpf_iter_meta`, whose first member is the seq file.
     let seq = unsafe { *(meta as *const *mut c_void) };
-    let mut rec = TaskRecord::default();
-    task_record_thread::<Direct>(&mut rec, task);
+    let mut slot = core::mem::MaybeUninit::<TaskRecord>::uninit();
+    let rec = zeroed_record(&mut slot);
+    task_record_thread::<Direct>(rec, task);
     let flags: u32 = Direct::read(task, config!(task.task_flags));
     if flags & PF_KTHREAD != 0 {
         rec.flags |= REC_KTHREAD;
     }
-    write(seq, &rec);
+    write(seq, rec);
     if rec.tid == rec.tgid {
-        // The leader: its process's exited threads, once.
-        let mut sig = TaskRecord {
-            tid: rec.tid,
-            tgid: rec.tgid,
-            flags: REC_SIGNAL,
-            start_ns: rec.start_ns,
-            ..TaskRecord::default()
-        };
-        task_record_signal::<Direct>(&mut sig, task);
-        write(seq, &sig);
+        // The leader: its process's exited threads, once, in the same slot.
+        let (tid, tgid, start_ns) = (rec.tid, rec.tgid, rec.start_ns);
+        zero_record(rec);
+        rec.tid = tid;
+        rec.tgid = tgid;
+        rec.flags = REC_SIGNAL;
+        rec.start_ns = start_ns;
+        task_record_signal::<Direct>(rec, task);
+        write(seq, rec);
     }
     0
 }
