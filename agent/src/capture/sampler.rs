@@ -241,7 +241,14 @@ impl KernelCapture {
             } else {
                 info.missing + 1
             };
-            if gc && info.exit.is_none() && !procfs::alive_key(key.tgid, key.start_ns) {
+            // Every so often, whether a process the kernel did not show alive this tick
+            // still is (an exit event the ring buffer could not take): on the iterator
+            // path, one the iterator visited is (a /proc read per process spared).
+            if gc
+                && info.exit.is_none()
+                && !(on_iter && alive)
+                && !procfs::alive_key(key.tgid, key.start_ns)
+            {
                 info.exit = Some(Exit {
                     code: None,
                     timestamp_ns: now,
@@ -301,9 +308,8 @@ impl KernelCapture {
             if exit.is_some() {
                 done.push(key);
             }
-            let info = info.clone();
             let cgroup = self.identity.cgroup_path(info.cgroup_id);
-            let mut s = sample_of(key, &info, counters, cgroup, exit);
+            let mut s = sample_of(key, info, counters, cgroup, exit);
             if key.start_ns == 0 {
                 // No BTF: the process is told apart from an earlier holder of its tgid by
                 // when the kernel first saw it.
