@@ -63,10 +63,8 @@ run_tests() {
         done
     done
 }
-# shellcheck disable=SC2086 # the filters are words
 run_tests "" $FILTERS
 # The tests named by ITERATOR again on the task iterator.
-# shellcheck disable=SC2086
 [ -n "$ITERATOR" ] && (export UMBRA_CAPTURE_COUNTERS=iterator; run_tests @iterator $ITERATOR)
 marker "DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
