@@ -133,7 +133,8 @@ pub fn zero_record(r: &mut TaskRecord) {
 #[inline(always)]
 unsafe fn zero_words(r: *mut TaskRecord) {
     const WORDS: usize = size_of::<TaskRecord>() / 8;
-    const _: () = assert!(size_of::<TaskRecord>() % 8 == 0 && align_of::<TaskRecord>() == 8);
+    const _: () =
+        assert!(size_of::<TaskRecord>().is_multiple_of(8) && align_of::<TaskRecord>() == 8);
     let p = r.cast::<u64>();
     let mut i = 0;
     while i < WORDS {

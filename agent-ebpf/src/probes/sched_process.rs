@@ -11,7 +11,7 @@
 use agent_common::{
     ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_FREE,
     ExecEvent, ExitEvent, FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV,
-    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, TaskRecord, prog,
+    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, prog,
 };
 use aya_ebpf::{
     EbpfContext,
