@@ -958,7 +958,7 @@ struct Artifact {
 /// executables it built.
 ///
 /// In a target directory of its own (`target/vm/cargo`: it runs beside the host's tests in
-/// `cargo xtask test`, whose cargo holds the main one's lock), niced, its messages appended
+/// `cargo xtask test`, whose cargo holds the main one's lock), at nice 19, its messages appended
 /// to `log` (shown when it fails).
 fn cargo_json(args: &[&str], log: &Path) -> Result<Vec<Artifact>> {
     let target_dir = util::target_dir().join("vm").join("cargo");
@@ -967,8 +967,10 @@ fn cargo_json(args: &[&str], log: &Path) -> Result<Vec<Artifact>> {
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
+    // The lowest priority: the host's privileged tests beside it compare CPU time with
+    // schedstat per interval, and a build that preempts their spinners widens the gaps.
     let mut cmd = Command::new("nice");
-    cmd.arg("cargo")
+    cmd.args(["-n", "19", "cargo"])
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .arg("--target-dir")
