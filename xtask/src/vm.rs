@@ -55,7 +55,10 @@ const GUEST_MIB: u32 = 1536;
 /// Lines of console shown with a failure.
 const TAIL: usize = 40;
 /// The accuracy tests that `cargo xtask test` runs again on the task iterator in the
-/// x86_64 guests (the host runs all of them on both paths).
+/// x86_64 guests (the host runs all of them on both paths). Not the shadow test's
+/// comparison with `/proc/stat`: under TCG the iterator's runtimes follow the guest's
+/// `sched_clock`, whose TSC calibration differs from boot to boot (a 1-vCPU guest once
+/// summed 1.03 CPU-seconds per second), so that comparison measures the emulator.
 pub const ITERATOR_ACCURACY: &[&str] = &[
     "cpu_time_of_a_spinner_matches_schedstat",
     "run_queue_wait_matches_schedstat",
@@ -68,7 +71,6 @@ pub const ITERATOR_ACCURACY: &[&str] = &[
     "a_reused_pid_never_merges_two_processes",
     "exec_from_a_non_leader_thread_is_one_process",
     "block_io_of_",
-    "workload_cpu_adds_up_to_node_busy_time",
 ];
 /// The arm64 smoke tests in `cargo xtask test`: programs load and attach, an exec is seen,
 /// a spinner's CPU time is counted, cgroup v2 works.
