@@ -254,10 +254,10 @@ fn test() -> Result<()> {
     let mut arm = vm::Args::new(vm::Arch::Aarch64, vm::ARM64_SMOKE);
     arm.smp = 2;
     std::thread::scope(|s| -> Result<()> {
-        // Both guests' builds run niced, one after the other, beside the host's tests (no
-        // test times anything, and the privileged ones mostly wait), and are done before
-        // any guest boots: a guest's tick-based /proc/stat, which the accuracy tests compare
-        // against, loses ticks when its one QEMU thread shares a CPU with a build.
+        // Both guests' builds run at nice 19, one after the other, beside the host's tests
+        // (the privileged ones mostly wait), and are done before any guest boots: a
+        // guest's tick-based /proc/stat, which the accuracy tests compare against, loses
+        // ticks when its one QEMU thread shares a CPU with a build.
         let builds = vms.then(|| {
             s.spawn(|| -> Result<(vm::Prepared, vm::Prepared)> {
                 Ok((vm::prepare(&x86)?, vm::prepare(&arm)?))
