@@ -198,6 +198,11 @@ fn host_privileged_tests() -> Result<()> {
 const WHOLE: &[&str] = &["--workspace", "--exclude", "umbra-ebpf", "--all-features"];
 
 fn test() -> Result<()> {
+    if in_ci() && std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        // A clean clone builds once: incremental state would only take disk (~2 GB).
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("CARGO_INCREMENTAL", "0") };
+    }
     install::all()?;
     install::tool_tests()?;
     util::step("rustfmt");
