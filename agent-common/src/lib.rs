@@ -111,8 +111,13 @@ pub struct CpuState {
     /// the next task's BTF; userspace asks /proc, every time).
     pub owner_tgid: u32,
     pub owner_start_ns: u64,
+    /// `since` of the last slice this CPU ended and added to its process, and the process's
+    /// `cpu_ns` just after that add: a reader that saw the slice running before it read
+    /// `PROC_STATS` tells from these whether the value it read holds the slice already.
+    pub out_since: u64,
+    pub out_total: u64,
 }
-const _: () = assert!(size_of::<CpuState>() == 32);
+const _: () = assert!(size_of::<CpuState>() == 48);
 
 /// Kinds of [`LifecycleEvent`].
 pub const EVENT_EXEC: u32 = 1;

@@ -3,7 +3,7 @@
 
 use agent_common::{
     BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ListenKey, ProcKey,
-    ProcStats, ThreadState,
+    ProcStats, TaskRecord, ThreadState,
 };
 use aya_ebpf::{
     macros::map,
@@ -19,6 +19,17 @@ pub static CONFIG: KernelConfig = KernelConfig::EMPTY;
 /// entry here). With BTF a reused tgid is another [`ProcKey`].
 #[map]
 pub static EXITED: HashMap<ExitedKey, ProcStats> = HashMap::with_max_entries(1024, 0);
+
+/// Final counters of processes whose free event found the ring buffer full (a fork
+/// storm outrunning userspace): kept here until userspace's next tick takes them, so a
+/// short process's CPU time is not lost with its event.
+#[map]
+pub static FREED: HashMap<ProcKey, TaskRecord> = HashMap::with_max_entries(2048, 0);
+
+/// Where a record for `FREED` is put together: a record and its copy do not fit the
+/// stack that Linux 5.10's verifier allows with the helpers' calls.
+#[map]
+pub static FREED_SCRATCH: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-process counters keyed by process. A plain hash (not LRU) so that a full map is a
 /// counted drop rather than a silent eviction; userspace deletes the entries of processes

@@ -960,6 +960,12 @@ fn each_counter_path_loads_and_the_fallback_is_reported() {
             assert!(r.attached(Hook::TaskIter));
             assert_eq!(r.status(Hook::SchedSwitch), Some(&HookStatus::DetailOff));
             assert_eq!(r.status(Hook::RssStat), Some(&HookStatus::ByIterator));
+            // Exact final counters (and their fallback map) load wherever the iterator does.
+            assert!(
+                r.attached(Hook::SchedProcessFree),
+                "sched_process_free: {:?}",
+                r.status(Hook::SchedProcessFree)
+            );
         }
         // A kernel that refuses the iterator: `auto` falls back to the hooks and says why.
         // (`cargo xtask test` forces the iterator on the host.)

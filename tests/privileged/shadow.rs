@@ -360,10 +360,10 @@ fn python() -> Option<std::path::PathBuf> {
 /// time). Every exec and exit arrives, or each one lost is counted; the capture's memory
 /// stays bounded; and the processes' CPU still adds up to /proc/stat busy time within 3%.
 #[test]
-#[ignore = "not yet met: the CPU sum strays 1-8% from /proc/stat busy time (either way, no \
-            drops) on a loaded host and in 5.10 guests, and the task iterator path loses the \
-            CPU of processes shorter than a tick when the ring buffer overflows; run with \
-            --ignored"]
+#[ignore = "not yet met on the task iterator path: every event arrives or is counted and \
+            memory stays bounded, but its CPU sum is 7-9% above /proc/stat busy time (in some \
+            intervals above what the CPUs can give: a double count not yet found); the hooks \
+            path passes on this host; run with --ignored"]
 fn a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up() {
     if !privileged("a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up") {
         return;
@@ -406,41 +406,36 @@ fn a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up() {
     let _ = std::fs::remove_file(&count);
     let _ = std::fs::remove_file(&tiny);
     let tiny_name = tiny.to_str().unwrap();
-    let execs: std::collections::HashSet<u32> = events
+    // Counted, not collected by pid: 10 s of storm wraps a pid_max of 32768.
+    let execs = events
         .iter()
         .filter(|e| e.ppid == Some(storm))
         .filter(
             |e| matches!(&e.kind, LifecycleKind::Exec { filename, .. } if filename == tiny_name),
         )
-        .map(|e| e.tgid)
-        .collect();
+        .count();
     let exits = events
         .iter()
-        .filter(|e| matches!(e.kind, LifecycleKind::Exit { .. }) && execs.contains(&e.tgid))
+        .filter(|e| matches!(e.kind, LifecycleKind::Exit { .. }) && e.ppid == Some(storm))
         .count();
     let drops = cap.drop_counts().unwrap();
     let ring_full = drops.get(DropKind::RingBufFull);
     let tracked = cap.tracked();
     eprintln!(
-        "storm: {started} started ({:.0}/s), {} exec and {exits} exit events, ring-full drops {ring_full}, all drops {:?}, {tracked} entries tracked",
+        "storm: {started} started ({:.0}/s), {execs} exec and {exits} exit events, ring-full drops {ring_full}, all drops {:?}, {tracked} entries tracked",
         started as f64 / 10.0,
-        execs.len(),
         drops.by_program().collect::<Vec<_>>()
     );
-    assert!(started > 500, "the storm started only {started} processes");
-    // Every exec and exit is here, or the ring buffer's drops account for the missing.
-    let missing = (started - execs.len()) + (started - exits.min(started));
-    assert!(
-        missing as u64 <= ring_full,
-        "{missing} events missing, {ring_full} counted"
-    );
-    // Memory bounded: what the capture remembers does not grow with the storm.
-    assert!(tracked < 4 * 8192, "{tracked} entries tracked");
     // CPU over the storm: the processes' (the short ones' from their final counters)
     // against the node's busy time.
     let (mut sum, mut busy) = (0u64, 0u64);
-    for w in windows.iter().skip(1) {
-        sum += w.points.iter().map(|p| p.profile.cpu_ns).sum::<u64>();
+    for (i, w) in windows.iter().enumerate().skip(1) {
+        let s: u64 = w.points.iter().map(|p| p.profile.cpu_ns).sum();
+        eprintln!(
+            "interval {i}: processes {s} ns, /proc/stat busy {} ns",
+            w.node.cpu_busy_ns
+        );
+        sum += s;
         busy += w.node.cpu_busy_ns;
     }
     let err = rel_err(sum as f64, busy as f64);
@@ -448,5 +443,27 @@ fn a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up() {
         "storm CPU: processes {sum} ns, /proc/stat busy {busy} ns, error {:.2}%",
         err * 100.0
     );
+    assert!(started > 500, "the storm started only {started} processes");
+    // Every exec and exit is here, or the ring buffer's drops of its kind account for it.
+    let ring_full_of = |prog: &str| {
+        drops
+            .by_program()
+            .filter(|(p, k, _)| *p == prog && *k == "ringbuf_full")
+            .map(|(_, _, n)| n)
+            .sum::<u64>()
+    };
+    for (kind, seen, prog) in [
+        ("exec", execs, "sched_process_exec"),
+        ("exit", exits, "sched_process_exit"),
+    ] {
+        let missing = started.saturating_sub(seen) as u64;
+        let counted = ring_full_of(prog);
+        assert!(
+            missing <= counted,
+            "{missing} {kind} events missing, {counted} counted"
+        );
+    }
+    // Memory bounded: what the capture remembers does not grow with the storm.
+    assert!(tracked < 4 * 8192, "{tracked} entries tracked");
     assert!(err <= 0.03, "processes {sum} ns vs busy {busy} ns");
 }

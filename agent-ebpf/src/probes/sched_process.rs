@@ -11,7 +11,7 @@
 use agent_common::{
     ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_FREE,
     ExecEvent, ExitEvent, FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV,
-    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, prog,
+    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, ProcKey, TaskRecord, prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -29,7 +29,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::EVENTS,
+    maps::{EVENTS, FREED, FREED_SCRATCH},
     util::{
         Direct, Mem, Probe, add, add_thread, count_drop, current_ids, current_key, current_start,
         kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
@@ -250,19 +250,32 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
     if pid != tgid {
         return 0;
     }
+    let start = Direct::read::<u64>(task, config!(task.task_start));
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count_drop(prog::SCHED_PROCESS_FREE, Drop::RingBufFull);
+        // The ring is full: the totals wait in `FREED` for the next tick.
+        let key = ProcKey {
+            tgid: tgid as u32,
+            _pad: 0,
+            start_ns: start,
+        };
+        let kept = FREED_SCRATCH.get_ptr_mut(0).is_some_and(|r| {
+            // SAFETY: this CPU's slot; this program does not nest on a CPU.
+            let r = unsafe { &mut *r };
+            zero_record(r);
+            final_totals(r, task, pid, tgid, start);
+            // By reference: a copy of the record is what does not fit the stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            FREED.insert(key, &*r, 0).is_ok()
+        });
+        if !kept {
+            count_drop(prog::SCHED_PROCESS_FREE, Drop::RingBufFull);
+        }
         return 0;
     };
     // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    // Every task of the process, the leader last (at its reap, after its final switch),
-    // has been folded into `signal_struct` by now: its totals are the process's.
     zero_record(&mut ev.total);
-    ev.total.tid = pid as u32;
-    ev.total.tgid = tgid as u32;
-    ev.total.start_ns = Direct::read::<u64>(task, config!(task.task_start));
-    task_record_signal::<Direct>(&mut ev.total, task);
+    final_totals(&mut ev.total, task, pid, tgid, start);
     let b = &mut ev.base;
     b.kind = EVENT_FREE;
     b.flags = FLAG_TOTAL;
@@ -277,6 +290,17 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
     b.filename[0] = 0;
     submit(entry, false);
     0
+}
+
+/// A freed process's totals into a zeroed record: every task of the process, the leader
+/// last (at its reap, after its final switch), has been folded into `signal_struct` by
+/// now, so its totals are the process's.
+#[inline(always)]
+fn final_totals(r: &mut TaskRecord, task: *const u8, pid: i32, tgid: i32, start: u64) {
+    r.tid = pid as u32;
+    r.tgid = tgid as u32;
+    r.start_ns = start;
+    task_record_signal::<Direct>(r, task);
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]

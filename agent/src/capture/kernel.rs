@@ -304,6 +304,8 @@ pub struct KernelCapture {
     pub(super) drops: PerCpuArray<MapData, agent_common::DropTable>,
     pub(super) cpu_state: PerCpuArray<MapData, agent_common::CpuState>,
     pub(super) exited: HashMap<MapData, ExitedKey, ProcStats>,
+    /// Final counters whose free event found the ring full.
+    freed: HashMap<MapData, ProcKey, TaskRecord>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
     /// The task iterator's link (iterator path): each tick reads a new run of it.
@@ -428,7 +430,8 @@ impl KernelCapture {
             .map_max_entries("SOCK_OWNER", cfg.max_sockets)
             .map_max_entries("LISTENERS", (cfg.max_sockets / 4).max(256))
             .map_max_entries("MM_OWNER", cfg.max_processes)
-            .map_max_entries("EXITED", (cfg.max_processes / 8).max(256));
+            .map_max_entries("EXITED", (cfg.max_processes / 8).max(256))
+            .map_max_entries("FREED", (cfg.max_processes / 4).max(512));
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| CaptureError::Load { source })?;
@@ -555,6 +558,7 @@ impl KernelCapture {
         let stats = map!(HashMap, "PROC_STATS");
         let threads_map = map!(HashMap, "THREADS");
         let exited = map!(HashMap, "EXITED");
+        let freed = map!(HashMap, "FREED");
         let cpu_state = map!(PerCpuArray, "CPU_STATE");
         let drops = map!(PerCpuArray, "DROPS");
         let ring = map!(RingBuf, "EVENTS");
@@ -565,6 +569,7 @@ impl KernelCapture {
             drops,
             cpu_state,
             exited,
+            freed,
             ring,
             ring_fd: None,
             iter_link,
@@ -686,9 +691,29 @@ impl KernelCapture {
             }
         }
         for (tgid, start, total) in freed {
-            let info = self.info_of(tgid, start);
-            info.total = Some(total);
-            info.freed = true;
+            self.note_freed(tgid, start, total);
+        }
+        n
+    }
+
+    /// A process's last task is freed, with its final counters.
+    fn note_freed(&mut self, tgid: u32, start: u64, total: TaskRecord) {
+        let info = self.info_of(tgid, start);
+        info.total = Some(total);
+        info.freed = true;
+    }
+
+    /// Takes the final counters the kernel kept in `FREED` (their free event found the
+    /// ring full), as if their events had come. Returns how many.
+    pub(super) fn take_freed(&mut self) -> usize {
+        let keys: Vec<ProcKey> = self.freed.keys().filter_map(Result::ok).collect();
+        let mut n = 0;
+        for key in keys {
+            if let Ok(total) = self.freed.get(&key, 0) {
+                self.note_freed(key.tgid, key.start_ns, total);
+                n += 1;
+            }
+            let _ = self.freed.remove(&key);
         }
         n
     }

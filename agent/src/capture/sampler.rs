@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 
 use agent_common::{
-    ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats, REC_MM,
-    REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP, TaskRecord, hist_bucket,
+    CpuState, ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats,
+    REC_MM, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP, TaskRecord,
+    hist_bucket,
 };
 use tracing::{debug, warn};
 
@@ -34,6 +35,9 @@ const FREE_WAIT_NS: u64 = 2_000_000_000;
 const MISSING_TICKS: u32 = 2;
 /// Ticks a finished process is remembered.
 const FINISHED_TICKS: u64 = 32;
+/// At most this many finished processes are remembered (a fork storm finishes thousands a
+/// tick); the oldest are let go first, never one the task iterator still visits.
+const MAX_FINISHED: usize = 8192;
 /// Every this many ticks, processes whose exit was never seen are checked in /proc.
 const GC_EVERY_TICKS: u64 = 30;
 
@@ -136,6 +140,7 @@ impl KernelCapture {
         // `take_events` (and come out of `next` ahead of the tick).
         let mut events = std::mem::take(&mut self.unclaimed);
         self.drain_events(&mut events);
+        self.take_freed();
         if events.len() > MAX_UNCLAIMED {
             let extra = events.len() - MAX_UNCLAIMED;
             events.drain(..extra);
@@ -160,12 +165,17 @@ impl KernelCapture {
         } else {
             Vec::new()
         };
+        let slots = if on_iter {
+            Vec::new()
+        } else {
+            self.cpu_slots()
+        };
+        let stats: HashMap<ProcKey, ProcStats> = self.read_stats().into_iter().collect();
         let inflight = if on_iter {
             HashMap::new()
         } else {
-            self.inflight()
+            self.inflight(&slots, &stats)
         };
-        let stats = self.read_stats();
         if let Some(f) = self.after_read.take() {
             f();
         }
@@ -199,7 +209,6 @@ impl KernelCapture {
             }
         }
         self.retire_threads(tick);
-        let stats: HashMap<ProcKey, ProcStats> = stats.into_iter().collect();
 
         // Every process to report: alive in the iterator, with counters in the map, or
         // ended with its final counters in its exit event.
@@ -360,6 +369,7 @@ impl KernelCapture {
         // (a fork whose child never showed up) likewise.
         self.finished
             .retain(|k, t| tick - *t < FINISHED_TICKS || totals.contains_key(k));
+        bound_finished(&mut self.finished, |k| totals.contains_key(k));
         self.unkeyed.retain(|_, (_, t)| tick - *t < FINISHED_TICKS);
         // What events told of processes never seen is let go after a while.
         self.procs
@@ -457,17 +467,33 @@ impl KernelCapture {
         });
     }
 
-    /// On-CPU time of the slices running right now, by process (hooks path): the kernel
-    /// adds a slice at switch-out, and a task running for seconds would show its CPU time
-    /// in lumps. The process comes from the kernel where it knew it, else from /proc —
-    /// asked every time, never cached, so a reused tid is never another's.
-    fn inflight(&mut self) -> HashMap<ProcKey, u64> {
+    /// What each CPU's scheduler slot holds now (hooks path).
+    fn cpu_slots(&self) -> Vec<CpuState> {
+        self.cpu_state
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// On-CPU time of the slices running while `stats` was read, by process (hooks path):
+    /// the kernel adds a slice at switch-out, and a task running for seconds would show its
+    /// CPU time in lumps. `before` are the CPUs' slots read just before `stats`; each slot
+    /// is read again now. A slice still running counts up to now. A slice that ended
+    /// meanwhile was added to its process before or after `stats` read that entry: the
+    /// slot's `out_total` (the process's `cpu_ns` just after the add) tells which, so the
+    /// slice is never counted twice nor missed; when the CPU switched more than once
+    /// meanwhile, the slice ended early in the read and is taken as counted. The process
+    /// comes from the kernel where it knew it, else from /proc — asked every time, never
+    /// cached, so a reused tid is never another's.
+    fn inflight(
+        &mut self,
+        before: &[CpuState],
+        stats: &HashMap<ProcKey, ProcStats>,
+    ) -> HashMap<ProcKey, u64> {
         let mut out = HashMap::new();
-        let Ok(per_cpu) = self.cpu_state.get(&0, 0) else {
-            return out;
-        };
+        let after = self.cpu_slots();
         let now = procfs::mono_ns();
-        for st in per_cpu.iter() {
+        for (st, later) in before.iter().zip(&after) {
             if st.tid == 0 || st.since == 0 || st.since >= now {
                 continue;
             }
@@ -496,7 +522,9 @@ impl KernelCapture {
                     },
                 }
             };
-            *out.entry(key).or_insert(0) += now - st.since;
+            if !slice_counted(st, later, stats.get(&key).map(|s| s.cpu_ns)) {
+                *out.entry(key).or_insert(0) += now - st.since;
+            }
         }
         out
     }
@@ -513,6 +541,45 @@ impl KernelCapture {
             let _ = self.threads_map.remove(&tid);
         }
     }
+}
+
+/// Lets the oldest finished processes go until at most [`MAX_FINISHED`] are left, or only
+/// those `visible` (zombies the task iterator still visits: forgotten, they would come
+/// back as new processes with their whole lifetime's counters).
+fn bound_finished(finished: &mut HashMap<ProcKey, u64>, visible: impl Fn(&ProcKey) -> bool) {
+    let Some(mut excess) = finished.len().checked_sub(MAX_FINISHED).filter(|e| *e > 0) else {
+        return;
+    };
+    let mut ticks: Vec<u64> = finished
+        .iter()
+        .filter(|(k, _)| !visible(k))
+        .map(|(_, t)| *t)
+        .collect();
+    if ticks.is_empty() {
+        return;
+    }
+    let n = excess.min(ticks.len()) - 1;
+    let (_, cutoff, _) = ticks.select_nth_unstable(n);
+    let cutoff = *cutoff;
+    // Older than the cutoff tick: fewer than `excess`, all go; then some of the cutoff's.
+    finished.retain(|k, t| {
+        let go = *t < cutoff && !visible(k);
+        excess -= usize::from(go);
+        !go
+    });
+    finished.retain(|k, t| {
+        let go = excess > 0 && *t == cutoff && !visible(k);
+        excess -= usize::from(go);
+        !go
+    });
+}
+
+/// Whether the slice running in `before` (read just before `PROC_STATS`) is in the
+/// process's `cpu_ns` as read there (`read`; none: no entry), given the CPU's slot
+/// `after` the read (see `KernelCapture::inflight`).
+fn slice_counted(before: &CpuState, after: &CpuState, read: Option<u64>) -> bool {
+    let running = after.tid == before.tid && after.since == before.since;
+    !running && (after.out_since != before.since || read.is_none_or(|r| r >= after.out_total))
 }
 
 /// `info` takes what events told of a process (`from`) where it knows nothing yet.
@@ -648,5 +715,72 @@ fn sample_of(
         counters,
         memory: info.memory,
         exit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(tid: u32, since: u64, out_since: u64, out_total: u64) -> CpuState {
+        CpuState {
+            since,
+            tid,
+            owner_tgid: tid,
+            out_since,
+            out_total,
+            ..CpuState::default()
+        }
+    }
+
+    #[test]
+    fn finished_processes_are_bounded_oldest_first_and_visible_ones_stay() {
+        let key = |tgid: u32| ProcKey {
+            tgid,
+            _pad: 0,
+            start_ns: 1,
+        };
+        let mut finished: HashMap<ProcKey, u64> = (0..MAX_FINISHED as u32 + 100)
+            .map(|i| (key(i), u64::from(i / 10)))
+            .collect();
+        // tgid 3 is oldest but still visited by the iterator.
+        bound_finished(&mut finished, |k| k.tgid == 3);
+        assert_eq!(finished.len(), MAX_FINISHED);
+        assert!(finished.contains_key(&key(3)));
+        assert!(!finished.contains_key(&key(4)));
+        assert!(finished.contains_key(&key(MAX_FINISHED as u32 + 99)));
+        // Oldest first: all of ticks 0..=9 but the visible one, and one of tick 10.
+        assert_eq!(finished.values().filter(|t| **t < 10).count(), 1);
+        // Under the bound nothing goes.
+        let before = finished.clone();
+        bound_finished(&mut finished, |_| false);
+        assert_eq!(finished, before);
+    }
+
+    #[test]
+    fn a_slice_still_running_is_not_in_the_map() {
+        let s = slot(7, 100, 40, 900);
+        assert!(!slice_counted(&s, &s, Some(5_000)));
+    }
+
+    #[test]
+    fn a_slice_that_ended_during_the_read_is_counted_once() {
+        let before = slot(7, 100, 40, 900);
+        // The slice ended at 350 and brought its process to 1,250 ns.
+        let after = slot(9, 350, 100, 1_250);
+        // Read after the add: the map holds the slice.
+        assert!(slice_counted(&before, &after, Some(1_250)));
+        assert!(slice_counted(&before, &after, Some(1_400)));
+        // Read before the add: it does not.
+        assert!(!slice_counted(&before, &after, Some(1_000)));
+        // No entry to hold it: nothing to add it to either.
+        assert!(slice_counted(&before, &after, None));
+    }
+
+    #[test]
+    fn a_cpu_that_switched_again_during_the_read_counts_the_slice_as_read() {
+        let before = slot(7, 100, 40, 900);
+        let after = slot(7, 500, 420, 2_000);
+        assert!(slice_counted(&before, &after, Some(1_000)));
     }
 }
