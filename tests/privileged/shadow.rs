@@ -402,7 +402,11 @@ fn a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up() {
             }
         },
     ));
-    let started: usize = std::fs::read_to_string(&count).unwrap().parse().unwrap();
+    let (started, children_ns) = {
+        let s = std::fs::read_to_string(&count).unwrap();
+        let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        (f.next().unwrap() as usize, f.next().unwrap())
+    };
     let _ = std::fs::remove_file(&count);
     let _ = std::fs::remove_file(&tiny);
     let tiny_name = tiny.to_str().unwrap();
@@ -438,6 +442,14 @@ fn a_fork_exec_storm_loses_nothing_uncounted_and_still_adds_up() {
         sum += s;
         busy += w.node.cpu_busy_ns;
     }
+    // The storm's children as the capture saw them, against their own rusage.
+    let children: u64 = windows
+        .iter()
+        .flat_map(|w| &w.points)
+        .filter(|p| p.name.contains("tiny"))
+        .map(|p| p.profile.cpu_ns)
+        .sum();
+    eprintln!("storm children: captured {children} ns (with exec events), rusage {children_ns} ns");
     let err = rel_err(sum as f64, busy as f64);
     eprintln!(
         "storm CPU: processes {sum} ns, /proc/stat busy {busy} ns, error {:.2}%",

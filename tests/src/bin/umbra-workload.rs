@@ -167,7 +167,12 @@ fn main() {
                 unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
                 running -= 1;
             }
-            std::fs::write(arg(3), started.to_string()).unwrap();
+            // SAFETY: a zeroed rusage is valid; RUSAGE_CHILDREN covers the reaped children.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+            let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+            let children_ns = ns(ru.ru_utime) + ns(ru.ru_stime);
+            std::fs::write(arg(3), format!("{started} {children_ns}")).unwrap();
             exit_now();
         }
         // exec-thread PATH: a thread other than the main one execs PATH (the process keeps
