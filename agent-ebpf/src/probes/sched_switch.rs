@@ -162,11 +162,11 @@ fn switch_out(
             cpu.out_since = cpu.since;
             // SAFETY: map value, valid for the program's run; other CPUs add to it.
             cpu.out_total = unsafe { core::ptr::read_volatile(&proc.cpu_ns) };
-        }
-        if cpu.tid == tid && cpu.pending_wait != 0 {
-            add(&mut proc.runq_wait_ns, cpu.pending_wait);
-            add(&mut proc.runq_waits, 1);
-            hist_add(&mut proc.runq_hist, cpu.pending_wait);
+            if cpu.pending_wait != 0 {
+                add(&mut proc.runq_wait_ns, cpu.pending_wait);
+                add(&mut proc.runq_waits, 1);
+                hist_add(&mut proc.runq_hist, cpu.pending_wait);
+            }
         }
     }
     if dead {

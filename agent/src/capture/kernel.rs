@@ -704,18 +704,15 @@ impl KernelCapture {
     }
 
     /// Takes the final counters the kernel kept in `FREED` (their free event found the
-    /// ring full), as if their events had come. Returns how many.
-    pub(super) fn take_freed(&mut self) -> usize {
+    /// ring full), as if their events had come.
+    pub(super) fn take_freed(&mut self) {
         let keys: Vec<ProcKey> = self.freed.keys().filter_map(Result::ok).collect();
-        let mut n = 0;
         for key in keys {
             if let Ok(total) = self.freed.get(&key, 0) {
                 self.note_freed(key.tgid, key.start_ns, total);
-                n += 1;
             }
             let _ = self.freed.remove(&key);
         }
-        n
     }
 
     /// What userspace knows of the process an event with `start` (0: not carried) is of.
