@@ -24,7 +24,10 @@ use crate::{
         Band, Batch, BucketConfig, Featurizer, Forecast, LEVELS, PredictConfig, Predictor,
         PredictorKind, Target, baseline,
         calibrate::Calibrated,
+        exec::{Exec, load_request_model},
         onnx::{LoadError, Model, OnnxForecaster},
+        profiles::OUTCOMES,
+        request::{DEFAULT_HASH_BUCKETS, RequestFeaturizer},
         runtime::Runtime,
         schema::ModelKind,
     },
@@ -135,6 +138,9 @@ pub struct EvalOptions {
     pub plot_workload: Option<String>,
     pub plot_target: Target,
     pub group_by: GroupBy,
+    /// The per-request model to evaluate beside the profile baseline: (its name for
+    /// messages, its bytes), if any.
+    pub request_model: Option<(String, Vec<u8>)>,
 }
 
 /// One predictor under evaluation.
@@ -273,7 +279,134 @@ pub fn run(
         let name = entries.get(shown).map_or("", |e| e.p.name());
         draw(path, &plot, opts, name)?;
     }
+    report.request = requests(recordings, opts, runtime)?;
     Ok(report)
+}
+
+/// An executable's input sizes must span this factor (p90 / p10 over its scored
+/// requests) for it to count as input-size-dependent (`models/umbra_train/request.py`
+/// uses the same rule).
+pub const SIZE_SPREAD: f64 = 4.0;
+
+/// Whether a request may be scored: its executable had past runs (the profile has something
+/// to say) and its argv named input files.
+fn scored(row: &[f64], runs: usize, inputs: usize) -> bool {
+    row.get(runs).is_some_and(|v| *v > 0.0) && row.get(inputs).is_some_and(|v| *v > 0.0)
+}
+
+/// One scored request: its executable, input bytes, outcomes, and each predictor's bands.
+struct Scored {
+    key: String,
+    input_bytes: f64,
+    outcome: [f64; 4],
+    profile: [Band; 4],
+    model: Option<[Band; 4]>,
+}
+
+/// The per-request predictions scored against what each request used: the profile
+/// baseline (the empirical p10/p50/p90 of the executable's past runs, as the feature row
+/// carries them) and the request model, each made from what was known at the exec. Scored
+/// are the requests of *input-size-dependent* programs: a request of an executable with
+/// past runs that named input files, when that executable's input sizes over the
+/// recordings span at least [`SIZE_SPREAD`] (p90 / p10) — decided from the inputs alone.
+pub fn requests(
+    recordings: &[PathBuf],
+    opts: &EvalOptions,
+    runtime: &dyn Runtime,
+) -> Result<Vec<Score>, EvalError> {
+    let mut buckets = DEFAULT_HASH_BUCKETS;
+    if let Some((origin, bytes)) = &opts.request_model {
+        let s = crate::predict::schema::Schema::of_onnx(origin, bytes).map_err(LoadError::from)?;
+        buckets = s.hash_buckets.unwrap_or(buckets);
+    }
+    let featurizer = RequestFeaturizer::new(buckets);
+    let names: Vec<&str> = featurizer.names().iter().map(String::as_str).collect();
+    let at = |n: &str| names.iter().position(|v| *v == n).unwrap_or(usize::MAX);
+    let (runs, inputs) = (at("profile_runs"), at("input_bytes_total"));
+    let profile_at: Vec<[usize; 3]> = OUTCOMES
+        .iter()
+        .map(|t| ["p10", "p50", "p90"].map(|q| at(&format!("profile_{t}_{q}"))))
+        .collect();
+    let mut model = match &opts.request_model {
+        Some((origin, bytes)) => Some(load_request_model(origin, bytes, &names, runtime)?),
+        None => None,
+    };
+    let mut all: Vec<Scored> = Vec::new();
+    let mut row = Vec::with_capacity(names.len());
+    export::each_request::<RecordError>(recordings, opts.group_by, &featurizer, |_, c, store| {
+        row.clear();
+        row.extend(c.features.iter().map(|v| *v as f64));
+        if !scored(&row, runs, inputs) {
+            return Ok(());
+        }
+        let v = |i: usize| row.get(i).copied().unwrap_or(0.0);
+        let profile = std::array::from_fn(|t| {
+            let [p10, p50, p90] = profile_at[t].map(v);
+            Band { p10, p50, p90 }
+        });
+        let model = model.as_mut().map(|m| {
+            let e = Exec {
+                tgid: c.tgid,
+                exec_ns: c.exec_ns,
+                key: &c.facts.key,
+                name: c.name(),
+                parent: &c.facts.parent,
+                input_bytes: c.facts.input_bytes(),
+            };
+            let p = m.predict_row(store, &e, &row);
+            [
+                p.cpu_seconds,
+                p.peak_rss_bytes,
+                p.duration_seconds,
+                p.io_bytes,
+            ]
+        });
+        all.push(Scored {
+            key: c.facts.key.clone(),
+            input_bytes: v(inputs),
+            outcome: std::array::from_fn(|t| c.outcome.get(t)),
+            profile,
+            model,
+        });
+        Ok(())
+    })?;
+    // The executables whose inputs vary in size.
+    let mut sizes: HashMap<&str, Vec<f64>> = HashMap::new();
+    for s in &all {
+        sizes.entry(&s.key).or_default().push(s.input_bytes);
+    }
+    let varied: std::collections::HashSet<&str> = sizes
+        .into_iter()
+        .filter_map(|(k, mut v)| {
+            let q = crate::predict::profiles::quantiles(&mut v, &[0.1, 0.9]);
+            (q[1] >= SIZE_SPREAD * q[0].max(1.0)).then_some(k)
+        })
+        .collect();
+    let mut profile = [Acc::default(); 4];
+    let mut learnt = [Acc::default(); 4];
+    for s in all.iter().filter(|s| varied.contains(s.key.as_str())) {
+        for t in 0..4 {
+            profile[t].add(&s.profile[t], s.outcome[t]);
+            if let Some(m) = &s.model {
+                learnt[t].add(&m[t], s.outcome[t]);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if profile[0].n == 0 {
+        // No request to score: nothing to say.
+        return Ok(out);
+    }
+    let mut push = |name: &str, kind: PredictorKind, acc: &[Acc; 4]| {
+        for (t, a) in OUTCOMES.iter().zip(acc) {
+            out.push(a.score(name, kind, t));
+        }
+    };
+    if let Some(m) = &model {
+        push(m.name(), PredictorKind::Model, &learnt);
+    }
+    push("profile", PredictorKind::Baseline, &profile);
+    Ok(out)
 }
 
 /// The plot's data per workload: its name, CPU seconds in all (to pick the busiest), and
@@ -451,9 +584,16 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         if rows.is_empty() {
             continue;
         }
+        // The target column as wide as its longest name.
+        let w = rows
+            .iter()
+            .map(|s| s.target.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         writeln!(
             out,
-            "{what:<8} {:<24} {:<8} {:<7} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
+            "{what:<8} {:<24} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
             "predictor",
             "kind",
             "target",
@@ -468,7 +608,7 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         for s in rows {
             writeln!(
                 out,
-                "{what:<8} {:<24} {:<8} {:<7} {:>12} {:>12} {:>12} {:>12} {:>7.1}% {:>12} {:>8}",
+                "{what:<8} {:<24} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>7.1}% {:>12} {:>8}",
                 crate::view::clip(&s.predictor, 24),
                 s.kind,
                 s.target,
@@ -519,6 +659,7 @@ mod tests {
             plot_workload: None,
             plot_target: Target::Cpu,
             group_by: GroupBy::Exe,
+            request_model: None,
         }
     }
 

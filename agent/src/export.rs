@@ -250,6 +250,22 @@ pub fn requests(
 ) -> Result<u64, ExportError> {
     let featurizer = RequestFeaturizer::new(hash_buckets);
     writeln!(out, "{}", requests_header(&featurizer))?;
+    each_request(recordings, group_by, &featurizer, |name, c, _| {
+        request_row(out, name, c).map_err(ExportError::from)
+    })
+}
+
+/// Every completed request of `recordings`, in the order they completed, given to `each`
+/// with its recording's name and the profile store as it was before the request was
+/// learned; the store is built up over the recordings in the order given, as the live
+/// agent would. `umbra export --format requests` and `umbra eval` both go through it.
+/// Returns the requests seen.
+pub fn each_request<E: From<RecordError>>(
+    recordings: &[impl AsRef<Path>],
+    group_by: GroupBy,
+    featurizer: &RequestFeaturizer,
+    mut each: impl FnMut(&str, &Completed, &ProfileStore) -> Result<(), E>,
+) -> Result<u64, E> {
     let mut profiles = ProfileStore::in_memory(EXPORT_PROFILE_KEYS);
     let mut rows = 0u64;
     for r in recordings {
@@ -263,12 +279,12 @@ pub fn requests(
                 Step::Window(t, w) => done.extend(tracker.tick(t, w, &profiles)),
             }
             for c in done.drain(..) {
-                request_row(out, &name, &c)?;
+                each(&name, &c, &profiles)?;
                 rows += 1;
                 // In memory: recording a run cannot fail.
                 let _ = profiles.record(&c.facts.key, c.name(), &c.facts.parent, c.run());
             }
-            Ok::<(), ExportError>(())
+            Ok::<(), E>(())
         })?;
     }
     Ok(rows)

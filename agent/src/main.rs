@@ -231,6 +231,11 @@ enum Command {
         /// the shipped model when this build has one).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The per-request model evaluated beside the profile baseline (default:
+        /// predict.request_model when it is a file, else the shipped one when this build
+        /// has one).
+        #[arg(long)]
+        request_model: Option<PathBuf>,
         /// Forecast step, ms (default: the model's, else predict.interval_ms).
         #[arg(long)]
         interval_ms: Option<u64>,
@@ -726,6 +731,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             workload,
             target,
             model,
+            request_model,
             interval_ms,
             score_after,
         } => {
@@ -739,20 +745,41 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--score-after {score_after}: a fraction in [0, 1)");
             }
             use umbra::predict::source::{ModelSetting, shipped};
-            let model = match model.or_else(|| match ModelSetting::parse(&cfg.predict.model) {
-                ModelSetting::File(p) => Some(p),
-                _ => None,
-            }) {
-                Some(p) => Some((
-                    p.display().to_string(),
-                    std::fs::read(&p)
-                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
-                )),
-                None if cfg.predict.model == "shipped" => {
-                    shipped::FORECAST.map(|b| ("shipped forecast.onnx".to_string(), b.to_vec()))
-                }
-                None => None,
+            // The file given, else the configured file, else the shipped model.
+            let chosen = |given: Option<PathBuf>,
+                          setting: &str,
+                          built_in: Option<&'static [u8]>,
+                          what: &str|
+             -> anyhow::Result<Option<(String, Vec<u8>)>> {
+                Ok(
+                    match given.or_else(|| match ModelSetting::parse(setting) {
+                        ModelSetting::File(p) => Some(p),
+                        _ => None,
+                    }) {
+                        Some(p) => Some((
+                            p.display().to_string(),
+                            std::fs::read(&p)
+                                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+                        )),
+                        None if setting == "shipped" => {
+                            built_in.map(|b| (format!("shipped {what}"), b.to_vec()))
+                        }
+                        None => None,
+                    },
+                )
             };
+            let model = chosen(
+                model,
+                &cfg.predict.model,
+                shipped::FORECAST,
+                "forecast.onnx",
+            )?;
+            let request_model = chosen(
+                request_model,
+                &cfg.predict.request_model,
+                shipped::REQUEST,
+                "request.onnx",
+            )?;
             let opts = umbra::eval::EvalOptions {
                 interval_ms,
                 score_after,
@@ -761,6 +788,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 plot_workload: workload,
                 plot_target,
                 group_by: cfg.aggregate.group_by,
+                request_model,
             };
             let runtime = umbra::predict::runtime::default_runtime();
             let report = umbra::eval::run(&files, &cfg.predict, &opts, runtime.as_ref())?;

@@ -31,18 +31,19 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# name set seed seconds driver
+# name set seed seconds driver uses: `all` recordings train and test both models,
+# `requests` ones the per-request model only (the forecaster never sees them).
 SEGMENTS="
-steps       train 11 300 steps
-daily       train 12 360 daily
-web         train 13 300 web
-db          train 14 240 db
-compile     train 15 240 compile
-requests    train 16 600 requests
-test-steps  test  21 150 steps
-test-daily  test  22 300 daily_unseen
-test-web    test  23 180 web
-test-requests test 24 300 requests_unseen
+steps       train 11 300 steps           all
+daily       train 12 360 daily           all
+web         train 13 300 web             all
+db          train 14 240 db              all
+compile     train 15 240 compile         all
+requests    train 16 600 requests        requests
+test-steps  test  21 150 steps           all
+test-daily  test  22 300 daily_unseen    all
+test-web    test  23 180 web             all
+test-requests test 24 300 requests_unseen requests
 "
 if [ "$LIST" = 1 ]; then echo "$SEGMENTS" | sed '/^$/d'; exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "record.sh: umbra record needs root" >&2; exit 1; }
@@ -271,7 +272,7 @@ provenance() { # NAME SET SEED SECONDS LOAD_BEFORE
 
 set_up=""
 echo "$SEGMENTS" | sed '/^$/d' > "$WORK/segments"
-while read -r name set seed secs driver; do
+while read -r name set seed secs driver _uses; do
     if [ -n "$ONLY" ] && ! echo ",$ONLY," | grep -q ",$name,"; then continue; fi
     secs=$(awk -v s="$secs" -v k="$SCALE" 'BEGIN { v = int(s * k); print (v < 10 ? 10 : v) }')
     case "$driver" in

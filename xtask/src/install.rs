@@ -7,8 +7,15 @@ use anyhow::{Result, bail};
 
 use crate::util::{self, output, run};
 
-/// Debian packages: LLVM 22 for bpf-linker (nightly rustc uses LLVM 22 too).
-const PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "clang-22", "libzstd-dev"];
+/// Debian packages: LLVM 22 for bpf-linker (nightly rustc uses LLVM 22 too); zstd for the
+/// shipped recordings (`models/data`), which tests unpack.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "clang-22",
+    "libzstd-dev",
+    "zstd",
+];
 /// The MQTT broker and its command-line clients, for `cargo xtask run` (a local broker
 /// when none is given) and the MQTT tests.
 const BROKER_PACKAGES: &[&str] = &["mosquitto", "mosquitto-clients"];

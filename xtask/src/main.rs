@@ -183,10 +183,6 @@ fn host_privileged_tests() -> Result<()> {
                 "shadow",
                 "--",
                 "--test-threads=1",
-                // Known gap of the iterator path (why it is not the default): a storm that
-                // overflows the ring buffer loses the CPU of processes shorter than a tick.
-                "--skip",
-                "a_fork_exec_storm",
             ],
         ]
         .concat(),

@@ -181,10 +181,32 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         // The held-out report: the test recordings through the agent's exporters.
         let umbra = umbra_bin(true)?;
         let recs = recordings("test")?;
+        let segs = segments()?;
+        let of = |format: &str| -> Vec<PathBuf> {
+            recs.iter()
+                .filter(|r| {
+                    let name = r.file_stem().and_then(|n| n.to_str()).unwrap_or("");
+                    segs.iter()
+                        .find(|s| s.name == name)
+                        .is_none_or(|s| exports(s, format))
+                })
+                .cloned()
+                .collect()
+        };
         let dir = target_dir().join("models-test");
-        export(&umbra, "forecast", &recs, &dir.join("forecast-test.csv"))?;
+        export(
+            &umbra,
+            "forecast",
+            &of("forecast"),
+            &dir.join("forecast-test.csv"),
+        )?;
         if has_request_export(&umbra) {
-            export(&umbra, "requests", &recs, &dir.join("requests-test.csv"))?;
+            export(
+                &umbra,
+                "requests",
+                &of("requests"),
+                &dir.join("requests-test.csv"),
+            )?;
         }
         cmd.arg("--test").arg(&dir);
         cmd.arg("--report").arg(out.join("training-report.json"));
@@ -207,12 +229,16 @@ pub fn pipeline_test(umbra: &Path) -> Result<()> {
     recordings("train")?;
     let dir = target_dir().join("models-train");
     // In record.sh's order, as exported when shipped.
-    let names: Vec<PathBuf> = segments()?
+    let segs: Vec<Segment> = segments()?
         .into_iter()
-        .filter(|(name, set)| set == "train" && dir.join(format!("{name}.umbra")).exists())
-        .map(|(name, _)| PathBuf::from(format!("{name}.umbra")))
+        .filter(|s| s.set == "train" && dir.join(format!("{}.umbra", s.name)).exists())
         .collect();
     for format in ["forecast", "requests"] {
+        let names: Vec<PathBuf> = segs
+            .iter()
+            .filter(|s| exports(s, format))
+            .map(|s| PathBuf::from(format!("{}.umbra", s.name)))
+            .collect();
         let shipped = models_dir()
             .join("data")
             .join(format!("{format}-train.csv.xz"));
@@ -279,8 +305,23 @@ pub fn record(a: &RecordArgs) -> Result<()> {
     export_recordings(&umbra, &recordings)
 }
 
-/// Segments of record.sh: (name, set).
-fn segments() -> Result<Vec<(String, String)>> {
+/// A segment of record.sh.
+struct Segment {
+    name: String,
+    /// `train` or `test`.
+    set: String,
+    /// Whether the forecaster trains and is tested on it (else the request model only).
+    forecast: bool,
+}
+
+/// Whether the export `format` is made from `seg`: every recording gives requests, the
+/// forecaster's recordings forecast rows.
+fn exports(seg: &Segment, format: &str) -> bool {
+    format == "requests" || seg.forecast
+}
+
+/// The segments of record.sh, in its order.
+fn segments() -> Result<Vec<Segment>> {
     let list = output(
         "bash",
         &[
@@ -292,8 +333,12 @@ fn segments() -> Result<Vec<(String, String)>> {
     Ok(list
         .lines()
         .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.to_string(), w.next()?.to_string()))
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some(Segment {
+                name: w.first()?.to_string(),
+                set: w.get(1)?.to_string(),
+                forecast: w.get(5).is_none_or(|u| *u == "all"),
+            })
         })
         .collect())
 }
@@ -304,25 +349,26 @@ fn export_recordings(umbra: &Path, dir: &Path) -> Result<()> {
     install::apt(&["xz-utils", "zstd"])?;
     let data = models_dir().join("data");
     let mut train = Vec::new();
-    for (name, set) in segments()? {
-        let rec = dir.join(format!("{name}.umbra"));
+    for seg in segments()? {
+        let rec = dir.join(format!("{}.umbra", seg.name));
         if !rec.exists() {
             eprintln!(
-                "note: {} is missing, not shipped (cargo xtask record-training --only {name})",
-                rec.display()
+                "note: {} is missing, not shipped (cargo xtask record-training --only {})",
+                rec.display(),
+                seg.name
             );
             continue;
         }
-        if set == "train" {
-            train.push(rec.clone());
-        }
-        fs::create_dir_all(data.join(&set))?;
-        step(&format!("shipping {name} ({set}, zstd -19)"));
+        fs::create_dir_all(data.join(&seg.set))?;
+        step(&format!("shipping {} ({}, zstd -19)", seg.name, seg.set));
         run(Command::new("zstd")
             .args(["-q", "-19", "-f"])
             .arg(&rec)
             .arg("-o")
-            .arg(data.join(&set).join(format!("{name}.umbra.zst"))))?;
+            .arg(data.join(&seg.set).join(format!("{}.umbra.zst", seg.name))))?;
+        if seg.set == "train" {
+            train.push(seg);
+        }
     }
     let tmp = target_dir().join("models-export");
     fs::create_dir_all(&tmp)?;
@@ -338,7 +384,8 @@ fn export_recordings(umbra: &Path, dir: &Path) -> Result<()> {
         let csv = tmp.join(format!("{format}-train.csv"));
         let names: Vec<PathBuf> = train
             .iter()
-            .filter_map(|p| p.file_name().map(PathBuf::from))
+            .filter(|s| exports(s, format))
+            .map(|s| PathBuf::from(format!("{}.umbra", s.name)))
             .collect();
         let mut cmd = Command::new(umbra);
         cmd.args(["--log", "warn", "export", "--format", format]);

@@ -876,7 +876,21 @@ fn start_requests(
     problems: &mut Vec<String>,
 ) -> (Option<ProfilePredictor>, Option<Launcher>) {
     let profiles = match ProfilePredictor::open(&cfg.publish.state_dir.join("profiles")) {
-        Ok((p, _)) => Some(p),
+        Ok((p, _)) => {
+            use crate::predict::{
+                runtime::default_runtime,
+                schema::ModelKind,
+                source::{ModelSetting, Sources, shipped},
+            };
+            let p = p.with_model(Sources::new(
+                ModelKind::Request,
+                ModelSetting::parse(&cfg.predict.request_model),
+                shipped::REQUEST,
+                default_runtime(),
+            ));
+            problems.extend(p.model_problem.clone());
+            Some(p)
+        }
         Err(e) => {
             warn!(error = %e, "No per-request predictions");
             problems.push(format!("no per-request predictions: {e}"));

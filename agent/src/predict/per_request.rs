@@ -1,7 +1,10 @@
 //! Per-request predictions from the profile store: a new exec of an executable with past
 //! runs is predicted to need what those runs needed (p10/p50/p90 of their outcomes); one
-//! never seen borrows from its kin (a prior). The request model, when it ships, answers
-//! the same question through the same call.
+//! never seen borrows from its kin (a prior). With the request model loaded
+//! (`predict.request_model`: the shipped `models/request.onnx` by default, or a file,
+//! re-read when it changes), an executable with past runs is predicted by the model from
+//! the exec's whole feature row (its profile, the sizes of the input files argv names,
+//! argv, parent, cgroup, node load); the profile baseline answers when the model cannot.
 //!
 //! The store learns as the agent runs: every exec opens a request in a
 //! [`RequestTracker`], the ticks measure it, and each completed request becomes a run of
@@ -10,13 +13,14 @@
 
 use std::path::Path;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{
     RequestPrediction,
-    exec::{Exec, ProfileBaseline, RequestPredictor},
+    exec::{Exec, OnnxRequest, ProfileBaseline, RequestPredictor},
     profiles::{Loaded, ProfileError, ProfileStore},
     request::{Completed, DEFAULT_HASH_BUCKETS, RequestFeaturizer, RequestTracker},
+    source::Sources,
 };
 use crate::{
     aggregate::Window,
@@ -33,6 +37,13 @@ pub struct ProfilePredictor {
     identity: Identity,
     tracker: RequestTracker,
     baseline: ProfileBaseline,
+    /// The request model and where it comes from.
+    model: Option<OnnxRequest>,
+    sources: Option<Sources>,
+    /// Why the request model is not in use, when it was asked for.
+    pub model_problem: Option<String>,
+    row: Vec<f32>,
+    row_f64: Vec<f64>,
     /// Runs kept in memory only (the journal could not be written), and the last error.
     pub unjournaled: u64,
     pub last_error: Option<String>,
@@ -51,8 +62,54 @@ impl ProfilePredictor {
             identity: Identity::new(),
             tracker: RequestTracker::new(RequestFeaturizer::new(DEFAULT_HASH_BUCKETS)),
             baseline: ProfileBaseline::new(),
+            model: None,
+            sources: None,
+            model_problem: None,
+            row: Vec::new(),
+            row_f64: Vec::new(),
             unjournaled: 0,
             last_error: None,
+        }
+    }
+
+    /// Predicts with the request model of `sources` (loaded now, re-read when its file
+    /// changes); a model that cannot be used leaves the profile baseline in charge and its
+    /// reason in [`model_problem`](Self::model_problem).
+    pub fn with_model(mut self, sources: Sources) -> ProfilePredictor {
+        self.sources = Some(sources);
+        self.load_model();
+        self
+    }
+
+    /// The request model in use, by name.
+    pub fn model_name(&self) -> Option<&str> {
+        self.model.as_ref().map(OnnxRequest::name)
+    }
+
+    fn load_model(&mut self) {
+        let Some(sources) = &mut self.sources else {
+            return;
+        };
+        let names = self.tracker.featurizer().names();
+        let vocabulary: Vec<&str> = names.iter().map(String::as_str).collect();
+        let loaded = sources
+            .configured()
+            .and_then(|m| m.map(|(m, _)| OnnxRequest::new(m, &vocabulary)).transpose());
+        match loaded {
+            Ok(Some(m)) => {
+                info!(model = m.name(), origin = %m.model().origin, "Request model loaded");
+                self.model = Some(m);
+                self.model_problem = None;
+            }
+            Ok(None) => {
+                self.model = None;
+                self.model_problem = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "Request model not used; predicting from profiles");
+                self.model = None;
+                self.model_problem = Some(format!("request model not used: {e}"));
+            }
         }
     }
 
@@ -69,6 +126,9 @@ impl ProfilePredictor {
         for c in self.tracker.tick(t, w, &self.store) {
             self.learn(&c);
         }
+        if self.sources.as_mut().is_some_and(Sources::changed) {
+            self.load_model();
+        }
         if self.store.unsaved >= SAVE_EVERY {
             self.save();
         }
@@ -84,6 +144,9 @@ impl ProfilePredictor {
 
     fn learn(&mut self, c: &Completed) {
         self.baseline.recorded();
+        if let Some(m) = &mut self.model {
+            m.recorded();
+        }
         let r = self
             .store
             .record(&c.facts.key, c.name(), &c.facts.parent, c.run());
@@ -119,10 +182,25 @@ impl ProfilePredictor {
             parent: facts.map_or("", |f| f.parent.as_str()),
             input_bytes: facts.map_or(0, |f| f.input_bytes()),
         };
-        let mut p = self.baseline.predict(&self.store, &e);
         let runs = self.store.get(&key).map_or(0, |p| p.runs.len());
+        // The model for an executable with runs of its own; one never seen gets a prior
+        // (a guess, given soft settings only).
+        let mut p = match &mut self.model {
+            Some(m)
+                if runs > 0
+                    && self
+                        .tracker
+                        .row_into(tgid, &key, &self.store, &mut self.row) =>
+            {
+                self.row_f64.clear();
+                self.row_f64.extend(self.row.iter().map(|v| *v as f64));
+                m.predict_row(&self.store, &e, &self.row_f64)
+            }
+            _ => self.baseline.predict(&self.store, &e),
+        };
         p.source = match p.source.as_str() {
             "none" => return None,
+            "model" => format!("model over a profile of {runs} runs"),
             "profile" => format!("profile of {runs} runs"),
             s => match s.strip_prefix("profile+") {
                 Some(kin) => format!("profile of {runs} runs, its band from {kin}"),
@@ -202,5 +280,94 @@ mod tests {
             "{:?}",
             r.cpu_seconds
         );
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_model_that_is_not_a_request_model_leaves_the_profiles_in_charge_and_says_why() {
+        use crate::predict::{
+            runtime::default_runtime,
+            schema::ModelKind,
+            source::{ModelSetting, Sources},
+        };
+        // A forecaster where the request model is configured.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx/forecast_fixture.onnx");
+        let sources = Sources::new(
+            ModelKind::Request,
+            ModelSetting::File(path),
+            None,
+            default_runtime(),
+        );
+        let p = ProfilePredictor::new(ProfileStore::in_memory(16)).with_model(sources);
+        assert!(p.model_name().is_none());
+        let why = p.model_problem.clone().unwrap();
+        assert!(
+            why.contains("forecast_fixture.onnx") && why.contains("a request model is needed"),
+            "{why}"
+        );
+    }
+
+    /// The shipped request model answers for an executable with past runs, from its exec's
+    /// feature row: a larger input file, a larger prediction.
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_shipped_request_model_predicts_a_known_executable_from_its_input_size() {
+        use crate::predict::{
+            request::ExecFacts,
+            runtime::default_runtime,
+            schema::ModelKind,
+            source::{ModelSetting, Sources, shipped},
+        };
+        assert!(shipped::REQUEST.is_some(), "models/request.onnx is shipped");
+        let me = std::env::current_exe().unwrap();
+        let exe = me.to_str().unwrap();
+        let mut id = Identity::new();
+        let key = format!("exe:{}", id.exe_hash(u32::MAX, Some(exe)).unwrap());
+        let mib = 1u64 << 20;
+        let mut store = ProfileStore::in_memory(16);
+        // Past runs: a second of CPU per 16 MiB of input.
+        for (i, size) in [4u64, 16, 32, 64, 128, 8, 48, 96].into_iter().enumerate() {
+            let o = Outcome {
+                cpu_seconds: size as f64 / 16.0,
+                peak_rss_bytes: 3e6,
+                duration_seconds: size as f64 / 15.0,
+                io_bytes: (size * mib) as f64,
+            };
+            store
+                .record(&key, "xz", "sh", Run::new(&o, size * mib, i as u64))
+                .unwrap();
+        }
+        let sources = Sources::new(
+            ModelKind::Request,
+            ModelSetting::Shipped,
+            shipped::REQUEST,
+            default_runtime(),
+        );
+        let mut p = ProfilePredictor::new(store).with_model(sources);
+        assert!(p.model_problem.is_none(), "{:?}", p.model_problem);
+        assert!(p.model_name().is_some());
+        let mut predict = |tgid: u32, size_mib: u64| {
+            let facts = ExecFacts {
+                key: key.clone(),
+                exe: exe.into(),
+                argv: vec!["xz".into(), "-c".into(), "/data/in".into()],
+                inputs: vec![(2, size_mib * mib)],
+                parent: "sh".into(),
+                ..Default::default()
+            };
+            p.tracker.exec(tgid, 5, facts, &p.store);
+            p.predict(tgid, exe, 5).unwrap()
+        };
+        let small = predict(1_000_001, 2);
+        let large = predict(1_000_002, 200);
+        assert!(small.source.starts_with("model"), "{}", small.source);
+        assert!(
+            large.cpu_seconds.p50 > 2.0 * small.cpu_seconds.p50,
+            "{:?} vs {:?}",
+            large.cpu_seconds,
+            small.cpu_seconds
+        );
+        assert!(large.io_bytes.p50 > 2.0 * small.io_bytes.p50);
     }
 }

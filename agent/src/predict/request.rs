@@ -40,12 +40,27 @@ const MIB: f64 = (1u64 << 20) as f64;
 
 /// FNV-1a, 64 bits.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
+    fnv1a64_more(0xcbf2_9ce4_8422_2325, bytes.iter().copied())
+}
+
+/// FNV-1a continued from `h` over `bytes`.
+fn fnv1a64_more(mut h: u64, bytes: impl Iterator<Item = u8>) -> u64 {
+    for b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// The argv token of an input file as hashed: `@file:` and the file's name without its
+/// ASCII digits (`/data/logs-2026-12.gz` → `@file:logs--.gz`) — the kind of input, not
+/// the instance.
+fn input_token_hash(tok: &str) -> u64 {
+    let name = tok.rsplit('/').next().unwrap_or(tok);
+    fnv1a64_more(
+        fnv1a64(b"@file:"),
+        name.bytes().filter(|b| !b.is_ascii_digit()),
+    )
 }
 
 /// What is known of a request when its exec happens.
@@ -208,14 +223,14 @@ impl RequestFeaturizer {
         row.resize(at + self.hash_buckets, 0.0);
         for (i, tok) in args.iter().enumerate() {
             let named_file = exec.inputs.iter().any(|&(k, _)| k == i + 1);
-            let norm: &[u8] = if named_file {
-                b"@file"
+            let h = if named_file {
+                input_token_hash(tok)
             } else if tok.len() > LONG_TOKEN {
-                b"@long"
+                fnv1a64(b"@long")
             } else {
-                tok.as_bytes()
+                fnv1a64(tok.as_bytes())
             };
-            row[at + (fnv1a64(norm) % self.hash_buckets as u64) as usize] += 1.0;
+            row[at + (h % self.hash_buckets as u64) as usize] += 1.0;
         }
         one_hot(row, &exec.parent, PARENT_BUCKETS);
         one_hot(row, &exec.cgroup, CGROUP_BUCKETS);
@@ -339,6 +354,36 @@ impl RequestTracker {
     /// What is known of `tgid`'s open request (its exec's facts).
     pub fn facts(&self, tgid: u32) -> Option<&ExecFacts> {
         self.open.get(&tgid).map(|o| &o.facts)
+    }
+
+    /// The feature row of `tgid`'s open request into `row`, as a model is given it: the
+    /// row made at its exec, or — the exec event did not carry the executable's key — one
+    /// made now for `key` from `profiles`. False when `tgid` has no open request.
+    pub fn row_into(
+        &self,
+        tgid: u32,
+        key: &str,
+        profiles: &ProfileStore,
+        row: &mut Vec<f32>,
+    ) -> bool {
+        let Some(o) = self.open.get(&tgid) else {
+            return false;
+        };
+        match &o.features {
+            Some(f) => {
+                row.clear();
+                row.extend_from_slice(f);
+            }
+            None => {
+                let facts = ExecFacts {
+                    key: key.to_string(),
+                    ..o.facts.clone()
+                };
+                self.featurizer
+                    .features_into(&facts, profiles.get(key), self.node, row);
+            }
+        }
+        true
     }
 
     /// Requests open now.
@@ -634,7 +679,8 @@ mod tests {
         );
         let bucket = |tok: &[u8]| format!("argv_hash_{}", fnv1a64(tok) % 1024);
         assert_eq!(get(&f, &row, &bucket(b"-3")), 2.0);
-        assert_eq!(get(&f, &row, &bucket(b"@file")), 2.0);
+        // Both inputs are of one kind: "in-" without the digits.
+        assert_eq!(get(&f, &row, &bucket(b"@file:in-")), 2.0);
         assert_eq!(get(&f, &row, &bucket(b"@long")), 1.0);
         let hashed: f32 = row[24..24 + 1024].iter().sum();
         assert_eq!(hashed, 5.0, "argv[0] is not a token");
