@@ -33,6 +33,9 @@ class Spec:
     # clips to them, so a window unlike any seen cannot forecast absurd values.
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
+    # Added to each output after ordering (standardised): a conformal widening of the band
+    # (negative for the low quantiles, positive for the high ones), when calibrated.
+    widen: np.ndarray | None = None
 
 
 def order_matrices(d_out: int, quantiles: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +95,11 @@ def raw_out(params: dict, x):
     return raw
 
 
-def apply(params: dict, x, pm, pg, lo=None, hi=None):
+def apply(params: dict, x, pm, pg, lo=None, hi=None, widen=None):
     raw = raw_out(params, x)
     q = raw @ pm + jax.nn.softplus(raw) @ pg
+    if widen is not None:
+        q = q + widen
     if lo is not None:
         q = jnp.clip(q, lo, hi)
     return q
@@ -207,7 +212,8 @@ def bounds(spec: Spec):
 def predict(params: dict, spec: Spec, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
     pm, pg = (jnp.asarray(m) for m in order_matrices(spec.d_out, spec.quantiles))
     lo, hi = bounds(spec)
-    f = jax.jit(lambda p, xb: apply(p, xb, pm, pg, lo, hi))
+    widen = None if spec.widen is None else jnp.asarray(spec.widen, jnp.float32)
+    f = jax.jit(lambda p, xb: apply(p, xb, pm, pg, lo, hi, widen))
     out = [np.asarray(f(params, jnp.asarray(x[i : i + chunk], jnp.float32))) for i in range(0, len(x), chunk)]
     return np.concatenate(out) if out else np.zeros((0, spec.d_out), np.float32)
 
@@ -246,11 +252,14 @@ def export_onnx(params: dict, spec: Spec, schema: dict, path, input_name="x", ou
     nodes.append(helper.make_node("Softplus", [raw], ["gaps"]))
     nodes.append(helper.make_node("MatMul", [raw, const("pm", pm)], ["mid"]))
     nodes.append(helper.make_node("MatMul", ["gaps", const("pg", pg)], ["spread"]))
-    if spec.lo is None:
-        nodes.append(helper.make_node("Add", ["mid", "spread"], [output_name]))
-    else:
-        nodes.append(helper.make_node("Add", ["mid", "spread"], ["ordered"]))
-        nodes.append(helper.make_node("Max", ["ordered", const("lo", spec.lo)], ["above"]))
+    ordered = output_name if spec.lo is None and spec.widen is None else "ordered"
+    nodes.append(helper.make_node("Add", ["mid", "spread"], [ordered]))
+    if spec.widen is not None:
+        last = output_name if spec.lo is None else "widened"
+        nodes.append(helper.make_node("Add", [ordered, const("widen", spec.widen)], [last]))
+        ordered = last
+    if spec.lo is not None:
+        nodes.append(helper.make_node("Max", [ordered, const("lo", spec.lo)], ["above"]))
         nodes.append(helper.make_node("Min", ["above", const("hi", spec.hi)], [output_name]))
     graph = helper.make_graph(
         nodes,
