@@ -73,7 +73,16 @@ fn kernel_programs(target_dir: &Path, root: &Path) -> anyhow::Result<()> {
         "umbra-ebpf",
         "--bins",
     ])
-    .args(["--release", "--target", target, "-Z", "build-std=core"])
+    // The `bpf` profile (the workspace's Cargo.toml), not `release`: the edge binary's
+    // size settings stay out of the kernel programs.
+    .args([
+        "--profile",
+        "bpf",
+        "--target",
+        target,
+        "-Z",
+        "build-std=core",
+    ])
     .arg("--target-dir")
     .arg(&dir)
     .current_dir(root)
@@ -91,7 +100,7 @@ fn kernel_programs(target_dir: &Path, root: &Path) -> anyhow::Result<()> {
         bail!("building the kernel programs failed ({st}): {cmd:?}");
     }
     for bin in ["umbra", "umbra-egress"] {
-        let from = dir.join(target).join("release").join(bin);
+        let from = dir.join(target).join("bpf").join(bin);
         std::fs::copy(&from, out_dir.join(bin))
             .with_context(|| format!("copying {} to {}", from.display(), out_dir.display()))?;
     }

@@ -3,7 +3,8 @@
 //! a 408 → 64 → 72 MLP over a 24-bucket window of all 17 features, 6 steps, 4 targets, 3
 //! quantiles; random weights: cost does not depend on them — as it is, calibrated, as the
 //! live agent runs it (the candidate baselines competing per workload, calibrated), and the
-//! fallback baseline), and a per-request prediction from the profile store.
+//! fallback baseline), and a per-request prediction from the profile store and through the
+//! shipped request model.
 //! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).
 
 use std::hint::black_box;
@@ -18,9 +19,11 @@ use umbra::{
         features::N_FEATURES,
         onnx::{Model, OnnxForecaster},
         profiles::{ProfileStore, Run},
+        request::{DEFAULT_HASH_BUCKETS, ExecFacts, NodeLoad, RequestFeaturizer},
         runtime::default_runtime,
         schema::ModelKind,
         select::Select,
+        source::shipped,
     },
 };
 
@@ -192,27 +195,34 @@ fn requests(c: &mut Criterion) {
             ))
         })
     });
-    // The request model (the runtime fixture's size: 7 features, 12 outputs) on a row.
-    let vocab = [
-        "argv_hash_3",
-        "profile_runs",
-        "input_bytes_total",
-        "profile_io_bytes_p50",
-        "profile_duration_seconds_p50",
-        "profile_peak_rss_bytes_p50",
-        "profile_cpu_seconds_p50",
-    ];
-    let bytes = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/onnx/request_fixture.onnx"),
-    )
-    .expect("the request fixture");
+    // The shipped request model (models/request.onnx: 75 features, 128-64 MLP) on the row
+    // the featurizer makes for an exec of a known executable given an input file: both
+    // parts of a live prediction.
+    let featurizer = RequestFeaturizer::new(DEFAULT_HASH_BUCKETS);
+    let names: Vec<&str> = featurizer.names().iter().map(String::as_str).collect();
     let rt = default_runtime();
-    let mut m = load_request_model("request_fixture.onnx", &bytes, &vocab, rt.as_ref())
-        .expect("a request model");
-    let row = [0.0, 64.0, 1048576.0, 1e6, 4.0, 1e8, 2.0];
+    let bytes = shipped::REQUEST.expect("models/request.onnx is shipped");
+    let mut m =
+        load_request_model("request.onnx", bytes, &names, rt.as_ref()).expect("a request model");
+    let facts = ExecFacts {
+        key: known.clone(),
+        exe: "/usr/bin/prog0".into(),
+        argv: vec!["prog0".into(), "-9".into(), "/data/in-64".into()],
+        inputs: vec![(2, 64 << 20)],
+        parent: "sh".into(),
+        ..Default::default()
+    };
+    let (mut row32, mut row) = (Vec::new(), Vec::new());
     g.bench_function("model", |b| {
         b.iter(|| {
+            featurizer.features_into(
+                black_box(&facts),
+                store.get(&known),
+                NodeLoad::default(),
+                &mut row32,
+            );
+            row.clear();
+            row.extend(row32.iter().map(|v| *v as f64));
             black_box(m.predict_row(
                 &store,
                 &Exec {
@@ -221,9 +231,9 @@ fn requests(c: &mut Criterion) {
                     key: &known,
                     name: "prog0",
                     parent: "sh",
-                    input_bytes: 1048576,
+                    input_bytes: 64 << 20,
                 },
-                black_box(&row),
+                &row,
             ))
         })
     });

@@ -458,8 +458,10 @@ fn an_opted_in_exec_is_placed_in_its_own_group_with_its_limits() {
     let dir = tempfile::tempdir().unwrap();
     // Past runs: 0.4 cpu-seconds over 1 s (p90 0.4 cores), 64 MiB.
     profile(&dir.path().join("state"), &wl, 0.4, 1.0, 64.0 * MIB as f64);
+    // The profile alone predicts (its numbers are known here); the request model's path is
+    // a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it.
     let extra = format!(
-        "[allocate.tiers]\nstart = \"full\"\n[[allocate.workload]]\nexe = \"{}\"\nper_request = true\n",
+        "[allocate.tiers]\nstart = \"full\"\n[[allocate.workload]]\nexe = \"{}\"\nper_request = true\n\n[predict]\nrequest_model = \"none\"\n",
         wl.display()
     );
     let agent = Agent::start_in(dir, root.clone(), &extra, true);

@@ -882,13 +882,20 @@ fn start_requests(
                 schema::ModelKind,
                 source::{ModelSetting, Sources, shipped},
             };
+            let setting = ModelSetting::parse(&cfg.predict.request_model);
+            // A build without the model runtime, or without a shipped request model, is
+            // not a problem unless a file was asked for.
+            let asked = matches!(setting, ModelSetting::File(_))
+                || (cfg!(feature = "onnx") && shipped::REQUEST.is_some());
             let p = p.with_model(Sources::new(
                 ModelKind::Request,
-                ModelSetting::parse(&cfg.predict.request_model),
+                setting,
                 shipped::REQUEST,
                 default_runtime(),
             ));
-            problems.extend(p.model_problem.clone());
+            if asked {
+                problems.extend(p.model_problem.clone());
+            }
             Some(p)
         }
         Err(e) => {
