@@ -116,8 +116,11 @@ pub struct CpuState {
     /// `PROC_STATS` tells from these whether the value it read holds the slice already.
     pub out_since: u64,
     pub out_total: u64,
+    /// Switches this CPU has seen (wrapping): a reader that read the slot before and after
+    /// `PROC_STATS` knows from it whether `out_*` still describe the slice it saw running.
+    pub switches: u64,
 }
-const _: () = assert!(size_of::<CpuState>() == 48);
+const _: () = assert!(size_of::<CpuState>() == 56);
 
 /// Kinds of [`LifecycleEvent`].
 pub const EVENT_EXEC: u32 = 1;

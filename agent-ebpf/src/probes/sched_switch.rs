@@ -107,6 +107,7 @@ fn on_switch(
     };
     // SAFETY: this CPU's slot; programs on one CPU do not nest for this tracepoint.
     let cpu = unsafe { &mut *cpu };
+    cpu.switches = cpu.switches.wrapping_add(1);
     let (prev_tid, _) = current_ids();
     if prev_tid != 0 {
         switch_out(

@@ -40,6 +40,9 @@ const FINISHED_TICKS: u64 = 32;
 const MAX_FINISHED: usize = 8192;
 /// Every this many ticks, processes whose exit was never seen are checked in /proc.
 const GC_EVERY_TICKS: u64 = 30;
+/// Reads of one process's entry, between two reads of the CPU slots, to tell whether a
+/// slice that ended while `PROC_STATS` was read is in it.
+const REREAD_TRIES: u32 = 4;
 
 /// What userspace knows of a tracked process beyond its counters.
 #[derive(Clone, Debug, Default)]
@@ -170,11 +173,11 @@ impl KernelCapture {
         } else {
             self.cpu_slots()
         };
-        let stats: HashMap<ProcKey, ProcStats> = self.read_stats().into_iter().collect();
+        let mut stats: HashMap<ProcKey, ProcStats> = self.read_stats().into_iter().collect();
         let inflight = if on_iter {
             HashMap::new()
         } else {
-            self.inflight(&slots, &stats)
+            self.inflight(&slots, &mut stats)
         };
         if let Some(f) = self.after_read.take() {
             f();
@@ -481,52 +484,102 @@ impl KernelCapture {
     /// is read again now. A slice still running counts up to now. A slice that ended
     /// meanwhile was added to its process before or after `stats` read that entry: the
     /// slot's `out_total` (the process's `cpu_ns` just after the add) tells which, so the
-    /// slice is never counted twice nor missed; when the CPU switched more than once
-    /// meanwhile, the slice ended early in the read and is taken as counted. The process
-    /// comes from the kernel where it knew it, else from /proc — asked every time, never
-    /// cached, so a reused tid is never another's.
+    /// slice is never counted twice nor missed. When the CPU switched more than once
+    /// meanwhile, `out_*` describe a later slice: that process's entry is read again
+    /// between two reads of the slots (a window of one lookup), its `stats` replaced.
+    /// The process comes from the kernel where it knew it, else from /proc — asked every
+    /// time, never cached, so a reused tid is never another's.
     fn inflight(
         &mut self,
         before: &[CpuState],
-        stats: &HashMap<ProcKey, ProcStats>,
+        stats: &mut HashMap<ProcKey, ProcStats>,
     ) -> HashMap<ProcKey, u64> {
-        let mut out = HashMap::new();
         let after = self.cpu_slots();
         let now = procfs::mono_ns();
-        for (st, later) in before.iter().zip(&after) {
-            if st.tid == 0 || st.since == 0 || st.since >= now {
-                continue;
-            }
-            let key = if st.owner_tgid != 0 {
-                ProcKey {
-                    tgid: st.owner_tgid,
-                    _pad: 0,
-                    start_ns: st.owner_start_ns,
+        let read =
+            |stats: &HashMap<ProcKey, ProcStats>, k: &ProcKey| stats.get(k).map(|s| s.cpu_ns);
+        let (mut out, unsure) = self.running_slices(before, &after, now, |k| read(stats, k));
+        for key in unsure {
+            // Two switches within one lookup are unheard of; a few tries, then as read.
+            for attempt in 1..=REREAD_TRIES {
+                let before = self.cpu_slots();
+                let entry = self.stats.get(&key, 0).ok();
+                let after = self.cpu_slots();
+                let now = procfs::mono_ns();
+                let cpu = entry.map(|e| e.cpu_ns);
+                let (mine, again) = self
+                    .running_slices(&before, &after, now, |k| if *k == key { cpu } else { None });
+                if !again.contains(&key) || attempt == REREAD_TRIES {
+                    out.insert(key, mine.get(&key).copied().unwrap_or(0));
+                    if let Some(e) = entry {
+                        stats.insert(key, e);
+                    }
+                    break;
                 }
-            } else {
-                let Some(tgid) = procfs::tgid_of(st.tid) else {
-                    continue;
-                };
-                // The live process of that tgid: the latest start among those tracked.
-                match self
-                    .procs
-                    .keys()
-                    .filter(|k| k.tgid == tgid)
-                    .max_by_key(|k| k.start_ns)
-                {
-                    Some(k) => *k,
-                    None => ProcKey {
-                        tgid,
-                        _pad: 0,
-                        start_ns: procfs::start_ns(tgid).unwrap_or(0),
-                    },
-                }
-            };
-            if !slice_counted(st, later, stats.get(&key).map(|s| s.cpu_ns)) {
-                *out.entry(key).or_insert(0) += now - st.since;
             }
         }
         out
+    }
+
+    /// The time of the slices in `before` that `read` (a process's `cpu_ns` as read between
+    /// `before` and `after`) does not hold yet, by process; and the processes for which
+    /// that cannot be told (their CPU switched more than once in between).
+    fn running_slices(
+        &mut self,
+        before: &[CpuState],
+        after: &[CpuState],
+        now: u64,
+        read: impl Fn(&ProcKey) -> Option<u64>,
+    ) -> (HashMap<ProcKey, u64>, Vec<ProcKey>) {
+        let mut out = HashMap::new();
+        let mut unsure = Vec::new();
+        for (st, later) in before.iter().zip(after) {
+            if st.tid == 0 || st.since == 0 || st.since >= now {
+                continue;
+            }
+            let Some(key) = self.slot_owner(st) else {
+                continue;
+            };
+            match slice_in_read(st, later, read(&key)) {
+                Some(true) => {}
+                Some(false) => *out.entry(key).or_insert(0) += now - st.since,
+                None => {
+                    if !unsure.contains(&key) {
+                        unsure.push(key);
+                    }
+                }
+            }
+        }
+        (out, unsure)
+    }
+
+    /// The process of the thread a CPU slot holds: from the kernel where it knew it, else
+    /// from /proc (asked every time, never cached).
+    fn slot_owner(&self, st: &CpuState) -> Option<ProcKey> {
+        if st.owner_tgid != 0 {
+            return Some(ProcKey {
+                tgid: st.owner_tgid,
+                _pad: 0,
+                start_ns: st.owner_start_ns,
+            });
+        }
+        let tgid = procfs::tgid_of(st.tid)?;
+        // The live process of that tgid: the latest start among those tracked.
+        Some(
+            match self
+                .procs
+                .keys()
+                .filter(|k| k.tgid == tgid)
+                .max_by_key(|k| k.start_ns)
+            {
+                Some(k) => *k,
+                None => ProcKey {
+                    tgid,
+                    _pad: 0,
+                    start_ns: procfs::start_ns(tgid).unwrap_or(0),
+                },
+            },
+        )
     }
 
     /// Removes thread entries of threads that are gone without a final switch seen.
@@ -576,10 +629,15 @@ fn bound_finished(finished: &mut HashMap<ProcKey, u64>, visible: impl Fn(&ProcKe
 
 /// Whether the slice running in `before` (read just before `PROC_STATS`) is in the
 /// process's `cpu_ns` as read there (`read`; none: no entry), given the CPU's slot
-/// `after` the read (see `KernelCapture::inflight`).
-fn slice_counted(before: &CpuState, after: &CpuState, read: Option<u64>) -> bool {
-    let running = after.tid == before.tid && after.since == before.since;
-    !running && (after.out_since != before.since || read.is_none_or(|r| r >= after.out_total))
+/// `after` the read (see `KernelCapture::inflight`); `None` when that cannot be told: the
+/// CPU switched more than once, and `out_*` describe a later slice.
+fn slice_in_read(before: &CpuState, after: &CpuState, read: Option<u64>) -> Option<bool> {
+    match after.switches.wrapping_sub(before.switches) {
+        0 => Some(false),
+        // Ended, and added to its process's entry if it had one (`out_*` are its).
+        1 => Some(after.out_since != before.since || read.is_none_or(|r| r >= after.out_total)),
+        _ => None,
+    }
 }
 
 /// `info` takes what events told of a process (`from`) where it knows nothing yet.
@@ -722,13 +780,14 @@ fn sample_of(
 mod tests {
     use super::*;
 
-    fn slot(tid: u32, since: u64, out_since: u64, out_total: u64) -> CpuState {
+    fn slot(tid: u32, since: u64, out_since: u64, out_total: u64, switches: u64) -> CpuState {
         CpuState {
             since,
             tid,
             owner_tgid: tid,
             out_since,
             out_total,
+            switches,
             ..CpuState::default()
         }
     }
@@ -759,28 +818,34 @@ mod tests {
 
     #[test]
     fn a_slice_still_running_is_not_in_the_map() {
-        let s = slot(7, 100, 40, 900);
-        assert!(!slice_counted(&s, &s, Some(5_000)));
+        let s = slot(7, 100, 40, 900, 3);
+        assert_eq!(slice_in_read(&s, &s, Some(5_000)), Some(false));
     }
 
     #[test]
     fn a_slice_that_ended_during_the_read_is_counted_once() {
-        let before = slot(7, 100, 40, 900);
+        let before = slot(7, 100, 40, 900, 3);
         // The slice ended at 350 and brought its process to 1,250 ns.
-        let after = slot(9, 350, 100, 1_250);
+        let after = slot(9, 350, 100, 1_250, 4);
         // Read after the add: the map holds the slice.
-        assert!(slice_counted(&before, &after, Some(1_250)));
-        assert!(slice_counted(&before, &after, Some(1_400)));
+        assert_eq!(slice_in_read(&before, &after, Some(1_250)), Some(true));
+        assert_eq!(slice_in_read(&before, &after, Some(1_400)), Some(true));
         // Read before the add: it does not.
-        assert!(!slice_counted(&before, &after, Some(1_000)));
+        assert_eq!(slice_in_read(&before, &after, Some(1_000)), Some(false));
         // No entry to hold it: nothing to add it to either.
-        assert!(slice_counted(&before, &after, None));
+        assert_eq!(slice_in_read(&before, &after, None), Some(true));
+        // The switch counter wraps.
+        let (b, a) = (slot(7, 100, 40, 900, u64::MAX), slot(9, 350, 100, 1_250, 0));
+        assert_eq!(slice_in_read(&b, &a, Some(1_000)), Some(false));
     }
 
     #[test]
-    fn a_cpu_that_switched_again_during_the_read_counts_the_slice_as_read() {
-        let before = slot(7, 100, 40, 900);
-        let after = slot(7, 500, 420, 2_000);
-        assert!(slice_counted(&before, &after, Some(1_000)));
+    fn a_cpu_that_switched_again_during_the_read_cannot_tell() {
+        // The slice of 7 ended (its add unseen: `out_*` are of the next one), and 7 runs
+        // again: whether the value read holds the first slice is not known here.
+        let before = slot(7, 100, 40, 900, 3);
+        let after = slot(7, 500, 420, 2_000, 5);
+        assert_eq!(slice_in_read(&before, &after, Some(1_000)), None);
+        assert_eq!(slice_in_read(&before, &after, Some(2_500)), None);
     }
 }
