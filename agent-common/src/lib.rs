@@ -123,6 +123,11 @@ pub struct CpuState {
 const _: () = assert!(size_of::<CpuState>() == 56);
 
 /// Kinds of [`LifecycleEvent`].
+/// The lifecycle programs wake the ring buffer's reader at most this often (besides when
+/// a batch has built up, or an exec is to be placed at once); the reader drains again this
+/// long after a wakeup, until a drain finds nothing. Idle, nothing wakes it.
+pub const RING_WAKE_EVERY_NS: u64 = 50_000_000;
+
 pub const EVENT_EXEC: u32 = 1;
 pub const EVENT_FORK: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;

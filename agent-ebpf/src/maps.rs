@@ -7,7 +7,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Field offsets and syscall numbers, written by userspace before load (`set_global`).
@@ -54,6 +54,10 @@ pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0
 /// Exec, fork and exit events.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// When a lifecycle program last woke the reader of `EVENTS` (`bpf_ktime_get_ns`).
+#[map]
+pub static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Drop counters, one slot per (program, [`agent_common::Drop`]): see `drop_slot`.
 #[map]

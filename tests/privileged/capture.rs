@@ -5,7 +5,9 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use umbra::capture::{DropKind, Hook, HookStatus, KernelCapture, LifecycleKind};
+use umbra::capture::{
+    CaptureItem, DropKind, Hook, HookStatus, KernelCapture, LifecycleKind, Source,
+};
 use umbra_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -1004,4 +1006,80 @@ fn each_counter_path_loads_and_the_fallback_is_reported() {
         err.contains("task iterator") && err.contains("hooks"),
         "{err}"
     );
+}
+
+/// Events reach the capture loop between ticks, and none waits for the tick: the first
+/// after a quiet spell wakes the loop at once; those right behind it, which the programs
+/// send without a wakeup, come with the drain that follows every wakeup.
+#[test]
+fn events_between_ticks_arrive_before_the_tick() {
+    if !privileged("events_between_ticks_arrive_before_the_tick") {
+        return;
+    }
+    let cfg = umbra::config::CaptureConfig {
+        interval_ms: 60_000,
+        ..Default::default()
+    };
+    let mut cap = capture_with(&cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (seen, pids) = rt.block_on(async {
+        // The first call starts the ticker (its first tick is now): nothing runs yet.
+        let first = tokio::time::timeout(Duration::from_millis(300), cap.next()).await;
+        drop(first);
+        // Four short processes 10 ms apart, while the loop waits: the first wakes it, the
+        // others come within the 50 ms after that wakeup (no wakeup of their own).
+        let starter = std::thread::spawn(|| {
+            let mut children = Vec::new();
+            for _ in 0..4 {
+                children.push(std::process::Command::new("/bin/true").spawn().unwrap());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            children
+                .into_iter()
+                .map(|mut c| {
+                    c.wait().unwrap();
+                    c.id()
+                })
+                .collect::<Vec<u32>>()
+        });
+        let mut starter = Some(starter);
+        let mut seen: HashSet<(u32, bool)> = HashSet::new();
+        let mut pids: Vec<u32> = Vec::new();
+        // Well before the next tick (60 s).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(s) = starter.take_if(|s| s.is_finished()) {
+                pids = s.join().unwrap();
+            }
+            let done = pids
+                .iter()
+                .all(|p| seen.contains(&(*p, true)) && seen.contains(&(*p, false)));
+            if starter.is_none() && done {
+                break;
+            }
+            // Cancelling `next` between its drains loses nothing (they are synchronous).
+            match tokio::time::timeout(Duration::from_millis(100), cap.next()).await {
+                Err(_) => {}
+                Ok(Ok(Some(CaptureItem::Event(e)))) => {
+                    match e.kind {
+                        LifecycleKind::Exec { .. } => seen.insert((e.tgid, true)),
+                        LifecycleKind::Exit { .. } => seen.insert((e.tgid, false)),
+                        LifecycleKind::Fork => false,
+                    };
+                }
+                Ok(Ok(Some(CaptureItem::Tick(_)))) => panic!("a tick came within 20 s"),
+                Ok(other) => panic!("the capture ended: {other:?}"),
+            }
+        }
+        (seen, pids)
+    });
+    let missing: Vec<_> = pids
+        .iter()
+        .flat_map(|p| [(*p, true), (*p, false)])
+        .filter(|k| !seen.contains(k))
+        .collect();
+    assert!(missing.is_empty(), "not delivered before the tick: {missing:?}");
 }

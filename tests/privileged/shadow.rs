@@ -34,8 +34,9 @@ fn live(
 }
 
 /// As [`live`], but the ring buffer is drained every 5 ms between ticks, as the agent's
-/// capture loop does (`Source::next` drains when the kernel wakes it, once an eighth of
-/// the ring is used, and every 50 ms): for event storms a per-tick drain would overrun.
+/// capture loop does in a storm (`Source::next` drains when the kernel wakes it — at most
+/// every 50 ms, and whenever an eighth of the ring is used — and 50 ms after each wakeup):
+/// for event storms a per-tick drain would overrun.
 fn live_draining(
     cap: &mut KernelCapture,
     agg: &mut Aggregator,

@@ -11,7 +11,8 @@
 use agent_common::{
     ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_FREE,
     ExecEvent, ExitEvent, FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV,
-    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, ProcKey, TaskRecord, prog,
+    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, ProcKey, RING_WAKE_EVERY_NS, TaskRecord,
+    prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -19,7 +20,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes, generated,
+        bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{btf_tracepoint, tracepoint},
     maps::ring_buf::RingBufEntry,
@@ -29,7 +30,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::{EVENTS, FREED, FREED_SCRATCH},
+    maps::{EVENTS, FREED, FREED_SCRATCH, LAST_WAKE},
     util::{
         Direct, Mem, Probe, add, add_thread, count_drop, current_ids, current_key, current_start,
         kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
@@ -73,14 +74,25 @@ fn fill_common(ev: &mut LifecycleEvent, kind: u32) {
     ev.filename[0] = 0;
 }
 
-/// Wakes the reader only once a batch has built up: a wakeup per event costs
-/// microseconds (irq_work and an IPI). The reader also drains on a short timer. `wake`
-/// wakes it now (an exec while the allocate stage places requests as they start).
+/// Wakes the reader when no wakeup went out for [`RING_WAKE_EVERY_NS`] (the first event
+/// after a quiet spell is read at once; the reader drains again that long after each
+/// wakeup, so events sent without one wait at most that long), when a batch has built up,
+/// or when `wake` (an exec while the allocate stage places requests as they start). A
+/// wakeup per event would cost microseconds each (irq_work and an IPI); a reader draining
+/// on a timer would wake twenty times a second on an idle machine.
 #[inline(always)]
 fn submit<T>(entry: RingBufEntry<T>, wake: bool) {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let flags = if wake || pending >= size / 8 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let last = LAST_WAKE.get_ptr_mut(0);
+    // SAFETY: the map's one slot, valid for the program's run; racing CPUs at worst both
+    // wake the reader.
+    let quiet = last.is_some_and(|l| now.wrapping_sub(unsafe { *l }) >= RING_WAKE_EVERY_NS);
+    let flags = if wake || quiet || pending >= size / 8 {
+        if let Some(l) = last {
+            unsafe { *l = now };
+        }
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

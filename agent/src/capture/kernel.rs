@@ -8,13 +8,14 @@ use std::{
     fmt,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
+    pin::Pin,
     time::Duration,
 };
 
 use agent_common::{
     ABSENT, DROP_KINDS, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FREE, ExecEvent, ExitEvent, ExitedKey,
     FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_TOTAL, KernelConfig, LifecycleEvent, ProcKey,
-    ProcStats, TaskRecord, prog,
+    ProcStats, RING_WAKE_EVERY_NS, TaskRecord, prog,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -333,9 +334,11 @@ pub struct KernelCapture {
     pub(super) unclaimed: Vec<Lifecycle>,
     interval: Duration,
     ticker: Option<tokio::time::Interval>,
-    /// Drains the ring buffer between wakeups (the programs wake the reader only when a
-    /// batch has built up).
-    drainer: Option<tokio::time::Interval>,
+    /// The next drain of the ring buffer without a wakeup: armed by a wakeup and by every
+    /// drain that found events, so events the programs sent without waking the reader
+    /// (they wake it at most every [`RING_WAKE_EVERY_NS`]) wait at most that long; idle,
+    /// nothing is armed and the thread sleeps until the tick.
+    follow_up: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) ticks: u64,
     /// Fault injection for tests: run once between reading the maps and acting on them.
     pub(super) after_read: Option<Box<dyn FnOnce() + Send>>,
@@ -348,8 +351,6 @@ pub struct KernelCapture {
 pub(super) const MAX_UNCLAIMED: usize = 65536;
 /// Exits remembered for processes retired through `EXITED` (pid reuse without BTF).
 const RECENT_EXITS: usize = 4096;
-/// How often the ring buffer is drained without a wakeup.
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 impl KernelCapture {
     /// Loads and attaches everything, as configured.
@@ -587,7 +588,7 @@ impl KernelCapture {
             unclaimed: Vec::new(),
             interval: cfg.interval(),
             ticker: None,
-            drainer: None,
+            follow_up: None,
             ticks: 0,
             after_read: None,
             iter_buf: Vec::new(),
@@ -654,7 +655,7 @@ pub fn enable_program_stats() -> Result<std::os::fd::OwnedFd, CaptureError> {
 
 impl KernelCapture {
     /// Moves every event waiting in the ring buffer into `out`, updating what is known of
-    /// each process. Never blocks.
+    /// each process; how many records it read. Never blocks.
     pub fn drain_events(&mut self, out: &mut Vec<Lifecycle>) -> usize {
         let mut raw = Vec::new();
         let mut freed = Vec::new();
@@ -683,7 +684,7 @@ impl KernelCapture {
                 raw.push((Lifecycle::from_kernel(&ev), ev, None));
             }
         }
-        let n = raw.len();
+        let n = raw.len() + freed.len();
         for (ev, base, total) in raw {
             if let Some(mut ev) = ev {
                 self.note(&mut ev, &base, total);
@@ -693,6 +694,15 @@ impl KernelCapture {
         for (tgid, start, total) in freed {
             self.note_freed(tgid, start, total);
         }
+        n
+    }
+
+    /// Drains the ring buffer into `pending`; how many records it read.
+    fn drain_pending(&mut self) -> usize {
+        let mut events = Vec::new();
+        let n = self.drain_events(&mut events);
+        self.pending
+            .extend(events.into_iter().map(CaptureItem::Event));
         n
     }
 
@@ -928,36 +938,42 @@ impl Source for KernelCapture {
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t.tick().await;
                 self.ticker = Some(t);
-                let mut d = tokio::time::interval(DRAIN_EVERY);
-                d.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                self.drainer = Some(d);
             }
-            let (Some(fd), Some(ticker), Some(drainer)) = (
-                self.ring_fd.as_ref(),
-                self.ticker.as_mut(),
-                self.drainer.as_mut(),
-            ) else {
+            let (Some(fd), Some(ticker)) = (self.ring_fd.as_ref(), self.ticker.as_mut()) else {
                 continue;
             };
-            tokio::select! {
+            let follow_up = self.follow_up.as_mut();
+            // Whether to drain again in a while: after every wakeup (events sent without
+            // one rely on the last), and after a drain that found events.
+            let again = tokio::select! {
                 _ = ticker.tick() => {
                     let tick = self.sample()?;
                     let events = self.take_events();
                     self.pending.extend(events.into_iter().map(CaptureItem::Event));
                     self.pending.push_back(CaptureItem::Tick(Box::new(tick)));
+                    false
                 }
                 guard = fd.readable() => {
                     let mut guard = guard?;
                     guard.clear_ready();
-                    let mut events = Vec::new();
-                    self.drain_events(&mut events);
-                    self.pending.extend(events.into_iter().map(CaptureItem::Event));
+                    self.drain_pending();
+                    self.follow_up = None;
+                    true
                 }
-                _ = drainer.tick() => {
-                    let mut events = Vec::new();
-                    self.drain_events(&mut events);
-                    self.pending.extend(events.into_iter().map(CaptureItem::Event));
+                _ = async {
+                    match follow_up {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.follow_up = None;
+                    self.drain_pending() > 0
                 }
+            };
+            if again && self.follow_up.is_none() {
+                self.follow_up = Some(Box::pin(tokio::time::sleep(Duration::from_nanos(
+                    RING_WAKE_EVERY_NS,
+                ))));
             }
         }
     }
