@@ -286,16 +286,16 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
         })
         .collect::<Result<_>>()?;
     md.push_str(
-        "\n| agent, 1,000 processes alive | CPU (20 s) | RSS | goal |\n|---|---|---|---|\n",
+        "\n| agent, 1,000 processes alive | CPU (20 s) | context switches a second | RSS | goal |\n|---|---|---|---|---|\n",
     );
     for v in variants.iter().take(2).chain(variants.iter().skip(3)) {
         let agent = Agent::start(&v.bin, &v.args)?;
         thread::sleep(Duration::from_secs(3));
-        let cpu = agent.cpu_percent(Duration::from_secs(20))?;
+        let (cpu, switches) = agent.cpu_percent(Duration::from_secs(20))?;
         let rss = agent.rss_bytes()?;
         agent.stop()?;
         md.push_str(&format!(
-            "| {} | {cpu:.3}% of one core | {:.1} MB | ≤ 0.2%, ≤ 25 MB |\n",
+            "| {} | {cpu:.3}% of one core | {switches:.1} | {:.1} MB | ≤ 0.2%, ≤ 25 MB |\n",
             v.name,
             rss as f64 / 1e6
         ));
@@ -686,13 +686,32 @@ impl Agent {
         Ok(total)
     }
 
-    /// CPU used over `window`, percent of one core.
-    fn cpu_percent(&self, window: Duration) -> Result<f64> {
-        let t0 = self.cpu_ns()?;
+    /// Context switches of all the agent's threads so far (each is a wakeup or a
+    /// preemption; `/proc/<pid>/task/*/status`).
+    fn switches(&self) -> Result<u64> {
+        let mut total = 0;
+        for t in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let s = fs::read_to_string(t?.path().join("status")).unwrap_or_default();
+            total += s
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// CPU used over `window`, percent of one core, and context switches a second.
+    fn cpu_percent(&self, window: Duration) -> Result<(f64, f64)> {
+        let (t0, s0) = (self.cpu_ns()?, self.switches()?);
         let start = Instant::now();
         thread::sleep(window);
-        let t1 = self.cpu_ns()?;
-        Ok((t1 - t0) as f64 / start.elapsed().as_nanos() as f64 * 100.0)
+        let (t1, s1) = (self.cpu_ns()?, self.switches()?);
+        let secs = start.elapsed().as_secs_f64();
+        Ok((
+            (t1 - t0) as f64 / (secs * 1e9) * 100.0,
+            s1.saturating_sub(s0) as f64 / secs,
+        ))
     }
 
     fn rss_bytes(&self) -> Result<u64> {
