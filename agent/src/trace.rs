@@ -382,7 +382,7 @@ impl<W: Write> Tracer<W> {
             o.insert("time_ns".into(), ts.into());
             o.insert("interval_ns".into(), span_ns.into());
             o.insert("tgid".into(), s.tgid.into());
-            o.insert("comm".into(), s.comm.clone().into());
+            o.insert("comm".into(), s.comm.to_string().into());
             o.insert("cgroup_id".into(), s.cgroup_id.into());
             if s.exit.is_some() {
                 o.insert("exited".into(), true.into());
@@ -451,7 +451,7 @@ mod tests {
             ppid: Some(1),
             cgroup_id: 7,
             comm: comm.into(),
-            exe: Some(format!("/usr/bin/{comm}")),
+            exe: Some(format!("/usr/bin/{comm}").into()),
             exe_hash: None,
             cgroup: None,
             app: None,

@@ -1081,5 +1081,8 @@ fn events_between_ticks_arrive_before_the_tick() {
         .flat_map(|p| [(*p, true), (*p, false)])
         .filter(|k| !seen.contains(k))
         .collect();
-    assert!(missing.is_empty(), "not delivered before the tick: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not delivered before the tick: {missing:?}"
+    );
 }

@@ -168,7 +168,7 @@ fn truth(path: &Path) -> Truth {
                     let base = if ticks == 1 { s.counters.cpu_ns } else { 0 };
                     first.entry(k).or_insert(base);
                     last.insert(k, s.counters.cpu_ns);
-                    t.names.insert(s.tgid, s.comm.clone());
+                    t.names.insert(s.tgid, s.comm.to_string());
                     if s.exit.is_some() {
                         t.exits += 1;
                     }

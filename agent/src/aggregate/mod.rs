@@ -9,8 +9,6 @@
 mod history;
 mod point;
 
-use std::collections::HashMap;
-
 pub use history::*;
 pub use point::*;
 use serde::{Deserialize, Serialize};
@@ -29,9 +27,7 @@ pub enum GroupBy {
     Cgroup,
 }
 
-/// Hash maps of the per-process hot path: keys are pids and workload keys made by the
-/// kernel and this agent; foldhash (seeded per run) is several times faster than SipHash.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::FastMap as Map;
 
 /// Ticks after which a process missing from every tick is forgotten.
 const FORGET_AFTER_TICKS: u64 = 5;

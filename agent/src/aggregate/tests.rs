@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -10,9 +12,9 @@ fn sample(tgid: u32, start: u64, exe: &str, cpu: u64, wbytes: u64) -> ProcessSam
         ppid: Some(1),
         cgroup_id: 9,
         comm: exe.into(),
-        exe: Some(format!("/usr/bin/{exe}")),
-        exe_hash: Some(format!("sha256:{exe}")),
-        cgroup: Some(format!("/svc/{exe}")),
+        exe: Some(format!("/usr/bin/{exe}").into()),
+        exe_hash: Some(format!("sha256:{exe}").into()),
+        cgroup: Some(format!("/svc/{exe}").into()),
         app: None,
         counters: ProcCounters {
             cpu_ns: cpu,

@@ -272,14 +272,16 @@ impl Injector {
             });
             events.push(Lifecycle {
                 kind: LifecycleKind::exec(
-                    p.exe.clone().unwrap_or_else(|| format!("/proc/{}", p.tgid)),
+                    p.exe
+                        .as_deref()
+                        .map_or_else(|| format!("/proc/{}", p.tgid), str::to_string),
                 ),
                 pid: p.tgid,
                 tgid: p.tgid,
                 ppid: p.ppid,
                 timestamp_ns: at,
                 cgroup_id: p.cgroup_id,
-                comm: p.comm.clone(),
+                comm: p.comm.to_string(),
             });
             t.samples.push(p);
         }

@@ -11,6 +11,7 @@ use std::{
     io::{Read, Seek, SeekFrom},
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use sha2::{Digest, Sha256};
@@ -28,7 +29,7 @@ pub struct Identity {
     /// (dev, inode, size, mtime) → "sha256:<hex>".
     hashes: HashMap<(u64, u64, u64, i64), String>,
     /// cgroup id (inode of its cgroup2 directory) → path below the cgroup2 root.
-    cgroups: HashMap<u64, String>,
+    cgroups: HashMap<u64, Arc<str>>,
     cgroup_root: Option<PathBuf>,
     /// The cgroup tree is walked at most once per tick.
     walked_this_tick: bool,
@@ -113,7 +114,7 @@ impl Identity {
     }
 
     /// Path of cgroup `id` below the cgroup2 root ("/" for the root itself).
-    pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+    pub fn cgroup_path(&mut self, id: u64) -> Option<Arc<str>> {
         if let Some(p) = self.cgroups.get(&id) {
             return Some(p.clone());
         }
@@ -275,7 +276,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> Option<usize> {
     Some(n)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
+fn walk(root: &Path, dir: &Path, out: &mut HashMap<u64, Arc<str>>, depth: usize) {
     if depth > 16 {
         return;
     }
@@ -284,7 +285,7 @@ fn walk(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
             .strip_prefix(root)
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        out.insert(m.ino(), format!("/{rel}"));
+        out.insert(m.ino(), format!("/{rel}").into());
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -4,11 +4,12 @@
 //! plain values (the per-tick composition is in `sampler`).
 
 use std::{
-    collections::{HashMap as StdHashMap, VecDeque},
+    collections::VecDeque,
     fmt,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     pin::Pin,
+    sync::Arc,
     time::Duration,
 };
 
@@ -35,7 +36,7 @@ use super::{
     tracefs::{self, Tracefs},
     types::{Argv, ArgvSource, DropCounts, Exit, Lifecycle, LifecycleKind},
 };
-use crate::config::CaptureConfig;
+use crate::{FastMap, config::CaptureConfig};
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/umbra"));
@@ -317,17 +318,17 @@ pub struct KernelCapture {
     pub(super) page_size: u64,
     /// Whether `BPF_MAP_LOOKUP_BATCH` works here (Linux ≥ 5.6).
     pub(super) batch: bool,
-    pub(super) procs: StdHashMap<ProcKey, ProcInfo>,
+    pub(super) procs: FastMap<ProcKey, ProcInfo>,
     /// What events told of processes whose start they did not carry (a classic fork
     /// tracepoint), by tgid, until the process's key is known.
-    pub(super) unkeyed: StdHashMap<u32, (ProcInfo, u64)>,
+    pub(super) unkeyed: FastMap<u32, (ProcInfo, u64)>,
     /// Processes already reported finished, and the tick they were: anything seen of them
     /// later (a zombie the iterator still visits, an entry a late event re-made) is not a
     /// new process.
-    pub(super) finished: StdHashMap<ProcKey, u64>,
+    pub(super) finished: FastMap<ProcKey, u64>,
     /// Threads seen by the iterator: their process and last run-queue totals, kept so the
     /// wait of a thread that exits is not lost from its process's total.
-    pub(super) threads: StdHashMap<u32, super::sampler::ThreadSeen>,
+    pub(super) threads: FastMap<u32, super::sampler::ThreadSeen>,
     pub(super) identity: Identity,
     pub(super) recent_exits: VecDeque<(u32, Exit)>,
     pending: VecDeque<CaptureItem>,
@@ -578,10 +579,10 @@ impl KernelCapture {
             report,
             page_size: kc.page_size,
             batch: true,
-            procs: StdHashMap::new(),
-            unkeyed: StdHashMap::new(),
-            finished: StdHashMap::new(),
-            threads: StdHashMap::new(),
+            procs: FastMap::default(),
+            unkeyed: FastMap::default(),
+            finished: FastMap::default(),
+            threads: FastMap::default(),
             identity: Identity::new(),
             recent_exits: VecDeque::new(),
             pending: VecDeque::new(),
@@ -766,10 +767,10 @@ impl KernelCapture {
                 let app = self.identity.app_key(&exe, argv, &cwd);
                 let (comm, ppid, filename) = (ev.comm.clone(), ev.ppid, filename.clone());
                 let info = self.info_of(ev.tgid, start);
-                info.comm = comm;
-                info.exe = Some(filename);
+                info.comm = comm.into();
+                info.exe = Some(filename.into());
                 info.exe_hash = None;
-                info.app = Some(app);
+                info.app = Some(app.map(Arc::new));
                 if ppid.is_some() {
                     info.ppid = ppid;
                 }
@@ -794,7 +795,7 @@ impl KernelCapture {
                 let info = self.info_of(ev.tgid, start);
                 info.ppid = ppid;
                 if info.comm.is_empty() {
-                    info.comm = comm;
+                    info.comm = comm.into();
                 }
                 if info.app.is_none() {
                     info.app = inherited;
@@ -809,7 +810,7 @@ impl KernelCapture {
                     let comm = ev.comm.clone();
                     let info = self.info_of(ev.tgid, start);
                     if info.comm.is_empty() {
-                        info.comm = comm;
+                        info.comm = comm.into();
                     }
                     info.exit = Some(exit);
                     if total.is_some() {

@@ -8,7 +8,7 @@
 //! process finished; whatever shows up of a finished process later (a zombie still in
 //! the task list, an entry re-made by a late event) is never a new process.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use agent_common::{
     CpuState, ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats,
@@ -23,6 +23,7 @@ use super::{
     procfs,
     types::{AppKey, Argv, ArgvSource, Exit, Histogram, Memory, ProcCounters, ProcessSample, Tick},
 };
+use crate::FastMap;
 
 /// Exits younger than this are finalised at a later tick: the dying thread's last
 /// switch-out (its final CPU slice, on the hooks path) and a socket's close at exit land
@@ -49,8 +50,8 @@ const REREAD_TRIES: u32 = 4;
 pub struct ProcInfo {
     /// The key's start (0: not known yet).
     pub start_ns: u64,
-    pub comm: String,
-    pub exe: Option<String>,
+    pub comm: Arc<str>,
+    pub exe: Option<Arc<str>>,
     pub ppid: Option<u32>,
     /// RSS from /proc for members the kernel has not reported since attach (hooks path).
     pub seed: Option<Memory>,
@@ -61,10 +62,10 @@ pub struct ProcInfo {
     /// Whether the process's last task was freed (`total` is final).
     pub freed: bool,
     /// Hash of `exe`, once computed (`Some(None)`: could not be read).
-    pub exe_hash: Option<Option<String>>,
+    pub exe_hash: Option<Option<Arc<str>>>,
     /// What an interpreter runs, once known (`Some(None)`: not an interpreter, or no
     /// named program).
-    pub app: Option<Option<AppKey>>,
+    pub app: Option<Option<Arc<AppKey>>>,
     /// Whether /proc was asked about this process (first sight).
     pub looked_up: bool,
     /// The counters reported last: the next are never lower (a thread's totals move into
@@ -173,9 +174,9 @@ impl KernelCapture {
         } else {
             self.cpu_slots()
         };
-        let mut stats: HashMap<ProcKey, ProcStats> = self.read_stats().into_iter().collect();
+        let mut stats: FastMap<ProcKey, ProcStats> = self.read_stats().into_iter().collect();
         let inflight = if on_iter {
-            HashMap::new()
+            FastMap::default()
         } else {
             self.inflight(&slots, &mut stats)
         };
@@ -199,7 +200,7 @@ impl KernelCapture {
                 }
             }
         }
-        let mut totals: HashMap<ProcKey, Totals> = HashMap::new();
+        let mut totals: FastMap<ProcKey, Totals> = FastMap::default();
         for r in &records {
             let key = ProcKey {
                 tgid: r.tgid,
@@ -224,7 +225,7 @@ impl KernelCapture {
         keys.dedup();
         // The latest start per tgid: an ended process whose tgid another one holds now is
         // certainly gone, whatever its exit's settling time.
-        let mut newest: HashMap<u32, u64> = HashMap::new();
+        let mut newest: FastMap<u32, u64> = FastMap::default();
         for k in &keys {
             let n = newest.entry(k.tgid).or_insert(0);
             *n = (*n).max(k.start_ns);
@@ -410,10 +411,10 @@ impl KernelCapture {
         info.start_ns = key.start_ns;
         info.looked_up = true;
         if info.comm.is_empty() {
-            info.comm = procfs::comm(tgid).unwrap_or_default();
+            info.comm = procfs::comm(tgid).unwrap_or_default().into();
         }
         if info.exe.is_none() {
-            info.exe = procfs::exe(tgid);
+            info.exe = procfs::exe(tgid).map(Into::into);
         }
         if info.ppid.is_none() {
             info.ppid = procfs::ppid(tgid);
@@ -428,11 +429,15 @@ impl KernelCapture {
                 let argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
                 let exe = procfs::exe_bytes(tgid)?;
                 let cwd = std::path::PathBuf::from(format!("/proc/{tgid}/cwd"));
-                self.identity.app_key(&exe, &argv, &cwd)
+                self.identity.app_key(&exe, &argv, &cwd).map(Arc::new)
             }));
         }
         if info.exe_hash.is_none() && info.exe.is_some() {
-            info.exe_hash = Some(self.identity.exe_hash(tgid, info.exe.as_deref()));
+            info.exe_hash = Some(
+                self.identity
+                    .exe_hash(tgid, info.exe.as_deref())
+                    .map(Into::into),
+            );
         }
         self.procs.insert(key, info);
     }
@@ -492,12 +497,12 @@ impl KernelCapture {
     fn inflight(
         &mut self,
         before: &[CpuState],
-        stats: &mut HashMap<ProcKey, ProcStats>,
-    ) -> HashMap<ProcKey, u64> {
+        stats: &mut FastMap<ProcKey, ProcStats>,
+    ) -> FastMap<ProcKey, u64> {
         let after = self.cpu_slots();
         let now = procfs::mono_ns();
         let read =
-            |stats: &HashMap<ProcKey, ProcStats>, k: &ProcKey| stats.get(k).map(|s| s.cpu_ns);
+            |stats: &FastMap<ProcKey, ProcStats>, k: &ProcKey| stats.get(k).map(|s| s.cpu_ns);
         let (mut out, unsure) = self.running_slices(before, &after, now, |k| read(stats, k));
         for key in unsure {
             // Two switches within one lookup are unheard of; a few tries, then as read.
@@ -530,8 +535,8 @@ impl KernelCapture {
         after: &[CpuState],
         now: u64,
         read: impl Fn(&ProcKey) -> Option<u64>,
-    ) -> (HashMap<ProcKey, u64>, Vec<ProcKey>) {
-        let mut out = HashMap::new();
+    ) -> (FastMap<ProcKey, u64>, Vec<ProcKey>) {
+        let mut out = FastMap::default();
         let mut unsure = Vec::new();
         for (st, later) in before.iter().zip(after) {
             if st.tid == 0 || st.since == 0 || st.since >= now {
@@ -599,7 +604,7 @@ impl KernelCapture {
 /// Lets the oldest finished processes go until at most [`MAX_FINISHED`] are left, or only
 /// those `visible` (zombies the task iterator still visits: forgotten, they would come
 /// back as new processes with their whole lifetime's counters).
-fn bound_finished(finished: &mut HashMap<ProcKey, u64>, visible: impl Fn(&ProcKey) -> bool) {
+fn bound_finished(finished: &mut FastMap<ProcKey, u64>, visible: impl Fn(&ProcKey) -> bool) {
     let Some(mut excess) = finished.len().checked_sub(MAX_FINISHED).filter(|e| *e > 0) else {
         return;
     };
@@ -757,7 +762,7 @@ fn sample_of(
     key: ProcKey,
     info: &ProcInfo,
     counters: ProcCounters,
-    cgroup: Option<String>,
+    cgroup: Option<Arc<str>>,
     exit: Option<Exit>,
 ) -> ProcessSample {
     ProcessSample {
@@ -799,7 +804,7 @@ mod tests {
             _pad: 0,
             start_ns: 1,
         };
-        let mut finished: HashMap<ProcKey, u64> = (0..MAX_FINISHED as u32 + 100)
+        let mut finished: FastMap<ProcKey, u64> = (0..MAX_FINISHED as u32 + 100)
             .map(|i| (key(i), u64::from(i / 10)))
             .collect();
         // tgid 3 is oldest but still visited by the iterator.

@@ -1,5 +1,7 @@
 //! Plain values of the capture stage: what every later stage consumes, free of aya.
 
+use std::sync::Arc;
+
 use agent_common::{
     DROP_KINDS, Drop, HIST_BUCKETS, ProcStats, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP, prog,
 };
@@ -204,16 +206,18 @@ pub struct ProcessSample {
     pub start_ns: u64,
     pub ppid: Option<u32>,
     pub cgroup_id: u64,
-    pub comm: String,
+    /// The names are shared with the capture's own record of the process (a tick is
+    /// made for every process every second: copying them was most of its allocations).
+    pub comm: Arc<str>,
     /// Path of the executable, from the exec event or `/proc/<pid>/exe`.
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     /// `sha256:<hex>` of the executable: the same binary has the same key on every node.
-    pub exe_hash: Option<String>,
+    pub exe_hash: Option<Arc<str>>,
     /// Path of the process's cgroup v2 directory below the cgroup2 root.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// What an interpreter runs (its script or main module), when the executable is a
     /// known interpreter: the workload key under executable grouping (format 3 on).
-    pub app: Option<AppKey>,
+    pub app: Option<Arc<AppKey>>,
     pub counters: ProcCounters,
     pub memory: Memory,
     /// Set on the process's final sample; the process is not reported again.

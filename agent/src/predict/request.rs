@@ -488,7 +488,7 @@ impl RequestTracker {
             if let Some(path) = &s.cgroup {
                 self.cgroups
                     .entry(s.cgroup_id)
-                    .or_insert_with(|| path.clone());
+                    .or_insert_with(|| path.to_string());
             }
             let c = Counters::of(s);
             if let Some(o) = self.open.get_mut(&s.tgid) {
