@@ -672,33 +672,35 @@ impl Agent {
         Ok(())
     }
 
-    /// On-CPU ns of all the agent's threads (`/proc/<pid>/task/*/schedstat`).
-    fn cpu_ns(&self) -> Result<u64> {
+    /// `value` of each of the agent's threads' `/proc/<pid>/task/<tid>/<file>`, summed (a
+    /// thread that ended meanwhile counts 0).
+    fn threads_sum(&self, file: &str, value: impl Fn(&str) -> u64) -> Result<u64> {
         let mut total = 0;
         for t in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
-            let s = fs::read_to_string(t?.path().join("schedstat")).unwrap_or_default();
-            total += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            total += value(&fs::read_to_string(t?.path().join(file)).unwrap_or_default());
         }
         Ok(total)
     }
 
+    /// On-CPU ns of all the agent's threads (`schedstat`).
+    fn cpu_ns(&self) -> Result<u64> {
+        self.threads_sum("schedstat", |s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+
     /// Context switches of all the agent's threads so far (each is a wakeup or a
-    /// preemption; `/proc/<pid>/task/*/status`).
+    /// preemption; `status`).
     fn switches(&self) -> Result<u64> {
-        let mut total = 0;
-        for t in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
-            let s = fs::read_to_string(t?.path().join("status")).unwrap_or_default();
-            total += s
-                .lines()
+        self.threads_sum("status", |s| {
+            s.lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-        Ok(total)
+                .sum()
+        })
     }
 
     /// CPU used over `window`, percent of one core, and context switches a second.
