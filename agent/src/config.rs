@@ -319,9 +319,9 @@ pub struct CaptureConfig {
     pub max_sockets: u32,
     /// Use BTF tracepoints where the kernel has them (cheaper); classic ones otherwise.
     pub btf_tracepoints: bool,
-    /// Where per-process counters come from: `"hooks"` (per-event hooks, the default),
-    /// `"iterator"` (the task iterator, read once a tick) or `"auto"` (the iterator where
-    /// the kernel has it, else the hooks).
+    /// Where per-process counters come from: `"auto"` (the task iterator, read once a
+    /// tick, where the kernel has it, else the per-event hooks; the default), `"iterator"`
+    /// (the iterator or an error) or `"hooks"`.
     pub counters: crate::capture::Counters,
     /// The per-event hooks only they can measure with (run-queue latency histograms,
     /// every syscall counted), on top of the task iterator. Off by default (their cost is
@@ -350,7 +350,7 @@ impl Default for CaptureConfig {
             max_block_requests: 16384,
             max_sockets: 16384,
             btf_tracepoints: true,
-            counters: crate::capture::Counters::Hooks,
+            counters: crate::capture::Counters::Auto,
             detail: false,
             disable: Vec::new(),
             simulate_missing: Vec::new(),

@@ -970,7 +970,7 @@ fn each_counter_path_loads_and_the_fallback_is_reported() {
             );
         }
         // A kernel that refuses the iterator: `auto` falls back to the hooks and says why.
-        // (`cargo xtask test` forces the iterator on the host.)
+        // (this host runs the iterator: `cargo xtask test` runs this test on it.)
         Err(umbra::capture::CaptureError::NoIterator { why }) => {
             eprintln!("the task iterator is refused here: {why}");
             let cap = capture_exact(&cfg(Counters::Auto, &[]));

@@ -159,8 +159,9 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// The privileged tests on this host: every integration test (real kernel, real broker),
-/// then the capture tests again on the task iterator.
+/// The privileged tests on this host: every integration test (real kernel, real broker)
+/// on the default counters (the task iterator here), then the capture tests again on the
+/// per-event hooks (kernels without the iterator).
 fn host_privileged_tests() -> Result<()> {
     util::step("privileged tests (real kernel, real broker)");
     util::cargo(
@@ -171,7 +172,7 @@ fn host_privileged_tests() -> Result<()> {
         ]
         .concat(),
     )?;
-    util::step("capture tests on the task iterator (capture.counters = \"iterator\")");
+    util::step("capture tests on the per-event hooks (capture.counters = \"hooks\")");
     util::cargo_env(
         &[
             &["test"][..],
@@ -186,7 +187,7 @@ fn host_privileged_tests() -> Result<()> {
             ],
         ]
         .concat(),
-        &[("UMBRA_CAPTURE_COUNTERS", "iterator")],
+        &[("UMBRA_CAPTURE_COUNTERS", "hooks")],
     )
 }
 
@@ -248,7 +249,7 @@ fn test() -> Result<()> {
         installed => installed.map(|()| true)?,
     };
     let mut x86 = vm::Args::new(vm::Arch::X86_64, &[]);
-    x86.iterator = vm::ITERATOR_ACCURACY
+    x86.hooks = vm::FALLBACK_ACCURACY
         .iter()
         .map(|f| f.to_string())
         .collect();

@@ -2,7 +2,7 @@
 # /init of a `cargo xtask vm-test` guest (xtask/src/vm.rs packs it): mounts what the agent
 # needs, loads the virtio disk's modules, runs every privileged test on its own and prints
 # one marker line per step for the host to parse. /vm.env (written by xtask) sets
-# FILTERS, ITERATOR (tests to run again on the task iterator), BREAK, COUNTERS (the
+# FILTERS, HOOKS (tests to run again on the per-event hooks), BREAK, COUNTERS (the
 # tests' counter path) and the kernel's name.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin /mnt/disk
 /bin/busybox --install -s
@@ -64,8 +64,8 @@ run_tests() {
     done
 }
 run_tests "" $FILTERS
-# The tests named by ITERATOR again on the task iterator.
-[ -n "$ITERATOR" ] && (export UMBRA_CAPTURE_COUNTERS=iterator; run_tests @iterator $ITERATOR)
+# The tests named by HOOKS again on the per-event hooks.
+[ -n "$HOOKS" ] && (export UMBRA_CAPTURE_COUNTERS=hooks; run_tests @hooks $HOOKS)
 marker "DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f

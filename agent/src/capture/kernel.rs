@@ -46,13 +46,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/um
 #[serde(rename_all = "snake_case")]
 pub enum Counters {
     /// The task iterator where the kernel has it (Linux ≥ 5.8 with BTF), else the hooks.
+    /// The default: nothing runs per context switch, fault or syscall, and every process
+    /// is seen, running or not.
+    #[default]
     Auto,
     /// The task iterator, or an error naming why it cannot run.
     Iterator,
     /// Per-event hooks (scheduler, memory, faults, syscalls), as on kernels without the
-    /// iterator. The default: the iterator path does not yet keep a fork/exec storm's CPU
-    /// within 3% of `/proc/stat` when the ring buffer overflows.
-    #[default]
+    /// iterator.
     Hooks,
 }
 
