@@ -62,7 +62,7 @@ pub fn capture() -> KernelCapture {
 
 /// `UMBRA_CAPTURE_COUNTERS=hooks|iterator|auto` runs every test on that path (tests that
 /// pick a path use [`capture_exact`]): `cargo xtask test` and the VM guests run the
-/// capture tests on the default (hooks) path and again on the task iterator.
+/// capture tests on the default path (the task iterator) and again on the hooks.
 pub fn capture_with(cfg: &CaptureConfig) -> KernelCapture {
     let mut cfg = cfg.clone();
     match std::env::var("UMBRA_CAPTURE_COUNTERS").as_deref() {
