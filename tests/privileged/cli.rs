@@ -133,3 +133,57 @@ fn rand() -> u64 {
         .unwrap()
         .subsec_nanos() as u64
 }
+
+/// Two agents on one state directory would cut each other's spool records as torn and
+/// undo each other's allocations: the second is refused, naming the directory and the
+/// first one's pid, before it touches anything.
+#[test]
+fn a_second_agent_on_the_same_state_directory_is_refused() {
+    if !privileged("a_second_agent_on_the_same_state_directory_is_refused") {
+        return;
+    }
+    let state = ::tempfile::tempdir().unwrap();
+    let mut f = tempfile();
+    writeln!(
+        f.1,
+        "[publish]\nenabled = false\nstate_dir = \"{}\"",
+        state.path().display()
+    )
+    .unwrap();
+    let config = f.0.to_str().unwrap().to_string();
+    let mut first = umbra()
+        .args(["--config", &config, "run", "--duration", "60", "--top", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Holding the directory once its pid is in the lock file.
+    let lock = state.path().join("agent.lock");
+    let mine = first.id().to_string();
+    let held = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(&lock).is_ok_and(|s| s.trim() == mine)
+    });
+    let second = umbra()
+        .args(["--config", &config, "run", "--duration", "1", "--top", "0"])
+        .output()
+        .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGINT) };
+    let ended = first.wait().unwrap();
+    assert!(
+        held,
+        "the first agent never wrote its pid to {}",
+        lock.display()
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second ran: {err}");
+    assert!(
+        err.contains("another umbra agent")
+            && err.contains(&format!("pid {mine}"))
+            && err.contains(&state.path().display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(ended.success(), "the first agent: {ended}");
+}

@@ -23,6 +23,7 @@
 mod agent;
 mod feed;
 mod launcher;
+mod lock;
 mod sinks;
 mod wire;
 
@@ -36,6 +37,7 @@ use std::{
 
 pub use agent::{Agent, AgentOptions, AgentWake, Each, Output, Shown};
 pub use feed::{Feed, FeedStats};
+pub use lock::{LOCK_FILE, LockError, StateLock};
 pub use sinks::{RecordStatsCell, Recorder};
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +69,8 @@ pub enum PipelineError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("the capture thread failed: {0}")]
     Thread(String),
+    #[error(transparent)]
+    State(#[from] LockError),
 }
 
 /// A consumer of the capture stream.
@@ -167,6 +171,8 @@ pub async fn run<W: Write + Send>(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
+    // Before anything reads or writes the state directory (the journal's restore first).
+    let _state = StateLock::acquire(&cfg.publish.state_dir)?;
     // Requests placed as they start want their exec events at once, not in batches.
     let mut with_wake = cfg.clone();
     with_wake.capture.wake_on_exec = cfg.allocate.workload.iter().any(|w| w.per_request);
@@ -243,6 +249,10 @@ pub async fn replay<O: Output>(
     publish: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
+    // Published, it keeps its state as the live agent would: the state directory is its.
+    let _state = publish
+        .map(|_| StateLock::acquire(&cfg.publish.state_dir))
+        .transpose()?;
     let (feed, header) = Feed::replay(path, pace)?;
     let stages = output.stages();
     let agent = Agent::new(
