@@ -219,7 +219,10 @@ fn the_live_agent_serves_valid_metrics_with_program_runs() {
     );
     // The exec hook ran for those execs, on either counter path: counted by the kernel
     // while BPF statistics are on (root may enable them; the agent does after attaching).
-    let runs = value(&text, "umbra_hook_runs_total{program=\"sched_process_exec\"}");
+    let runs = value(
+        &text,
+        "umbra_hook_runs_total{program=\"sched_process_exec\"}",
+    );
     assert!(runs > 0.0, "{text}\n{logs}");
     assert!(
         value(
