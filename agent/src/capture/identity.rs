@@ -20,6 +20,7 @@ use super::{
     interp::{self, Interpreter, Target},
     types::{AppKey, Argv, InputFile},
 };
+use crate::FastMap;
 
 /// Executables hashed and cgroups remembered before the caches are cleared.
 const CACHE_LIMIT: usize = 4096;
@@ -29,7 +30,7 @@ pub struct Identity {
     /// (dev, inode, size, mtime) → "sha256:<hex>".
     hashes: HashMap<(u64, u64, u64, i64), String>,
     /// cgroup id (inode of its cgroup2 directory) → path below the cgroup2 root.
-    cgroups: HashMap<u64, Arc<str>>,
+    cgroups: FastMap<u64, Arc<str>>,
     cgroup_root: Option<PathBuf>,
     /// The cgroup tree is walked at most once per tick.
     walked_this_tick: bool,
@@ -206,8 +207,11 @@ impl Identity {
             return Vec::new();
         };
         let mut out: Vec<super::CgroupPressure> = Vec::new();
+        // Each cgroup once, whether or not it has pressure files (most samples share a few
+        // cgroups).
+        let mut tried: FastMap<&str, ()> = FastMap::default();
         for path in paths {
-            if out.len() >= MAX_PRESSURE_CGROUPS || out.iter().any(|p| p.cgroup == path) {
+            if out.len() >= MAX_PRESSURE_CGROUPS || tried.insert(path, ()).is_some() {
                 continue;
             }
             let dir = root.join(path.trim_start_matches('/'));
@@ -276,7 +280,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> Option<usize> {
     Some(n)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut HashMap<u64, Arc<str>>, depth: usize) {
+fn walk(root: &Path, dir: &Path, out: &mut FastMap<u64, Arc<str>>, depth: usize) {
     if depth > 16 {
         return;
     }

@@ -981,12 +981,10 @@ impl Source for KernelCapture {
     }
 }
 
-/// The kernel's BTF as aya reads it, parsed once per process.
+/// The kernel's BTF as aya reads it. Not kept (it was, once per process): parsed, it is
+/// about 10 MB that nothing needs once the programs are loaded and attached.
 fn sys_btf() -> Result<Btf, String> {
-    static CACHE: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
-    CACHE
-        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()))
-        .clone()
+    Btf::from_sys_fs().map_err(|e| e.to_string())
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {

@@ -501,9 +501,8 @@ impl KernelCapture {
     ) -> FastMap<ProcKey, u64> {
         let after = self.cpu_slots();
         let now = procfs::mono_ns();
-        let read =
-            |stats: &FastMap<ProcKey, ProcStats>, k: &ProcKey| stats.get(k).map(|s| s.cpu_ns);
-        let (mut out, unsure) = self.running_slices(before, &after, now, |k| read(stats, k));
+        let (mut out, unsure) =
+            self.running_slices(before, &after, now, |k| stats.get(k).map(|s| s.cpu_ns));
         for key in unsure {
             // Two switches within one lookup are unheard of; a few tries, then as read.
             for attempt in 1..=REREAD_TRIES {
@@ -530,7 +529,7 @@ impl KernelCapture {
     /// `before` and `after`) does not hold yet, by process; and the processes for which
     /// that cannot be told (their CPU switched more than once in between).
     fn running_slices(
-        &mut self,
+        &self,
         before: &[CpuState],
         after: &[CpuState],
         now: u64,

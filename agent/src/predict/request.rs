@@ -19,10 +19,11 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::profiles::{OUTCOMES, Outcome, Profile, ProfileStore, Run, quantiles};
 use crate::{
+    FastMap,
     aggregate::{NodePoint, Window, exe_key},
     capture::{Argv, InputFile, Lifecycle, LifecycleKind, ProcessSample, Tick},
 };
@@ -276,6 +277,23 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// What names a process: its executable's path, or its command name when that is unknown.
+#[derive(Clone, Debug)]
+enum ProcName {
+    Exe(Arc<str>),
+    Comm(Arc<str>),
+}
+
+impl ProcName {
+    /// The executable's file name, or the command name (which may hold a `/`).
+    fn file_name(&self) -> &str {
+        match self {
+            ProcName::Exe(p) => file_name(p),
+            ProcName::Comm(c) => c,
+        }
+    }
+}
+
 /// Counters of a process that outcomes are measured from.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counters {
@@ -323,8 +341,9 @@ pub struct TrackerDrops {
 pub struct RequestTracker {
     featurizer: RequestFeaturizer,
     open: HashMap<u32, Open>,
-    /// Every live process's counters at the last tick, and its executable's file name.
-    seen: HashMap<u32, (Counters, String)>,
+    /// Every live process's counters at the last tick, and what names it (shared with the
+    /// sample: no copy per process per tick).
+    seen: FastMap<u32, (Counters, ProcName)>,
     /// cgroup id → path, from the samples.
     cgroups: HashMap<u64, String>,
     node: NodeLoad,
@@ -338,7 +357,7 @@ impl RequestTracker {
         RequestTracker {
             featurizer,
             open: HashMap::new(),
-            seen: HashMap::new(),
+            seen: FastMap::default(),
             cgroups: HashMap::new(),
             node: NodeLoad::default(),
             last_wall_ms: 0,
@@ -405,7 +424,7 @@ impl RequestTracker {
         let parent = e
             .ppid
             .and_then(|p| self.seen.get(&p))
-            .map(|(_, name)| name.clone())
+            .map(|(_, name)| name.file_name().to_string())
             .unwrap_or_default();
         ExecFacts {
             key: String::new(),
@@ -482,7 +501,8 @@ impl RequestTracker {
     /// Returns the requests completed, in the order they ended.
     pub fn tick(&mut self, t: &Tick, w: &Window, profiles: &ProfileStore) -> Vec<Completed> {
         let mut done = Vec::new();
-        let mut live: HashMap<u32, (Counters, String)> = HashMap::with_capacity(t.samples.len());
+        let mut live: FastMap<u32, (Counters, ProcName)> = FastMap::default();
+        live.reserve(t.samples.len());
         let mut seen_now: Vec<u32> = Vec::new();
         for s in &t.samples {
             if let Some(path) = &s.cgroup {
@@ -515,12 +535,10 @@ impl RequestTracker {
                 seen_now.push(s.tgid);
             }
             if s.exit.is_none() {
-                let name = s
-                    .exe
-                    .as_deref()
-                    .map(file_name)
-                    .unwrap_or(&s.comm)
-                    .to_string();
+                let name = match &s.exe {
+                    Some(exe) => ProcName::Exe(exe.clone()),
+                    None => ProcName::Comm(s.comm.clone()),
+                };
                 live.insert(s.tgid, (c, name));
             }
         }
