@@ -22,6 +22,7 @@
 
 mod agent;
 mod feed;
+mod footprint;
 mod launcher;
 mod lock;
 mod sinks;
@@ -40,6 +41,7 @@ pub use feed::{Feed, FeedStats};
 pub use lock::{LOCK_FILE, LockError, StateLock};
 pub use sinks::{RecordStatsCell, Recorder};
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use crate::{
     aggregate::Window,
@@ -221,21 +223,11 @@ async fn run_agent<O: Output>(
             enforce: opts.enforce,
         },
     )?;
-    release_freed_heap();
+    footprint::release_freed_heap();
+    let code = footprint::release_startup_code();
+    debug!(bytes = code, "Start-up's code pages released");
     let duration = opts.duration;
     drive(feed, agent, duration, shutdown).await
-}
-
-/// Gives back to the kernel what start-up allocated and freed: the kernel's BTF and the
-/// programs' ELF parsed to load them, the model's optimisation passes. glibc keeps freed
-/// heap for reuse and does not return it while anything is allocated above it: measured,
-/// 12 MB of the agent's 54 MB RSS (BENCHMARKS.md). Other C libraries: nothing to do.
-fn release_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only walks and releases the allocator's own free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// `umbra replay`: a recording through the agent, shown as points; with `publish`, the
