@@ -646,6 +646,30 @@ fn threads_spinning_on_every_cpu_add_up() {
     w.finish();
 }
 
+/// The CPU time of a thread that ended stays with its living process (on the iterator
+/// path, from `signal_struct`: the leader's record of its exited threads).
+#[test]
+fn an_ended_threads_cpu_stays_with_its_process() {
+    if !privileged("an_ended_threads_cpu_stays_with_its_process") {
+        return;
+    }
+    let mut cap = capture();
+    let mut w = Workload::start(&["thread-exits", "300"]);
+    w.go();
+    w.wait_done();
+    let want = 300_000_000u64;
+    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+        s.counters.cpu_ns >= want * 95 / 100
+    });
+    let got = sample_now(&mut cap, w.pid()).counters.cpu_ns;
+    eprintln!("ended thread: captured {got} ns, the thread ran {want} ns");
+    assert!(
+        s.is_some(),
+        "captured {got} ns of the ended thread's {want} ns"
+    );
+    w.finish();
+}
+
 /// A thread that never leaves its CPU still has its time counted in the interval it ran,
 /// not in a lump when it finally switches out: per-interval deltas follow schedstat's.
 #[test]

@@ -65,6 +65,7 @@ pub const FALLBACK_ACCURACY: &[&str] = &[
     "rss_of_touched_memory_matches_vmrss",
     "syscall_io_bytes_are_exact",
     "threads_spinning_on_every_cpu_add_up",
+    "an_ended_threads_cpu_stays_with_its_process",
     "a_thread_that_never_switches_out_is_counted_every_interval",
     "a_pid_reused_while_the_maps_are_read_is_counted_once",
     "a_reused_pid_never_merges_two_processes",

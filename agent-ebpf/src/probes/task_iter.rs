@@ -4,7 +4,7 @@
 //! switches (`nvcsw`, `nivcsw`), run-queue wait (`sched_info.run_delay`, `pcount`), page
 //! faults (`min_flt`, `maj_flt`), I/O accounting (`ioac`) and the memory map's RSS
 //! counters. A process's leader also writes the totals of its exited threads
-//! (`signal_struct`). No hook runs on any scheduler, syscall or fault event for these.
+//! (`signal_struct`), when it had any. No hook runs on any scheduler, syscall or fault event for these.
 //!
 //! aya-ebpf 0.2 has no `#[iter]` attribute: the program is placed in its `iter/task`
 //! section by hand, as the attribute macros do for the other program types.
@@ -58,7 +58,17 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
         rec.flags = REC_SIGNAL;
         rec.start_ns = start_ns;
         task_record_signal::<Direct>(rec, task);
-        write(seq, rec);
+        // Most processes never had a thread exit: nothing to add, no record (half the
+        // records of a walk over single-threaded processes).
+        let mut any = rec.runtime_ns | rec.nvcsw | rec.nivcsw | rec.min_flt | rec.maj_flt;
+        let mut i = 0;
+        while i < rec.ioac.len() {
+            any |= rec.ioac[i];
+            i += 1;
+        }
+        if any != 0 {
+            write(seq, rec);
+        }
     }
     0
 }

@@ -19,7 +19,7 @@
 //! }
 //! ```
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use super::profiles::{OUTCOMES, Outcome, Profile, ProfileStore, Run, quantiles};
 use crate::{
@@ -340,12 +340,12 @@ pub struct TrackerDrops {
 /// them, a final sample (exit) or another exec of the same process ends them.
 pub struct RequestTracker {
     featurizer: RequestFeaturizer,
-    open: HashMap<u32, Open>,
+    open: FastMap<u32, Open>,
     /// Every live process's counters at the last tick, and what names it (shared with the
     /// sample: no copy per process per tick).
     seen: FastMap<u32, (Counters, ProcName)>,
     /// cgroup id → path, from the samples.
-    cgroups: HashMap<u64, String>,
+    cgroups: FastMap<u64, String>,
     node: NodeLoad,
     last_wall_ms: u64,
     seq: u64,
@@ -356,9 +356,9 @@ impl RequestTracker {
     pub fn new(featurizer: RequestFeaturizer) -> RequestTracker {
         RequestTracker {
             featurizer,
-            open: HashMap::new(),
+            open: FastMap::default(),
             seen: FastMap::default(),
-            cgroups: HashMap::new(),
+            cgroups: FastMap::default(),
             node: NodeLoad::default(),
             last_wall_ms: 0,
             seq: 0,

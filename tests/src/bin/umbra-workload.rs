@@ -98,6 +98,17 @@ fn main() {
             }
             exit_now();
         }
+        // thread-exits MS: one thread busy until it has had MS ms of CPU time, then ended
+        // and joined; the process, its leader idle, lives on until the second signal.
+        "thread-exits" => {
+            ready("");
+            wait_go();
+            let ms = num(1);
+            std::thread::spawn(move || spin_thread_cpu(Duration::from_millis(ms)))
+                .join()
+                .unwrap();
+            done_then_exit();
+        }
         // threads N MS: N threads, each busy until it has had MS ms of CPU time (unpinned:
         // on every CPU there is), then blocked, alive, until the second signal.
         "threads" => {
