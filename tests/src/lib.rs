@@ -250,6 +250,18 @@ pub fn schedstat_ns(pid: u32) -> u64 {
     s.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// Time the hypervisor took from this machine's CPUs (`steal` of `/proc/stat`, all CPUs), ns.
+/// In a VM, `schedstat` of a task that runs while its vCPU is preempted counts the stolen
+/// time as runtime until the steal is reported: a comparison with it is only as exact as the
+/// steal that happened meanwhile.
+pub fn steal_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu = s.lines().next().unwrap();
+    let ticks: u64 = cpu.split_whitespace().nth(8).unwrap().parse().unwrap();
+    // USER_HZ is 100 on every Linux architecture.
+    ticks * 10_000_000
+}
+
 /// `/proc/<pid>/task/<tid>/schedstat` summed over a process's live threads: on-CPU ns,
 /// run-queue wait ns, time slices.
 pub fn schedstat_threads(pid: u32) -> (u64, u64, u64) {
