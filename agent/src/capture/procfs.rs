@@ -67,6 +67,13 @@ pub fn ppid(tgid: u32) -> Option<u32> {
     status_field(tgid, "PPid:")
 }
 
+/// A thread's on-CPU time so far, ns: the scheduler's own count, brought up to date for a
+/// thread running now (the first field of `/proc/<tid>/schedstat`).
+pub fn runtime_ns(tid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{tid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 /// Thread-group id of a thread, from `/proc/<tid>/status`.
 pub fn tgid_of(tid: u32) -> Option<u32> {
     status_field(tid, "Tgid:")

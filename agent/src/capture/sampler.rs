@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use agent_common::{
     CpuState, ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats,
-    REC_MM, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP, TaskRecord,
-    hist_bucket,
+    REC_MM, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP, RUNTIME_UNKNOWN,
+    TaskRecord, hist_bucket,
 };
 use tracing::{debug, warn};
 
@@ -546,7 +546,7 @@ impl KernelCapture {
             };
             match slice_in_read(st, later, read(&key)) {
                 Some(true) => {}
-                Some(false) => *out.entry(key).or_insert(0) += now - st.since,
+                Some(false) => *out.entry(key).or_insert(0) += self.slice_so_far(st, now),
                 None => {
                     if !unsure.contains(&key) {
                         unsure.push(key);
@@ -555,6 +555,22 @@ impl KernelCapture {
             }
         }
         (out, unsure)
+    }
+
+    /// On-CPU time of the slice a CPU slot holds, up to `now`: the time since its thread was
+    /// switched in, but no more than the scheduler has counted for that thread since its
+    /// last switch-out. In a VM the clock runs on while the hypervisor holds the vCPU, and
+    /// the scheduler does not count that time as the task's (the slice's final account, at
+    /// switch-out, is the scheduler's; a wall-clock estimate above it would stay, counters
+    /// never going back). A thread that switched again since is counted low this tick and
+    /// caught up at the next (its slice is then in its process's entry).
+    fn slice_so_far(&self, st: &CpuState, now: u64) -> u64 {
+        let wall = now - st.since;
+        let last = match self.threads_map.get(&st.tid, 0) {
+            Ok(t) if t.last_runtime != RUNTIME_UNKNOWN => t.last_runtime,
+            _ => return wall,
+        };
+        procfs::runtime_ns(st.tid).map_or(wall, |r| wall.min(r.saturating_sub(last)))
     }
 
     /// The process of the thread a CPU slot holds: from the kernel where it knew it, else
