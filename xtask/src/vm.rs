@@ -1301,7 +1301,11 @@ fn parse(lines: &[(f64, String)]) -> Report {
                 started = *t;
             }
             ["END", bin, name, rc] => {
-                let skipped = output.iter().any(|l| l.contains("skipped: "));
+                // Skipped by the test itself, or `#[ignore]`d (libtest ran nothing).
+                let ignored = format!("test {name} ... ignored");
+                let skipped = output
+                    .iter()
+                    .any(|l| l.contains("skipped: ") || l.trim_start().starts_with(&ignored));
                 r.tests.push(TestResult {
                     binary: bin.to_string(),
                     name: name.to_string(),
@@ -1369,6 +1373,22 @@ UMBRA-VM-DONE uptime=20.0
         assert_eq!(r.tests[0].secs, 2.0);
         assert_eq!(r.tests[0].output, ["cpu: captured 500 ns"]);
         assert!(r.running.is_none());
+    }
+
+    #[test]
+    fn an_ignored_test_is_skipped_not_passed() {
+        let text = GOOD.replace(
+            "cpu: captured 500 ns",
+            "running 1 test\n\
+             test cpu_time_of_a_spinner_matches_schedstat ... ignored, slow\n\
+             test result: ok. 0 passed; 0 failed; 1 ignored",
+        );
+        let outcomes: Vec<Outcome> = parse(&console(&text))
+            .tests
+            .iter()
+            .map(|t| t.outcome)
+            .collect();
+        assert_eq!(outcomes, [Outcome::Skipped, Outcome::Skipped]);
     }
 
     fn kernel() -> Kernel {
