@@ -1,9 +1,8 @@
 //! Hot paths of the predict stage: one tick of forecasts for 1,000 workloads and for one
-//! (the ONNX forecaster of the benchmark's size — tests/fixtures/onnx/forecast_bench.onnx,
-//! a 408 → 64 → 72 MLP over a 24-bucket window of all 17 features, 6 steps, 4 targets, 3
-//! quantiles; random weights: cost does not depend on them — as it is, calibrated, as the
-//! live agent runs it (the candidate baselines competing per workload, calibrated), and the
-//! fallback baseline), and a per-request prediction from the profile store and through the
+//! (the shipped forecaster, models/forecast.onnx: an MLP 64 over a 12-bucket window, 6
+//! steps, 4 targets, 3 quantiles — as it is, calibrated, as the live agent runs it (the
+//! candidate baselines competing per workload, calibrated), and the fallback baseline), and
+//! a per-request prediction from the profile store and through the
 //! shipped request model.
 //! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).
 
@@ -29,18 +28,17 @@ use umbra::{
 
 const WINDOW: usize = 24;
 
+/// The shipped forecaster, or the file `UMBRA_BENCH_FORECAST` names (another build of it,
+/// to compare in one run).
 fn model() -> OnnxForecaster {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/onnx/forecast_bench.onnx");
-    let bytes = std::fs::read(&p).expect("the benchmark's model fixture");
+    let other = std::env::var_os("UMBRA_BENCH_FORECAST")
+        .map(|p| std::fs::read(&p).expect("the file UMBRA_BENCH_FORECAST names"));
+    let bytes = match &other {
+        Some(b) => b.as_slice(),
+        None => shipped::FORECAST.expect("models/forecast.onnx is shipped"),
+    };
     let rt = default_runtime();
-    let m = Model::load(
-        "forecast_bench.onnx",
-        &bytes,
-        ModelKind::Forecast,
-        rt.as_ref(),
-    )
-    .expect("loads");
+    let m = Model::load("forecast.onnx", bytes, ModelKind::Forecast, rt.as_ref()).expect("loads");
     OnnxForecaster::new(m).expect("a forecaster")
 }
 

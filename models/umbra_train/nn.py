@@ -235,8 +235,31 @@ def export_onnx(params: dict, spec: Spec, schema: dict, path, input_name="x", ou
         inits.append(numpy_helper.from_array(np.asarray(a, np.float32), name))
         return name
 
+    def ints(name, a):
+        inits.append(numpy_helper.from_array(np.asarray(a, np.int64), name))
+        return name
+
+    def picked(x, m, name):
+        """`x @ m` as a gather and a scale when every column of `m` has at most one nonzero
+        (the fixed skip, the quantile ordering): the same sums, without a dense product over
+        a matrix of zeros — most of the forecaster's arithmetic otherwise. None when `m`
+        is dense."""
+        if ((m != 0).sum(axis=0) > 1).any():
+            return None
+        rows = np.argmax(m != 0, axis=0)
+        scale = m[rows, np.arange(m.shape[1])]
+        nodes.append(helper.make_node("Gather", [x, ints(f"{name}_rows", rows)], [f"{name}_g"], axis=1))
+        if (scale == 1).all():
+            return f"{name}_g"
+        nodes.append(helper.make_node("Mul", [f"{name}_g", const(f"{name}_scale", scale)], [name]))
+        return name
+
     a, b = p["skip"]
-    nodes.append(helper.make_node("Gemm", [input_name, const("skip_w", a), const("skip_b", b)], ["skip"]))
+    skip = picked(input_name, a, "skip_pick")
+    if skip is None:
+        nodes.append(helper.make_node("Gemm", [input_name, const("skip_w", a), const("skip_b", b)], ["skip"]))
+    else:
+        nodes.append(helper.make_node("Add", [skip, const("skip_b", b)], ["skip"]))
     raw = "skip"
     if p["layers"]:
         h = input_name
@@ -250,10 +273,16 @@ def export_onnx(params: dict, spec: Spec, schema: dict, path, input_name="x", ou
         raw = "raw"
     pm, pg = order_matrices(spec.d_out, spec.quantiles)
     nodes.append(helper.make_node("Softplus", [raw], ["gaps"]))
-    nodes.append(helper.make_node("MatMul", [raw, const("pm", pm)], ["mid"]))
-    nodes.append(helper.make_node("MatMul", ["gaps", const("pg", pg)], ["spread"]))
+    mid = picked(raw, pm, "mid")
+    if mid is None:
+        mid = "mid"
+        nodes.append(helper.make_node("MatMul", [raw, const("pm", pm)], [mid]))
+    spread = picked("gaps", pg, "spread")
+    if spread is None:
+        spread = "spread"
+        nodes.append(helper.make_node("MatMul", ["gaps", const("pg", pg)], [spread]))
     ordered = output_name if spec.lo is None and spec.widen is None else "ordered"
-    nodes.append(helper.make_node("Add", ["mid", "spread"], [ordered]))
+    nodes.append(helper.make_node("Add", [mid, spread], [ordered]))
     if spec.widen is not None:
         last = output_name if spec.lo is None else "widened"
         nodes.append(helper.make_node("Add", [ordered, const("widen", spec.widen)], [last]))
