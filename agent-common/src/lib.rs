@@ -204,6 +204,22 @@ pub const REC_KTHREAD: u32 = 2;
 pub const REC_MM: u32 = 4;
 /// The thread's process is a 32-bit one on a 64-bit kernel.
 pub const REC_COMPAT: u32 = 8;
+/// A thread the iterator wrote in full before and that has not run since: only the first
+/// [`TASK_MARK_BYTES`] of the record (`tid`, `tgid`, `flags`) are written, and its
+/// counters — and, for a leader, its process's exited threads — are as in the full record
+/// userspace last read for that tid.
+pub const REC_SAME: u32 = 16;
+/// Bytes of a [`REC_SAME`] record.
+pub const TASK_MARK_BYTES: usize = 16;
+/// A thread is written in full at least once in this many walks of the task iterator,
+/// whether it ran or not (what can change without it running: its memory map's RSS, under
+/// reclaim). Each walk refreshes a different share of the threads (`tid + walk`).
+pub const ITER_REFRESH_WALKS: u64 = 8;
+/// `ITER_CTL` slots: walks of the iterator so far (the kernel counts them), and the
+/// generation of what userspace holds (userspace raises it when it lost a full record:
+/// every thread is written in full at the next walk).
+pub const ITER_CTL_WALK: u32 = 0;
+pub const ITER_CTL_GEN: u32 = 1;
 
 /// One thread as the task iterator reads it each tick, from the kernel's own per-task
 /// accounting (no per-event hook): its scheduler runtime, context switches, run-queue
@@ -303,7 +319,8 @@ pub enum Drop {
     ThreadMapFull = 1,
     /// The `EVENTS` ring buffer had no room: an exec/fork/exit event was lost.
     RingBufFull = 2,
-    /// A tracepoint field could not be read.
+    /// A tracepoint field could not be read; for the task iterator, a thread missing from
+    /// one walk (its record could not be delivered).
     ReadFailed = 3,
     /// `BLOCK_PENDING` could not take a request: its latency was lost (bytes still counted).
     BlockPendingFull = 4,

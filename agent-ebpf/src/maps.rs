@@ -47,6 +47,33 @@ pub static START_OF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(32768, 0);
 
+/// What the task iterator last wrote in full of each thread, keyed by tid: the values
+/// that tell whether it ran since (or was moved, or its process lost threads). Allocated
+/// per entry (`BPF_F_NO_PREALLOC`); removed when the task is freed or exits. A thread
+/// without an entry (the map full) is written in full every walk.
+#[map]
+pub static ITER_SEEN: HashMap<u32, IterSeen> = HashMap::with_max_entries(32768, 1);
+
+/// The task iterator's walk count and userspace's generation (`ITER_CTL_*`).
+#[map]
+pub static ITER_CTL: Array<u64> = Array::with_max_entries(2, 0);
+
+/// An [`ITER_SEEN`] value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IterSeen {
+    /// `se.sum_exec_runtime`: any run moves it.
+    pub runtime: u64,
+    /// The thread's `start_boottime`: a reused tid is another thread.
+    pub start: u64,
+    /// `task->cgroups`: a move to another cgroup changes it.
+    pub cgroups: u64,
+    /// A leader's `signal->sum_sched_runtime`: a thread of its process was reaped.
+    pub sig_runtime: u64,
+    /// `ITER_CTL[ITER_CTL_GEN]` when written.
+    pub generation: u64,
+}
+
 /// The task on each CPU: since when, and its last run-queue wait.
 #[map]
 pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);

@@ -30,7 +30,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::{EVENTS, FREED, FREED_SCRATCH, LAST_WAKE},
+    maps::{EVENTS, FREED, FREED_SCRATCH, ITER_SEEN, LAST_WAKE},
     util::{
         Direct, Mem, Probe, add, add_thread, count_drop, current_ids, current_key, current_start,
         kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
@@ -259,6 +259,8 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
     }
     let pid = Direct::read::<i32>(task, config!(task.task_pid));
     let tgid = Direct::read::<i32>(task, config!(task.task_tgid));
+    // The task iterator's record of this thread goes with it.
+    let _ = ITER_SEEN.remove(pid as u32);
     if pid != tgid {
         return 0;
     }
@@ -318,6 +320,9 @@ fn final_totals(r: &mut TaskRecord, task: *const u8, pid: i32, tgid: i32, start:
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (pid, tgid) = current_ids();
+    // The task iterator's record of this thread (again when the task is freed: a zombie
+    // the iterator visits after this is recorded anew).
+    let _ = ITER_SEEN.remove(pid);
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let btf = config!(task.valid) != 0;
     // Whether this thread is the last of its process: the tracepoint's own `group_dead`

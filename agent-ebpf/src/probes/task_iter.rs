@@ -5,6 +5,9 @@
 //! faults (`min_flt`, `maj_flt`), I/O accounting (`ioac`) and the memory map's RSS
 //! counters. A process's leader also writes the totals of its exited threads
 //! (`signal_struct`), when it had any. No hook runs on any scheduler, syscall or fault event for these.
+//! A thread that has not run since its last full record (and was not moved, and whose
+//! process lost no thread) is written as a short mark, [`agent_common::REC_SAME`]: most
+//! threads of an edge device sleep through most ticks.
 //!
 //! aya-ebpf 0.2 has no `#[iter]` attribute: the program is placed in its `iter/task`
 //! section by hand, as the attribute macros do for the other program types.
@@ -12,11 +15,15 @@
 
 use core::ffi::c_void;
 
-use agent_common::{Drop, REC_KTHREAD, REC_SIGNAL, TaskRecord, prog::TASK_ITER as PROG};
+use agent_common::{
+    Drop, ITER_CTL_GEN, ITER_CTL_WALK, ITER_REFRESH_WALKS, REC_KTHREAD, REC_SAME, REC_SIGNAL,
+    TASK_MARK_BYTES, TaskRecord, prog::TASK_ITER as PROG,
+};
 use aya_ebpf::helpers::generated::bpf_seq_write;
 
 use crate::{
     config,
+    maps::{ITER_CTL, ITER_SEEN, IterSeen},
     util::{
         Direct, Mem, count_drop, task_record_signal, task_record_thread, zero_record, zeroed_record,
     },
@@ -36,11 +43,58 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
         (*c, *c.add(1))
     };
     if task.is_null() {
-        // The end of the walk.
+        // The end of the walk: the next one refreshes another share of the threads.
+        if let Some(w) = ITER_CTL.get_ptr_mut(ITER_CTL_WALK) {
+            // SAFETY: the map's slot; walks do not overlap (one reader, one walk a tick)
+            // and a lost increment only shifts which threads are refreshed.
+            unsafe { *w += 1 };
+        }
         return 0;
     }
     // SAFETY: `meta` is a valid `bpf_iter_meta`, whose first member is the seq file.
     let seq = unsafe { *(meta as *const *mut c_void) };
+    // A thread that has not run since its last full record is written as a mark: its
+    // counters, which only its own runs move, are as userspace last read them. The
+    // values are read before the full record's, so a change between the two makes the
+    // next walk write it in full again, never the other way round.
+    let tid = Direct::read::<i32>(task, config!(task.task_pid)) as u32;
+    let tgid = Direct::read::<i32>(task, config!(task.task_tgid)) as u32;
+    let now = IterSeen {
+        runtime: Direct::read::<u64>(task, config!(task.task_runtime)),
+        start: Direct::read::<u64>(task, config!(task.task_start)),
+        cgroups: Direct::read::<u64>(task, config!(task.task_cgroups)),
+        sig_runtime: if tid == tgid {
+            let sig = Direct::ptr(task, config!(task.task_signal));
+            if sig.is_null() {
+                0
+            } else {
+                Direct::read::<u64>(sig, config!(task.sig_runtime))
+            }
+        } else {
+            0
+        },
+        generation: ctl(ITER_CTL_GEN),
+    };
+    let refresh = (tid as u64)
+        .wrapping_add(ctl(ITER_CTL_WALK))
+        .is_multiple_of(ITER_REFRESH_WALKS);
+    let seen = ITER_SEEN.get_ptr_mut(tid);
+    if let Some(s) = seen {
+        // SAFETY: the map's value for `tid`, written only by this program (one walk at a
+        // time) and removed only when the task is gone.
+        let s = unsafe { &*s };
+        if !refresh
+            && s.runtime == now.runtime
+            && s.start == now.start
+            && s.cgroups == now.cgroups
+            && s.sig_runtime == now.sig_runtime
+            && s.generation == now.generation
+        {
+            let mark = [tid, tgid, REC_SAME, 0];
+            write_bytes(seq, mark.as_ptr().cast(), TASK_MARK_BYTES as u32);
+            return 0;
+        }
+    }
     let mut slot = core::mem::MaybeUninit::<TaskRecord>::uninit();
     let rec = zeroed_record(&mut slot);
     task_record_thread::<Direct>(rec, task);
@@ -48,7 +102,7 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
     if flags & PF_KTHREAD != 0 {
         rec.flags |= REC_KTHREAD;
     }
-    write(seq, rec);
+    let mut written = write(seq, rec);
     if rec.tid == rec.tgid {
         // The leader: its process's exited threads, once, in the same slot.
         let (tid, tgid, start_ns) = (rec.tid, rec.tgid, rec.start_ns);
@@ -67,23 +121,50 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
             i += 1;
         }
         if any != 0 {
-            write(seq, rec);
+            written &= write(seq, rec);
+        }
+    }
+    // Remembered only once all of it is in the buffer: a task whose records overflowed it
+    // is shown again at the next read, and must be written in full then too.
+    if written {
+        match seen {
+            // SAFETY: as above; the element stays valid for this run (RCU).
+            Some(s) => unsafe { *s = now },
+            // A full map leaves the thread without an entry: written in full every walk.
+            None => {
+                let _ = ITER_SEEN.insert(tid, now, 0);
+            }
         }
     }
     0
 }
 
 #[inline(always)]
-fn write(seq: *mut c_void, rec: &TaskRecord) {
-    // SAFETY: `seq` is the iterator's seq file; `rec` is a live record of that size.
-    let r = unsafe {
-        bpf_seq_write(
-            seq.cast(),
-            (rec as *const TaskRecord).cast(),
-            core::mem::size_of::<TaskRecord>() as u32,
-        )
-    };
-    if r != 0 {
+fn ctl(slot: u32) -> u64 {
+    // SAFETY: a slot of the map, read once.
+    ITER_CTL.get_ptr(slot).map_or(0, |v| unsafe { *v })
+}
+
+#[inline(always)]
+fn write(seq: *mut c_void, rec: &TaskRecord) -> bool {
+    write_bytes(
+        seq,
+        (rec as *const TaskRecord).cast(),
+        core::mem::size_of::<TaskRecord>() as u32,
+    )
+}
+
+/// `EOVERFLOW`: the seq buffer is full; the kernel shows the task again at the next read.
+const EOVERFLOW: i64 = 75;
+
+/// Whether the bytes are in the buffer; a failure other than a full buffer (none is
+/// known) is counted.
+#[inline(always)]
+fn write_bytes(seq: *mut c_void, data: *const c_void, len: u32) -> bool {
+    // SAFETY: `seq` is the iterator's seq file; `data` is live for `len` bytes.
+    let r = unsafe { bpf_seq_write(seq.cast(), data, len) };
+    if r != 0 && r != -EOVERFLOW {
         count_drop(PROG, Drop::ReadFailed);
     }
+    r == 0
 }

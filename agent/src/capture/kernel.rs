@@ -15,12 +15,12 @@ use std::{
 
 use agent_common::{
     ABSENT, DROP_KINDS, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FREE, ExecEvent, ExitEvent, ExitedKey,
-    FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_TOTAL, KernelConfig, LifecycleEvent, ProcKey,
-    ProcStats, RING_WAKE_EVERY_NS, TaskRecord, prog,
+    FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_TOTAL, ITER_CTL_GEN, KernelConfig, LifecycleEvent,
+    ProcKey, ProcStats, RING_WAKE_EVERY_NS, TaskRecord, prog,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, TracePoint},
 };
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use super::{
     CaptureError, CaptureItem, Source, bpf, btf,
     identity::{self, Identity},
+    iter::HeldRecords,
     procfs,
     sampler::ProcInfo,
     syscalls,
@@ -345,6 +346,13 @@ pub struct KernelCapture {
     /// Fault injection for tests: run once between reading the maps and acting on them.
     pub(super) after_read: Option<Box<dyn FnOnce() + Send>>,
     pub(super) iter_buf: Vec<u8>,
+    /// The iterator's last full record of each thread, for its marks.
+    iter_held: HeldRecords,
+    /// `ITER_CTL`: userspace's generation of what it holds (`ITER_CTL_GEN`).
+    iter_ctl: Array<MapData, u64>,
+    iter_gen: u64,
+    /// Marks of the iterator that had no record here, so far.
+    iter_lost: u64,
     /// Whether `sched_process_free` is attached (exact final counters).
     pub(super) free_hook: bool,
 }
@@ -428,6 +436,7 @@ impl KernelCapture {
             .map_max_entries("PROC_STATS", cfg.max_processes)
             .map_max_entries("START_OF", cfg.max_processes)
             .map_max_entries("THREADS", cfg.max_threads)
+            .map_max_entries("ITER_SEEN", cfg.max_threads)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes())
             .map_max_entries("BLOCK_PENDING", cfg.max_block_requests)
             .map_max_entries("SOCK_OWNER", cfg.max_sockets)
@@ -565,6 +574,16 @@ impl KernelCapture {
         let cpu_state = map!(PerCpuArray, "CPU_STATE");
         let drops = map!(PerCpuArray, "DROPS");
         let ring = map!(RingBuf, "EVENTS");
+        let mut iter_ctl: Array<MapData, u64> = map!(Array, "ITER_CTL");
+        // The iterator's trial run at attach wrote records nobody read: a new generation
+        // makes the first walk write every thread in full.
+        let iter_gen = 1;
+        iter_ctl
+            .set(ITER_CTL_GEN, iter_gen, 0)
+            .map_err(|source| CaptureError::Map {
+                name: "ITER_CTL",
+                source,
+            })?;
         Ok(KernelCapture {
             ebpf,
             stats,
@@ -594,6 +613,10 @@ impl KernelCapture {
             ticks: 0,
             after_read: None,
             iter_buf: Vec::new(),
+            iter_held: HeldRecords::default(),
+            iter_ctl,
+            iter_gen,
+            iter_lost: 0,
             free_hook,
         })
     }
@@ -859,14 +882,22 @@ impl KernelCapture {
                 what: "reading the task iterator",
                 source: e,
             })?;
-        let size = std::mem::size_of::<TaskRecord>();
-        Ok(self
-            .iter_buf
-            .chunks_exact(size)
-            // SAFETY: each chunk is a TaskRecord the kernel wrote (size checked by
-            // chunks_exact); read_unaligned copes with any alignment.
-            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<TaskRecord>()) })
-            .collect())
+        let mut records = Vec::with_capacity(self.iter_held.len());
+        let lost = self.iter_held.decode(&self.iter_buf, &mut records);
+        if lost > 0 {
+            // Threads marked unchanged since a record this side never read (a read that
+            // failed half-way): missing this tick (counted), written in full at the next.
+            debug!(
+                lost,
+                "Task iterator marks without a record; next walk in full"
+            );
+            self.iter_lost += lost as u64;
+            self.iter_gen += 1;
+            if let Err(e) = self.iter_ctl.set(ITER_CTL_GEN, self.iter_gen, 0) {
+                warn!(error = %e, "Could not ask the task iterator for a full walk");
+            }
+        }
+        Ok(records)
     }
 
     /// Every entry of `PROC_STATS`: in batches where the kernel can (a consistent walk),
@@ -911,6 +942,9 @@ impl KernelCapture {
                 d.0[hook.id()][Drop::RecursionMiss as usize] += s.recursion_misses;
             }
         }
+        // Threads the iterator marked unchanged since a record this side never read: each
+        // missing from its tick.
+        d.0[prog::TASK_ITER as usize][Drop::ReadFailed as usize] += self.iter_lost;
         Ok(d)
     }
 }

@@ -10,6 +10,7 @@ mod btf;
 pub mod egress;
 mod identity;
 pub mod interp;
+mod iter;
 mod kernel;
 pub mod procfs;
 mod sampler;

@@ -43,16 +43,27 @@ fn main() {
             done_then_exit();
         }
         // touch MIB: allocate and write every page of MIB MiB.
+        // touch MB [worker]: touch MB of fresh memory; with `worker`, a second thread does
+        // it and says `done` while the first sleeps.
         "touch" => {
             ready("");
             wait_go();
             let len = (num(1) as usize) << 20;
-            let p = fresh_small_pages(len);
-            for i in (0..len).step_by(4096) {
-                // SAFETY: inside the mapping `fresh_small_pages` made, which stays mapped
-                // until exit.
-                unsafe { p.add(i).write_volatile(1) };
+            if arg(2) == "worker" {
+                std::thread::spawn(move || {
+                    touch(len);
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "done").unwrap();
+                    out.flush().unwrap();
+                    drop(out);
+                    loop {
+                        std::thread::park();
+                    }
+                });
+                wait_go();
+                exit_now();
             }
+            touch(len);
             done_then_exit();
         }
         // io PATH BYTES MODE: write BYTES to PATH and read them back (MODE: plain, fsync every
@@ -237,6 +248,15 @@ fn ready(info: &str) {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready {info}").unwrap();
     out.flush().unwrap();
+}
+
+/// Writes to every page of `len` bytes of fresh memory.
+fn touch(len: usize) {
+    let p = fresh_small_pages(len);
+    for i in (0..len).step_by(4096) {
+        // SAFETY: inside the mapping `fresh_small_pages` made, which stays mapped until exit.
+        unsafe { p.add(i).write_volatile(1) };
+    }
 }
 
 fn done_then_exit() {
