@@ -331,7 +331,10 @@ fn rss_touched_by_a_worker_while_the_leader_sleeps_is_current() {
     eprintln!("worker rss: during {during:?}, then captured {got}, VmRSS {want}");
     // Before Linux 6.2 a thread keeps up to 64 pages of RSS changes to itself before the
     // memory map's counters (and VmRSS) see them.
-    assert!(want >= 250 * MIB, "the worker touched 256 MiB; VmRSS {want}");
+    assert!(
+        want >= 250 * MIB,
+        "the worker touched 256 MiB; VmRSS {want}"
+    );
     assert!(
         rel_err(got as f64, want as f64) <= 0.05,
         "rss {got} vs VmRSS {want} at the first tick after the worker was done"

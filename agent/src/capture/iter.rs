@@ -10,11 +10,13 @@ use crate::FastMap;
 /// The last full records of the threads alive at the last walk.
 #[derive(Default)]
 pub(super) struct HeldRecords {
-    /// By tid: the thread's record, and the walk that last showed it.
-    threads: FastMap<u32, (TaskRecord, u64)>,
+    /// The threads' records in the last walk's order, which is by tid: a walk's marks
+    /// come in the same order, so finding each is a step forward (a search otherwise).
+    threads: Vec<TaskRecord>,
+    /// This walk's, becoming `threads` at its end.
+    next: Vec<TaskRecord>,
     /// By leader tid: the process's exited threads, for processes that had any.
     signals: FastMap<u32, TaskRecord>,
-    walk: u64,
 }
 
 impl HeldRecords {
@@ -30,23 +32,28 @@ impl HeldRecords {
     pub(super) fn decode(&mut self, buf: &[u8], out: &mut Vec<TaskRecord>) -> usize {
         const FULL: usize = size_of::<TaskRecord>();
         let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-        self.walk += 1;
-        let walk = self.walk;
+        self.next.clear();
         let mut lost = 0;
         let mut at = 0;
+        let mut cursor = 0;
         while at + TASK_MARK_BYTES <= buf.len() {
             let (tid, tgid, flags) = (word(at), word(at + 4), word(at + 8));
             if flags & REC_SAME != 0 {
                 at += TASK_MARK_BYTES;
-                match self.threads.get_mut(&tid) {
-                    Some((r, seen)) if r.tgid == tgid => {
-                        *seen = walk;
+                let found = match self.threads.get(cursor) {
+                    Some(r) if r.tid == tid => Some(cursor),
+                    _ => self.threads.binary_search_by_key(&tid, |r| r.tid).ok(),
+                };
+                match found.map(|i| (i, self.threads[i])) {
+                    Some((i, r)) if r.tgid == tgid => {
+                        cursor = i + 1;
+                        self.next.push(r);
                         // Its counters are current; its memory map's RSS is not (another
                         // thread's allocations, reclaim): that comes from a thread written
                         // in full, else stays as reported last.
                         out.push(TaskRecord {
                             flags: r.flags & !REC_MM,
-                            ..*r
+                            ..r
                         });
                         if tid == tgid
                             && let Some(s) = self.signals.get(&tid)
@@ -73,13 +80,21 @@ impl HeldRecords {
                     // Its exited threads follow, if it had any.
                     self.signals.remove(&r.tid);
                 }
-                self.threads.insert(r.tid, (r, walk));
+                self.next.push(r);
             }
             out.push(r);
         }
-        self.threads.retain(|_, (_, seen)| *seen == walk);
+        if !self.next.is_sorted_by_key(|r| r.tid) {
+            // Not in tid order (never seen): searched for, then.
+            self.next.sort_by_key(|r| r.tid);
+        }
+        std::mem::swap(&mut self.threads, &mut self.next);
         let threads = &self.threads;
-        self.signals.retain(|tid, _| threads.contains_key(tid));
+        self.signals.retain(|tid, _| {
+            threads
+                .binary_search_by_key(tid, |r| r.tid)
+                .is_ok_and(|i| threads[i].tgid == *tid)
+        });
         lost
     }
 }
@@ -155,7 +170,7 @@ mod tests {
         assert_eq!(out[0].flags & REC_MM, 0);
         assert_eq!(out[0].runtime_ns, 5);
         // Held as written: a later mark is the same.
-        assert_eq!(held.threads[&10].0, leader);
+        assert_eq!(held.threads, vec![leader]);
     }
 
     #[test]
@@ -172,11 +187,26 @@ mod tests {
         let mut held = HeldRecords::default();
         walk(&mut held, &[full(&rec(10, 10, 5)), full(&rec(20, 20, 5))]);
         walk(&mut held, &[mark(10, 10)]);
-        assert_eq!(held.threads.len(), 1);
+        assert_eq!(held.threads, vec![rec(10, 10, 5)]);
         // 20 was not in the last walk; 30 never written in full; 10 now in another process.
         let (out, lost) = walk(&mut held, &[mark(20, 20), mark(30, 30), mark(10, 11)]);
         assert!(out.is_empty());
         assert_eq!(lost, 3);
+    }
+
+    #[test]
+    fn marks_out_of_tid_order_are_found_all_the_same() {
+        let mut held = HeldRecords::default();
+        let (a, b, c) = (rec(10, 10, 1), rec(20, 20, 2), rec(30, 30, 3));
+        walk(&mut held, &[full(&a), full(&b), full(&c)]);
+        assert_eq!(
+            walk(&mut held, &[mark(30, 30), mark(10, 10)]),
+            (vec![c, a], 0)
+        );
+        assert_eq!(
+            walk(&mut held, &[mark(10, 10), mark(30, 30)]),
+            (vec![a, c], 0)
+        );
     }
 
     #[test]
