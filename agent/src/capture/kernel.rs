@@ -877,27 +877,36 @@ impl KernelCapture {
         })?;
         let mut file = std::fs::File::from(fd);
         self.iter_buf.clear();
-        file.read_to_end(&mut self.iter_buf)
-            .map_err(|e| CaptureError::Iter {
+        if let Err(e) = file.read_to_end(&mut self.iter_buf) {
+            // The kernel remembered threads as written that this side never read: the
+            // marks of the next walk would stand for records older than theirs.
+            self.iter_full_walk();
+            return Err(CaptureError::Iter {
                 what: "reading the task iterator",
                 source: e,
-            })?;
+            });
+        }
         let mut records = Vec::with_capacity(self.iter_held.len());
         let lost = self.iter_held.decode(&self.iter_buf, &mut records);
         if lost > 0 {
-            // Threads marked unchanged since a record this side never read (a read that
-            // failed half-way): missing this tick (counted), written in full at the next.
+            // Threads marked unchanged since a record this side never read: missing this
+            // tick (counted), written in full at the next.
             debug!(
                 lost,
                 "Task iterator marks without a record; next walk in full"
             );
             self.iter_lost += lost as u64;
-            self.iter_gen += 1;
-            if let Err(e) = self.iter_ctl.set(ITER_CTL_GEN, self.iter_gen, 0) {
-                warn!(error = %e, "Could not ask the task iterator for a full walk");
-            }
+            self.iter_full_walk();
         }
         Ok(records)
+    }
+
+    /// Asks the task iterator to write every thread in full at its next walk.
+    fn iter_full_walk(&mut self) {
+        self.iter_gen += 1;
+        if let Err(e) = self.iter_ctl.set(ITER_CTL_GEN, self.iter_gen, 0) {
+            warn!(error = %e, "Could not ask the task iterator for a full walk");
+        }
     }
 
     /// Every entry of `PROC_STATS`: in batches where the kernel can (a consistent walk),
