@@ -1,7 +1,8 @@
 //! One walk of the task iterator, decoded: full [`TaskRecord`]s, and the marks of threads
 //! that have not run since their last full record ([`REC_SAME`]), which become the record
 //! held from then. What comes out is what a walk writing every thread in full would give,
-//! but for the memory map's RSS, which only the records written in full carry.
+//! but for the memory map's RSS, which only the records written in full carry; a held
+//! record keeps [`REC_SAME`], so a process all of whose records are held did not change.
 
 use agent_common::{REC_MM, REC_SAME, REC_SIGNAL, TASK_MARK_BYTES, TaskRecord};
 
@@ -51,14 +52,18 @@ impl HeldRecords {
                         // Its counters are current; its memory map's RSS is not (another
                         // thread's allocations, reclaim): that comes from a thread written
                         // in full, else stays as reported last.
+                        // Marked held ([`REC_SAME`]): nothing of it moved since.
                         out.push(TaskRecord {
-                            flags: r.flags & !REC_MM,
+                            flags: (r.flags & !REC_MM) | REC_SAME,
                             ..r
                         });
                         if tid == tgid
                             && let Some(s) = self.signals.get(&tid)
                         {
-                            out.push(*s);
+                            out.push(TaskRecord {
+                                flags: s.flags | REC_SAME,
+                                ..*s
+                            });
                         }
                     }
                     _ => lost += 1,
@@ -137,6 +142,14 @@ mod tests {
             .collect()
     }
 
+    /// `r` as a mark decodes: held.
+    fn same(r: TaskRecord) -> TaskRecord {
+        TaskRecord {
+            flags: r.flags | REC_SAME,
+            ..r
+        }
+    }
+
     fn walk(held: &mut HeldRecords, parts: &[Vec<u8>]) -> (Vec<TaskRecord>, usize) {
         let mut out = Vec::new();
         let lost = held.decode(&parts.concat(), &mut out);
@@ -150,11 +163,11 @@ mod tests {
         let first = walk(&mut held, &[full(&leader), full(&exited), full(&worker)]);
         assert_eq!(first, (vec![leader, exited, worker], 0));
         let second = walk(&mut held, &[mark(10, 10), mark(11, 10)]);
-        assert_eq!(second, (vec![leader, exited, worker], 0));
+        assert_eq!(second, (vec![same(leader), same(exited), same(worker)], 0));
         // The worker ran: its new record, the leader still as before.
         let busy = rec(11, 10, 800);
         let third = walk(&mut held, &[mark(10, 10), full(&busy)]);
-        assert_eq!(third, (vec![leader, exited, busy], 0));
+        assert_eq!(third, (vec![same(leader), same(exited), busy], 0));
     }
 
     #[test]
@@ -168,6 +181,7 @@ mod tests {
         walk(&mut held, &[full(&leader)]);
         let (out, _) = walk(&mut held, &[mark(10, 10)]);
         assert_eq!(out[0].flags & REC_MM, 0);
+        assert_ne!(out[0].flags & REC_SAME, 0);
         assert_eq!(out[0].runtime_ns, 5);
         // Held as written: a later mark is the same.
         assert_eq!(held.threads, vec![leader]);
@@ -179,7 +193,7 @@ mod tests {
         walk(&mut held, &[full(&rec(10, 10, 5)), full(&signal(10, 9))]);
         let again = rec(10, 10, 6);
         walk(&mut held, &[full(&again)]);
-        assert_eq!(walk(&mut held, &[mark(10, 10)]), (vec![again], 0));
+        assert_eq!(walk(&mut held, &[mark(10, 10)]), (vec![same(again)], 0));
     }
 
     #[test]
@@ -201,11 +215,11 @@ mod tests {
         walk(&mut held, &[full(&a), full(&b), full(&c)]);
         assert_eq!(
             walk(&mut held, &[mark(30, 30), mark(10, 10)]),
-            (vec![c, a], 0)
+            (vec![same(c), same(a)], 0)
         );
         assert_eq!(
             walk(&mut held, &[mark(10, 10), mark(30, 30)]),
-            (vec![a, c], 0)
+            (vec![same(a), same(c)], 0)
         );
     }
 

@@ -320,7 +320,13 @@ pub struct KernelCapture {
     pub(super) page_size: u64,
     /// Whether `BPF_MAP_LOOKUP_BATCH` works here (Linux ≥ 5.6).
     pub(super) batch: bool,
-    pub(super) procs: FastMap<ProcKey, ProcInfo>,
+    /// What is known of each tracked process, boxed: the table stays small enough to
+    /// probe and scan by key without touching every process's ~1 KB each tick.
+    pub(super) procs: FastMap<ProcKey, Box<ProcInfo>>,
+    /// Processes told to have ended with their final counters (`ProcInfo::total`), which
+    /// the sampler reports even when the kernel shows them no more; let go once their
+    /// `procs` entry is.
+    pub(super) ended: Vec<ProcKey>,
     /// What events told of processes whose start they did not carry (a classic fork
     /// tracepoint), by tgid, until the process's key is known.
     pub(super) unkeyed: FastMap<u32, (ProcInfo, u64)>,
@@ -600,6 +606,7 @@ impl KernelCapture {
             page_size: kc.page_size,
             batch: true,
             procs: FastMap::default(),
+            ended: Vec::new(),
             unkeyed: FastMap::default(),
             finished: FastMap::default(),
             threads: FastMap::default(),
@@ -736,6 +743,11 @@ impl KernelCapture {
         let info = self.info_of(tgid, start);
         info.total = Some(total);
         info.freed = true;
+        self.ended.push(ProcKey {
+            tgid,
+            _pad: 0,
+            start_ns: start,
+        });
     }
 
     /// Takes the final counters the kernel kept in `FREED` (their free event found the
@@ -839,6 +851,11 @@ impl KernelCapture {
                     info.exit = Some(exit);
                     if total.is_some() {
                         info.total = total;
+                        self.ended.push(ProcKey {
+                            tgid: ev.tgid,
+                            _pad: 0,
+                            start_ns: start,
+                        });
                     }
                     if self.recent_exits.len() >= RECENT_EXITS {
                         self.recent_exits.pop_front();

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use agent_common::{
     CpuState, ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats,
-    REC_MM, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP, RUNTIME_UNKNOWN,
-    TaskRecord, hist_bucket,
+    REC_MM, REC_SAME, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP,
+    RUNTIME_UNKNOWN, TaskRecord, hist_bucket,
 };
 use tracing::{debug, warn};
 
@@ -41,6 +41,8 @@ const FINISHED_TICKS: u64 = 32;
 const MAX_FINISHED: usize = 8192;
 /// Every this many ticks, processes whose exit was never seen are checked in /proc.
 const GC_EVERY_TICKS: u64 = 30;
+/// Every this many ticks, what events told of processes never seen is looked over.
+const PRUNE_EVERY_TICKS: u64 = 8;
 /// Reads of one process's entry, between two reads of the CPU slots, to tell whether a
 /// slice that ended while `PROC_STATS` was read is in it.
 const REREAD_TRIES: u32 = 4;
@@ -104,10 +106,14 @@ struct Totals {
     rss: Option<[i64; RSS_MEMBERS]>,
     cgroup_id: u64,
     has_leader: bool,
+    /// Whether any of its records was written in full this walk (else every one is a
+    /// held record: the process did not run, and its counters are as reported last).
+    fresh: bool,
 }
 
 impl Totals {
     fn add(&mut self, r: &TaskRecord) {
+        self.fresh |= r.flags & REC_SAME == 0;
         let t = &mut self.rec;
         t.runtime_ns += r.runtime_ns;
         t.nvcsw += r.nvcsw;
@@ -201,6 +207,7 @@ impl KernelCapture {
             }
         }
         let mut totals: FastMap<ProcKey, Totals> = FastMap::default();
+        totals.reserve(records.len());
         for r in &records {
             let key = ProcKey {
                 tgid: r.tgid,
@@ -218,22 +225,17 @@ impl KernelCapture {
         // ended with its final counters in its exit event.
         let mut keys: Vec<ProcKey> = totals.keys().copied().collect();
         keys.extend(stats.keys().filter(|k| !totals.contains_key(k)));
-        keys.extend(self.procs.iter().filter_map(|(k, i)| {
-            (i.total.is_some() && !totals.contains_key(k) && !stats.contains_key(k)).then_some(*k)
+        keys.extend(self.ended.iter().filter(|k| {
+            self.procs.get(k).is_some_and(|i| i.total.is_some())
+                && !totals.contains_key(k)
+                && !stats.contains_key(k)
         }));
         keys.sort_unstable();
         keys.dedup();
-        // The latest start per tgid: an ended process whose tgid another one holds now is
-        // certainly gone, whatever its exit's settling time.
-        let mut newest: FastMap<u32, u64> = FastMap::default();
-        for k in &keys {
-            let n = newest.entry(k.tgid).or_insert(0);
-            *n = (*n).max(k.start_ns);
-        }
 
         let mut samples = Vec::with_capacity(keys.len() + retired.len());
         let mut done: Vec<ProcKey> = Vec::new();
-        for key in keys {
+        for (i, &key) in keys.iter().enumerate() {
             if self.finished.contains_key(&key) {
                 // Reported finished already: a zombie the iterator still visits, or an
                 // entry a late event re-made (its counts came too late).
@@ -281,14 +283,28 @@ impl KernelCapture {
                     timestamp_ns: now,
                 });
             }
-            let counters = compose(
-                on_iter,
-                self.report.detail,
-                t,
-                st,
-                inflight.get(&key).copied().unwrap_or(0),
-                info,
-            );
+            let counters =
+                if on_iter && !self.report.detail && st.is_none() && t.is_some_and(|t| !t.fresh) {
+                    // Nothing of it ran nor changed since the last walk: what `compose`
+                    // would give (counters never go back), without composing it. Debug
+                    // builds (every test of the suite) check that it is.
+                    #[cfg(debug_assertions)]
+                    {
+                        let mut probe = ProcInfo::clone(info);
+                        let c = compose(on_iter, false, t, None, 0, &mut probe);
+                        debug_assert_eq!(c, info.last, "tgid {}: a held process changed", key.tgid);
+                    }
+                    info.last.clone()
+                } else {
+                    compose(
+                        on_iter,
+                        self.report.detail,
+                        t,
+                        st,
+                        inflight.get(&key).copied().unwrap_or(0),
+                        info,
+                    )
+                };
             if let Some(t) = t {
                 if let Some(rss) = t.rss {
                     info.memory = memory_of(&rss, self.page_size);
@@ -308,7 +324,10 @@ impl KernelCapture {
                     info.first_seen = st.first_seen_ns;
                 }
             }
-            let reused = newest.get(&key.tgid).is_some_and(|n| *n > key.start_ns);
+            // A later start of its tgid (keys are in (tgid, start) order): an ended process
+            // whose tgid another one holds now is certainly gone, whatever its exit's
+            // settling time.
+            let reused = keys.get(i + 1).is_some_and(|n| n.tgid == key.tgid);
             // On the iterator path the final counters are exact once the process's last
             // task is freed (it is reaped and its final switch accounted), which follows
             // the exit shortly; a process nobody reaps is finished with what was seen.
@@ -340,7 +359,7 @@ impl KernelCapture {
             };
             let mut info = match self.procs.get(&pkey) {
                 Some(i) if i.last.cpu_ns <= st.cpu_ns => {
-                    self.procs.remove(&pkey).unwrap_or_default()
+                    *self.procs.remove(&pkey).unwrap_or_default()
                 }
                 _ => ProcInfo::default(),
             };
@@ -375,9 +394,16 @@ impl KernelCapture {
             .retain(|k, t| tick - *t < FINISHED_TICKS || totals.contains_key(k));
         bound_finished(&mut self.finished, |k| totals.contains_key(k));
         self.unkeyed.retain(|_, (_, t)| tick - *t < FINISHED_TICKS);
-        // What events told of processes never seen is let go after a while.
-        self.procs
-            .retain(|_, i| i.looked_up || tick - i.noted < FINISHED_TICKS);
+        // What events told of processes never seen is let go after a while (looked for
+        // every few ticks: each look touches every process's state).
+        if tick.is_multiple_of(PRUNE_EVERY_TICKS) {
+            self.procs
+                .retain(|_, i| i.looked_up || tick - i.noted < FINISHED_TICKS);
+        }
+        let procs = &self.procs;
+        self.ended.retain(|k| procs.contains_key(k));
+        self.ended.sort_unstable();
+        self.ended.dedup();
         if gc && !on_iter {
             self.gc_threads();
         }
@@ -406,6 +432,9 @@ impl KernelCapture {
         let mut info = self.procs.remove(&key).unwrap_or_default();
         if let Some((from_events, _)) = self.unkeyed.remove(&key.tgid) {
             merge(&mut info, from_events, key.start_ns);
+            if info.total.is_some() {
+                self.ended.push(key);
+            }
         }
         let tgid = key.tgid;
         info.start_ns = key.start_ns;
