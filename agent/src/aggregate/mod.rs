@@ -31,6 +31,8 @@ use crate::FastMap as Map;
 
 /// Ticks after which a process missing from every tick is forgotten.
 const FORGET_AFTER_TICKS: u64 = 5;
+/// Every this many ticks, processes forgotten are let go.
+const PRUNE_EVERY_TICKS: u64 = 8;
 
 /// One interval's output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,7 +120,11 @@ impl Aggregator {
             // The delta since the previous sample of this process (or since it was first
             // seen), summed straight into its workload.
             let sl = if s.exit.is_some() {
-                match self.prev.remove(&pid) {
+                match self
+                    .prev
+                    .remove(&pid)
+                    .filter(|p| now - p.seen <= FORGET_AFTER_TICKS)
+                {
                     Some(mut p) => {
                         let sl = slot(slots, slot_of, p.slot, k, s);
                         slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
@@ -132,14 +138,16 @@ impl Aggregator {
                 }
             } else {
                 match self.prev.get_mut(&pid) {
-                    Some(p) => {
+                    Some(p) if now - p.seen <= FORGET_AFTER_TICKS => {
                         let sl = slot(slots, slot_of, p.slot, k, s);
                         p.slot = sl as u32;
                         p.seen = now;
                         slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
                         sl
                     }
-                    None => {
+                    // New, or missing from more than the last few ticks (forgotten,
+                    // whether or not its entry was let go yet).
+                    _ => {
                         let sl = slot(slots, slot_of, u32::MAX, k, s);
                         slots[sl].acc.d.add(&s.counters);
                         self.prev.insert(
@@ -166,8 +174,11 @@ impl Aggregator {
         }
         // A process missing from a tick may come back (a map walk can miss an entry that
         // moves under it): its counters are kept for a while, so its history is never
-        // counted twice. Gone for good (a cut recording) after a few ticks.
-        self.prev.retain(|_, p| now - p.seen < FORGET_AFTER_TICKS);
+        // counted twice. Gone for good (a cut recording) after a few ticks; their entries
+        // are let go every few ticks (each look touches every process's).
+        if now.is_multiple_of(PRUNE_EVERY_TICKS) {
+            self.prev.retain(|_, p| now - p.seen < FORGET_AFTER_TICKS);
+        }
         // Points in workload order; node totals as the sum over workloads (one sum per
         // workload, not per process).
         touched

@@ -102,6 +102,34 @@ fn a_process_missing_from_one_tick_is_not_counted_twice() {
 }
 
 #[test]
+fn a_process_missing_for_longer_than_a_few_ticks_is_forgotten_at_any_tick() {
+    // Missing for FORGET_AFTER_TICKS ticks it is still remembered; for one more it is a
+    // new process (counted whole), whether or not its entry was let go yet: the same at
+    // every phase of the pruning.
+    for offset in 0..PRUNE_EVERY_TICKS {
+        for gap in [FORGET_AFTER_TICKS - 1, FORGET_AFTER_TICKS] {
+            let mut a = Aggregator::new(GroupBy::Exe, 1000);
+            let mut ts = 1;
+            for _ in 0..offset {
+                a.tick(&tick(ts, vec![sample(20, 1, "b", 0, 0)]));
+                ts += 1;
+            }
+            a.tick(&tick(ts, vec![sample(10, 1, "a", 1_000, 0)]));
+            for _ in 0..gap {
+                ts += 1;
+                a.tick(&tick(ts, vec![]));
+            }
+            let w = a.tick(&tick(ts + 1, vec![sample(10, 1, "a", 1_500, 0)]));
+            let want = if gap < FORGET_AFTER_TICKS { 500 } else { 1_500 };
+            assert_eq!(
+                w.points[0].profile.cpu_ns, want,
+                "offset {offset} gap {gap}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_reused_pid_is_a_new_process() {
     let mut a = Aggregator::new(GroupBy::Exe, 1000);
     a.tick(&tick(1, vec![sample(10, 1, "a", 1_000, 0)]));

@@ -285,6 +285,23 @@ enum ProcName {
 }
 
 impl ProcName {
+    fn of(s: &ProcessSample) -> ProcName {
+        match &s.exe {
+            Some(exe) => ProcName::Exe(exe.clone()),
+            None => ProcName::Comm(s.comm.clone()),
+        }
+    }
+
+    /// Whether this names `s` (the same shared name: a process keeps its names from one
+    /// tick to the next, but at an exec).
+    fn names(&self, s: &ProcessSample) -> bool {
+        match (self, &s.exe) {
+            (ProcName::Exe(a), Some(b)) => Arc::ptr_eq(a, b),
+            (ProcName::Comm(a), None) => Arc::ptr_eq(a, &s.comm),
+            _ => false,
+        }
+    }
+
     /// The executable's file name, or the command name (which may hold a `/`).
     fn file_name(&self) -> &str {
         match self {
@@ -341,9 +358,11 @@ pub struct TrackerDrops {
 pub struct RequestTracker {
     featurizer: RequestFeaturizer,
     open: FastMap<u32, Open>,
-    /// Every live process's counters at the last tick, and what names it (shared with the
-    /// sample: no copy per process per tick).
-    seen: FastMap<u32, (Counters, ProcName)>,
+    /// Every live process's counters at the last tick, what names it (shared with the
+    /// sample) and the tick it was last in: updated in place, a process's name taken
+    /// again only when it changed.
+    seen: FastMap<u32, (Counters, ProcName, u64)>,
+    ticks: u64,
     /// cgroup id → path, from the samples.
     cgroups: FastMap<u64, String>,
     node: NodeLoad,
@@ -358,6 +377,7 @@ impl RequestTracker {
             featurizer,
             open: FastMap::default(),
             seen: FastMap::default(),
+            ticks: 0,
             cgroups: FastMap::default(),
             node: NodeLoad::default(),
             last_wall_ms: 0,
@@ -424,7 +444,7 @@ impl RequestTracker {
         let parent = e
             .ppid
             .and_then(|p| self.seen.get(&p))
-            .map(|(_, name)| name.file_name().to_string())
+            .map(|(_, name, _)| name.file_name().to_string())
             .unwrap_or_default();
         ExecFacts {
             key: String::new(),
@@ -475,7 +495,7 @@ impl RequestTracker {
             self.open.remove(&oldest);
             self.drops.overflow += 1;
         }
-        let base = self.seen.get(&tgid).map(|(c, _)| *c).unwrap_or_default();
+        let base = self.seen.get(&tgid).map(|(c, _, _)| *c).unwrap_or_default();
         let features = (!facts.key.is_empty()).then(|| {
             self.featurizer
                 .features(&facts, profiles.get(&facts.key), self.node)
@@ -501,8 +521,8 @@ impl RequestTracker {
     /// Returns the requests completed, in the order they ended.
     pub fn tick(&mut self, t: &Tick, w: &Window, profiles: &ProfileStore) -> Vec<Completed> {
         let mut done = Vec::new();
-        let mut live: FastMap<u32, (Counters, ProcName)> = FastMap::default();
-        live.reserve(t.samples.len());
+        self.ticks += 1;
+        let tick = self.ticks;
         let mut seen_now: Vec<u32> = Vec::new();
         for s in &t.samples {
             if let Some(path) = &s.cgroup {
@@ -534,14 +554,25 @@ impl RequestTracker {
             } else {
                 seen_now.push(s.tgid);
             }
-            if s.exit.is_none() {
-                let name = match &s.exe {
-                    Some(exe) => ProcName::Exe(exe.clone()),
-                    None => ProcName::Comm(s.comm.clone()),
-                };
-                live.insert(s.tgid, (c, name));
+            if s.exit.is_some() {
+                self.seen.remove(&s.tgid);
+            } else {
+                match self.seen.get_mut(&s.tgid) {
+                    Some(e) => {
+                        e.0 = c;
+                        if !e.1.names(s) {
+                            e.1 = ProcName::of(s);
+                        }
+                        e.2 = tick;
+                    }
+                    None => {
+                        self.seen.insert(s.tgid, (c, ProcName::of(s), tick));
+                    }
+                }
             }
         }
+        // Live processes are those of this tick.
+        self.seen.retain(|_, e| e.2 == tick);
         // A process gone from the ticks without a final sample cannot be measured.
         let before = self.open.len();
         for o in self.open.values_mut() {
@@ -554,7 +585,6 @@ impl RequestTracker {
         }
         self.open.retain(|_, o| o.unseen < UNSEEN_TICKS);
         self.drops.vanished += (before - self.open.len()) as u64;
-        self.seen = live;
         self.node = NodeLoad::of(&w.node);
         self.last_wall_ms = t.wall_ms;
         done
