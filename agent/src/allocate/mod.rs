@@ -51,6 +51,7 @@ use self::{
     tiers::{Outcome, Record, TierChange},
 };
 use crate::{
+    FastMap,
     aggregate::{Aggregator, GroupBy, Window, WorkloadId},
     capture::{Lifecycle, LifecycleKind, Tick},
     predict::{Band, Forecast, RequestPrediction, Target},
@@ -325,9 +326,9 @@ pub struct Allocator {
     namer: Aggregator,
     managed: BTreeMap<Group, Managed>,
     /// (tgid, start ns) → its managed group, or `None` (not opted in).
-    seen: HashMap<(u32, u64), Option<Group>>,
+    seen: FastMap<(u32, u64), Option<Group>>,
     /// pid → the group Umbra put it in.
-    placed: HashMap<u32, Group>,
+    placed: FastMap<u32, Group>,
     requests: BTreeMap<u32, Request>,
     held: VecDeque<u32>,
     stats: AllocateStats,
@@ -439,8 +440,8 @@ impl Allocator {
             root,
             namer: Aggregator::new(group_by, 1000),
             managed: BTreeMap::new(),
-            seen: HashMap::new(),
-            placed: HashMap::new(),
+            seen: FastMap::default(),
+            placed: FastMap::default(),
             requests: BTreeMap::new(),
             held: VecDeque::new(),
             stats: AllocateStats::default(),
@@ -690,26 +691,22 @@ impl Allocator {
                 }
                 continue;
             }
-            let g = match self.seen.get(&key) {
-                Some(g) => g.clone(),
-                None => {
-                    let c =
-                        self.classify(s.tgid, s.start_ns, s.exe.as_deref(), s.cgroup.as_deref());
-                    let g = c.as_ref().map(|(g, _)| g.clone());
-                    if let Some((g, rule)) = c {
-                        let (id, name) = self.namer.workload(s);
-                        let m = self.managed_entry(&g, rule, &name);
-                        m.state.workload = id;
-                    }
-                    if self.seen.len() > 65_536 {
-                        self.seen.clear();
-                    }
-                    self.seen.insert(key, g.clone());
-                    g
+            if !self.seen.contains_key(&key) {
+                let c = self.classify(s.tgid, s.start_ns, s.exe.as_deref(), s.cgroup.as_deref());
+                let g = c.as_ref().map(|(g, _)| g.clone());
+                if let Some((g, rule)) = c {
+                    let (id, name) = self.namer.workload(s);
+                    let m = self.managed_entry(&g, rule, &name);
+                    m.state.workload = id;
                 }
-            };
-            if let Some(g) = g
-                && let Some(m) = self.managed.get_mut(&g)
+                if self.seen.len() > 65_536 {
+                    self.seen.clear();
+                }
+                self.seen.insert(key, g);
+            }
+            // Most processes are not opted in: one lookup, no copy.
+            if let Some(Some(g)) = self.seen.get(&key)
+                && let Some(m) = self.managed.get_mut(g)
             {
                 m.pids.insert(s.tgid, s.start_ns);
                 if m.state.workload.0.is_empty() {
