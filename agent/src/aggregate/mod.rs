@@ -62,6 +62,14 @@ struct Prev {
     slot: u32,
 }
 
+impl Prev {
+    /// Whether the process is still remembered at tick `now` (missing from no more than
+    /// the last few ticks), whether or not a forgotten entry was let go yet.
+    fn remembered(&self, now: u64) -> bool {
+        now - self.seen <= FORGET_AFTER_TICKS
+    }
+}
+
 struct Slot {
     id: WorkloadId,
     name: String,
@@ -120,11 +128,7 @@ impl Aggregator {
             // The delta since the previous sample of this process (or since it was first
             // seen), summed straight into its workload.
             let sl = if s.exit.is_some() {
-                match self
-                    .prev
-                    .remove(&pid)
-                    .filter(|p| now - p.seen <= FORGET_AFTER_TICKS)
-                {
+                match self.prev.remove(&pid).filter(|p| p.remembered(now)) {
                     Some(mut p) => {
                         let sl = slot(slots, slot_of, p.slot, k, s);
                         slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
@@ -138,7 +142,7 @@ impl Aggregator {
                 }
             } else {
                 match self.prev.get_mut(&pid) {
-                    Some(p) if now - p.seen <= FORGET_AFTER_TICKS => {
+                    Some(p) if p.remembered(now) => {
                         let sl = slot(slots, slot_of, p.slot, k, s);
                         p.slot = sl as u32;
                         p.seen = now;

@@ -743,6 +743,11 @@ impl KernelCapture {
         let info = self.info_of(tgid, start);
         info.total = Some(total);
         info.freed = true;
+        self.note_ended(tgid, start);
+    }
+
+    /// A process whose final counters came: reported by the sampler until it is done.
+    fn note_ended(&mut self, tgid: u32, start: u64) {
         self.ended.push(ProcKey {
             tgid,
             _pad: 0,
@@ -851,11 +856,7 @@ impl KernelCapture {
                     info.exit = Some(exit);
                     if total.is_some() {
                         info.total = total;
-                        self.ended.push(ProcKey {
-                            tgid: ev.tgid,
-                            _pad: 0,
-                            start_ns: start,
-                        });
+                        self.note_ended(ev.tgid, start);
                     }
                     if self.recent_exits.len() >= RECENT_EXITS {
                         self.recent_exits.pop_front();
