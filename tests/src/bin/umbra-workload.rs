@@ -67,7 +67,7 @@ fn main() {
             done_then_exit();
         }
         // io PATH BYTES MODE: write BYTES to PATH and read them back (MODE: plain, fsync every
-        // 16 MiB and at the end, or direct).
+        // 4 MiB and at the end, or direct).
         "io" => io(&arg(1), num(2) as usize, &arg(3)),
         // recv: accept one TCP connection on loopback, read to EOF, exit.
         "recv" => {
@@ -375,10 +375,10 @@ fn io(path: &str, bytes: usize, mode: &str) {
             assert!(n > 0);
             left -= n as usize;
             unsynced += n as usize;
-            // Synced every 16 MiB: dirty data past the kernel's background threshold (a
-            // small guest's is below 64 MiB) is written back by the flusher thread, not by
-            // this process's fsync.
-            if mode == "fsync" && unsynced >= 16 * CHUNK {
+            // Synced every 4 MiB: dirty data past the kernel's background threshold (10%
+            // of available memory: a small guest's can be below 16 MiB) is written back by
+            // the flusher thread, not by this process's fsync.
+            if mode == "fsync" && unsynced >= 4 * CHUNK {
                 libc::fsync(fd);
                 unsynced = 0;
             }
