@@ -226,17 +226,24 @@ fn tcp_test(mut cap: KernelCapture) {
         );
     }
     let total = 16 * MIB;
-    let recv = Workload::start(&["recv"]);
+    // The receiver stops reading 2 MiB before the end; the sender's last bytes and its FIN
+    // wait in its send buffer (8 MiB) while it closes, exits and is reported finished.
+    // Then the receiver reads the rest: the sender's socket reaches its final state only
+    // now, long after its owner has gone, and the sender's close must be counted all the
+    // same.
+    let hold = 2 * MIB;
+    let mut recv = Workload::start(&["recv", &total.to_string(), &hold.to_string()]);
     let port = recv.info.clone();
-    let send = Workload::start(&["send", &port, &total.to_string()]);
+    let send = Workload::start(&["send", &port, &total.to_string(), &(4 * MIB).to_string()]);
     let (rp, sp) = (recv.pid(), send.pid());
     recv.go();
     send.go();
+    recv.wait_done();
     send.wait();
+    let s = final_sample(&mut cap, sp);
+    recv.go();
     recv.wait();
-    let mut finals = final_samples(&mut cap, &[sp, rp]);
-    let r = finals.pop().unwrap();
-    let s = finals.pop().unwrap();
+    let r = final_sample(&mut cap, rp);
     let (tx, rx) = (s.counters.net_tx_bytes, r.counters.net_rx_bytes);
     eprintln!(
         "net: sent {tx} received {rx} opened {} accepted {} closed {}+{}",

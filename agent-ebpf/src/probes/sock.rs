@@ -6,6 +6,13 @@
 //! completes (in softirq too): listeners are remembered by network namespace and port when
 //! they start listening, so server-side sockets have an owner on every kernel, with or
 //! without the `sock` length tracepoints.
+//!
+//! A connection is counted closed when its owner ends its side of it — `close(2)` or
+//! `shutdown(2)` of an open connection (established → FIN-wait-1, or close-wait →
+//! last-ack), in the owner's context and so while the owner is alive — or when it is
+//! torn down without that (a reset, a connect that failed). The socket's final move to
+//! `TCP_CLOSE` after an orderly close waits for the peer's FIN and can come long after its
+//! owner has exited: it only forgets the owner.
 
 use agent_common::{Drop, ListenKey, ProcKey, prog};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
@@ -22,7 +29,10 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 
 #[inline(always)]
@@ -128,15 +138,41 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     } else if new == TCP_CLOSE && old == TCP_LISTEN {
         let sport: u16 = tp_field_at::<_, 24>(ctx, P, config!(tp.set_state_sport))?;
         let _ = LISTENERS.remove(listen_key(sk, sport));
+    } else if (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1)
+        || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK)
+    {
+        // The owner ended its side (close or shutdown); the owner is kept for the FIN's
+        // retransmits.
+        count_close(sk, false)?;
     } else if new == TCP_CLOSE {
-        // SAFETY: map value read.
-        let Some(owner) = (unsafe { SOCK_OWNER.get(sk) }).copied() else {
-            count_drop(P, Drop::SockOwnerUnknown);
-            return None;
-        };
-        let _ = SOCK_OWNER.remove(sk);
-        add(&mut proc_existing(P, &owner)?.conn_closed, 1);
+        // Counted already if it got here by an orderly close; a reset, or a connect that
+        // failed, is counted now.
+        let orderly = !matches!(
+            old,
+            TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_SYN_SENT | TCP_SYN_RECV
+        );
+        if orderly {
+            let _ = SOCK_OWNER.remove(sk);
+        } else {
+            count_close(sk, true)?;
+        }
     }
+    Some(())
+}
+
+/// Counts a closed connection for the socket's owner, forgetting the owner if `forget`.
+#[inline(always)]
+fn count_close(sk: u64, forget: bool) -> Option<()> {
+    const P: u32 = prog::INET_SOCK_SET_STATE;
+    // SAFETY: map value read.
+    let Some(owner) = (unsafe { SOCK_OWNER.get(sk) }).copied() else {
+        count_drop(P, Drop::SockOwnerUnknown);
+        return None;
+    };
+    if forget {
+        let _ = SOCK_OWNER.remove(sk);
+    }
+    add(&mut proc_existing(P, &owner)?.conn_closed, 1);
     Some(())
 }
 

@@ -69,21 +69,41 @@ fn main() {
         // io PATH BYTES MODE: write BYTES to PATH and read them back (MODE: plain, fsync every
         // 4 MiB and at the end, or direct).
         "io" => io(&arg(1), num(2) as usize, &arg(3)),
-        // recv: accept one TCP connection on loopback, read to EOF, exit.
+        // recv BYTES HOLD: accept one TCP connection on loopback (a 64 KiB receive buffer),
+        // read all but the last HOLD of its BYTES, say done; at the second signal read the
+        // rest to EOF and exit, which closes the connection.
         "recv" => {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            set_buffer(&l, libc::SO_RCVBUF, 64 << 10);
             ready(&l.local_addr().unwrap().port().to_string());
             wait_go();
             let (mut s, _) = l.accept().unwrap();
             let mut buf = vec![0u8; 1 << 16];
+            let mut left = num(1).saturating_sub(num(2)) as usize;
+            while left > 0 {
+                let n = s.read(&mut buf[..left.min(1 << 16)]).unwrap();
+                assert!(n > 0, "the sender closed early");
+                left -= n;
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "done").unwrap();
+            out.flush().unwrap();
+            drop(out);
+            wait_go();
             while s.read(&mut buf).unwrap() > 0 {}
             exit_now();
         }
-        // send PORT BYTES: connect to loopback PORT, send BYTES, close, exit.
+        // send PORT BYTES [SNDBUF]: connect to loopback PORT (with a send buffer of SNDBUF
+        // bytes if given, beyond the system's limit: the test runs as root), send BYTES,
+        // close, exit. What the receiver has not taken yet is still in the send buffer,
+        // behind the FIN, when it exits.
         "send" => {
             ready("");
             wait_go();
             let mut s = TcpStream::connect(("127.0.0.1", num(1) as u16)).unwrap();
+            if !arg(3).is_empty() {
+                set_buffer(&s, libc::SO_SNDBUFFORCE, num(3) as i32);
+            }
             let buf = vec![7u8; 1 << 16];
             let mut left = num(2) as usize;
             while left > 0 {
@@ -266,6 +286,26 @@ fn done_then_exit() {
     drop(out);
     wait_go();
     exit_now();
+}
+
+/// Sets a socket's buffer size option (`SO_RCVBUF`, `SO_SNDBUFFORCE`).
+fn set_buffer(sock: &impl std::os::fd::AsRawFd, opt: libc::c_int, bytes: i32) {
+    // SAFETY: an int option on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {opt}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn exit_now() -> ! {
