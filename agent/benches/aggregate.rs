@@ -42,7 +42,7 @@ fn tick(n: u32, t: u64) -> Tick {
             exe_hash: Some(format!("sha256:{:064x}", i % 100).into()),
             cgroup: Some(format!("/system.slice/svc{}.service", i % 50).into()),
             app: None,
-            counters,
+            counters: counters.into(),
             memory: Memory {
                 anon: 1 << 20,
                 ..Default::default()

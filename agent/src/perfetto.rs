@@ -318,7 +318,7 @@ struct Proc {
     start_ns: Option<u64>,
     counters: Option<[u64; PROC_COUNTERS.len()]>,
     last: [Option<f64>; PROC_COUNTERS.len()],
-    prev: Option<ProcCounters>,
+    prev: Option<Arc<ProcCounters>>,
     name: String,
 }
 
@@ -678,7 +678,7 @@ impl<W: Write> Perfetto<W> {
     fn values(
         &mut self,
         s: &ProcessSample,
-        prev: Option<ProcCounters>,
+        prev: Option<Arc<ProcCounters>>,
         ts: u64,
         interval_ns: u64,
         counters: [u64; PROC_COUNTERS.len()],
@@ -688,7 +688,7 @@ impl<W: Write> Perfetto<W> {
         };
         let d = match &prev {
             Some(prev) => s.counters.since(prev),
-            None => s.counters.clone(),
+            None => ProcCounters::clone(&s.counters),
         };
         let start = ts.saturating_sub(interval_ns);
         let secs = interval_ns as f64 / 1e9;

@@ -855,10 +855,10 @@ mod tests {
             exe_hash: Some(hash.into()),
             cgroup: Some("/system.slice/x.service".into()),
             app: None,
-            counters: crate::capture::ProcCounters {
+            counters: std::sync::Arc::new(crate::capture::ProcCounters {
                 cpu_ns,
                 ..Default::default()
-            },
+            }),
             memory: Memory {
                 anon: rss as u64,
                 ..Default::default()

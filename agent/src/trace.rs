@@ -7,6 +7,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::MetadataExt,
     str::FromStr,
+    sync::Arc,
 };
 
 use serde_json::json;
@@ -108,7 +109,7 @@ pub struct Tracer<W: Write> {
     filter: Filter,
     json: bool,
     out: W,
-    prev: HashMap<(u32, u64), ProcCounters>,
+    prev: HashMap<(u32, u64), Arc<ProcCounters>>,
     last_tick_ns: Option<u64>,
     last_drops: DropCounts,
     header_done: bool,
@@ -223,7 +224,7 @@ impl<W: Write> Tracer<W> {
             let key = (s.tgid, s.start_ns);
             let d = match self.prev.get(&key) {
                 Some(p) => s.counters.since(p),
-                None => s.counters.clone(),
+                None => ProcCounters::clone(&s.counters),
             };
             if s.exit.is_some() {
                 self.prev.remove(&key);
@@ -455,10 +456,10 @@ mod tests {
             exe_hash: None,
             cgroup: None,
             app: None,
-            counters: ProcCounters {
+            counters: Arc::new(ProcCounters {
                 cpu_ns,
                 ..Default::default()
-            },
+            }),
             memory: Memory::default(),
             exit: None,
         }

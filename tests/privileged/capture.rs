@@ -142,7 +142,7 @@ fn d_into(
     mut s: umbra::capture::ProcessSample,
     d: umbra::capture::ProcCounters,
 ) -> umbra::capture::ProcessSample {
-    s.counters = d;
+    s.counters = d.into();
     s
 }
 

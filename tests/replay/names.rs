@@ -41,11 +41,11 @@ fn tick(n: u64) -> Tick {
             exe_hash: (i % 2 == 0).then(|| format!("sha256:{name}").into()),
             cgroup: Some(format!("/{name}.slice/{name}").into()),
             app: None,
-            counters: ProcCounters {
+            counters: std::sync::Arc::new(ProcCounters {
                 cpu_ns: n * 1_000_000 * (i as u64 + 1),
                 write_bytes: n * 10,
                 ..Default::default()
-            },
+            }),
             memory: Memory {
                 anon: 4096 * (i as u64 + 1),
                 ..Default::default()

@@ -9,6 +9,8 @@
 mod history;
 mod point;
 
+use std::sync::Arc;
+
 pub use history::*;
 pub use point::*;
 use serde::{Deserialize, Serialize};
@@ -57,7 +59,7 @@ pub struct Aggregator {
 }
 
 struct Prev {
-    counters: ProcCounters,
+    counters: Arc<ProcCounters>,
     seen: u64,
     slot: u32,
 }
@@ -129,9 +131,11 @@ impl Aggregator {
             // seen), summed straight into its workload.
             let sl = if s.exit.is_some() {
                 match self.prev.remove(&pid).filter(|p| p.remembered(now)) {
-                    Some(mut p) => {
+                    Some(p) => {
                         let sl = slot(slots, slot_of, p.slot, k, s);
-                        slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
+                        if !Arc::ptr_eq(&s.counters, &p.counters) {
+                            slots[sl].acc.d.add_since(&s.counters, &p.counters);
+                        }
                         sl
                     }
                     None => {
@@ -146,7 +150,12 @@ impl Aggregator {
                         let sl = slot(slots, slot_of, p.slot, k, s);
                         p.slot = sl as u32;
                         p.seen = now;
-                        slots[sl].acc.d.add_since(&s.counters, &mut p.counters);
+                        // The same counters as its last sample (the capture shares them
+                        // when nothing changed): nothing happened.
+                        if !Arc::ptr_eq(&s.counters, &p.counters) {
+                            slots[sl].acc.d.add_since(&s.counters, &p.counters);
+                            p.counters = s.counters.clone();
+                        }
                         sl
                     }
                     // New, or missing from more than the last few ticks (forgotten,

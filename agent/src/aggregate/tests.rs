@@ -16,11 +16,11 @@ fn sample(tgid: u32, start: u64, exe: &str, cpu: u64, wbytes: u64) -> ProcessSam
         exe_hash: Some(format!("sha256:{exe}").into()),
         cgroup: Some(format!("/svc/{exe}").into()),
         app: None,
-        counters: ProcCounters {
+        counters: Arc::new(ProcCounters {
             cpu_ns: cpu,
             write_bytes: wbytes,
             ..Default::default()
-        },
+        }),
         memory: Memory {
             anon: 4096,
             ..Default::default()

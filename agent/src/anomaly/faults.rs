@@ -5,7 +5,7 @@
 //! carry the workload's executable (so they group with it), exit, and their execs come as
 //! events.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -163,7 +163,7 @@ impl Injector {
             }
             let key = (s.tgid, s.start_ns);
             let o = self.offsets.entry(key).or_default();
-            let c = &mut s.counters;
+            let c = Arc::make_mut(&mut s.counters);
             // A process first seen within the span began within it: all it did is faulty.
             let zero = ProcCounters::default();
             let last = o.last.as_ref().unwrap_or(&zero);
@@ -211,7 +211,7 @@ impl Injector {
                 p.tgid = self.next_pid;
                 p.start_ns = f.start_ns;
                 p.ppid = Some(tpl.tgid);
-                p.counters = ProcCounters::default();
+                p.counters = Default::default();
                 p.memory = Default::default();
                 p.exit = None;
                 p
@@ -220,14 +220,16 @@ impl Injector {
         if in_span {
             match f.kind {
                 FaultKind::CpuHog => {
-                    p.counters.cpu_ns += (f.size * dt_ns as f64) as u64;
-                    p.counters.involuntary_switches += 10 * dt_ns / 1_000_000_000;
+                    let c = Arc::make_mut(&mut p.counters);
+                    c.cpu_ns += (f.size * dt_ns as f64) as u64;
+                    c.involuntary_switches += 10 * dt_ns / 1_000_000_000;
                 }
                 FaultKind::MemoryLeak => {
                     let secs = now.saturating_sub(f.start_ns) as f64 / 1e9;
                     p.memory.anon = (f.size * secs) as u64;
-                    p.counters.page_faults += (f.size * dt_ns as f64 / 1e9 / 4096.0) as u64;
-                    p.counters.cpu_ns += dt_ns / 100;
+                    let c = Arc::make_mut(&mut p.counters);
+                    c.page_faults += (f.size * dt_ns as f64 / 1e9 / 4096.0) as u64;
+                    c.cpu_ns += dt_ns / 100;
                 }
                 _ => {}
             }
@@ -259,12 +261,12 @@ impl Injector {
             p.tgid = self.next_pid;
             p.start_ns = at;
             p.ppid = Some(tpl.tgid);
-            p.counters = ProcCounters {
+            p.counters = Arc::new(ProcCounters {
                 cpu_ns: 2_000_000,
                 execs: 1,
                 syscalls: 200,
                 ..Default::default()
-            };
+            });
             p.memory.anon = 2 << 20;
             p.exit = Some(Exit {
                 code: Some(0),

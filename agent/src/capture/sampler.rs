@@ -72,7 +72,7 @@ pub struct ProcInfo {
     pub looked_up: bool,
     /// The counters reported last: the next are never lower (a thread's totals move into
     /// its process's `signal_struct` as it exits; a read between can see them twice).
-    pub last: ProcCounters,
+    pub last: Arc<ProcCounters>,
     pub memory: Memory,
     pub cgroup_id: u64,
     /// Run-queue wait and slices of threads that are gone (`sched_info` is not kept in
@@ -234,6 +234,9 @@ impl KernelCapture {
         keys.dedup();
 
         let mut samples = Vec::with_capacity(keys.len() + retired.len());
+        // Samples are made in key order, which is theirs but for processes without BTF
+        // (their start is set from the map below) and those retired without it.
+        let in_order = retired.is_empty() && keys.iter().all(|k| k.start_ns != 0);
         let mut done: Vec<ProcKey> = Vec::new();
         for (i, &key) in keys.iter().enumerate() {
             if self.finished.contains_key(&key) {
@@ -374,7 +377,7 @@ impl KernelCapture {
             info.memory = Memory::from_kernel(&st);
             let cgroup = self.identity.cgroup_path(st.cgroup_id);
             info.cgroup_id = st.cgroup_id;
-            let mut s = sample_of(pkey, &info, counters, cgroup, Some(exit));
+            let mut s = sample_of(pkey, &info, Arc::new(counters), cgroup, Some(exit));
             s.start_ns = st.first_seen_ns;
             samples.push(s);
         }
@@ -407,7 +410,10 @@ impl KernelCapture {
         if gc && !on_iter {
             self.gc_threads();
         }
-        samples.sort_by_key(|s| (s.tgid, s.start_ns));
+        if !in_order {
+            samples.sort_by_key(|s| (s.tgid, s.start_ns));
+        }
+        debug_assert!(samples.is_sorted_by_key(|s| (s.tgid, s.start_ns)));
         let pressure = self
             .identity
             .pressure(samples.iter().filter_map(|s| s.cgroup.as_deref()));
@@ -721,7 +727,7 @@ fn compose(
     st: Option<&ProcStats>,
     inflight: u64,
     info: &mut ProcInfo,
-) -> ProcCounters {
+) -> Arc<ProcCounters> {
     let mut c = st.map(ProcCounters::from_kernel).unwrap_or_default();
     if on_iter {
         match t.map(|t| &t.rec).or(info.total.as_ref()) {
@@ -770,6 +776,7 @@ fn compose(
         }
         c.runq_hist = info.runq_hist;
     }
+    let c = Arc::new(c);
     info.last = c.clone();
     c
 }
@@ -805,7 +812,7 @@ fn seed_memory(m: &mut Memory, st: &ProcStats, seed: Option<Memory>) {
 fn sample_of(
     key: ProcKey,
     info: &ProcInfo,
-    counters: ProcCounters,
+    counters: Arc<ProcCounters>,
     cgroup: Option<Arc<str>>,
     exit: Option<Exit>,
 ) -> ProcessSample {

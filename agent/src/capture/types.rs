@@ -93,19 +93,17 @@ impl ProcCounters {
         each_counter!(sub)
     }
 
-    /// Adds what happened between `prev` and `now` into `self`, then advances `prev` to
-    /// `now`: [`since`](Self::since), [`add`](Self::add) and a copy in one pass, the
-    /// aggregate stage's per-process hot path.
-    pub fn add_since(&mut self, now: &ProcCounters, prev: &mut ProcCounters) {
+    /// Adds what happened between `prev` and `now` into `self`: [`since`](Self::since)
+    /// and [`add`](Self::add) in one pass, the aggregate stage's per-process hot path.
+    pub fn add_since(&mut self, now: &ProcCounters, prev: &ProcCounters) {
         macro_rules! step {
             ($($f:ident),*) => { $(
                 self.$f = self.$f.saturating_add(now.$f.saturating_sub(prev.$f));
-                prev.$f = now.$f;
             )* };
         }
         each_counter!(step);
-        hist_add_since(&mut self.runq_hist, &now.runq_hist, &mut prev.runq_hist);
-        hist_add_since(&mut self.block_hist, &now.block_hist, &mut prev.block_hist);
+        hist_add_since(&mut self.runq_hist, &now.runq_hist, &prev.runq_hist);
+        hist_add_since(&mut self.block_hist, &now.block_hist, &prev.block_hist);
     }
 
     /// Raises every counter to at least `floor`'s (histograms excepted): counters never
@@ -130,9 +128,9 @@ impl ProcCounters {
     }
 }
 
-/// `acc += now - prev; prev = now` for one histogram. Most intervals leave most of a
-/// process's histograms unchanged (no block I/O, no run-queue wait): one compare skips them.
-fn hist_add_since(acc: &mut Histogram, now: &Histogram, prev: &mut Histogram) {
+/// `acc += now - prev` for one histogram. Most intervals leave most of a process's
+/// histograms unchanged (no block I/O, no run-queue wait): one compare skips them.
+fn hist_add_since(acc: &mut Histogram, now: &Histogram, prev: &Histogram) {
     // Lane-wise, so it vectorises (`==` on the arrays is a `memcmp` call).
     let changed = now.iter().zip(prev.iter()).fold(0, |c, (n, p)| c | (n ^ p));
     if changed == 0 {
@@ -144,7 +142,6 @@ fn hist_add_since(acc: &mut Histogram, now: &Histogram, prev: &mut Histogram) {
     for i in 0..HIST_BUCKETS {
         acc[i] = acc[i].wrapping_add(now[i].wrapping_sub(prev[i]));
     }
-    *prev = *now;
 }
 
 /// A quantile of a log2 histogram, as the upper bound of the bucket that holds it (ns).
@@ -220,7 +217,10 @@ pub struct ProcessSample {
     /// What an interpreter runs (its script or main module), when the executable is a
     /// known interpreter: the workload key under executable grouping (format 3 on).
     pub app: Option<Arc<AppKey>>,
-    pub counters: ProcCounters,
+    /// Shared with the capture's record of the process: a process that did not change
+    /// since its last sample is given the same counters (`Arc::ptr_eq`), which spares a
+    /// copy each tick and tells consumers that nothing happened.
+    pub counters: Arc<ProcCounters>,
     pub memory: Memory,
     /// Set on the process's final sample; the process is not reported again.
     pub exit: Option<Exit>,
@@ -577,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn add_since_is_since_then_add_then_copy() {
+    fn add_since_is_since_then_add() {
         let mut prev = ProcCounters {
             cpu_ns: 10,
             write_bytes: 7,
@@ -596,11 +596,10 @@ mod tests {
         acc.block_hist[4] = 1;
         let mut expected = acc.clone();
         expected.add(&now.since(&prev));
-        acc.add_since(&now, &mut prev);
+        acc.add_since(&now, &prev);
         assert_eq!(acc, expected);
         assert_eq!(acc.cpu_ns, 31);
         assert_eq!(acc.block_hist[4], 3);
-        assert_eq!(prev, now);
     }
 
     /// Kernel histogram buckets are u32 and wrap: a bucket that passed 2^32 in the
@@ -616,10 +615,9 @@ mod tests {
         assert_eq!(now.since(&prev).runq_hist[3], 5);
         assert_eq!(now.since(&prev).block_hist[7], 1);
         let mut acc = ProcCounters::default();
-        acc.add_since(&now, &mut prev);
+        acc.add_since(&now, &prev);
         assert_eq!(acc.runq_hist[3], 5);
         assert_eq!(acc.block_hist[7], 1);
-        assert_eq!(prev, now);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! arguments and input files to exec events, the interpreted program (`app`) to samples,
 //! and made the drop table extensible.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use crate::capture::{
@@ -182,7 +184,7 @@ impl From<Sample> for capture::ProcessSample {
             exe_hash: s.exe_hash.map(Into::into),
             cgroup: s.cgroup.map(Into::into),
             app: None,
-            counters: capture::ProcCounters {
+            counters: Arc::new(capture::ProcCounters {
                 cpu_ns: c.cpu_ns,
                 voluntary_switches: c.voluntary_switches,
                 involuntary_switches: c.involuntary_switches,
@@ -208,7 +210,7 @@ impl From<Sample> for capture::ProcessSample {
                 execs: c.execs,
                 runq_hist: c.runq_hist,
                 block_hist: c.block_hist,
-            },
+            }),
             memory: capture::Memory {
                 file: s.memory.file,
                 anon: s.memory.anon,
