@@ -49,6 +49,7 @@ fn tick(n: u32, t: u64) -> Tick {
             },
             exit: None,
         })
+        .map(std::sync::Arc::new)
         .collect();
     Tick {
         timestamp_ns: t * 1_000_000_000,

@@ -881,8 +881,8 @@ mod tests {
                 timestamp_ns: (i + 1) * 1_000_000_000,
                 wall_ms: start_ms + (i + 1) * 1000,
                 samples: vec![
-                    proc_(100, "/usr/bin/svc", "sha256:5c", svc_ns, rss * noise),
-                    proc_(200, "/usr/bin/bg", "sha256:b9", bg_ns, 50.0 * MB),
+                    proc_(100, "/usr/bin/svc", "sha256:5c", svc_ns, rss * noise).into(),
+                    proc_(200, "/usr/bin/bg", "sha256:b9", bg_ns, 50.0 * MB).into(),
                 ],
                 drops: DropCounts::default(),
                 node: NodeStats {

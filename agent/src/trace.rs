@@ -469,7 +469,7 @@ mod tests {
         CaptureItem::Tick(Box::new(Tick {
             timestamp_ns: ts,
             wall_ms: 0,
-            samples,
+            samples: samples.into_iter().map(Arc::new).collect(),
             drops: DropCounts::default(),
             node: crate::capture::NodeStats::default(),
             pressure: vec![],

@@ -443,21 +443,48 @@ fn a_process_moved_to_another_cgroup_is_followed() {
     let Some(root) = cgroup2_root() else {
         panic!("no cgroup2 mount in /proc/mounts");
     };
-    let dir = root.join(format!("umbra-test-{}", std::process::id()));
-    std::fs::create_dir(&dir).unwrap();
-    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
+    let dirs: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| root.join(format!("umbra-test-{}-{n}", std::process::id())))
+        .collect();
+    let ids: Vec<u64> = dirs
+        .iter()
+        .map(|d| {
+            std::fs::create_dir(d).unwrap();
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(d).unwrap())
+        })
+        .collect();
     let mut cap = capture();
     let mut w = Workload::start(&["spin", "50"]);
-    std::fs::write(dir.join("cgroup.procs"), w.pid().to_string()).unwrap();
+    // Moved before it runs, then again while it sleeps (nothing else of it changes).
+    std::fs::write(dirs[0].join("cgroup.procs"), w.pid().to_string()).unwrap();
     w.go();
     w.wait_done();
-    let s = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
-        s.cgroup_id == id
+    let moved = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+        s.cgroup_id == ids[0]
+    });
+    std::fs::write(dirs[1].join("cgroup.procs"), w.pid().to_string()).unwrap();
+    let asleep = sample_where(&mut cap, w.pid(), Duration::from_secs(5), |s| {
+        s.cgroup_id == ids[1]
     });
     w.finish();
-    std::fs::remove_dir(&dir).unwrap();
-    let s = s.unwrap_or_else(|| panic!("cgroup id of the moved process never became {id}"));
-    assert_eq!(s.cgroup_id, id);
+    for d in &dirs {
+        std::fs::remove_dir(d).unwrap();
+    }
+    let s =
+        moved.unwrap_or_else(|| panic!("cgroup id of the moved process never became {}", ids[0]));
+    assert_eq!(s.cgroup_id, ids[0]);
+    let s = asleep.unwrap_or_else(|| {
+        panic!(
+            "cgroup id of the process moved while asleep never became {}",
+            ids[1]
+        )
+    });
+    assert!(
+        s.cgroup.as_deref().is_some_and(|p| p.ends_with("-b")),
+        "{:?}",
+        s.cgroup
+    );
 }
 
 fn cgroup2_root() -> Option<std::path::PathBuf> {

@@ -52,6 +52,7 @@ fn tick(n: u64) -> Tick {
             },
             exit: None,
         })
+        .map(std::sync::Arc::new)
         .collect();
     Tick {
         timestamp_ns: n * 1_000_000_000,

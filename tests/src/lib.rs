@@ -185,7 +185,7 @@ pub fn sample_where(
     loop {
         let tick = cap.sample().unwrap();
         if let Some(s) = tick.samples.into_iter().find(|s| s.tgid == tgid && pred(s)) {
-            return Some(s);
+            return Some(std::sync::Arc::unwrap_or_clone(s));
         }
         if Instant::now() > end {
             return None;
@@ -219,7 +219,7 @@ pub fn final_samples(cap: &mut KernelCapture, tgids: &[u32]) -> Vec<ProcessSampl
             if let Some(i) = tgids.iter().position(|t| *t == s.tgid)
                 && s.exit.is_some()
             {
-                found[i] = Some(s);
+                found[i] = Some(std::sync::Arc::unwrap_or_clone(s));
             }
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -33,7 +33,7 @@ fn tick(ts_s: u64, samples: Vec<ProcessSample>) -> Tick {
     Tick {
         timestamp_ns: ts_s * 1_000_000_000,
         wall_ms: ts_s * 1000,
-        samples,
+        samples: samples.into_iter().map(Arc::new).collect(),
         drops: DropCounts::default(),
         node: NodeStats {
             cpus: 2,

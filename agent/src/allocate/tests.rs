@@ -60,7 +60,7 @@ fn tick(samples: Vec<ProcessSample>) -> Tick {
     Tick {
         timestamp_ns: 0,
         wall_ms: 0,
-        samples,
+        samples: samples.into_iter().map(std::sync::Arc::new).collect(),
         drops: DropCounts::default(),
         node: NodeStats::default(),
         pressure: Vec::new(),

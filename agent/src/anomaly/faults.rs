@@ -129,7 +129,11 @@ impl Injector {
         let dt_ns = self.last_ns.map_or(0, |l| now.saturating_sub(l));
         self.last_ns = Some(now);
         if self.template.is_none() {
-            self.template = t.samples.iter().find(|s| self.ours(s)).cloned();
+            self.template = t
+                .samples
+                .iter()
+                .find(|s| self.ours(s))
+                .map(|s| ProcessSample::clone(s));
         }
         let f = self.fault.clone();
         let active = now > f.start_ns && now <= f.end_ns + dt_ns.max(1) && dt_ns > 0;
@@ -161,6 +165,7 @@ impl Injector {
             if !ours {
                 continue;
             }
+            let s = Arc::make_mut(s);
             let key = (s.tgid, s.start_ns);
             let o = self.offsets.entry(key).or_default();
             let c = Arc::make_mut(&mut s.counters);
@@ -240,7 +245,7 @@ impl Injector {
                 timestamp_ns: now.saturating_sub(dt_ns / 2),
             });
         }
-        t.samples.push(p);
+        t.samples.push(Arc::new(p));
     }
 
     /// Fork bomb: `size` short-lived processes a second, each exec'd and gone within
@@ -285,7 +290,7 @@ impl Injector {
                 cgroup_id: p.cgroup_id,
                 comm: p.comm.to_string(),
             });
-            t.samples.push(p);
+            t.samples.push(Arc::new(p));
         }
         events
     }

@@ -114,6 +114,11 @@ impl Identity {
         Some(h)
     }
 
+    /// [`cgroup_path`](Self::cgroup_path) of a cgroup known already.
+    pub fn known_cgroup_path(&self, id: u64) -> Option<&Arc<str>> {
+        self.cgroups.get(&id)
+    }
+
     /// Path of cgroup `id` below the cgroup2 root ("/" for the root itself).
     pub fn cgroup_path(&mut self, id: u64) -> Option<Arc<str>> {
         if let Some(p) = self.cgroups.get(&id) {

@@ -88,6 +88,8 @@ pub struct ProcInfo {
     pub first_seen: u64,
     /// The tick an event first told of it.
     pub noted: u64,
+    /// Its sample of the last tick: given again while nothing of it changes.
+    pub sample: Option<Arc<ProcessSample>>,
 }
 
 /// A thread the iterator saw: its process and run-queue totals.
@@ -343,6 +345,23 @@ impl KernelCapture {
             if exit.is_some() {
                 done.push(key);
             }
+            if exit.is_none()
+                && key.start_ns != 0
+                && let Some(prev) = &info.sample
+                && let Some(cgroup) = self.identity.known_cgroup_path(info.cgroup_id)
+                && unchanged(prev, info, &counters, cgroup)
+            {
+                // Debug builds (every test of the suite) check that it is the sample
+                // that would be made.
+                debug_assert_eq!(
+                    **prev,
+                    sample_of(key, info, counters, Some(cgroup.clone()), None),
+                    "tgid {}: a shared sample changed",
+                    key.tgid
+                );
+                samples.push(prev.clone());
+                continue;
+            }
             let cgroup = self.identity.cgroup_path(info.cgroup_id);
             let mut s = sample_of(key, info, counters, cgroup, exit);
             if key.start_ns == 0 {
@@ -350,6 +369,8 @@ impl KernelCapture {
                 // when the kernel first saw it.
                 s.start_ns = st.map_or(info.first_seen, |st| st.first_seen_ns);
             }
+            let s = Arc::new(s);
+            info.sample = exit.is_none().then(|| s.clone());
             samples.push(s);
         }
         // Without BTF: processes whose tgid was reused before we collected them.
@@ -379,7 +400,7 @@ impl KernelCapture {
             info.cgroup_id = st.cgroup_id;
             let mut s = sample_of(pkey, &info, Arc::new(counters), cgroup, Some(exit));
             s.start_ns = st.first_seen_ns;
-            samples.push(s);
+            samples.push(Arc::new(s));
         }
         for key in done {
             // Gone from the kernel map first, by its key, then from what we know.
@@ -807,6 +828,39 @@ fn seed_memory(m: &mut Memory, st: &ProcStats, seed: Option<Memory>) {
     if !seen(RSS_SWAP) {
         m.swap = seed.swap;
     }
+}
+
+/// Whether `prev`, a live process's last sample, is what it is now: the same counters
+/// (shared while nothing changed), memory, cgroup, parent and names (compared by address:
+/// a name that changed is another allocation).
+fn unchanged(
+    prev: &ProcessSample,
+    info: &ProcInfo,
+    counters: &Arc<ProcCounters>,
+    cgroup: &Arc<str>,
+) -> bool {
+    fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    Arc::ptr_eq(&prev.counters, counters)
+        && prev.memory == info.memory
+        && prev.cgroup_id == info.cgroup_id
+        && prev.ppid == info.ppid
+        && same(prev.cgroup.as_ref(), Some(cgroup))
+        && Arc::ptr_eq(&prev.comm, &info.comm)
+        && same(prev.exe.as_ref(), info.exe.as_ref())
+        && same(
+            prev.exe_hash.as_ref(),
+            info.exe_hash.as_ref().and_then(Option::as_ref),
+        )
+        && same(
+            prev.app.as_ref(),
+            info.app.as_ref().and_then(Option::as_ref),
+        )
 }
 
 fn sample_of(

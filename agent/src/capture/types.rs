@@ -524,7 +524,9 @@ pub struct Tick {
     /// Wall clock, ms since the Unix epoch, at the same instant.
     pub wall_ms: u64,
     /// Every live process, and the final sample of each that exited since the last tick.
-    pub samples: Vec<ProcessSample>,
+    /// A process that did not change since the last tick has the same sample as then
+    /// (shared: nothing is copied for the processes that sleep through a tick).
+    pub samples: Vec<Arc<ProcessSample>>,
     pub drops: DropCounts,
     /// Node-wide counters at the same instant.
     pub node: super::NodeStats,

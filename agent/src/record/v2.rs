@@ -149,7 +149,7 @@ impl From<Tick> for capture::Tick {
         capture::Tick {
             timestamp_ns: t.timestamp_ns,
             wall_ms: t.wall_ms,
-            samples: t.samples.into_iter().map(Into::into).collect(),
+            samples: t.samples.into_iter().map(|s| Arc::new(s.into())).collect(),
             drops: DropCounts::from_rows(t.drops.0.iter().map(|r| &r[..])),
             node: NodeStats {
                 cpus: t.node.cpus,
