@@ -797,6 +797,11 @@ fn compose(
         }
         c.runq_hist = info.runq_hist;
     }
+    // A process read again without having changed (every thread is read in full every
+    // few walks): the same counters, shared, so the sample can be too.
+    if c == *info.last {
+        return info.last.clone();
+    }
     let c = Arc::new(c);
     info.last = c.clone();
     c
