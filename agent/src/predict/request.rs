@@ -277,37 +277,12 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// What names a process: its executable's path, or its command name when that is unknown.
-#[derive(Clone, Debug)]
-enum ProcName {
-    Exe(Arc<str>),
-    Comm(Arc<str>),
-}
-
-impl ProcName {
-    fn of(s: &ProcessSample) -> ProcName {
-        match &s.exe {
-            Some(exe) => ProcName::Exe(exe.clone()),
-            None => ProcName::Comm(s.comm.clone()),
-        }
-    }
-
-    /// Whether this names `s` (the same shared name: a process keeps its names from one
-    /// tick to the next, but at an exec).
-    fn names(&self, s: &ProcessSample) -> bool {
-        match (self, &s.exe) {
-            (ProcName::Exe(a), Some(b)) => Arc::ptr_eq(a, b),
-            (ProcName::Comm(a), None) => Arc::ptr_eq(a, &s.comm),
-            _ => false,
-        }
-    }
-
-    /// The executable's file name, or the command name (which may hold a `/`).
-    fn file_name(&self) -> &str {
-        match self {
-            ProcName::Exe(p) => file_name(p),
-            ProcName::Comm(c) => c,
-        }
+/// What names a process for people: its executable's file name, or its command name
+/// (which may hold a `/`) when the executable is unknown.
+fn proc_name(s: &ProcessSample) -> &str {
+    match &s.exe {
+        Some(p) => file_name(p),
+        None => &s.comm,
     }
 }
 
@@ -340,6 +315,9 @@ struct Open {
     unseen: u8,
 }
 
+/// Every this many ticks, processes gone from the ticks are let go.
+const PRUNE_EVERY_TICKS: u64 = 8;
+
 /// Ticks without a sample after which an open request is let go (its process vanished
 /// without a final sample: a capture drop).
 const UNSEEN_TICKS: u8 = 3;
@@ -358,10 +336,10 @@ pub struct TrackerDrops {
 pub struct RequestTracker {
     featurizer: RequestFeaturizer,
     open: FastMap<u32, Open>,
-    /// Every live process's counters at the last tick, what names it (shared with the
-    /// sample) and the tick it was last in: updated in place, a process's name taken
-    /// again only when it changed.
-    seen: FastMap<u32, (Counters, ProcName, u64)>,
+    /// Every live process's sample at the last tick it was in (shared: replaced only when
+    /// the process changed), and that tick; entries of earlier ticks are let go every
+    /// few ticks, and never used.
+    seen: FastMap<u32, (Arc<ProcessSample>, u64)>,
     ticks: u64,
     /// cgroup id → path, from the samples.
     cgroups: FastMap<u64, String>,
@@ -443,8 +421,8 @@ impl RequestTracker {
     ) -> ExecFacts {
         let parent = e
             .ppid
-            .and_then(|p| self.seen.get(&p))
-            .map(|(_, name, _)| name.file_name().to_string())
+            .and_then(|p| self.live(p))
+            .map(|s| proc_name(s).to_string())
             .unwrap_or_default();
         ExecFacts {
             key: String::new(),
@@ -495,7 +473,7 @@ impl RequestTracker {
             self.open.remove(&oldest);
             self.drops.overflow += 1;
         }
-        let base = self.seen.get(&tgid).map(|(c, _, _)| *c).unwrap_or_default();
+        let base = self.live(tgid).map(Counters::of).unwrap_or_default();
         let features = (!facts.key.is_empty()).then(|| {
             self.featurizer
                 .features(&facts, profiles.get(&facts.key), self.node)
@@ -517,13 +495,24 @@ impl RequestTracker {
         ended
     }
 
+    /// The sample of a process that was in the last tick.
+    fn live(&self, tgid: u32) -> Option<&ProcessSample> {
+        self.seen
+            .get(&tgid)
+            .filter(|(_, t)| *t == self.ticks)
+            .map(|(s, _)| &**s)
+    }
+
     /// A tick and its window: measures open requests, ends those whose process exited.
     /// Returns the requests completed, in the order they ended.
     pub fn tick(&mut self, t: &Tick, w: &Window, profiles: &ProfileStore) -> Vec<Completed> {
         let mut done = Vec::new();
         self.ticks += 1;
         let tick = self.ticks;
-        let mut seen_now: Vec<u32> = Vec::new();
+        // A process gone from the ticks without a final sample cannot be measured.
+        for o in self.open.values_mut() {
+            o.unseen = o.unseen.saturating_add(1);
+        }
         for s in &t.samples {
             if let Some(path) = &s.cgroup {
                 self.cgroups
@@ -551,38 +540,29 @@ impl RequestTracker {
                 {
                     done.push(c);
                 }
-            } else {
-                seen_now.push(s.tgid);
             }
             if s.exit.is_some() {
                 self.seen.remove(&s.tgid);
             } else {
                 match self.seen.get_mut(&s.tgid) {
                     Some(e) => {
-                        e.0 = c;
-                        if !e.1.names(s) {
-                            e.1 = ProcName::of(s);
+                        if !Arc::ptr_eq(&e.0, s) {
+                            e.0 = s.clone();
                         }
-                        e.2 = tick;
+                        e.1 = tick;
                     }
                     None => {
-                        self.seen.insert(s.tgid, (c, ProcName::of(s), tick));
+                        self.seen.insert(s.tgid, (s.clone(), tick));
                     }
                 }
             }
         }
-        // Live processes are those of this tick.
-        self.seen.retain(|_, e| e.2 == tick);
-        // A process gone from the ticks without a final sample cannot be measured.
+        // Live processes are those of this tick; the others' entries are let go every
+        // few ticks (each look touches every process's).
+        if tick.is_multiple_of(PRUNE_EVERY_TICKS) {
+            self.seen.retain(|_, e| e.1 == tick);
+        }
         let before = self.open.len();
-        for o in self.open.values_mut() {
-            o.unseen = o.unseen.saturating_add(1);
-        }
-        for tgid in seen_now {
-            if let Some(o) = self.open.get_mut(&tgid) {
-                o.unseen = 0;
-            }
-        }
         self.open.retain(|_, o| o.unseen < UNSEEN_TICKS);
         self.drops.vanished += (before - self.open.len()) as u64;
         self.node = NodeLoad::of(&w.node);
@@ -747,5 +727,95 @@ mod tests {
         assert_eq!(get(&f, &row, "uid_root"), 1.0);
         assert_eq!(get(&f, &row, "node_cpu_busy"), 0.25);
         assert_eq!(get(&f, &row, "node_mem_available"), 0.5);
+    }
+
+    fn live_sample(tgid: u32, exe: &str, cpu_ns: u64) -> Arc<ProcessSample> {
+        Arc::new(ProcessSample {
+            tgid,
+            start_ns: 1,
+            ppid: Some(1),
+            cgroup_id: 0,
+            comm: "comm".into(),
+            exe: Some(exe.into()),
+            exe_hash: None,
+            cgroup: None,
+            app: None,
+            counters: Arc::new(crate::capture::ProcCounters {
+                cpu_ns,
+                ..Default::default()
+            }),
+            memory: Default::default(),
+            exit: None,
+        })
+    }
+
+    fn tick_of(n: u64, samples: Vec<Arc<ProcessSample>>) -> Tick {
+        Tick {
+            timestamp_ns: n * 1_000_000_000,
+            wall_ms: n * 1000,
+            samples,
+            drops: Default::default(),
+            node: Default::default(),
+            pressure: vec![],
+        }
+    }
+
+    /// A request whose process leaves the ticks without a final sample is let go after
+    /// three ticks without it, not before; an exec's parent is named from a process of
+    /// the last tick only, whatever the tracker still holds of earlier ones.
+    #[test]
+    fn requests_and_parents_are_of_processes_in_the_ticks() {
+        use crate::{
+            aggregate::{Aggregator, GroupBy},
+            capture::{Argv, Lifecycle, LifecycleKind},
+        };
+        let store = ProfileStore::in_memory(16);
+        let mut agg = Aggregator::new(GroupBy::Exe, 1000);
+        let mut tr = RequestTracker::new(RequestFeaturizer::new(DEFAULT_HASH_BUCKETS));
+        let mut step = |tr: &mut RequestTracker, n: u64, samples: Vec<Arc<ProcessSample>>| {
+            let t = tick_of(n, samples);
+            let w = agg.tick(&t);
+            tr.tick(&t, &w, &store);
+        };
+        let parent = live_sample(10, "/usr/bin/make", 5);
+        let child = live_sample(20, "/usr/bin/cc", 7);
+        step(&mut tr, 1, vec![parent.clone(), child.clone()]);
+        let exec = Lifecycle {
+            kind: LifecycleKind::Exec {
+                filename: "/usr/bin/ld".into(),
+                argv: Argv::default(),
+                inputs: vec![],
+            },
+            pid: 30,
+            tgid: 30,
+            ppid: Some(10),
+            timestamp_ns: 1_500_000_000,
+            cgroup_id: 0,
+            comm: "ld".into(),
+        };
+        let facts = |tr: &RequestTracker| tr.facts_of(&exec, "/usr/bin/ld", &Argv::default(), &[]);
+        assert_eq!(facts(&tr).parent, "make");
+        tr.exec(20, 1_500_000_000, facts(&tr), &store);
+        assert_eq!(tr.open(), 1);
+        step(&mut tr, 2, vec![child]);
+        // The parent is gone from that tick (its entry not let go yet): not named.
+        assert_eq!(facts(&tr).parent, "");
+        // The request's process is gone from the next ones.
+        step(&mut tr, 3, vec![]);
+        step(&mut tr, 4, vec![]);
+        assert_eq!(
+            (tr.open(), tr.drops.vanished),
+            (1, 0),
+            "two ticks without it"
+        );
+        step(&mut tr, 5, vec![]);
+        assert_eq!(
+            (tr.open(), tr.drops.vanished),
+            (0, 1),
+            "three ticks without it"
+        );
+        // Back in the ticks (a process that was missing is live again).
+        step(&mut tr, 6, vec![parent]);
+        assert_eq!(facts(&tr).parent, "make");
     }
 }
