@@ -61,6 +61,24 @@ fn tick(n: u32, t: u64) -> Tick {
     }
 }
 
+/// A copy of `t` whose samples and counters are new allocations (a clone shares them).
+fn deep_copy(t: &Tick) -> Tick {
+    let samples = t
+        .samples
+        .iter()
+        .map(|s| {
+            std::sync::Arc::new(ProcessSample {
+                counters: std::sync::Arc::new((*s.counters).clone()),
+                ..(**s).clone()
+            })
+        })
+        .collect();
+    Tick {
+        samples,
+        ..t.clone()
+    }
+}
+
 /// Two ways in. *Fresh*: each tick is a new copy made just before it is aggregated, as the
 /// capture stage hands over the tick it has just built (its data in cache). *Cold*: the
 /// ticks are cycled through from a prepared set of 64 (45 MB), so every tick comes from
@@ -77,7 +95,7 @@ fn aggregate(c: &mut Criterion) {
                 b.iter_batched_ref(
                     || {
                         i = (i + 1) % ticks.len();
-                        ticks[i].clone()
+                        deep_copy(&ticks[i])
                     },
                     |t| black_box(agg.tick(t)),
                     BatchSize::PerIteration,
