@@ -202,29 +202,20 @@ pub fn sample_now(cap: &mut KernelCapture, tgid: u32) -> ProcessSample {
 
 /// The final sample of `tgid`, once it has exited.
 pub fn final_sample(cap: &mut KernelCapture, tgid: u32) -> ProcessSample {
-    final_samples(cap, &[tgid]).remove(0)
-}
-
-/// The final samples of several processes, in the order given. A tick reports each exited
-/// process once, so they must be collected together.
-pub fn final_samples(cap: &mut KernelCapture, tgids: &[u32]) -> Vec<ProcessSample> {
     let end = Instant::now() + Duration::from_secs(10);
-    let mut found: Vec<Option<ProcessSample>> = vec![None; tgids.len()];
-    while found.iter().any(Option::is_none) {
-        assert!(
-            Instant::now() < end,
-            "no final sample for some of {tgids:?}: {found:?}"
-        );
-        for s in cap.sample().unwrap().samples {
-            if let Some(i) = tgids.iter().position(|t| *t == s.tgid)
-                && s.exit.is_some()
-            {
-                found[i] = Some(std::sync::Arc::unwrap_or_clone(s));
-            }
+    loop {
+        assert!(Instant::now() < end, "no final sample for {tgid}");
+        if let Some(s) = cap
+            .sample()
+            .unwrap()
+            .samples
+            .into_iter()
+            .find(|s| s.tgid == tgid && s.exit.is_some())
+        {
+            return std::sync::Arc::unwrap_or_clone(s);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    found.into_iter().flatten().collect()
 }
 
 /// Drains lifecycle events (and ticks, whose samples it drops) for `dur`.

@@ -85,10 +85,7 @@ fn main() {
                 assert!(n > 0, "the sender closed early");
                 left -= n;
             }
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "done").unwrap();
-            out.flush().unwrap();
-            drop(out);
+            say_done();
             wait_go();
             while s.read(&mut buf).unwrap() > 0 {}
             exit_now();
@@ -279,11 +276,14 @@ fn touch(len: usize) {
     }
 }
 
-fn done_then_exit() {
+fn say_done() {
     let mut out = std::io::stdout().lock();
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
-    drop(out);
+}
+
+fn done_then_exit() {
+    say_done();
     wait_go();
     exit_now();
 }
