@@ -101,10 +101,49 @@ fn kernel_programs(target_dir: &Path, root: &Path) -> anyhow::Result<()> {
     }
     for bin in ["umbra", "umbra-egress"] {
         let from = dir.join(target).join("bpf").join(bin);
-        std::fs::copy(&from, out_dir.join(bin))
-            .with_context(|| format!("copying {} to {}", from.display(), out_dir.display()))?;
+        let to = out_dir.join(bin);
+        if !strip_debug(&from, &to)? {
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
     }
     Ok(())
+}
+
+/// Copies a kernel object without its DWARF (`llvm-objcopy --strip-debug`): the loader
+/// reads its BTF and BTF.ext, which stay, and never the DWARF they were made from —
+/// four fifths of the file, which the agent embeds. `false` when no `llvm-objcopy` is
+/// found (the caller copies the object as it is, and says so).
+fn strip_debug(from: &Path, to: &Path) -> anyhow::Result<bool> {
+    // LLVM 22 comes with bpf-linker's build (`cargo xtask install`); any other one strips
+    // DWARF the same way.
+    let tool = ["/usr/lib/llvm-22/bin/llvm-objcopy", "llvm-objcopy"]
+        .into_iter()
+        .find(|t| {
+            Command::new(t)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let Some(tool) = tool else {
+        println!(
+            "cargo:warning=llvm-objcopy not found: the kernel programs are embedded with \
+             their DWARF (about 0.9 MB more; `cargo xtask install` installs LLVM)"
+        );
+        return Ok(false);
+    };
+    let st = Command::new(tool)
+        .arg("--strip-debug")
+        .arg(from)
+        .arg(to)
+        .status()
+        .with_context(|| format!("cannot start {tool}"))?;
+    if !st.success() {
+        bail!("{tool} --strip-debug {} failed ({st})", from.display());
+    }
+    Ok(true)
 }
 
 fn main() -> anyhow::Result<()> {
