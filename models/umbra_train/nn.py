@@ -20,6 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# The ONNX operators the agent runs (CONTRACT.md, agent/src/predict/tract_ops.rs).
+AGENT_OPERATORS = frozenset({
+    "Add", "Constant", "Div", "Exp", "Gather", "Gemm", "Identity", "Log", "MatMul", "Max",
+    "Min", "Mul", "Relu", "Sigmoid", "Softplus", "Sub", "Tanh",
+})
+
 GAP_BIAS = -4.0
 
 
@@ -301,6 +307,9 @@ def export_onnx(params: dict, spec: Spec, schema: dict, path, input_name="x", ou
     model.ir_version = 8
     helper.set_model_props(model, {"umbra.schema": json.dumps(schema, separators=(",", ":"))})
     onnx.checker.check_model(model)
+    foreign = sorted({n.op_type for n in nodes} - AGENT_OPERATORS)
+    if foreign:
+        raise ValueError(f"{path}: the agent does not run the ONNX operators {foreign}")
     data = model.SerializeToString()
     with open(path, "wb") as f:
         f.write(data)

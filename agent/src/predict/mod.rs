@@ -23,6 +23,8 @@ pub mod runtime;
 pub mod schema;
 pub mod select;
 pub mod source;
+#[cfg(feature = "onnx")]
+pub mod tract_ops;
 
 pub use config::PredictConfig;
 pub use features::{Bucket, BucketConfig, Featurizer};

@@ -529,6 +529,11 @@ mod tests {
             ),
             ("shape.onnx", bytes("forecast_bad_shape.onnx"), "[N, 36]"),
             (
+                "erf.onnx",
+                bytes("forecast_unsupported_op.onnx"),
+                "the ONNX operator \"Erf\", which this agent does not run",
+            ),
+            (
                 "request.onnx",
                 bytes("request_fixture.onnx"),
                 "a request model",

@@ -51,6 +51,7 @@ pub mod tract {
     use tract_onnx::{prelude::*, tract_core::internal::bail};
 
     use super::{Schema, Session};
+    use crate::predict::tract_ops;
 
     pub struct Tract;
 
@@ -60,7 +61,16 @@ pub mod tract {
     }
 
     fn load(bytes: &[u8], schema: &Schema) -> TractResult<TractSession> {
-        let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+        let framework = tract_ops::onnx();
+        let proto = framework.proto_model_for_read(&mut &bytes[..])?;
+        if let Some(op) = tract_ops::unsupported(&proto) {
+            bail!(
+                "the model uses the ONNX operator {op:?}, which this agent does not run (it \
+                 runs {}); export it with the operators of models/",
+                tract_ops::OPERATORS.join(", ")
+            );
+        }
+        let mut model = framework.model_for_proto_model(&proto)?;
         let inputs = model.input_outlets()?.to_vec();
         let outputs = model.output_outlets()?.to_vec();
         if inputs.len() != 1 || outputs.len() != 1 {
