@@ -48,27 +48,57 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every entry of a hash map, read in batches of `chunk`: a consistent walk that does not
-/// restart when an entry is deleted under it (as `get_next_key` does). `Unsupported`
-/// (before Linux 5.6) is returned as an error of kind `Unsupported`.
+/// The buffers of [`lookup_batch`], kept from one read to the next: a map is read every
+/// tick, and fresh buffers cost their zeroing and page faults each time.
+pub struct BatchBuf<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+    max: usize,
+}
+
+impl<K: Copy + Default, V: Copy + Default> BatchBuf<K, V> {
+    /// Buffers of a few entries, grown as batches come back full, up to `max` entries.
+    pub fn new(max: usize) -> Self {
+        let n = max.clamp(1, 64);
+        BatchBuf {
+            keys: vec![K::default(); n],
+            values: vec![V::default(); n],
+            max: max.max(1),
+        }
+    }
+
+    /// Entries a batch holds now.
+    pub fn chunk(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn grow(&mut self) {
+        let n = (self.keys.len() * 2).min(self.max);
+        self.keys.resize(n, K::default());
+        self.values.resize(n, V::default());
+    }
+}
+
+/// Every entry of a hash map, read in batches of `buf`'s size: a consistent walk that does
+/// not restart when an entry is deleted under it (as `get_next_key` does). A full batch
+/// makes the next ones larger. `Unsupported` (before Linux 5.6) is returned as an error of
+/// kind `Unsupported`.
 pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
     map: BorrowedFd<'_>,
-    chunk: usize,
+    buf: &mut BatchBuf<K, V>,
     out: &mut Vec<(K, V)>,
 ) -> io::Result<()> {
-    let chunk = chunk.max(1);
-    let mut keys = vec![K::default(); chunk];
-    let mut values = vec![V::default(); chunk];
     // Hash maps' batch tokens are u32 bucket numbers.
     let mut token_in = 0u64;
     let mut token_out = 0u64;
     let mut first = true;
     loop {
+        let chunk = buf.chunk();
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { (&raw mut token_in) as u64 },
             out_batch: (&raw mut token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
+            keys: buf.keys.as_mut_ptr() as u64,
+            values: buf.values.as_mut_ptr() as u64,
             count: chunk as u32,
             map_fd: map.as_raw_fd() as u32,
             ..Default::default()
@@ -76,15 +106,28 @@ pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
         // SAFETY: the batch attribute, with buffers of `chunk` keys and values.
         let r = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let n = (attr.count as usize).min(chunk);
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        out.extend(
+            buf.keys[..n]
+                .iter()
+                .copied()
+                .zip(buf.values[..n].iter().copied()),
+        );
         match r {
             Ok(_) => {}
             // The end of the map (with the last entries, if any, in this batch).
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // A bucket holds more entries than the batch (nothing was copied): again, larger.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < buf.max => {
+                buf.grow();
+                continue;
+            }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
                 return Err(io::Error::new(io::ErrorKind::Unsupported, e));
             }
             Err(e) => return Err(e),
+        }
+        if n == chunk {
+            buf.grow();
         }
         first = false;
         token_in = token_out;

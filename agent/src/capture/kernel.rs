@@ -352,6 +352,11 @@ pub struct KernelCapture {
     /// Fault injection for tests: run once between reading the maps and acting on them.
     pub(super) after_read: Option<Box<dyn FnOnce() + Send>>,
     pub(super) iter_buf: Vec<u8>,
+    /// A walk's records, and their sums per process: kept from tick to tick (with their
+    /// capacity), as is the buffer of `PROC_STATS` batches.
+    pub(super) iter_records: Vec<TaskRecord>,
+    pub(super) totals: FastMap<ProcKey, super::sampler::Totals>,
+    stats_buf: bpf::BatchBuf<ProcKey, ProcStats>,
     /// The iterator's last full record of each thread, for its marks.
     iter_held: HeldRecords,
     /// `ITER_CTL`: userspace's generation of what it holds (`ITER_CTL_GEN`).
@@ -620,6 +625,9 @@ impl KernelCapture {
             ticks: 0,
             after_read: None,
             iter_buf: Vec::new(),
+            iter_records: Vec::new(),
+            totals: FastMap::default(),
+            stats_buf: bpf::BatchBuf::new(512),
             iter_held: HeldRecords::default(),
             iter_ctl,
             iter_gen,
@@ -882,12 +890,12 @@ impl KernelCapture {
         std::mem::take(&mut self.unclaimed)
     }
 
-    /// Reads one run of the task iterator into `self.iter_buf`: a [`TaskRecord`] per
-    /// thread, and one for each process's exited threads.
-    pub(super) fn read_iter(&mut self) -> Result<Vec<TaskRecord>, CaptureError> {
+    /// Reads one run of the task iterator into `self.iter_buf`, decoded into `records`: a
+    /// [`TaskRecord`] per thread, and one for each process's exited threads.
+    pub(super) fn read_iter(&mut self, records: &mut Vec<TaskRecord>) -> Result<(), CaptureError> {
         use std::io::Read;
         let Some(link) = &self.iter_link else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let fd = bpf::iter_create(link.as_fd()).map_err(|e| CaptureError::Iter {
             what: "creating a run of the task iterator",
@@ -904,8 +912,8 @@ impl KernelCapture {
                 source: e,
             });
         }
-        let mut records = Vec::with_capacity(self.iter_held.len());
-        let lost = self.iter_held.decode(&self.iter_buf, &mut records);
+        records.reserve(self.iter_held.len());
+        let lost = self.iter_held.decode(&self.iter_buf, records);
         if lost > 0 {
             // Threads marked unchanged since a record this side never read: missing this
             // tick (counted), written in full at the next.
@@ -916,7 +924,7 @@ impl KernelCapture {
             self.iter_lost += lost as u64;
             self.iter_full_walk();
         }
-        Ok(records)
+        Ok(())
     }
 
     /// Asks the task iterator to write every thread in full at its next walk.
@@ -933,7 +941,7 @@ impl KernelCapture {
         use aya::maps::IterableMap;
         if self.batch {
             let mut out = Vec::new();
-            match bpf::lookup_batch(self.stats.map().fd().as_fd(), 512, &mut out) {
+            match bpf::lookup_batch(self.stats.map().fd().as_fd(), &mut self.stats_buf, &mut out) {
                 Ok(()) => return out,
                 Err(e) => {
                     debug!(error = %e, "BPF_MAP_LOOKUP_BATCH unavailable; reading key by key");

@@ -49,32 +49,40 @@ const REREAD_TRIES: u32 = 4;
 
 /// What userspace knows of a tracked process beyond its counters.
 #[derive(Clone, Debug, Default)]
+#[repr(C, align(64))]
 pub struct ProcInfo {
-    /// The key's start (0: not known yet).
-    pub start_ns: u64,
-    pub comm: Arc<str>,
-    pub exe: Option<Arc<str>>,
-    pub ppid: Option<u32>,
-    /// RSS from /proc for members the kernel has not reported since attach (hooks path).
-    pub seed: Option<Memory>,
-    pub exit: Option<Exit>,
-    /// The final counters the exit event carried (iterator path), then those of the free
-    /// of its last task (exact).
-    pub total: Option<TaskRecord>,
+    // Read every tick for every process, first (`repr(C)` keeps this order, `align` starts
+    // it on a cache line): the three lines a process that did not change costs.
+    /// Whether /proc was asked about this process (first sight).
+    pub looked_up: bool,
     /// Whether the process's last task was freed (`total` is final).
     pub freed: bool,
+    /// Ticks in a row the process was not in the kernel's view.
+    pub missing: u32,
+    pub ppid: Option<u32>,
+    pub cgroup_id: u64,
+    /// The counters reported last: the next are never lower (a thread's totals move into
+    /// its process's `signal_struct` as it exits; a read between can see them twice).
+    pub last: Arc<ProcCounters>,
+    /// Its sample of the last tick: given again while nothing of it changes.
+    pub sample: Option<Arc<ProcessSample>>,
+    pub comm: Arc<str>,
+    pub exe: Option<Arc<str>>,
     /// Hash of `exe`, once computed (`Some(None)`: could not be read).
     pub exe_hash: Option<Option<Arc<str>>>,
     /// What an interpreter runs, once known (`Some(None)`: not an interpreter, or no
     /// named program).
     pub app: Option<Option<Arc<AppKey>>>,
-    /// Whether /proc was asked about this process (first sight).
-    pub looked_up: bool,
-    /// The counters reported last: the next are never lower (a thread's totals move into
-    /// its process's `signal_struct` as it exits; a read between can see them twice).
-    pub last: Arc<ProcCounters>,
     pub memory: Memory,
-    pub cgroup_id: u64,
+    pub exit: Option<Exit>,
+    // The rest: read when a process changes, starts or ends.
+    /// The key's start (0: not known yet).
+    pub start_ns: u64,
+    /// RSS from /proc for members the kernel has not reported since attach (hooks path).
+    pub seed: Option<Memory>,
+    /// The final counters the exit event carried (iterator path), then those of the free
+    /// of its last task (exact).
+    pub total: Option<TaskRecord>,
     /// Run-queue wait and slices of threads that are gone (`sched_info` is not kept in
     /// `signal_struct`).
     pub retired_delay: u64,
@@ -82,15 +90,14 @@ pub struct ProcInfo {
     /// A run-queue histogram made of each interval's mean wait (iterator path without the
     /// detail level, which alone sees each wait).
     pub runq_hist: Histogram,
-    /// Ticks in a row the process was not in the kernel's view.
-    pub missing: u32,
     /// When the kernel first saw it (no BTF: what tells it from a reused tgid).
     pub first_seen: u64,
     /// The tick an event first told of it.
     pub noted: u64,
-    /// Its sample of the last tick: given again while nothing of it changes.
-    pub sample: Option<Arc<ProcessSample>>,
 }
+
+// The fields read every tick fit in three cache lines.
+const _: () = assert!(std::mem::offset_of!(ProcInfo, start_ns) <= 3 * 64);
 
 /// A thread the iterator saw: its process and run-queue totals.
 #[derive(Clone, Copy, Debug)]
@@ -103,7 +110,7 @@ pub struct ThreadSeen {
 
 /// A process's sums over its threads (and exited threads) from one run of the iterator.
 #[derive(Default)]
-struct Totals {
+pub(super) struct Totals {
     rec: TaskRecord,
     rss: Option<[i64; RSS_MEMBERS]>,
     cgroup_id: u64,
@@ -172,11 +179,11 @@ impl KernelCapture {
         // the slower work below (names, hashes), so they describe the same instant.
         let node = procfs::node_stats();
         let on_iter = self.report.counters == CounterPath::Iterator;
-        let records = if on_iter {
-            self.read_iter()?
-        } else {
-            Vec::new()
-        };
+        let mut records = std::mem::take(&mut self.iter_records);
+        records.clear();
+        if on_iter {
+            self.read_iter(&mut records)?;
+        }
         let slots = if on_iter {
             Vec::new()
         } else {
@@ -208,7 +215,8 @@ impl KernelCapture {
                 }
             }
         }
-        let mut totals: FastMap<ProcKey, Totals> = FastMap::default();
+        let mut totals = std::mem::take(&mut self.totals);
+        totals.clear();
         totals.reserve(records.len());
         for r in &records {
             let key = ProcKey {
@@ -435,6 +443,8 @@ impl KernelCapture {
             samples.sort_by_key(|s| (s.tgid, s.start_ns));
         }
         debug_assert!(samples.is_sorted_by_key(|s| (s.tgid, s.start_ns)));
+        self.iter_records = records;
+        self.totals = totals;
         let pressure = self
             .identity
             .pressure(samples.iter().filter_map(|s| s.cgroup.as_deref()));
