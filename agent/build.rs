@@ -99,22 +99,24 @@ fn kernel_programs(target_dir: &Path, root: &Path) -> anyhow::Result<()> {
     if !st.success() {
         bail!("building the kernel programs failed ({st}): {cmd:?}");
     }
+    let objcopy = objcopy();
     for bin in ["umbra", "umbra-egress"] {
         let from = dir.join(target).join("bpf").join(bin);
         let to = out_dir.join(bin);
-        if !strip_debug(&from, &to)? {
-            std::fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        match objcopy {
+            Some(tool) => strip_debug(tool, &from, &to)?,
+            None => {
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
         }
     }
     Ok(())
 }
 
-/// Copies a kernel object without its DWARF (`llvm-objcopy --strip-debug`): the loader
-/// reads its BTF and BTF.ext, which stay, and never the DWARF they were made from —
-/// four fifths of the file, which the agent embeds. `false` when no `llvm-objcopy` is
-/// found (the caller copies the object as it is, and says so).
-fn strip_debug(from: &Path, to: &Path) -> anyhow::Result<bool> {
+/// An `llvm-objcopy` that runs, or `None` (said as a build warning): without it the kernel
+/// programs are embedded with their DWARF.
+fn objcopy() -> Option<&'static str> {
     // LLVM 22 comes with bpf-linker's build (`cargo xtask install`); any other one strips
     // DWARF the same way.
     let tool = ["/usr/lib/llvm-22/bin/llvm-objcopy", "llvm-objcopy"]
@@ -127,13 +129,19 @@ fn strip_debug(from: &Path, to: &Path) -> anyhow::Result<bool> {
                 .status()
                 .is_ok_and(|s| s.success())
         });
-    let Some(tool) = tool else {
+    if tool.is_none() {
         println!(
             "cargo:warning=llvm-objcopy not found: the kernel programs are embedded with \
              their DWARF (about 0.9 MB more; `cargo xtask install` installs LLVM)"
         );
-        return Ok(false);
-    };
+    }
+    tool
+}
+
+/// Copies a kernel object without its DWARF (`llvm-objcopy --strip-debug`): the loader
+/// reads its BTF and BTF.ext, which stay, and never the DWARF they were made from —
+/// four fifths of the file, which the agent embeds.
+fn strip_debug(tool: &str, from: &Path, to: &Path) -> anyhow::Result<()> {
     let st = Command::new(tool)
         .arg("--strip-debug")
         .arg(from)
@@ -143,7 +151,7 @@ fn strip_debug(from: &Path, to: &Path) -> anyhow::Result<bool> {
     if !st.success() {
         bail!("{tool} --strip-debug {} failed ({st})", from.display());
     }
-    Ok(true)
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

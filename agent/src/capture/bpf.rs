@@ -68,7 +68,7 @@ impl<K: Copy + Default, V: Copy + Default> BatchBuf<K, V> {
     }
 
     /// Entries a batch holds now.
-    pub fn chunk(&self) -> usize {
+    fn chunk(&self) -> usize {
         self.keys.len()
     }
 
