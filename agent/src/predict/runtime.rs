@@ -108,7 +108,9 @@ pub mod tract {
                 schema.output_width()
             );
         }
-        let plan = typed.into_optimized()?.into_runnable()?;
+        let mut optimised = typed.into_optimized()?;
+        tract_ops::specialise(&mut optimised)?;
+        let plan = optimised.into_runnable()?;
         Ok(TractSession {
             state: plan.spawn()?,
             width: schema.input_width(),
