@@ -449,6 +449,22 @@ mod tests {
         }
     }
 
+    /// The edge binary links tract-nnef from `vendor/` (without the registration that kept
+    /// its NNEF code linked), not the release from crates.io: a tract update that leaves
+    /// the `[patch]` unused fails here.
+    #[test]
+    fn tract_nnef_is_the_vendored_one() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+        let package = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"tract-nnef\""))
+            .unwrap();
+        assert!(!package.contains("source ="), "{package}");
+        let vendored = std::fs::read_to_string(root.join("vendor/tract-nnef/src/transform.rs"));
+        assert!(!vendored.unwrap().contains("name: \"patch\""));
+    }
+
     /// The shipped forecaster's generic element-wise operators are all replaced.
     #[test]
     fn the_forecasters_binary_operators_are_specialised() {
