@@ -58,6 +58,10 @@ pub mod tract {
     struct TractSession {
         state: TypedSimpleState,
         width: usize,
+        /// The last batch's input tensor, written again in place when tract has let go of
+        /// it and the batch is as large: a fresh one each run was a new 720 KB allocation
+        /// (1,000 rows) that the kernel zero-filled page by page.
+        input: Arc<Tensor>,
     }
 
     fn load(bytes: &[u8], schema: &Schema) -> TractResult<TractSession> {
@@ -114,6 +118,7 @@ pub mod tract {
         Ok(TractSession {
             state: plan.spawn()?,
             width: schema.input_width(),
+            input: Arc::new(Tensor::zero::<f32>(&[0, schema.input_width()])?),
         })
     }
 
@@ -131,8 +136,19 @@ pub mod tract {
     impl Session for TractSession {
         fn run(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<(), String> {
             let mut run = || -> TractResult<()> {
-                let t = Tensor::from_shape(&[rows, self.width], x)?;
-                let r = self.state.run(tvec![t.into_tvalue()])?;
+                let shape = [rows, self.width];
+                if x.len() != rows * self.width {
+                    bail!("{} inputs for {rows} rows of {}", x.len(), self.width);
+                }
+                match Arc::get_mut(&mut self.input) {
+                    Some(t) if t.shape() == shape => {
+                        t.try_as_plain_ram_mut()?
+                            .as_slice_mut::<f32>()?
+                            .copy_from_slice(x);
+                    }
+                    _ => self.input = Arc::new(Tensor::from_shape(&shape, x)?),
+                }
+                let r = self.state.run(tvec![self.input.clone().into_tvalue()])?;
                 let view = r[0].try_as_plain_ram()?;
                 let s = view.as_slice::<f32>()?;
                 out.clear();

@@ -465,6 +465,38 @@ mod tests {
         assert!(!vendored.unwrap().contains("name: \"patch\""));
     }
 
+    /// A session run again and again (its input tensor written in place, or made anew for
+    /// another batch size) gives what a fresh session gives for the same rows.
+    #[test]
+    fn a_session_run_again_gives_what_a_fresh_one_gives() {
+        use crate::predict::runtime::{Runtime, tract::Tract};
+        let bytes = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/forecast.onnx"),
+        )
+        .unwrap();
+        let schema = crate::predict::schema::Schema::of_onnx("forecast.onnx", &bytes).unwrap();
+        let width = schema.input_width();
+        let rows_of = |rows: usize, seed: usize| -> Vec<f32> {
+            (0..rows * width)
+                .map(|i| (((i + seed) * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect()
+        };
+        let mut kept = Tract.load(&bytes, &schema).unwrap();
+        for (rows, seed) in [(7, 0), (7, 5), (3, 9), (7, 2), (7, 2)] {
+            let x = rows_of(rows, seed);
+            let (mut again, mut fresh) = (Vec::new(), Vec::new());
+            kept.run(&x, rows, &mut again).unwrap();
+            Tract
+                .load(&bytes, &schema)
+                .unwrap()
+                .run(&x, rows, &mut fresh)
+                .unwrap();
+            assert_eq!(again, fresh, "{rows} rows, seed {seed}");
+        }
+        let err = kept.run(&rows_of(2, 0), 3, &mut Vec::new()).unwrap_err();
+        assert!(err.contains("for 3 rows"), "{err}");
+    }
+
     /// The shipped forecaster's generic element-wise operators are all replaced.
     #[test]
     fn the_forecasters_binary_operators_are_specialised() {
