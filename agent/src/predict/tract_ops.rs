@@ -361,6 +361,16 @@ impl Expansion for Gemm {
 mod tests {
     use super::*;
 
+    /// A model shipped in `models/`, with its schema.
+    fn shipped(file: &str) -> (Vec<u8>, crate::predict::schema::Schema) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models")
+            .join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        let schema = crate::predict::schema::Schema::of_onnx(file, &bytes).unwrap();
+        (bytes, schema)
+    }
+
     thread_local! {
         /// How many times [`F32Binary`] handed an evaluation to tract on this thread.
         pub static FALLBACKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -400,11 +410,7 @@ mod tests {
     fn the_shipped_models_run_as_with_every_operator() {
         use crate::predict::runtime::Runtime;
         for file in ["forecast.onnx", "request.onnx"] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../models")
-                .join(file);
-            let bytes = std::fs::read(&path).unwrap();
-            let schema = crate::predict::schema::Schema::of_onnx(file, &bytes).unwrap();
+            let (bytes, schema) = shipped(file);
             let width = schema.input_width();
             let rows = 7;
             let x: Vec<f32> = (0..rows * width)
@@ -470,11 +476,7 @@ mod tests {
     #[test]
     fn a_session_run_again_gives_what_a_fresh_one_gives() {
         use crate::predict::runtime::{Runtime, tract::Tract};
-        let bytes = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/forecast.onnx"),
-        )
-        .unwrap();
-        let schema = crate::predict::schema::Schema::of_onnx("forecast.onnx", &bytes).unwrap();
+        let (bytes, schema) = shipped("forecast.onnx");
         let width = schema.input_width();
         let rows_of = |rows: usize, seed: usize| -> Vec<f32> {
             (0..rows * width)
@@ -500,11 +502,7 @@ mod tests {
     /// The shipped forecaster's generic element-wise operators are all replaced.
     #[test]
     fn the_forecasters_binary_operators_are_specialised() {
-        let bytes = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/forecast.onnx"),
-        )
-        .unwrap();
-        let schema = crate::predict::schema::Schema::of_onnx("forecast.onnx", &bytes).unwrap();
+        let (bytes, schema) = shipped("forecast.onnx");
         let mut model = onnx().model_for_read(&mut &bytes[..]).unwrap();
         let n = model.sym("N");
         model
