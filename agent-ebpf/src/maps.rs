@@ -26,6 +26,13 @@ pub static EXITED: HashMap<ExitedKey, ProcStats> = HashMap::with_max_entries(102
 #[map]
 pub static FREED: HashMap<ProcKey, TaskRecord> = HashMap::with_max_entries(2048, 0);
 
+/// The summed final counters of freed processes that neither the ring buffer nor `FREED`
+/// had room for, per CPU and never reset: userspace takes each tick's growth as one
+/// process of its own ("exits not held"), so their CPU time still adds up with the node's
+/// though it lost its owner.
+#[map]
+pub static UNHELD: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// Where a record for `FREED` is put together: a record and its copy do not fit the
 /// stack that Linux 5.10's verifier allows with the helpers' calls.
 #[map]

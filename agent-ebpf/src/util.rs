@@ -144,6 +144,27 @@ unsafe fn zero_words(r: *mut TaskRecord) {
     }
 }
 
+/// Adds `src`'s counters (every field after its ids, start and cgroup) into `dst`, 8 bytes
+/// at a time, wrapping. Plain adds: `dst` is a per-CPU slot of a program that does not
+/// nest on a CPU.
+#[inline(always)]
+pub fn add_record(dst: &mut TaskRecord, src: &TaskRecord) {
+    const WORDS: usize = size_of::<TaskRecord>() / 8;
+    const FIRST: usize = core::mem::offset_of!(TaskRecord, runtime_ns) / 8;
+    let d = (dst as *mut TaskRecord).cast::<u64>();
+    let s = (src as *const TaskRecord).cast::<u64>();
+    let mut i = FIRST;
+    while i < WORDS {
+        // SAFETY: both are live, 8-aligned records (asserted in `zero_words`); `i` is
+        // within them.
+        unsafe {
+            d.add(i)
+                .write_volatile(d.add(i).read().wrapping_add(s.add(i).read()))
+        };
+        i += 1;
+    }
+}
+
 /// Adds one thread's own accounting into `r` and sets its ids, its process's start, its
 /// cgroup and (with a memory map) the map's RSS counters.
 #[inline(always)]

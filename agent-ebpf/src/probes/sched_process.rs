@@ -30,10 +30,10 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::{EVENTS, FREED, FREED_SCRATCH, ITER_SEEN, LAST_WAKE},
+    maps::{EVENTS, FREED, FREED_SCRATCH, ITER_SEEN, LAST_WAKE, UNHELD},
     util::{
-        Direct, Mem, Probe, add, add_thread, count_drop, current_ids, current_key, current_start,
-        kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
+        Direct, Mem, Probe, add, add_record, add_thread, count_drop, current_ids, current_key,
+        current_start, kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
         task_record_thread, tp_field, tp_field_at, zero_record,
     },
 };
@@ -282,7 +282,12 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
             FREED.insert(key, &*r, 0).is_ok()
         });
         if !kept {
+            // Its owner is lost (counted), its counters are not: into `UNHELD`.
             count_drop(prog::SCHED_PROCESS_FREE, Drop::RingBufFull);
+            if let (Some(r), Some(sum)) = (FREED_SCRATCH.get_ptr(0), UNHELD.get_ptr_mut(0)) {
+                // SAFETY: this CPU's slots, as above.
+                add_record(unsafe { &mut *sum }, unsafe { &*r });
+            }
         }
         return 0;
     };

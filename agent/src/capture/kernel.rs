@@ -300,6 +300,44 @@ impl AttachReport {
     }
 }
 
+/// The name of the process that stands for the exits nothing could hold (`UNHELD`).
+pub const UNHELD_NAME: &str = "(exits not held)";
+
+/// `op` of `dst`'s and `src`'s counters, field by field (the ids, start and cgroup of
+/// `dst` stay).
+fn fold_counters(dst: &mut TaskRecord, src: &TaskRecord, op: fn(u64, u64) -> u64) {
+    let TaskRecord {
+        tid: _,
+        tgid: _,
+        flags: _,
+        _pad: _,
+        start_ns: _,
+        cgroup_id: _,
+        runtime_ns,
+        nvcsw,
+        nivcsw,
+        run_delay_ns,
+        pcount,
+        min_flt,
+        maj_flt,
+        ioac,
+        rss_pages,
+    } = src;
+    dst.runtime_ns = op(dst.runtime_ns, *runtime_ns);
+    dst.nvcsw = op(dst.nvcsw, *nvcsw);
+    dst.nivcsw = op(dst.nivcsw, *nivcsw);
+    dst.run_delay_ns = op(dst.run_delay_ns, *run_delay_ns);
+    dst.pcount = op(dst.pcount, *pcount);
+    dst.min_flt = op(dst.min_flt, *min_flt);
+    dst.maj_flt = op(dst.maj_flt, *maj_flt);
+    for (d, s) in dst.ioac.iter_mut().zip(ioac) {
+        *d = op(*d, *s);
+    }
+    for (d, s) in dst.rss_pages.iter_mut().zip(rss_pages) {
+        *d = op(*d as u64, *s as u64) as i64;
+    }
+}
+
 /// The live kernel source.
 pub struct KernelCapture {
     pub(super) ebpf: Ebpf,
@@ -310,6 +348,12 @@ pub struct KernelCapture {
     pub(super) exited: HashMap<MapData, ExitedKey, ProcStats>,
     /// Final counters whose free event found the ring full.
     freed: HashMap<MapData, ProcKey, TaskRecord>,
+    /// Per CPU, the summed final counters of freed processes nothing could hold, and
+    /// their sum as taken last.
+    unheld: PerCpuArray<MapData, TaskRecord>,
+    unheld_taken: TaskRecord,
+    /// Final counters from `FREED` of processes started after the last walk.
+    freed_later: Vec<(ProcKey, TaskRecord)>,
     ring: RingBuf<MapData>,
     ring_fd: Option<AsyncFd<OwnedFd>>,
     /// The task iterator's link (iterator path): each tick reads a new run of it.
@@ -582,6 +626,7 @@ impl KernelCapture {
         let threads_map = map!(HashMap, "THREADS");
         let exited = map!(HashMap, "EXITED");
         let freed = map!(HashMap, "FREED");
+        let unheld = map!(PerCpuArray, "UNHELD");
         let cpu_state = map!(PerCpuArray, "CPU_STATE");
         let drops = map!(PerCpuArray, "DROPS");
         let ring = map!(RingBuf, "EVENTS");
@@ -603,6 +648,9 @@ impl KernelCapture {
             cpu_state,
             exited,
             freed,
+            unheld,
+            unheld_taken: TaskRecord::default(),
+            freed_later: Vec::new(),
             ring,
             ring_fd: None,
             iter_link,
@@ -764,15 +812,60 @@ impl KernelCapture {
     }
 
     /// Takes the final counters the kernel kept in `FREED` (their free event found the
-    /// ring full), as if their events had come.
-    pub(super) fn take_freed(&mut self) {
+    /// ring full), as if their events had come; those of processes started after
+    /// `walked_at` (boot clock), which the tick's walk did not see and whose time is the
+    /// next interval's, at the next call.
+    pub(super) fn take_freed(&mut self, walked_at: u64) {
+        for (key, total) in std::mem::take(&mut self.freed_later) {
+            self.note_freed(key.tgid, key.start_ns, total);
+        }
         let keys: Vec<ProcKey> = self.freed.keys().filter_map(Result::ok).collect();
         for key in keys {
             if let Ok(total) = self.freed.get(&key, 0) {
-                self.note_freed(key.tgid, key.start_ns, total);
+                if key.start_ns > walked_at {
+                    self.freed_later.push((key, total));
+                } else {
+                    self.note_freed(key.tgid, key.start_ns, total);
+                }
             }
             let _ = self.freed.remove(&key);
         }
+    }
+
+    /// What `UNHELD` grew by since the last tick (the freed processes that neither the
+    /// ring buffer nor `FREED` had room for, a storm's), as one process that ended now:
+    /// their owners are lost (each counted as a drop), their CPU time is not.
+    pub(super) fn take_unheld(&mut self) {
+        // The hooks' counters are their own (`PROC_STATS`), not the final ones.
+        if self.report.counters != CounterPath::Iterator {
+            return;
+        }
+        let Ok(per_cpu) = self.unheld.get(&0, 0) else {
+            return;
+        };
+        let mut sum = TaskRecord::default();
+        for r in per_cpu.iter() {
+            fold_counters(&mut sum, r, u64::wrapping_add);
+        }
+        let mut grown = sum;
+        fold_counters(&mut grown, &self.unheld_taken, u64::wrapping_sub);
+        if grown == TaskRecord::default() {
+            return;
+        }
+        self.unheld_taken = sum;
+        // Their memory maps are gone.
+        grown.rss_pages = [0; agent_common::RSS_MEMBERS];
+        // A key no process has (tgid 0 is the idle task's), new each tick.
+        let start = procfs::boot_ns().max(1);
+        grown.tgid = 0;
+        grown.start_ns = start;
+        let info = self.info_of(0, start);
+        info.looked_up = true;
+        info.comm = UNHELD_NAME.into();
+        info.exe = Some(UNHELD_NAME.into());
+        info.exe_hash = Some(None);
+        info.app = Some(None);
+        self.note_freed(0, start, grown);
     }
 
     /// What userspace knows of the process an event with `start` (0: not carried) is of.

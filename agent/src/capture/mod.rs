@@ -24,7 +24,7 @@ pub use agent_common::Drop as DropKind;
 pub use identity::{Identity, cgroup2_root, input_files};
 pub use kernel::{
     AttachReport, CounterPath, Counters, Hook, HookStatus, KernelCapture, ProgramStats,
-    enable_program_stats,
+    UNHELD_NAME, enable_program_stats,
 };
 pub use procfs::NodeStats;
 pub use types::*;

@@ -159,7 +159,6 @@ impl KernelCapture {
         // `take_events` (and come out of `next` ahead of the tick).
         let mut events = std::mem::take(&mut self.unclaimed);
         self.drain_events(&mut events);
-        self.take_freed();
         if events.len() > MAX_UNCLAIMED {
             let extra = events.len() - MAX_UNCLAIMED;
             events.drain(..extra);
@@ -178,7 +177,9 @@ impl KernelCapture {
         // Node counters, the task iterator and the kernel maps are read together, before
         // the slower work below (names, hashes), so they describe the same instant.
         let node = procfs::node_stats();
+        let walked_at = procfs::boot_ns();
         let on_iter = self.report.counters == CounterPath::Iterator;
+        self.take_unheld();
         let mut records = std::mem::take(&mut self.iter_records);
         records.clear();
         if on_iter {
@@ -195,6 +196,9 @@ impl KernelCapture {
         } else {
             self.inflight(&slots, &mut stats)
         };
+        // After the walk: a process freed since is in it, with what it had used by then
+        // (its final counters count next tick); one born since waits for the next tick.
+        self.take_freed(walked_at);
         if let Some(f) = self.after_read.take() {
             f();
         }
