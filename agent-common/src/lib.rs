@@ -220,6 +220,13 @@ pub const ITER_REFRESH_WALKS: u64 = 8;
 /// every thread is written in full at the next walk).
 pub const ITER_CTL_WALK: u32 = 0;
 pub const ITER_CTL_GEN: u32 = 1;
+/// `ITER_CTL` slots the kernel keeps: whether a walk is under way (its first task was
+/// visited), and the boot-clock time it began. A process started after that had no walk
+/// report any of its time.
+pub const ITER_CTL_IN_WALK: u32 = 2;
+pub const ITER_CTL_WALK_START: u32 = 3;
+/// `ITER_CTL`'s slots.
+pub const ITER_CTL_SLOTS: u32 = 4;
 
 /// One thread as the task iterator reads it each tick, from the kernel's own per-task
 /// accounting (no per-event hook): its scheduler runtime, context switches, run-queue

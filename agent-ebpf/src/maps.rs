@@ -2,8 +2,8 @@
 //! resizes the hash maps from its config before loading.
 
 use agent_common::{
-    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, KernelConfig, ListenKey, ProcKey,
-    ProcStats, TaskRecord, ThreadState,
+    BlockKey, BlockPending, CpuState, DropTable, ExitedKey, ITER_CTL_SLOTS, KernelConfig,
+    ListenKey, ProcKey, ProcStats, TaskRecord, ThreadState,
 };
 use aya_ebpf::{
     macros::map,
@@ -27,9 +27,10 @@ pub static EXITED: HashMap<ExitedKey, ProcStats> = HashMap::with_max_entries(102
 pub static FREED: HashMap<ProcKey, TaskRecord> = HashMap::with_max_entries(2048, 0);
 
 /// The summed final counters of freed processes that neither the ring buffer nor `FREED`
-/// had room for, per CPU and never reset: userspace takes each tick's growth as one
-/// process of its own ("exits not held"), so their CPU time still adds up with the node's
-/// though it lost its owner.
+/// had room for and that no walk of the task iterator saw (started after the last walk
+/// began: none of their time was reported), per CPU and never reset: userspace takes each
+/// tick's growth as one process of its own ("exits not held"), so their CPU time still
+/// adds up with the node's though it lost its owner.
 #[map]
 pub static UNHELD: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);
 
@@ -61,9 +62,10 @@ pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(32768,
 #[map]
 pub static ITER_SEEN: HashMap<u32, IterSeen> = HashMap::with_max_entries(32768, 1);
 
-/// The task iterator's walk count and userspace's generation (`ITER_CTL_*`).
+/// The task iterator's walk count, userspace's generation, and the current walk's start
+/// (`ITER_CTL_*`).
 #[map]
-pub static ITER_CTL: Array<u64> = Array::with_max_entries(2, 0);
+pub static ITER_CTL: Array<u64> = Array::with_max_entries(ITER_CTL_SLOTS, 0);
 
 /// An [`ITER_SEEN`] value.
 #[repr(C)]

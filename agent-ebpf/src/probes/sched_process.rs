@@ -11,8 +11,8 @@
 use agent_common::{
     ABSENT, ARGV_LEN, CONFIG_WAKE_ON_EXEC, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_FREE,
     ExecEvent, ExitEvent, FILENAME_LEN, FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_NO_ARGV,
-    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, LifecycleEvent, ProcKey, RING_WAKE_EVERY_NS, TaskRecord,
-    prog,
+    FLAG_PARTIAL, FLAG_THREAD, FLAG_TOTAL, ITER_CTL_WALK_START, LifecycleEvent, ProcKey,
+    RING_WAKE_EVERY_NS, TaskRecord, prog,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -30,7 +30,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::{EVENTS, FREED, FREED_SCRATCH, ITER_SEEN, LAST_WAKE, UNHELD},
+    maps::{EVENTS, FREED, FREED_SCRATCH, ITER_CTL, ITER_SEEN, LAST_WAKE, UNHELD},
     util::{
         Direct, Mem, Probe, add, add_record, add_thread, count_drop, current_ids, current_key,
         current_start, kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
@@ -282,9 +282,17 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
             FREED.insert(key, &*r, 0).is_ok()
         });
         if !kept {
-            // Its owner is lost (counted), its counters are not: into `UNHELD`.
+            // Its owner is lost (counted). A process no walk of the task iterator saw had
+            // none of its time reported: its counters go into `UNHELD`. One a walk saw
+            // loses what it used since.
             count_drop(prog::SCHED_PROCESS_FREE, Drop::RingBufFull);
-            if let (Some(r), Some(sum)) = (FREED_SCRATCH.get_ptr(0), UNHELD.get_ptr_mut(0)) {
+            let walk_start = ITER_CTL
+                .get_ptr(ITER_CTL_WALK_START)
+                // SAFETY: a slot of the map, read once.
+                .map_or(0, |v| unsafe { *v });
+            if start > walk_start
+                && let (Some(r), Some(sum)) = (FREED_SCRATCH.get_ptr(0), UNHELD.get_ptr_mut(0))
+            {
                 // SAFETY: this CPU's slots, as above.
                 add_record(unsafe { &mut *sum }, unsafe { &*r });
             }

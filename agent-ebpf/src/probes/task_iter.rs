@@ -16,10 +16,10 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    Drop, ITER_CTL_GEN, ITER_CTL_WALK, ITER_REFRESH_WALKS, REC_KTHREAD, REC_SAME, REC_SIGNAL,
-    TASK_MARK_BYTES, TaskRecord, prog::TASK_ITER as PROG,
+    Drop, ITER_CTL_GEN, ITER_CTL_IN_WALK, ITER_CTL_WALK, ITER_CTL_WALK_START, ITER_REFRESH_WALKS,
+    REC_KTHREAD, REC_SAME, REC_SIGNAL, TASK_MARK_BYTES, TaskRecord, prog::TASK_ITER as PROG,
 };
-use aya_ebpf::helpers::generated::bpf_seq_write;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_seq_write};
 
 use crate::{
     config,
@@ -49,7 +49,13 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
             // and a lost increment only shifts which threads are refreshed.
             unsafe { *w += 1 };
         }
+        set_ctl(ITER_CTL_IN_WALK, 0);
         return 0;
+    }
+    if ctl(ITER_CTL_IN_WALK) == 0 {
+        // The walk's first task: when it began.
+        set_ctl(ITER_CTL_WALK_START, unsafe { bpf_ktime_get_boot_ns() });
+        set_ctl(ITER_CTL_IN_WALK, 1);
     }
     // SAFETY: `meta` is a valid `bpf_iter_meta`, whose first member is the seq file.
     let seq = unsafe { *(meta as *const *mut c_void) };
@@ -143,6 +149,14 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
 fn ctl(slot: u32) -> u64 {
     // SAFETY: a slot of the map, read once.
     ITER_CTL.get_ptr(slot).map_or(0, |v| unsafe { *v })
+}
+
+#[inline(always)]
+fn set_ctl(slot: u32, v: u64) {
+    if let Some(p) = ITER_CTL.get_ptr_mut(slot) {
+        // SAFETY: a slot of the map; walks do not overlap.
+        unsafe { *p = v };
+    }
 }
 
 #[inline(always)]
