@@ -190,7 +190,7 @@ fn empirical_bands(
     horizon: usize,
     base: impl Fn(usize) -> f64,
     lag: impl Fn(usize) -> usize,
-    scratch: &mut Vec<f64>,
+    scratch: &mut Vec<i64>,
 ) -> Vec<Band> {
     // Steps of the same lag (every step of a seasonal forecast) share their changes.
     let mut last: Option<(usize, (f64, f64))> = None;
@@ -202,7 +202,7 @@ fn empirical_bands(
                 Some((lag, q)) if lag == l => q,
                 _ => {
                     scratch.clear();
-                    scratch.extend((l..ys.len()).map(|i| ys[i] - ys[i - l]));
+                    scratch.extend((l..ys.len()).map(|i| order_key(ys[i] - ys[i - l])));
                     let q = p10_p90(scratch);
                     last = Some((l, q));
                     q
@@ -213,14 +213,27 @@ fn empirical_bands(
         .collect()
 }
 
-/// The 10th and 90th percentiles of `v` as [`quantiles`] gives them (numpy's linear
-/// interpolation), by selection instead of a sort. Reorders `v`.
-fn p10_p90(v: &mut [f64]) -> (f64, f64) {
+/// `x` as an integer in `f64::total_cmp`'s order (the same bits trick): selections on
+/// these compare integers, not floats. Its own inverse.
+#[inline]
+fn order_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ (((b >> 63) as u64) >> 1) as i64
+}
+
+#[inline]
+fn from_order_key(k: i64) -> f64 {
+    f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
+}
+
+/// The 10th and 90th percentiles of the values whose [`order_key`]s `v` holds, as
+/// [`quantiles`] gives them (numpy's linear interpolation), by selection instead of a sort.
+/// Reorders `v`.
+fn p10_p90(v: &mut [i64]) -> (f64, f64) {
     let n = v.len();
     if n == 0 {
         return (0.0, 0.0);
     }
-    let cmp = |a: &f64, b: &f64| a.total_cmp(b);
     // Order statistics at `pos`'s floor and ceiling; everything right of `at` after a
     // selection at `at` is not smaller, so the next one is the smallest there.
     let at = |q: f64| -> (usize, f64) {
@@ -229,22 +242,23 @@ fn p10_p90(v: &mut [f64]) -> (f64, f64) {
     };
     let (lo10, f10) = at(0.1);
     let (lo90, f90) = at(0.9);
-    let (_, &mut a10, right) = v.select_nth_unstable_by(lo10, cmp);
+    let (_, &mut a10, right) = v.select_nth_unstable(lo10);
     let b10 = if f10 > 0.0 {
-        right.iter().copied().min_by(cmp).unwrap_or(a10)
+        right.iter().copied().min().unwrap_or(a10)
     } else {
         a10
     };
     let a90 = if lo90 == lo10 {
         a10
     } else {
-        *v[lo10 + 1..].select_nth_unstable_by(lo90 - lo10 - 1, cmp).1
+        *v[lo10 + 1..].select_nth_unstable(lo90 - lo10 - 1).1
     };
     let b90 = if f90 > 0.0 {
-        v[lo90 + 1..].iter().copied().min_by(cmp).unwrap_or(a90)
+        v[lo90 + 1..].iter().copied().min().unwrap_or(a90)
     } else {
         a90
     };
+    let [a10, b10, a90, b90] = [a10, b10, a90, b90].map(from_order_key);
     (a10 + (b10 - a10) * f10, a90 + (b90 - a90) * f90)
 }
 
@@ -852,9 +866,18 @@ mod tests {
         fn p10_p90_by_selection_is_numpys(v in proptest::collection::vec(-1e3f64..1e3, 0..300)) {
             let mut sorted = v.clone();
             let want = quantiles(&mut sorted, &[0.1, 0.9]);
-            let mut w = v.clone();
+            let mut w: Vec<i64> = v.iter().map(|&x| order_key(x)).collect();
             let got = p10_p90(&mut w);
             proptest::prop_assert_eq!(got, (want[0], want[1]));
+        }
+
+        #[test]
+        fn order_keys_sort_as_total_cmp_and_map_back(
+            a in proptest::num::f64::ANY,
+            b in proptest::num::f64::ANY,
+        ) {
+            proptest::prop_assert_eq!(order_key(a).cmp(&order_key(b)), a.total_cmp(&b));
+            proptest::prop_assert_eq!(from_order_key(order_key(a)).to_bits(), a.to_bits());
         }
     }
 

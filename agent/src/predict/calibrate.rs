@@ -91,15 +91,23 @@ impl PartialEq for Ring {
 impl Ring {
     fn push(&mut self, s: f32, cap: usize) {
         self.sync();
+        let new_at = self.sorted.partition_point(|x| x.total_cmp(&s).is_lt());
         if self.v.len() >= cap
             && let Some(old) = self.v.pop_front()
         {
-            let at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
-            self.sorted.remove(at);
+            // `s` takes `old`'s place in the sorted copy: one shift of what lies between.
+            let old_at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            if new_at > old_at {
+                self.sorted.copy_within(old_at + 1..new_at, old_at);
+                self.sorted[new_at - 1] = s;
+            } else {
+                self.sorted.copy_within(new_at..old_at, new_at + 1);
+                self.sorted[new_at] = s;
+            }
+        } else {
+            self.sorted.insert(new_at, s);
         }
         self.v.push_back(s);
-        let at = self.sorted.partition_point(|x| x.total_cmp(&s).is_lt());
-        self.sorted.insert(at, s);
     }
 
     /// A push that leaves the sorted copy to be made when a quantile is next asked for
@@ -198,6 +206,9 @@ pub struct Calibrated {
     horizon: usize,
     workloads: HashMap<WorkloadId, Workload>,
     pool: Vec<Ring>,
+    /// This tick's scores for `pool` (by index): pooled once the tick's bands are made, so
+    /// a pool's sorted copy is made again at most once a tick, not after each workload.
+    pooling: Vec<(u32, f32)>,
     tick: u64,
     /// Outcomes scored, and those inside the calibrated band (for status and eval).
     pub scored: u64,
@@ -218,6 +229,7 @@ impl Calibrated {
             horizon,
             workloads: HashMap::new(),
             pool: vec![Ring::default(); 4 * horizon],
+            pooling: Vec::new(),
             tick: 0,
             scored: 0,
             covered: 0,
@@ -410,7 +422,7 @@ impl Predictor for Calibrated {
                         c.alpha = (c.alpha + gamma * (alpha - err)).clamp(-1.0, 2.0);
                         if score.is_finite() {
                             c.scores.push(score, cap);
-                            self.pool[i].push_unsorted(score, POOL);
+                            self.pooling.push((i as u32, score));
                         }
                     }
                 }
@@ -463,6 +475,9 @@ impl Predictor for Calibrated {
             if f.predictor == self.inner.name() {
                 f.predictor.clone_from(&self.name);
             }
+        }
+        for (i, score) in self.pooling.drain(..) {
+            self.pool[i as usize].push_unsorted(score, POOL);
         }
         self.evict();
         fs
