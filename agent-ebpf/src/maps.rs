@@ -34,6 +34,13 @@ pub static FREED: HashMap<ProcKey, TaskRecord> = HashMap::with_max_entries(2048,
 #[map]
 pub static UNHELD: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// The I/O accounting (`ioac`, by `IOAC_*`) of each process's exited threads, added by
+/// each thread as it exits and removed when the process is freed. Not `signal->ioac`: the
+/// kernel adds to that the I/O of every child the process reaps (`wait_task_zombie`), so
+/// a shell's reads would count its children's again.
+#[map]
+pub static EXITED_IO: HashMap<ProcKey, [u64; 6]> = HashMap::with_max_entries(4096, 0);
+
 /// Where a record for `FREED` is put together: a record and its copy do not fit the
 /// stack that Linux 5.10's verifier allows with the helpers' calls.
 #[map]

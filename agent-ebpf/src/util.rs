@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{DROPS, EXITED, PROC_STATS, START_OF, ZERO_STATS};
+use crate::maps::{DROPS, EXITED, EXITED_IO, PROC_STATS, START_OF, ZERO_STATS};
 
 /// Reads one field of [`CONFIG`]; volatile so the compiler does not fold the default.
 #[macro_export]
@@ -212,7 +212,8 @@ pub fn add_thread<M: Mem>(r: &mut TaskRecord, task: *const u8) {
     add_ioac::<M>(r, task, config!(task.task_ioac));
 }
 
-/// Adds the totals of the process's exited threads (`task->signal`) into `r`.
+/// Adds the totals of the process's exited threads (`task->signal`; their I/O from
+/// `EXITED_IO`) into `r`.
 #[inline(always)]
 pub fn task_record_signal<M: Mem>(r: &mut TaskRecord, task: *const u8) {
     let sig = M::ptr(task, config!(task.task_signal));
@@ -224,7 +225,52 @@ pub fn task_record_signal<M: Mem>(r: &mut TaskRecord, task: *const u8) {
     r.nivcsw += M::read::<u64>(sig, config!(task.sig_nivcsw));
     r.min_flt += M::read::<u64>(sig, config!(task.sig_min_flt));
     r.maj_flt += M::read::<u64>(sig, config!(task.sig_maj_flt));
-    add_ioac::<M>(r, sig, config!(task.sig_ioac));
+    let leader = M::ptr(task, config!(task.task_group_leader));
+    let key = ProcKey {
+        tgid: M::read::<i32>(task, config!(task.task_tgid)) as u32,
+        _pad: 0,
+        start_ns: M::read::<u64>(leader, config!(task.task_start)),
+    };
+    if let Some(io) = EXITED_IO.get_ptr(key) {
+        // SAFETY: a map value, valid for the program's run.
+        let io = unsafe { &*io };
+        let mut i = 0;
+        while i < r.ioac.len() {
+            r.ioac[i] += io[i];
+            i += 1;
+        }
+    }
+}
+
+/// Adds the exiting thread `task`'s own I/O accounting into its process's `EXITED_IO`
+/// entry (made if missing; a full map is a counted drop, that thread's I/O lost).
+#[inline(always)]
+pub fn retire_thread_io<M: Mem>(prog: u32, key: ProcKey, task: *const u8) {
+    let mut own = [0u64; 6];
+    let o = config!(task.ioac);
+    let base = config!(task.task_ioac);
+    let mut i = 0;
+    while i < own.len() {
+        own[i] = M::read::<u64>(task, at(base, o[i]));
+        i += 1;
+    }
+    if EXITED_IO.get_ptr(key).is_none()
+        && let Err(e) = EXITED_IO.insert(key, [0u64; 6], BPF_NOEXIST as u64)
+        && e != -17
+    {
+        count_drop(prog, Drop::ExitedMapFull);
+        return;
+    }
+    if let Some(io) = EXITED_IO.get_ptr_mut(key) {
+        // SAFETY: a map value, valid for the program's run; threads of one process exit
+        // on several CPUs at once, hence the atomic adds.
+        let io = unsafe { &mut *io };
+        let mut i = 0;
+        while i < own.len() {
+            add(&mut io[i], own[i]);
+            i += 1;
+        }
+    }
 }
 
 #[inline(always)]

@@ -154,6 +154,32 @@ fn syscall_io_bytes_are_exact() {
     io_test("plain");
 }
 
+/// A parent's I/O is its own: the kernel adds the I/O of each child a process reaps to the
+/// process's `signal->ioac`, where its exited threads' I/O also is, so that is not read.
+#[test]
+fn a_parent_does_not_count_the_io_of_a_child_it_reaped() {
+    if !privileged("a_parent_does_not_count_the_io_of_a_child_it_reaped") {
+        return;
+    }
+    let mut cap = capture();
+    let path = disk_dir().join(format!("reaped-{}", std::process::id()));
+    std::fs::write(&path, vec![7u8; 16 * MIB as usize]).unwrap();
+    let mut w = Workload::start(&["reap", path.to_str().unwrap()]);
+    let pid = w.pid();
+    let before = sample_now(&mut cap, pid);
+    w.go();
+    w.wait_done();
+    let after = sample_now(&mut cap, pid);
+    w.finish();
+    let _ = std::fs::remove_file(&path);
+    let d = after.counters.since(&before.counters);
+    eprintln!(
+        "parent after reaping a 16 MiB reader: read {} bytes",
+        d.read_bytes
+    );
+    assert!(d.read_bytes < MIB, "the parent read {} bytes", d.read_bytes);
+}
+
 #[test]
 fn block_io_of_direct_writes_is_attributed_with_latency() {
     if !privileged("block_io_of_direct_writes_is_attributed_with_latency") {

@@ -30,11 +30,11 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::{EVENTS, FREED, FREED_SCRATCH, ITER_CTL, ITER_SEEN, LAST_WAKE, UNHELD},
+    maps::{EVENTS, EXITED_IO, FREED, FREED_SCRATCH, ITER_CTL, ITER_SEEN, LAST_WAKE, UNHELD},
     util::{
         Direct, Mem, Probe, add, add_record, add_thread, count_drop, current_ids, current_key,
-        current_start, kread, proc_entry, retire_stale, task_ids, task_key, task_record_signal,
-        task_record_thread, tp_field, tp_field_at, zero_record,
+        current_start, kread, proc_entry, retire_stale, retire_thread_io, task_ids, task_key,
+        task_record_signal, task_record_thread, tp_field, tp_field_at, zero_record,
     },
 };
 
@@ -265,13 +265,25 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let start = Direct::read::<u64>(task, config!(task.task_start));
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+    let key = ProcKey {
+        tgid: tgid as u32,
+        _pad: 0,
+        start_ns: start,
+    };
+    let reserved = EVENTS.reserve::<ExitEvent>(0);
+    free_totals(reserved, task, pid, key);
+    // The process is gone: its exited threads' I/O is in its final totals.
+    let _ = EXITED_IO.remove(key);
+    0
+}
+
+/// The free of `task`'s process: its final totals through the ring (`reserved`), else
+/// `FREED`, else `UNHELD`.
+#[inline(always)]
+fn free_totals(reserved: Option<RingBufEntry<ExitEvent>>, task: *const u8, pid: i32, key: ProcKey) {
+    let (tgid, start) = (key.tgid as i32, key.start_ns);
+    let Some(mut entry) = reserved else {
         // The ring is full: the totals wait in `FREED` for the next tick.
-        let key = ProcKey {
-            tgid: tgid as u32,
-            _pad: 0,
-            start_ns: start,
-        };
         let kept = FREED_SCRATCH.get_ptr_mut(0).is_some_and(|r| {
             // SAFETY: this CPU's slot; this program does not nest on a CPU.
             let r = unsafe { &mut *r };
@@ -297,7 +309,7 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
                 add_record(unsafe { &mut *sum }, unsafe { &*r });
             }
         }
-        return 0;
+        return;
     };
     // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -316,7 +328,6 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
     b.comm = [0; 16];
     b.filename[0] = 0;
     submit(entry, false);
-    0
 }
 
 /// A freed process's totals into a zeroed record: every task of the process, the leader
@@ -338,6 +349,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let _ = ITER_SEEN.remove(pid);
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let btf = config!(task.valid) != 0;
+    if btf {
+        // This thread's I/O, final now, joins its process's exited threads'.
+        retire_thread_io::<Probe>(prog::SCHED_PROCESS_EXIT, current_key(), task);
+    }
     // Whether this thread is the last of its process: the tracepoint's own `group_dead`
     // (6.16+), else `signal->live` (decremented before the tracepoint), else unknown.
     let group = match config!(tp.exit_group_dead) {
@@ -384,6 +399,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         if !leader.is_null() && leader != task {
             add_thread::<Probe>(&mut ev.total, leader);
         }
+        // Every thread's I/O is in `EXITED_IO` now, this one's and the leader's too.
+        ev.total.ioac = [0; 6];
         task_record_signal::<Probe>(&mut ev.total, task);
         ev.base.flags |= FLAG_TOTAL;
     }

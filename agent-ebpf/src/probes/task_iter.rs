@@ -29,8 +29,9 @@ use crate::{
     },
 };
 
-/// `PF_KTHREAD` in `task_struct.flags`.
+/// `PF_KTHREAD` and `PF_EXITING` in `task_struct.flags`.
 const PF_KTHREAD: u32 = 0x0020_0000;
+const PF_EXITING: u32 = 0x0000_0004;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
@@ -107,6 +108,10 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
     let flags: u32 = Direct::read(task, config!(task.task_flags));
     if flags & PF_KTHREAD != 0 {
         rec.flags |= REC_KTHREAD;
+    }
+    if flags & PF_EXITING != 0 {
+        // Its I/O goes (or went) into its process's `EXITED_IO` as it exits: counted there.
+        rec.ioac = [0; 6];
     }
     let mut written = write(seq, rec);
     if rec.tid == rec.tgid {

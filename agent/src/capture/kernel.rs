@@ -352,6 +352,9 @@ pub struct KernelCapture {
     /// their sum as taken last.
     unheld: PerCpuArray<MapData, TaskRecord>,
     unheld_taken: TaskRecord,
+    /// Exited threads' I/O per process: the kernel removes an entry when its process is
+    /// freed; without that hook, userspace does when it has finished the process.
+    pub(super) exited_io: HashMap<MapData, ProcKey, [u64; 6]>,
     /// Final counters from `FREED` of processes started after the last walk.
     freed_later: Vec<(ProcKey, TaskRecord)>,
     ring: RingBuf<MapData>,
@@ -498,7 +501,8 @@ impl KernelCapture {
             .map_max_entries("LISTENERS", (cfg.max_sockets / 4).max(256))
             .map_max_entries("MM_OWNER", cfg.max_processes)
             .map_max_entries("EXITED", (cfg.max_processes / 8).max(256))
-            .map_max_entries("FREED", (cfg.max_processes / 4).max(512));
+            .map_max_entries("FREED", (cfg.max_processes / 4).max(512))
+            .map_max_entries("EXITED_IO", (cfg.max_processes / 2).max(512));
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| CaptureError::Load { source })?;
@@ -627,6 +631,7 @@ impl KernelCapture {
         let exited = map!(HashMap, "EXITED");
         let freed = map!(HashMap, "FREED");
         let unheld = map!(PerCpuArray, "UNHELD");
+        let exited_io = map!(HashMap, "EXITED_IO");
         let cpu_state = map!(PerCpuArray, "CPU_STATE");
         let drops = map!(PerCpuArray, "DROPS");
         let ring = map!(RingBuf, "EVENTS");
@@ -650,6 +655,7 @@ impl KernelCapture {
             freed,
             unheld,
             unheld_taken: TaskRecord::default(),
+            exited_io,
             freed_later: Vec::new(),
             ring,
             ring_fd: None,

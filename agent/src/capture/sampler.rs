@@ -421,6 +421,9 @@ impl KernelCapture {
             {
                 debug!(tgid = key.tgid, error = %e, "Finished process already removed");
             }
+            if !self.free_hook {
+                let _ = self.exited_io.remove(&key);
+            }
             self.procs.remove(&key);
             self.finished.insert(key, tick);
         }

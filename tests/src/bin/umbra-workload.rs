@@ -218,6 +218,24 @@ fn main() {
             std::fs::write(arg(3), format!("{started} {children_ns} {self_ns}")).unwrap();
             exit_now();
         }
+        // reap PATH: a child reads all of PATH and exits; this process reaps it, says
+        // `done` and waits.
+        "reap" => {
+            ready("");
+            wait_go();
+            // SAFETY: this process has one thread; the child only reads a file and exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                let mut f = std::fs::File::open(arg(1)).unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                while f.read(&mut buf).unwrap() > 0 {}
+                exit_now();
+            }
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            done_then_exit();
+        }
         // exec-thread PATH: a thread other than the main one execs PATH (the process keeps
         // its pid; the other threads are gone).
         "exec-thread" => {
