@@ -714,6 +714,9 @@ async fn goodbye(
     .await;
 }
 
+/// How long the sender waits without a wake-up before looking at the outbox again.
+const SEND_BACKSTOP: Duration = Duration::from_secs(10);
+
 async fn send_loop(
     link: Arc<Mutex<Link>>,
     outbox: Outbox,
@@ -736,8 +739,10 @@ async fn send_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = outbox.wake.notified() => {}
-            // A slow tick in case a wake-up raced with the window filling.
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // Every change that lets more out notifies (`notify_one` keeps the permit when
+            // nobody waits); a slow tick anyway, as a backstop, rare enough that an idle
+            // agent does not wake for it.
+            _ = tokio::time::sleep(SEND_BACKSTOP) => {}
         }
     }
 }
