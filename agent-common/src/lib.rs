@@ -624,6 +624,27 @@ impl SyscallNrs {
     };
 }
 
+/// The task iterator's print of what can change without a thread's record saying so,
+/// folded into one word: `se.sum_exec_runtime` (any run moves it), `start_boottime` (a
+/// reused tid is another thread) and, for a leader, `signal->sum_sched_runtime` (a thread
+/// of its process was reaped). (A move to another cgroup, `task->cgroups`, is compared
+/// apart: the verifier lets a program compare a pointer, not compute with it.) Each step
+/// (xor a value, multiply by an odd constant, xor-shift) is a bijection of the word, so a
+/// change of any one value always changes the print; a change of several at once leaves
+/// it the same with a chance of 2⁻⁶⁴, and the thread's refresh (every
+/// [`ITER_REFRESH_WALKS`] walks) writes it in full regardless.
+#[inline(always)]
+pub fn seen_print(runtime: u64, start: u64, sig_runtime: u64) -> u64 {
+    #[inline(always)]
+    fn step(h: u64, v: u64, k: u64) -> u64 {
+        let h = (h ^ v).wrapping_mul(k);
+        h ^ (h >> 32)
+    }
+    let h = step(0, runtime, 0x9e37_79b9_7f4a_7c15);
+    let h = step(h, start, 0xbf58_476d_1ce4_e5b9);
+    step(h, sig_runtime, 0x94d0_49bb_1331_11eb)
+}
+
 /// Everything userspace tells the programs before they load, as one read-only global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -637,12 +658,15 @@ pub struct KernelConfig {
     pub page_size: u64,
     /// `CONFIG_*` bits.
     pub flags: u64,
+    /// The task iterator's slot of a thread in `ITER_SEEN`: `tid & iter_seen_mask` (the
+    /// map's size less one, a power of two).
+    pub iter_seen_mask: u64,
 }
 
 /// [`KernelConfig::flags`]: wake the ring buffer's reader at every exec event (the
 /// allocate stage places requests as they start), not only once a batch has built up.
 pub const CONFIG_WAKE_ON_EXEC: u64 = 1;
-const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 46 * 4 + 2 * 16 * 8 + 8 + 8);
+const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 46 * 4 + 2 * 16 * 8 + 8 + 8 + 8);
 
 impl KernelConfig {
     /// A configuration with every field absent; the programs then record nothing that
@@ -687,6 +711,7 @@ impl KernelConfig {
         compat_syscalls: SyscallNrs::NONE,
         page_size: 4096,
         flags: 0,
+        iter_seen_mask: 0,
     };
 }
 
@@ -752,7 +777,30 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
+
+    #[test]
+    fn a_change_of_any_one_value_changes_the_seen_print() {
+        let base = [123_456_789u64, 987_654_321_000, 42];
+        let p = |v: [u64; 3]| seen_print(v[0], v[1], v[2]);
+        let mut prints = std::collections::HashSet::new();
+        for i in 0..3 {
+            for d in [1u64, 2, 1 << 20, 1 << 40, u64::MAX] {
+                let mut v = base;
+                v[i] = v[i].wrapping_add(d);
+                assert_ne!(p(v), p(base), "value {i} moved by {d}");
+                prints.insert(p(v));
+            }
+        }
+        assert_eq!(prints.len(), 15, "distinct changes give distinct prints");
+        // A runtime that moves by one nanosecond at a time never repeats a print.
+        let seq: std::collections::HashSet<u64> = (0..10_000u64)
+            .map(|r| seen_print(r, base[1], base[2]))
+            .collect();
+        assert_eq!(seq.len(), 10_000);
+    }
 
     #[test]
     fn buckets_are_log2_and_clamped() {

@@ -62,32 +62,57 @@ pub static START_OF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(32768, 0);
 
-/// What the task iterator last wrote in full of each thread, keyed by tid: the values
-/// that tell whether it ran since (or was moved, or its process lost threads). Allocated
-/// per entry (`BPF_F_NO_PREALLOC`); removed when the task is freed or exits. A thread
-/// without an entry (the map full) is written in full every walk.
+/// What the task iterator last wrote in full of each thread, in the slot `tid &
+/// CONFIG.iter_seen_mask` (userspace sizes it, a power of two, twice the threads it is
+/// configured for): the values that tell whether the thread ran since (or was moved, or
+/// its process lost threads). An array, not a hash map: the walk visits threads in tid
+/// order, so its slots are read in order, without hashing and without a cache miss per
+/// thread for a bucket and an element. Two live threads in one slot take it in turn and
+/// are written in full each time; a slot is cleared when its thread exits and when it is
+/// freed.
 #[map]
-pub static ITER_SEEN: HashMap<u32, IterSeen> = HashMap::with_max_entries(32768, 1);
+pub static ITER_SEEN: Array<IterSeen> = Array::with_max_entries(65536, 0);
 
 /// The task iterator's walk count, userspace's generation, and the current walk's start
 /// (`ITER_CTL_*`).
 #[map]
 pub static ITER_CTL: Array<u64> = Array::with_max_entries(ITER_CTL_SLOTS, 0);
 
-/// An [`ITER_SEEN`] value.
+/// An [`ITER_SEEN`] slot.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct IterSeen {
-    /// `se.sum_exec_runtime`: any run moves it.
-    pub runtime: u64,
-    /// The thread's `start_boottime`: a reused tid is another thread.
-    pub start: u64,
-    /// `task->cgroups`: a move to another cgroup changes it.
+    /// The thread the slot is for; 0: none.
+    pub tid: u32,
+    /// `ITER_CTL[ITER_CTL_GEN]` when written (its low bits).
+    pub generation: u32,
+    /// [`agent_common::seen_print`] of the thread's values when written.
+    pub print: u64,
+    /// `task->cgroups` when written: a move to another cgroup changes it.
     pub cgroups: u64,
-    /// A leader's `signal->sum_sched_runtime`: a thread of its process was reaped.
-    pub sig_runtime: u64,
-    /// `ITER_CTL[ITER_CTL_GEN]` when written.
-    pub generation: u64,
+}
+
+/// The [`ITER_SEEN`] slot of `tid`.
+#[inline(always)]
+pub fn seen_slot(tid: u32) -> Option<*mut IterSeen> {
+    // SAFETY: a read-only global, set by userspace before load.
+    let mask = unsafe { core::ptr::read_volatile(&raw const CONFIG.iter_seen_mask) };
+    ITER_SEEN.get_ptr_mut((tid as u64 & mask) as u32)
+}
+
+/// Clears `tid`'s [`ITER_SEEN`] slot (its thread exits or is freed): a thread that later
+/// holds the tid, or the zombie the iterator may still visit, is written in full.
+#[inline(always)]
+pub fn forget_seen(tid: u32) {
+    if let Some(s) = seen_slot(tid) {
+        // SAFETY: the map's slot; a write racing the iterator's at worst leaves a slot
+        // whose print no later thread of this tid matches.
+        unsafe {
+            if (*s).tid == tid {
+                (*s).tid = 0;
+            }
+        }
+    }
 }
 
 /// The task on each CPU: since when, and its last run-queue wait.

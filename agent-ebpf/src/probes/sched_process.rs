@@ -30,7 +30,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config,
-    maps::{EVENTS, EXITED_IO, FREED, FREED_SCRATCH, ITER_CTL, ITER_SEEN, LAST_WAKE, UNHELD},
+    maps::{EVENTS, EXITED_IO, FREED, FREED_SCRATCH, ITER_CTL, LAST_WAKE, UNHELD, forget_seen},
     util::{
         Direct, Mem, Probe, add, add_record, add_thread, count_drop, current_ids, current_key,
         current_start, kread, proc_entry, retire_stale, retire_thread_io, task_ids, task_key,
@@ -260,7 +260,7 @@ pub fn sched_process_free_btf(ctx: BtfTracePointContext) -> i32 {
     let pid = Direct::read::<i32>(task, config!(task.task_pid));
     let tgid = Direct::read::<i32>(task, config!(task.task_tgid));
     // The task iterator's record of this thread goes with it.
-    let _ = ITER_SEEN.remove(pid as u32);
+    forget_seen(pid as u32);
     if pid != tgid {
         return 0;
     }
@@ -346,7 +346,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (pid, tgid) = current_ids();
     // The task iterator's record of this thread (again when the task is freed: a zombie
     // the iterator visits after this is recorded anew).
-    let _ = ITER_SEEN.remove(pid);
+    forget_seen(pid);
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let btf = config!(task.valid) != 0;
     if btf {

@@ -18,12 +18,13 @@ use core::ffi::c_void;
 use agent_common::{
     Drop, ITER_CTL_GEN, ITER_CTL_IN_WALK, ITER_CTL_WALK, ITER_CTL_WALK_START, ITER_REFRESH_WALKS,
     REC_KTHREAD, REC_SAME, REC_SIGNAL, TASK_MARK_BYTES, TaskRecord, prog::TASK_ITER as PROG,
+    seen_print,
 };
 use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_seq_write};
 
 use crate::{
     config,
-    maps::{ITER_CTL, ITER_SEEN, IterSeen},
+    maps::{ITER_CTL, IterSeen, seen_slot},
     util::{
         Direct, Mem, count_drop, task_record_signal, task_record_thread, zero_record, zeroed_record,
     },
@@ -66,35 +67,38 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
     // next walk write it in full again, never the other way round.
     let tid = Direct::read::<i32>(task, config!(task.task_pid)) as u32;
     let tgid = Direct::read::<i32>(task, config!(task.task_tgid)) as u32;
-    let now = IterSeen {
-        runtime: Direct::read::<u64>(task, config!(task.task_runtime)),
-        start: Direct::read::<u64>(task, config!(task.task_start)),
-        cgroups: Direct::read::<u64>(task, config!(task.task_cgroups)),
-        sig_runtime: if tid == tgid {
-            let sig = Direct::ptr(task, config!(task.task_signal));
-            if sig.is_null() {
-                0
-            } else {
-                Direct::read::<u64>(sig, config!(task.sig_runtime))
-            }
-        } else {
+    let sig_runtime = if tid == tgid {
+        let sig = Direct::ptr(task, config!(task.task_signal));
+        if sig.is_null() {
             0
-        },
-        generation: ctl(ITER_CTL_GEN),
+        } else {
+            Direct::read::<u64>(sig, config!(task.sig_runtime))
+        }
+    } else {
+        0
+    };
+    let now = IterSeen {
+        tid,
+        generation: ctl(ITER_CTL_GEN) as u32,
+        print: seen_print(
+            Direct::read::<u64>(task, config!(task.task_runtime)),
+            Direct::read::<u64>(task, config!(task.task_start)),
+            sig_runtime,
+        ),
+        cgroups: Direct::read::<u64>(task, config!(task.task_cgroups)),
     };
     let refresh = (tid as u64)
         .wrapping_add(ctl(ITER_CTL_WALK))
         .is_multiple_of(ITER_REFRESH_WALKS);
-    let seen = ITER_SEEN.get_ptr_mut(tid);
+    let seen = seen_slot(tid);
     if let Some(s) = seen {
-        // SAFETY: the map's value for `tid`, written only by this program (one walk at a
-        // time) and removed only when the task is gone.
+        // SAFETY: the map's slot for `tid`, written by this program (one walk at a time)
+        // and cleared by the exit hooks.
         let s = unsafe { &*s };
         if !refresh
-            && s.runtime == now.runtime
-            && s.start == now.start
+            && s.tid == tid
+            && s.print == now.print
             && s.cgroups == now.cgroups
-            && s.sig_runtime == now.sig_runtime
             && s.generation == now.generation
         {
             let mark = [tid, tgid, REC_SAME, 0];
@@ -137,15 +141,9 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
     }
     // Remembered only once all of it is in the buffer: a task whose records overflowed it
     // is shown again at the next read, and must be written in full then too.
-    if written {
-        match seen {
-            // SAFETY: as above; the element stays valid for this run (RCU).
-            Some(s) => unsafe { *s = now },
-            // A full map leaves the thread without an entry: written in full every walk.
-            None => {
-                let _ = ITER_SEEN.insert(tid, now, 0);
-            }
-        }
+    if written && let Some(s) = seen {
+        // SAFETY: as above; an array's element lives as long as the map.
+        unsafe { *s = now };
     }
     0
 }

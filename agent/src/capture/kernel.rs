@@ -430,6 +430,8 @@ impl KernelCapture {
         kc.syscalls = syscalls::NRS;
         kc.compat_syscalls = syscalls::COMPAT_NRS;
         kc.page_size = page_size();
+        let seen_slots = iter_seen_slots(cfg.max_threads);
+        kc.iter_seen_mask = u64::from(seen_slots - 1);
         if cfg.wake_on_exec {
             kc.flags |= agent_common::CONFIG_WAKE_ON_EXEC;
         }
@@ -494,7 +496,7 @@ impl KernelCapture {
             .map_max_entries("PROC_STATS", cfg.max_processes)
             .map_max_entries("START_OF", cfg.max_processes)
             .map_max_entries("THREADS", cfg.max_threads)
-            .map_max_entries("ITER_SEEN", cfg.max_threads)
+            .map_max_entries("ITER_SEEN", seen_slots)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes())
             .map_max_entries("BLOCK_PENDING", cfg.max_block_requests)
             .map_max_entries("SOCK_OWNER", cfg.max_sockets)
@@ -1160,6 +1162,17 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureEr
 }
 
 /// Loads the task iterator and makes its link; the error says why it cannot run here.
+/// Slots of the task iterator's `ITER_SEEN` array for `max_threads` threads: a power of
+/// two (a thread's slot is its tid masked) at least twice as many, so that few live
+/// threads share one (those that do are written in full at every walk); at most 2²² (96
+/// MiB of kernel memory at 24 bytes a slot; 1.5 MiB for the default 32,768 threads).
+fn iter_seen_slots(max_threads: u32) -> u32 {
+    max_threads
+        .saturating_mul(2)
+        .clamp(64, 1 << 22)
+        .next_power_of_two()
+}
+
 fn attach_iter(ebpf: &mut Ebpf, btf: Option<&Btf>, kc: &KernelConfig) -> Result<OwnedFd, String> {
     let Some(btf) = btf else {
         return Err("the task iterator needs the kernel's BTF (/sys/kernel/btf/vmlinux)".into());
