@@ -50,6 +50,10 @@ pub enum Bench {
         /// cost per tick and the agent's footprint only.
         #[arg(long)]
         no_slowdown: bool,
+        /// Only the slowdown benchmarks whose name holds this text (e.g. `hackbench`),
+        /// and none of the footprint parts.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Criterion micro-benchmarks: aggregate (1,000 processes a tick), record writes, the
     /// publish spool and summary encoding, forecasts (1,000 workloads a tick) and
@@ -70,10 +74,12 @@ pub fn run(b: Bench) -> Result<()> {
             iterations,
             before,
             no_slowdown,
+            only,
         } => overhead(
             if no_slowdown { 0 } else { rounds },
             iterations,
             before.as_deref(),
+            only.as_deref(),
         ),
         Bench::Ab(a) => crate::ab::run(&a),
         Bench::Placement(a) => crate::placement::run(&a),
@@ -110,7 +116,12 @@ struct Variant {
 /// A workload measured with and without the agent: its time per unit, ns.
 type Workload<'a> = (&'a str, Box<dyn Fn() -> f64 + 'a>);
 
-fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()> {
+fn overhead(
+    rounds: usize,
+    iterations: u64,
+    before: Option<&Path>,
+    only: Option<&str>,
+) -> Result<()> {
     if !util::is_root() {
         bail!("the overhead benchmark loads the agent: run it as root");
     }
@@ -189,29 +200,63 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
         "Load average at the start: {}\n\n",
         load_average()
     ));
-    md.push_str("| benchmark | agent | without (median) | with (median) | slowdown |\n|---|---|---|---|---|\n");
-    for ((name, work), all_variants) in workloads.iter().filter(|_| rounds > 0) {
+    md.push_str("| benchmark | agent | without (median) | with (median) | slowdown | paired |\n|---|---|---|---|---|---|\n");
+    let chosen = |name: &str| only.is_none_or(|o| name.contains(o));
+    let mut charged_rows = String::new();
+    for ((name, work), all_variants) in workloads
+        .iter()
+        .filter(|((name, _), _)| rounds > 0 && chosen(name))
+    {
         for v in variants
             .iter()
             .take(if *all_variants { variants.len() } else { 1 })
         {
             let rounds = if *all_variants { rounds } else { rounds.min(3) };
+            // The build spawns hundreds of processes: the agent's hooks run for each.
+            let charged = &name.contains("cargo build");
             util::step(&format!("{name}, {}: {rounds} alternating rounds", v.name));
             let mut without = Vec::new();
             let mut with = Vec::new();
+            // Each round's with / without: the two runs of a round share its drift.
+            let mut paired = Vec::new();
+            let mut shares = Vec::new();
             for r in 0..rounds {
                 // Alternate the order so that drift hits both sides alike.
                 let first_with = r % 2 == 1;
                 for agent_on in [first_with, !first_with] {
+                    // Both sides start alike: the last run's writes on disk, and the same
+                    // pause (a build right after the last one's writes competed with
+                    // their writeback: 27% slower than one after the agent's settling).
+                    // SAFETY: sync(2) takes no arguments and cannot fail.
+                    unsafe { libc::sync() };
                     let ns = if agent_on {
                         let agent = Agent::start(&v.bin, &v.args)?;
                         // The agent's start-up (BTF, model, its first sight of every
                         // process) is not what is measured: its steady state is.
                         thread::sleep(SETTLE);
+                        // What the agent itself used meanwhile (its threads, and its
+                        // programs' run time: bpf_stats, on for this run only), against
+                        // the CPU time of the work's child processes: a share no
+                        // run-to-run noise blurs.
+                        let measure = *charged;
+                        if measure {
+                            set_bpf_stats(true)?;
+                        }
+                        let (a0, p0, c0) = (agent.cpu_ns()?, progs_ns(&agent)?, children_cpu_ns());
                         let ns = work();
+                        let c1 = children_cpu_ns();
+                        let (a1, p1) = (agent.cpu_ns()?, progs_ns(&agent)?);
+                        if measure {
+                            set_bpf_stats(false)?;
+                            shares.push(
+                                ((a1 - a0) + (p1 - p0)) as f64
+                                    / c1.saturating_sub(c0).max(1) as f64,
+                            );
+                        }
                         agent.stop()?;
                         ns
                     } else {
+                        thread::sleep(SETTLE);
                         work()
                     };
                     eprintln!(
@@ -224,19 +269,43 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
                         without.push(ns)
                     }
                 }
+                paired.push(with[r] / without[r]);
             }
             let (m_without, m_with) = (median(&mut without), median(&mut with));
             md.push_str(&format!(
-                "| {name} | {} | {m_without:.0} | {m_with:.0} | {:.2}% |\n",
+                "| {name} | {} | {m_without:.0} | {m_with:.0} | {:.2}% | {:.2}% |\n",
                 v.name,
-                (m_with / m_without - 1.0) * 100.0
+                (m_with / m_without - 1.0) * 100.0,
+                (median(&mut paired) - 1.0) * 100.0
             ));
+            if !shares.is_empty() {
+                charged_rows.push_str(&format!(
+                    "| {name} | {} | {} |\n",
+                    v.name,
+                    shares
+                        .iter()
+                        .map(|s| format!("{:.2}%", s * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                ));
+            }
         }
     }
     md.push_str(&format!(
         "\nLoad average at the end of the slowdown runs: {}\n",
         load_average()
     ));
+    if !charged_rows.is_empty() {
+        md.push_str(&format!(
+            "\n| benchmark | agent | the agent's CPU (its threads and programs) per CPU time of the work, each round |\n|---|---|---|\n{charged_rows}"
+        ));
+    }
+    let out = dir.join("overhead.md");
+    if only.is_some() {
+        fs::write(&out, &md)?;
+        println!("{md}\n(written to {})", out.display());
+        return Ok(());
+    }
 
     util::step("per-program cost (bpf_stats) under the pinned ping-pong");
     md.push_str("\n| agent | program | runs | ns/run |\n|---|---|---|---|\n");
@@ -315,7 +384,6 @@ fn overhead(rounds: usize, iterations: u64, before: Option<&Path>) -> Result<()>
         let _ = s.wait();
     }
     md.push_str(&format!("\nLoad average at the end: {}\n", load_average()));
-    let out = dir.join("overhead.md");
     fs::write(&out, &md)?;
     println!("{md}\n(written to {})", out.display());
     Ok(())
@@ -578,6 +646,23 @@ fn prog_ids(pid: u32) -> Result<std::collections::HashSet<u64>> {
         }
     }
     Ok(ids)
+}
+
+/// Run time of all the agent's programs so far, ns (0 while bpf_stats is off).
+fn progs_ns(agent: &Agent) -> Result<u64> {
+    Ok(prog_stats(agent.child.id())?
+        .iter()
+        .map(|(_, cnt, ns)| (*cnt as f64 * ns) as u64)
+        .sum())
+}
+
+/// User and system CPU time of this process's reaped children so far, ns.
+fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
 fn prog_stats(pid: u32) -> Result<Vec<(String, u64, f64)>> {
