@@ -213,7 +213,7 @@ fn overhead(
         {
             let rounds = if *all_variants { rounds } else { rounds.min(3) };
             // The build spawns hundreds of processes: the agent's hooks run for each.
-            let charged = &name.contains("cargo build");
+            let charged = name.contains("cargo build");
             util::step(&format!("{name}, {}: {rounds} alternating rounds", v.name));
             let mut without = Vec::new();
             let mut with = Vec::new();
@@ -238,21 +238,22 @@ fn overhead(
                         // programs' run time: bpf_stats, on for this run only), against
                         // the CPU time of the work's child processes: a share no
                         // run-to-run noise blurs.
-                        let measure = *charged;
-                        if measure {
+                        let ns = if charged {
                             set_bpf_stats(true)?;
-                        }
-                        let (a0, p0, c0) = (agent.cpu_ns()?, progs_ns(&agent)?, children_cpu_ns());
-                        let ns = work();
-                        let c1 = children_cpu_ns();
-                        let (a1, p1) = (agent.cpu_ns()?, progs_ns(&agent)?);
-                        if measure {
+                            let (a0, p0, c0) =
+                                (agent.cpu_ns()?, progs_ns(&agent)?, children_cpu_ns());
+                            let ns = work();
+                            let c1 = children_cpu_ns();
+                            let (a1, p1) = (agent.cpu_ns()?, progs_ns(&agent)?);
                             set_bpf_stats(false)?;
                             shares.push(
                                 ((a1 - a0) + (p1 - p0)) as f64
                                     / c1.saturating_sub(c0).max(1) as f64,
                             );
-                        }
+                            ns
+                        } else {
+                            work()
+                        };
                         agent.stop()?;
                         ns
                     } else {

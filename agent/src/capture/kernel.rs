@@ -1161,7 +1161,6 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureEr
     ebpf.take_map(name).ok_or(CaptureError::MissingMap { name })
 }
 
-/// Loads the task iterator and makes its link; the error says why it cannot run here.
 /// Slots of the task iterator's `ITER_SEEN` array for `max_threads` threads: a power of
 /// two (a thread's slot is its tid masked) at least twice as many, so that few live
 /// threads share one (those that do are written in full at every walk); at most 2²² (96
@@ -1173,6 +1172,7 @@ fn iter_seen_slots(max_threads: u32) -> u32 {
         .next_power_of_two()
 }
 
+/// Loads the task iterator and makes its link; the error says why it cannot run here.
 fn attach_iter(ebpf: &mut Ebpf, btf: Option<&Btf>, kc: &KernelConfig) -> Result<OwnedFd, String> {
     let Some(btf) = btf else {
         return Err("the task iterator needs the kernel's BTF (/sys/kernel/btf/vmlinux)".into());
