@@ -50,6 +50,11 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     let ret: i64 = tp_field_at::<_, 16>(ctx, PROG, config!(tp.sys_exit_ret))?;
     let p = proc_entry(PROG, current_key())?;
     add(&mut p.syscalls, 1);
+    if id < 0 {
+        // Not a syscall's exit (`rt_sigreturn`'s: its "return value" is the register it
+        // restored, often a pointer); the sets' unused slots are −1 too.
+        return Some(());
+    }
     let mask = config!(task.compat_mask);
     let compat = mask != 0 && {
         let task = unsafe { bpf_get_current_task() } as *const u8;
