@@ -15,7 +15,7 @@
 //! - [`simulate`]: recordings through allocation strategies (`umbra simulate`), with the
 //!   agent's own predictors and `decide`.
 
-/// Hash maps of the per-process hot path (capture, aggregate): keys are pids and workload
+/// Hash maps of the hot paths (capture, aggregate, the forecast tick): keys are pids and workload
 /// keys made by the kernel and this agent; foldhash (seeded per run) is several times
 /// faster than SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

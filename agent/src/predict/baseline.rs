@@ -19,12 +19,12 @@
 //! The last two, like their originals, learn from intervals the workload ran in (absent
 //! buckets add no sample). Every band is p10 ≤ p50 ≤ p90, at least 0, for each step.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Band, Batch, Forecast, PredictConfig, Predictor, PredictorKind, Series, Target};
-use crate::aggregate::WorkloadId;
+use crate::{FastMap, aggregate::WorkloadId};
 
 /// Names of the baselines, for `umbra eval`, `umbra simulate` and `predict.fallback`.
 pub const BASELINES: [&str; 5] = ["last", "ewma", "seasonal", "vpa", "autopilot"];
@@ -134,14 +134,14 @@ fn forecast(s: &Series<'_>, b: &Batch<'_>, name: &str, bands: [Vec<Band>; 4]) ->
 
 /// Per-workload state, let go when a workload leaves the batches.
 struct States<S> {
-    map: HashMap<WorkloadId, (u64, S)>,
+    map: FastMap<WorkloadId, (u64, S)>,
     tick: u64,
 }
 
 impl<S> States<S> {
     fn new() -> Self {
         States {
-            map: HashMap::new(),
+            map: FastMap::default(),
             tick: 0,
         }
     }
@@ -361,8 +361,101 @@ struct Seasonal {
     /// The last `2 · max_period` buckets' targets, oldest first.
     ys: [VecDeque<f32>; 4],
     period: [Option<usize>; 4],
+    /// Per target with a period `p`: its seasonal changes `ys[i] − ys[i − p]` (`i` in
+    /// `p..n`, rounded to `f32`) as sorted [`order_key32`]s, kept in step with `ys` — each
+    /// bucket one change leaves with the oldest value and one enters with the new — so the
+    /// band's percentiles are two lookups, not a selection over up to 288 changes per
+    /// target and bucket.
+    changes: [Vec<i32>; 4],
     /// Buckets until the period is looked for again.
     until_detect: usize,
+}
+
+impl Seasonal {
+    /// Target `i`'s value of a new bucket (the window kept `keep` long); with `detect`
+    /// (the longest period), the period is looked for again. `scratch` is for the search.
+    fn push(
+        &mut self,
+        i: usize,
+        y: f32,
+        keep: usize,
+        detect: Option<usize>,
+        scratch: &mut Vec<f64>,
+    ) {
+        let (q, changes) = (&mut self.ys[i], &mut self.changes[i]);
+        let period = self.period[i].filter(|&p| p < q.len());
+        if let Some(p) = period
+            && q.len() >= keep
+        {
+            // The change that leaves with the oldest value.
+            if let Ok(at) = changes.binary_search(&change_key(q, p, p)) {
+                changes.remove(at);
+            }
+        }
+        q.push_back(y);
+        while q.len() > keep {
+            q.pop_front();
+        }
+        let n = q.len();
+        if let Some(p) = period {
+            let k = change_key(q, n - 1, p);
+            let at = changes.partition_point(|&x| x < k);
+            changes.insert(at, k);
+        }
+        if let Some(max_period) = detect {
+            scratch.clear();
+            scratch.extend(q.iter().map(|&v| v as f64));
+            let found = find_period(scratch, max_period);
+            if found != period {
+                self.period[i] = found;
+                changes.clear();
+                if let Some(p) = found.filter(|&p| p < n) {
+                    changes.extend((p..n).map(|j| change_key(q, j, p)));
+                    changes.sort_unstable();
+                }
+            }
+        }
+    }
+}
+
+/// `ys[i] − ys[i − p]`, rounded to `f32`, as its [`order_key32`].
+#[inline]
+fn change_key(ys: &VecDeque<f32>, i: usize, p: usize) -> i32 {
+    order_key32((ys[i] as f64 - ys[i - p] as f64) as f32)
+}
+
+/// [`order_key`] for `f32`.
+#[inline]
+fn order_key32(x: f32) -> i32 {
+    let b = x.to_bits() as i32;
+    b ^ (((b >> 31) as u32) >> 1) as i32
+}
+
+#[inline]
+fn from_order_key32(k: i32) -> f32 {
+    f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
+}
+
+/// The 10th and 90th percentiles of sorted [`order_key32`]s, numpy's linear
+/// interpolation (as [`p10_p90`]).
+fn p10_p90_sorted(v: &[i32]) -> (f64, f64) {
+    let n = v.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let at = |q: f64| -> f64 {
+        let pos = q * (n - 1) as f64;
+        let lo = pos.floor() as usize;
+        let f = pos - lo as f64;
+        let a = from_order_key32(v[lo]) as f64;
+        if f > 0.0 {
+            let b = from_order_key32(v[(lo + 1).min(n - 1)]) as f64;
+            a + (b - a) * f
+        } else {
+            a
+        }
+    };
+    (at(0.1), at(0.9))
 }
 
 /// Buckets between period searches.
@@ -451,6 +544,7 @@ impl Predictor for SeasonalNaive {
                 let st = self.state.get(s.workload, || Seasonal {
                     ys: Default::default(),
                     period: [None; 4],
+                    changes: Default::default(),
                     // Spread the searches of workloads over the buckets.
                     until_detect: s.workload.0.len() % REDETECT_EVERY,
                 });
@@ -462,29 +556,30 @@ impl Predictor for SeasonalNaive {
                 };
                 let bands = Target::ALL.map(|t| {
                     let i = t as usize;
-                    let q = &mut st.ys[i];
-                    q.push_back(s.last(t) as f32);
-                    while q.len() > keep {
-                        q.pop_front();
-                    }
-                    ys.clear();
-                    ys.extend(q.iter().map(|&v| v as f64));
-                    if detect {
-                        st.period[i] = find_period(&ys, max_period);
-                    }
-                    let n = ys.len();
+                    st.push(
+                        i,
+                        s.last(t) as f32,
+                        keep,
+                        detect.then_some(max_period),
+                        &mut ys,
+                    );
+                    let q = &st.ys[i];
+                    let n = q.len();
                     match st.period[i].filter(|&p| p < n) {
-                        Some(p) => empirical_bands(
-                            &ys,
-                            h_max,
-                            |h| ys[n - 1 + h - p * h.div_ceil(p)],
-                            |_| p,
-                            &mut scratch,
-                        ),
+                        Some(p) => {
+                            let (lo, hi) = p10_p90_sorted(&st.changes[i]);
+                            (1..=h_max)
+                                .map(|h| {
+                                    let p50 = q[n - 1 + h - p * h.div_ceil(p)] as f64;
+                                    band(p50 + lo, p50, p50 + hi)
+                                })
+                                .collect()
+                        }
                         None => {
-                            let last = ys.last().copied().unwrap_or(0.0);
-                            let tail = &ys[n.saturating_sub(24)..];
-                            empirical_bands(tail, h_max, |_| last, |h| h, &mut scratch)
+                            let last = q.back().map_or(0.0, |&v| v as f64);
+                            ys.clear();
+                            ys.extend(q.range(n.saturating_sub(24)..).map(|&v| v as f64));
+                            empirical_bands(&ys, h_max, |_| last, |h| h, &mut scratch)
                         }
                     }
                 });
@@ -872,12 +967,73 @@ mod tests {
         }
 
         #[test]
+        fn p10_p90_of_sorted_keys_is_numpys(v in proptest::collection::vec(-1e3f32..1e3, 0..300)) {
+            let mut sorted: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            let want = quantiles(&mut sorted, &[0.1, 0.9]);
+            let mut keys: Vec<i32> = v.iter().map(|&x| order_key32(x)).collect();
+            keys.sort_unstable();
+            let got = p10_p90_sorted(&keys);
+            proptest::prop_assert_eq!(got, (want[0], want[1]));
+        }
+
+        /// The changes kept in step bucket by bucket are the changes of the window as it
+        /// is: through the window filling, periods found, changed and lost.
+        #[test]
+        fn seasonal_changes_kept_in_step_are_the_windows(
+            parts in proptest::collection::vec((2usize..30, 0u32..3, 1usize..80), 1..8),
+            seed in 0u64..1000,
+        ) {
+            let (keep, max_period) = (96, 48);
+            let mut st = Seasonal {
+                ys: Default::default(),
+                period: [None; 4],
+                changes: Default::default(),
+                until_detect: 0,
+            };
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut scratch = Vec::new();
+            let mut k = 0usize;
+            for (period, shape, len) in parts {
+                for _ in 0..len {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let noise = (x % 100) as f32 / 100.0;
+                    let y = match shape {
+                        0 => ((k % period) < period / 2) as u8 as f32 * 10.0 + noise,
+                        1 => (k % period) as f32 + noise * 0.1,
+                        _ => noise * 50.0,
+                    };
+                    st.push(0, y, keep, k.is_multiple_of(7).then_some(max_period), &mut scratch);
+                    k += 1;
+                    let q = &st.ys[0];
+                    let mut want: Vec<i32> = match st.period[0] {
+                        Some(p) => (p..q.len()).map(|j| change_key(q, j, p)).collect(),
+                        None => Vec::new(),
+                    };
+                    want.sort_unstable();
+                    proptest::prop_assert!(q.len() <= keep);
+                    proptest::prop_assert_eq!(&st.changes[0], &want, "bucket {}", k);
+                }
+            }
+        }
+
+        #[test]
         fn order_keys_sort_as_total_cmp_and_map_back(
             a in proptest::num::f64::ANY,
             b in proptest::num::f64::ANY,
         ) {
             proptest::prop_assert_eq!(order_key(a).cmp(&order_key(b)), a.total_cmp(&b));
             proptest::prop_assert_eq!(from_order_key(order_key(a)).to_bits(), a.to_bits());
+        }
+
+        #[test]
+        fn f32_order_keys_sort_as_total_cmp_and_map_back(
+            a in proptest::num::f32::ANY,
+            b in proptest::num::f32::ANY,
+        ) {
+            proptest::prop_assert_eq!(order_key32(a).cmp(&order_key32(b)), a.total_cmp(&b));
+            proptest::prop_assert_eq!(from_order_key32(order_key32(a)).to_bits(), a.to_bits());
         }
     }
 

@@ -17,7 +17,7 @@
 //! every earlier one; a damaged file is an error naming it, and calibration starts over.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     fs,
     io::Write,
     path::{Path, PathBuf},
@@ -29,7 +29,7 @@ use super::{
     Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target,
     framed::{Format, Unframed},
 };
-use crate::aggregate::WorkloadId;
+use crate::{FastMap, aggregate::WorkloadId};
 
 pub const MAGIC: &[u8; 8] = b"UMBRACAL";
 /// The format version this build writes (and the newest it reads).
@@ -89,27 +89,6 @@ impl PartialEq for Ring {
 }
 
 impl Ring {
-    fn push(&mut self, s: f32, cap: usize) {
-        self.sync();
-        let new_at = self.sorted.partition_point(|x| x.total_cmp(&s).is_lt());
-        if self.v.len() >= cap
-            && let Some(old) = self.v.pop_front()
-        {
-            // `s` takes `old`'s place in the sorted copy: one shift of what lies between.
-            let old_at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
-            if new_at > old_at {
-                self.sorted.copy_within(old_at + 1..new_at, old_at);
-                self.sorted[new_at - 1] = s;
-            } else {
-                self.sorted.copy_within(new_at..old_at, new_at + 1);
-                self.sorted[new_at] = s;
-            }
-        } else {
-            self.sorted.insert(new_at, s);
-        }
-        self.v.push_back(s);
-    }
-
     /// A push that leaves the sorted copy to be made when a quantile is next asked for
     /// (rings written every tick and read seldom: the pooled scores).
     fn push_unsorted(&mut self, s: f32, cap: usize) {
@@ -149,6 +128,109 @@ struct Cell {
     scores: Ring,
 }
 
+/// A workload's cells in one allocation: per cell its ACI level, and a ring of its last
+/// `cap` scores beside the same scores sorted, kept in step with each push (a quantile is
+/// a lookup). All of a workload's cells are touched every bucket: together they are read
+/// from one stretch of memory, not from two small allocations per cell.
+struct Cells {
+    cap: usize,
+    alpha: Vec<f32>,
+    /// Per cell: the scores held, and the ring's oldest slot once full.
+    len: Vec<u32>,
+    head: Vec<u32>,
+    /// Per cell `2 · cap` values: the ring, then the sorted scores (the first `len`).
+    data: Vec<f32>,
+}
+
+impl Cells {
+    fn new(n: usize, cap: usize, alpha: f32) -> Cells {
+        let cap = cap.max(1);
+        Cells {
+            cap,
+            alpha: vec![alpha; n],
+            len: vec![0; n],
+            head: vec![0; n],
+            data: vec![0.0; n * 2 * cap],
+        }
+    }
+
+    /// From saved cells: each ring's newest `cap` scores, oldest first.
+    fn from_saved(cells: &[Cell], cap: usize) -> Cells {
+        let mut c = Cells::new(cells.len(), cap, 0.0);
+        for (i, cell) in cells.iter().enumerate() {
+            c.alpha[i] = cell.alpha;
+            let v = &cell.scores.v;
+            for &s in v.range(v.len().saturating_sub(c.cap)..) {
+                c.push(i, s);
+            }
+        }
+        c
+    }
+
+    /// As saved: each ring oldest first.
+    fn saved(&self) -> Vec<Cell> {
+        (0..self.alpha.len())
+            .map(|i| {
+                let (ring, _) = self.split(i);
+                let (n, h) = (self.len[i] as usize, self.head[i] as usize);
+                let v: VecDeque<f32> = (0..n).map(|j| ring[(h + j) % self.cap]).collect();
+                Cell {
+                    alpha: self.alpha[i],
+                    scores: Ring {
+                        v,
+                        sorted: Vec::new(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn split(&self, i: usize) -> (&[f32], &[f32]) {
+        self.data[i * 2 * self.cap..(i + 1) * 2 * self.cap].split_at(self.cap)
+    }
+
+    fn scores(&self, i: usize) -> usize {
+        self.len[i] as usize
+    }
+
+    fn push(&mut self, i: usize, s: f32) {
+        let cap = self.cap;
+        let (n, h) = (self.len[i] as usize, self.head[i] as usize);
+        let (ring, sorted) = self.data[i * 2 * cap..(i + 1) * 2 * cap].split_at_mut(cap);
+        let new_at = sorted[..n].partition_point(|x| x.total_cmp(&s).is_lt());
+        if n >= cap {
+            let old = ring[h];
+            ring[h] = s;
+            self.head[i] = ((h + 1) % cap) as u32;
+            // `s` takes `old`'s place in the sorted scores: one shift of what lies between.
+            let old_at = sorted[..n].partition_point(|x| x.total_cmp(&old).is_lt());
+            if new_at > old_at {
+                sorted.copy_within(old_at + 1..new_at, old_at);
+                sorted[new_at - 1] = s;
+            } else {
+                sorted.copy_within(new_at..old_at, new_at + 1);
+                sorted[new_at] = s;
+            }
+        } else {
+            ring[(h + n) % cap] = s;
+            sorted.copy_within(new_at..n, new_at + 1);
+            sorted[new_at] = s;
+            self.len[i] += 1;
+        }
+    }
+
+    /// The `level` quantile of cell `i`'s scores, as [`Ring::quantile`].
+    fn quantile(&self, i: usize, level: f64) -> f64 {
+        let n = self.len[i] as usize;
+        if n == 0 {
+            return 0.0;
+        }
+        let (_, sorted) = self.split(i);
+        let k = ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n);
+        sorted[k - 1] as f64
+    }
+}
+
 /// A band emitted and waiting for its outcome: the inner band, its width, and the band
 /// emitted after calibration (the one coverage is judged on).
 #[derive(Clone, Copy, Debug)]
@@ -163,7 +245,7 @@ struct Pending {
 struct Workload {
     seen: u64,
     /// `[target][step]` flattened: `t · horizon + h`.
-    cells: Vec<Cell>,
+    cells: Cells,
     /// Bands made at the last `horizon` buckets (newest last): when, and per cell.
     pending: VecDeque<(u64, Vec<Pending>)>,
 }
@@ -204,7 +286,7 @@ pub struct Calibrated {
     name: String,
     cfg: CalibrationConfig,
     horizon: usize,
-    workloads: HashMap<WorkloadId, Workload>,
+    workloads: FastMap<WorkloadId, Workload>,
     pool: Vec<Ring>,
     /// This tick's scores for `pool` (by index): pooled once the tick's bands are made, so
     /// a pool's sorted copy is made again at most once a tick, not after each workload.
@@ -227,7 +309,7 @@ impl Calibrated {
                 ..cfg.clone()
             },
             horizon,
-            workloads: HashMap::new(),
+            workloads: FastMap::default(),
             pool: vec![Ring::default(); 4 * horizon],
             pooling: Vec::new(),
             tick: 0,
@@ -268,7 +350,7 @@ impl Calibrated {
         let mut workloads: Vec<(String, Vec<Cell>)> = self
             .workloads
             .iter()
-            .map(|(k, w)| (k.0.clone(), w.cells.clone()))
+            .map(|(k, w)| (k.0.clone(), w.cells.saved()))
             .collect();
         workloads.sort_by(|a, b| a.0.cmp(&b.0));
         Saved {
@@ -306,7 +388,7 @@ impl Calibrated {
             .collect();
         self.pool = remap(&pool, &fresh).into_iter().map(|c| c.scores).collect();
         for (k, cells) in s.workloads.into_iter().take(self.cfg.max_workloads) {
-            let cells = remap(&cells, &fresh);
+            let cells = Cells::from_saved(&remap(&cells, &fresh), self.cfg.scores);
             self.workloads.insert(
                 WorkloadId(k),
                 Workload {
@@ -384,32 +466,27 @@ impl Predictor for Calibrated {
                     .entry(s.workload.clone())
                     .or_insert_with(|| Workload {
                         seen: tick,
-                        cells: vec![
-                            Cell {
-                                alpha,
-                                scores: Ring::default(),
-                            };
-                            4 * h_n
-                        ],
+                        cells: Cells::new(4 * h_n, cap, alpha),
                         pending: VecDeque::new(),
                     }),
             };
             w.seen = tick;
             // Score the bands whose outcome is this bucket.
             if let Some(newest) = s.buckets.last().filter(|x| x.end_ms == b.now_ms) {
-                for (made, cells) in &w.pending {
-                    let Some(steps) = b.now_ms.checked_sub(*made).map(|d| d / interval.max(1))
-                    else {
-                        continue;
-                    };
-                    if steps == 0 || steps as usize > h_n || made + steps * interval != b.now_ms {
-                        continue;
-                    }
-                    let h = steps as usize - 1;
-                    for t in Target::ALL {
-                        let i = t as usize * h_n + h;
+                // Target by target, newest band first: the cells in the order they lie.
+                for t in Target::ALL {
+                    let y = newest.target(t) as f32;
+                    for (made, cells) in w.pending.iter().rev() {
+                        let Some(steps) = b.now_ms.checked_sub(*made).map(|d| d / interval.max(1))
+                        else {
+                            continue;
+                        };
+                        if steps == 0 || steps as usize > h_n || made + steps * interval != b.now_ms
+                        {
+                            continue;
+                        }
+                        let i = t as usize * h_n + steps as usize - 1;
                         let p = cells[i];
-                        let y = newest.target(t) as f32;
                         let score = (p.lo - y).max(y - p.hi) / p.width;
                         let err = if y < p.cal_lo || y > p.cal_hi {
                             1.0
@@ -418,10 +495,10 @@ impl Predictor for Calibrated {
                         };
                         self.scored += 1;
                         self.covered += (err == 0.0) as u64;
-                        let c = &mut w.cells[i];
-                        c.alpha = (c.alpha + gamma * (alpha - err)).clamp(-1.0, 2.0);
+                        let a = &mut w.cells.alpha[i];
+                        *a = (*a + gamma * (alpha - err)).clamp(-1.0, 2.0);
                         if score.is_finite() {
-                            c.scores.push(score, cap);
+                            w.cells.push(i, score);
                             self.pooling.push((i as u32, score));
                         }
                     }
@@ -447,10 +524,9 @@ impl Predictor for Calibrated {
                         });
                         continue;
                     };
-                    let c = &mut w.cells[i];
-                    let level = 1.0 - c.alpha as f64;
-                    let q = if c.scores.v.len() >= MIN_SCORES {
-                        c.scores.quantile(level)
+                    let level = 1.0 - w.cells.alpha[i] as f64;
+                    let q = if w.cells.scores(i) >= MIN_SCORES {
+                        w.cells.quantile(i, level)
                     } else if self.pool[i].v.len() >= MIN_SCORES {
                         self.pool[i].quantile(level)
                     } else {
@@ -823,31 +899,33 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn a_ring_quantile_is_the_order_statistic_of_its_last_scores(
+        fn a_cell_quantile_is_the_order_statistic_of_its_last_scores(
             scores in proptest::collection::vec(-5.0f32..5.0, 1..200),
             cap in 1usize..40,
             level in 0.0f64..1.0,
             reread in 0usize..200,
         ) {
-            let mut r = Ring::default();
+            // Three cells, the scores pushed into the middle one.
+            let mut c = Cells::new(3, cap, 0.1);
             let mut lazy = Ring::default();
             for (i, s) in scores.iter().enumerate() {
-                r.push(*s, cap);
+                c.push(1, *s);
                 lazy.push_unsorted(*s, cap);
-                // A ring read back from a file has no sorted copy yet.
+                // Cells read back from a file.
                 if i == reread {
-                    r = Ring { v: r.v.clone(), sorted: Vec::new() };
+                    c = Cells::from_saved(&c.saved(), cap);
                 }
             }
             let mut last: Vec<f32> = scores[scores.len().saturating_sub(cap)..].to_vec();
+            let saved = c.saved();
+            proptest::prop_assert_eq!(saved[1].scores.v.iter().copied().collect::<Vec<_>>(), last.clone());
+            proptest::prop_assert!(saved[0].scores.v.is_empty() && saved[2].scores.v.is_empty());
             last.sort_unstable_by(f32::total_cmp);
             let n = last.len();
             let k = ((level * (n + 1) as f64).ceil() as usize).clamp(1, n);
-            // Kept in step by each push, not rebuilt (unless just read back).
-            if reread + 1 != scores.len() {
-                proptest::prop_assert_eq!(&r.sorted, &last);
-            }
-            proptest::prop_assert_eq!(r.quantile(level), last[k - 1] as f64);
+            proptest::prop_assert_eq!(&c.split(1).1[..n], &last[..]);
+            proptest::prop_assert_eq!(c.quantile(1, level), last[k - 1] as f64);
+            proptest::prop_assert_eq!(c.quantile(0, level), 0.0);
             proptest::prop_assert_eq!(lazy.quantile(level), last[k - 1] as f64);
         }
 

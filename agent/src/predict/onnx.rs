@@ -7,8 +7,6 @@
 //! a row with a non-finite feature or output is forecast by the last-value baseline from
 //! its own window instead (counted), so the stage never emits garbage.
 
-use std::collections::HashMap;
-
 use super::{
     Band, Batch, Bucket, Forecast, LEVELS, Predictor, PredictorKind, Series, Target,
     baseline::LastValue,
@@ -153,7 +151,7 @@ pub struct OnnxForecaster {
     qs: Vec<f32>,
     /// Each workload's window as last transformed, kept between batches: a closed
     /// bucket does not change, so it is transformed once, not once per window it is in.
-    steps: HashMap<crate::aggregate::WorkloadId, Steps>,
+    steps: crate::FastMap<crate::aggregate::WorkloadId, Steps>,
     scratch: Vec<Step>,
     pub stats: ModelStats,
 }
@@ -212,7 +210,7 @@ impl OnnxForecaster {
             out: Vec::new(),
             chunk: Vec::new(),
             qs: Vec::new(),
-            steps: HashMap::new(),
+            steps: crate::FastMap::default(),
             scratch: Vec::new(),
             stats: ModelStats::default(),
             model,

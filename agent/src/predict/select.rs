@@ -11,10 +11,10 @@
 //! with the model. Each forecast names the predictor it came from (per target when they
 //! differ).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::{Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target};
-use crate::aggregate::WorkloadId;
+use crate::{FastMap, aggregate::WorkloadId};
 
 /// Forecast steps scored (the allocator reserves from the first few).
 pub const STEPS: usize = 2;
@@ -44,7 +44,7 @@ pub type MakeCandidates = Box<dyn Fn(usize) -> Vec<Box<dyn Predictor>> + Send>;
 pub struct Select {
     /// The primary first, then the candidates.
     all: Vec<Box<dyn Predictor>>,
-    tracks: HashMap<WorkloadId, Track>,
+    tracks: FastMap<WorkloadId, Track>,
     tick: u64,
     name: String,
     make: Option<MakeCandidates>,
@@ -57,7 +57,7 @@ impl Select {
         let name = all[0].name().to_string();
         Select {
             all,
-            tracks: HashMap::new(),
+            tracks: FastMap::default(),
             tick: 0,
             name,
             make: None,
