@@ -1,18 +1,23 @@
 //! What the predict stage adds to the agent's resident memory with its models loaded: the
 //! process's RSS before anything is loaded, after loading the forecaster (the benchmark's
 //! size, tests/fixtures/onnx/forecast_bench.onnx) and the request model, and after 100
-//! ticks of 1,000 workloads through the calibrated forecaster (its state full). Not
-//! criterion: memory is the point. `cargo bench -p umbra --bench predict_memory`.
+//! ticks of 1,000 workloads through the calibrated forecaster (its state full); then the
+//! live agent's stack (the shipped forecaster with the seasonal candidate competing,
+//! calibrated) after 300 ticks of 1,000 periodic workloads (the candidate's window of 288
+//! buckets full). Not criterion: memory is the point.
+//! `cargo bench -p umbra --bench predict_memory`.
 
 use umbra::{
     aggregate::WorkloadId,
     predict::{
-        Batch, Bucket, Predictor, Series,
+        Batch, Bucket, PredictConfig, Predictor, Series, baseline,
         calibrate::{Calibrated, CalibrationConfig},
         features::N_FEATURES,
         onnx::{Model, OnnxForecaster},
         runtime::default_runtime,
         schema::ModelKind,
+        select::Select,
+        source::shipped,
     },
 };
 
@@ -104,5 +109,70 @@ fn main() {
         mib(after),
         mib(after.saturating_sub(loaded)),
         mib(peak)
+    );
+    drop(p);
+    // The live stack.
+    let cfg = PredictConfig::default();
+    let shipped = Model::load(
+        "forecast.onnx",
+        shipped::FORECAST.expect("models/forecast.onnx is shipped"),
+        ModelKind::Forecast,
+        rt.as_ref(),
+    )
+    .expect("the shipped forecaster");
+    let candidates = cfg
+        .candidates
+        .iter()
+        .filter_map(|c| baseline::by_name(c, &cfg))
+        .collect();
+    let mut live = Calibrated::new(
+        Box::new(Select::new(
+            Box::new(OnnxForecaster::new(shipped).expect("forecaster")),
+            candidates,
+        )),
+        &CalibrationConfig::default(),
+    );
+    let live_before = rss_bytes();
+    let mut live_peak = 0;
+    for t in 0..300u64 {
+        let bs: Vec<Vec<Bucket>> = (0..n)
+            .map(|i| {
+                (t..t + 24)
+                    .map(|k| {
+                        let mut f = [0.0f32; N_FEATURES];
+                        for (j, v) in f.iter_mut().enumerate() {
+                            *v = ((i as u64 * 31 + k * 7 + j as u64 * 3) % 97) as f32 * 10.0;
+                        }
+                        f[0] = ((i as u64 + k) % 13) as f32 * 0.1;
+                        f[N_FEATURES - 1] = 1.0;
+                        Bucket {
+                            end_ms: (k + 1) * 5000,
+                            features: f,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let batch = Batch {
+            now_ms: (t + 24) * 5000,
+            interval_ms: 5000,
+            series: ids
+                .iter()
+                .zip(&bs)
+                .map(|(id, b)| Series {
+                    workload: id,
+                    name: "w",
+                    buckets: b,
+                })
+                .collect(),
+        };
+        std::hint::black_box(live.forecast(&batch));
+        live_peak = live_peak.max(rss_bytes());
+    }
+    println!(
+        "predict memory, live stack: RSS {:.1} MiB before, {:.1} MiB after 300 ticks of {n} periodic workloads (peak {:.1})",
+        mib(live_before),
+        mib(rss_bytes()),
+        mib(live_peak)
     );
 }

@@ -367,13 +367,15 @@ struct Seasonal {
     /// band's percentiles are two lookups, not a selection over up to 288 changes per
     /// target and bucket.
     changes: [Vec<i32>; 4],
-    /// Buckets until the period is looked for again.
+    /// Buckets until the period is looked for again, and between two searches now.
     until_detect: usize,
+    every: usize,
 }
 
 impl Seasonal {
     /// Target `i`'s value of a new bucket (the window kept `keep` long); with `detect`
     /// (the longest period), the period is looked for again. `scratch` is for the search.
+    /// Whether the period changed.
     fn push(
         &mut self,
         i: usize,
@@ -381,7 +383,7 @@ impl Seasonal {
         keep: usize,
         detect: Option<usize>,
         scratch: &mut Vec<f64>,
-    ) {
+    ) -> bool {
         let (q, changes) = (&mut self.ys[i], &mut self.changes[i]);
         let period = self.period[i].filter(|&p| p < q.len());
         if let Some(p) = period
@@ -410,11 +412,28 @@ impl Seasonal {
                 self.period[i] = found;
                 changes.clear();
                 if let Some(p) = found.filter(|&p| p < n) {
+                    changes.reserve_exact(keep - p);
                     changes.extend((p..n).map(|j| change_key(q, j, p)));
                     changes.sort_unstable();
                 }
+                return true;
             }
         }
+        false
+    }
+
+    /// After a search: the next one in [`REDETECT_EVERY`] buckets while the window fills
+    /// or after the period changed, else twice as late as the last, up to
+    /// [`REDETECT_MAX`] (a search is the candidate's largest cost; a window of `keep`
+    /// buckets changes little in a few).
+    fn searched(&mut self, changed: bool, keep: usize) {
+        let full = self.ys.iter().all(|q| q.len() >= keep);
+        self.every = if changed || !full {
+            REDETECT_EVERY
+        } else {
+            (self.every * 2).min(REDETECT_MAX)
+        };
+        self.until_detect = self.every;
     }
 }
 
@@ -458,8 +477,9 @@ fn p10_p90_sorted(v: &[i32]) -> (f64, f64) {
     (at(0.1), at(0.9))
 }
 
-/// Buckets between period searches.
+/// Buckets between period searches, at first and at most.
 const REDETECT_EVERY: usize = 12;
+const REDETECT_MAX: usize = 48;
 
 /// The period of `ys` (see the module's doc), if there is one.
 pub fn find_period(ys: &[f64], max_period: usize) -> Option<usize> {
@@ -542,21 +562,20 @@ impl Predictor for SeasonalNaive {
             .iter()
             .map(|s| {
                 let st = self.state.get(s.workload, || Seasonal {
-                    ys: Default::default(),
+                    // Of the window's size (grown by doubling, a ring would reach 512).
+                    ys: std::array::from_fn(|_| VecDeque::with_capacity(keep)),
                     period: [None; 4],
                     changes: Default::default(),
                     // Spread the searches of workloads over the buckets.
                     until_detect: s.workload.0.len() % REDETECT_EVERY,
+                    every: REDETECT_EVERY,
                 });
                 let detect = st.until_detect == 0;
-                st.until_detect = if detect {
-                    REDETECT_EVERY
-                } else {
-                    st.until_detect - 1
-                };
+                st.until_detect = st.until_detect.saturating_sub(1);
+                let mut changed = false;
                 let bands = Target::ALL.map(|t| {
                     let i = t as usize;
-                    st.push(
+                    changed |= st.push(
                         i,
                         s.last(t) as f32,
                         keep,
@@ -583,6 +602,9 @@ impl Predictor for SeasonalNaive {
                         }
                     }
                 });
+                if detect {
+                    st.searched(changed, keep);
+                }
                 forecast(s, b, "seasonal", bands)
             })
             .collect();
@@ -989,6 +1011,7 @@ mod tests {
                 period: [None; 4],
                 changes: Default::default(),
                 until_detect: 0,
+                every: REDETECT_EVERY,
             };
             let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
             let mut scratch = Vec::new();
@@ -1076,6 +1099,67 @@ mod tests {
             .collect();
         assert_eq!(find_period(&noise, 144), None);
         assert_eq!(find_period(&[1.0; 50], 20), None);
+    }
+
+    /// Searches for the period back off while it holds and the window is full, come back
+    /// every 12 buckets once it changes, and find the new one.
+    #[test]
+    fn period_searches_back_off_while_the_period_holds() {
+        let id = WorkloadId("exe:a".into());
+        let mut p = SeasonalNaive::new(6, &SeasonalConfig::default());
+        let keep = 2 * SeasonalConfig::default().max_period;
+        let square = |k: usize, period: usize| if k % period < period / 2 { 1.0 } else { 0.0 };
+        let ys: Vec<f64> = (0..900)
+            .map(|k| {
+                if k < 600 {
+                    square(k, 20)
+                } else {
+                    square(k, 30)
+                }
+            })
+            .collect();
+        let all = buckets(&ys);
+        let mut searches = Vec::new();
+        let mut found_30 = None;
+        for i in 0..all.len() {
+            let batch = Batch {
+                now_ms: all[i].end_ms,
+                interval_ms: 5000,
+                series: vec![Series {
+                    workload: &id,
+                    name: "a",
+                    buckets: &all[i..=i],
+                }],
+            };
+            p.forecast(&batch);
+            let st = &p.state.map[&id].1;
+            if st.until_detect == st.every {
+                searches.push((i, st.every, st.period[0]));
+            }
+            if i >= 600 && found_30.is_none() && st.period[0] == Some(30) {
+                found_30 = Some(i);
+            }
+        }
+        // While the window fills: every 13th bucket (12 between).
+        assert!(
+            searches.iter().filter(|s| s.0 < keep).all(|s| s.1 == 12),
+            "{searches:?}"
+        );
+        // The period 20 held with the window full: the spacing grew to 48.
+        assert!(
+            searches.iter().any(|s| s.0 < 600 && s.1 == 48),
+            "{searches:?}"
+        );
+        assert!(searches.iter().all(|s| s.1 <= 48), "{searches:?}");
+        // The new period was found, and searches came back to every 12 after it changed.
+        let at = found_30.unwrap_or_else(|| panic!("period 30 never found: {searches:?}"));
+        // The window (288 buckets) shows period 30 from bucket 828 on (after 20, then 60 —
+        // its multiple — for a while): found no later than one longest spacing after.
+        assert!((828..828 + 48).contains(&at), "found at {at}");
+        assert!(
+            searches.iter().any(|s| s.0 == at && s.1 == 12),
+            "{searches:?}"
+        );
     }
 
     #[test]
