@@ -6,27 +6,25 @@
 //! shipped request model.
 //! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use umbra::{
     aggregate::WorkloadId,
     predict::{
-        Batch, Bucket, PredictConfig, Predictor, Series, baseline,
+        PredictConfig, Predictor, baseline,
         calibrate::{Calibrated, CalibrationConfig},
         exec::{Exec, ProfileBaseline, RequestPredictor, load_request_model},
-        features::N_FEATURES,
         onnx::{Model, OnnxForecaster},
         profiles::{ProfileStore, Run},
         request::{DEFAULT_HASH_BUCKETS, ExecFacts, NodeLoad, RequestFeaturizer},
         runtime::default_runtime,
         schema::ModelKind,
-        select::Select,
         source::shipped,
     },
 };
-
-const WINDOW: usize = 24;
 
 /// The shipped forecaster, or the file `UMBRA_BENCH_FORECAST` names (another build of it,
 /// to compare in one run).
@@ -42,51 +40,6 @@ fn model() -> OnnxForecaster {
     OnnxForecaster::new(m).expect("a forecaster")
 }
 
-/// `n` workloads' windows of 24 buckets at tick `tick`, with busy, varied values: each
-/// tick the windows slide one bucket (one new bucket per workload, as live).
-fn windows(n: usize, tick: usize) -> Vec<Vec<Bucket>> {
-    (0..n)
-        .map(|i| {
-            (tick..tick + WINDOW)
-                .map(|k| {
-                    let mut f = [0.0f32; N_FEATURES];
-                    for (j, v) in f.iter_mut().enumerate() {
-                        *v = ((i * 31 + k * 7 + j * 3) % 97) as f32 * 10.0;
-                    }
-                    f[0] = ((i + k) % 13) as f32 * 0.1;
-                    f[N_FEATURES - 1] = 1.0;
-                    Bucket {
-                        end_ms: (k as u64 + 1) * 5000,
-                        features: f,
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn ids(n: usize) -> Vec<WorkloadId> {
-    (0..n)
-        .map(|i| WorkloadId(format!("exe:sha256:{i:064x}")))
-        .collect()
-}
-
-fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>]) -> Batch<'a> {
-    Batch {
-        now_ms: bs[0].last().map_or(0, |b| b.end_ms),
-        interval_ms: 5000,
-        series: ids
-            .iter()
-            .zip(bs)
-            .map(|(id, b)| Series {
-                workload: id,
-                name: "w",
-                buckets: b,
-            })
-            .collect(),
-    }
-}
-
 /// One tick of `p` per iteration, the clock moving on; the windows are made outside the
 /// measured time.
 fn bench_ticks(
@@ -100,9 +53,9 @@ fn bench_ticks(
         b.iter_batched(
             || {
                 tick += 1;
-                windows(ids.len(), tick)
+                common::windows(ids.len(), tick)
             },
-            |bs| black_box(p.forecast(black_box(&batch(ids, &bs)))).len(),
+            |bs| black_box(p.forecast(black_box(&common::batch(ids, &bs)))).len(),
             BatchSize::LargeInput,
         )
     });
@@ -111,23 +64,13 @@ fn bench_ticks(
 fn forecasts(c: &mut Criterion) {
     let mut g = c.benchmark_group("forecast");
     for n in [1usize, 1000] {
-        let ids = ids(n);
+        let ids = common::ids(n);
         g.throughput(Throughput::Elements(n as u64));
         bench_ticks(&mut g, format!("onnx/{n}"), &mut model(), &ids);
         let mut cal = Calibrated::new(Box::new(model()), &CalibrationConfig::default());
         bench_ticks(&mut g, format!("onnx+aci/{n}"), &mut cal, &ids);
         let cfg = PredictConfig::default();
-        // The live agent's stack: the model with the candidate baselines competing per
-        // workload (predict.candidates), calibrated.
-        let candidates = cfg
-            .candidates
-            .iter()
-            .filter_map(|c| baseline::by_name(c, &cfg))
-            .collect();
-        let mut live = Calibrated::new(
-            Box::new(Select::new(Box::new(model()), candidates)),
-            &CalibrationConfig::default(),
-        );
+        let mut live = common::live(model());
         bench_ticks(&mut g, format!("live/{n}"), &mut live, &ids);
         let mut fallback = baseline::by_name(&cfg.fallback, &cfg).expect("the fallback");
         bench_ticks(

@@ -7,18 +7,16 @@
 //! buckets full). Not criterion: memory is the point.
 //! `cargo bench -p umbra --bench predict_memory`.
 
-use umbra::{
-    aggregate::WorkloadId,
-    predict::{
-        Batch, Bucket, PredictConfig, Predictor, Series, baseline,
-        calibrate::{Calibrated, CalibrationConfig},
-        features::N_FEATURES,
-        onnx::{Model, OnnxForecaster},
-        runtime::default_runtime,
-        schema::ModelKind,
-        select::Select,
-        source::shipped,
-    },
+mod common;
+
+use umbra::predict::{
+    Bucket, Predictor,
+    calibrate::{Calibrated, CalibrationConfig},
+    features::N_FEATURES,
+    onnx::{Model, OnnxForecaster},
+    runtime::default_runtime,
+    schema::ModelKind,
+    source::shipped,
 };
 
 fn rss_bytes() -> u64 {
@@ -62,9 +60,7 @@ fn main() {
         &CalibrationConfig::default(),
     );
     let n = 1000;
-    let ids: Vec<WorkloadId> = (0..n)
-        .map(|i| WorkloadId(format!("exe:sha256:{i:064x}")))
-        .collect();
+    let ids = common::ids(n);
     let mut peak = 0;
     for t in 0..100u64 {
         let bs: Vec<Vec<Bucket>> = (0..n)
@@ -83,19 +79,7 @@ fn main() {
                     .collect()
             })
             .collect();
-        let batch = Batch {
-            now_ms: (t + 24) * 5000,
-            interval_ms: 5000,
-            series: ids
-                .iter()
-                .zip(&bs)
-                .map(|(id, b)| Series {
-                    workload: id,
-                    name: "w",
-                    buckets: b,
-                })
-                .collect(),
-        };
+        let batch = common::batch(&ids, &bs);
         std::hint::black_box(p.forecast(&batch));
         peak = peak.max(rss_bytes());
     }
@@ -112,7 +96,6 @@ fn main() {
     );
     drop(p);
     // The live stack.
-    let cfg = PredictConfig::default();
     let shipped = Model::load(
         "forecast.onnx",
         shipped::FORECAST.expect("models/forecast.onnx is shipped"),
@@ -120,52 +103,12 @@ fn main() {
         rt.as_ref(),
     )
     .expect("the shipped forecaster");
-    let candidates = cfg
-        .candidates
-        .iter()
-        .filter_map(|c| baseline::by_name(c, &cfg))
-        .collect();
-    let mut live = Calibrated::new(
-        Box::new(Select::new(
-            Box::new(OnnxForecaster::new(shipped).expect("forecaster")),
-            candidates,
-        )),
-        &CalibrationConfig::default(),
-    );
+    let mut live = common::live(OnnxForecaster::new(shipped).expect("forecaster"));
     let live_before = rss_bytes();
     let mut live_peak = 0;
-    for t in 0..300u64 {
-        let bs: Vec<Vec<Bucket>> = (0..n)
-            .map(|i| {
-                (t..t + 24)
-                    .map(|k| {
-                        let mut f = [0.0f32; N_FEATURES];
-                        for (j, v) in f.iter_mut().enumerate() {
-                            *v = ((i as u64 * 31 + k * 7 + j as u64 * 3) % 97) as f32 * 10.0;
-                        }
-                        f[0] = ((i as u64 + k) % 13) as f32 * 0.1;
-                        f[N_FEATURES - 1] = 1.0;
-                        Bucket {
-                            end_ms: (k + 1) * 5000,
-                            features: f,
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let batch = Batch {
-            now_ms: (t + 24) * 5000,
-            interval_ms: 5000,
-            series: ids
-                .iter()
-                .zip(&bs)
-                .map(|(id, b)| Series {
-                    workload: id,
-                    name: "w",
-                    buckets: b,
-                })
-                .collect(),
-        };
+    for t in 0..300usize {
+        let bs = common::windows(n, t);
+        let batch = common::batch(&ids, &bs);
         std::hint::black_box(live.forecast(&batch));
         live_peak = live_peak.max(rss_bytes());
     }
