@@ -84,12 +84,18 @@ def seasonal(y: np.ndarray, horizon: int, max_period: int = 144, workload_len: i
     out = np.zeros((n, horizon, 3))
     keep = 2 * max_period
     until = workload_len % 12
+    every = 12
     period = None
     for t in range(n):
         ys = y[max(0, t + 1 - keep) : t + 1].astype(np.float64)
         if until == 0:
-            period = find_period(ys, max_period)
-            until = 12
+            # As the agent: every 12 buckets while the window fills or after the period
+            # changed, else twice as late as the last search, up to 48.
+            found = find_period(ys, max_period)
+            changed = found != period
+            period = found
+            every = 12 if changed or len(ys) < keep else min(2 * every, 48)
+            until = every
         else:
             until -= 1
         m = len(ys)

@@ -6,7 +6,8 @@
 //! - `seasonal`: seasonal naive — the value one period back. The period is found from the
 //!   series: the highest autocorrelation peak after the autocorrelation first turns
 //!   negative, over the last `2 · max_period` buckets, if it is above 0.3 (else the last
-//!   value); the band from the series' own seasonal differences.
+//!   value), looked for every 12 buckets — up to every 48 while it holds with the window
+//!   full; the band from the series' own seasonal differences.
 //! - `vpa`: the Kubernetes VPA recommender's way — a decaying histogram per target
 //!   (exponential buckets growing 5%, CPU from 0.01 cores, memory from 10^7 B, half-life
 //!   in intervals), p90 plus a 15% margin as the band's top (the recommendation), its p50
@@ -367,9 +368,10 @@ struct Seasonal {
     /// band's percentiles are two lookups, not a selection over up to 288 changes per
     /// target and bucket.
     changes: [Vec<i32>; 4],
-    /// Buckets until the period is looked for again, and between two searches now.
-    until_detect: usize,
-    every: usize,
+    /// Per target: buckets until its period is looked for again, and between two
+    /// searches now.
+    until_detect: [usize; 4],
+    every: [usize; 4],
 }
 
 impl Seasonal {
@@ -422,18 +424,25 @@ impl Seasonal {
         false
     }
 
-    /// After a search: the next one in [`REDETECT_EVERY`] buckets while the window fills
-    /// or after the period changed, else twice as late as the last, up to
+    /// Whether target `i`'s period is to be looked for at this bucket.
+    fn due(&mut self, i: usize) -> bool {
+        let due = self.until_detect[i] == 0;
+        self.until_detect[i] = self.until_detect[i].saturating_sub(1);
+        due
+    }
+
+    /// After a search of target `i`: the next one in [`REDETECT_EVERY`] buckets while the
+    /// window fills or after the period changed, else twice as late as the last, up to
     /// [`REDETECT_MAX`] (a search is the candidate's largest cost; a window of `keep`
     /// buckets changes little in a few).
-    fn searched(&mut self, changed: bool, keep: usize) {
-        let full = self.ys.iter().all(|q| q.len() >= keep);
-        self.every = if changed || !full {
+    fn searched(&mut self, i: usize, changed: bool, keep: usize) {
+        let full = self.ys[i].len() >= keep;
+        self.every[i] = if changed || !full {
             REDETECT_EVERY
         } else {
-            (self.every * 2).min(REDETECT_MAX)
+            (self.every[i] * 2).min(REDETECT_MAX)
         };
-        self.until_detect = self.every;
+        self.until_detect[i] = self.every[i];
     }
 }
 
@@ -567,21 +576,22 @@ impl Predictor for SeasonalNaive {
                     period: [None; 4],
                     changes: Default::default(),
                     // Spread the searches of workloads over the buckets.
-                    until_detect: s.workload.0.len() % REDETECT_EVERY,
-                    every: REDETECT_EVERY,
+                    until_detect: [s.workload.0.len() % REDETECT_EVERY; 4],
+                    every: [REDETECT_EVERY; 4],
                 });
-                let detect = st.until_detect == 0;
-                st.until_detect = st.until_detect.saturating_sub(1);
-                let mut changed = false;
                 let bands = Target::ALL.map(|t| {
                     let i = t as usize;
-                    changed |= st.push(
+                    let detect = st.due(i);
+                    let changed = st.push(
                         i,
                         s.last(t) as f32,
                         keep,
                         detect.then_some(max_period),
                         &mut ys,
                     );
+                    if detect {
+                        st.searched(i, changed, keep);
+                    }
                     let q = &st.ys[i];
                     let n = q.len();
                     match st.period[i].filter(|&p| p < n) {
@@ -602,9 +612,6 @@ impl Predictor for SeasonalNaive {
                         }
                     }
                 });
-                if detect {
-                    st.searched(changed, keep);
-                }
                 forecast(s, b, "seasonal", bands)
             })
             .collect();
@@ -1010,8 +1017,8 @@ mod tests {
                 ys: Default::default(),
                 period: [None; 4],
                 changes: Default::default(),
-                until_detect: 0,
-                every: REDETECT_EVERY,
+                until_detect: [0; 4],
+                every: [REDETECT_EVERY; 4],
             };
             let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
             let mut scratch = Vec::new();
@@ -1133,8 +1140,8 @@ mod tests {
             };
             p.forecast(&batch);
             let st = &p.state.map[&id].1;
-            if st.until_detect == st.every {
-                searches.push((i, st.every, st.period[0]));
+            if st.until_detect[0] == st.every[0] {
+                searches.push((i, st.every[0], st.period[0]));
             }
             if i >= 600 && found_30.is_none() && st.period[0] == Some(30) {
                 found_30 = Some(i);
