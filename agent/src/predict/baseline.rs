@@ -227,6 +227,14 @@ fn from_order_key(k: i64) -> f64 {
     f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
 }
 
+/// Where numpy's linear interpolation takes the `q` quantile of `n` sorted values: the
+/// order statistic below (from 0) and the fraction of the way to the next.
+#[inline]
+fn numpy_rank(q: f64, n: usize) -> (usize, f64) {
+    let pos = q * (n - 1) as f64;
+    (pos.floor() as usize, pos - pos.floor())
+}
+
 /// The 10th and 90th percentiles of the values whose [`order_key`]s `v` holds, as
 /// [`quantiles`] gives them (numpy's linear interpolation), by selection instead of a sort.
 /// Reorders `v`.
@@ -237,12 +245,8 @@ fn p10_p90(v: &mut [i64]) -> (f64, f64) {
     }
     // Order statistics at `pos`'s floor and ceiling; everything right of `at` after a
     // selection at `at` is not smaller, so the next one is the smallest there.
-    let at = |q: f64| -> (usize, f64) {
-        let pos = q * (n - 1) as f64;
-        (pos.floor() as usize, pos - pos.floor())
-    };
-    let (lo10, f10) = at(0.1);
-    let (lo90, f90) = at(0.9);
+    let (lo10, f10) = numpy_rank(0.1, n);
+    let (lo90, f90) = numpy_rank(0.9, n);
     let (_, &mut a10, right) = v.select_nth_unstable(lo10);
     let b10 = if f10 > 0.0 {
         right.iter().copied().min().unwrap_or(a10)
@@ -472,9 +476,7 @@ fn p10_p90_sorted(v: &[i32]) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let at = |q: f64| -> f64 {
-        let pos = q * (n - 1) as f64;
-        let lo = pos.floor() as usize;
-        let f = pos - lo as f64;
+        let (lo, f) = numpy_rank(q, n);
         let a = from_order_key32(v[lo]) as f64;
         if f > 0.0 {
             let b = from_order_key32(v[(lo + 1).min(n - 1)]) as f64;

@@ -73,6 +73,13 @@ impl Default for CalibrationConfig {
     }
 }
 
+/// Which of `n` sorted scores is the `level` quantile, from 1: the `⌈level·(n+1)⌉`-th
+/// smallest, conformal's rule, clamped to the largest.
+#[inline]
+fn conformal_rank(level: f64, n: usize) -> usize {
+    ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n)
+}
+
 /// A ring of the last scores, and the same scores sorted (kept in step with each push, so
 /// a quantile is a lookup; not saved: rebuilt from the ring when it is read back).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -116,7 +123,7 @@ impl Ring {
         }
         self.sync();
         let n = self.sorted.len();
-        let k = ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n);
+        let k = conformal_rank(level, n);
         self.sorted[k - 1] as f64
     }
 }
@@ -226,7 +233,7 @@ impl Cells {
             return 0.0;
         }
         let (_, sorted) = self.split(i);
-        let k = ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n);
+        let k = conformal_rank(level, n);
         sorted[k - 1] as f64
     }
 }
