@@ -392,14 +392,10 @@ impl Seasonal {
     ) -> bool {
         let (q, changes) = (&mut self.ys[i], &mut self.changes[i]);
         let period = self.period[i].filter(|&p| p < q.len());
-        if let Some(p) = period
-            && q.len() >= keep
-        {
-            // The change that leaves with the oldest value.
-            if let Ok(at) = changes.binary_search(&change_key(q, p, p)) {
-                changes.remove(at);
-            }
-        }
+        // The change that leaves with the oldest value.
+        let leaving = period
+            .filter(|_| q.len() >= keep)
+            .map(|p| change_key(q, p, p));
         q.push_back(y);
         while q.len() > keep {
             q.pop_front();
@@ -407,8 +403,24 @@ impl Seasonal {
         let n = q.len();
         if let Some(p) = period {
             let k = change_key(q, n - 1, p);
-            let at = changes.partition_point(|&x| x < k);
-            changes.insert(at, k);
+            let (old_at, at) = below2(changes, leaving.unwrap_or(k), k);
+            // Where the leaving change lies (it entered with its value).
+            let old_at = leaving
+                .filter(|&old| changes.get(old_at) == Some(&old))
+                .map(|_| old_at);
+            match old_at {
+                // The new change takes the leaving one's place: one shift of what lies
+                // between.
+                Some(old) if at > old => {
+                    changes.copy_within(old + 1..at, old);
+                    changes[at - 1] = k;
+                }
+                Some(old) => {
+                    changes.copy_within(at..old, at + 1);
+                    changes[at] = k;
+                }
+                None => changes.insert(at, k),
+            }
         }
         if let Some(max_period) = detect {
             scratch.clear();
@@ -458,14 +470,31 @@ fn change_key(ys: &VecDeque<f32>, i: usize, p: usize) -> i32 {
 
 /// [`order_key`] for `f32`.
 #[inline]
-fn order_key32(x: f32) -> i32 {
+pub(crate) fn order_key32(x: f32) -> i32 {
     let b = x.to_bits() as i32;
     b ^ (((b >> 31) as u32) >> 1) as i32
 }
 
 #[inline]
-fn from_order_key32(k: i32) -> f32 {
+pub(crate) fn from_order_key32(k: i32) -> f32 {
     f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
+}
+
+/// How many of `v` lie below `k` (see [`below2`]).
+#[inline]
+pub(crate) fn below(v: &[i32], k: i32) -> usize {
+    v.iter().map(|&e| (e < k) as u32).sum::<u32>() as usize
+}
+
+/// How many of `v` lie below `a`, and below `b`: in sorted `v`, where each would go. One
+/// pass that compiles to vector compares — for the few hundred keys kept here it beats a
+/// binary search, whose loads each wait on the last (and miss the cache in turn).
+#[inline]
+pub(crate) fn below2(v: &[i32], a: i32, b: i32) -> (usize, usize) {
+    let (x, y) = v.iter().fold((0u32, 0u32), |(x, y), &e| {
+        (x + (e < a) as u32, y + (e < b) as u32)
+    });
+    (x as usize, y as usize)
 }
 
 /// The 10th and 90th percentiles of sorted [`order_key32`]s, numpy's linear

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target,
+    baseline::{below, from_order_key32, order_key32},
     framed::{Format, Unframed},
 };
 use crate::{FastMap, aggregate::WorkloadId};
@@ -40,6 +41,8 @@ const FORMAT: Format = Format {
 };
 /// Scores a workload needs before its own are used (else the pooled ones).
 pub const MIN_SCORES: usize = 8;
+/// Scores a cell can keep (its scores' ages are `u16`; the configuration allows 4,096).
+pub const MAX_SCORES: usize = u16::MAX as usize;
 /// Pooled scores kept per target and step.
 const POOL: usize = 256;
 /// Smallest band width per target (cores, bytes, bytes/s, bytes/s), and as a fraction of p50.
@@ -55,7 +58,7 @@ pub struct CalibrationConfig {
     pub coverage: f64,
     /// ACI's step size γ.
     pub gamma: f64,
-    /// Scores kept per workload, target and step.
+    /// Scores kept per workload, target and step (8 to 4,096).
     pub scores: usize,
     /// Workloads whose state is kept.
     pub max_workloads: usize,
@@ -135,29 +138,34 @@ struct Cell {
     scores: Ring,
 }
 
-/// A workload's cells in one allocation: per cell its ACI level, and a ring of its last
-/// `cap` scores beside the same scores sorted, kept in step with each push (a quantile is
-/// a lookup). All of a workload's cells are touched every bucket: together they are read
-/// from one stretch of memory, not from two small allocations per cell.
+/// A workload's cells together: per cell its ACI level and its last `cap` scores, sorted
+/// (kept so with each push: a quantile is a lookup), each beside its age — the push that
+/// brought it, counted modulo 2¹⁶ — so the score that leaves is found among them. All of a
+/// workload's cells are touched every bucket: they are read from two stretches of memory,
+/// not from two small allocations per cell, and no ring repeats the sorted scores.
 struct Cells {
     cap: usize,
     alpha: Vec<f32>,
-    /// Per cell: the scores held, and the ring's oldest slot once full.
+    /// Per cell: the scores held, and the pushes so far (modulo 2¹⁶).
     len: Vec<u32>,
-    head: Vec<u32>,
-    /// Per cell `2 · cap` values: the ring, then the sorted scores (the first `len`).
-    data: Vec<f32>,
+    pushed: Vec<u16>,
+    /// Per cell `cap` values: the scores held as their order keys (`f32::total_cmp`'s order
+    /// as integers), sorted (the first `len`).
+    sorted: Vec<i32>,
+    /// Per cell `cap` values: the push that brought each of `sorted`.
+    ages: Vec<u16>,
 }
 
 impl Cells {
     fn new(n: usize, cap: usize, alpha: f32) -> Cells {
-        let cap = cap.max(1);
+        let cap = cap.clamp(1, MAX_SCORES);
         Cells {
             cap,
             alpha: vec![alpha; n],
             len: vec![0; n],
-            head: vec![0; n],
-            data: vec![0.0; n * 2 * cap],
+            pushed: vec![0; n],
+            sorted: vec![0; n * cap],
+            ages: vec![0; n * cap],
         }
     }
 
@@ -178,13 +186,17 @@ impl Cells {
     fn saved(&self) -> Vec<Cell> {
         (0..self.alpha.len())
             .map(|i| {
-                let (ring, _) = self.split(i);
-                let (n, h) = (self.len[i] as usize, self.head[i] as usize);
-                let v: VecDeque<f32> = (0..n).map(|j| ring[(h + j) % self.cap]).collect();
+                let (sorted, ages) = (self.sorted(i), self.ages_of(i));
+                let mut by_age: Vec<(u16, f32)> = ages
+                    .iter()
+                    .zip(sorted)
+                    .map(|(&a, &s)| (self.age(i, a), from_order_key32(s)))
+                    .collect();
+                by_age.sort_unstable_by_key(|&(a, _)| std::cmp::Reverse(a));
                 Cell {
                     alpha: self.alpha[i],
                     scores: Ring {
-                        v,
+                        v: by_age.into_iter().map(|(_, s)| s).collect(),
                         sorted: Vec::new(),
                     },
                 }
@@ -192,8 +204,22 @@ impl Cells {
             .collect()
     }
 
-    fn split(&self, i: usize) -> (&[f32], &[f32]) {
-        self.data[i * 2 * self.cap..(i + 1) * 2 * self.cap].split_at(self.cap)
+    /// How many pushes ago the score of age `a` came (1: the last).
+    fn age(&self, i: usize, a: u16) -> u16 {
+        self.pushed[i].wrapping_sub(a)
+    }
+
+    fn range(&self, i: usize) -> std::ops::Range<usize> {
+        i * self.cap..i * self.cap + self.len[i] as usize
+    }
+
+    /// Cell `i`'s scores, sorted, as order keys.
+    fn sorted(&self, i: usize) -> &[i32] {
+        &self.sorted[self.range(i)]
+    }
+
+    fn ages_of(&self, i: usize) -> &[u16] {
+        &self.ages[self.range(i)]
     }
 
     fn scores(&self, i: usize) -> usize {
@@ -201,27 +227,32 @@ impl Cells {
     }
 
     fn push(&mut self, i: usize, s: f32) {
-        let cap = self.cap;
-        let (n, h) = (self.len[i] as usize, self.head[i] as usize);
-        let (ring, sorted) = self.data[i * 2 * cap..(i + 1) * 2 * cap].split_at_mut(cap);
-        let new_at = sorted[..n].partition_point(|x| x.total_cmp(&s).is_lt());
+        let (cap, n, stamp) = (self.cap, self.len[i] as usize, self.pushed[i]);
+        self.pushed[i] = stamp.wrapping_add(1);
+        let cell = i * cap..(i + 1) * cap;
+        let (sorted, ages) = (&mut self.sorted[cell.clone()], &mut self.ages[cell]);
+        let s = order_key32(s);
+        let new_at = below(&sorted[..n], s);
         if n >= cap {
-            let old = ring[h];
-            ring[h] = s;
-            self.head[i] = ((h + 1) % cap) as u32;
-            // `s` takes `old`'s place in the sorted scores: one shift of what lies between.
-            let old_at = sorted[..n].partition_point(|x| x.total_cmp(&old).is_lt());
+            // `s` takes the oldest score's place: one shift of what lies between.
+            let oldest = stamp.wrapping_sub(cap as u16);
+            let old_at = ages[..n].iter().position(|&a| a == oldest).unwrap_or(0);
             if new_at > old_at {
                 sorted.copy_within(old_at + 1..new_at, old_at);
+                ages.copy_within(old_at + 1..new_at, old_at);
                 sorted[new_at - 1] = s;
+                ages[new_at - 1] = stamp;
             } else {
                 sorted.copy_within(new_at..old_at, new_at + 1);
+                ages.copy_within(new_at..old_at, new_at + 1);
                 sorted[new_at] = s;
+                ages[new_at] = stamp;
             }
         } else {
-            ring[(h + n) % cap] = s;
             sorted.copy_within(new_at..n, new_at + 1);
+            ages.copy_within(new_at..n, new_at + 1);
             sorted[new_at] = s;
+            ages[new_at] = stamp;
             self.len[i] += 1;
         }
     }
@@ -232,15 +263,14 @@ impl Cells {
         if n == 0 {
             return 0.0;
         }
-        let (_, sorted) = self.split(i);
         let k = conformal_rank(level, n);
-        sorted[k - 1] as f64
+        from_order_key32(self.sorted(i)[k - 1]) as f64
     }
 }
 
 /// A band emitted and waiting for its outcome: the inner band, its width, and the band
 /// emitted after calibration (the one coverage is judged on).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Pending {
     lo: f32,
     hi: f32,
@@ -249,12 +279,84 @@ struct Pending {
     cal_hi: f32,
 }
 
+/// The bands made at the last buckets and waiting for their outcomes, oldest first: when
+/// each forecast was made, and its bands per cell — a ring of forecasts in one allocation,
+/// slots reused as outcomes arrive (a workload's pending bands are read every bucket).
+struct PendingRing {
+    /// Bands per forecast (a workload's cells).
+    per: usize,
+    made: Vec<u64>,
+    /// `made.len() · per` bands: slot `k`'s at `k · per`.
+    bands: Vec<Pending>,
+    head: usize,
+    len: usize,
+}
+
+impl PendingRing {
+    /// Room for `slots` forecasts of `per` bands (more is made when needed).
+    fn new(per: usize, slots: usize) -> PendingRing {
+        PendingRing {
+            per,
+            made: vec![0; slots],
+            bands: vec![Pending::default(); slots * per],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn slot(&self, k: usize) -> usize {
+        (self.head + k) % self.made.len()
+    }
+
+    /// The forecasts held, newest first: when made, and their bands.
+    fn newest_first(&self) -> impl Iterator<Item = (u64, &[Pending])> {
+        (0..self.len).rev().map(|k| {
+            let s = self.slot(k);
+            (self.made[s], &self.bands[s * self.per..(s + 1) * self.per])
+        })
+    }
+
+    /// Lets go of the oldest forecasts made at or before `ms`.
+    fn drop_made_by(&mut self, ms: u64) {
+        while self.len > 0 && self.made[self.head] <= ms {
+            self.head = (self.head + 1) % self.made.len();
+            self.len -= 1;
+        }
+    }
+
+    /// A slot for a forecast made at `ms`, newest, its bands to be filled in.
+    fn push(&mut self, ms: u64) -> &mut [Pending] {
+        if self.len == self.made.len() {
+            // Full: lay the ring out again, oldest first, with room for more.
+            let slots = (self.made.len() * 2).max(4);
+            let (mut made, mut bands) = (Vec::with_capacity(slots), Vec::new());
+            bands.reserve_exact(slots * self.per);
+            for k in 0..self.len {
+                let s = self.slot(k);
+                made.push(self.made[s]);
+                bands.extend_from_slice(&self.bands[s * self.per..(s + 1) * self.per]);
+            }
+            made.resize(slots, 0);
+            bands.resize(slots * self.per, Pending::default());
+            (self.made, self.bands, self.head) = (made, bands, 0);
+        }
+        let s = self.slot(self.len);
+        self.len += 1;
+        self.made[s] = ms;
+        &mut self.bands[s * self.per..(s + 1) * self.per]
+    }
+}
+
 struct Workload {
     seen: u64,
     /// `[target][step]` flattened: `t · horizon + h`.
     cells: Cells,
-    /// Bands made at the last `horizon` buckets (newest last): when, and per cell.
-    pending: VecDeque<(u64, Vec<Pending>)>,
+    /// Bands made at the last `horizon` buckets, per cell.
+    pending: PendingRing,
 }
 
 /// What the calibration file holds.
@@ -311,7 +413,7 @@ impl Calibrated {
             name: format!("{}+aci", inner.name()),
             inner,
             cfg: CalibrationConfig {
-                scores: cfg.scores.max(MIN_SCORES),
+                scores: cfg.scores.clamp(MIN_SCORES, MAX_SCORES),
                 max_workloads: cfg.max_workloads.max(1),
                 ..cfg.clone()
             },
@@ -401,7 +503,7 @@ impl Calibrated {
                 Workload {
                     seen: 0,
                     cells,
-                    pending: VecDeque::new(),
+                    pending: PendingRing::new(4 * h_new, h_new),
                 },
             );
         }
@@ -474,7 +576,7 @@ impl Predictor for Calibrated {
                     .or_insert_with(|| Workload {
                         seen: tick,
                         cells: Cells::new(4 * h_n, cap, alpha),
-                        pending: VecDeque::new(),
+                        pending: PendingRing::new(4 * h_n, h_n),
                     }),
             };
             w.seen = tick;
@@ -483,8 +585,8 @@ impl Predictor for Calibrated {
                 // Target by target, newest band first: the cells in the order they lie.
                 for t in Target::ALL {
                     let y = newest.target(t) as f32;
-                    for (made, cells) in w.pending.iter().rev() {
-                        let Some(steps) = b.now_ms.checked_sub(*made).map(|d| d / interval.max(1))
+                    for (made, cells) in w.pending.newest_first() {
+                        let Some(steps) = b.now_ms.checked_sub(made).map(|d| d / interval.max(1))
                         else {
                             continue;
                         };
@@ -512,23 +614,21 @@ impl Predictor for Calibrated {
                 }
             }
             let oldest_useful = b.now_ms.saturating_sub(h_n as u64 * interval);
-            while w.pending.front().is_some_and(|(m, _)| *m <= oldest_useful) {
-                w.pending.pop_front();
-            }
+            w.pending.drop_made_by(oldest_useful);
             // Calibrate this forecast's bands.
-            let mut emitted = Vec::with_capacity(4 * h_n);
+            let emitted = w.pending.push(b.now_ms);
             for t in Target::ALL {
                 let bands = &mut f.bands[t as usize];
                 for h in 0..h_n {
                     let i = t as usize * h_n + h;
                     let Some(band) = bands.get_mut(h) else {
-                        emitted.push(Pending {
+                        emitted[i] = Pending {
                             lo: 0.0,
                             hi: 0.0,
                             width: 1.0,
                             cal_lo: 0.0,
                             cal_hi: f32::INFINITY,
-                        });
+                        };
                         continue;
                     };
                     let level = 1.0 - w.cells.alpha[i] as f64;
@@ -543,18 +643,17 @@ impl Predictor for Calibrated {
                     // Emitted as the f32 kept, so the outcome is judged on what was sent.
                     let lo = (band.p10 - q * wd).min(band.p50).max(0.0) as f32;
                     let hi = (band.p90 + q * wd).max(band.p50) as f32;
-                    emitted.push(Pending {
+                    emitted[i] = Pending {
                         lo: band.p10 as f32,
                         hi: band.p90 as f32,
                         width: wd as f32,
                         cal_lo: lo,
                         cal_hi: hi,
-                    });
+                    };
                     band.p10 = (lo as f64).min(band.p50);
                     band.p90 = (hi as f64).max(band.p50);
                 }
             }
-            w.pending.push_back((b.now_ms, emitted));
             if f.predictor == self.inner.name() {
                 f.predictor.clone_from(&self.name);
             }
@@ -930,10 +1029,40 @@ mod tests {
             last.sort_unstable_by(f32::total_cmp);
             let n = last.len();
             let k = ((level * (n + 1) as f64).ceil() as usize).clamp(1, n);
-            proptest::prop_assert_eq!(&c.split(1).1[..n], &last[..]);
+            proptest::prop_assert_eq!(c.sorted(1).iter().map(|&k| from_order_key32(k)).collect::<Vec<_>>(), last.clone());
             proptest::prop_assert_eq!(c.quantile(1, level), last[k - 1] as f64);
             proptest::prop_assert_eq!(c.quantile(0, level), 0.0);
             proptest::prop_assert_eq!(lazy.quantile(level), last[k - 1] as f64);
+        }
+
+        #[test]
+        fn the_pending_ring_holds_what_a_queue_would(
+            steps in proptest::collection::vec((1u64..4, 0u64..6), 1..120),
+            slots in 0usize..5,
+        ) {
+            // Forecasts made as the clock moves by 1–3; those made by `now − keep` let go.
+            let mut ring = PendingRing::new(2, slots);
+            let mut queue: VecDeque<(u64, [f32; 2])> = VecDeque::new();
+            let mut now = 0u64;
+            for (dt, keep) in steps {
+                now += dt;
+                ring.drop_made_by(now.saturating_sub(keep));
+                while queue.front().is_some_and(|(m, _)| *m <= now.saturating_sub(keep)) {
+                    queue.pop_front();
+                }
+                let v = [now as f32, -(now as f32)];
+                for (b, v) in ring.push(now).iter_mut().zip(v) {
+                    b.lo = v;
+                }
+                queue.push_back((now, v));
+                let held: Vec<(u64, Vec<f32>)> = ring
+                    .newest_first()
+                    .map(|(m, bs)| (m, bs.iter().map(|b| b.lo).collect()))
+                    .collect();
+                let want: Vec<(u64, Vec<f32>)> =
+                    queue.iter().rev().map(|(m, v)| (*m, v.to_vec())).collect();
+                proptest::prop_assert_eq!(held, want);
+            }
         }
 
         #[test]

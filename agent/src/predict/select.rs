@@ -168,26 +168,27 @@ impl Predictor for Select {
                 }
                 t.scored += any as u32;
             }
+            // A forecast scored for the last time leaves its room to this one's.
+            let mut made = Made::new();
             while t
                 .pending
                 .front()
                 .is_some_and(|(m, _)| *m + STEPS as u64 * interval <= b.now_ms)
             {
-                t.pending.pop_front();
+                made = t.pending.pop_front().map(|(_, m)| m).unwrap_or_default();
             }
-            let made: Made = (0..n)
-                .map(|p| {
-                    let f = if p == 0 {
-                        Some(primary)
-                    } else {
-                        outs[p].get(r).filter(|f| f.workload == *s.workload)
-                    };
-                    Target::ALL.map(|target| {
-                        let bands = f.map(|f| f.of(target)).unwrap_or(&[]);
-                        std::array::from_fn(|h| bands.get(h).copied().unwrap_or_default())
-                    })
+            made.clear();
+            made.extend((0..n).map(|p| {
+                let f = if p == 0 {
+                    Some(primary)
+                } else {
+                    outs[p].get(r).filter(|f| f.workload == *s.workload)
+                };
+                Target::ALL.map(|target| {
+                    let bands = f.map(|f| f.of(target)).unwrap_or(&[]);
+                    std::array::from_fn(|h| bands.get(h).copied().unwrap_or_default())
                 })
-                .collect();
+            }));
             t.pending.push_back((b.now_ms, made));
             // Switch where another predictor has been clearly better.
             if t.scored >= MIN_SCORED {
