@@ -37,12 +37,16 @@ class Config:
     # Sample weights of the log loss: "none", or "scale" (each window weighs by its
     # target's size in units, relative to the mean: big workloads count as the metric counts them).
     weighting: str = "none"
+    # Buckets the workload did not run in: "skip" leaves them out of the loss (`umbra eval`
+    # scores only the buckets a workload ran in), "fit" fits their zeros as well.
+    absent: str = "skip"
     quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
 
     def label(self) -> str:
         arch = "linear" if not self.hidden else "mlp" + "x".join(map(str, self.hidden))
         extra = ("" if self.train_skip else " fixed-skip") + ("" if self.weighting == "none" else f" w={self.weighting}")
         extra += "" if self.weight_decay == 1e-5 else f" wd={self.weight_decay:g}"
+        extra += "" if self.absent == "skip" else f" absent={self.absent}"
         return f"{arch} W={self.window} {self.loss}{extra}"
 
 
@@ -123,7 +127,8 @@ def _padded(s: Series, window: int, interval_ms: int, all_features: list[str]) -
 
 def windows(data: ForecastData, s: Series, sc: Scaling, cfg: Config, t_from=0, t_to=None):
     """Model inputs for the forecasts made at buckets t in [t_from, t_to) whose horizon is
-    inside the series: x (n, W·F), standardised targets (n, T·H), raw targets (n, T, H), t."""
+    inside the series: x (n, W·F), standardised targets (n, T·H), raw targets (n, T, H), t,
+    and whether the workload ran in each target bucket (n, H)."""
     W, H = cfg.window, cfg.horizon
     n = len(s)
     t_to = n - H if t_to is None else min(t_to, n - H)
@@ -138,12 +143,14 @@ def windows(data: ForecastData, s: Series, sc: Scaling, cfg: Config, t_from=0, t
     x = sw[ts].reshape(len(ts), -1)
     yr = np.stack([s.y[ts + h] for h in range(1, H + 1)], axis=2)  # (n, T, H)
     yz = (np.log1p(np.maximum(yr, 0.0)) - sc.t_mean[None, :, None]) / sc.t_std[None, :, None]
-    return x, yz.reshape(len(ts), -1).astype(np.float32), yr, ts
+    present = s.x[:, data.features.index("present")] > 0
+    ran = np.stack([present[ts + h] for h in range(1, H + 1)], axis=1)  # (n, H)
+    return x, yz.reshape(len(ts), -1).astype(np.float32), yr, ts, ran
 
 
 def stack(data, series, sc, cfg, split=None):
     """Windows of many series; `split` maps a series to (t_from, t_to)."""
-    xs, ys, yrs, meta = [], [], [], []
+    xs, ys, yrs, meta, rans = [], [], [], [], []
     for i, s in enumerate(series):
         a, b = split(s) if split else (0, None)
         w = windows(data, s, sc, cfg, a, b)
@@ -153,9 +160,10 @@ def stack(data, series, sc, cfg, split=None):
         ys.append(w[1])
         yrs.append(w[2])
         meta.append((i, w[3]))
+        rans.append(w[4])
     if not xs:
         return None
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(yrs), meta
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(yrs), meta, np.concatenate(rans)
 
 
 def skip_init(sc: Scaling, cfg: Config) -> np.ndarray:
@@ -181,15 +189,25 @@ def to_units(pred: np.ndarray, sc: Scaling, cfg: Config) -> np.ndarray:
     return np.maximum(np.expm1(p), 0.0)
 
 
-def pinball_units(pred: np.ndarray, yr: np.ndarray, quantiles) -> np.ndarray:
-    """Mean pinball per target; pred (n, T, H, Q), yr (n, T, H)."""
+def pinball_units(pred: np.ndarray, yr: np.ndarray, quantiles, ran: np.ndarray | None = None) -> np.ndarray:
+    """Mean pinball per target; pred (n, T, H, Q), yr (n, T, H); with `ran` (n, H), over
+    the target buckets the workload ran in only (as `umbra eval` scores)."""
     tau = np.asarray(quantiles)
     d = yr[..., None] - pred
-    return np.maximum(tau * d, (tau - 1) * d).mean(axis=(0, 2, 3))
+    loss = np.maximum(tau * d, (tau - 1) * d).mean(axis=3)
+    return _masked_mean(loss, ran)
 
 
-def coverage(pred, yr):
-    return ((yr >= pred[..., 0]) & (yr <= pred[..., -1])).mean(axis=(0, 2))
+def coverage(pred, yr, ran: np.ndarray | None = None):
+    return _masked_mean(((yr >= pred[..., 0]) & (yr <= pred[..., -1])).astype(np.float64), ran)
+
+
+def _masked_mean(v: np.ndarray, ran: np.ndarray | None) -> np.ndarray:
+    """(n, T, H) → (T,): the mean over samples and steps, of the steps in `ran` only."""
+    if ran is None:
+        return v.mean(axis=(0, 2))
+    w = np.broadcast_to(ran[:, None, :], v.shape).astype(np.float64)
+    return (v * w).sum(axis=(0, 2)) / np.maximum(w.sum(axis=(0, 2)), 1.0)
 
 
 def baseline_bands(series: list[Series], meta, horizon: int, present_col: int) -> dict[str, np.ndarray]:
@@ -213,7 +231,7 @@ def fit(data: ForecastData, series: list[Series], cfg: Config, seed: int, sc: Sc
     st = stack(data, series, sc, cfg, split)
     if st is None:
         raise ValueError("no training windows: recordings shorter than the horizon?")
-    x, y, yr, _ = st
+    x, y, yr, _, ran = st
     T, H, Q = len(TARGETS), cfg.horizon, len(cfg.quantiles)
     # Bounds: from no use at all to twice the most any training bucket used.
     top = np.log1p(2 * yr.max(axis=(0, 2)))
@@ -237,6 +255,10 @@ def fit(data: ForecastData, series: list[Series], cfg: Config, seed: int, sc: Sc
             size[:, k] = np.maximum(raw[:, -1], raw.mean(axis=1))
         w = np.clip(size / np.maximum(size.mean(axis=0), 1e-12), 0.05, 50.0)
         weights = np.repeat(w, H, axis=1).astype(np.float32)
+    if cfg.absent == "skip":
+        # Outputs are ordered target by target, each its H steps (n, T·H).
+        ran_w = np.tile(ran, (1, T)).astype(np.float32)
+        weights = ran_w if weights is None else weights * ran_w
     units = None
     if cfg.loss == "units":
         scale = np.maximum(yr.mean(axis=(0, 2)), 1e-9)
@@ -267,9 +289,15 @@ _BASELINE_CACHE: dict = {}
 
 def evaluate(params, spec, sc, cfg, data, series, split=None, with_baselines=True):
     st = stack(data, series, sc, cfg, split)
-    x, _, yr, meta = st
+    x, _, yr, meta, ran = st
     pred = to_units(nn.predict(params, spec, x), sc, cfg)
-    res = {"model": {"pinball": pinball_units(pred, yr, cfg.quantiles), "coverage": coverage(pred, yr), "n": len(x)}}
+    res = {
+        "model": {
+            "pinball": pinball_units(pred, yr, cfg.quantiles, ran),
+            "coverage": coverage(pred, yr, ran),
+            "n": int(ran.sum()),
+        }
+    }
     if with_baselines:
         # The samples do not depend on the model's window: baselines are computed once.
         key = (id(series), len(series), split, cfg.horizon, len(x))
@@ -277,7 +305,7 @@ def evaluate(params, spec, sc, cfg, data, series, split=None, with_baselines=Tru
             present_col = data.features.index("present")
             _BASELINE_CACHE[key] = baseline_bands(series, meta, cfg.horizon, present_col)
         for name, b in _BASELINE_CACHE[key].items():
-            res[name] = {"pinball": pinball_units(b, yr, [0.1, 0.5, 0.9]), "coverage": coverage(b, yr)}
+            res[name] = {"pinball": pinball_units(b, yr, [0.1, 0.5, 0.9], ran), "coverage": coverage(b, yr, ran)}
     return res
 
 

@@ -10,8 +10,8 @@ use std::{
 
 use umbra::{
     aggregate::GroupBy,
-    eval::{self, EvalOptions},
-    predict::{Target, runtime::default_runtime, source::shipped},
+    eval::{self, EvalOptions, Score},
+    predict::{PredictConfig, Target, runtime::default_runtime, source::shipped},
 };
 
 /// The held-out recordings, decompressed (`zstd -d`) into `dir`, in the order the training
@@ -33,6 +33,97 @@ fn held_out(dir: &Path) -> Vec<PathBuf> {
             out
         })
         .collect()
+}
+
+/// The held-out recordings the forecaster is judged on (`test-requests` is the request
+/// model's: its workloads are short runs of one program each).
+const FORECAST_HELD_OUT: usize = 3;
+
+/// The shipped forecaster against every baseline on the held-out recordings, as `umbra
+/// eval` scores them (forecasts for the next 6 buckets, scored in the buckets the workload
+/// ran in). Measured when the model was shipped (2026.12.05-1): as they are, model /
+/// best baseline 0.980 for CPU (vs ewma) and 1.003 for memory (vs seasonal) — the goal of
+/// 0.80 is not reached; calibrated, model+aci / best calibrated baseline 0.75 for CPU (vs
+/// autopilot+aci), its p10–p90 holding 89.0% of CPU and 82.4% of memory outcomes. The model
+/// before it (its loss fitting the buckets a workload was absent from) read 1.02 / 1.05.
+#[test]
+fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = held_out(dir.path());
+    let opts = EvalOptions {
+        interval_ms: None,
+        score_after: 0.0,
+        model: shipped::FORECAST.map(|b| ("shipped forecast.onnx".to_string(), b.to_vec())),
+        plot: None,
+        plot_workload: None,
+        plot_target: Target::Cpu,
+        group_by: GroupBy::Exe,
+        request_model: None,
+    };
+    let rt = default_runtime();
+    let report = eval::run(
+        &files[..FORECAST_HELD_OUT],
+        &PredictConfig::default(),
+        &opts,
+        rt.as_ref(),
+    )
+    .unwrap();
+    let rows = |target: &str, kind: &str, calibrated: bool| -> Vec<&Score> {
+        report
+            .forecast
+            .iter()
+            .filter(|s| {
+                s.target == target && s.kind == kind && s.predictor.ends_with("+aci") == calibrated
+            })
+            .collect()
+    };
+    let ratio = |target: &str, calibrated: bool| -> (f64, &Score) {
+        let model = rows(target, "model", calibrated);
+        let [m] = model[..] else {
+            panic!("{target}: model rows {model:?}")
+        };
+        let best = rows(target, "baseline", calibrated)
+            .into_iter()
+            .min_by(|a, b| a.pinball.total_cmp(&b.pinball))
+            .unwrap();
+        assert_eq!(m.n, best.n);
+        assert!(m.n >= 10_000, "{target}: {} outcomes scored", m.n);
+        let r = m.pinball / best.pinball;
+        eprintln!(
+            "{target}{}: model {:.4e} ({:.1}% covered), best {} {:.4e}: ratio {r:.3}",
+            if calibrated { " calibrated" } else { "" },
+            m.pinball,
+            100.0 * m.coverage,
+            best.predictor,
+            best.pinball
+        );
+        (r, m)
+    };
+    let (cpu, _) = ratio("cpu", false);
+    let (memory, _) = ratio("memory", false);
+    let (cpu_cal, cpu_m) = ratio("cpu", true);
+    let (_, memory_m) = ratio("memory", true);
+    assert!(cpu <= 1.02, "cpu: pinball / best baseline {cpu:.3}");
+    assert!(
+        memory <= 1.03,
+        "memory: pinball / best baseline {memory:.3}"
+    );
+    assert!(
+        cpu_cal <= 0.85,
+        "cpu calibrated: pinball / best calibrated baseline {cpu_cal:.3}"
+    );
+    // Calibration's promise: the p10–p90 band holds about 80% (idle buckets, a band of
+    // zeros around a zero, are always held: CPU's share runs high).
+    assert!(
+        (0.75..=0.85).contains(&memory_m.coverage),
+        "memory calibrated coverage {:.3}",
+        memory_m.coverage
+    );
+    assert!(
+        (0.75..=0.95).contains(&cpu_m.coverage),
+        "cpu calibrated coverage {:.3}",
+        cpu_m.coverage
+    );
 }
 
 /// The per-request model against the profile-only baseline (the empirical quantiles of an
