@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from umbra_train import data as D  # noqa: E402
+from umbra_train import forecast as F  # noqa: E402
 from umbra_train import nn  # noqa: E402
 
 FORECAST_VOCABULARY = {
@@ -184,6 +185,22 @@ def hub_parquet(path: Path, periods: int) -> None:
             rows.append(r)
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     pq.write_table(pa.table(cols), path)
+
+
+class Scoring(unittest.TestCase):
+    def test_the_buckets_a_workload_did_not_run_in_are_not_scored(self):
+        # Two forecasts of one target, two steps: the second step of the second forecast
+        # falls in a bucket the workload did not run in (its outcome 0, a miss of 10).
+        pred = np.zeros((2, 4, 2, 3))
+        pred[..., :] = 10.0
+        yr = np.full((2, 4, 2), 10.0)
+        yr[1, :, 1] = 0.0
+        ran = np.array([[True, True], [True, False]])
+        self.assertTrue(np.allclose(F.pinball_units(pred, yr, [0.1, 0.5, 0.9], ran), 0.0))
+        self.assertTrue(np.allclose(F.coverage(pred, yr, ran), 1.0))
+        # Counted, the absent bucket is a loss: the mask is what keeps it out.
+        self.assertTrue((F.pinball_units(pred, yr, [0.1, 0.5, 0.9]) > 0).all())
+        self.assertTrue(np.allclose(F.coverage(pred, yr), 0.75))
 
 
 class Hub(unittest.TestCase):
