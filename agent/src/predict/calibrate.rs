@@ -9,7 +9,10 @@
 //! `α_{t+1} = α_t + γ(α − err_t)`, `err_t` 1 if the outcome fell outside the calibrated
 //! band: over T outcomes the miscoverage stays within `(max(α₁, 1 − α₁) + γ)/(γT)` of `α`
 //! whatever the sequence. A workload with fewer than [`MIN_SCORES`] scores borrows the
-//! pooled scores of every workload for that target and step.
+//! pooled scores of every workload for that target and step. Bands made while a workload
+//! did not run (its last bucket absent) are calibrated but learn nothing: their outcome is
+//! a start, and its miss — measured in the floor width of a band of zeros — would be a
+//! score of hundreds, widening the bands of the running workload as many times.
 //!
 //! State is bounded (`max_workloads`, least recently seen first out) and survives restarts:
 //! `calibration.bin` under the state dir, `UMBRACAL`, format version (u16 LE), reserved
@@ -268,8 +271,9 @@ impl Cells {
     }
 }
 
-/// A band emitted and waiting for its outcome: the inner band, its width, and the band
-/// emitted after calibration (the one coverage is judged on).
+/// A band emitted and waiting for its outcome: the inner band, its width (NaN when it was
+/// made while the workload did not run: its outcome is counted, not learnt from), and the
+/// band emitted after calibration (the one coverage is judged on).
 #[derive(Clone, Copy, Debug, Default)]
 struct Pending {
     lo: f32,
@@ -596,7 +600,6 @@ impl Predictor for Calibrated {
                         }
                         let i = t as usize * h_n + steps as usize - 1;
                         let p = cells[i];
-                        let score = (p.lo - y).max(y - p.hi) / p.width;
                         let err = if y < p.cal_lo || y > p.cal_hi {
                             1.0
                         } else {
@@ -604,6 +607,12 @@ impl Predictor for Calibrated {
                         };
                         self.scored += 1;
                         self.covered += (err == 0.0) as u64;
+                        if p.width.is_nan() {
+                            // Made while the workload was not running: its outcome is a
+                            // start, not an error of the band of a running workload.
+                            continue;
+                        }
+                        let score = (p.lo - y).max(y - p.hi) / p.width;
                         let a = &mut w.cells.alpha[i];
                         *a = (*a + gamma * (alpha - err)).clamp(-1.0, 2.0);
                         if score.is_finite() {
@@ -613,6 +622,10 @@ impl Predictor for Calibrated {
                     }
                 }
             }
+            let running = s
+                .buckets
+                .last()
+                .is_some_and(|x| x.end_ms == b.now_ms && x.present());
             let oldest_useful = b.now_ms.saturating_sub(h_n as u64 * interval);
             w.pending.drop_made_by(oldest_useful);
             // Calibrate this forecast's bands.
@@ -646,7 +659,7 @@ impl Predictor for Calibrated {
                     emitted[i] = Pending {
                         lo: band.p10 as f32,
                         hi: band.p90 as f32,
-                        width: wd as f32,
+                        width: if running { wd as f32 } else { f32::NAN },
                         cal_lo: lo,
                         cal_hi: hi,
                     };
@@ -771,6 +784,83 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    /// A predictor whose band is the last bucket's value ± 10%, one step.
+    struct LastValue;
+
+    impl Predictor for LastValue {
+        fn name(&self) -> &str {
+            "last"
+        }
+        fn kind(&self) -> PredictorKind {
+            PredictorKind::Baseline
+        }
+        fn horizon(&self) -> usize {
+            1
+        }
+        fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+            b.series
+                .iter()
+                .map(|s| Forecast {
+                    workload: s.workload.clone(),
+                    made_ms: b.now_ms,
+                    interval_ms: b.interval_ms,
+                    predictor: "last".into(),
+                    bands: std::array::from_fn(|t| {
+                        let v = s.buckets.last().map_or(0.0, |x| x.target(Target::ALL[t]));
+                        vec![Band {
+                            p10: 0.9 * v,
+                            p50: v,
+                            p90: 1.1 * v,
+                        }]
+                    }),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_start_after_an_absence_does_not_widen_the_running_band() {
+        // A program run again and again (a linker in a build): 3 buckets at 1 GB of RSS,
+        // 3 absent. The band made while absent is [0, 0]: the start's miss, measured in
+        // its floor width (1 MiB), would be a score of ~950 and widen the bands of the
+        // running program by 950 of their widths. Bands made while it runs learn from
+        // its exits (1 GB below a band at 1 GB): a widening of a few widths at most.
+        let mut c = Calibrated::new(Box::new(LastValue), &CalibrationConfig::default());
+        let id = WorkloadId("linker".into());
+        let gb = 1e9f32;
+        let mut worst: f64 = 0.0;
+        for i in 0..600u64 {
+            let running = i % 6 < 3;
+            let end_ms = (i + 1) * 1000;
+            let bucket = if running {
+                let mut f = [0.0f32; N_FEATURES];
+                f[1] = gb;
+                f[N_FEATURES - 1] = 1.0;
+                Bucket {
+                    end_ms,
+                    features: f,
+                }
+            } else {
+                Bucket::absent(end_ms)
+            };
+            let buckets = [bucket];
+            let batch = Batch {
+                now_ms: end_ms,
+                interval_ms: 1000,
+                series: vec![Series {
+                    workload: &id,
+                    name: "ld",
+                    buckets: &buckets,
+                }],
+            };
+            let f = c.forecast(&batch);
+            if running && i > 100 {
+                worst = worst.max(f[0].of(Target::Memory)[0].p90);
+            }
+        }
+        assert!(worst < 5e9, "p90 while running reached {worst:.3e}");
     }
 
     /// xorshift64 in [0, 1).
