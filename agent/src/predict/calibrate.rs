@@ -79,11 +79,15 @@ impl Default for CalibrationConfig {
     }
 }
 
-/// Which of `n` sorted scores is the `level` quantile, from 1: the `⌈level·(n+1)⌉`-th
-/// smallest, conformal's rule, clamped to the largest.
+/// Which of `n` sorted scores is the `level` quantile, from 1: the `⌈level·n⌉`-th
+/// smallest (at least the first). Split conformal's `⌈level·(n+1)⌉` guarantees coverage
+/// from a single calibration set by erring wide — with the 8 scores a young workload has,
+/// its 80% band was the largest score, a 89% band — while ACI's level already corrects the
+/// coverage it observes: with the `+1`, the held-out recordings' calibrated bands held
+/// 82–89% of outcomes instead of 80%, at a higher pinball loss for every predictor.
 #[inline]
 fn conformal_rank(level: f64, n: usize) -> usize {
-    ((level.clamp(0.0, 1.0) * (n + 1) as f64).ceil() as usize).clamp(1, n)
+    ((level.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n)
 }
 
 /// A ring of the last scores, and the same scores sorted (kept in step with each push, so
@@ -121,8 +125,7 @@ impl Ring {
         }
     }
 
-    /// The `level` quantile (the `⌈level·(n+1)⌉`-th smallest, conformal's rule, clamped
-    /// to the largest).
+    /// The `level` quantile (the `⌈level·n⌉`-th smallest, [`conformal_rank`]).
     fn quantile(&mut self, level: f64) -> f64 {
         if self.v.is_empty() {
             return 0.0;
@@ -1118,7 +1121,7 @@ mod tests {
             proptest::prop_assert!(saved[0].scores.v.is_empty() && saved[2].scores.v.is_empty());
             last.sort_unstable_by(f32::total_cmp);
             let n = last.len();
-            let k = ((level * (n + 1) as f64).ceil() as usize).clamp(1, n);
+            let k = ((level * n as f64).ceil() as usize).clamp(1, n);
             proptest::prop_assert_eq!(c.sorted(1).iter().map(|&k| from_order_key32(k)).collect::<Vec<_>>(), last.clone());
             proptest::prop_assert_eq!(c.quantile(1, level), last[k - 1] as f64);
             proptest::prop_assert_eq!(c.quantile(0, level), 0.0);
