@@ -35,6 +35,23 @@ fn held_out(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `umbra eval`'s defaults, with these models.
+fn options(
+    model: Option<(String, Vec<u8>)>,
+    request_model: Option<(String, Vec<u8>)>,
+) -> EvalOptions {
+    EvalOptions {
+        interval_ms: None,
+        score_after: 0.0,
+        model,
+        plot: None,
+        plot_workload: None,
+        plot_target: Target::Cpu,
+        group_by: GroupBy::Exe,
+        request_model,
+    }
+}
+
 /// The held-out recordings the forecaster is judged on (`test-requests` is the request
 /// model's: its workloads are short runs of one program each).
 const FORECAST_HELD_OUT: usize = 3;
@@ -52,16 +69,10 @@ const FORECAST_HELD_OUT: usize = 3;
 fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
     let dir = tempfile::tempdir().unwrap();
     let files = held_out(dir.path());
-    let opts = EvalOptions {
-        interval_ms: None,
-        score_after: 0.0,
-        model: shipped::FORECAST.map(|b| ("shipped forecast.onnx".to_string(), b.to_vec())),
-        plot: None,
-        plot_workload: None,
-        plot_target: Target::Cpu,
-        group_by: GroupBy::Exe,
-        request_model: None,
-    };
+    let opts = options(
+        shipped::FORECAST.map(|b| ("shipped forecast.onnx".to_string(), b.to_vec())),
+        None,
+    );
     let rt = default_runtime();
     let report = eval::run(
         &files[..FORECAST_HELD_OUT],
@@ -141,16 +152,10 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
 fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
     let dir = tempfile::tempdir().unwrap();
     let files = held_out(dir.path());
-    let opts = EvalOptions {
-        interval_ms: None,
-        score_after: 0.0,
-        model: None,
-        plot: None,
-        plot_workload: None,
-        plot_target: Target::Cpu,
-        group_by: GroupBy::Exe,
-        request_model: shipped::REQUEST.map(|b| ("shipped request.onnx".to_string(), b.to_vec())),
-    };
+    let opts = options(
+        None,
+        shipped::REQUEST.map(|b| ("shipped request.onnx".to_string(), b.to_vec())),
+    );
     let rt = default_runtime();
     let scores = eval::requests(&files, &opts, rt.as_ref()).unwrap();
     let of = |kind: &str, target: &str| {

@@ -754,10 +754,22 @@ mod tests {
     use super::*;
     use crate::predict::{Bucket, Series, features::N_FEATURES};
 
-    /// A predictor whose band is p50 = 1 with a fixed half-width, one step.
+    /// A predictor whose band is p50 = 1 (or, following, the last bucket's value of each
+    /// target) ± `half` of it, for `horizon` steps.
     struct Fixed {
         half: f64,
         horizon: usize,
+        follow: bool,
+    }
+
+    impl Fixed {
+        fn new(half: f64, horizon: usize) -> Fixed {
+            Fixed {
+                half,
+                horizon,
+                follow: false,
+            }
+        }
     }
 
     impl Predictor for Fixed {
@@ -771,11 +783,6 @@ mod tests {
             self.horizon
         }
         fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
-            let band = Band {
-                p10: 1.0 - self.half,
-                p50: 1.0,
-                p90: 1.0 + self.half,
-            };
             b.series
                 .iter()
                 .map(|s| Forecast {
@@ -783,40 +790,18 @@ mod tests {
                     made_ms: b.now_ms,
                     interval_ms: b.interval_ms,
                     predictor: "fixed".into(),
-                    bands: std::array::from_fn(|_| vec![band; self.horizon]),
-                })
-                .collect()
-        }
-    }
-
-    /// A predictor whose band is the last bucket's value ± 10%, one step.
-    struct LastValue;
-
-    impl Predictor for LastValue {
-        fn name(&self) -> &str {
-            "last"
-        }
-        fn kind(&self) -> PredictorKind {
-            PredictorKind::Baseline
-        }
-        fn horizon(&self) -> usize {
-            1
-        }
-        fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
-            b.series
-                .iter()
-                .map(|s| Forecast {
-                    workload: s.workload.clone(),
-                    made_ms: b.now_ms,
-                    interval_ms: b.interval_ms,
-                    predictor: "last".into(),
                     bands: std::array::from_fn(|t| {
-                        let v = s.buckets.last().map_or(0.0, |x| x.target(Target::ALL[t]));
-                        vec![Band {
-                            p10: 0.9 * v,
-                            p50: v,
-                            p90: 1.1 * v,
-                        }]
+                        let c = match s.buckets.last() {
+                            Some(x) if self.follow => x.target(Target::ALL[t]),
+                            None if self.follow => 0.0,
+                            _ => 1.0,
+                        };
+                        let band = Band {
+                            p10: c * (1.0 - self.half),
+                            p50: c,
+                            p90: c * (1.0 + self.half),
+                        };
+                        vec![band; self.horizon]
                     }),
                 })
                 .collect()
@@ -830,7 +815,13 @@ mod tests {
         // its floor width (1 MiB), would be a score of ~950 and widen the bands of the
         // running program by 950 of their widths. Bands made while it runs learn from
         // its exits (1 GB below a band at 1 GB): a widening of a few widths at most.
-        let mut c = Calibrated::new(Box::new(LastValue), &CalibrationConfig::default());
+        let mut c = Calibrated::new(
+            Box::new(Fixed {
+                follow: true,
+                ..Fixed::new(0.1, 1)
+            }),
+            &CalibrationConfig::default(),
+        );
         let id = WorkloadId("linker".into());
         let gb = 1e9f32;
         let mut worst: f64 = 0.0;
@@ -921,22 +912,13 @@ mod tests {
     #[test]
     fn a_band_too_narrow_is_widened_to_cover_80_percent() {
         // Outcomes uniform on [0, 2]; the inner band [0.9, 1.1] covers 10%.
-        let mut c = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.1,
-                horizon: 1,
-            }),
-            &CalibrationConfig::default(),
-        );
+        let mut c = Calibrated::new(Box::new(Fixed::new(0.1, 1)), &CalibrationConfig::default());
         let mut seed = 0x1234_5678_9abc_def1u64;
         let cov = drive(&mut c, 3000, 1000, |_| 2.0 * rng(&mut seed));
         assert!((0.75..=0.85).contains(&cov), "coverage {cov}");
         // Without calibration it stays at 10%.
         let mut raw = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.1,
-                horizon: 1,
-            }),
+            Box::new(Fixed::new(0.1, 1)),
             &CalibrationConfig {
                 enabled: false,
                 ..Default::default()
@@ -949,13 +931,7 @@ mod tests {
 
     #[test]
     fn a_band_too_wide_is_narrowed_but_never_past_p50() {
-        let mut c = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.9,
-                horizon: 2,
-            }),
-            &CalibrationConfig::default(),
-        );
+        let mut c = Calibrated::new(Box::new(Fixed::new(0.9, 2)), &CalibrationConfig::default());
         let mut seed = 7u64;
         let cov = drive(&mut c, 3000, 1000, |_| 0.95 + 0.1 * rng(&mut seed));
         assert!((0.75..=0.85).contains(&cov), "coverage {cov}");
@@ -963,13 +939,7 @@ mod tests {
 
     #[test]
     fn coverage_follows_a_shift_in_the_data() {
-        let mut c = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.2,
-                horizon: 1,
-            }),
-            &CalibrationConfig::default(),
-        );
+        let mut c = Calibrated::new(Box::new(Fixed::new(0.2, 1)), &CalibrationConfig::default());
         let mut seed = 99u64;
         // Calm, then ten times noisier: the band catches up.
         let cov = drive(&mut c, 4000, 1500, |i| {
@@ -984,10 +954,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mk = || {
             Calibrated::new(
-                Box::new(Fixed {
-                    half: 0.1,
-                    horizon: 2,
-                }),
+                Box::new(Fixed::new(0.1, 2)),
                 &CalibrationConfig {
                     max_workloads: 1,
                     ..Default::default()
@@ -1019,13 +986,7 @@ mod tests {
         let b = f[0].of(Target::Cpu)[0];
         assert!(b.p90 - b.p10 > 0.5, "{b:?}");
         // A new horizon keeps the steps both have.
-        let mut c3 = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.1,
-                horizon: 3,
-            }),
-            &CalibrationConfig::default(),
-        );
+        let mut c3 = Calibrated::new(Box::new(Fixed::new(0.1, 3)), &CalibrationConfig::default());
         c3.restore(c.saved());
         assert_eq!(c3.saved().pool.len(), 12);
         assert_eq!(c3.saved().pool[0], c.saved().pool[0]);
@@ -1034,13 +995,7 @@ mod tests {
     #[test]
     fn a_damaged_or_newer_file_is_an_error_naming_it() {
         let d = tempfile::tempdir().unwrap();
-        let mut c = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.1,
-                horizon: 1,
-            }),
-            &CalibrationConfig::default(),
-        );
+        let mut c = Calibrated::new(Box::new(Fixed::new(0.1, 1)), &CalibrationConfig::default());
         let mut seed = 3u64;
         drive(&mut c, 50, 10, |_| rng(&mut seed));
         let good = encode(&c.saved());
@@ -1083,13 +1038,7 @@ mod tests {
     #[test]
     #[ignore]
     fn write_calibration_fixture() {
-        let mut c = Calibrated::new(
-            Box::new(Fixed {
-                half: 0.1,
-                horizon: 2,
-            }),
-            &CalibrationConfig::default(),
-        );
+        let mut c = Calibrated::new(Box::new(Fixed::new(0.1, 2)), &CalibrationConfig::default());
         let mut seed = 11u64;
         drive(&mut c, 100, 10, |_| 2.0 * rng(&mut seed));
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/calibration-v1.bin");
