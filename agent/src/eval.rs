@@ -30,6 +30,7 @@ use crate::{
         request::{DEFAULT_HASH_BUCKETS, RequestFeaturizer},
         runtime::Runtime,
         schema::ModelKind,
+        select::Select,
     },
     record::RecordError,
 };
@@ -154,7 +155,9 @@ struct Entry {
 /// Points of the plot: bucket end, actual, and the step-1 band made a bucket before.
 type PlotSeries = Vec<(u64, f64, Band)>;
 
-/// The predictors `umbra eval` runs: each baseline and the model, as they are and calibrated.
+/// The predictors `umbra eval` runs: the model, the model with `predict.candidates`
+/// competing per workload as the live agent runs it (named `MODEL/CANDIDATES`), and each
+/// baseline, as they are and calibrated.
 fn predictors(
     cfg: &PredictConfig,
     model: Option<&(Vec<u8>, String)>,
@@ -178,6 +181,28 @@ fn predictors(
     }
     if let Some(p) = model_pair(true)? {
         out.push(p);
+    }
+    let candidates = || -> Vec<Box<dyn Predictor>> {
+        cfg.candidates
+            .iter()
+            .filter_map(|c| baseline::by_name(c, cfg))
+            .collect()
+    };
+    if model.is_some() && !candidates().is_empty() {
+        for calibrated in [false, true] {
+            let Some((bytes, origin)) = model else {
+                break;
+            };
+            let m = Model::load(origin, bytes, ModelKind::Forecast, runtime)?;
+            let primary: Box<dyn Predictor> = Box::new(OnnxForecaster::new(m)?);
+            let name = format!("{}/{}", primary.name(), cfg.candidates.join(","));
+            let live: Box<dyn Predictor> = Box::new(Select::new(primary, candidates()).named(name));
+            out.push(if calibrated {
+                Box::new(Calibrated::new(live, &cfg.calibration))
+            } else {
+                live
+            });
+        }
     }
     for name in baseline::BASELINES {
         for calibrated in [false, true] {
@@ -584,16 +609,22 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         if rows.is_empty() {
             continue;
         }
-        // The target column as wide as its longest name.
+        // The target column as wide as its longest name; the predictor's too, up to 40.
         let w = rows
             .iter()
             .map(|s| s.target.len())
             .max()
             .unwrap_or(6)
             .max(6);
+        let pw = rows
+            .iter()
+            .map(|s| s.predictor.chars().count())
+            .max()
+            .unwrap_or(9)
+            .clamp(9, 40);
         writeln!(
             out,
-            "{what:<8} {:<24} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
+            "{what:<8} {:<pw$} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
             "predictor",
             "kind",
             "target",
@@ -608,8 +639,8 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         for s in rows {
             writeln!(
                 out,
-                "{what:<8} {:<24} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>7.1}% {:>12} {:>8}",
-                crate::view::clip(&s.predictor, 24),
+                "{what:<8} {:<pw$} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>7.1}% {:>12} {:>8}",
+                crate::view::clip(&s.predictor, pw),
                 s.kind,
                 s.target,
                 num(s.pinball),

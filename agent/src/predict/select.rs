@@ -73,6 +73,12 @@ impl Select {
         s
     }
 
+    /// The same, named `name` (the primary's name otherwise).
+    pub fn named(mut self, name: String) -> Select {
+        self.name = name;
+        self
+    }
+
     /// The predictor each target of `w` uses now (names), if `w` is tracked.
     pub fn chosen(&self, w: &WorkloadId) -> Option<[&str; 4]> {
         let t = self.tracks.get(w)?;
