@@ -7,7 +7,7 @@
 //! was present in it (ran at all): pinball loss per quantile, whether the outcome fell in
 //! p10–p90, the absolute error of p50. `--score-after F` scores only the buckets after the
 //! first fraction F of each recording (a time split); files never trained on are scored
-//! whole.
+//! whole. Each recording replays through fresh predictors (an agent started for it).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -252,7 +252,7 @@ pub fn run(
     let depth = entries.iter().map(|e| e.p.history()).max().unwrap_or(1);
     let horizon = cfg.horizon;
     let mut plot: BTreeMap<WorkloadId, (String, f64, PlotSeries)> = BTreeMap::new();
-    for r in recordings {
+    for (i, r) in recordings.iter().enumerate() {
         let recorded = export::recording_interval_ms(r)?;
         let ms = interval_ms.unwrap_or_else(|| cfg.interval_ms(recorded as u64));
         if recorded == 0 || !ms.is_multiple_of(recorded as u64) {
@@ -278,6 +278,16 @@ pub fn run(
             depth,
             forget_after: u32::MAX,
         });
+        // Each recording replays through fresh predictors, as an agent started for it
+        // would run them: a workload seen in an earlier recording (the same executable
+        // run another day) starts with no history, so the order of the recordings
+        // changes nothing.
+        if i > 0 {
+            let fresh = predictors(&cfg, model.as_ref(), runtime)?;
+            for (e, p) in entries.iter_mut().zip(fresh) {
+                e.p = p.p;
+            }
+        }
         for e in &mut entries {
             e.pending.clear();
         }

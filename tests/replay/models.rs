@@ -58,13 +58,12 @@ const FORECAST_HELD_OUT: usize = 3;
 
 /// The shipped forecaster against every baseline on the held-out recordings, as `umbra
 /// eval` scores them (forecasts for the next 6 buckets, scored in the buckets the workload
-/// ran in). Measured when the model was shipped (2026.12.05-1): as they are, model /
-/// best baseline 0.980 for CPU (vs ewma) and 1.003 for memory (vs seasonal) — the goal of
-/// 0.80 is not reached; calibrated, model+aci / best calibrated baseline 0.834 for CPU and
-/// 0.878 for memory (both vs ewma+aci), its p10–p90 holding 87.9% of CPU and 80.4% of
-/// memory outcomes. The model before it (its loss fitting the buckets a workload was absent
-/// from) read 1.015 / 1.047; calibration learning from bands made while absent, 1.23 for
-/// calibrated memory.
+/// ran in; each recording through fresh predictors). Measured when the model was shipped
+/// (2026.12.05-1): as they are, model / best baseline 0.977 for CPU (vs autopilot) and
+/// 0.962 for memory (vs last) — the goal of 0.80 is not reached; calibrated, model+aci /
+/// best calibrated baseline 0.736 for CPU and 0.878 for memory (vs autopilot+aci), its
+/// p10–p90 holding 88.0% of CPU and 81.7% of memory outcomes. The model before it (its loss
+/// fitting the buckets a workload was absent from) read 1.012 / 1.005.
 #[test]
 fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,25 +118,25 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
     };
     let ratio = |target: &str, calibrated: bool| ratio_of(target, calibrated, false);
     // The live stack (the model, the seasonal candidate taking over where it was better):
-    // measured 0.968 / 1.015 as it is, 0.838 / 0.936 calibrated (its band holding 80.1% of
-    // CPU and 82.1% of memory outcomes).
-    for (target, bound) in [("cpu", 1.03), ("memory", 1.05)] {
+    // measured 0.972 / 0.956 as it is, 0.733 / 0.913 calibrated (its band holding 77.8% of
+    // CPU and 81.0% of memory outcomes).
+    for (target, bound) in [("cpu", 1.01), ("memory", 1.00)] {
         let (r, _) = ratio_of(target, false, true);
         assert!(r <= bound, "{target}, live stack: {r:.3}");
         let (r, _) = ratio_of(target, true, true);
-        assert!(r <= 0.97, "{target}, live stack calibrated: {r:.3}");
+        assert!(r <= 0.95, "{target}, live stack calibrated: {r:.3}");
     }
     let (cpu, _) = ratio("cpu", false);
     let (memory, _) = ratio("memory", false);
     let (cpu_cal, cpu_m) = ratio("cpu", true);
     let (memory_cal, memory_m) = ratio("memory", true);
-    assert!(cpu <= 1.02, "cpu: pinball / best baseline {cpu:.3}");
+    assert!(cpu <= 1.01, "cpu: pinball / best baseline {cpu:.3}");
     assert!(
-        memory <= 1.03,
+        memory <= 1.00,
         "memory: pinball / best baseline {memory:.3}"
     );
     assert!(
-        cpu_cal <= 0.88,
+        cpu_cal <= 0.80,
         "cpu calibrated: pinball / best calibrated baseline {cpu_cal:.3}"
     );
     assert!(
@@ -156,6 +155,32 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
         "cpu calibrated coverage {:.3}",
         cpu_m.coverage
     );
+}
+
+/// Each recording replays through fresh predictors: the order of the files changes
+/// nothing (a workload of the same executable in two recordings once carried the baselines'
+/// history from the first into the second).
+#[test]
+fn the_order_of_the_recordings_does_not_change_the_forecast_scores() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let (a, b) = (
+        fixtures.join("compile.umbra"),
+        fixtures.join("compress.umbra"),
+    );
+    let rt = default_runtime();
+    let run = |files: &[PathBuf]| {
+        eval::run(
+            files,
+            &PredictConfig::default(),
+            &options(None, None),
+            rt.as_ref(),
+        )
+        .unwrap()
+        .forecast
+    };
+    let ab = run(&[a.clone(), b.clone()]);
+    assert!(ab.iter().any(|s| s.n > 0), "nothing scored: {ab:?}");
+    assert_eq!(ab, run(&[b, a]));
 }
 
 /// The per-request model against the profile-only baseline (the empirical quantiles of an

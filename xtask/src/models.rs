@@ -210,9 +210,120 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         cmd.arg("--test").arg(&dir);
         cmd.arg("--report").arg(out.join("training-report.json"));
+        step("training (models/train.py)");
+        run(cmd.current_dir(root()))?;
+        // In the order `tests/replay/models.rs` and BENCHMARKS.md give them: the request
+        // rows depend on it (profiles learnt in one recording serve the next).
+        let order = ["test-steps", "test-daily", "test-web", "test-requests"];
+        let rank = |p: &PathBuf| {
+            let stem = p.file_stem().and_then(|n| n.to_str()).unwrap_or("");
+            order.iter().position(|o| *o == stem).unwrap_or(order.len())
+        };
+        let (mut forecast, mut all) = (of("forecast"), recs.clone());
+        forecast.sort_by_key(rank);
+        all.sort_by_key(rank);
+        return judge(&umbra, &out, &forecast, &all);
     }
     step("training (models/train.py)");
     run(cmd.current_dir(root()))
+}
+
+/// The judge's report of the models just trained: `umbra eval --json` over the held-out
+/// recordings — the forecaster's (its rows) and all of them (the request rows) — written
+/// to `eval-report.json` beside the models, and its ratios printed. The training report's
+/// held-out numbers are the Python pipeline's guide; these are the agent's own scoring,
+/// which the acceptance and `tests/replay/models.rs` use.
+fn judge(umbra: &Path, out: &Path, forecast: &[PathBuf], all: &[PathBuf]) -> Result<()> {
+    step("the held-out recordings through umbra eval (eval-report.json)");
+    let eval = |files: &[PathBuf]| -> Result<serde_json::Value> {
+        let mut c = Command::new(umbra);
+        c.args(["--log", "error", "eval", "--json", "--model"])
+            .arg(out.join("forecast.onnx"))
+            .arg("--request-model")
+            .arg(out.join("request.onnx"))
+            .args(files);
+        let o = c.output().context("running umbra eval")?;
+        if !o.status.success() {
+            bail!(
+                "umbra eval failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&o.stdout).context("umbra eval --json printed no JSON")
+    };
+    let f = eval(forecast)?;
+    let r = eval(all)?;
+    let names = |files: &[PathBuf]| -> Vec<String> {
+        files
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    let report = serde_json::json!({
+        "recordings": { "forecast": names(forecast), "request": names(all) },
+        "forecast": f["forecast"],
+        "request": r["request"],
+    });
+    let path = out.join("eval-report.json");
+    fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    for line in ratios(&report) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// Per section and target: the model's pinball over the best baseline's, as they are and
+/// calibrated (`+aci`).
+fn ratios(report: &serde_json::Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for section in ["forecast", "request"] {
+        let rows = report[section].as_array().cloned().unwrap_or_default();
+        let field = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("").to_string();
+        let mut targets: Vec<String> = Vec::new();
+        for r in &rows {
+            let t = field(r, "target");
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+        for t in targets {
+            for calibrated in [false, true] {
+                let of = |kind: &str| {
+                    rows.iter()
+                        .filter(|r| {
+                            let name = field(r, "predictor");
+                            field(r, "target") == t
+                                && field(r, "kind") == kind
+                                && name.ends_with("+aci") == calibrated
+                                && !name.contains('/')
+                        })
+                        .map(|r| {
+                            (
+                                field(r, "predictor"),
+                                r["pinball"].as_f64().unwrap_or(f64::NAN),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let (Some((model, m)), Some((best, b))) = (
+                    of("model").into_iter().next(),
+                    of("baseline")
+                        .into_iter()
+                        .min_by(|a, b| a.1.total_cmp(&b.1)),
+                ) else {
+                    continue;
+                };
+                lines.push(format!("{section} {t}: {model} / {best} = {:.3}", m / b));
+            }
+        }
+    }
+    lines
 }
 
 fn has_request_export(umbra: &Path) -> bool {
