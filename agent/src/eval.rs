@@ -30,7 +30,6 @@ use crate::{
         request::{DEFAULT_HASH_BUCKETS, RequestFeaturizer},
         runtime::Runtime,
         schema::ModelKind,
-        select::Select,
     },
     record::RecordError,
 };
@@ -163,57 +162,36 @@ fn predictors(
     model: Option<&(Vec<u8>, String)>,
     runtime: &dyn Runtime,
 ) -> Result<Vec<Entry>, EvalError> {
-    let mut out: Vec<Box<dyn Predictor>> = Vec::new();
-    let model_pair = |calibrated: bool| -> Result<Option<Box<dyn Predictor>>, EvalError> {
+    let load = || -> Result<Option<Box<dyn Predictor>>, EvalError> {
         let Some((bytes, origin)) = model else {
             return Ok(None);
         };
         let m = Model::load(origin, bytes, ModelKind::Forecast, runtime)?;
-        let p: Box<dyn Predictor> = Box::new(OnnxForecaster::new(m)?);
-        Ok(Some(if calibrated {
-            Box::new(Calibrated::new(p, &cfg.calibration))
-        } else {
-            p
-        }))
+        Ok(Some(Box::new(OnnxForecaster::new(m)?)))
     };
-    if let Some(p) = model_pair(false)? {
-        out.push(p);
-    }
-    if let Some(p) = model_pair(true)? {
-        out.push(p);
-    }
-    let candidates = || -> Vec<Box<dyn Predictor>> {
-        cfg.candidates
-            .iter()
-            .filter_map(|c| baseline::by_name(c, cfg))
-            .collect()
+    // The model with its candidates, named apart from the model alone.
+    let live = |p: Box<dyn Predictor>| -> Option<Box<dyn Predictor>> {
+        let name = format!("{}/{}", p.name(), cfg.candidates.join(","));
+        let s = crate::predict::select_with_candidates(cfg, p).ok()?;
+        Some(Box::new(s.named(name)))
     };
-    if model.is_some() && !candidates().is_empty() {
-        for calibrated in [false, true] {
-            let Some((bytes, origin)) = model else {
-                break;
-            };
-            let m = Model::load(origin, bytes, ModelKind::Forecast, runtime)?;
-            let primary: Box<dyn Predictor> = Box::new(OnnxForecaster::new(m)?);
-            let name = format!("{}/{}", primary.name(), cfg.candidates.join(","));
-            let live: Box<dyn Predictor> = Box::new(Select::new(primary, candidates()).named(name));
-            out.push(if calibrated {
-                Box::new(Calibrated::new(live, &cfg.calibration))
-            } else {
-                live
-            });
-        }
-    }
-    for name in baseline::BASELINES {
-        for calibrated in [false, true] {
-            if let Some(p) = baseline::by_name(name, cfg) {
-                out.push(if calibrated {
-                    Box::new(Calibrated::new(p, &cfg.calibration))
-                } else {
-                    p
-                });
-            }
-        }
+    let all = || -> Result<Vec<Box<dyn Predictor>>, EvalError> {
+        let mut v: Vec<Box<dyn Predictor>> = Vec::new();
+        v.extend(load()?);
+        v.extend(load()?.and_then(live));
+        v.extend(
+            baseline::BASELINES
+                .iter()
+                .filter_map(|name| baseline::by_name(name, cfg)),
+        );
+        Ok(v)
+    };
+    // Each as it is, then calibrated (another instance: predictors keep state).
+    let (plain, again) = (all()?, all()?);
+    let mut out: Vec<Box<dyn Predictor>> = Vec::new();
+    for (p, q) in plain.into_iter().zip(again) {
+        out.push(p);
+        out.push(Box::new(Calibrated::new(q, &cfg.calibration)));
     }
     Ok(out
         .into_iter()

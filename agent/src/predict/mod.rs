@@ -532,6 +532,18 @@ impl ForecastStage {
 
 /// `primary`, with `cfg.candidates` competing per workload ([`select::Select`]).
 fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn Predictor> {
+    match select_with_candidates(cfg, primary) {
+        Ok(s) => Box::new(s),
+        Err(primary) => primary,
+    }
+}
+
+/// `primary` with `cfg.candidates` competing per workload, as the live agent runs it; the
+/// primary back when there is no candidate.
+pub fn select_with_candidates(
+    cfg: &PredictConfig,
+    primary: Box<dyn Predictor>,
+) -> Result<select::Select, Box<dyn Predictor>> {
     let names: Vec<String> = cfg
         .candidates
         .iter()
@@ -539,7 +551,7 @@ fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn 
         .cloned()
         .collect();
     if names.is_empty() {
-        return primary;
+        return Err(primary);
     }
     let base = cfg.clone();
     // Candidates forecast as far ahead as the primary (made again for a model of another
@@ -552,7 +564,7 @@ fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn 
             .filter_map(|c| baseline::by_name(c, &c_cfg))
             .collect()
     };
-    Box::new(select::Select::with_make(primary, Box::new(make)))
+    Ok(select::Select::with_make(primary, Box::new(make)))
 }
 
 /// The fallback baseline of `cfg`.
