@@ -127,7 +127,7 @@ def request_names(hash_buckets: int) -> list[str]:
     return out + ["uid_root", "node_cpu_busy", "node_mem_available"]
 
 
-def synthetic_requests(path: Path, n: int, seed: int) -> None:
+def synthetic_requests(path: Path, n: int, seed: int, exe: str = "x") -> None:
     """Requests of a compressor whose cost grows with its input: each row's profile holds
     the quantiles of the runs before it, as the agent's export writes them."""
     rng = np.random.default_rng(seed)
@@ -152,7 +152,7 @@ def synthetic_requests(path: Path, n: int, seed: int) -> None:
         row.update(input_files=1, input_bytes_total=mib * 2**20, input_bytes_max=mib * 2**20, argv_count=3)
         row["argv_hash_3"] = 2
         row["node_mem_available"] = 0.8
-        lines.append(",".join(["r", "exe:sha256:x", "/usr/bin/x", str(i)] + [f"{row[k]:g}" for k in names] + [f"{v:g}" for v in y]))
+        lines.append(",".join(["r", f"exe:sha256:{exe}", f"/usr/bin/{exe}", str(i)] + [f"{row[k]:g}" for k in names] + [f"{v:g}" for v in y]))
         runs.append((y, mib * 2**20))
     path.write_text("\n".join(lines) + "\n")
 
@@ -254,6 +254,32 @@ class Request(unittest.TestCase):
             for t, r in zip(D.REQUEST_TARGETS, ratio):
                 self.assertLess(r, 0.8, f"{t}: {ratio}")
             self.assertLess(report["request"]["tract_max_diff"], 1e-4)
+
+    def test_executables_left_out_of_training_are_judged_each_on_its_own(self):
+        from umbra_train import request as R
+
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            synthetic_requests(d / "x.csv", 200, seed=1, exe="x")
+            synthetic_requests(d / "y.csv", 30, seed=2, exe="y")
+            data = D.load_requests([d / "x.csv", d / "y.csv"])
+            left_out = []
+            fit = R.fit
+
+            def spy(dd, cfg, seed, log=None):
+                left_out.append(sorted({Path(e).name for e in dd.exe}))
+                return fit(dd, cfg, seed, log)
+
+            R.fit = spy
+            try:
+                res = R.unseen_validation(data, R.Config(hidden=[8], steps=100), 3, min_requests=40)
+            finally:
+                R.fit = fit
+            # `y` has too few requests to be judged; `x` is judged by a model that never saw it.
+            self.assertEqual(list(res["executables"]), ["x"])
+            self.assertEqual(left_out, [["y"]])
+            self.assertEqual(res["n"], int(R.input_size_dependent(data.take(np.nonzero(data.exe == "/usr/bin/x")[0])).sum()))
+            self.assertTrue(all(np.isfinite(res["ratio"])))
 
 
 if __name__ == "__main__":
