@@ -140,6 +140,11 @@ def input_size_dependent(d: RequestData) -> np.ndarray:
     return out
 
 
+def ratio_vs_profile(res: dict) -> np.ndarray:
+    """An `evaluate` result's pinball loss per target, model / profile."""
+    return res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)
+
+
 def evaluate(params, spec, sc, cfg, d: RequestData, mask: np.ndarray) -> dict:
     sub = d.take(np.nonzero(mask)[0])
     pred = sc.to_units(nn.predict(params, spec, sc.x(sub)), len(cfg.quantiles))
@@ -201,11 +206,12 @@ def unseen_validation(d: RequestData, cfg: Config, seed: int, min_requests: int 
         params, spec, sc = fit(d.take(np.nonzero(~out)[0]), cfg, seed)
         dv = d.take(np.nonzero(out)[0])
         res = evaluate(params, spec, sc, cfg, dv, input_size_dependent(dv))
-        per[name] = {"n": res["n"], "ratio": (res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)).tolist()}
+        per[name] = {"n": res["n"], "ratio": ratio_vs_profile(res).tolist()}
         model += res["model"]["pinball"] * res["n"]
         profile += res["profile"]["pinball"] * res["n"]
         total += res["n"]
-    return {"executables": per, "n": total, "ratio": (model / np.maximum(profile, 1e-12)).tolist()}
+    both = {"model": {"pinball": model}, "profile": {"pinball": profile}}
+    return {"executables": per, "n": total, "ratio": ratio_vs_profile(both).tolist()}
 
 
 def time_split(d: RequestData, frac=0.75) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +277,7 @@ def run(args, report: dict, log) -> None:
         for c in CANDIDATES:
             params, spec, sc = fit(dtr, c, args.seed, log=log)
             res = evaluate(params, spec, sc, c, dva, input_size_dependent(dva))
-            ratio = res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)
+            ratio = ratio_vs_profile(res)
             results.append((c, res, ratio))
             log(f"validation {c.label()} (n={res['n']}): pinball / profile = " + ", ".join(f"{t} {r:.3f}" for t, r in zip(REQUEST_TARGETS, ratio)))
         cfg = results[int(np.argmin([float(r.mean()) for _, _, r in results]))][0]
@@ -323,9 +329,6 @@ def run(args, report: dict, log) -> None:
             def as_json(r):
                 return {k: (v if k == "n" else {kk: vv.tolist() for kk, vv in v.items()}) for k, v in r.items()}
 
-            def ratio_of(r):
-                return (r["model"]["pinball"] / np.maximum(r["profile"]["pinball"], 1e-12)).tolist()
-
             res = evaluate(params, spec, sc, cfg, t, input_size_dependent(t))
             log(f"held-out test requests, executables run over inputs of different sizes (n={res['n']}):")
             log(fmt(res))
@@ -335,9 +338,9 @@ def run(args, report: dict, log) -> None:
             unseen = ~np.isin(t.exe, np.unique(d.exe))
             report["request_test"] = {
                 "input_size_dependent": as_json(res),
-                "ratio_vs_profile": ratio_of(res),
+                "ratio_vs_profile": ratio_vs_profile(res).tolist(),
                 "size_dependent": as_json(broad),
-                "size_dependent_ratio_vs_profile": ratio_of(broad),
+                "size_dependent_ratio_vs_profile": ratio_vs_profile(broad).tolist(),
                 "unseen_executables": sorted({Path(e).name for e in t.exe[unseen]}),
             }
             m = input_size_dependent(t) & unseen
