@@ -338,6 +338,39 @@ fn rss_of_touched_memory_matches_vmrss() {
     w.finish();
 }
 
+/// A process that ends between two walks has, in its final sample, the memory it held
+/// when it exited: since Linux 6.16 the exit tracepoint comes before the kernel lets the
+/// memory map go, and its record carries the map's counters. (Before, the final sample
+/// holds what the last walk saw.) Per-request peak RSS is made of these samples: a
+/// program that lives less than an interval was measured at 0.
+#[test]
+fn a_process_that_ends_between_walks_reports_its_memory_at_exit() {
+    if !privileged("a_process_that_ends_between_walks_reports_its_memory_at_exit") {
+        return;
+    }
+    let mut cap = capture();
+    let mut w = Workload::start(&["touch", "256"]);
+    let pid = w.pid();
+    let before = sample_now(&mut cap, pid).memory.rss();
+    w.go();
+    w.wait_done();
+    // No walk between the touch and the exit: only the exit record saw the memory.
+    w.finish();
+    let got = final_sample(&mut cap, pid).memory.rss();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    eprintln!("rss at exit: {got} (before the touch {before}), Linux {major}.{minor}");
+    if (major, minor) >= (6, 16) {
+        assert!(got >= 250 * MIB, "rss at exit {got}: the touch was 256 MiB");
+    } else {
+        assert_eq!(got, before, "Linux {major}.{minor}: the last walk's memory");
+    }
+}
+
 /// A process's RSS follows the thread that allocates, while the others sleep: the task
 /// iterator writes a sleeping thread as a mark, and what it held of that thread's memory
 /// map is from before.

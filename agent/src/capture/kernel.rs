@@ -16,7 +16,7 @@ use std::{
 use agent_common::{
     ABSENT, DROP_KINDS, Drop, EVENT_EXEC, EVENT_EXIT, EVENT_FREE, ExecEvent, ExitEvent, ExitedKey,
     FLAG_GROUP_DEAD, FLAG_GROUP_UNKNOWN, FLAG_TOTAL, ITER_CTL_GEN, KernelConfig, LifecycleEvent,
-    ProcKey, ProcStats, RING_WAKE_EVERY_NS, TaskRecord, prog,
+    ProcKey, ProcStats, REC_MM, RING_WAKE_EVERY_NS, TaskRecord, prog,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -32,7 +32,7 @@ use super::{
     identity::{self, Identity},
     iter::HeldRecords,
     procfs,
-    sampler::ProcInfo,
+    sampler::{ProcInfo, memory_of},
     syscalls,
     tracefs::{self, Tracefs},
     types::{Argv, ArgvSource, DropCounts, Exit, Lifecycle, LifecycleKind},
@@ -958,11 +958,19 @@ impl KernelCapture {
                         timestamp_ns: ev.timestamp_ns,
                     };
                     let comm = ev.comm.clone();
+                    let page = self.page_size;
                     let info = self.info_of(ev.tgid, start);
                     if info.comm.is_empty() {
                         info.comm = comm.into();
                     }
                     info.exit = Some(exit);
+                    // Where the exit tracepoint comes before the memory map is let go
+                    // (Linux 6.16+), its final sample holds what the process had at exit,
+                    // not what the last walk saw (nothing, for one that lived less than
+                    // an interval).
+                    if let Some(t) = total.filter(|t| t.flags & REC_MM != 0) {
+                        info.memory = memory_of(&t.rss_pages, page);
+                    }
                     if total.is_some() {
                         info.total = total;
                         self.note_ended(ev.tgid, start);

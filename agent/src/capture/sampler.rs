@@ -824,7 +824,7 @@ fn compose(
     c
 }
 
-fn memory_of(rss: &[i64; RSS_MEMBERS], page: u64) -> Memory {
+pub(super) fn memory_of(rss: &[i64; RSS_MEMBERS], page: u64) -> Memory {
     let b = |i: usize| rss[i].max(0) as u64 * page;
     Memory {
         file: b(RSS_FILE),
