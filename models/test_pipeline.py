@@ -282,5 +282,38 @@ class Request(unittest.TestCase):
             self.assertTrue(all(np.isfinite(res["ratio"])))
 
 
+    def test_an_unmeasured_peak_rss_is_left_out_of_the_loss_and_the_widening(self):
+        from umbra_train import request as R
+
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            synthetic_requests(d / "x.csv", 120, seed=1)
+            data = D.load_requests([d / "x.csv"])
+            k = D.REQUEST_TARGETS.index("peak_rss_bytes")
+            data.y[::3, k] = 4096  # one page: a run no sample saw with its memory
+            seen = []
+            train = nn.train
+
+            def spy(*a, **kw):
+                seen.append(kw.get("weights"))
+                return train(*a, **kw)
+
+            nn.train = spy
+            try:
+                cfg = R.Config(hidden=[8], steps=50)
+                params, spec, sc = R.fit(data, cfg, 3)
+            finally:
+                nn.train = train
+            w = seen[0]
+            self.assertIsNotNone(w, "fit weighs no outcome out")
+            np.testing.assert_array_equal(w[:, k], (np.arange(len(data)) % 3 != 0).astype(np.float32))
+            self.assertTrue((np.delete(w, k, axis=1) == 1).all())
+            # Unmeasured outcomes far below the band would widen it; they are not scored.
+            q = len(cfg.quantiles)
+            widen = R.conformal_widening(params, spec, sc, cfg, data)[k * q + q - 1]
+            kept = data.take(np.nonzero(np.arange(len(data)) % 3 != 0)[0])
+            self.assertAlmostEqual(float(widen), float(R.conformal_widening(params, spec, sc, cfg, kept)[k * q + q - 1]), places=6)
+
+
 if __name__ == "__main__":
     unittest.main()

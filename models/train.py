@@ -32,7 +32,7 @@ from umbra_train import data as D  # noqa: E402
 from umbra_train import forecast as F  # noqa: E402
 from umbra_train import nn  # noqa: E402
 
-MODEL_VERSION = "2026.12.05-1"
+MODEL_VERSION = "2026.12.05-2"
 
 # What the forecaster search compared (models/README.md has the numbers); KEPT is shipped.
 FORECAST_CANDIDATES = [

@@ -140,6 +140,26 @@ def input_size_dependent(d: RequestData) -> np.ndarray:
     return out
 
 
+# A peak RSS below this is no measurement: every exec'd program maps more. It is what the
+# capture reported for a run no sample saw with its memory (one shorter than an interval,
+# on kernels before 6.16, and in every recording made before the capture took a process's
+# memory at its exit): 0 or one page.
+MEASURED_RSS = 64 << 10
+
+
+def rss_measured(d: RequestData) -> np.ndarray:
+    """Requests whose peak RSS was measured (see MEASURED_RSS)."""
+    return d.y[:, REQUEST_TARGETS.index("peak_rss_bytes")] >= MEASURED_RSS
+
+
+def loss_weights(d: RequestData) -> np.ndarray:
+    """Per request and target, whether the outcome counts in the loss: all but the peak RSS
+    of requests where it was not measured."""
+    w = np.ones((len(d), len(REQUEST_TARGETS)), np.float32)
+    w[:, REQUEST_TARGETS.index("peak_rss_bytes")] = rss_measured(d)
+    return w
+
+
 def ratio_vs_profile(res: dict) -> np.ndarray:
     """An `evaluate` result's pinball loss per target, model / profile."""
     return res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)
@@ -164,7 +184,7 @@ def fit(d: RequestData, cfg: Config, seed: int, log=None):
     t0 = time.time()
     params = nn.train(
         spec, x, y, seed=seed, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        skip_init=skip_init(sc, cfg), log=log,
+        skip_init=skip_init(sc, cfg), weights=loss_weights(d), log=log,
     )
     if log:
         log(f"  {cfg.label()}: {len(x)} requests, {time.time() - t0:.1f} s")
@@ -173,15 +193,17 @@ def fit(d: RequestData, cfg: Config, seed: int, log=None):
 
 def conformal_widening(params, spec, sc: Scaling, cfg: Config, d: RequestData, cover=0.8) -> np.ndarray:
     """Per output (standardised), what to add so that the outermost quantiles' band holds
-    `cover` of `d`'s outcomes: conformalized quantile regression's score max(lo − y, y − hi)
-    per target, its `cover` quantile (finite-sample corrected), never negative (the band
-    only widens); subtracted from the lowest quantile, added to the highest."""
+    `cover` of `d`'s outcomes (of peak RSS, the measured ones): conformalized quantile
+    regression's score max(lo − y, y − hi) per target, its `cover` quantile (finite-sample
+    corrected), never negative (the band only widens); subtracted from the lowest quantile,
+    added to the highest."""
     q = len(cfg.quantiles)
     pred = nn.predict(params, spec, sc.x(d)).reshape(len(d), len(REQUEST_TARGETS), q)
     y = sc.y(d)
+    counted = loss_weights(d) > 0
     widen = np.zeros(len(REQUEST_TARGETS) * q, np.float32)
     for k in range(len(REQUEST_TARGETS)):
-        e = np.maximum(pred[:, k, 0] - y[:, k], y[:, k] - pred[:, k, -1])
+        e = np.maximum(pred[:, k, 0] - y[:, k], y[:, k] - pred[:, k, -1])[counted[:, k]]
         n = len(e)
         if n == 0:
             continue

@@ -59,8 +59,9 @@ const FORECAST_HELD_OUT: usize = 3;
 /// The shipped forecaster against every baseline on the held-out recordings, as `umbra
 /// eval` scores them (forecasts for the next 6 buckets, scored in the buckets the workload
 /// ran in; each recording through fresh predictors). Measured when the model was shipped
-/// (2026.12.05-1): as they are, model / best baseline 0.977 for CPU (vs autopilot) and
-/// 0.962 for memory (vs last) — the goal of 0.80 is not reached; calibrated, model+aci /
+/// (2026.12.05-1; 2026.12.05-2 has its weights): as they are, model / best baseline 0.977
+/// for CPU (vs autopilot) and 0.962 for memory (vs last) — the goal of 0.80 is not
+/// reached; calibrated, model+aci /
 /// best calibrated baseline 0.736 for CPU and 0.878 for memory (vs autopilot+aci), its
 /// p10–p90 holding 88.0% of CPU and 81.7% of memory outcomes. The model before it (its loss
 /// fitting the buckets a workload was absent from) read 1.012 / 1.005.
@@ -185,9 +186,12 @@ fn the_order_of_the_recordings_does_not_change_the_forecast_scores() {
 
 /// The per-request model against the profile-only baseline (the empirical quantiles of an
 /// executable's past runs) on the input-size-dependent programs of the held-out
-/// recordings. Measured when the model was shipped: pinball ratio cpu_seconds 0.863,
-/// peak_rss_bytes 1.062, duration_seconds 0.859, io_bytes 0.581; p10–p90 coverage 0.64,
-/// 0.85, 0.59, 0.78 (0.34, 0.74, 0.43, 0.48 before the conformal widening).
+/// recordings. Measured when the model was shipped (2026.12.05-2: `requests` and
+/// `test-requests` recorded with every run's peak RSS measured, and unmeasured peak RSS left
+/// out of training): pinball ratio cpu_seconds 0.728, peak_rss_bytes 0.709,
+/// duration_seconds 0.704, io_bytes 0.569; p10–p90 coverage 0.62, 0.64, 0.68, 0.68. The
+/// model before it (2026.12.05-1) reads 0.909, 2.081, 0.867, 0.641 here; trained on the same
+/// data without leaving unmeasured peak RSS out, 0.692, 0.889, 0.670, 0.669: both fail.
 #[test]
 fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,10 +231,9 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
     let [cpu, rss, duration, io] = ratios[..] else {
         unreachable!()
     };
-    assert!(cpu <= 0.90, "cpu_seconds ratio {cpu:.3}");
-    assert!(duration <= 0.90, "duration_seconds ratio {duration:.3}");
-    // Input size drives the bytes a request reads and writes.
+    // The acceptance: at least 20% below the profile.
+    assert!(cpu <= 0.80, "cpu_seconds ratio {cpu:.3}");
+    assert!(rss <= 0.80, "peak_rss_bytes ratio {rss:.3}");
+    assert!(duration <= 0.80, "duration_seconds ratio {duration:.3}");
     assert!(io <= 0.80, "io_bytes ratio {io:.3}");
-    // The widening costs memory's pinball (its band was already wide enough here).
-    assert!(rss <= 1.10, "peak_rss_bytes ratio {rss:.3}");
 }
