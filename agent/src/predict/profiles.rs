@@ -47,6 +47,15 @@ pub struct Outcome {
     pub io_bytes: f64,
 }
 
+/// A peak RSS below this (bytes) is no measurement — every exec'd program maps more — but
+/// a run no sample saw with its memory: one shorter than an interval on a kernel before
+/// 6.16, whose exit tracepoint comes after the memory map is gone. Such runs count for
+/// every outcome but peak RSS.
+pub const MEASURED_RSS: f32 = 65_536.0;
+
+/// Index of peak RSS in [`OUTCOMES`].
+pub const PEAK_RSS: usize = 1;
+
 /// The four outcomes in the contract's order.
 pub const OUTCOMES: [&str; 4] = [
     "cpu_seconds",
@@ -87,6 +96,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Whether this run measured outcome `i` (see [`MEASURED_RSS`]).
+    pub fn measured(&self, i: usize) -> bool {
+        i != PEAK_RSS || self.outcome[i] >= MEASURED_RSS
+    }
+
     pub fn new(o: &Outcome, input_bytes: u64, ended_ms: u64) -> Run {
         let f = |v: f64| {
             if v.is_finite() {
@@ -124,9 +138,14 @@ pub struct Profile {
 
 impl Profile {
     /// Quantiles of outcome `i` (index in [`OUTCOMES`]) at `levels`, numpy's linear
-    /// interpolation; zeros without runs.
+    /// interpolation, over the runs that measured it; zeros without any.
     pub fn quantiles(&self, i: usize, levels: &[f64]) -> Vec<f64> {
-        let mut v: Vec<f64> = self.runs.iter().map(|r| r.outcome[i] as f64).collect();
+        let mut v: Vec<f64> = self
+            .runs
+            .iter()
+            .filter(|r| r.measured(i))
+            .map(|r| r.outcome[i] as f64)
+            .collect();
         quantiles(&mut v, levels)
     }
 

@@ -208,7 +208,7 @@ impl RequestFeaturizer {
             per_mib.extend(
                 p.runs
                     .iter()
-                    .filter(|r| r.input_bytes > 0)
+                    .filter(|r| r.input_bytes > 0 && r.measured(i))
                     .map(|r| r.outcome[i] as f64 / (r.input_bytes as f64 / MIB)),
             );
             row.push(quantiles(&mut per_mib, &[0.5])[0] as f32);
@@ -655,23 +655,27 @@ mod tests {
     fn profile_features_are_quantiles_of_past_runs_and_their_cost_per_mib() {
         let f = RequestFeaturizer::new(8);
         let mib = 1u64 << 20;
-        // cpu 1, 2, 3, 4 s over inputs of 1, 2, 0, 8 MiB.
+        // cpu 1, 2, 3, 4 s over inputs of 1, 2, 0, 8 MiB; a fifth run's peak RSS was not
+        // measured (one page), and counts for the other outcomes only.
         let p = profile(&[
-            ([1.0, 10.0, 1.0, 0.0], mib),
-            ([2.0, 20.0, 2.0, 0.0], 2 * mib),
-            ([3.0, 30.0, 3.0, 0.0], 0),
-            ([4.0, 40.0, 4.0, 0.0], 8 * mib),
+            ([1.0, 10e6, 1.0, 0.0], mib),
+            ([2.0, 20e6, 2.0, 0.0], 2 * mib),
+            ([3.0, 30e6, 3.0, 0.0], 0),
+            ([4.0, 40e6, 4.0, 0.0], 8 * mib),
+            ([2.5, 4096.0, 2.5, 0.0], 0),
         ]);
         let row = f.features(&ExecFacts::default(), Some(&p), NodeLoad::default());
-        assert_eq!(get(&f, &row, "profile_runs"), 4.0);
-        // numpy.quantile([1, 2, 3, 4], [0.1, 0.5, 0.9]) = [1.3, 2.5, 3.7]
-        assert!((get(&f, &row, "profile_cpu_seconds_p10") - 1.3).abs() < 1e-6);
+        assert_eq!(get(&f, &row, "profile_runs"), 5.0);
+        // numpy.quantile([1, 2, 2.5, 3, 4], [0.1, 0.5, 0.9]) = [1.4, 2.5, 3.6]
+        assert!((get(&f, &row, "profile_cpu_seconds_p10") - 1.4).abs() < 1e-6);
         assert!((get(&f, &row, "profile_cpu_seconds_p50") - 2.5).abs() < 1e-6);
-        assert!((get(&f, &row, "profile_peak_rss_bytes_p90") - 37.0).abs() < 1e-4);
-        assert_eq!(get(&f, &row, "profile_input_bytes_p50"), 1.5 * mib as f32);
+        // numpy.quantile([10e6, 20e6, 30e6, 40e6], [0.1, 0.9]) = [13e6, 37e6]
+        assert!((get(&f, &row, "profile_peak_rss_bytes_p10") - 13e6).abs() < 1.0);
+        assert!((get(&f, &row, "profile_peak_rss_bytes_p90") - 37e6).abs() < 4.0);
+        assert_eq!(get(&f, &row, "profile_input_bytes_p50"), mib as f32);
         // per MiB over runs with inputs: 1, 1, 0.5 → median 1.
         assert_eq!(get(&f, &row, "profile_cpu_seconds_per_mib_p50"), 1.0);
-        assert_eq!(get(&f, &row, "profile_peak_rss_bytes_per_mib_p50"), 10.0);
+        assert_eq!(get(&f, &row, "profile_peak_rss_bytes_per_mib_p50"), 10e6);
         assert_eq!(get(&f, &row, "profile_io_bytes_per_mib_p50"), 0.0);
         // Never seen: zeros.
         let row = f.features(&ExecFacts::default(), None, NodeLoad::default());
