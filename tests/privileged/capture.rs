@@ -340,9 +340,8 @@ fn rss_of_touched_memory_matches_vmrss() {
 
 /// A process that ends between two walks has, in its final sample, the memory it held
 /// when it exited: since Linux 6.16 the exit tracepoint comes before the kernel lets the
-/// memory map go, and its record carries the map's counters. (Before, the final sample
-/// holds what the last walk saw.) Per-request peak RSS is made of these samples: a
-/// program that lives less than an interval was measured at 0.
+/// memory map go, and its record carries the map's counters. Per-request peak RSS is made
+/// of these samples: a program that lives less than an interval was measured at 0.
 #[test]
 fn a_process_that_ends_between_walks_reports_its_memory_at_exit() {
     if !privileged("a_process_that_ends_between_walks_reports_its_memory_at_exit") {
@@ -364,10 +363,10 @@ fn a_process_that_ends_between_walks_reports_its_memory_at_exit() {
         .map(|x| x.parse::<u32>().unwrap_or(0));
     let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
     eprintln!("rss at exit: {got} (before the touch {before}), Linux {major}.{minor}");
+    // Before 6.16 the memory at exit is not known: the final sample holds the last walk's
+    // (iterator) or what the teardown left (hooks, 0).
     if (major, minor) >= (6, 16) {
         assert!(got >= 250 * MIB, "rss at exit {got}: the touch was 256 MiB");
-    } else {
-        assert_eq!(got, before, "Linux {major}.{minor}: the last walk's memory");
     }
 }
 

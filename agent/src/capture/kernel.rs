@@ -970,6 +970,7 @@ impl KernelCapture {
                     // an interval).
                     if let Some(t) = total.filter(|t| t.flags & REC_MM != 0) {
                         info.memory = memory_of(&t.rss_pages, page);
+                        info.memory_at_exit = true;
                     }
                     if total.is_some() {
                         info.total = total;

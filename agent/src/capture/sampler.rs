@@ -80,6 +80,10 @@ pub struct ProcInfo {
     pub start_ns: u64,
     /// RSS from /proc for members the kernel has not reported since attach (hooks path).
     pub seed: Option<Memory>,
+    /// Whether `memory` is what the process held at its exit (its exit event's, Linux
+    /// 6.16+): final, not to be replaced by what the kernel reports as its memory map is
+    /// torn down (the hooks path's `rss_stat` counts down to 0).
+    pub memory_at_exit: bool,
     /// The final counters the exit event carried (iterator path), then those of the free
     /// of its last task (exact).
     pub total: Option<TaskRecord>,
@@ -323,13 +327,18 @@ impl KernelCapture {
                     )
                 };
             if let Some(t) = t {
-                if let Some(rss) = t.rss {
+                if let Some(rss) = t.rss
+                    && !info.memory_at_exit
+                {
                     info.memory = memory_of(&rss, self.page_size);
                 }
                 if t.cgroup_id != 0 {
                     info.cgroup_id = t.cgroup_id;
                 }
-            } else if !on_iter && let Some(st) = st {
+            } else if !on_iter
+                && !info.memory_at_exit
+                && let Some(st) = st
+            {
                 info.memory = Memory::from_kernel(st);
                 seed_memory(&mut info.memory, st, info.seed);
             }
