@@ -281,7 +281,6 @@ class Request(unittest.TestCase):
             self.assertEqual(res["n"], int(R.input_size_dependent(data.take(np.nonzero(data.exe == "/usr/bin/x")[0])).sum()))
             self.assertTrue(all(np.isfinite(res["ratio"])))
 
-
     def test_an_unmeasured_peak_rss_is_left_out_of_the_loss_and_the_widening(self):
         from umbra_train import request as R
 

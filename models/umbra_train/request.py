@@ -143,7 +143,8 @@ def input_size_dependent(d: RequestData) -> np.ndarray:
 # A peak RSS below this is no measurement: every exec'd program maps more. It is what the
 # capture reported for a run no sample saw with its memory (one shorter than an interval,
 # on kernels before 6.16, and in every recording made before the capture took a process's
-# memory at its exit): 0 or one page.
+# memory at its exit): 0 or one page. The agent's profiles use the same bound
+# (`MEASURED_RSS` in agent/src/predict/profiles.rs); change both together.
 MEASURED_RSS = 64 << 10
 
 

@@ -50,7 +50,8 @@ pub struct Outcome {
 /// A peak RSS below this (bytes) is no measurement — every exec'd program maps more — but
 /// a run no sample saw with its memory: one shorter than an interval on a kernel before
 /// 6.16, whose exit tracepoint comes after the memory map is gone. Such runs count for
-/// every outcome but peak RSS.
+/// every outcome but peak RSS. Training uses the same bound (`MEASURED_RSS` in
+/// models/umbra_train/request.py); change both together.
 pub const MEASURED_RSS: f32 = 65_536.0;
 
 /// Index of peak RSS in [`OUTCOMES`].
