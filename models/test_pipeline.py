@@ -314,5 +314,28 @@ class Request(unittest.TestCase):
             self.assertAlmostEqual(float(widen), float(R.conformal_widening(params, spec, sc, cfg, kept)[k * q + q - 1]), places=6)
 
 
+    def test_the_model_is_held_to_its_profile_band_as_the_agent_holds_it(self):
+        from umbra_train import request as R
+
+        # The case of `a_model_is_held_within_its_profile_band_stretched_by_the_input`
+        # (agent/src/predict/exec.rs), with the same numbers.
+        feats = ["input_bytes_total", "profile_input_bytes_p10", "profile_input_bytes_p90"]
+        feats += [f"profile_{t}_p{p}" for t in D.REQUEST_TARGETS for p in (10, 50, 90)]
+        row = dict.fromkeys(feats, 0.0)
+        row.update({"input_bytes_total": 400e6, "profile_input_bytes_p10": 10e6, "profile_input_bytes_p90": 100e6,
+                    "profile_cpu_seconds_p10": 1.0, "profile_cpu_seconds_p90": 4.0,
+                    "profile_duration_seconds_p10": 2.0, "profile_duration_seconds_p90": 8.0,
+                    "profile_io_bytes_p90": 9.0})
+        x = np.array([[row[f] for f in feats]], np.float32)
+        one = np.array(["r"])
+        d = D.RequestData(feats, one, one, one, np.zeros(1, np.int64), x, np.zeros((1, 4), np.float32))
+        pred = np.array([[[1e-3, 30.0, 1e3], [1.0, 2e9, 9e9], [0.5, 3.0, 5.0], [0.0, 5.0, 1e6]]])
+        got = R.held(d, pred)[0]
+        np.testing.assert_allclose(got[0], [1 / 3, 30.0, 12.0 * (400e6 + 1) / (100e6 + 1)], rtol=1e-6)
+        np.testing.assert_array_equal(got[1], pred[0, 1])  # nothing measured: as it is
+        np.testing.assert_allclose(got[2], [2 / 3, 3.0, 5.0])
+        np.testing.assert_allclose(got[3], [0.0, 5.0, 108.0], rtol=1e-6)
+
+
 if __name__ == "__main__":
     unittest.main()

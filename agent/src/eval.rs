@@ -24,7 +24,7 @@ use crate::{
         Band, Batch, BucketConfig, Featurizer, Forecast, LEVELS, PredictConfig, Predictor,
         PredictorKind, Target, baseline,
         calibrate::Calibrated,
-        exec::{Exec, load_request_model},
+        exec::{Exec, Guard, load_request_model},
         onnx::{LoadError, Model, OnnxForecaster},
         profiles::OUTCOMES,
         request::{DEFAULT_HASH_BUCKETS, RequestFeaturizer},
@@ -314,6 +314,36 @@ struct Scored {
     outcome: [f64; 4],
     profile: [Band; 4],
     model: Option<[Band; 4]>,
+    /// The model as the live agent uses it: each outcome handed to the profile where the
+    /// model was clearly worse on the executable's runs that ended before this exec.
+    guarded: Option<[Band; 4]>,
+}
+
+/// A request that ended, waiting for the guard until a later exec (by its end, boot ns).
+struct Ended {
+    end_ns: u64,
+    key: String,
+    model: [Band; 4],
+    profile: [Band; 4],
+    outcome: [f64; 4],
+}
+
+impl PartialEq for Ended {
+    fn eq(&self, o: &Self) -> bool {
+        self.end_ns == o.end_ns
+    }
+}
+impl Eq for Ended {}
+impl PartialOrd for Ended {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ended {
+    /// Reversed: the heap's top is the earliest end.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.end_ns.cmp(&self.end_ns)
+    }
 }
 
 /// The per-request predictions scored against what each request used: the profile
@@ -322,6 +352,9 @@ struct Scored {
 /// are the requests of *input-size-dependent* programs: a request of an executable with
 /// past runs that named input files, when that executable's input sizes over the
 /// recordings span at least [`SIZE_SPREAD`] (p90 / p10) — decided from the inputs alone.
+/// The model is scored also as the live agent runs it, `MODEL/profile`: with a [`Guard`]
+/// per recording (an agent started for it), scored on every request of an executable with
+/// past runs once it ended, and consulted at each exec.
 pub fn requests(
     recordings: &[PathBuf],
     opts: &EvalOptions,
@@ -346,17 +379,31 @@ pub fn requests(
     };
     let mut all: Vec<Scored> = Vec::new();
     let mut row = Vec::with_capacity(names.len());
-    export::each_request::<RecordError>(recordings, opts.group_by, &featurizer, |_, c, store| {
+    let mut guard = Guard::new(usize::MAX);
+    let mut ended: std::collections::BinaryHeap<Ended> = std::collections::BinaryHeap::new();
+    let mut recording = String::new();
+    export::each_request::<RecordError>(recordings, opts.group_by, &featurizer, |r, c, store| {
+        if r != recording {
+            recording = r.to_string();
+            guard = Guard::new(usize::MAX);
+            ended.clear();
+        }
         row.clear();
         row.extend(c.features.iter().map(|v| *v as f64));
-        if !scored(&row, runs, inputs) {
+        if row.get(runs).is_none_or(|v| *v <= 0.0) {
             return Ok(());
         }
         let v = |i: usize| row.get(i).copied().unwrap_or(0.0);
-        let profile = std::array::from_fn(|t| {
+        let profile: [Band; 4] = std::array::from_fn(|t| {
             let [p10, p50, p90] = profile_at[t].map(v);
             Band { p10, p50, p90 }
         });
+        while ended.peek().is_some_and(|e| e.end_ns <= c.exec_ns) {
+            if let Some(e) = ended.pop() {
+                guard.scored(&e.key, &e.model, &e.profile, e.outcome);
+            }
+        }
+        let outcome: [f64; 4] = std::array::from_fn(|t| c.outcome.get(t));
         let model = model.as_mut().map(|m| {
             let e = Exec {
                 tgid: c.tgid,
@@ -366,20 +413,32 @@ pub fn requests(
                 parent: &c.facts.parent,
                 input_bytes: c.facts.input_bytes(),
             };
-            let p = m.predict_row(store, &e, &row);
-            [
-                p.cpu_seconds,
-                p.peak_rss_bytes,
-                p.duration_seconds,
-                p.io_bytes,
-            ]
+            m.predict_row(store, &e, &row).bands()
         });
+        let guarded = model.map(|m| {
+            let to = guard.to_profile(&c.facts.key);
+            std::array::from_fn(|t| if to[t] { profile[t] } else { m[t] })
+        });
+        if let Some(m) = model {
+            let duration_ns = (outcome[2].max(0.0) * 1e9) as u64;
+            ended.push(Ended {
+                end_ns: c.exec_ns.saturating_add(duration_ns),
+                key: c.facts.key.clone(),
+                model: m,
+                profile,
+                outcome,
+            });
+        }
+        if !scored(&row, runs, inputs) {
+            return Ok(());
+        }
         all.push(Scored {
             key: c.facts.key.clone(),
             input_bytes: v(inputs),
-            outcome: std::array::from_fn(|t| c.outcome.get(t)),
+            outcome,
             profile,
             model,
+            guarded,
         });
         Ok(())
     })?;
@@ -397,11 +456,15 @@ pub fn requests(
         .collect();
     let mut profile = [Acc::default(); 4];
     let mut learnt = [Acc::default(); 4];
+    let mut live = [Acc::default(); 4];
     for s in all.iter().filter(|s| varied.contains(s.key.as_str())) {
         for t in 0..4 {
             profile[t].add(&s.profile[t], s.outcome[t]);
             if let Some(m) = &s.model {
                 learnt[t].add(&m[t], s.outcome[t]);
+            }
+            if let Some(g) = &s.guarded {
+                live[t].add(&g[t], s.outcome[t]);
             }
         }
     }
@@ -417,6 +480,11 @@ pub fn requests(
     };
     if let Some(m) = &model {
         push(m.name(), PredictorKind::Model, &learnt);
+        push(
+            &format!("{}/profile", m.name()),
+            PredictorKind::Model,
+            &live,
+        );
     }
     push("profile", PredictorKind::Baseline, &profile);
     Ok(out)

@@ -166,9 +166,81 @@ def ratio_vs_profile(res: dict) -> np.ndarray:
     return res["model"]["pinball"] / np.maximum(res["profile"]["pinball"], 1e-12)
 
 
+# The agent holds a request model's quantiles within this factor of the executable's
+# profile band, stretched by the input's size (`HOLD` in agent/src/predict/exec.rs, which
+# says why); change both together.
+HOLD = 3.0
+
+
+def held(d: RequestData, pred: np.ndarray) -> np.ndarray:
+    """`pred` (n, targets, quantiles, in units) as the agent uses it: each outcome within
+    p10 / HOLD … p90 × HOLD of its profile, that band stretched by how far this request's
+    input lies below the past runs' p10 input or above their p90; an outcome whose profile
+    p90 is 0 (nothing measured) as it is."""
+    prof = profile_baseline(d)
+    inp = d.column("input_bytes_total").astype(np.float64)
+    past_lo = d.column("profile_input_bytes_p10").astype(np.float64)
+    past_hi = d.column("profile_input_bytes_p90").astype(np.float64)
+    sized = (inp > 0) & (past_hi > 0)
+    below = np.where(sized, np.minimum(1.0, (inp + 1) / (past_lo + 1)), 1.0)[:, None]
+    above = np.where(sized, np.maximum(1.0, (inp + 1) / (past_hi + 1)), 1.0)[:, None]
+    lo, hi = prof[:, :, 0] / HOLD * below, prof[:, :, -1] * HOLD * above
+    out = np.minimum(np.maximum(pred, lo[..., None]), hi[..., None])
+    return np.where((prof[:, :, -1] > 0)[..., None], out, pred)
+
+
+# The agent's guard (`Guard` in agent/src/predict/exec.rs, which says why): per executable
+# and outcome, the profile takes over from the model once GUARD_MIN_SCORED runs were scored
+# and the profile's moving pinball loss is below GUARD_SWITCH × the model's (and back).
+GUARD_DECAY, GUARD_MIN_SCORED, GUARD_SWITCH = 0.9, 8, 0.85
+
+
+def _pinball_rows(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    tau = np.asarray(QUANTILES)
+    e = y[..., None] - pred
+    return np.maximum(tau * e, (tau - 1) * e).mean(-1)
+
+
+def guarded(d: RequestData, model: np.ndarray) -> np.ndarray:
+    """`model` (n, targets, quantiles, units; every request of `d` an executable with past
+    runs) as the agent's guard hands it on: per recording (an agent run), requests in exec
+    order, each consulting the guard as the runs that ended before its exec left it."""
+    prof = profile_baseline(d)
+    y = d.y.astype(np.float64)
+    end = d.exec_ns + (y[:, REQUEST_TARGETS.index("duration_seconds")] * 1e9).astype(np.int64)
+    loss = np.stack([_pinball_rows(model, y), _pinball_rows(prof, y)], 1)  # (n, 2, targets)
+    scored = np.ones(y.shape, bool)
+    scored[:, REQUEST_TARGETS.index("peak_rss_bytes")] = rss_measured(d)
+    out = model.copy()
+    for r in np.unique(d.recording):
+        idx = np.nonzero(d.recording == r)[0]
+        idx = idx[np.argsort(d.exec_ns[idx], kind="stable")]
+        ended = idx[np.argsort(end[idx], kind="stable")]
+        state: dict = {}  # key -> [loss (2, targets), runs, chosen (targets,)]
+        at = 0
+        for i in idx:
+            while at < len(ended) and end[ended[at]] <= d.exec_ns[i]:
+                j = ended[at]
+                at += 1
+                avg, n, chosen = state.setdefault(d.key[j], [np.full((2, len(REQUEST_TARGETS)), np.nan), 0, np.zeros(len(REQUEST_TARGETS), int)])
+                upd = np.where(np.isnan(avg), loss[j], GUARD_DECAY * avg + (1 - GUARD_DECAY) * loss[j])
+                avg[:] = np.where(scored[j], upd, avg)
+                n += 1
+                state[d.key[j]][1] = n
+                if n >= GUARD_MIN_SCORED:
+                    for t in range(len(REQUEST_TARGETS)):
+                        other = 1 - chosen[t]
+                        if avg[other, t] < GUARD_SWITCH * avg[chosen[t], t] or (np.isnan(avg[chosen[t], t]) and not np.isnan(avg[other, t])):
+                            chosen[t] = other
+            if d.key[i] in state:
+                to = state[d.key[i]][2] == 1
+                out[i, to] = prof[i, to]
+    return out
+
+
 def evaluate(params, spec, sc, cfg, d: RequestData, mask: np.ndarray) -> dict:
     sub = d.take(np.nonzero(mask)[0])
-    pred = sc.to_units(nn.predict(params, spec, sc.x(sub)), len(cfg.quantiles))
+    pred = held(sub, sc.to_units(nn.predict(params, spec, sc.x(sub)), len(cfg.quantiles)))
     base = profile_baseline(sub)
     y = sub.y.astype(np.float64)
     return {
@@ -222,19 +294,27 @@ def unseen_validation(d: RequestData, cfg: Config, seed: int, min_requests: int 
     split cannot show this: every executable it validates on is also in its training."""
     names = np.array([Path(e).name for e in d.exe])
     dep = input_size_dependent(d)
-    held = sorted(n for n in np.unique(names[dep]) if (dep & (names == n)).sum() >= min_requests)
-    per, model, profile, total = {}, np.zeros(len(REQUEST_TARGETS)), np.zeros(len(REQUEST_TARGETS)), 0
-    for name in held:
+    judged = sorted(n for n in np.unique(names[dep]) if (dep & (names == n)).sum() >= min_requests)
+    per, total = {}, 0
+    model, live, profile = (np.zeros(len(REQUEST_TARGETS)) for _ in range(3))
+    for name in judged:
         out = names == name
         params, spec, sc = fit(d.take(np.nonzero(~out)[0]), cfg, seed)
-        dv = d.take(np.nonzero(out)[0])
+        dv = d.take(np.nonzero(out & (d.column("profile_runs") > 0))[0])
         res = evaluate(params, spec, sc, cfg, dv, input_size_dependent(dv))
-        per[name] = {"n": res["n"], "ratio": ratio_vs_profile(res).tolist()}
+        pred = held(dv, sc.to_units(nn.predict(params, spec, sc.x(dv)), len(cfg.quantiles)))
+        m = input_size_dependent(dv)
+        g = pinball_units(guarded(dv, pred)[m], dv.y[m].astype(np.float64), cfg.quantiles)
+        per[name] = {"n": res["n"], "ratio": ratio_vs_profile(res).tolist(),
+                     "guarded_ratio": (g / np.maximum(res["profile"]["pinball"], 1e-12)).tolist()}
         model += res["model"]["pinball"] * res["n"]
+        live += g * res["n"]
         profile += res["profile"]["pinball"] * res["n"]
         total += res["n"]
     both = {"model": {"pinball": model}, "profile": {"pinball": profile}}
-    return {"executables": per, "n": total, "ratio": ratio_vs_profile(both).tolist()}
+    live = {"model": {"pinball": live}, "profile": {"pinball": profile}}
+    return {"executables": per, "n": total, "ratio": ratio_vs_profile(both).tolist(),
+            "guarded_ratio": ratio_vs_profile(live).tolist()}
 
 
 def time_split(d: RequestData, frac=0.75) -> tuple[np.ndarray, np.ndarray]:
@@ -312,9 +392,11 @@ def run(args, report: dict, log) -> None:
         ]
         unseen = unseen_validation(d, cfg, args.seed)
         log(f"validation {cfg.label()} on executables left out of training (n={unseen['n']}): pinball / profile = "
-            + ", ".join(f"{t} {r:.3f}" for t, r in zip(REQUEST_TARGETS, unseen["ratio"])))
+            + ", ".join(f"{t} {r:.3f}" for t, r in zip(REQUEST_TARGETS, unseen["ratio"]))
+            + "; with the agent's guard " + ", ".join(f"{r:.3f}" for r in unseen["guarded_ratio"]))
         for name, r in unseen["executables"].items():
-            log(f"  {name} (n={r['n']}): " + ", ".join(f"{v:.3f}" for v in r["ratio"]))
+            log(f"  {name} (n={r['n']}): " + ", ".join(f"{v:.3f}" for v in r["ratio"])
+                + "; guarded " + ", ".join(f"{v:.3f}" for v in r["guarded_ratio"]))
         report["request_unseen_validation"] = unseen
     t0 = time.time()
     # Split conformal (CQR): the same configuration fit on each recording's first three

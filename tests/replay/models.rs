@@ -234,6 +234,23 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
     assert!(cpu <= 0.80, "cpu_seconds ratio {cpu:.3}");
     assert!(duration <= 0.80, "duration_seconds ratio {duration:.3}");
     assert!(io <= 0.80, "io_bytes ratio {io:.3}");
-    // At the goal, not below it (0.802).
+    // At the goal, not below it (0.787).
     assert!(rss <= 0.85, "peak_rss_bytes ratio {rss:.3}");
+    // As the live agent runs it (`MODEL/profile`: the guard handing an executable's outcome
+    // to the profile where the model was clearly worse on its last runs): 0.77 / 0.79 /
+    // 0.72 / 0.48, within the same bounds.
+    for (t, bound) in [
+        ("cpu_seconds", 0.80),
+        ("peak_rss_bytes", 0.85),
+        ("duration_seconds", 0.80),
+        ("io_bytes", 0.80),
+    ] {
+        let live = scores
+            .iter()
+            .find(|s| s.kind == "model" && s.predictor.ends_with("/profile") && s.target == t)
+            .unwrap_or_else(|| panic!("no live request score for {t}: {scores:?}"));
+        let r = live.pinball / of("baseline", t).pinball;
+        eprintln!("{t}: live {:.4e} ratio {r:.3}", live.pinball);
+        assert!(r <= bound, "{t}: the live agent's ratio {r:.3}");
+    }
 }

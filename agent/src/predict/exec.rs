@@ -16,15 +16,25 @@ use std::collections::HashMap;
 use super::{
     Band, LEVELS, ModelStats, PredictorKind, RequestPrediction,
     onnx::{LoadError, Model, sort_crossed},
-    profiles::{ProfileStore, quantiles},
+    profiles::{MEASURED_RSS, OUTCOMES, PEAK_RSS, ProfileStore, quantiles},
     schema::ModelKind,
+    select::Choice,
 };
-use crate::aggregate::WorkloadId;
+use crate::{FastMap, aggregate::WorkloadId};
 
 /// Runs of its own an executable needs before its profile is used alone.
 pub const MIN_RUNS: usize = 3;
 /// Profiles a pool needs to be used.
 const MIN_POOL: usize = 2;
+/// A request model's quantiles are held within this factor of its executable's profile
+/// band: from p10 / `HOLD` to p90 × `HOLD`, that band first stretched by as much as this
+/// exec's input is smaller than the past runs' p10 input or larger than their p90 (linear
+/// in the input's size). On executables it never trained on, a model can extrapolate
+/// far: a first `xz` run predicted at 1.3 GB against a profile of 50 MB. Chosen on the
+/// training recordings with executables left out of training (models/README.md);
+/// training's guide holds its predictions the same way (`HOLD` in
+/// models/umbra_train/request.py); change both together.
+pub const HOLD: f64 = 3.0;
 
 /// An exec, as the request predictors see it.
 #[derive(Clone, Copy, Debug)]
@@ -210,6 +220,8 @@ pub struct OnnxRequest {
     /// Position in the featurizer's row of each schema feature.
     bound: Vec<usize>,
     levels: [usize; 3],
+    /// Positions in the row of what [`HOLD`] needs, when the vocabulary has them all.
+    hold: Option<HoldAt>,
     fallback: ProfileBaseline,
     x: Vec<f32>,
     out: Vec<f32>,
@@ -252,6 +264,7 @@ impl OnnxRequest {
             name: format!("onnx:{}", s.model_version),
             bound,
             levels,
+            hold: HoldAt::of(vocabulary),
             fallback: ProfileBaseline::new(),
             x: Vec::new(),
             out: Vec::new(),
@@ -316,6 +329,9 @@ impl OnnxRequest {
                 }
                 *qt = self.levels.map(|i| sc.inverse(qs[i] as f64));
             }
+            if let Some(h) = &self.hold {
+                h.hold(row, &mut q);
+            }
             Some(prediction(e, q, "model".into()))
         } else {
             None
@@ -325,6 +341,152 @@ impl OnnxRequest {
             self.stats.fallback_rows += 1;
             self.fallback.predict(store, e)
         })
+    }
+}
+
+/// Where a feature row holds the profile's band of each outcome and the input sizes
+/// ([`HOLD`]).
+struct HoldAt {
+    band: [[usize; 2]; 4],
+    input: usize,
+    past_input: [usize; 2],
+}
+
+impl HoldAt {
+    fn of(vocabulary: &[&str]) -> Option<HoldAt> {
+        let at = |n: &str| vocabulary.iter().position(|v| *v == n);
+        let band = |t: &str| {
+            Some([
+                at(&format!("profile_{t}_p10"))?,
+                at(&format!("profile_{t}_p90"))?,
+            ])
+        };
+        Some(HoldAt {
+            band: [
+                band(OUTCOMES[0])?,
+                band(OUTCOMES[1])?,
+                band(OUTCOMES[2])?,
+                band(OUTCOMES[3])?,
+            ],
+            input: at("input_bytes_total")?,
+            past_input: [
+                at("profile_input_bytes_p10")?,
+                at("profile_input_bytes_p90")?,
+            ],
+        })
+    }
+
+    /// Holds each outcome's quantiles `q` within [`HOLD`] of the profile's band in `row`;
+    /// an outcome whose profile has no p90 above zero (nothing measured) is left as it is.
+    fn hold(&self, row: &[f64], q: &mut [[f64; 3]; 4]) {
+        let v = |i: usize| row.get(i).copied().filter(|v| v.is_finite()).unwrap_or(0.0);
+        let (input, [past_lo, past_hi]) = (v(self.input), self.past_input.map(v));
+        let sized = input > 0.0 && past_hi > 0.0;
+        let below = if sized {
+            ((input + 1.0) / (past_lo + 1.0)).min(1.0)
+        } else {
+            1.0
+        };
+        let above = if sized {
+            ((input + 1.0) / (past_hi + 1.0)).max(1.0)
+        } else {
+            1.0
+        };
+        for (qt, [p10, p90]) in q.iter_mut().zip(self.band) {
+            let (p10, p90) = (v(p10), v(p90));
+            if p90 <= 0.0 {
+                continue;
+            }
+            let (lo, hi) = (p10 / HOLD * below, p90 * HOLD * above);
+            for x in qt.iter_mut() {
+                // Not `clamp`: it panics on a band upside down (a corrupt row).
+                *x = x.max(lo).min(hi);
+            }
+        }
+    }
+}
+
+/// Weight a [`Guard`]'s moving averages keep per scored run (half-life ≈ 7 runs).
+const GUARD_DECAY: f64 = 0.9;
+/// Runs of an executable scored before its [`Guard`] may switch.
+pub const GUARD_MIN_SCORED: u32 = 8;
+
+/// Per executable and outcome, whether the request model or the profile of past runs has
+/// predicted its recent runs better: the model until the profile's moving pinball loss is
+/// clearly lower (a [`Choice`], as the forecasts' candidates), and back likewise. On an
+/// executable the model never trained on it can be far off run after run (`sha256sum`
+/// left out of training: 2× the profile's CPU loss); the guard hands such an executable's
+/// outcome to the profile after [`GUARD_MIN_SCORED`] runs. Chosen on the training
+/// recordings with executables left out (models/README.md). Bounded: at most `cap`
+/// executables, the least scored forgotten first.
+pub struct Guard {
+    per: FastMap<String, (Choice, u32)>,
+    cap: usize,
+}
+
+impl Guard {
+    pub fn new(cap: usize) -> Guard {
+        Guard {
+            per: FastMap::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// A completed run of `key`: the model's and the profile's bands made at its exec,
+    /// against its `outcome`. A peak RSS that was not measured is not scored.
+    pub fn scored(&mut self, key: &str, model: &[Band; 4], profile: &[Band; 4], outcome: [f64; 4]) {
+        if !self.per.contains_key(key) && self.per.len() >= self.cap {
+            self.per.retain(|_, (_, n)| *n >= GUARD_MIN_SCORED);
+            if self.per.len() >= self.cap {
+                self.per.clear();
+            }
+        }
+        let (c, n) = self
+            .per
+            .entry(key.to_string())
+            .or_insert_with(|| (Choice::new(2), 0));
+        for (t, y) in outcome.into_iter().enumerate() {
+            if t == PEAK_RSS && y < f64::from(MEASURED_RSS) {
+                continue;
+            }
+            c.score(0, t, &model[t], y, GUARD_DECAY);
+            c.score(1, t, &profile[t], y, GUARD_DECAY);
+        }
+        *n += 1;
+        if *n >= GUARD_MIN_SCORED {
+            c.switch();
+        }
+    }
+
+    /// The outcomes of `key` the profile predicts (the model the others).
+    pub fn to_profile(&self, key: &str) -> [bool; 4] {
+        self.per
+            .get(key)
+            .map_or([false; 4], |(c, _)| c.chosen().map(|p| p == 1))
+    }
+
+    /// `model`'s bands of the outcomes the profile predicts for `key` replaced by
+    /// `profile`'s; which they were.
+    pub fn apply(
+        &self,
+        key: &str,
+        model: &mut RequestPrediction,
+        profile: &RequestPrediction,
+    ) -> [bool; 4] {
+        let to = self.to_profile(key);
+        let bands = profile.bands();
+        for (t, _) in to.iter().enumerate().filter(|(_, p)| **p) {
+            *model.band_mut(t) = bands[t];
+        }
+        to
+    }
+
+    pub fn len(&self) -> usize {
+        self.per.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.per.is_empty()
     }
 }
 
@@ -421,6 +583,99 @@ mod tests {
             ProfileBaseline::new().predict(&ProfileStore::in_memory(1), &exec("exe:x", "x", "y"));
         assert_eq!(r.source, "none");
         assert_eq!(r.cpu_seconds, Band::default());
+    }
+
+    #[test]
+    fn a_model_is_held_within_its_profile_band_stretched_by_the_input() {
+        let mut vocab: Vec<String> = vec!["input_bytes_total".into()];
+        for p in ["p10", "p90"] {
+            vocab.push(format!("profile_input_bytes_{p}"));
+            for t in OUTCOMES {
+                vocab.push(format!("profile_{t}_{p}"));
+            }
+        }
+        let names: Vec<&str> = vocab.iter().map(String::as_str).collect();
+        let h = HoldAt::of(&names).unwrap();
+        assert!(HoldAt::of(&names[1..]).is_none());
+        let mut row = vec![0.0; names.len()];
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        let set = |row: &mut Vec<f64>, n: &str, v: f64| row[at(n)] = v;
+        // Past runs: inputs of 10–100 MB; CPU 1–4 s; peak RSS never measured (0); I/O 0–9.
+        set(&mut row, "input_bytes_total", 400e6);
+        set(&mut row, "profile_input_bytes_p10", 10e6);
+        set(&mut row, "profile_input_bytes_p90", 100e6);
+        set(&mut row, "profile_cpu_seconds_p10", 1.0);
+        set(&mut row, "profile_cpu_seconds_p90", 4.0);
+        set(&mut row, "profile_duration_seconds_p10", 2.0);
+        set(&mut row, "profile_duration_seconds_p90", 8.0);
+        set(&mut row, "profile_io_bytes_p90", 9.0);
+        let mut q = [
+            [1e-3, 30.0, 1e3],
+            [1.0, 2e9, 9e9],
+            [0.5, 3.0, 5.0],
+            [0.0, 5.0, 1e6],
+        ];
+        h.hold(&row, &mut q);
+        // An input 4× the largest: the band's top 4 × 3 × 4 s (within f64 rounding).
+        let hi = 4.0 * 3.0 * (400e6 + 1.0) / (100e6 + 1.0);
+        assert_eq!(q[0][0], 1.0 / 3.0, "{q:?}");
+        assert_eq!(q[0][1], 30.0);
+        assert!((q[0][2] - hi).abs() < 1e-9, "{q:?}");
+        // Nothing measured: left as it is.
+        assert_eq!(q[1], [1.0, 2e9, 9e9]);
+        assert_eq!(q[2], [2.0 / 3.0, 3.0, 5.0]);
+        // A zero p10: nothing below; the top 9 × 3 × 4.
+        assert!((q[3][2] - 27.0 * 4.0).abs() < 1e-6, "{q:?}");
+        // An input below the past runs' smallest stretches the bottom down instead.
+        set(&mut row, "input_bytes_total", 1e6);
+        let mut q = [[1e-3, 30.0, 1e3], [1.0; 3], [1.0; 3], [1.0; 3]];
+        h.hold(&row, &mut q);
+        assert!(
+            (q[0][0] - (1e6 + 1.0) / (10e6 + 1.0) / 3.0).abs() < 1e-12,
+            "{q:?}"
+        );
+        assert_eq!(q[0][2], 12.0);
+        // A band upside down (a corrupt row) does not panic.
+        set(&mut row, "profile_cpu_seconds_p10", 1e9);
+        h.hold(&row, &mut q);
+    }
+
+    #[test]
+    fn the_guard_hands_an_outcome_to_the_profile_once_the_model_was_clearly_worse() {
+        let band = |p50: f64| Band {
+            p10: p50 * 0.9,
+            p50,
+            p90: p50 * 1.1,
+        };
+        let mut g = Guard::new(2);
+        let (far, near) = ([band(10.0); 4], [band(1.0); 4]);
+        // The model is far off on CPU, better on the rest; the peak RSS of its runs is
+        // unmeasured (a page), where the model would lose.
+        let outcome = [1.0, 4096.0, 10.0, 10.0];
+        let model = [far[0], far[1], band(10.0), band(10.0)];
+        for _ in 1..GUARD_MIN_SCORED {
+            g.scored("exe:a", &model, &near, outcome);
+            assert_eq!(g.to_profile("exe:a"), [false; 4]);
+        }
+        g.scored("exe:a", &model, &near, outcome);
+        assert_eq!(g.to_profile("exe:a"), [true, false, false, false]);
+        // Applied: the profile's CPU band, the model's others.
+        let e = exec("exe:a", "xz", "sh");
+        let mut p = prediction(&e, [[9.0, 10.0, 11.0]; 4], "model".into());
+        let b = prediction(&e, [[0.9, 1.0, 1.1]; 4], "profile".into());
+        assert_eq!(g.apply("exe:a", &mut p, &b), [true, false, false, false]);
+        assert_eq!(p.cpu_seconds, b.cpu_seconds);
+        assert_eq!(p.io_bytes.p50, 10.0);
+        // The model better again: back to it.
+        for _ in 0..10 {
+            g.scored("exe:a", &near, &far, [1.0, 4096.0, 1.0, 1.0]);
+        }
+        assert_eq!(g.to_profile("exe:a"), [false; 4]);
+        // Bounded: a third executable forgets the least scored.
+        g.scored("exe:b", &model, &near, outcome);
+        g.scored("exe:c", &model, &near, outcome);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g.to_profile("exe:b"), [false; 4]);
     }
 
     /// A featurizer's vocabulary, in its own order (the fixture uses a subset).

@@ -127,6 +127,26 @@ impl RequestPrediction {
     pub fn is_prior(&self) -> bool {
         self.source.starts_with("prior:")
     }
+
+    /// The four outcomes' bands, in the contract's order (`profiles::OUTCOMES`).
+    pub fn bands(&self) -> [Band; 4] {
+        [
+            self.cpu_seconds,
+            self.peak_rss_bytes,
+            self.duration_seconds,
+            self.io_bytes,
+        ]
+    }
+
+    /// Outcome `i`'s band (`profiles::OUTCOMES` order; I/O beyond).
+    pub fn band_mut(&mut self, i: usize) -> &mut Band {
+        match i {
+            0 => &mut self.cpu_seconds,
+            1 => &mut self.peak_rss_bytes,
+            2 => &mut self.duration_seconds,
+            _ => &mut self.io_bytes,
+        }
+    }
 }
 
 /// Whether a predictor is a trained model or a baseline (for `umbra eval`).

@@ -6,6 +6,11 @@
 //! the exec's whole feature row (its profile, the sizes of the input files argv names,
 //! argv, parent, cgroup, node load); the profile baseline answers when the model cannot.
 //!
+//! Per executable and outcome, a [`Guard`] hands the prediction to the profile when the
+//! model has been clearly worse on its recent runs (an executable it never trained on), and
+//! the model's quantiles are held within a few times the profile's band
+//! ([`HOLD`](super::exec::HOLD)).
+//!
 //! The store learns as the agent runs: every exec opens a request in a
 //! [`RequestTracker`], the ticks measure it, and each completed request becomes a run of
 //! its executable's profile (journaled at once, compacted into the snapshot every
@@ -16,13 +21,14 @@ use std::path::Path;
 use tracing::{info, warn};
 
 use super::{
-    RequestPrediction,
-    exec::{Exec, OnnxRequest, ProfileBaseline, RequestPredictor},
-    profiles::{Loaded, ProfileError, ProfileStore},
+    Band, RequestPrediction,
+    exec::{Exec, Guard, OnnxRequest, ProfileBaseline, RequestPredictor},
+    profiles::{Loaded, OUTCOMES, ProfileError, ProfileStore},
     request::{Completed, DEFAULT_HASH_BUCKETS, RequestFeaturizer, RequestTracker},
     source::Sources,
 };
 use crate::{
+    FastMap,
     aggregate::Window,
     capture::{Identity, Lifecycle, Tick},
 };
@@ -31,6 +37,13 @@ use crate::{
 const MAX_KEYS: usize = 4096;
 /// Journaled runs after which the store is compacted into its snapshot.
 pub const SAVE_EVERY: u64 = 1024;
+
+/// A model prediction made at an exec, and the profile's beside it.
+struct Made {
+    exec_ns: u64,
+    model: [Band; 4],
+    profile: [Band; 4],
+}
 
 pub struct ProfilePredictor {
     store: ProfileStore,
@@ -42,6 +55,10 @@ pub struct ProfilePredictor {
     sources: Option<Sources>,
     /// Why the request model is not in use, when it was asked for.
     pub model_problem: Option<String>,
+    guard: Guard,
+    /// The model's and the profile's bands made at each predicted exec still running, by
+    /// pid: the guard scores them when the request ends.
+    made: FastMap<u32, Made>,
     row: Vec<f32>,
     row_f64: Vec<f64>,
     /// Runs kept in memory only (the journal could not be written), and the last error.
@@ -65,6 +82,8 @@ impl ProfilePredictor {
             model: None,
             sources: None,
             model_problem: None,
+            guard: Guard::new(MAX_KEYS),
+            made: FastMap::default(),
             row: Vec::new(),
             row_f64: Vec::new(),
             unjournaled: 0,
@@ -143,6 +162,11 @@ impl ProfilePredictor {
     }
 
     fn learn(&mut self, c: &Completed) {
+        if let Some(m) = self.made.remove(&c.tgid).filter(|m| m.exec_ns == c.exec_ns) {
+            let outcome = std::array::from_fn(|t| c.outcome.get(t));
+            self.guard
+                .scored(&c.facts.key, &m.model, &m.profile, outcome);
+        }
         self.baseline.recorded();
         if let Some(m) = &mut self.model {
             m.recorded();
@@ -198,8 +222,38 @@ impl ProfilePredictor {
             }
             _ => self.baseline.predict(&self.store, &e),
         };
+        let mut to_profile = [false; 4];
+        if p.source == "model" {
+            let b = self.baseline.predict(&self.store, &e);
+            if self.made.len() >= MAX_KEYS {
+                // Requests whose end was never seen (a lost exit) make room.
+                let tracker = &self.tracker;
+                self.made.retain(|tgid, _| tracker.facts(*tgid).is_some());
+                if self.made.len() >= MAX_KEYS {
+                    self.made.clear();
+                }
+            }
+            let made = Made {
+                exec_ns,
+                model: p.bands(),
+                profile: b.bands(),
+            };
+            self.made.insert(tgid, made);
+            to_profile = self.guard.apply(&key, &mut p, &b);
+        }
         p.source = match p.source.as_str() {
             "none" => return None,
+            "model" if to_profile.contains(&true) => {
+                let of: Vec<&str> = OUTCOMES
+                    .iter()
+                    .zip(to_profile)
+                    .filter_map(|(o, p)| p.then_some(*o))
+                    .collect();
+                format!(
+                    "model over a profile of {runs} runs, {} from the profile (the model was worse on its last runs)",
+                    of.join(", ")
+                )
+            }
             "model" => format!("model over a profile of {runs} runs"),
             "profile" => format!("profile of {runs} runs"),
             s => match s.strip_prefix("profile+") {
@@ -347,7 +401,7 @@ mod tests {
         let mut p = ProfilePredictor::new(store).with_model(sources);
         assert!(p.model_problem.is_none(), "{:?}", p.model_problem);
         assert!(p.model_name().is_some());
-        let mut predict = |tgid: u32, size_mib: u64| {
+        let predict = |p: &mut ProfilePredictor, tgid: u32, size_mib: u64| {
             let facts = ExecFacts {
                 key: key.clone(),
                 exe: exe.into(),
@@ -359,8 +413,8 @@ mod tests {
             p.tracker.exec(tgid, 5, facts, &p.store);
             p.predict(tgid, exe, 5).unwrap()
         };
-        let small = predict(1_000_001, 2);
-        let large = predict(1_000_002, 200);
+        let small = predict(&mut p, 1_000_001, 2);
+        let large = predict(&mut p, 1_000_002, 200);
         assert!(small.source.starts_with("model"), "{}", small.source);
         // The profile alone says 2.5 s for both; the model 2026.12.05-2 says 1.78 s and
         // 2.53 s. (This executable and its argv are in no training data; on the held-out
@@ -372,5 +426,58 @@ mod tests {
             small.cpu_seconds
         );
         assert!(large.io_bytes.p50 > 2.0 * small.io_bytes.p50);
+
+        // Each prediction is scored when its request ends.
+        let facts = p.tracker.facts(1_000_001).unwrap().clone();
+        let done = |tgid: u32, cpu: f64| Completed {
+            tgid,
+            exec_ns: 5,
+            ended_ms: 9,
+            facts: facts.clone(),
+            features: Vec::new(),
+            outcome: Outcome {
+                cpu_seconds: cpu,
+                peak_rss_bytes: 3e6,
+                duration_seconds: 1.0,
+                io_bytes: 1.0,
+            },
+        };
+        p.learn(&done(1_000_001, 1.0));
+        assert_eq!((p.made.len(), p.guard.len()), (1, 1));
+        // A model far off on CPU, run after run: the profile takes it over.
+        let far = [Band {
+            p10: 100.0,
+            p50: 200.0,
+            p90: 300.0,
+        }; 4];
+        for _ in 0..crate::predict::exec::GUARD_MIN_SCORED {
+            p.guard.scored(
+                &key,
+                &far,
+                &small.bands(),
+                [small.cpu_seconds.p50, 3e6, 1.0, 1.0],
+            );
+        }
+        let again = predict(&mut p, 1_000_003, 2);
+        assert!(
+            again
+                .source
+                .starts_with("model over a profile of 9 runs, cpu_seconds")
+                && again.source.contains("from the profile"),
+            "{}",
+            again.source
+        );
+        let profile = ProfileBaseline::new().predict(
+            &p.store,
+            &Exec {
+                tgid: 1,
+                exec_ns: 5,
+                key: &key,
+                name: "xz",
+                parent: "sh",
+                input_bytes: 2 * mib,
+            },
+        );
+        assert_eq!(again.cpu_seconds, profile.cpu_seconds);
     }
 }

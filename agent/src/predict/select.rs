@@ -28,14 +28,68 @@ pub const SWITCH: f64 = 0.85;
 /// Bands of one forecast as scored: [predictor][target][step].
 type Made = Vec<[[Band; STEPS]; 4]>;
 
+/// Per target, a moving average of each predictor's loss, and the predictor in use (the
+/// first, the primary, until another was clearly better).
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// [predictor][target]; `None` before the first score.
+    loss: Vec<[Option<f64>; 4]>,
+    chosen: [usize; 4],
+}
+
+impl Choice {
+    /// A choice among `n` predictors.
+    pub fn new(n: usize) -> Choice {
+        Choice {
+            loss: vec![[None; 4]; n],
+            chosen: [0; 4],
+        }
+    }
+
+    /// Predictor `p`'s band `b` for target `t` scored against the outcome `y`, into its
+    /// moving average (`decay`: the weight the average keeps).
+    pub fn score(&mut self, p: usize, t: usize, b: &Band, y: f64, decay: f64) {
+        let l = pinball(b, y);
+        if let Some(avg) = self.loss.get_mut(p).and_then(|l| l.get_mut(t)) {
+            *avg = Some(match *avg {
+                Some(a) => decay * a + (1.0 - decay) * l,
+                None => l,
+            });
+        }
+    }
+
+    /// Each target switches to the predictor of the lowest loss if it is below [`SWITCH`] ×
+    /// the loss of the one in use.
+    pub fn switch(&mut self) {
+        for i in 0..4 {
+            let cur = self.loss[self.chosen[i]][i].unwrap_or(f64::INFINITY);
+            let best = self
+                .loss
+                .iter()
+                .enumerate()
+                .filter_map(|(p, l)| l[i].map(|l| (p, l)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((p, l)) = best
+                && p != self.chosen[i]
+                && l < SWITCH * cur
+            {
+                self.chosen[i] = p;
+            }
+        }
+    }
+
+    /// The predictor in use for each target.
+    pub fn chosen(&self) -> [usize; 4] {
+        self.chosen
+    }
+}
+
 struct Track {
     seen: u64,
     /// Forecasts made at the last `STEPS` buckets, by their bucket's end.
     pending: VecDeque<(u64, Made)>,
-    /// Moving average of the loss, [predictor][target]; `None` before the first score.
-    loss: Vec<[Option<f64>; 4]>,
+    choice: Choice,
     scored: u32,
-    chosen: [usize; 4],
 }
 
 /// Makes the candidates for a horizon (a primary of another horizon swaps in).
@@ -82,7 +136,7 @@ impl Select {
     /// The predictor each target of `w` uses now (names), if `w` is tracked.
     pub fn chosen(&self, w: &WorkloadId) -> Option<[&str; 4]> {
         let t = self.tracks.get(w)?;
-        Some(t.chosen.map(|i| self.all[i].name()))
+        Some(t.choice.chosen.map(|i| self.all[i].name()))
     }
 }
 
@@ -144,9 +198,8 @@ impl Predictor for Select {
                 None => self.tracks.entry(s.workload.clone()).or_insert(Track {
                     seen: tick,
                     pending: VecDeque::with_capacity(STEPS + 1),
-                    loss: vec![[None; 4]; n],
+                    choice: Choice::new(n),
                     scored: 0,
-                    chosen: [0; 4],
                 }),
             };
             t.seen = tick;
@@ -162,13 +215,8 @@ impl Predictor for Select {
                     for (p, per_target) in bands.iter().enumerate() {
                         for target in Target::ALL {
                             let i = target as usize;
-                            let l =
-                                pinball(&per_target[i][steps as usize - 1], newest.target(target));
-                            let avg = &mut t.loss[p][i];
-                            *avg = Some(match *avg {
-                                Some(a) => DECAY * a + (1.0 - DECAY) * l,
-                                None => l,
-                            });
+                            let b = &per_target[i][steps as usize - 1];
+                            t.choice.score(p, i, b, newest.target(target), DECAY);
                         }
                     }
                 }
@@ -198,25 +246,14 @@ impl Predictor for Select {
             t.pending.push_back((b.now_ms, made));
             // Switch where another predictor has been clearly better.
             if t.scored >= MIN_SCORED {
-                for i in 0..4 {
-                    let cur = t.loss[t.chosen[i]][i].unwrap_or(f64::INFINITY);
-                    let best = (0..n)
-                        .filter_map(|p| t.loss[p][i].map(|l| (p, l)))
-                        .min_by(|a, b| a.1.total_cmp(&b.1));
-                    if let Some((p, l)) = best
-                        && p != t.chosen[i]
-                        && l < SWITCH * cur
-                    {
-                        t.chosen[i] = p;
-                    }
-                }
+                t.choice.switch();
             }
             let Some(mut f) = primaries[r].take() else {
                 continue;
             };
             for target in Target::ALL {
                 let i = target as usize;
-                let p = t.chosen[i];
+                let p = t.choice.chosen[i];
                 // Bands of another length (a candidate of another horizon) never mix in.
                 if p != 0
                     && let Some(o) = outs[p].get(r).filter(|o| o.workload == *s.workload)
@@ -226,8 +263,8 @@ impl Predictor for Select {
                 }
             }
             let (cpu, mem) = (
-                t.chosen[Target::Cpu as usize],
-                t.chosen[Target::Memory as usize],
+                t.choice.chosen[Target::Cpu as usize],
+                t.choice.chosen[Target::Memory as usize],
             );
             if cpu != 0 || mem != 0 {
                 let primary_name = f.predictor.clone();
@@ -382,7 +419,7 @@ mod tests {
         let out = run(&mut s, 10 * period, period);
         assert!(out.iter().all(|(_, who)| who == "seasonal"), "{out:?}");
         let id = WorkloadId("exe:steps".into());
-        assert_eq!(s.tracks[&id].chosen, [0; 4]);
+        assert_eq!(s.tracks[&id].choice.chosen, [0; 4]);
         assert!(s.tracks[&id].scored >= MIN_SCORED);
     }
 
