@@ -64,7 +64,16 @@ pub fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>]) -> Batch<'a> {
 /// The live agent's stack: `model` with the candidate baselines competing per workload
 /// (`predict.candidates`), calibrated.
 pub fn live(model: OnnxForecaster) -> Calibrated {
-    let cfg = PredictConfig::default();
+    let mut cfg = PredictConfig::default();
+    // Another set of candidates (comma-separated names; empty: none) to compare in one build.
+    if let Some(c) = std::env::var_os("UMBRA_BENCH_CANDIDATES") {
+        let c = c.to_string_lossy().into_owned();
+        cfg.candidates = c
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+    }
     let candidates = cfg
         .candidates
         .iter()

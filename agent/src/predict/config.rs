@@ -27,8 +27,8 @@ pub struct PredictConfig {
     pub fallback: String,
     /// Baselines that compete with the model (or the fallback) per workload and target:
     /// one takes over a workload's target when its recent forecasts were clearly better
-    /// (e.g. `seasonal` for a batch step every few minutes that the model does not see).
-    /// Empty: the model alone.
+    /// (e.g. `seasonal` for a batch step every few minutes that the model does not see;
+    /// `ewma` for a level the model follows too slowly). Empty: the model alone.
     pub candidates: Vec<String>,
     /// The forecast model: `"shipped"` (built into this binary from
     /// `models/forecast.onnx`), `"none"` (baselines only), or the path of an `.onnx` file,
@@ -51,7 +51,7 @@ impl Default for PredictConfig {
             window: 24,
             forget_after: 720,
             fallback: "autopilot".into(),
-            candidates: vec!["seasonal".into()],
+            candidates: vec!["seasonal".into(), "ewma".into()],
             model: "shipped".into(),
             request_model: "shipped".into(),
             calibration: CalibrationConfig::default(),

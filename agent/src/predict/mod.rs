@@ -727,7 +727,8 @@ mod tests {
                 // The fallback, or the candidate baseline that took a workload over.
                 assert!(
                     fs.iter().all(|f| f.predictor == "autopilot+aci"
-                        || (f.predictor.contains("seasonal") && !f.predictor.contains("onnx"))),
+                        || ((f.predictor.contains("seasonal") || f.predictor.contains("ewma"))
+                            && !f.predictor.contains("onnx"))),
                     "{:?}",
                     fs.iter().map(|f| &f.predictor).collect::<Vec<_>>()
                 );
