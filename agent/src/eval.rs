@@ -328,24 +328,6 @@ struct Ended {
     outcome: [f64; 4],
 }
 
-impl PartialEq for Ended {
-    fn eq(&self, o: &Self) -> bool {
-        self.end_ns == o.end_ns
-    }
-}
-impl Eq for Ended {}
-impl PartialOrd for Ended {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Ended {
-    /// Reversed: the heap's top is the earliest end.
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        o.end_ns.cmp(&self.end_ns)
-    }
-}
-
 /// The per-request predictions scored against what each request used: the profile
 /// baseline (the empirical p10/p50/p90 of the executable's past runs, as the feature row
 /// carries them) and the request model, each made from what was known at the exec. Scored
@@ -380,7 +362,8 @@ pub fn requests(
     let mut all: Vec<Scored> = Vec::new();
     let mut row = Vec::with_capacity(names.len());
     let mut guard = Guard::new(usize::MAX);
-    let mut ended: std::collections::BinaryHeap<Ended> = std::collections::BinaryHeap::new();
+    // Requests still running at the last exec seen (a few: those running side by side).
+    let mut ended: Vec<Ended> = Vec::new();
     let mut recording = String::new();
     export::each_request::<RecordError>(recordings, opts.group_by, &featurizer, |r, c, store| {
         if r != recording {
@@ -398,10 +381,10 @@ pub fn requests(
             let [p10, p50, p90] = profile_at[t].map(v);
             Band { p10, p50, p90 }
         });
-        while ended.peek().is_some_and(|e| e.end_ns <= c.exec_ns) {
-            if let Some(e) = ended.pop() {
-                guard.scored(&e.key, &e.model, &e.profile, e.outcome);
-            }
+        let mut done: Vec<Ended> = ended.extract_if(.., |e| e.end_ns <= c.exec_ns).collect();
+        done.sort_by_key(|e| e.end_ns);
+        for e in done {
+            guard.scored(&e.key, &e.model, &e.profile, e.outcome);
         }
         let outcome: [f64; 4] = std::array::from_fn(|t| c.outcome.get(t));
         let model = model.as_mut().map(|m| {

@@ -381,16 +381,13 @@ impl HoldAt {
     fn hold(&self, row: &[f64], q: &mut [[f64; 3]; 4]) {
         let v = |i: usize| row.get(i).copied().filter(|v| v.is_finite()).unwrap_or(0.0);
         let (input, [past_lo, past_hi]) = (v(self.input), self.past_input.map(v));
-        let sized = input > 0.0 && past_hi > 0.0;
-        let below = if sized {
-            ((input + 1.0) / (past_lo + 1.0)).min(1.0)
+        let (below, above) = if input > 0.0 && past_hi > 0.0 {
+            (
+                ((input + 1.0) / (past_lo + 1.0)).min(1.0),
+                ((input + 1.0) / (past_hi + 1.0)).max(1.0),
+            )
         } else {
-            1.0
-        };
-        let above = if sized {
-            ((input + 1.0) / (past_hi + 1.0)).max(1.0)
-        } else {
-            1.0
+            (1.0, 1.0)
         };
         for (qt, [p10, p90]) in q.iter_mut().zip(self.band) {
             let (p10, p90) = (v(p10), v(p90));
