@@ -12,10 +12,12 @@
 //!
 //! Then the safety rules, in this order, each one named in the explanation when it moved
 //! a value: floors (never `memory.high` below current usage or a minimum, never `cpu.max`
-//! below a minimum), the rate limit (change per tick), per-uid quotas and the node
-//! ceiling (capacity minus a reserve; when reservations exceed it, critical workloads are
-//! served first, best-effort ones last), then the minimum interval between writes and
-//! the hysteresis band (small changes are not written).
+//! below a minimum), the rate limit (change per tick), per-uid quotas (within a uid the
+//! headroom above each `cpu.max`'s p50 is cut before the p50 itself) and the node ceiling
+//! (capacity minus a reserve; when memory guarantees exceed it, critical workloads are
+//! served first, best-effort ones last; `cpu.max` limits may together exceed the node,
+//! each at most the node), then the minimum interval between writes and the hysteresis
+//! band (small changes are not written).
 
 use std::collections::BTreeMap;
 
@@ -509,37 +511,76 @@ fn reserved(p: &Pending) -> Option<(bool, f64)> {
     }
 }
 
-/// Scales reservations to `limit`: `cpu` (quota µs) or memory (bytes), over the pending
-/// values selected by `pick`. Returns the scale applied (≤ 1).
-fn scale_to(pending: &mut [&mut Pending], cpu: bool, limit: f64) -> f64 {
+/// What a reservation is cut to last, when reservations exceed a limit: `cpu.max` keeps
+/// the forecast's p50 (at least the floor) — the headroom above it goes first, since a cap
+/// below the expected use throttles a workload for sure; a memory guarantee (p10) is all
+/// base.
+fn base(p: &Pending, v: f64, r: &Rules) -> f64 {
+    match p.knob {
+        Knob::CpuMax => Value::of_cores(p.why.band.p50.max(r.min_cpu_cores))
+            .amount()
+            .map_or(v, |b| (b as f64).min(v)),
+        _ => v,
+    }
+}
+
+/// Fits reservations to `limit`: `cpu` (quota µs) or memory (bytes), over the pending
+/// values given. When they exceed it, the headroom above each value's [`base`] is shared
+/// first (in proportion); only when the bases alone exceed the limit are they scaled.
+/// Each value cut is marked forced and gets `bound` of its own scale. Returns the total
+/// reserved after.
+fn scale_to(
+    pending: &mut [&mut Pending],
+    cpu: bool,
+    limit: f64,
+    rules: &Rules,
+    bound: impl Fn(f64) -> Bound,
+) -> f64 {
     // memory.low and memory.min of a workload overlap: count the larger of the two.
-    let mut per_w: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut per_w: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for p in pending.iter() {
         if let Some((c, v)) = reserved(p)
             && c == cpu
         {
             let e = per_w.entry(p.w).or_default();
-            *e = e.max(v);
+            *e = (e.0.max(v), e.1.max(base(p, v, rules)));
         }
     }
-    let total: f64 = per_w.values().sum();
-    if total <= limit || total <= 0.0 {
-        return 1.0;
+    let want: f64 = per_w.values().map(|w| w.0).sum();
+    let bases: f64 = per_w.values().map(|w| w.1).sum();
+    if want <= limit || want <= 0.0 {
+        return want;
     }
-    let scale = (limit / total).clamp(0.0, 1.0);
+    let limit = limit.max(0.0);
+    // The share of headroom kept, or (bases over the limit) the share of the bases.
+    let (headroom, of_base) = if bases <= limit {
+        ((limit - bases) / (want - bases).max(1e-9), 1.0)
+    } else {
+        (0.0, limit / bases)
+    };
     for p in pending.iter_mut() {
         if let Some((c, v)) = reserved(p)
             && c == cpu
         {
-            let scaled = v * scale;
+            let b = base(p, v, rules);
+            let mut cut = (b + (v - b) * headroom) * of_base;
+            if cpu {
+                // Never below the floor: a quota of nothing is no reservation at all.
+                let floor = Value::of_cores(rules.min_cpu_cores).amount().unwrap_or(0) as f64;
+                cut = cut.max(floor.min(v));
+            }
             p.new = Value::Amount(if cpu {
-                scaled.round() as u64
+                cut.round() as u64
             } else {
-                (scaled as u64) / PAGE * PAGE
+                (cut as u64) / PAGE * PAGE
             });
+            p.forced = true;
+            p.why
+                .bounds
+                .push(bound(if v > 0.0 { cut / v } else { 1.0 }));
         }
     }
-    scale
+    limit.min(want)
 }
 
 fn quotas(pending: &mut [Pending], state: &State, rules: &Rules) {
@@ -557,85 +598,71 @@ fn quotas(pending: &mut [Pending], state: &State, rules: &Rules) {
                 .iter_mut()
                 .filter(|p| state.workloads[p.w].uid == Some(q.uid))
                 .collect();
-            let scale = scale_to(&mut mine, cpu, limit);
-            if scale < 1.0 {
-                for p in mine {
-                    if reserved(p).is_some_and(|(c, _)| c == cpu) {
-                        p.forced = true;
-                        p.why.bounds.push(Bound::Quota { uid: q.uid, scale });
-                    }
-                }
-            }
+            scale_to(&mut mine, cpu, limit, rules, |scale| Bound::Quota {
+                uid: q.uid,
+                scale,
+            });
         }
     }
 }
 
-/// Capacity minus the reserve, shared by priority: critical workloads get what they ask
-/// first, then normal, then best-effort; the first level that does not fit is scaled and
-/// the levels below it get nothing beyond their floors.
+/// Capacity minus the reserve. Memory guarantees (`memory.min`, `memory.low`) are shared
+/// by priority: critical workloads get what they ask first, then normal, then
+/// best-effort; the first level that does not fit is cut ([`scale_to`]) and the levels
+/// below it get nothing beyond their floors. `cpu.max` is a limit, not a guarantee:
+/// limits may together exceed the node (under contention the kernel shares CPU by
+/// `cpu.weight`), and cutting them to fit would partition the node so that a workload
+/// is throttled while CPU sits idle elsewhere; one limit above the whole node is cut to it.
 fn ceiling(pending: &mut [Pending], state: &State, rules: &Rules) {
-    let caps = [
-        (
-            true,
-            (state.cpus - rules.reserve_cores).max(0.0)
-                * crate::allocate::cgroups::CPU_PERIOD_US as f64,
-        ),
-        (
-            false,
-            state
-                .memory_bytes
-                .saturating_sub(rules.reserve_memory_bytes) as f64,
-        ),
-    ];
+    if state.cpus > 0.0 {
+        let cap = Value::of_cores((state.cpus - rules.reserve_cores).max(rules.min_cpu_cores));
+        for p in pending.iter_mut() {
+            if let (Knob::CpuMax, Value::Amount(v), Value::Amount(c)) = (p.knob, p.new, cap)
+                && v > c
+            {
+                p.new = cap;
+                p.forced = true;
+                p.why.bounds.push(Bound::NodeCeiling {
+                    scale: c as f64 / v as f64,
+                });
+            }
+        }
+    }
+    if state.memory_bytes == 0 {
+        return;
+    }
+    let cap = state
+        .memory_bytes
+        .saturating_sub(rules.reserve_memory_bytes) as f64;
     // Workloads with reservations but no value this tick (not forecast) still hold what
     // they have.
-    for (cpu, cap) in caps {
-        if state.cpus <= 0.0 && cpu || state.memory_bytes == 0 && !cpu {
-            continue;
-        }
-        let in_tick: std::collections::BTreeSet<usize> = pending.iter().map(|p| p.w).collect();
-        let held: f64 = state
-            .workloads
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !in_tick.contains(i))
-            .map(|(_, w)| held_by(w, cpu))
-            .sum();
-        let mut left = (cap - held).max(0.0);
-        for prio in PRIORITIES {
-            let mut level: Vec<&mut Pending> = pending
-                .iter_mut()
-                .filter(|p| state.workloads[p.w].priority == prio)
-                .collect();
-            let scale = scale_to(&mut level, cpu, left);
-            let mut used: BTreeMap<usize, f64> = BTreeMap::new();
-            for p in level.iter_mut() {
-                if let Some((c, v)) = reserved(p)
-                    && c == cpu
-                {
-                    let e = used.entry(p.w).or_default();
-                    *e = e.max(v);
-                    if scale < 1.0 {
-                        p.forced = true;
-                        p.why.bounds.push(Bound::NodeCeiling { scale });
-                    }
-                }
-            }
-            left = (left - used.values().sum::<f64>()).max(0.0);
-        }
+    let in_tick: std::collections::BTreeSet<usize> = pending.iter().map(|p| p.w).collect();
+    let held: f64 = state
+        .workloads
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !in_tick.contains(i))
+        .map(|(_, w)| held_by(w))
+        .sum();
+    let mut left = (cap - held).max(0.0);
+    for prio in PRIORITIES {
+        let mut level: Vec<&mut Pending> = pending
+            .iter_mut()
+            .filter(|p| state.workloads[p.w].priority == prio)
+            .collect();
+        let used = scale_to(&mut level, false, left, rules, |scale| Bound::NodeCeiling {
+            scale,
+        });
+        left = (left - used).max(0.0);
     }
 }
 
-/// What a workload holds now against capacity.
-fn held_by(w: &WorkloadState, cpu: bool) -> f64 {
-    if cpu {
-        w.value(Knob::CpuMax).amount().unwrap_or(0) as f64
-    } else {
-        w.value(Knob::MemoryMin)
-            .amount()
-            .unwrap_or(0)
-            .max(w.value(Knob::MemoryLow).amount().unwrap_or(0)) as f64
-    }
+/// The memory a workload is guaranteed now.
+fn held_by(w: &WorkloadState) -> f64 {
+    w.value(Knob::MemoryMin)
+        .amount()
+        .unwrap_or(0)
+        .max(w.value(Knob::MemoryLow).amount().unwrap_or(0)) as f64
 }
 
 #[cfg(test)]
@@ -824,35 +851,70 @@ mod tests {
 
     #[test]
     fn over_capacity_critical_workloads_are_served_first() {
-        let (c, m) = steady(3.0, 100 * MIB);
+        // Each guarantees p10 = 0.9 × 3 GiB = 2.7 GiB (memory.min and memory.low); the
+        // node leaves 4 GiB − 256 MiB.
+        let (c, m) = steady(1.0, 3 << 30);
         let f = vec![forecast("crit", &c, &m), forecast("be", &c, &m)];
         let mut crit = workload("crit", Tier::Full);
         crit.priority = Priority::Critical;
         let mut be = workload("be", Tier::Full);
         be.priority = Priority::BestEffort;
         let mut s = state(vec![be, crit]);
-        s.cpus = 6.0;
+        s.memory_bytes = 4 << 30;
         let acts = decide(&f, &s, &Rules::default());
-        let c1 = find(&acts, "crit", Knob::CpuMax).unwrap();
-        assert_eq!(c1.new, Value::of_cores(3.6 * 1.15));
-        let b = find(&acts, "be", Knob::CpuMax).unwrap();
-        let got = b.new.cores().unwrap();
-        let want = 6.0 - 0.1 - 3.6 * 1.15;
-        assert!((got - want).abs() < 1e-3, "{got} vs {want}: {}", b.text());
+        let p10 = page(m[0].p10);
+        for k in [Knob::MemoryMin, Knob::MemoryLow] {
+            assert_eq!(find(&acts, "crit", k).unwrap().new, Value::Amount(p10));
+            let b = find(&acts, "be", k).unwrap();
+            let left = (4u64 << 30) - (256 << 20) - p10;
+            let got = b.new.amount().unwrap();
+            assert!(
+                got <= left && got + PAGE > left,
+                "{got} vs {left}: {}",
+                b.text()
+            );
+            assert!(
+                b.why
+                    .bounds
+                    .iter()
+                    .any(|x| matches!(x, Bound::NodeCeiling { .. })),
+                "{}",
+                b.text()
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_limits_may_together_exceed_the_node_each_at_most_the_node() {
+        // Two workloads that each may burst to 1.2 × 1.15 = 1.38 cores on a 2-core node:
+        // neither limit is cut to make them fit together (that would throttle one while
+        // the other idles); one asking for more than the node gets the node.
+        let (c, m) = steady(1.0, 100 * MIB);
+        let (big, _) = steady(4.0, 100 * MIB);
+        let f = vec![
+            forecast("a", &c, &m),
+            forecast("b", &c, &m),
+            forecast("big", &big, &m),
+        ];
+        let mut s = state(vec![
+            workload("a", Tier::Full),
+            workload("b", Tier::Full),
+            workload("big", Tier::Full),
+        ]);
+        s.cpus = 2.0;
+        let acts = decide(&f, &s, &Rules::default());
+        for id in ["a", "b"] {
+            let a = find(&acts, id, Knob::CpuMax).unwrap();
+            assert_eq!(a.new, Value::of_cores(1.2 * 1.15), "{}", a.text());
+            assert!(a.why.bounds.is_empty(), "{}", a.text());
+        }
+        let b = find(&acts, "big", Knob::CpuMax).unwrap();
+        assert_eq!(b.new, Value::of_cores(2.0 - 0.1), "{}", b.text());
         assert!(
-            b.why
-                .bounds
-                .iter()
-                .any(|x| matches!(x, Bound::NodeCeiling { .. })),
+            matches!(b.why.bounds[..], [Bound::NodeCeiling { scale }] if (scale - 1.9 / 5.52).abs() < 1e-3),
             "{}",
             b.text()
         );
-        let total: f64 = acts
-            .iter()
-            .filter(|a| a.knob == Knob::CpuMax)
-            .map(|a| a.new.cores().unwrap())
-            .sum();
-        assert!(total <= 6.0 - 0.1 + 1e-6);
     }
 
     #[test]
@@ -886,6 +948,37 @@ mod tests {
                 .iter()
                 .any(|b| matches!(b, Bound::Quota { uid: 1000, .. }))
         );
+    }
+
+    #[test]
+    fn a_quota_cuts_headroom_before_expected_use() {
+        // p50 1 core each; "a" asks 1.2 × 2.0 = 2.4 (a wide observed error), "b" 1.38. A
+        // quota of 2.2 cores: cut in proportion, "b" would get 0.80, below what it is
+        // expected to use; the headroom goes first and both keep their p50.
+        let (c, m) = steady(1.0, 100 * MIB);
+        let f = vec![forecast("a", &c, &m), forecast("b", &c, &m)];
+        let mut a = workload("a", Tier::Full);
+        a.uid = Some(1000);
+        a.cpu_margin = 1.0;
+        let mut b = workload("b", Tier::Full);
+        b.uid = Some(1000);
+        let rules = Rules {
+            quotas: vec![Quota {
+                uid: 1000,
+                cpu_cores: Some(2.2),
+                memory_bytes: None,
+            }],
+            ..Rules::default()
+        };
+        let acts = decide(&f, &state(vec![a, b]), &rules);
+        let got: Vec<f64> = ["a", "b"]
+            .iter()
+            .map(|id| find(&acts, id, Knob::CpuMax).unwrap().new.cores().unwrap())
+            .collect();
+        assert!((got[0] + got[1] - 2.2).abs() < 1e-3, "{got:?}");
+        let share = 0.2 / 1.78;
+        assert!((got[0] - (1.0 + 1.4 * share)).abs() < 1e-3, "{got:?}");
+        assert!((got[1] - (1.0 + 0.38 * share)).abs() < 1e-3, "{got:?}");
     }
 
     #[test]
