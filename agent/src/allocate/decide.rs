@@ -6,7 +6,8 @@
 //! `lead_steps` steps (the largest band among them), so a step the forecast sees coming is
 //! reserved before it happens. By tier:
 //! - **shadow**: what the full tier would write, explained, not written;
-//! - **warm**: `cpu.weight` from the band's p10 and `memory.low` at p10 (soft);
+//! - **warm**: `cpu.weight` from the band's p10 (times the priority's factor) and
+//!   `memory.low` at p10 (soft);
 //! - **full**: warm's, plus `memory.min` at p10 and `cpu.max`, `memory.high` at p90 ×
 //!   (1 + margin), the margin adapted to the forecasts' observed error.
 //!
@@ -289,6 +290,17 @@ pub fn weight_for(cores: f64) -> u64 {
         .clamp(1.0, 10_000.0) as u64
 }
 
+/// The factor a workload's `cpu.weight` gets from its priority: CPU limits overcommit
+/// the node (see [`ceiling`]), so when workloads contend the kernel shares CPU by weight,
+/// and that is where a critical workload is served before a best-effort one.
+pub fn priority_weight(p: Priority) -> f64 {
+    match p {
+        Priority::Critical => 4.0,
+        Priority::Normal => 1.0,
+        Priority::BestEffort => 0.25,
+    }
+}
+
 fn page(bytes: f64) -> u64 {
     (bytes.max(0.0) as u64) / PAGE * PAGE
 }
@@ -346,7 +358,11 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
         let bump = w.memory_bump.max(1.0);
         let soft = |knob: Knob| -> Value {
             match knob {
-                Knob::CpuWeight => Value::Amount(weight_for(cpu.p10)),
+                Knob::CpuWeight => Value::Amount(
+                    ((weight_for(cpu.p10) as f64) * priority_weight(w.priority))
+                        .round()
+                        .clamp(1.0, 10_000.0) as u64,
+                ),
                 Knob::MemoryLow | Knob::MemoryMin => Value::Amount(page(mem.p10)),
                 Knob::CpuMax => Value::of_cores(cpu.p90 * (1.0 + cpu_margin)),
                 Knob::MemoryHigh => Value::Amount(page(mem.p90 * (1.0 + mem_margin) * bump)),
@@ -882,6 +898,40 @@ mod tests {
                 b.text()
             );
         }
+    }
+
+    #[test]
+    fn under_contention_priority_weighs_on_cpu() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let ids = ["crit", "normal", "be"];
+        let f: Vec<Forecast> = ids.iter().map(|id| forecast(id, &c, &m)).collect();
+        let ws = ids
+            .iter()
+            .zip(PRIORITIES)
+            .map(|(id, p)| {
+                let mut w = workload(id, Tier::Warm);
+                w.priority = p;
+                w
+            })
+            .collect();
+        let rules = Rules {
+            max_increase: 10.0,
+            max_decrease: 1.0,
+            ..Rules::default()
+        };
+        let acts = decide(&f, &state(ws), &rules);
+        let weight = |id| {
+            find(&acts, id, Knob::CpuWeight)
+                .unwrap()
+                .new
+                .amount()
+                .unwrap()
+        };
+        // weight_for(p10 = 0.8 cores) = 180: ×4, ×1, ×¼.
+        assert_eq!(
+            [weight("crit"), weight("normal"), weight("be")],
+            [720, 180, 45]
+        );
     }
 
     #[test]
