@@ -63,7 +63,8 @@ pub struct Rules {
     pub min_memory_bytes: u64,
     /// `memory.high` stays at least this fraction above current usage.
     pub memory_headroom: f64,
-    /// Node ceiling: capacity minus these.
+    /// Node ceiling: capacity minus these (memory guarantees together, each `cpu.max`
+    /// alone, and admission).
     pub reserve_cores: f64,
     pub reserve_memory_bytes: u64,
     /// Change per tick: up to ×(1 + max_increase), down to ×(1 − max_decrease).
