@@ -548,6 +548,7 @@ mod tests {
         "allocate.workload[0]"
     )]
     #[case("[allocate]\nroot = \"../etc\"\n", "allocate.root")]
+    #[case("[allocate.request]\nwarm_ms = 86400000\n", "allocate.request.warm_ms")]
     #[case(
         "[[aggregate.history.tiers]]\nresolution_ms = 1000\nspan_ms = 60000\n[[aggregate.history.tiers]]\nresolution_ms = 1500\nspan_ms = 600000\n",
         "aggregate.history.tiers"

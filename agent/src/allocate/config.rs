@@ -116,6 +116,9 @@ pub struct RequestConfig {
     pub margin: f64,
     /// Requests whose group is gone are forgotten after this long, ms.
     pub linger_ms: u64,
+    /// After each placed exec, moves are kept fast this long, ms (no hierarchy mounted
+    /// with `favordynmods`: see `allocate::warm`); 0: never.
+    pub warm_ms: u64,
 }
 
 impl Default for RequestConfig {
@@ -123,6 +126,7 @@ impl Default for RequestConfig {
         RequestConfig {
             margin: 0.15,
             linger_ms: 2_000,
+            warm_ms: 30_000,
         }
     }
 }
@@ -216,6 +220,13 @@ impl AllocateConfig {
             );
         }
         frac("request.margin", self.request.margin, 0.0, 10.0)?;
+        if self.request.warm_ms > 3_600_000 {
+            return bad(
+                "request.warm_ms",
+                self.request.warm_ms.to_string(),
+                "at most 3600000 (an hour; 0: never)",
+            );
+        }
         frac("egress.margin", self.egress.margin, 0.0, 10.0)?;
         Ok(())
     }

@@ -30,6 +30,7 @@ pub mod egress;
 pub mod journal;
 pub mod launch;
 pub mod tiers;
+pub mod warm;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -349,6 +350,8 @@ pub struct Allocator {
     /// Processes are this machine's (a live capture): `/proc` may be read for them. A
     /// replay's pids name other processes, so it never does.
     live: bool,
+    /// Keeps moves fast after each placed exec (`allocate::warm`), where it runs.
+    warmer: Option<warm::Warmer>,
 }
 
 /// Where the journal lives.
@@ -406,17 +409,36 @@ impl Allocator {
         })
         .unwrap_or_default();
         info!(backend = backend.describe(), root = %root, "Cgroups");
-        if cfg.workload.iter().any(|w| w.per_request) && !cgroups::Mounts::read().favordynmods {
-            info!(
-                "Requests are placed after their exec in one RCU grace period (milliseconds): \
-                 no cgroup hierarchy is mounted with favordynmods (cgroup_favordynmods=true \
-                 on the kernel command line, or remount with -o favordynmods); umbra exec \
-                 starts its command inside its group"
-            );
+        let mut warmer = None;
+        if cfg.workload.iter().any(|w| w.per_request)
+            && backend.backend() != cgroups::Backend::Fake
+            && !cgroups::Mounts::read().favordynmods
+        {
+            let window = cfg.request.warm_ms;
+            warmer = (window > 0)
+                .then(|| warm::Warmer::start(window))
+                .and_then(|w| w.map_err(|e| info!(error = %e, "Moves not kept fast")).ok());
+            match &warmer {
+                Some(w) => info!(
+                    path = %w.path().display(),
+                    window_ms = window,
+                    "No cgroup hierarchy is mounted with favordynmods: after each placed exec, \
+                     moves are kept fast for the window (the agent's own pid written into its \
+                     own cgroup every few ms); the first exec of a burst waits for an RCU grace \
+                     period (milliseconds)"
+                ),
+                None => info!(
+                    "Requests are placed after their exec in one RCU grace period \
+                     (milliseconds): no cgroup hierarchy is mounted with favordynmods \
+                     (cgroup_favordynmods=true on the kernel command line, or remount with -o \
+                     favordynmods); umbra exec starts its command inside its group"
+                ),
+            }
         }
         let (applier, restored) =
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
         let mut a = Allocator::new(cfg, group_by, Some(applier), root);
+        a.warmer = warmer;
         // The node's size before the first window (a request may come first).
         let node = crate::capture::procfs::node_stats();
         a.cpus = node.cpus as f64;
@@ -457,6 +479,7 @@ impl Allocator {
             egress_attached: false,
             egress_rates: BTreeMap::new(),
             live: true,
+            warmer: None,
         }
     }
 
@@ -1195,6 +1218,9 @@ impl Allocator {
                 error: None,
             });
             return out;
+        }
+        if let Some(w) = &self.warmer {
+            w.arm();
         }
         let r = self.place_request(&g, &group, tgid, if shadow { &[] } else { &limits });
         let latency = boot_ns().saturating_sub(ev.timestamp_ns) / 1000;
