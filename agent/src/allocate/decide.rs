@@ -544,7 +544,7 @@ fn base(p: &Pending, v: f64, r: &Rules) -> f64 {
 /// Fits reservations to `limit`: `cpu` (quota µs) or memory (bytes), over the pending
 /// values given. When they exceed it, the headroom above each value's [`base`] is shared
 /// first (in proportion); only when the bases alone exceed the limit are they scaled.
-/// Each value cut is marked forced and gets `bound` of its own scale. Returns the total
+/// Each value cut is marked forced and named by `bound` of its own scale. Returns the total
 /// reserved after.
 fn scale_to(
     pending: &mut [&mut Pending],
@@ -586,15 +586,16 @@ fn scale_to(
                 let floor = Value::of_cores(rules.min_cpu_cores).amount().unwrap_or(0) as f64;
                 cut = cut.max(floor.min(v));
             }
+            if cut >= v {
+                continue; // not moved: neither forced nor named
+            }
             p.new = Value::Amount(if cpu {
                 cut.round() as u64
             } else {
                 (cut as u64) / PAGE * PAGE
             });
             p.forced = true;
-            p.why
-                .bounds
-                .push(bound(if v > 0.0 { cut / v } else { 1.0 }));
+            p.why.bounds.push(bound(cut / v));
         }
     }
     limit.min(want)

@@ -410,13 +410,14 @@ impl Allocator {
         .unwrap_or_default();
         info!(backend = backend.describe(), root = %root, "Cgroups");
         let mut warmer = None;
+        let mounts = cgroups::Mounts::read();
         if cfg.workload.iter().any(|w| w.per_request)
             && backend.backend() != cgroups::Backend::Fake
-            && !cgroups::Mounts::read().favordynmods
+            && !mounts.favordynmods
         {
             let window = cfg.request.warm_ms;
             warmer = (window > 0)
-                .then(|| warm::Warmer::start(window))
+                .then(|| warm::Warmer::start(window, &mounts))
                 .and_then(|w| w.map_err(|e| info!(error = %e, "Moves not kept fast")).ok());
             match &warmer {
                 Some(w) => info!(

@@ -62,7 +62,6 @@ struct Shared {
     base: Instant,
     until_ms: AtomicU64,
     stop: AtomicBool,
-    writes: AtomicU64,
 }
 
 impl Shared {
@@ -83,12 +82,12 @@ impl Warmer {
     /// Finds a `cgroup.procs` that takes the agent's own pid (its cgroup in the cgroup2
     /// mount, else in each cgroup v1 hierarchy), writes it once, and starts the thread.
     /// Err: every file tried and why it refused.
-    pub fn start(window_ms: u64) -> Result<Warmer, String> {
+    pub fn start(window_ms: u64, mounts: &Mounts) -> Result<Warmer, String> {
         let pid = std::process::id();
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let mut tried = Vec::new();
-        for path in candidates(&Mounts::read(), &own) {
+        for path in candidates(mounts, &own) {
             match open_and_write(&path, pid) {
                 Ok(file) => return Ok(Warmer::spawn(file, path, pid, window_ms)),
                 Err(e) => tried.push(format!("{}: {e}", path.display())),
@@ -105,7 +104,6 @@ impl Warmer {
             base: Instant::now(),
             until_ms: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            writes: AtomicU64::new(1),
         });
         let s = shared.clone();
         let shown = path.clone();
@@ -128,11 +126,6 @@ impl Warmer {
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
-    }
-
-    /// Writes made so far (the one at start included).
-    pub fn writes(&self) -> u64 {
-        self.shared.writes.load(Ordering::Relaxed)
     }
 
     /// The `cgroup.procs` written.
@@ -181,7 +174,6 @@ fn run(s: &Shared, mut file: File, path: &Path, pid: u32) {
                     period = adapt(period, t.elapsed(), &mut streak);
                 }
                 woken = false;
-                s.writes.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(period);
             }
             Step::Sleep => {
