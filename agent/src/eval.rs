@@ -106,8 +106,10 @@ impl Acc {
         self.n += 1;
     }
 
+    /// The means; with no outcome scored, not numbers (`null` in JSON, `—` in the table):
+    /// a loss of 0 would read as a perfect forecast.
     pub fn score(&self, predictor: &str, kind: PredictorKind, target: &str) -> Score {
-        let n = self.n.max(1) as f64;
+        let n = if self.n == 0 { f64::NAN } else { self.n as f64 };
         let pinball_q = self.pinball.map(|p| p / n);
         Score {
             predictor: predictor.into(),
@@ -230,9 +232,11 @@ pub fn run(
     let depth = entries.iter().map(|e| e.p.history()).max().unwrap_or(1);
     let horizon = cfg.horizon;
     let mut plot: BTreeMap<WorkloadId, (String, f64, PlotSeries)> = BTreeMap::new();
+    let mut last_ms = 0;
     for (i, r) in recordings.iter().enumerate() {
         let recorded = export::recording_interval_ms(r)?;
         let ms = interval_ms.unwrap_or_else(|| cfg.interval_ms(recorded as u64));
+        last_ms = ms;
         if recorded == 0 || !ms.is_multiple_of(recorded as u64) {
             return Err(EvalError::Interval {
                 path: r.display().to_string(),
@@ -291,6 +295,15 @@ pub fn run(
     if let Some(path) = &opts.plot {
         let name = entries.get(shown).map_or("", |e| e.p.name());
         draw(path, &plot, opts, name)?;
+    }
+    if report.forecast.iter().all(|s| s.n == 0) {
+        tracing::warn!(
+            "No forecast was scored: a forecast made at the end of one {ms} ms bucket is \
+             scored at the end of the next ones while its workload runs, and these \
+             recordings are too short for that (record longer, or score the baselines \
+             with a shorter --interval-ms)",
+            ms = last_ms
+        );
     }
     report.request = requests(recordings, opts, runtime)?;
     Ok(report)
@@ -678,7 +691,7 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         for s in rows {
             writeln!(
                 out,
-                "{what:<8} {:<pw$} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>7.1}% {:>12} {:>8}",
+                "{what:<8} {:<pw$} {:<8} {:<w$} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>8}",
                 crate::view::clip(&s.predictor, pw),
                 s.kind,
                 s.target,
@@ -686,7 +699,7 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
                 num(s.pinball_q[0]),
                 num(s.pinball_q[1]),
                 num(s.pinball_q[2]),
-                100.0 * s.coverage,
+                percent(s.coverage),
                 num(s.mae_p50),
                 s.n
             )?;
@@ -695,9 +708,20 @@ pub fn print_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A number in 12 columns, whatever its scale.
+/// A share as a percentage; `—` for none.
+fn percent(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{:.1}%", 100.0 * v)
+    }
+}
+
+/// A number in 12 columns, whatever its scale; `—` for none.
 fn num(v: f64) -> String {
-    if v != 0.0 && (v.abs() >= 1e6 || v.abs() < 1e-3) {
+    if v.is_nan() {
+        "—".into()
+    } else if v != 0.0 && (v.abs() >= 1e6 || v.abs() < 1e-3) {
         format!("{v:.3e}")
     } else {
         format!("{v:.4}")
@@ -764,6 +788,30 @@ mod tests {
             assert!((g - w).abs() < 1e-12, "{:?}", s.pinball_q);
         }
         assert!((s.pinball - want.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_recording_too_short_to_score_reports_no_numbers_rather_than_zeros() {
+        let cfg = PredictConfig::default();
+        let r = run(
+            &[fixture("compile.umbra")],
+            &cfg,
+            &opts(None, None),
+            default_runtime().as_ref(),
+        )
+        .unwrap();
+        assert!(!r.forecast.is_empty());
+        for s in &r.forecast {
+            assert_eq!(s.n, 0, "{s:?}");
+            assert!(s.pinball.is_nan() && s.coverage.is_nan() && s.mae_p50.is_nan());
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["forecast"][0]["pinball"].is_null(), "{v}");
+        let mut table = Vec::new();
+        print_table(&mut table, &r).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains('—') && !row.contains("0.0000"), "{row}");
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub enum Step<'a> {
 }
 
 /// Drives a recording through aggregate, synchronously; `each` sees every event and
-/// window. A damaged recording delivers every window before the damage, then its error.
+/// window. A damaged recording delivers every window before the damage, then its error;
+/// one cut short (its last frame half-written: the recorder killed, the disk full) ends
+/// where its last whole frame does, said once per file in a warning.
 pub fn replay<E: From<RecordError>>(
     path: &Path,
     group_by: GroupBy,
@@ -81,7 +83,15 @@ pub fn replay<E: From<RecordError>>(
     let mut agg = Aggregator::new(group_by, reader.header().interval_ms);
     let mut ticks = 0;
     for item in reader {
-        match item? {
+        let item = match item {
+            Ok(item) => item,
+            Err(e @ RecordError::Truncated { .. }) => {
+                cut_short(path, &e);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match item {
             CaptureItem::Event(e) => each(Step::Event(&e))?,
             CaptureItem::Tick(t) => {
                 let w = agg.tick(&t);
@@ -91,6 +101,17 @@ pub fn replay<E: From<RecordError>>(
         }
     }
     Ok(ticks)
+}
+
+/// Warns, once per file in this process, that a recording was read only up to where it
+/// was cut short.
+fn cut_short(path: &Path, e: &RecordError) {
+    static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.iter().any(|p| p == path) {
+        warned.push(path.to_path_buf());
+        tracing::warn!("{e}; what they hold is used");
+    }
 }
 
 /// The interval of a recording, ms, from its header.
@@ -431,15 +452,28 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_recording_is_an_error_naming_it() {
+    fn a_recording_cut_short_is_read_up_to_the_cut_and_a_damaged_one_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("cut.umbra");
         let bytes = std::fs::read(fixture("idle.umbra")).unwrap();
-        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let windows = |p: &Path| replay::<RecordError>(p, GroupBy::Exe, |_| Ok(()));
+        let whole = windows(&fixture("idle.umbra")).unwrap();
+        let cut = d.path().join("cut.umbra");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let n = windows(&cut).unwrap();
+        assert!(n > 0 && n < whole, "{n} of {whole} windows");
         let mut out = Vec::new();
-        let e = forecast(&[&p], GroupBy::Exe, 1000, &mut out).unwrap_err();
-        assert!(e.to_string().contains("cut.umbra"), "{e}");
-        // What came before the damage was written.
+        forecast(&[&cut], GroupBy::Exe, 1000, &mut out).unwrap();
         assert!(String::from_utf8(out).unwrap().lines().count() > 1);
+        // A frame whose bytes changed is damage, not an end: an error naming the file.
+        let bad = d.path().join("bad.umbra");
+        let mut b = bytes.clone();
+        *b.last_mut().unwrap() ^= 0xff;
+        std::fs::write(&bad, &b).unwrap();
+        let e = forecast(&[&bad], GroupBy::Exe, 1000, &mut Vec::new()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("bad.umbra") && msg.contains("damaged"),
+            "{msg}"
+        );
     }
 }

@@ -463,10 +463,26 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli.command, cfg)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("umbra: {e:#}");
+            eprintln!("umbra: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, `: `-separated, leaving out a cause whose text the message
+/// before it already holds (most of Umbra's errors name their source in their own text).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
@@ -982,4 +998,22 @@ fn init_logs(filter: &str, to_stderr: bool) {
         .with_env_filter(filter)
         .with_writer(writer)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(umbra::record::RecordError::Io {
+            path: "a.umbra".into(),
+            source: io,
+        });
+        assert_eq!(chain(&e), "recording a.umbra: No such file");
+        // A context that does not repeat its cause keeps it.
+        let e = anyhow::anyhow!("disk full").context("writing the spool");
+        assert_eq!(chain(&e), "writing the spool: disk full");
+    }
 }

@@ -416,13 +416,14 @@ impl Strategy for Forecasting {
 }
 
 /// Quantile (pinball) loss of each baseline's step-1 CPU and memory bands over the first
-/// quarter of the recording, relative to the mean usage; the lowest wins.
+/// quarter of the recording, relative to the mean usage; the lowest wins (none when the
+/// quarter is too short to score a forecast).
 fn best_baseline(
     path: &Path,
     sim: &SimConfig,
     survey: &Survey,
     predict: &PredictConfig,
-) -> Result<(String, f64), SimulateError> {
+) -> Result<Option<(String, f64)>, SimulateError> {
     let managed: HashSet<&WorkloadId> = survey.managed.iter().collect();
     let upto = (survey.windows / 4).max(2);
     let mut best: Option<(String, f64)> = None;
@@ -492,7 +493,7 @@ fn best_baseline(
             best = Some((name.clone(), score));
         }
     }
-    Ok(best.unwrap_or_else(|| (predict.fallback.clone(), f64::NAN)))
+    Ok(best)
 }
 
 /// [`best_baseline`]'s name for the configured model (`predict.model`).
@@ -611,7 +612,16 @@ fn umbra_stage(
     survey: &Survey,
     predict: &PredictConfig,
 ) -> Result<(ForecastStage, String), SimulateError> {
-    let (name, loss) = best_baseline(path, sim, survey, predict)?;
+    let chosen = best_baseline(path, sim, survey, predict)?;
+    let why = match &chosen {
+        Some((_, loss)) => {
+            format!("lowest quantile loss on the first quarter of the recording, {loss:.3}")
+        }
+        None => "the first quarter of the recording is too short to compare predictors on: \
+                 the agent's own choice"
+            .into(),
+    };
+    let name = chosen.map_or_else(|| MODEL.to_string(), |(n, _)| n);
     if name == MODEL {
         let stage = ForecastStage::live(
             predict,
@@ -620,23 +630,20 @@ fn umbra_stage(
             None,
             crate::predict::runtime::default_runtime(),
         );
-        let v = stage.status().model_version.unwrap_or_default();
-        return Ok((
-            stage,
-            format!(
-                "umbra runs model {v}, calibrated (lowest quantile loss on the first quarter \
-                 of the recording, {loss:.3})"
-            ),
-        ));
+        if let Some(v) = stage.status().model_version {
+            return Ok((stage, format!("umbra runs model {v}, calibrated ({why})")));
+        }
     }
+    let name = if name == MODEL {
+        predict.fallback.clone()
+    } else {
+        name
+    };
     let mut p = predict.clone();
     p.fallback = name.clone();
     Ok((
         ForecastStage::baseline(&p, survey.interval_ms),
-        format!(
-            "umbra runs the {name} baseline (lowest quantile loss on the first quarter of \
-             the recording, {loss:.3}, below the model's)"
-        ),
+        format!("umbra runs the {name} baseline ({why})"),
     ))
 }
 
@@ -948,6 +955,19 @@ mod tests {
             ]
         );
         assert!(svg(&s).starts_with("<svg"));
+    }
+
+    #[test]
+    fn a_recording_too_short_to_compare_predictors_on_says_so() {
+        let rec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/compile.umbra");
+        let s = simulate(&[rec], &sim(&["umbra"])).unwrap();
+        let note = s.notes.join("\n");
+        assert!(
+            note.contains("too short") && !note.contains("NaN"),
+            "{note}"
+        );
+        let u = score(&s.report, "umbra");
+        assert!(u.core_s > 0.0 && u.cpu_slack.is_finite(), "{u:?}");
     }
 
     #[test]
