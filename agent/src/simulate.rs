@@ -22,7 +22,8 @@
 //! window a quarter (at least 12, 6 and 24 forecast intervals).
 //!
 //! Managed workloads: the `workloads` busiest by CPU-seconds over the recording (others
-//! are left alone, as the live agent leaves workloads no rule opts in). Each capture
+//! are left alone, as the live agent leaves workloads no rule opts in), kernel threads
+//! never (no rule can opt them in). Each capture
 //! interval in which a managed workload is present is scored against the limits in force
 //! at its start: `cpu_slack` and `memory_slack` are (reserved − used) / reserved summed over
 //! workloads and time (used counted up to the limit); `throttled_fraction` the fraction of
@@ -177,6 +178,10 @@ struct Limits {
     mem: f64,
 }
 
+/// The kernel's threads as one workload: never managed — they have no executable for a
+/// rule to match, and the live agent opts in none of them.
+const KERNEL: &str = "kernel";
+
 /// What a first pass learns of a recording.
 struct Survey {
     managed: Vec<WorkloadId>,
@@ -214,7 +219,7 @@ fn survey(path: &Path, group_by: GroupBy, k: usize) -> Result<Survey, SimulateEr
     by_cpu.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let managed: Vec<WorkloadId> = by_cpu
         .into_iter()
-        .filter(|(_, s)| *s > 0.0)
+        .filter(|(id, s)| *s > 0.0 && id.0 != KERNEL)
         .take(k.max(1))
         .map(|(id, _)| id)
         .collect();
@@ -872,6 +877,13 @@ mod tests {
             },
             exit: None,
         };
+        // A kernel thread, busier than `bg`: no executable.
+        let kthread = |cpu_ns: u64| ProcessSample {
+            exe: None,
+            exe_hash: None,
+            cgroup: None,
+            ..proc_(2, "kworker", "", cpu_ns, 0.0)
+        };
         let (mut svc_ns, mut bg_ns) = (0u64, 0u64);
         for i in 0..1800u64 {
             let phase = (i % 60) / 20;
@@ -890,6 +902,7 @@ mod tests {
                 samples: vec![
                     proc_(100, "/usr/bin/svc", "sha256:5c", svc_ns, rss * noise).into(),
                     proc_(200, "/usr/bin/bg", "sha256:b9", bg_ns, 50.0 * MB).into(),
+                    kthread((i + 1) * 300_000_000).into(),
                 ],
                 drops: DropCounts::default(),
                 node: NodeStats {
@@ -968,6 +981,17 @@ mod tests {
         );
         let u = score(&s.report, "umbra");
         assert!(u.core_s > 0.0 && u.cpu_slack.is_finite(), "{u:?}");
+    }
+
+    #[test]
+    fn kernel_threads_are_never_managed() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("stepping.umbra");
+        stepping(&rec);
+        let s = survey(&rec, GroupBy::Exe, 10).unwrap();
+        let mut managed: Vec<&str> = s.managed.iter().map(|w| w.0.as_str()).collect();
+        managed.sort();
+        assert_eq!(managed, ["exe:sha256:5c", "exe:sha256:b9"]);
     }
 
     #[test]
