@@ -9,8 +9,9 @@
 //! The byte-valued targets' (memory, I/O, network) is a fixed one (MiB, KiB/s): memory
 //! moves in steps a band's width does not foretell, and measured in widths, one step seen
 //! by a wide band widened the workload's later bands by as many widths — on the training
-//! recordings the calibrated memory forecasts' pinball loss was 19% lower in fixed units,
-//! CPU's 2% higher (`models/README.md`). When the outcome of a band arrives (`h` buckets later),
+//! recordings the calibrated memory forecasts' pinball loss was 19% lower in fixed units;
+//! CPU's band in fixed units held under 75% of outcomes (`models/README.md`). When the
+//! outcome of a band arrives (`h` buckets later),
 //! `α_{t+1} = α_t + γ(α − err_t)`, `err_t` 1 if the outcome fell outside the calibrated
 //! band: over T outcomes the miscoverage stays within `(max(α₁, 1 − α₁) + γ)/(γT)` of `α`
 //! whatever the sequence. A workload with fewer than [`MIN_SCORES`] scores borrows the
