@@ -48,6 +48,14 @@ pub enum EvalError {
         interval_ms: u64,
         recorded: u32,
     },
+    #[error(
+        "--interval-ms {given}: {origin} forecasts {model} ms buckets and would be fed others (the agent refuses such a model); leave --interval-ms out, or give {model}"
+    )]
+    ModelInterval {
+        given: u64,
+        model: u64,
+        origin: String,
+    },
     #[error("--plot {path}: {message}")]
     Plot { path: PathBuf, message: String },
     #[error("no workload matches --workload {0:?}")]
@@ -218,6 +226,15 @@ pub fn run(
     if let Some((bytes, origin)) = &model {
         let s = crate::predict::schema::Schema::of_onnx(origin, bytes).map_err(LoadError::from)?;
         cfg.horizon = s.horizon.unwrap_or(cfg.horizon);
+        if let (Some(given), Some(model)) = (interval_ms, s.interval_ms)
+            && given != model
+        {
+            return Err(EvalError::ModelInterval {
+                given,
+                model,
+                origin: origin.clone(),
+            });
+        }
         interval_ms = interval_ms.or(s.interval_ms);
     }
     let mut entries = predictors(&cfg, model.as_ref(), runtime)?;
@@ -924,5 +941,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("forecast_nan.onnx"), "{e}");
+        // Buckets of another length than the model's: refused, as the agent refuses them.
+        let mut o = opts(Some("onnx/forecast_fixture.onnx"), None);
+        let own = crate::predict::schema::Schema::of_onnx(
+            "fixture",
+            &std::fs::read(fixture("onnx/forecast_fixture.onnx")).unwrap(),
+        )
+        .unwrap()
+        .interval_ms
+        .unwrap();
+        o.interval_ms = Some(own * 2);
+        let e = run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("forecast_fixture.onnx") && e.contains(&format!("{own} ms")),
+            "{e}"
+        );
+        o.interval_ms = Some(own);
+        run(
+            &[fixture("compress.umbra")],
+            &cfg,
+            &o,
+            default_runtime().as_ref(),
+        )
+        .unwrap();
     }
 }
