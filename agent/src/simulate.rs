@@ -178,10 +178,6 @@ struct Limits {
     mem: f64,
 }
 
-/// The kernel's threads as one workload: never managed — they have no executable for a
-/// rule to match, and the live agent opts in none of them.
-const KERNEL: &str = "kernel";
-
 /// What a first pass learns of a recording.
 struct Survey {
     managed: Vec<WorkloadId>,
@@ -219,7 +215,8 @@ fn survey(path: &Path, group_by: GroupBy, k: usize) -> Result<Survey, SimulateEr
     by_cpu.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let managed: Vec<WorkloadId> = by_cpu
         .into_iter()
-        .filter(|(id, s)| *s > 0.0 && id.0 != KERNEL)
+        // Kernel threads: no executable for a rule to match; the live agent opts in none.
+        .filter(|(id, s)| *s > 0.0 && id.0 != crate::aggregate::KERNEL)
         .take(k.max(1))
         .map(|(id, _)| id)
         .collect();

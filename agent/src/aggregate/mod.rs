@@ -321,6 +321,9 @@ fn pressure_of(t: &Tick, id: &WorkloadId) -> Option<Pressure> {
     })
 }
 
+/// The workload id (and name) of kernel threads, which have no executable.
+pub const KERNEL: &str = "kernel";
+
 /// A workload key borrowed from a sample; becomes a [`WorkloadId`] once per workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Key<'a> {
@@ -341,7 +344,7 @@ impl Key<'_> {
             Key::Exe(h) => s.strip_prefix("exe:") == Some(h),
             Key::App(k) => s == *k,
             Key::Path(p) => s.strip_prefix("path:") == Some(p),
-            Key::Kernel => s == "kernel",
+            Key::Kernel => s == KERNEL,
             Key::Cgroup(p) => s.strip_prefix("cgroup:") == Some(p),
             Key::CgroupId(n) => s
                 .strip_prefix("cgroup:id:")
@@ -354,7 +357,7 @@ impl Key<'_> {
             Key::Exe(h) => format!("exe:{h}"),
             Key::App(k) => (*k).to_string(),
             Key::Path(p) => format!("path:{p}"),
-            Key::Kernel => "kernel".into(),
+            Key::Kernel => KERNEL.into(),
             Key::Cgroup(p) => format!("cgroup:{p}"),
             Key::CgroupId(id) => format!("cgroup:id:{id}"),
         })
@@ -370,7 +373,7 @@ impl Key<'_> {
                 .to_string()
         };
         match self {
-            Key::Kernel => "kernel".into(),
+            Key::Kernel => KERNEL.into(),
             Key::Cgroup(path) => path
                 .rsplit('/')
                 .find(|p| !p.is_empty())

@@ -733,12 +733,14 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Saved, CalibrationError> {
     }
     if version < 2 {
         // Scores of the byte-valued targets in band widths: not this version's units.
-        let cpu = s.horizon as usize;
-        for r in s.pool.iter_mut().skip(cpu) {
+        // Cells lie `[target][step]`.
+        let h = s.horizon as usize;
+        let bytes = |i: usize| i / h != Target::Cpu as usize;
+        for (_, r) in s.pool.iter_mut().enumerate().filter(|(i, _)| bytes(*i)) {
             *r = Ring::default();
         }
         for (_, cells) in &mut s.workloads {
-            for c in cells.iter_mut().skip(cpu) {
+            for (_, c) in cells.iter_mut().enumerate().filter(|(i, _)| bytes(*i)) {
                 c.scores = Ring::default();
             }
         }
