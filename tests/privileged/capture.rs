@@ -3,7 +3,10 @@
 //! kernel's own accounting in /proc).
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use umbra::capture::{
     CaptureItem, DropKind, Hook, HookStatus, KernelCapture, LifecycleKind, Source,
@@ -384,7 +387,7 @@ fn rss_touched_by_a_worker_while_the_leader_sleeps_is_current() {
     w.go();
     // Walks while the worker touches its memory: the leader, asleep, is seen with part
     // of it.
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut during = Vec::new();
     while during.len() < 4 && start.elapsed() < Duration::from_millis(200) {
         during.push(sample_now(&mut cap, w.pid()).memory.rss());
@@ -907,6 +910,60 @@ fn a_thread_that_never_switches_out_is_counted_every_interval() {
     assert!(
         got_all.abs_diff(want_all) as f64 <= 0.05 * want_all as f64 + stolen as f64,
         "captured {got_all} ns, schedstat {want_all} ns, stolen {stolen} ns"
+    );
+    w.wait_done();
+    w.finish();
+}
+
+/// Hooks path: a slice that ends while the per-process counters are being read (the thread
+/// switched out after its process's entry was read, before the CPUs' slots were read again)
+/// is counted in full that very sample — the scheduler's own account of it — not left out
+/// until the next.
+#[test]
+fn a_slice_that_ends_during_the_read_counts_at_once() {
+    if !privileged("a_slice_that_ends_during_the_read_counts_at_once") {
+        return;
+    }
+    let mut cap = capture_exact(&umbra::config::CaptureConfig {
+        counters: umbra::capture::Counters::Hooks,
+        ..Default::default()
+    });
+    let mut w = Workload::start(&["spin", "3000"]);
+    let pid = w.pid();
+    w.go();
+    cap.sample().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Stops the spinner (its slice ends: a switch-out) between the two reads.
+    cap.after_stats_read(Box::new(move || {
+        // SAFETY: plain syscall on the test's own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+        {
+            assert!(Instant::now() < deadline, "the spinner did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Stopped: off its CPU once the stop's schedule() has run.
+        std::thread::sleep(Duration::from_millis(20));
+    }));
+    let s = cap.sample().unwrap();
+    let got = s
+        .samples
+        .iter()
+        .find(|s| s.tgid == pid)
+        .expect("the spinner is in the sample")
+        .counters
+        .cpu_ns;
+    // Stopped: its runtime stays put.
+    let want = schedstat_ns(pid);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    eprintln!("captured {got} ns, schedstat {want} ns");
+    assert!(want > 200_000_000, "the spinner ran only {want} ns");
+    assert!(
+        got.abs_diff(want) as f64 <= 0.01 * want as f64,
+        "captured {got} ns, schedstat {want} ns"
     );
     w.wait_done();
     w.finish();

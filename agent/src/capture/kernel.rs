@@ -398,6 +398,9 @@ pub struct KernelCapture {
     pub(super) ticks: u64,
     /// Fault injection for tests: run once between reading the maps and acting on them.
     pub(super) after_read: Option<Box<dyn FnOnce() + Send>>,
+    /// Fault injection for tests: run once between reading `PROC_STATS` and the CPUs'
+    /// running slices (hooks path).
+    pub(super) after_stats: Option<Box<dyn FnOnce() + Send>>,
     pub(super) iter_buf: Vec<u8>,
     /// A walk's records, and their sums per process: kept from tick to tick (with their
     /// capacity), as is the buffer of `PROC_STATS` batches.
@@ -680,6 +683,7 @@ impl KernelCapture {
             follow_up: None,
             ticks: 0,
             after_read: None,
+            after_stats: None,
             iter_buf: Vec::new(),
             iter_records: Vec::new(),
             totals: FastMap::default(),
@@ -697,6 +701,14 @@ impl KernelCapture {
     #[doc(hidden)]
     pub fn after_map_read(&mut self, f: Box<dyn FnOnce() + Send>) {
         self.after_read = Some(f);
+    }
+
+    /// Fault injection, for tests: `f` runs once, in the next [`sample`](Self::sample) on
+    /// the hooks path, after the per-process counters were read and before the slices
+    /// running on the CPUs are (to end a slice in between).
+    #[doc(hidden)]
+    pub fn after_stats_read(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.after_stats = Some(f);
     }
 
     pub fn report(&self) -> &AttachReport {

@@ -198,6 +198,9 @@ impl KernelCapture {
         let inflight = if on_iter {
             FastMap::default()
         } else {
+            if let Some(f) = self.after_stats.take() {
+                f();
+            }
             self.inflight(&slots, &mut stats)
         };
         // After the walk: a process freed since is in it, with what it had used by then
@@ -570,8 +573,8 @@ impl KernelCapture {
     /// CPU time in lumps. `before` are the CPUs' slots read just before `stats`; each slot
     /// is read again now. A slice still running counts up to now. A slice that ended
     /// meanwhile was added to its process before or after `stats` read that entry: the
-    /// slot's `out_total` (the process's `cpu_ns` just after the add) tells which, so the
-    /// slice is never counted twice nor missed. When the CPU switched more than once
+    /// slot's `out_total` (the process's `cpu_ns` just after the add) tells which, and by
+    /// how much, so the slice is never counted twice nor missed. When the CPU switched more than once
     /// meanwhile, `out_*` describe a later slice: that process's entry is read again
     /// between two reads of the slots (a window of one lookup), its `stats` replaced.
     /// The process comes from the kernel where it knew it, else from /proc — asked every
@@ -627,9 +630,14 @@ impl KernelCapture {
                 continue;
             };
             match slice_in_read(st, later, read(&key)) {
-                Some(true) => {}
-                Some(false) => *out.entry(key).or_insert(0) += self.slice_so_far(st, now),
-                None => {
+                Slice::InRead => {}
+                Slice::Running => *out.entry(key).or_insert(0) += self.slice_so_far(st, now),
+                // The scheduler's own account of the slice; the thread's runtime at its last
+                // switch-out, which `slice_so_far` reads, is already the end of this slice.
+                Slice::EndedAfterRead(ns) => {
+                    *out.entry(key).or_insert(0) += ns.min(now - st.since);
+                }
+                Slice::Unsure => {
                     if !unsure.contains(&key) {
                         unsure.push(key);
                     }
@@ -729,16 +737,33 @@ fn bound_finished(finished: &mut FastMap<ProcKey, u64>, visible: impl Fn(&ProcKe
     });
 }
 
-/// Whether the slice running in `before` (read just before `PROC_STATS`) is in the
-/// process's `cpu_ns` as read there (`read`; none: no entry), given the CPU's slot
-/// `after` the read (see `KernelCapture::inflight`); `None` when that cannot be told: the
-/// CPU switched more than once, and `out_*` describe a later slice.
-fn slice_in_read(before: &CpuState, after: &CpuState, read: Option<u64>) -> Option<bool> {
+/// Where the slice a CPU was running in `before` (read just before `PROC_STATS`) stands
+/// against its process's `cpu_ns` as read there (`read`; none: no entry), given the CPU's
+/// slot `after` the read (see `KernelCapture::inflight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slice {
+    /// Ended, and in the value read (or no entry to hold it, nor to add it to).
+    InRead,
+    /// Still running: its time so far is not in the value read.
+    Running,
+    /// Ended after the read, which it brought up by this much (the scheduler's runtime of
+    /// the slice, and whatever the process's other threads added meanwhile).
+    EndedAfterRead(u64),
+    /// The CPU switched more than once, and `out_*` describe a later slice.
+    Unsure,
+}
+
+fn slice_in_read(before: &CpuState, after: &CpuState, read: Option<u64>) -> Slice {
     match after.switches.wrapping_sub(before.switches) {
-        0 => Some(false),
+        0 => Slice::Running,
         // Ended, and added to its process's entry if it had one (`out_*` are its).
-        1 => Some(after.out_since != before.since || read.is_none_or(|r| r >= after.out_total)),
-        _ => None,
+        1 => match read {
+            Some(r) if after.out_since == before.since && r < after.out_total => {
+                Slice::EndedAfterRead(after.out_total - r)
+            }
+            _ => Slice::InRead,
+        },
+        _ => Slice::Unsure,
     }
 }
 
@@ -960,7 +985,7 @@ mod tests {
     #[test]
     fn a_slice_still_running_is_not_in_the_map() {
         let s = slot(7, 100, 40, 900, 3);
-        assert_eq!(slice_in_read(&s, &s, Some(5_000)), Some(false));
+        assert_eq!(slice_in_read(&s, &s, Some(5_000)), Slice::Running);
     }
 
     #[test]
@@ -969,15 +994,22 @@ mod tests {
         // The slice ended at 350 and brought its process to 1,250 ns.
         let after = slot(9, 350, 100, 1_250, 4);
         // Read after the add: the map holds the slice.
-        assert_eq!(slice_in_read(&before, &after, Some(1_250)), Some(true));
-        assert_eq!(slice_in_read(&before, &after, Some(1_400)), Some(true));
-        // Read before the add: it does not.
-        assert_eq!(slice_in_read(&before, &after, Some(1_000)), Some(false));
+        assert_eq!(slice_in_read(&before, &after, Some(1_250)), Slice::InRead);
+        assert_eq!(slice_in_read(&before, &after, Some(1_400)), Slice::InRead);
+        // Read before the add: it does not, and the add says how long it ran (the thread's
+        // runtime at switch-out already counts it as past).
+        assert_eq!(
+            slice_in_read(&before, &after, Some(1_000)),
+            Slice::EndedAfterRead(250)
+        );
         // No entry to hold it: nothing to add it to either.
-        assert_eq!(slice_in_read(&before, &after, None), Some(true));
+        assert_eq!(slice_in_read(&before, &after, None), Slice::InRead);
         // The switch counter wraps.
         let (b, a) = (slot(7, 100, 40, 900, u64::MAX), slot(9, 350, 100, 1_250, 0));
-        assert_eq!(slice_in_read(&b, &a, Some(1_000)), Some(false));
+        assert_eq!(
+            slice_in_read(&b, &a, Some(1_000)),
+            Slice::EndedAfterRead(250)
+        );
     }
 
     #[test]
@@ -986,7 +1018,7 @@ mod tests {
         // again: whether the value read holds the first slice is not known here.
         let before = slot(7, 100, 40, 900, 3);
         let after = slot(7, 500, 420, 2_000, 5);
-        assert_eq!(slice_in_read(&before, &after, Some(1_000)), None);
-        assert_eq!(slice_in_read(&before, &after, Some(2_500)), None);
+        assert_eq!(slice_in_read(&before, &after, Some(1_000)), Slice::Unsure);
+        assert_eq!(slice_in_read(&before, &after, Some(2_500)), Slice::Unsure);
     }
 }
