@@ -1,6 +1,7 @@
 #![no_main]
-//! Any bytes as a recording: the reader yields items and at most one error, never panics,
-//! and never allocates more than a frame's bounded length.
+//! Any bytes as a recording (plain, or a zstd stream when they start with its magic): the
+//! reader yields items and at most one error, never panics, and never allocates more than a
+//! frame's bounded length (and, compressed, a zstd window of at most 128 MiB).
 
 use std::path::Path;
 

@@ -8,7 +8,7 @@
 
 use std::{
     fs::File,
-    io::{BufReader, BufWriter, Read, Write},
+    io::{BufRead, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -182,26 +182,42 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A recording file, as written or compressed with zstd.
     pub fn open(path: &Path) -> Result<Reader, RecordError> {
         let file = File::open(path).map_err(|source| RecordError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Reader::new(path, Box::new(BufReader::new(file)))
+        Reader::decompressed(path, BufReader::new(file))
     }
 
-    /// A recording held in memory; `name` stands for its path in errors.
+    /// A recording held in memory (as written or compressed with zstd); `name` stands for
+    /// its path in errors.
     pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Reader, RecordError> {
-        Reader::new(name, Box::new(std::io::Cursor::new(bytes)))
+        Reader::decompressed(name, std::io::Cursor::new(bytes))
+    }
+
+    /// `input` read through a zstd decoder when it starts with a zstd frame.
+    fn decompressed(
+        path: &Path,
+        mut input: impl BufRead + Send + 'static,
+    ) -> Result<Reader, RecordError> {
+        let compressed = input
+            .fill_buf()
+            .map_err(|e| read_error(path, 0, 0, e))?
+            .starts_with(&zstd::MAGIC);
+        if !compressed {
+            return Reader::new(path, Box::new(input));
+        }
+        match zstd::Zstd::new(input) {
+            Ok(z) => Reader::new(path, Box::new(z)),
+            Err(source) => Err(read_error(path, 0, 0, source)),
+        }
     }
 
     fn new(path: &Path, mut input: Box<dyn Read + Send>) -> Result<Reader, RecordError> {
-        let io = |source| RecordError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let mut lead = [0u8; 12];
-        let n = read_full(&mut input, &mut lead).map_err(io)?;
+        let n = read_full(&mut input, &mut lead).map_err(|e| read_error(path, 0, 0, e))?;
         if n < 8 || &lead[..8] != MAGIC {
             return Err(RecordError::BadMagic {
                 path: path.to_path_buf(),
@@ -286,10 +302,7 @@ impl Reader {
             Ok(n) => n,
             Err(source) => {
                 self.failed = true;
-                return Some(Err(RecordError::Io {
-                    path: self.path.clone(),
-                    source,
-                }));
+                return Some(Err(read_error(&self.path, start, self.frames, source)));
             }
         };
         if n == 0 {
@@ -303,10 +316,7 @@ impl Reader {
                 Ok(m) => frame.extend_from_slice(&payload[..m]),
                 Err(source) => {
                     self.failed = true;
-                    return Some(Err(RecordError::Io {
-                        path: self.path.clone(),
-                        source,
-                    }));
+                    return Some(Err(read_error(&self.path, start, self.frames, source)));
                 }
             }
         }
@@ -363,6 +373,26 @@ impl Iterator for Reader {
     type Item = Result<CaptureItem, RecordError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_item()
+    }
+}
+
+/// A failed read of the frame at `offset` (of the decompressed stream, for a compressed
+/// file): a compressed file cut short or damaged says so as a plain one does.
+fn read_error(path: &Path, offset: u64, frames: u64, source: std::io::Error) -> RecordError {
+    let path = path.to_path_buf();
+    match source.kind() {
+        std::io::ErrorKind::UnexpectedEof => RecordError::Truncated {
+            path,
+            offset,
+            frames,
+        },
+        std::io::ErrorKind::InvalidData => RecordError::Corrupt {
+            path,
+            offset,
+            what: format!("{source} (byte {offset} of its decompressed content)"),
+            frames,
+        },
+        _ => RecordError::Io { path, source },
     }
 }
 
@@ -434,6 +464,7 @@ impl Source for Replay {
 
 pub mod snapshot;
 mod v2;
+mod zstd;
 
 #[cfg(test)]
 mod tests;

@@ -141,6 +141,96 @@ fn not_a_recording() {
     assert!(e.contains("not an Umbra recording"), "{e}");
 }
 
+/// `bytes` compressed as one zstd frame.
+fn zstd_frame(bytes: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+#[test]
+fn a_zstd_compressed_recording_reads_as_the_plain_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let want = items(20);
+    let plain = std::fs::read(write(&dir, &want)).expect("read");
+    let p = dir.path().join("r.umbra.zst");
+    std::fs::write(&p, zstd_frame(&plain)).expect("write");
+    let r = Reader::open(&p).expect("open");
+    assert_eq!(r.header(), &header());
+    let got: Vec<CaptureItem> = r.map(|x| x.expect("item")).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_zstd_stream_of_several_frames_reads_whole_and_cut_to_its_last_whole_frame() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let want = items(20);
+    let plain = std::fs::read(write(&dir, &want)).expect("read");
+    // Two frames (as a multi-threaded `zstd` writes them) with a skippable frame between.
+    let half = plain.len() / 2;
+    let mut z = zstd_frame(&plain[..half]);
+    z.extend_from_slice(&0x184d_2a50u32.to_le_bytes());
+    z.extend_from_slice(&3u32.to_le_bytes());
+    z.extend_from_slice(b"umb");
+    let second = z.len();
+    z.extend_from_slice(&zstd_frame(&plain[half..]));
+    let p = dir.path().join("r.umbra.zst");
+    std::fs::write(&p, &z).expect("write");
+    let got: Vec<CaptureItem> = Reader::open(&p)
+        .expect("open")
+        .map(|x| x.expect("item"))
+        .collect();
+    assert_eq!(got, want);
+    // Cut inside the second frame: the items whose bytes the first frame holds whole, then
+    // the cut, named.
+    std::fs::write(&p, &z[..second + 10]).expect("write");
+    let (mut got, mut err) = (Vec::new(), None);
+    for x in Reader::open(&p).expect("open") {
+        match x {
+            Ok(i) => got.push(i),
+            Err(e) => err = Some(e),
+        }
+    }
+    assert!(!got.is_empty() && got.len() < want.len(), "{}", got.len());
+    assert_eq!(got, want[..got.len()]);
+    let e = err.expect("an error");
+    assert!(matches!(e, RecordError::Truncated { .. }), "{e}");
+    assert!(e.to_string().contains("cut short"), "{e}");
+}
+
+#[test]
+fn a_damaged_zstd_stream_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let plain = std::fs::read(write(&dir, &items(20))).expect("read");
+    let z = zstd_frame(&plain);
+    let p = dir.path().join("r.umbra.zst");
+    // Every byte after the frame's header flipped in turn: an error or the same items,
+    // never a panic nor other items.
+    let want: Vec<CaptureItem> = items(20);
+    let mut errors = 0;
+    for at in 6..z.len() {
+        let mut bad = z.clone();
+        bad[at] ^= 0x5a;
+        std::fs::write(&p, &bad).expect("write");
+        let results: Vec<_> = match Reader::open(&p) {
+            Ok(r) => r.collect(),
+            Err(e) => vec![Err(e)],
+        };
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(item) => assert_eq!(item, &want[i], "byte {at}"),
+                Err(e) => {
+                    errors += 1;
+                    assert!(e.to_string().contains("r.umbra.zst"), "{e}");
+                }
+            }
+        }
+    }
+    assert!(
+        errors > (z.len() - 6) / 2,
+        "{errors} of {} flips caught",
+        z.len() - 6
+    );
+}
+
 proptest! {
     #[test]
     fn frames_round_trip(payload in prop::collection::vec(any::<u8>(), 0..2048)) {
