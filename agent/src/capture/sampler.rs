@@ -622,7 +622,8 @@ impl KernelCapture {
     ) -> (FastMap<ProcKey, u64>, Vec<ProcKey>) {
         let mut out = FastMap::default();
         let mut unsure = Vec::new();
-        for (st, later) in before.iter().zip(after) {
+        let mut running = Vec::new();
+        for (cpu, (st, later)) in before.iter().zip(after).enumerate() {
             if st.tid == 0 || st.since == 0 || st.since >= now {
                 continue;
             }
@@ -631,7 +632,7 @@ impl KernelCapture {
             };
             match slice_in_read(st, later, read(&key)) {
                 Slice::InRead => {}
-                Slice::Running => *out.entry(key).or_insert(0) += self.slice_so_far(st, now),
+                Slice::Running => running.push((cpu, key, self.slice_so_far(st, now))),
                 // The scheduler's own account of the slice; the thread's runtime at its last
                 // switch-out, which `slice_so_far` reads, is already the end of this slice.
                 Slice::EndedAfterRead(ns) => {
@@ -642,6 +643,19 @@ impl KernelCapture {
                         unsure.push(key);
                     }
                 }
+            }
+        }
+        if !running.is_empty() {
+            // A slice that ended after `after` was read, before `slice_so_far` read its
+            // thread's runtime, was measured from its own end (~0): the slots read again
+            // tell, and its process's entry says how long it was.
+            let again = self.cpu_slots();
+            for (cpu, key, so_far) in running {
+                let ns = match again.get(cpu) {
+                    Some(a) => settled(&before[cpu], a, read(&key), so_far, now),
+                    None => so_far,
+                };
+                *out.entry(key).or_insert(0) += ns;
             }
         }
         (out, unsure)
@@ -764,6 +778,16 @@ fn slice_in_read(before: &CpuState, after: &CpuState, read: Option<u64>) -> Slic
             _ => Slice::InRead,
         },
         _ => Slice::Unsure,
+    }
+}
+
+/// A slice seen running in `before` and `after` the read, measured `so_far` since: the
+/// scheduler's account of it if it ended once meanwhile (`again`: the slot read after the
+/// measure), else `so_far`.
+fn settled(before: &CpuState, again: &CpuState, read: Option<u64>, so_far: u64, now: u64) -> u64 {
+    match slice_in_read(before, again, read) {
+        Slice::EndedAfterRead(ns) => ns.min(now.saturating_sub(before.since)),
+        _ => so_far,
     }
 }
 
@@ -1010,6 +1034,21 @@ mod tests {
             slice_in_read(&b, &a, Some(1_000)),
             Slice::EndedAfterRead(250)
         );
+    }
+
+    #[test]
+    fn a_slice_that_ends_while_it_is_measured_counts_in_full() {
+        let before = slot(7, 100, 40, 900, 3);
+        // Still running when read again: as measured.
+        assert_eq!(settled(&before, &before, Some(1_000), 180, 300), 180);
+        // Ended once since (at 350, its process at 1,250): measured from its end it read
+        // ~0; the scheduler's account is 250, no more than the time since it began.
+        let again = slot(9, 350, 100, 1_250, 4);
+        assert_eq!(settled(&before, &again, Some(1_000), 0, 400), 250);
+        assert_eq!(settled(&before, &again, Some(1_000), 0, 300), 200);
+        // Switched twice: as measured (caught up next tick).
+        let twice = slot(7, 500, 420, 2_000, 5);
+        assert_eq!(settled(&before, &twice, Some(1_000), 0, 600), 0);
     }
 
     #[test]
