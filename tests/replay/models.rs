@@ -3,10 +3,7 @@
 //! these bounds fails here.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use umbra::{
     aggregate::GroupBy,
@@ -14,24 +11,13 @@ use umbra::{
     predict::{PredictConfig, Target, runtime::default_runtime, source::shipped},
 };
 
-/// The held-out recordings, decompressed (`zstd -d`) into `dir`, in the order the training
-/// report exports them.
-fn held_out(dir: &Path) -> Vec<PathBuf> {
+/// The held-out recordings as they ship, compressed by `zstd` (the reader decompresses
+/// them), in the order the training report exports them.
+fn held_out() -> Vec<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/data/test");
     ["test-steps", "test-daily", "test-web", "test-requests"]
         .iter()
-        .map(|name| {
-            let out = dir.join(format!("{name}.umbra"));
-            let st = Command::new("zstd")
-                .args(["-q", "-d", "-f"])
-                .arg(src.join(format!("{name}.umbra.zst")))
-                .arg("-o")
-                .arg(&out)
-                .status()
-                .expect("zstd (apt install zstd; cargo xtask test installs it)");
-            assert!(st.success(), "zstd -d {name}");
-            out
-        })
+        .map(|name| src.join(format!("{name}.umbra.zst")))
         .collect()
 }
 
@@ -69,8 +55,7 @@ const FORECAST_HELD_OUT: usize = 3;
 /// fitting the buckets a workload was absent from) read 1.012 / 1.005.
 #[test]
 fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = held_out(dir.path());
+    let files = held_out();
     let opts = options(
         shipped::FORECAST.map(|b| ("shipped forecast.onnx".to_string(), b.to_vec())),
         None,
@@ -217,8 +202,7 @@ fn the_order_of_the_recordings_does_not_change_the_forecast_scores() {
 /// model before it (2026.12.05-1) reads 0.909, 2.081, 0.867, 0.641 here, and fails.
 #[test]
 fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = held_out(dir.path());
+    let files = held_out();
     let opts = options(
         None,
         shipped::REQUEST.map(|b| ("shipped request.onnx".to_string(), b.to_vec())),
