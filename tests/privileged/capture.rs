@@ -924,14 +924,24 @@ fn a_slice_that_ends_during_the_read_counts_at_once() {
     if !privileged("a_slice_that_ends_during_the_read_counts_at_once") {
         return;
     }
+    // The spinner must be on its CPU while the sample is read: with one CPU the sampler
+    // has it off (its last slice, to take the stop, then begins and ends within the read:
+    // by design the next sample's).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("one CPU: the spinner cannot run while the sample is read; not measured");
+        return;
+    }
+    // The sampler (this thread) on CPU 0, the spinner on the last: a slice the spinner
+    // began on another CPU after the slots were read and ended before they were read again
+    // would be its process's next sample's (that CPU's slot showed another thread).
+    pin_current_thread(0);
     let mut cap = capture_exact(&umbra::config::CaptureConfig {
         counters: umbra::capture::Counters::Hooks,
         ..Default::default()
     });
-    // Pinned: a slice it began on another CPU after the slots were read and ended before
-    // they were read again is its process's next sample's (its CPU's slot showed another
-    // thread), and would blur what is measured here.
-    let mut w = Workload::start(&["spin", "3000", "0"]);
+    let last = (cpus - 1).to_string();
+    let mut w = Workload::start(&["spin", "3000", &last]);
     let pid = w.pid();
     w.go();
     cap.sample().unwrap();
@@ -970,6 +980,20 @@ fn a_slice_that_ends_during_the_read_counts_at_once() {
     );
     w.wait_done();
     w.finish();
+}
+
+/// Pins the calling thread to `cpu` (a test's own thread; it ends with the test).
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the calls get pointers to it and its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU {cpu}"
+        );
+    }
 }
 
 /// exec from a thread other than the leader: the process keeps its pid, one exec and one
