@@ -574,9 +574,9 @@ impl KernelCapture {
     /// is read again now. A slice still running counts up to now. A slice that ended
     /// meanwhile was added to its process before or after `stats` read that entry: the
     /// slot's `out_total` (the process's `cpu_ns` just after the add) tells which, and by
-    /// how much, so the slice is never counted twice nor missed. When the CPU switched more than once
-    /// meanwhile, `out_*` describe a later slice: that process's entry is read again
-    /// between two reads of the slots (a window of one lookup), its `stats` replaced.
+    /// how much, so the slice is never counted twice nor missed. When the CPU switched more
+    /// than once meanwhile, `out_*` describe a later slice: that process's entry is read
+    /// again between two reads of the slots (a window of one lookup), its `stats` replaced.
     /// The process comes from the kernel where it knew it, else from /proc — asked every
     /// time, never cached, so a reused tid is never another's.
     fn inflight(
@@ -636,7 +636,7 @@ impl KernelCapture {
                 // The scheduler's own account of the slice; the thread's runtime at its last
                 // switch-out, which `slice_so_far` reads, is already the end of this slice.
                 Slice::EndedAfterRead(ns) => {
-                    *out.entry(key).or_insert(0) += ns.min(now - st.since);
+                    *out.entry(key).or_insert(0) += ended(st, ns, now);
                 }
                 Slice::Unsure => {
                     if !unsure.contains(&key) {
@@ -666,8 +666,8 @@ impl KernelCapture {
     /// last switch-out. In a VM the clock runs on while the hypervisor holds the vCPU, and
     /// the scheduler does not count that time as the task's (the slice's final account, at
     /// switch-out, is the scheduler's; a wall-clock estimate above it would stay, counters
-    /// never going back). A thread that switched again since is counted low this tick and
-    /// caught up at the next (its slice is then in its process's entry).
+    /// never going back). A thread that switched out since reads ~0 here: `running_slices`
+    /// reads the slots again and takes the slice's own account instead (see [`settled`]).
     fn slice_so_far(&self, st: &CpuState, now: u64) -> u64 {
         let wall = now - st.since;
         let last = match self.threads_map.get(&st.tid, 0) {
@@ -786,9 +786,15 @@ fn slice_in_read(before: &CpuState, after: &CpuState, read: Option<u64>) -> Slic
 /// measure), else `so_far`.
 fn settled(before: &CpuState, again: &CpuState, read: Option<u64>, so_far: u64, now: u64) -> u64 {
     match slice_in_read(before, again, read) {
-        Slice::EndedAfterRead(ns) => ns.min(now.saturating_sub(before.since)),
+        Slice::EndedAfterRead(ns) => ended(before, ns, now),
         _ => so_far,
     }
+}
+
+/// A slice that ended after the read, by its process's account (`ns`): no longer than the
+/// time since it began (`ns` also holds what the process's other threads added meanwhile).
+fn ended(st: &CpuState, ns: u64, now: u64) -> u64 {
+    ns.min(now.saturating_sub(st.since))
 }
 
 /// `info` takes what events told of a process (`from`) where it knows nothing yet.
