@@ -945,38 +945,50 @@ fn a_slice_that_ends_during_the_read_counts_at_once() {
     let pid = w.pid();
     w.go();
     cap.sample().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    // Stops the spinner (its slice ends: a switch-out) between the two reads.
-    cap.after_stats_read(Box::new(move || {
-        // SAFETY: plain syscall on the test's own child.
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
-        {
-            assert!(Instant::now() < deadline, "the spinner did not stop");
-            std::thread::sleep(Duration::from_millis(1));
+    // On a busy machine the spinner may be off its CPU when the slots are read, and a slice
+    // it then begins and ends within the read is the next sample's: up to three tries, each
+    // a sample taken while it spins. Without the fix every try reads 5–97% low.
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        // Stops the spinner (its slice ends: a switch-out) between the two reads.
+        cap.after_stats_read(Box::new(move || {
+            // SAFETY: plain syscall on the test's own child.
+            unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+            {
+                assert!(Instant::now() < deadline, "the spinner did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Stopped: off its CPU once the stop's schedule() has run.
+            std::thread::sleep(Duration::from_millis(20));
+        }));
+        let s = cap.sample().unwrap();
+        let got = s
+            .samples
+            .iter()
+            .find(|s| s.tgid == pid)
+            .expect("the spinner is in the sample")
+            .counters
+            .cpu_ns;
+        // Stopped: its runtime stays put.
+        let want = schedstat_ns(pid);
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        eprintln!("captured {got} ns, schedstat {want} ns");
+        assert!(want > 100_000_000, "the spinner ran only {want} ns");
+        tries.push((got, want));
+        if got.abs_diff(want) as f64 <= 0.01 * want as f64 {
+            break;
         }
-        // Stopped: off its CPU once the stop's schedule() has run.
-        std::thread::sleep(Duration::from_millis(20));
-    }));
-    let s = cap.sample().unwrap();
-    let got = s
-        .samples
-        .iter()
-        .find(|s| s.tgid == pid)
-        .expect("the spinner is in the sample")
-        .counters
-        .cpu_ns;
-    // Stopped: its runtime stays put.
-    let want = schedstat_ns(pid);
-    // SAFETY: as above.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-    eprintln!("captured {got} ns, schedstat {want} ns");
-    assert!(want > 100_000_000, "the spinner ran only {want} ns");
+    }
     assert!(
-        got.abs_diff(want) as f64 <= 0.01 * want as f64,
-        "captured {got} ns, schedstat {want} ns"
+        tries
+            .iter()
+            .any(|(got, want)| got.abs_diff(*want) as f64 <= 0.01 * *want as f64),
+        "captured vs schedstat, ns: {tries:?}"
     );
     w.wait_done();
     w.finish();
