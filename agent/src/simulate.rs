@@ -44,8 +44,8 @@ use crate::{
     allocate::{
         cgroups::{Group, Knob, Value},
         control::Tier as Priority,
-        decide::{Rules, State, WorkloadState, decide},
-        tiers::{Outcome, Record, Tier, TierRules},
+        decide::{RecentPeak, Rules, State, WorkloadState, basis, decide},
+        tiers::{Basis, Outcome, Record, Tier, TierRules},
     },
     export::{self, Step},
     predict::{Band, Forecast, ForecastStage, PredictConfig, Target, baseline},
@@ -258,8 +258,9 @@ impl Strategy for Static {
 struct Managed {
     state: WorkloadState,
     record: Option<Record>,
-    /// Step-1 bands of the forecast in force during the last interval.
-    last: Option<(Band, Band)>,
+    /// What the reservation in force during the last interval was made from.
+    last: Option<Basis>,
+    peak: RecentPeak,
 }
 
 /// Forecasts through `decide`: the live agent's path.
@@ -304,6 +305,7 @@ impl Forecasting {
                         state,
                         record,
                         last: None,
+                        peak: RecentPeak::default(),
                     },
                 )
             })
@@ -366,16 +368,22 @@ impl Strategy for Forecasting {
                     cpu_capped: capped,
                     memory_capped: capped,
                 };
-                if let Some(bands) = m.last {
-                    rec.observe(t, (margin, max_margin), bands, &o, Tier::Full);
+                if let Some(basis) = m.last {
+                    rec.observe(t, (margin, max_margin), basis, &o, Tier::Full);
                 }
                 m.state.tier = rec.tier;
                 m.state.cpu_margin = rec.cpu_margin;
                 m.state.memory_margin = rec.memory_margin;
             }
+            // As the group used it: a capped group's usage is at most its limit.
+            let used = match (m.state.tier, limits.get(id)) {
+                (Tier::Full, Some(l)) => cpu.min(l.cpu),
+                _ => cpu,
+            };
+            m.state.cpu_peak = m.peak.push(used, self.rules.peak_intervals);
             m.last = by_id
                 .get(id)
-                .and_then(|f| Some((*f.of(Target::Cpu).first()?, *f.of(Target::Memory).first()?)));
+                .and_then(|f| basis(f, &self.rules, m.state.cpu_peak));
         }
         let state = State {
             now_ms: w.node.timestamp_ms,
@@ -554,6 +562,7 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
                     rules.lead_steps = 1;
                     rules.margin = 0.0;
                     rules.max_margin = 0.0;
+                    rules.peak_intervals = 0;
                     if name == "vpa" {
                         rules.min_cpu_cores = 0.025;
                         rules.min_memory_bytes = 250_000_000;

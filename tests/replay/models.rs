@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use umbra::{
     aggregate::GroupBy,
+    config::Config,
     eval::{self, EvalOptions, Score},
     predict::{PredictConfig, Target, runtime::default_runtime, source::shipped},
+    simulate,
 };
 
 /// The held-out recordings as they ship, compressed by `zstd` (the reader decompresses
@@ -261,4 +263,52 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
         eprintln!("{t}: live {:.4e} ratio {r:.3}", live.pinball);
         assert!(r <= bound, "{t}: the live agent's ratio {r:.3}");
     }
+}
+
+/// `umbra simulate` with the agent's defaults on the held-out recordings the forecaster is
+/// judged on: the shipped model and tiers against the VPA-like recommender. Measured when
+/// `cpu.max` began to cover each workload's recent peak (2026-12-06): CPU slack 38.2% vs
+/// VPA-like's 35.1% at 3.76% throttled intervals vs 7.35%, memory slack 40.2% vs 39.2%
+/// with 25 violations vs 79. The goal — slack at least 30% below VPA-like's with no more
+/// violations — is not reached; with `cpu.max` at the forecast's p90 (before) CPU slack
+/// was 47.1%, 1.34× VPA-like's, and this fails.
+#[test]
+fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() {
+    let files: Vec<PathBuf> = held_out().into_iter().take(FORECAST_HELD_OUT).collect();
+    let mut sim = simulate::SimConfig::new(&Config::default());
+    sim.strategies = vec!["umbra".into(), "vpa".into()];
+    let s = simulate::simulate(&files, &sim).unwrap();
+    eprintln!("{}", simulate::table(&s.report));
+    let of = |n: &str| {
+        s.report
+            .strategies
+            .iter()
+            .find(|x| x.strategy == n)
+            .unwrap()
+    };
+    let (u, v) = (of("umbra"), of("vpa"));
+    assert!(
+        u.cpu_slack <= 1.15 * v.cpu_slack,
+        "CPU slack {:.3} vs VPA-like's {:.3}",
+        u.cpu_slack,
+        v.cpu_slack
+    );
+    assert!(
+        u.memory_slack <= 1.10 * v.memory_slack,
+        "memory slack {:.3} vs VPA-like's {:.3}",
+        u.memory_slack,
+        v.memory_slack
+    );
+    assert!(
+        u.throttled_fraction <= 0.75 * v.throttled_fraction,
+        "throttled {:.4} vs VPA-like's {:.4}",
+        u.throttled_fraction,
+        v.throttled_fraction
+    );
+    assert!(
+        u.memory_violations <= v.memory_violations / 2,
+        "{} memory violations vs VPA-like's {}",
+        u.memory_violations,
+        v.memory_violations
+    );
 }

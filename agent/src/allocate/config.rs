@@ -196,6 +196,13 @@ impl AllocateConfig {
                 "between 1 and 64",
             );
         }
+        if r.peak_intervals > 3600 {
+            return bad(
+                "rules.peak_intervals",
+                r.peak_intervals.to_string(),
+                "at most 3600 (0: cpu.max at the forecast's p90)",
+            );
+        }
         let t = &self.tiers;
         frac("tiers.promote_coverage", t.promote_coverage, 0.0, 1.0)?;
         frac(
@@ -205,6 +212,7 @@ impl AllocateConfig {
             t.promote_coverage,
         )?;
         frac("tiers.target_miss", t.target_miss, 0.0, 1.0)?;
+        frac("tiers.margin_gain", t.margin_gain, 0.0, 1.0)?;
         if t.window == 0 || t.min_samples > t.window {
             return bad(
                 "tiers.window",

@@ -8,8 +8,13 @@
 //! - **shadow**: what the full tier would write, explained, not written;
 //! - **warm**: `cpu.weight` from the band's p10 (times the priority's factor) and
 //!   `memory.low` at p10 (soft);
-//! - **full**: warm's, plus `memory.min` at p10 and `cpu.max`, `memory.high` at p90 ×
-//!   (1 + margin), the margin adapted to the forecasts' observed error.
+//! - **full**: warm's, plus `memory.min` at p10, `memory.high` at p90 × (1 + margin) and
+//!   `cpu.max` at the workload's recent peak — its largest one-interval usage over the last
+//!   `peak_intervals` intervals — or the forecast's p50 when that is higher (a rise the
+//!   forecast sees coming), × (1 + margin); the margins adapted to what the reservations
+//!   missed ([`super::tiers`]). The forecast is of a bucket's mean, but a limit holds each
+//!   moment: a bucket-mean's p90 plus the margin that covers the swings inside a bucket
+//!   left far more room (measured in BENCHMARKS.md).
 //!
 //! Then the safety rules, in this order, each one named in the explanation when it moved
 //! a value: floors (never `memory.high` below current usage or a minimum, never `cpu.max`
@@ -27,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     cgroups::{Group, Knob, Value},
     control::Tier as Priority,
-    tiers::Tier,
+    tiers::{Basis, Tier},
 };
 use crate::{
     aggregate::WorkloadId,
@@ -76,6 +81,10 @@ pub struct Rules {
     pub deadband: f64,
     /// Per-uid limits on what the workloads of a uid may reserve together.
     pub quotas: Vec<Quota>,
+    /// `cpu.max` covers the largest one-interval usage of this many last intervals, or
+    /// the forecast's p50 when higher; 0: `cpu.max` at the forecast's p90 (as a recommender
+    /// such as VPA's sets its target).
+    pub peak_intervals: usize,
 }
 
 impl Default for Rules {
@@ -94,7 +103,15 @@ impl Default for Rules {
             min_interval_ms: 0,
             deadband: 0.05,
             quotas: Vec::new(),
+            peak_intervals: 5,
         }
+    }
+}
+
+impl Rules {
+    /// Whether `cpu.max` covers the recent peak (else the forecast's p90 alone).
+    pub fn keeps_peak(&self) -> bool {
+        self.peak_intervals > 0
     }
 }
 
@@ -128,6 +145,10 @@ pub struct WorkloadState {
     pub memory_margin: f64,
     /// Memory multiplier after OOM events (VPA-like ×1.2 each, decaying to 1).
     pub memory_bump: f64,
+    /// Its largest one-interval CPU usage over the last `Rules::peak_intervals` intervals
+    /// ([`RecentPeak`]).
+    #[serde(default)]
+    pub cpu_peak: f64,
 }
 
 impl WorkloadState {
@@ -146,6 +167,7 @@ impl WorkloadState {
             cpu_margin: 0.15,
             memory_margin: 0.15,
             memory_bump: 1.0,
+            cpu_peak: 0.0,
         }
     }
 
@@ -222,6 +244,9 @@ pub struct Explanation {
     pub usage: f64,
     /// What the forecast asked for, before the rules.
     pub wanted: Value,
+    /// `cpu.max`: the recent peak it covers (cores; 0 for other knobs).
+    #[serde(default)]
+    pub peak: f64,
     pub bounds: Vec<Bound>,
 }
 
@@ -263,6 +288,9 @@ impl Action {
             w.margin * 100.0,
             unit(w.usage),
         );
+        if self.knob == Knob::CpuMax && w.peak > 0.0 {
+            s.push_str(&format!(", recent peak {}", unit(w.peak)));
+        }
         if !w.bounds.is_empty() {
             let b: Vec<String> = w.bounds.iter().map(|b| b.text(self.knob)).collect();
             s.push_str(&format!("; bounded by {}", b.join(", ")));
@@ -281,6 +309,45 @@ pub fn lead_band(bands: &[Band], steps: usize) -> Option<Band> {
         p50: a.p50.max(b.p50),
         p90: a.p90.max(b.p90),
     }))
+}
+
+/// What `cpu.max`'s margin multiplies: the recent peak, or the forecast's p50 over the
+/// lead steps when that is higher; with no peak kept (`peak_intervals = 0`), the forecast's
+/// p90.
+pub fn cpu_base(band: &Band, peak: Option<f64>) -> f64 {
+    match peak {
+        Some(p) => band.p50.max(p),
+        None => band.p90,
+    }
+}
+
+/// What the reservation `decide` makes from forecast `f` for a workload whose recent peak
+/// is `peak` is based on, for its tier record to score.
+pub fn basis(f: &Forecast, rules: &Rules, peak: f64) -> Option<Basis> {
+    let lead = lead_band(f.of(Target::Cpu), rules.lead_steps)?;
+    Some(Basis {
+        cpu: *f.of(Target::Cpu).first()?,
+        memory: *f.of(Target::Memory).first()?,
+        cpu_base: cpu_base(&lead, rules.keeps_peak().then_some(peak)),
+    })
+}
+
+/// A workload's largest one-interval CPU usage over its last few intervals.
+#[derive(Clone, Debug, Default)]
+pub struct RecentPeak {
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl RecentPeak {
+    /// Adds an interval's usage (as the group used it: at most its limit) and returns the
+    /// peak over the last `intervals` (at least one).
+    pub fn push(&mut self, cores: f64, intervals: usize) -> f64 {
+        self.recent.push_back(cores.max(0.0));
+        while self.recent.len() > intervals.max(1) {
+            self.recent.pop_front();
+        }
+        self.recent.iter().copied().fold(0.0, f64::max)
+    }
 }
 
 /// `cpu.weight` for a workload expected to use at least `cores`: 100 (the default) plus
@@ -348,6 +415,7 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 margin,
                 usage,
                 wanted,
+                peak: 0.0,
                 bounds: Vec::new(),
             };
         let cpu_margin = w
@@ -365,7 +433,9 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                         .clamp(1.0, 10_000.0) as u64,
                 ),
                 Knob::MemoryLow | Knob::MemoryMin => Value::Amount(page(mem.p10)),
-                Knob::CpuMax => Value::of_cores(cpu.p90 * (1.0 + cpu_margin)),
+                Knob::CpuMax => Value::of_cores(
+                    cpu_base(&cpu, rules.keeps_peak().then_some(w.cpu_peak)) * (1.0 + cpu_margin),
+                ),
                 Knob::MemoryHigh => Value::Amount(page(mem.p90 * (1.0 + mem_margin) * bump)),
                 _ => knob.default_value(),
             }
@@ -409,6 +479,9 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 knob.default_value()
             };
             let mut why = explain(target, band, margin, usage, wanted);
+            if knob == Knob::CpuMax && rules.keeps_peak() {
+                why.peak = w.cpu_peak;
+            }
             if !set {
                 why.bounds.push(Bound::TierLifted);
             }
@@ -743,8 +816,11 @@ mod tests {
     fn full_tier_sets_hard_limits_from_the_band_and_shadow_writes_nothing() {
         let (c, m) = steady(1.0, 200 * MIB);
         let f = vec![forecast("a", &c, &m), forecast("b", &c, &m)];
-        let s = state(vec![workload("a", Tier::Full), workload("b", Tier::Shadow)]);
+        let mut a = workload("a", Tier::Full);
+        a.cpu_peak = 1.2;
+        let s = state(vec![a, workload("b", Tier::Shadow)]);
         let acts = decide(&f, &s, &Rules::default());
+        // cpu.max: the recent peak (above the forecast's p50) × (1 + margin).
         let cpu = find(&acts, "a", Knob::CpuMax).unwrap();
         assert_eq!(cpu.new, Value::of_cores(1.2 * 1.15));
         assert!(cpu.write && cpu.why.bounds.is_empty(), "{}", cpu.text());
@@ -760,10 +836,25 @@ mod tests {
         assert_eq!(shadow.len(), 5);
         assert!(shadow.iter().all(|a| !a.write));
         assert!(
-            cpu.text().contains("cpu.max max -> 1.38 cores"),
+            cpu.text().contains("cpu.max max -> 1.38 cores")
+                && cpu.text().contains("recent peak 1.20 cores"),
             "{}",
             cpu.text()
         );
+        // No peak above the forecast's p50 (a workload just managed): p50 × (1 + margin).
+        let b = find(&acts, "b", Knob::CpuMax).unwrap();
+        assert_eq!(b.new, Value::of_cores(1.0 * 1.15), "{}", b.text());
+        // No peak kept: the forecast's p90 × (1 + margin), as a recommender sets it.
+        let rules = Rules {
+            peak_intervals: 0,
+            ..Rules::default()
+        };
+        let acts = decide(&f, &s, &rules);
+        let cpu = find(&acts, "a", Knob::CpuMax).unwrap();
+        assert_eq!(cpu.new, Value::of_cores(1.2 * 1.15), "{}", cpu.text());
+        assert!(!cpu.text().contains("peak"), "{}", cpu.text());
+        let b = find(&acts, "b", Knob::CpuMax).unwrap();
+        assert_eq!(b.new, Value::of_cores(1.2 * 1.15), "{}", b.text());
     }
 
     #[test]
@@ -776,6 +867,7 @@ mod tests {
         ];
         let (_, m) = steady(1.0, 100 * MIB);
         let mut w = workload("a", Tier::Full);
+        w.cpu_peak = 1.2;
         w.applied.insert(Knob::CpuMax, Value::of_cores(1.4));
         let acts = decide(
             &[forecast("a", &cpu, &m)],
@@ -783,7 +875,7 @@ mod tests {
             &Rules::default(),
         );
         let a = find(&acts, "a", Knob::CpuMax).unwrap();
-        // 3.5 × 1.15 = 4.03 wanted, the rate limit allows ×2 of 1.4.
+        // p50 3.0 × 1.15 = 3.45 wanted, the rate limit allows ×2 of 1.4.
         assert_eq!(a.new, Value::of_cores(2.8));
         assert!(
             matches!(a.why.bounds[..], [Bound::RateLimit { .. }]),
@@ -794,6 +886,7 @@ mod tests {
             ..Rules::default()
         };
         let mut w = workload("a", Tier::Full);
+        w.cpu_peak = 1.2;
         w.applied.insert(Knob::CpuMax, Value::of_cores(1.4));
         let acts = decide(&[forecast("a", &cpu, &m)], &state(vec![w]), &rules);
         assert!(
@@ -820,7 +913,7 @@ mod tests {
         };
         assert!(v >= 32 * MIB);
         let cpu = find(&acts, "a", Knob::CpuMax).unwrap();
-        assert_eq!(cpu.new, Value::of_cores(0.12 * 1.15));
+        assert_eq!(cpu.new, Value::of_cores(0.1 * 1.15));
         let (c, m) = steady(0.01, 100 * MIB);
         let acts = decide(
             &[forecast("a", &c, &m)],
@@ -837,6 +930,7 @@ mod tests {
     fn decreases_are_rate_limited_and_small_changes_are_not_written() {
         let (c, m) = steady(1.0, 100 * MIB);
         let mut w = workload("a", Tier::Full);
+        w.cpu_peak = 1.2;
         w.applied.insert(Knob::CpuMax, Value::of_cores(4.0));
         let acts = decide(
             &[forecast("a", &c, &m)],
@@ -938,9 +1032,10 @@ mod tests {
 
     #[test]
     fn cpu_limits_may_together_exceed_the_node_each_at_most_the_node() {
-        // Two workloads that each may burst to 1.2 × 1.15 = 1.38 cores on a 2-core node:
-        // neither limit is cut to make them fit together (that would throttle one while
-        // the other idles); one asking for more than the node gets the node.
+        // Two workloads that each peaked at 1.2 cores, limited to 1.2 × 1.15 = 1.38 cores
+        // on a 2-core node: neither limit is cut to make them fit together (that would
+        // throttle one while the other idles); one asking for more than the node (p50 4
+        // cores × 1.15) gets the node.
         let (c, m) = steady(1.0, 100 * MIB);
         let (big, _) = steady(4.0, 100 * MIB);
         let f = vec![
@@ -948,11 +1043,12 @@ mod tests {
             forecast("b", &c, &m),
             forecast("big", &big, &m),
         ];
-        let mut s = state(vec![
-            workload("a", Tier::Full),
-            workload("b", Tier::Full),
-            workload("big", Tier::Full),
-        ]);
+        let peaked = |id: &str| {
+            let mut w = workload(id, Tier::Full);
+            w.cpu_peak = 1.2;
+            w
+        };
+        let mut s = state(vec![peaked("a"), peaked("b"), workload("big", Tier::Full)]);
         s.cpus = 2.0;
         let acts = decide(&f, &s, &Rules::default());
         for id in ["a", "b"] {
@@ -963,7 +1059,7 @@ mod tests {
         let b = find(&acts, "big", Knob::CpuMax).unwrap();
         assert_eq!(b.new, Value::of_cores(2.0 - 0.1), "{}", b.text());
         assert!(
-            matches!(b.why.bounds[..], [Bound::NodeCeiling { scale }] if (scale - 1.9 / 5.52).abs() < 1e-3),
+            matches!(b.why.bounds[..], [Bound::NodeCeiling { scale }] if (scale - 1.9 / 4.6).abs() < 1e-3),
             "{}",
             b.text()
         );
@@ -1004,7 +1100,8 @@ mod tests {
 
     #[test]
     fn a_quota_cuts_headroom_before_expected_use() {
-        // p50 1 core each; "a" asks 1.2 × 2.0 = 2.4 (a wide observed error), "b" 1.38. A
+        // p50 1 core each, peaks 1.2; "a" asks 1.2 × 2.0 = 2.4 (a wide observed error), "b"
+        // 1.38. A
         // quota of 2.2 cores: cut in proportion, "b" would get 0.80, below what it is
         // expected to use; the headroom goes first and both keep their p50.
         let (c, m) = steady(1.0, 100 * MIB);
@@ -1012,8 +1109,10 @@ mod tests {
         let mut a = workload("a", Tier::Full);
         a.uid = Some(1000);
         a.cpu_margin = 1.0;
+        a.cpu_peak = 1.2;
         let mut b = workload("b", Tier::Full);
         b.uid = Some(1000);
+        b.cpu_peak = 1.2;
         let rules = Rules {
             quotas: vec![Quota {
                 uid: 1000,
@@ -1055,6 +1154,7 @@ mod tests {
         let mut w = workload("a", Tier::Full);
         w.memory_bump = 1.2;
         w.cpu_margin = 0.5;
+        w.cpu_peak = 1.2;
         let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &Rules::default());
         assert_eq!(
             find(&acts, "a", Knob::MemoryHigh).unwrap().new,

@@ -48,8 +48,8 @@ use self::{
     cgroups::{Cgroups, Group, GroupStats, Knob, Value, dir_name},
     config::{AllocateConfig, Candidate, HoldMode, Matcher, uid_of},
     control::{Control, Tier as Priority},
-    decide::{Action, State, WorkloadState, decide},
-    tiers::{Outcome, Record, TierChange},
+    decide::{Action, RecentPeak, State, WorkloadState, basis, decide},
+    tiers::{Basis, Outcome, Record, TierChange},
 };
 use crate::{
     FastMap,
@@ -309,8 +309,9 @@ struct Managed {
     rule: usize,
     /// Live processes seen in the last tick: pid → start ns.
     pids: HashMap<u32, u64>,
-    /// Step-1 bands (cpu, memory) of the previous tick's forecast.
-    last: Option<(Band, Band)>,
+    /// What the previous tick's reservation was made from.
+    last: Option<Basis>,
+    peak: RecentPeak,
     last_stats: Option<GroupStats>,
     created: bool,
     idle: u32,
@@ -670,6 +671,7 @@ impl Allocator {
                 rule,
                 pids: HashMap::new(),
                 last: None,
+                peak: RecentPeak::default(),
                 last_stats: None,
                 created: false,
                 idle: 0,
@@ -796,6 +798,7 @@ impl Allocator {
                 .unwrap_or((0.0, 0.0));
             m.state.cpu_cores = cpu;
             m.state.memory_bytes = mem as u64;
+            m.state.cpu_peak = m.peak.push(cpu, self.cfg.rules.peak_intervals);
             let mut o = Outcome {
                 cpu_cores: cpu,
                 memory_bytes: mem,
@@ -826,10 +829,10 @@ impl Allocator {
             } else {
                 m.state.memory_bump = 1.0 + (m.state.memory_bump - 1.0) * 0.99;
             }
-            if let Some((cb, mb)) = m.last {
+            if let Some(basis) = m.last {
                 let change = m
                     .record
-                    .observe(tiers, (margin, max_margin), (cb, mb), &o, max);
+                    .observe(tiers, (margin, max_margin), basis, &o, max);
                 if let Some(change) = change {
                     info!(
                         workload = m.state.name,
@@ -849,13 +852,14 @@ impl Allocator {
             m.state.cpu_margin = m.record.cpu_margin;
             m.state.memory_margin = m.record.memory_margin;
         }
-        // Remember this tick's step-1 bands for the next scoring.
+        // Remember what this tick's reservations are made from, for the next scoring.
         let by_id: HashMap<&WorkloadId, &Forecast> =
             forecasts.iter().map(|f| (&f.workload, f)).collect();
+        let rules = &self.cfg.rules;
         for m in self.managed.values_mut() {
             m.last = by_id
                 .get(&m.state.workload)
-                .and_then(|f| Some((*f.of(Target::Cpu).first()?, *f.of(Target::Memory).first()?)));
+                .and_then(|f| basis(f, rules, m.state.cpu_peak));
         }
         if enforce {
             self.place_new(&mut out);

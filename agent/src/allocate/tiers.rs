@@ -1,19 +1,25 @@
 //! Earned tiers: each workload's forecasts are scored against what it then used, and the
 //! record decides how strongly they are mirrored into its cgroup.
 //!
-//! Every interval, the step-1 band forecast the interval before is compared with the
-//! usage that came: *covered* when usage stayed at or under p90 × (1 + margin) — for a
-//! workload already capped, usage cannot exceed its cap, so throttling (`cpu.stat`),
+//! Every interval, the reservation made the interval before is compared with the usage
+//! that came: *covered* when usage stayed at or under its base × (1 + margin) — CPU's
+//! base the recent peak or p50 ([`super::decide::cpu_base`]), memory's the step-1 p90; for
+//! a workload already capped, usage cannot exceed its cap, so throttling (`cpu.stat`),
 //! reclaim above `memory.high` (`memory.events`) or memory stalls (PSI) count as misses
-//! instead — and the relative error of p50. Over a window of evaluations:
+//! instead — and the relative error of the step-1 p50. Over a window of evaluations:
 //! - **promotion** one tier up after `promote_after` consecutive evaluations with coverage
 //!   ≥ `promote_coverage` and mean error ≤ `max_error` (at least `min_samples` of them);
 //! - **demotion** one tier down when coverage falls below `demote_coverage` (a lower bar:
 //!   hysteresis), or at once on an OOM kill; then a cool-down before the next promotion,
 //!   and the record starts over;
-//! - the **margin** over p90 adapts to the observed error: the smallest margin (at least
-//!   the configured one) under which no more than `target_miss` of the window's
-//!   intervals would have exceeded the reservation.
+//! - the **margins** adapt to the misses, each between the configured margin and the
+//!   largest allowed. CPU's by adaptive conformal inference: up by `margin_gain` ×
+//!   (1 − `target_miss`) after a miss, down by `margin_gain` × `target_miss` after an
+//!   interval covered, so that in the long run `target_miss` of intervals miss. A
+//!   throttled group's demand above its cap is not seen, only that it missed, and this
+//!   step needs nothing more. Memory's: the smallest margin under which no more than
+//!   `target_miss` of the window's intervals would have exceeded the reservation (an
+//!   interval over `memory.high` counted as far over it).
 
 use std::collections::VecDeque;
 
@@ -75,8 +81,10 @@ pub struct TierRules {
     pub promote_after: usize,
     /// Evaluations after a demotion before a promotion is possible again.
     pub cooldown: usize,
-    /// Fraction of intervals the adapted margin may leave uncovered.
+    /// Fraction of intervals the adapted margins may leave uncovered.
     pub target_miss: f64,
+    /// The CPU margin's step per interval (see the module's doc).
+    pub margin_gain: f64,
     /// Throttled time above this fraction of an interval is a CPU miss.
     pub throttle_miss: f64,
     /// Memory stall time (PSI `some`) above this fraction of an interval is a memory
@@ -96,6 +104,7 @@ impl Default for TierRules {
             promote_after: 5,
             cooldown: 30,
             target_miss: 0.05,
+            margin_gain: 0.01,
             throttle_miss: 0.05,
             stall_miss: 0.01,
         }
@@ -119,11 +128,19 @@ pub struct Outcome {
     pub memory_capped: bool,
 }
 
+/// What a workload's reservation for an interval was made from: the step-1 forecast
+/// bands and the base of its CPU limit ([`super::decide::cpu_base`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Basis {
+    pub cpu: Band,
+    pub memory: Band,
+    pub cpu_base: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Eval {
     covered: bool,
     error: f64,
-    cpu_ratio: f64,
     mem_ratio: f64,
 }
 
@@ -182,20 +199,20 @@ impl Record {
         self.evals.iter().map(|e| e.error).sum::<f64>() / self.evals.len() as f64
     }
 
-    /// Scores the forecast (`cpu`, `mem`: the step-1 bands made an interval ago) against
-    /// what came; may change the tier (capped at `max`). `margin` is the configured one.
-    /// `margins`: the configured margin and the largest one allowed; `bands`: the
-    /// step-1 (cpu, memory) bands made an interval ago.
+    /// Scores the reservation made an interval ago (`basis`) against what came; may
+    /// change the tier (capped at `max`). `margins`: the configured margin and the largest
+    /// one allowed.
     pub fn observe(
         &mut self,
         r: &TierRules,
         margins: (f64, f64),
-        bands: (Band, Band),
+        basis: Basis,
         o: &Outcome,
         max: Tier,
     ) -> Option<TierChange> {
-        let ((margin, max_margin), (cpu, mem)) = (margins, bands);
-        let cpu_ratio = o.cpu_cores / cpu.p90.max(CPU_FLOOR);
+        let (margin, max_margin) = margins;
+        let (cpu, mem) = (basis.cpu, basis.memory);
+        let cpu_ratio = o.cpu_cores / basis.cpu_base.max(CPU_FLOOR);
         let mem_ratio = o.memory_bytes / mem.p90.max(MEM_FLOOR);
         let secs = o.seconds.max(1e-3);
         let cpu_miss = if o.cpu_capped {
@@ -215,13 +232,8 @@ impl Record {
         self.evals.push_back(Eval {
             covered: !cpu_miss && !mem_miss,
             error,
-            // Capped usage says nothing about demand above the cap: a throttled
-            // interval counts as far over it.
-            cpu_ratio: if cpu_miss && o.cpu_capped {
-                1.0 + max_margin
-            } else {
-                cpu_ratio
-            },
+            // Capped usage says nothing about demand above the cap: an interval over
+            // `memory.high` counts as far over it.
             mem_ratio: if mem_miss && o.memory_capped {
                 1.0 + max_margin
             } else {
@@ -231,7 +243,7 @@ impl Record {
         while self.evals.len() > r.window.max(1) {
             self.evals.pop_front();
         }
-        self.adapt_margins(r, margin, max_margin);
+        self.adapt_margins(r, margin, max_margin, cpu_miss);
         let (coverage, error) = (self.coverage(), self.error());
         let from = self.tier;
         let change = |to: Tier, reason: String| TierChange {
@@ -314,18 +326,19 @@ impl Record {
         self.evals.clear();
     }
 
-    fn adapt_margins(&mut self, r: &TierRules, margin: f64, max_margin: f64) {
-        let pick = |ratios: Vec<f64>| -> f64 {
-            if ratios.len() < r.min_samples.max(1) {
-                return margin;
-            }
-            let mut v = ratios;
+    fn adapt_margins(&mut self, r: &TierRules, margin: f64, max_margin: f64, cpu_miss: bool) {
+        let max_margin = max_margin.max(margin);
+        let miss = if cpu_miss { 1.0 } else { 0.0 };
+        self.cpu_margin =
+            (self.cpu_margin + r.margin_gain * (miss - r.target_miss)).clamp(margin, max_margin);
+        let mut v: Vec<f64> = self.evals.iter().map(|e| e.mem_ratio).collect();
+        self.memory_margin = if v.len() < r.min_samples.max(1) {
+            margin
+        } else {
             v.sort_by(f64::total_cmp);
             let idx = ((1.0 - r.target_miss) * (v.len() - 1) as f64).round() as usize;
-            (v[idx.min(v.len() - 1)] - 1.0).clamp(margin, max_margin.max(margin))
+            (v[idx.min(v.len() - 1)] - 1.0).clamp(margin, max_margin)
         };
-        self.cpu_margin = pick(self.evals.iter().map(|e| e.cpu_ratio).collect());
-        self.memory_margin = pick(self.evals.iter().map(|e| e.mem_ratio).collect());
     }
 }
 
@@ -338,6 +351,15 @@ mod tests {
             p10: v * 0.9,
             p50: v,
             p90: v * 1.1,
+        }
+    }
+
+    /// Forecasts of 1 core and M bytes; `cpu.max`'s base 1.1 cores.
+    fn basis(cpu: f64) -> Basis {
+        Basis {
+            cpu: band(cpu),
+            memory: band(M),
+            cpu_base: cpu * 1.1,
         }
     }
 
@@ -358,13 +380,7 @@ mod tests {
         let mut rec = Record::new(&r, 0.15);
         let mut changes = Vec::new();
         for i in 0..100 {
-            if let Some(c) = rec.observe(
-                &r,
-                (0.15, 1.0),
-                (band(1.0), band(M)),
-                &out(1.0, M),
-                Tier::Full,
-            ) {
+            if let Some(c) = rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full) {
                 changes.push((i, c.to));
             }
         }
@@ -378,15 +394,8 @@ mod tests {
     fn a_drifting_workload_goes_to_shadow_and_stays_there_while_it_drifts() {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
-        let good = |rec: &mut Record| {
-            rec.observe(
-                &r,
-                (0.15, 1.0),
-                (band(1.0), band(M)),
-                &out(1.0, M),
-                Tier::Full,
-            )
-        };
+        let good =
+            |rec: &mut Record| rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
         for _ in 0..30 {
             good(&mut rec);
         }
@@ -414,13 +423,7 @@ mod tests {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
         for _ in 0..100 {
-            rec.observe(
-                &r,
-                (0.15, 1.0),
-                (band(1.0), band(M)),
-                &out(1.0, M),
-                Tier::Warm,
-            );
+            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Warm);
         }
         assert_eq!(rec.tier, Tier::Warm);
     }
@@ -430,13 +433,7 @@ mod tests {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
         for _ in 0..30 {
-            rec.observe(
-                &r,
-                (0.15, 1.0),
-                (band(1.0), band(M)),
-                &out(1.0, M),
-                Tier::Full,
-            );
+            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
         }
         assert_eq!(rec.tier, Tier::Full);
         // Capped and throttled a third of the time: coverage falls under 75%.
@@ -455,7 +452,7 @@ mod tests {
                     ..out(1.0, M)
                 }
             };
-            if let Some(c) = rec.observe(&r, (0.15, 1.0), (band(1.0), band(M)), &o, Tier::Full) {
+            if let Some(c) = rec.observe(&r, (0.15, 1.0), basis(1.0), &o, Tier::Full) {
                 assert_eq!(c.to, Tier::Warm, "{c:?}");
                 demoted_at = Some(i);
                 break;
@@ -469,13 +466,7 @@ mod tests {
         // Perfect again: no promotion before the cool-down and a fresh record.
         let mut back = None;
         for i in 0..100 {
-            if let Some(c) = rec.observe(
-                &r,
-                (0.15, 1.0),
-                (band(1.0), band(M)),
-                &out(1.0, M),
-                Tier::Full,
-            ) {
+            if let Some(c) = rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full) {
                 back.get_or_insert((i, c.to));
             }
         }
@@ -494,28 +485,61 @@ mod tests {
             ..out(1.0, M)
         };
         let c = rec
-            .observe(&r, (0.15, 1.0), (band(1.0), band(M)), &o, Tier::Full)
+            .observe(&r, (0.15, 1.0), basis(1.0), &o, Tier::Full)
             .unwrap();
         assert_eq!((c.from, c.to), (Tier::Full, Tier::Warm));
         assert!(c.reason.contains("OOM"));
     }
 
     #[test]
-    fn the_margin_follows_the_observed_error() {
+    fn the_memory_margin_follows_the_observed_error() {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
-        // Usage runs 40% over the forecast's p90 a fifth of the time.
+        // Memory runs 40% over the forecast's p90 a fifth of the time.
         for i in 0..60 {
-            let cpu = if i % 5 == 0 { 1.1 * 1.4 } else { 1.0 };
-            rec.observe(
-                &r,
-                (0.15, 1.0),
-                (band(1.0), band(M)),
-                &out(cpu, M),
-                Tier::Full,
-            );
+            let mem = if i % 5 == 0 { 1.1 * 1.4 * M } else { M };
+            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, mem), Tier::Full);
         }
-        assert!((rec.cpu_margin - 0.4).abs() < 1e-6, "{}", rec.cpu_margin);
-        assert_eq!(rec.memory_margin, 0.15);
+        assert!(
+            (rec.memory_margin - 0.4).abs() < 1e-6,
+            "{}",
+            rec.memory_margin
+        );
+        assert_eq!(rec.cpu_margin, 0.15);
+    }
+
+    /// A capped group's demand above its cap is never seen, only that it was throttled:
+    /// the CPU margin steps up after a miss and down after a covered interval, and settles
+    /// where `target_miss` of intervals miss.
+    #[test]
+    fn the_cpu_margin_settles_where_target_miss_of_intervals_are_throttled() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.0);
+        // Demand 1.3× the base, 2% of intervals 1.6×. A miss is throttling above 5% of an
+        // interval: the spikes miss under a margin of 52%, the rest under 23.5% — so the
+        // margin settles just above 23.5% (the spikes alone miss too rarely).
+        let (mut misses, mut n) = (0, 0);
+        for i in 0..20_000 {
+            let demand = if i % 50 == 0 { 1.6 } else { 1.3 } * 1.1;
+            let cap = 1.1 * (1.0 + rec.cpu_margin);
+            let throttled = demand > cap;
+            let o = Outcome {
+                cpu_capped: true,
+                throttled_s: if throttled { 1.0 - cap / demand } else { 0.0 },
+                ..out(demand.min(cap), M)
+            };
+            rec.observe(&r, (0.0, 1.0), basis(1.0), &o, Tier::Full);
+            if i >= 10_000 {
+                misses += (o.throttled_s > r.throttle_miss) as usize;
+                n += 1;
+            }
+        }
+        let rate = misses as f64 / n as f64;
+        assert!((rate - r.target_miss).abs() < 0.01, "miss rate {rate}");
+        assert!(
+            (0.2..0.3).contains(&rec.cpu_margin),
+            "margin {}",
+            rec.cpu_margin
+        );
     }
 }
