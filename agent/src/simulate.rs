@@ -382,10 +382,9 @@ impl Strategy for Forecasting {
                 (Tier::Full, Some(l)) => cpu.min(l.cpu),
                 _ => cpu,
             };
-            m.state.cpu_peak = m.peak.push(used, self.rules.peak_intervals);
-            m.last = by_id
-                .get(id)
-                .and_then(|f| basis(f, &self.rules, m.state.cpu_peak));
+            (m.state.cpu_peak, m.state.memory_peak) =
+                m.peak.push(used, mem, self.rules.peak_intervals);
+            m.last = by_id.get(id).and_then(|f| basis(f, &self.rules, &m.state));
         }
         let state = State {
             now_ms: w.node.timestamp_ms,

@@ -267,11 +267,11 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
 
 /// `umbra simulate` with the agent's defaults on the held-out recordings the forecaster is
 /// judged on: the shipped model and tiers against the VPA-like recommender. Measured when
-/// `cpu.max` began to cover each workload's recent peak (2026-12-06): CPU slack 38.2% vs
-/// VPA-like's 35.1% at 3.76% throttled intervals vs 7.35%, memory slack 40.2% vs 39.2%
-/// with 25 violations vs 79. The goal — slack at least 30% below VPA-like's with no more
-/// violations — is not reached; with `cpu.max` at the forecast's p90 (before) CPU slack
-/// was 47.1%, 1.34× VPA-like's, and this fails.
+/// `cpu.max` and `memory.high` began to cover each workload's recent peak (2026-12-06): CPU
+/// slack 38.2% vs VPA-like's 35.1% at 3.76% throttled intervals vs 7.35%, memory slack
+/// 39.1% vs 39.2% with 16 violations vs 79. The goal — slack at least 30% below
+/// VPA-like's with no more violations — is not reached; with the limits at the forecast's
+/// p90 (before) CPU slack was 47.1%, 1.34× VPA-like's, and this fails.
 #[test]
 fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() {
     let files: Vec<PathBuf> = held_out().into_iter().take(FORECAST_HELD_OUT).collect();
@@ -294,7 +294,7 @@ fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() 
         v.cpu_slack
     );
     assert!(
-        u.memory_slack <= 1.10 * v.memory_slack,
+        u.memory_slack <= 1.05 * v.memory_slack,
         "memory slack {:.3} vs VPA-like's {:.3}",
         u.memory_slack,
         v.memory_slack

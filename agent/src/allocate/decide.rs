@@ -8,13 +8,13 @@
 //! - **shadow**: what the full tier would write, explained, not written;
 //! - **warm**: `cpu.weight` from the band's p10 (times the priority's factor) and
 //!   `memory.low` at p10 (soft);
-//! - **full**: warm's, plus `memory.min` at p10, `memory.high` at p90 × (1 + margin) and
-//!   `cpu.max` at the workload's recent peak — its largest one-interval usage over the last
-//!   `peak_intervals` intervals — or the forecast's p50 when that is higher (a rise the
-//!   forecast sees coming), × (1 + margin); the margins adapted to what the reservations
-//!   missed ([`super::tiers`]). The forecast is of a bucket's mean, but a limit holds each
-//!   moment: a bucket-mean's p90 plus the margin that covers the swings inside a bucket
-//!   left far more room (measured in BENCHMARKS.md).
+//! - **full**: warm's, plus `memory.min` at p10; `cpu.max` at the workload's recent peak
+//!   — its largest one-interval usage over the last `peak_intervals` intervals — or the
+//!   forecast's p50 when that is higher (a rise the forecast sees coming), and
+//!   `memory.high` at p90 or the recent peak when that is higher, each × (1 + margin); the
+//!   margins adapted to what the limits missed ([`super::tiers`]). The forecast is of a
+//!   bucket's mean, but a limit holds each moment: a bucket-mean's p90 plus the margin that
+//!   covers the swings inside a bucket left far more room (measured in BENCHMARKS.md).
 //!
 //! Then the safety rules, in this order, each one named in the explanation when it moved
 //! a value: floors (never `memory.high` below current usage or a minimum, never `cpu.max`
@@ -81,9 +81,9 @@ pub struct Rules {
     pub deadband: f64,
     /// Per-uid limits on what the workloads of a uid may reserve together.
     pub quotas: Vec<Quota>,
-    /// `cpu.max` covers the largest one-interval usage of this many last intervals, or
-    /// the forecast's p50 when higher; 0: `cpu.max` at the forecast's p90 (as a recommender
-    /// such as VPA's sets its target).
+    /// `cpu.max` and `memory.high` cover the largest one-interval usage of this many last
+    /// intervals ([`cpu_base`], [`memory_base`]); 0: both at the forecast's p90 (as a
+    /// recommender such as VPA's sets its target).
     pub peak_intervals: usize,
 }
 
@@ -109,7 +109,7 @@ impl Default for Rules {
 }
 
 impl Rules {
-    /// Whether `cpu.max` covers the recent peak (else the forecast's p90 alone).
+    /// Whether the limits cover the recent peak (else the forecast's p90 alone).
     pub fn keeps_peak(&self) -> bool {
         self.peak_intervals > 0
     }
@@ -145,10 +145,12 @@ pub struct WorkloadState {
     pub memory_margin: f64,
     /// Memory multiplier after OOM events (VPA-like ×1.2 each, decaying to 1).
     pub memory_bump: f64,
-    /// Its largest one-interval CPU usage over the last `Rules::peak_intervals` intervals
-    /// ([`RecentPeak`]).
+    /// Its largest one-interval usage over the last `Rules::peak_intervals` intervals
+    /// ([`RecentPeak`]): cores and bytes.
     #[serde(default)]
     pub cpu_peak: f64,
+    #[serde(default)]
+    pub memory_peak: f64,
 }
 
 impl WorkloadState {
@@ -168,6 +170,7 @@ impl WorkloadState {
             memory_margin: 0.15,
             memory_bump: 1.0,
             cpu_peak: 0.0,
+            memory_peak: 0.0,
         }
     }
 
@@ -244,7 +247,8 @@ pub struct Explanation {
     pub usage: f64,
     /// What the forecast asked for, before the rules.
     pub wanted: Value,
-    /// `cpu.max`: the recent peak it covers (cores; 0 for other knobs).
+    /// `cpu.max`, `memory.high`: the recent peak it covers (cores, bytes; 0 for other
+    /// knobs).
     #[serde(default)]
     pub peak: f64,
     pub bounds: Vec<Bound>,
@@ -288,7 +292,7 @@ impl Action {
             w.margin * 100.0,
             unit(w.usage),
         );
-        if self.knob == Knob::CpuMax && w.peak > 0.0 {
+        if w.peak > 0.0 {
             s.push_str(&format!(", recent peak {}", unit(w.peak)));
         }
         if !w.bounds.is_empty() {
@@ -312,8 +316,8 @@ pub fn lead_band(bands: &[Band], steps: usize) -> Option<Band> {
 }
 
 /// What `cpu.max`'s margin multiplies: the recent peak, or the forecast's p50 over the
-/// lead steps when that is higher; with no peak kept (`peak_intervals = 0`), the forecast's
-/// p90.
+/// lead steps when that is higher; with no peak kept (`peak_intervals = 0`), the
+/// forecast's p90.
 pub fn cpu_base(band: &Band, peak: Option<f64>) -> f64 {
     match peak {
         Some(p) => band.p50.max(p),
@@ -321,32 +325,45 @@ pub fn cpu_base(band: &Band, peak: Option<f64>) -> f64 {
     }
 }
 
+/// What `memory.high`'s margin multiplies: the forecast's p90 over the lead steps, or the
+/// recent peak when that is higher. Not p50, as CPU's: going over `memory.high` makes the
+/// kernel reclaim, and a rise the forecast sees coming is met by its p90 (on the one-minute
+/// cycle of `simulate::tests`, p50 let three intervals over against VPA-like's one).
+pub fn memory_base(band: &Band, peak: Option<f64>) -> f64 {
+    band.p90.max(peak.unwrap_or(0.0))
+}
+
 /// What the reservation `decide` makes from forecast `f` for a workload whose recent peak
 /// is `peak` is based on, for its tier record to score.
-pub fn basis(f: &Forecast, rules: &Rules, peak: f64) -> Option<Basis> {
-    let lead = lead_band(f.of(Target::Cpu), rules.lead_steps)?;
+pub fn basis(f: &Forecast, rules: &Rules, w: &WorkloadState) -> Option<Basis> {
+    let cpu = lead_band(f.of(Target::Cpu), rules.lead_steps)?;
+    let mem = lead_band(f.of(Target::Memory), rules.lead_steps)?;
+    let keep = rules.keeps_peak();
     Some(Basis {
         cpu: *f.of(Target::Cpu).first()?,
         memory: *f.of(Target::Memory).first()?,
-        cpu_base: cpu_base(&lead, rules.keeps_peak().then_some(peak)),
+        cpu_base: cpu_base(&cpu, keep.then_some(w.cpu_peak)),
+        memory_base: memory_base(&mem, keep.then_some(w.memory_peak)) * w.memory_bump.max(1.0),
     })
 }
 
-/// A workload's largest one-interval CPU usage over its last few intervals.
+/// A workload's largest one-interval usage over its last few intervals.
 #[derive(Clone, Debug, Default)]
 pub struct RecentPeak {
-    recent: std::collections::VecDeque<f64>,
+    recent: std::collections::VecDeque<(f64, f64)>,
 }
 
 impl RecentPeak {
-    /// Adds an interval's usage (as the group used it: at most its limit) and returns the
-    /// peak over the last `intervals` (at least one).
-    pub fn push(&mut self, cores: f64, intervals: usize) -> f64 {
-        self.recent.push_back(cores.max(0.0));
+    /// Adds an interval's usage, cores and bytes (as the group used it: CPU at most its
+    /// limit), and returns the peaks over the last `intervals` (at least one).
+    pub fn push(&mut self, cores: f64, bytes: f64, intervals: usize) -> (f64, f64) {
+        self.recent.push_back((cores.max(0.0), bytes.max(0.0)));
         while self.recent.len() > intervals.max(1) {
             self.recent.pop_front();
         }
-        self.recent.iter().copied().fold(0.0, f64::max)
+        self.recent
+            .iter()
+            .fold((0.0, 0.0), |(c, m), &(x, y)| (c.max(x), m.max(y)))
     }
 }
 
@@ -425,6 +442,7 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
             .memory_margin
             .clamp(rules.margin, rules.max_margin.max(rules.margin));
         let bump = w.memory_bump.max(1.0);
+        let keep = rules.keeps_peak();
         let soft = |knob: Knob| -> Value {
             match knob {
                 Knob::CpuWeight => Value::Amount(
@@ -433,10 +451,12 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                         .clamp(1.0, 10_000.0) as u64,
                 ),
                 Knob::MemoryLow | Knob::MemoryMin => Value::Amount(page(mem.p10)),
-                Knob::CpuMax => Value::of_cores(
-                    cpu_base(&cpu, rules.keeps_peak().then_some(w.cpu_peak)) * (1.0 + cpu_margin),
-                ),
-                Knob::MemoryHigh => Value::Amount(page(mem.p90 * (1.0 + mem_margin) * bump)),
+                Knob::CpuMax => {
+                    Value::of_cores(cpu_base(&cpu, keep.then_some(w.cpu_peak)) * (1.0 + cpu_margin))
+                }
+                Knob::MemoryHigh => Value::Amount(page(
+                    memory_base(&mem, keep.then_some(w.memory_peak)) * (1.0 + mem_margin) * bump,
+                )),
                 _ => knob.default_value(),
             }
         };
@@ -479,8 +499,10 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 knob.default_value()
             };
             let mut why = explain(target, band, margin, usage, wanted);
-            if knob == Knob::CpuMax && rules.keeps_peak() {
-                why.peak = w.cpu_peak;
+            match knob {
+                Knob::CpuMax if keep => why.peak = w.cpu_peak,
+                Knob::MemoryHigh if keep => why.peak = w.memory_peak,
+                _ => {}
             }
             if !set {
                 why.bounds.push(Bound::TierLifted);
@@ -844,6 +866,22 @@ mod tests {
         // No peak above the forecast's p50 (a workload just managed): p50 × (1 + margin).
         let b = find(&acts, "b", Knob::CpuMax).unwrap();
         assert_eq!(b.new, Value::of_cores(1.0 * 1.15), "{}", b.text());
+        // memory.high: p90, or a recent peak above it, × (1 + margin).
+        let mut wc = workload("c", Tier::Full);
+        wc.memory_peak = 250.0 * MIB as f64;
+        let acts_c = decide(
+            &[forecast("c", &c, &m)],
+            &state(vec![wc]),
+            &Rules::default(),
+        );
+        let high = find(&acts_c, "c", Knob::MemoryHigh).unwrap();
+        assert_eq!(
+            high.new,
+            Value::Amount(page(250.0 * MIB as f64 * 1.15)),
+            "{}",
+            high.text()
+        );
+        assert!(high.text().contains("recent peak 250"), "{}", high.text());
         // No peak kept: the forecast's p90 × (1 + margin), as a recommender sets it.
         let rules = Rules {
             peak_intervals: 0,

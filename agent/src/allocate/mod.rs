@@ -798,7 +798,8 @@ impl Allocator {
                 .unwrap_or((0.0, 0.0));
             m.state.cpu_cores = cpu;
             m.state.memory_bytes = mem as u64;
-            m.state.cpu_peak = m.peak.push(cpu, self.cfg.rules.peak_intervals);
+            (m.state.cpu_peak, m.state.memory_peak) =
+                m.peak.push(cpu, mem, self.cfg.rules.peak_intervals);
             let mut o = Outcome {
                 cpu_cores: cpu,
                 memory_bytes: mem,
@@ -859,7 +860,7 @@ impl Allocator {
         for m in self.managed.values_mut() {
             m.last = by_id
                 .get(&m.state.workload)
-                .and_then(|f| basis(f, rules, m.state.cpu_peak));
+                .and_then(|f| basis(f, rules, &m.state));
         }
         if enforce {
             self.place_new(&mut out);

@@ -2,9 +2,10 @@
 //! record decides how strongly they are mirrored into its cgroup.
 //!
 //! Every interval, the reservation made the interval before is compared with the usage
-//! that came: *covered* when usage stayed at or under its base × (1 + margin) — CPU's
-//! base the recent peak or p50 ([`super::decide::cpu_base`]), memory's the step-1 p90; for
-//! a workload already capped, usage cannot exceed its cap, so throttling (`cpu.stat`),
+//! that came: *covered* when usage stayed at or under its base × (1 + margin) — the
+//! recent peak or the forecast ([`super::decide::cpu_base`],
+//! [`super::decide::memory_base`]); for a workload already capped, usage cannot exceed
+//! its cap, so throttling (`cpu.stat`),
 //! reclaim above `memory.high` (`memory.events`) or memory stalls (PSI) count as misses
 //! instead — and the relative error of the step-1 p50. Over a window of evaluations:
 //! - **promotion** one tier up after `promote_after` consecutive evaluations with coverage
@@ -129,12 +130,14 @@ pub struct Outcome {
 }
 
 /// What a workload's reservation for an interval was made from: the step-1 forecast
-/// bands and the base of its CPU limit ([`super::decide::cpu_base`]).
+/// bands and what the margins of its limits multiply ([`super::decide::cpu_base`],
+/// [`super::decide::memory_base`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Basis {
     pub cpu: Band,
     pub memory: Band,
     pub cpu_base: f64,
+    pub memory_base: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -213,7 +216,7 @@ impl Record {
         let (margin, max_margin) = margins;
         let (cpu, mem) = (basis.cpu, basis.memory);
         let cpu_ratio = o.cpu_cores / basis.cpu_base.max(CPU_FLOOR);
-        let mem_ratio = o.memory_bytes / mem.p90.max(MEM_FLOOR);
+        let mem_ratio = o.memory_bytes / basis.memory_base.max(MEM_FLOOR);
         let secs = o.seconds.max(1e-3);
         let cpu_miss = if o.cpu_capped {
             o.throttled_s / secs > r.throttle_miss
@@ -354,12 +357,13 @@ mod tests {
         }
     }
 
-    /// Forecasts of 1 core and M bytes; `cpu.max`'s base 1.1 cores.
+    /// Forecasts of `cpu` cores and M bytes; the limits' bases their p90s.
     fn basis(cpu: f64) -> Basis {
         Basis {
             cpu: band(cpu),
             memory: band(M),
             cpu_base: cpu * 1.1,
+            memory_base: M * 1.1,
         }
     }
 
