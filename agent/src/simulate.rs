@@ -9,11 +9,11 @@
 //! - **umbra**: the model (when one ships in `models/`; until then the baseline with the
 //!   lowest quantile loss on the first quarter of the recording, named in a note), with
 //!   tiers earned and lost as the live agent earns them ([`tiers::Record`]), forecasts'
-//!   lead steps, `cpu.max` over each workload's recent peak and the adaptive margins. Until
-//!   a workload reaches the full tier its hard limits are what was there before Umbra: the
-//!   static ones.
+//!   lead steps, `cpu.max` and `memory.high` over each workload's recent peak and the
+//!   adaptive margins. Until a workload reaches the full tier its hard limits are what was
+//!   there before Umbra: the static ones.
 //! - **vpa**: the VPA recommender (decaying histogram, p90 + 15%), applied reactively
-//!   (one step, no extra margin, `cpu.max` at its target, no recent peak), its published
+//!   (one step, no extra margin, its limits at its target, no recent peak), its published
 //!   per-pod minimum (25 mcores, 250 MB).
 //! - **autopilot**: Autopilot's moving-window recommender, applied the same way.
 //! - **static**: each workload's peak over the recording + 15%, set once (a careful

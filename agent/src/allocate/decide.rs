@@ -174,6 +174,16 @@ impl WorkloadState {
         }
     }
 
+    /// What the margins of its `cpu.max` and `memory.high` multiply (the latter before
+    /// the OOM bump), given the forecast's bands over the lead steps.
+    pub fn limit_bases(&self, cpu: &Band, mem: &Band, rules: &Rules) -> (f64, f64) {
+        let keep = rules.keeps_peak();
+        (
+            cpu_base(cpu, keep.then_some(self.cpu_peak)),
+            memory_base(mem, keep.then_some(self.memory_peak)),
+        )
+    }
+
     pub fn value(&self, knob: Knob) -> Value {
         self.applied
             .get(&knob)
@@ -333,17 +343,17 @@ pub fn memory_base(band: &Band, peak: Option<f64>) -> f64 {
     band.p90.max(peak.unwrap_or(0.0))
 }
 
-/// What the reservation `decide` makes from forecast `f` for a workload whose recent peak
-/// is `peak` is based on, for its tier record to score.
+/// What the limits `decide` sets for workload `w` from forecast `f` are based on, for its
+/// tier record to score.
 pub fn basis(f: &Forecast, rules: &Rules, w: &WorkloadState) -> Option<Basis> {
     let cpu = lead_band(f.of(Target::Cpu), rules.lead_steps)?;
     let mem = lead_band(f.of(Target::Memory), rules.lead_steps)?;
-    let keep = rules.keeps_peak();
+    let (cpu_base, memory_base) = w.limit_bases(&cpu, &mem, rules);
     Some(Basis {
         cpu: *f.of(Target::Cpu).first()?,
         memory: *f.of(Target::Memory).first()?,
-        cpu_base: cpu_base(&cpu, keep.then_some(w.cpu_peak)),
-        memory_base: memory_base(&mem, keep.then_some(w.memory_peak)) * w.memory_bump.max(1.0),
+        cpu_base,
+        memory_base: memory_base * w.memory_bump.max(1.0),
     })
 }
 
@@ -442,6 +452,7 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
             .memory_margin
             .clamp(rules.margin, rules.max_margin.max(rules.margin));
         let bump = w.memory_bump.max(1.0);
+        let (cpu_limit, mem_limit) = w.limit_bases(&cpu, &mem, rules);
         let keep = rules.keeps_peak();
         let soft = |knob: Knob| -> Value {
             match knob {
@@ -451,12 +462,8 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                         .clamp(1.0, 10_000.0) as u64,
                 ),
                 Knob::MemoryLow | Knob::MemoryMin => Value::Amount(page(mem.p10)),
-                Knob::CpuMax => {
-                    Value::of_cores(cpu_base(&cpu, keep.then_some(w.cpu_peak)) * (1.0 + cpu_margin))
-                }
-                Knob::MemoryHigh => Value::Amount(page(
-                    memory_base(&mem, keep.then_some(w.memory_peak)) * (1.0 + mem_margin) * bump,
-                )),
+                Knob::CpuMax => Value::of_cores(cpu_limit * (1.0 + cpu_margin)),
+                Knob::MemoryHigh => Value::Amount(page(mem_limit * (1.0 + mem_margin) * bump)),
                 _ => knob.default_value(),
             }
         };
@@ -1139,8 +1146,7 @@ mod tests {
     #[test]
     fn a_quota_cuts_headroom_before_expected_use() {
         // p50 1 core each, peaks 1.2; "a" asks 1.2 × 2.0 = 2.4 (a wide observed error), "b"
-        // 1.38. A
-        // quota of 2.2 cores: cut in proportion, "b" would get 0.80, below what it is
+        // 1.38. A quota of 2.2 cores: cut in proportion, "b" would get 0.80, below what it is
         // expected to use; the headroom goes first and both keep their p50.
         let (c, m) = steady(1.0, 100 * MIB);
         let f = vec![forecast("a", &c, &m), forecast("b", &c, &m)];

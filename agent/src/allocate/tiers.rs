@@ -5,9 +5,9 @@
 //! that came: *covered* when usage stayed at or under its base × (1 + margin) — the
 //! recent peak or the forecast ([`super::decide::cpu_base`],
 //! [`super::decide::memory_base`]); for a workload already capped, usage cannot exceed
-//! its cap, so throttling (`cpu.stat`),
-//! reclaim above `memory.high` (`memory.events`) or memory stalls (PSI) count as misses
-//! instead — and the relative error of the step-1 p50. Over a window of evaluations:
+//! its cap, so throttling (`cpu.stat`), reclaim above `memory.high` (`memory.events`) or
+//! memory stalls (PSI) count as misses instead — and the relative error of the step-1
+//! p50. Over a window of evaluations:
 //! - **promotion** one tier up after `promote_after` consecutive evaluations with coverage
 //!   ≥ `promote_coverage` and mean error ≤ `max_error` (at least `min_samples` of them);
 //! - **demotion** one tier down when coverage falls below `demote_coverage` (a lower bar:
