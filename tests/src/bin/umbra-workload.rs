@@ -25,8 +25,8 @@ fn main() {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap();
     match arg(0).as_str() {
-        // spin MS [CPU]: busy until it has had MS ms of CPU time; pinned to CPU if given,
-        // then MS ms of wall time (two spinners share the CPU).
+        // spin MS [CPU]: busy until it has had MS ms of CPU time after `go`; pinned to CPU
+        // if given, then MS ms of wall time (two spinners share the CPU).
         "spin" => {
             let pinned = arg(2).parse::<usize>().ok();
             if let Some(cpu) = pinned {
@@ -364,10 +364,13 @@ fn pin(cpu: usize) {
     }
 }
 
-/// Burns CPU until the process has used `d` of it (however busy the machine is).
+/// Burns CPU until the process has used `d` more of it (however busy the machine is).
+/// Counted from here, not from the process's start: starting up can cost tens of ms of
+/// CPU under emulation, which a caller measuring from `go` does not see.
 fn spin_cpu(d: Duration) {
+    let end = cpu_time() + d;
     let mut x = 0u64;
-    while cpu_time() < d {
+    while cpu_time() < end {
         for _ in 0..100_000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
