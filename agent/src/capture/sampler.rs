@@ -648,14 +648,19 @@ impl KernelCapture {
         if !running.is_empty() {
             // A slice that ended after `after` was read, before `slice_so_far` read its
             // thread's runtime, was measured from its own end (~0): the slots read again
-            // tell, and its process's entry says how long it was.
+            // tell, and its process's entry says how long it was — or, when the CPU has
+            // switched more than once since, its entry is read again (as for `Unsure`).
             let again = self.cpu_slots();
             for (cpu, key, so_far) in running {
                 let ns = match again.get(cpu) {
                     Some(a) => settled(&before[cpu], a, read(&key), so_far, now),
-                    None => so_far,
+                    None => Some(so_far),
                 };
-                *out.entry(key).or_insert(0) += ns;
+                match ns {
+                    Some(ns) => *out.entry(key).or_insert(0) += ns,
+                    None if !unsure.contains(&key) => unsure.push(key),
+                    None => {}
+                }
             }
         }
         (out, unsure)
@@ -783,11 +788,21 @@ fn slice_in_read(before: &CpuState, after: &CpuState, read: Option<u64>) -> Slic
 
 /// A slice seen running in `before` and `after` the read, measured `so_far` since: the
 /// scheduler's account of it if it ended once meanwhile (`again`: the slot read after the
-/// measure), else `so_far`.
-fn settled(before: &CpuState, again: &CpuState, read: Option<u64>, so_far: u64, now: u64) -> u64 {
+/// measure), else `so_far`; none when the CPU switched more than once meanwhile — the
+/// slice ended after the read, by how much is not in the slot any more, and `so_far`
+/// measured the thread's next slice (a thread preempted and back within the measure: the
+/// ended slice would count only next tick, a lump).
+fn settled(
+    before: &CpuState,
+    again: &CpuState,
+    read: Option<u64>,
+    so_far: u64,
+    now: u64,
+) -> Option<u64> {
     match slice_in_read(before, again, read) {
-        Slice::EndedAfterRead(ns) => ended(before, ns, now),
-        _ => so_far,
+        Slice::EndedAfterRead(ns) => Some(ended(before, ns, now)),
+        Slice::Unsure => None,
+        Slice::Running | Slice::InRead => Some(so_far),
     }
 }
 
@@ -1046,15 +1061,17 @@ mod tests {
     fn a_slice_that_ends_while_it_is_measured_counts_in_full() {
         let before = slot(7, 100, 40, 900, 3);
         // Still running when read again: as measured.
-        assert_eq!(settled(&before, &before, Some(1_000), 180, 300), 180);
+        assert_eq!(settled(&before, &before, Some(1_000), 180, 300), Some(180));
         // Ended once since (at 350, its process at 1,250): measured from its end it read
         // ~0; the scheduler's account is 250, no more than the time since it began.
         let again = slot(9, 350, 100, 1_250, 4);
-        assert_eq!(settled(&before, &again, Some(1_000), 0, 400), 250);
-        assert_eq!(settled(&before, &again, Some(1_000), 0, 300), 200);
-        // Switched twice: as measured (caught up next tick).
+        assert_eq!(settled(&before, &again, Some(1_000), 0, 400), Some(250));
+        assert_eq!(settled(&before, &again, Some(1_000), 0, 300), Some(200));
+        // Switched twice (7 preempted at 350 and back at 500): the slice's account is no
+        // longer in the slot, and the 20 measured are of the next slice — not told here
+        // (the caller reads the process's entry again), never 20 for a slice of 250.
         let twice = slot(7, 500, 420, 2_000, 5);
-        assert_eq!(settled(&before, &twice, Some(1_000), 0, 600), 0);
+        assert_eq!(settled(&before, &twice, Some(1_000), 20, 520), None);
     }
 
     #[test]
