@@ -885,25 +885,39 @@ fn a_thread_that_never_switches_out_is_counted_every_interval() {
     let mut last = read(&mut cap);
     let first_steal = last.3;
     let (mut got_all, mut want_all) = (0u64, 0u64);
-    for i in 0..4 {
+    // Every interval measured before any is judged: a miss shows whether its time came
+    // late (a lump in a later interval) or never.
+    let mut intervals = Vec::new();
+    for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(400));
         let now = read(&mut cap);
         let dg = now.0 - last.0;
         let (lo, hi) = (now.1.saturating_sub(last.2), now.2 - last.1);
         // Stolen time since the previous sample: the hypervisor's, not the capture's error.
         let stolen = now.3 - last.3;
-        eprintln!("interval {i}: captured {dg} ns, schedstat {lo}..{hi} ns, stolen {stolen} ns");
+        intervals.push((dg, lo, hi, stolen));
+        got_all += dg;
+        want_all += now.2 - last.2;
+        last = now;
+    }
+    let shown: Vec<String> = intervals
+        .iter()
+        .enumerate()
+        .map(|(i, (dg, lo, hi, stolen))| {
+            format!("interval {i}: captured {dg} ns, schedstat {lo}..{hi} ns, stolen {stolen} ns")
+        })
+        .collect();
+    eprintln!("{}", shown.join("\n"));
+    for (i, (dg, lo, hi, stolen)) in intervals.into_iter().enumerate() {
         // Within two scheduler ticks (8 ms at HZ=250, 20 ms at HZ=100) of schedstat: the
         // task iterator reads a running thread's runtime as of its last tick (schedstat
         // brings it up to date), so each end of the interval may lag by one.
         let slack = 21_000_000 + stolen;
         assert!(
             dg + slack >= lo && dg <= hi + slack,
-            "interval {i}: captured {dg} ns, schedstat {lo}..{hi} ns, stolen {stolen} ns"
+            "interval {i} is off:\n{}",
+            shown.join("\n")
         );
-        got_all += dg;
-        want_all += now.2 - last.2;
-        last = now;
     }
     assert!(want_all > 200_000_000, "the spinner ran {want_all} ns");
     let stolen = last.3 - first_steal;
