@@ -90,6 +90,44 @@ impl Scaled {
         };
         v.max(0.0)
     }
+
+    /// [`Self::inverse`] of every value of `ys`, in place, in `f32` (within ~1e-6 of it,
+    /// relative): a loop the compiler vectorises, for a model's whole output at once.
+    #[inline]
+    pub fn inverse_in_place(&self, ys: &mut [f32]) {
+        // The scaling in f64: near 0, `y · std + mean` cancels.
+        let (std, mean) = (self.std, self.mean);
+        let t = |y: f32| (y as f64 * std + mean) as f32;
+        match self.transform {
+            Transform::Identity => ys.iter_mut().for_each(|y| *y = t(*y).max(0.0)),
+            Transform::Log1p => ys.iter_mut().for_each(|y| *y = exp_m1_f32(t(*y)).max(0.0)),
+        }
+    }
+}
+
+/// `eˣ − 1` in `f32`, branch-free so that loops over slices vectorise (libm's `expm1` is a
+/// call per value): `eˣ = 2ᵏ·eʳ` with `k` the nearest integer to `x/ln 2`, `|r| ≤ ln 2 / 2`,
+/// `eʳ − 1` by its Taylor series to `r⁷` (the next term is below 6e-9), and `2ᵏ·(eʳ − 1) +
+/// (2ᵏ − 1)`, exact in `eʳ − 1` when `k = 0` (no cancellation near 0). `x` is clamped to
+/// `[−87, 88]`, where `2ᵏ` is a normal `f32`.
+#[inline(always)]
+pub fn exp_m1_f32(x: f32) -> f32 {
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    // ln 2 in two parts (Cody–Waite): `k · LN2_HI` is exact for |k| < 2⁹.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0 / 720.0 + r * (1.0 / 5040.0);
+    let p = 1.0 / 120.0 + r * p;
+    let p = 1.0 / 24.0 + r * p;
+    let p = 1.0 / 6.0 + r * p;
+    let p = 0.5 + r * p;
+    let em1 = r + r * r * p;
+    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    two_k * em1 + (two_k - 1.0)
 }
 
 /// The `umbra.schema` object.
@@ -494,6 +532,49 @@ pub(crate) mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/onnx")
             .join(name)
+    }
+
+    #[test]
+    fn the_f32_exp_m1_is_within_a_few_ulp_of_libm_and_the_inverse_of_forward() {
+        // Every 1/1024 from −30 to 30 (a model's standardised output, scaled back, lies
+        // well inside), near 0 where `eˣ − 1` cancels, and past the clamps.
+        let mut worst: f64 = 0.0;
+        for i in -30 * 1024..=30 * 1024 {
+            let x = i as f32 / 1024.0;
+            let want = (x as f64).exp_m1();
+            let got = exp_m1_f32(x) as f64;
+            worst = worst.max((got - want).abs() / want.abs().max(f64::MIN_POSITIVE));
+        }
+        assert!(worst < 5e-7, "relative error {worst:e}");
+        for x in [1e-7f32, -1e-7, 1e-3, -1e-3, 0.0] {
+            let want = (x as f64).exp_m1();
+            let got = exp_m1_f32(x) as f64;
+            assert!(
+                (got - want).abs() <= 2e-7 * want.abs(),
+                "{x}: {got} vs {want}"
+            );
+        }
+        assert!(exp_m1_f32(200.0).is_finite() && exp_m1_f32(-200.0) == -1.0);
+        let sc = Scaled {
+            name: "memory".into(),
+            transform: Transform::Log1p,
+            mean: 17.5,
+            std: 2.25,
+        };
+        let vs = [0.0, 1e-4, 0.01, 1.0, 4096.0, 1.5e9, 3e11];
+        let mut ys: Vec<f32> = vs.iter().map(|v| sc.forward(*v) as f32).collect();
+        ys.push(-40.0);
+        let scalar: Vec<f64> = ys.iter().map(|y| sc.inverse(*y as f64)).collect();
+        sc.inverse_in_place(&mut ys);
+        for ((v, y), want) in vs.iter().zip(&ys).zip(&scalar) {
+            let y = *y as f64;
+            assert!(
+                (y - want).abs() <= 1e-6 * want + 1e-12,
+                "{v}: {y} vs {want}"
+            );
+            assert!((y - v).abs() <= 4e-6 * (1.0 + v), "{v} came back as {y}");
+        }
+        assert_eq!(ys[vs.len()], 0.0, "clamped at 0");
     }
 
     fn schema_json(f: impl FnOnce(&mut serde_json::Value)) -> String {
