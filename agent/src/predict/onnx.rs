@@ -514,6 +514,30 @@ mod tests {
         assert_eq!(p.stats.batches, 1);
     }
 
+    /// A batch larger than one run is forecast in several, each row as it would be alone.
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_batch_over_one_runs_rows_is_forecast_in_several_runs_row_for_row() {
+        let rt = crate::predict::runtime::default_runtime();
+        let load = || {
+            let b = bytes("forecast_fixture.onnx");
+            let m = Model::load("f.onnx", &b, ModelKind::Forecast, rt.as_ref()).unwrap();
+            OnnxForecaster::new(m).unwrap()
+        };
+        let n = MAX_ROWS_PER_RUN + 3;
+        let ids: Vec<WorkloadId> = (0..n).map(|i| WorkloadId(format!("w{i}"))).collect();
+        let bs: Vec<Vec<Bucket>> = (0..n)
+            .map(|i| buckets(&[0.1, (i % 97) as f64 * 0.01, (i % 13) as f64 * 0.1]))
+            .collect();
+        let fs = load().forecast(&batch(&ids, &bs));
+        assert_eq!(fs.len(), n);
+        let mut alone = load();
+        for r in [0, 1, MAX_ROWS_PER_RUN - 1, MAX_ROWS_PER_RUN, n - 1] {
+            let one = alone.forecast(&batch(&ids[r..=r], &bs[r..=r]));
+            assert_eq!(fs[r], one[0], "row {r}");
+        }
+    }
+
     #[cfg(feature = "onnx")]
     #[test]
     fn bad_model_files_are_clear_errors_naming_the_file() {
