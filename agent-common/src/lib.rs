@@ -346,8 +346,14 @@ pub enum Drop {
     /// An event whose owner was never seen (a block request or a memory map from before
     /// the agent attached): not attributed to any process.
     OwnerUnknown = 10,
+    /// A context switch the kernel did not report: the task a CPU switched out was not the
+    /// one its slot last saw switched in (some kernels leave a task's switches untraced).
+    /// The slice that followed the unreported switch is invisible while it runs: its CPU
+    /// time comes at its next reported switch-out (with BTF, exact but late; without,
+    /// lost).
+    SwitchUnreported = 11,
 }
-pub const DROP_KINDS: usize = 11;
+pub const DROP_KINDS: usize = 12;
 
 impl Drop {
     pub const ALL: [Drop; DROP_KINDS] = [
@@ -362,6 +368,7 @@ impl Drop {
         Drop::ProcGone,
         Drop::RecursionMiss,
         Drop::OwnerUnknown,
+        Drop::SwitchUnreported,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -377,6 +384,7 @@ impl Drop {
             Drop::ProcGone => "proc_gone",
             Drop::RecursionMiss => "recursion_miss",
             Drop::OwnerUnknown => "owner_unknown",
+            Drop::SwitchUnreported => "switch_unreported",
         }
     }
 }

@@ -852,6 +852,12 @@ fn every_idle_thread_is_in_every_walk_and_nothing_is_counted_lost() {
 
 /// A thread that never leaves its CPU still has its time counted in the interval it ran,
 /// not in a lump when it finally switches out: per-interval deltas follow schedstat's.
+///
+/// On the per-event hooks, an interval is excused when the kernel did not report switches
+/// around it (`switch_unreported`, counted): some kernels leave some tasks' switches
+/// untraced — this host's kernel traces no switch away from its PID 1's threads — and the
+/// spinner's time after such a switch comes at its next reported switch-out (the total
+/// is still asserted).
 #[test]
 fn a_thread_that_never_switches_out_is_counted_every_interval() {
     if !privileged("a_thread_that_never_switches_out_is_counted_every_interval") {
@@ -880,7 +886,8 @@ fn a_thread_that_never_switches_out_is_counted_every_interval() {
             .counters
             .cpu_ns;
         let after = *at.lock().unwrap();
-        (got, before, after, steal_ns())
+        let unreported = cap.drop_counts().unwrap().get(DropKind::SwitchUnreported);
+        (got, before, after, steal_ns(), unreported)
     };
     let mut last = read(&mut cap);
     let first_steal = last.3;
@@ -895,7 +902,7 @@ fn a_thread_that_never_switches_out_is_counted_every_interval() {
         let (lo, hi) = (now.1.saturating_sub(last.2), now.2 - last.1);
         // Stolen time since the previous sample: the hypervisor's, not the capture's error.
         let stolen = now.3 - last.3;
-        intervals.push((dg, lo, hi, stolen));
+        intervals.push((dg, lo, hi, stolen, now.4 - last.4));
         got_all += dg;
         want_all += now.2 - last.2;
         last = now;
@@ -903,29 +910,70 @@ fn a_thread_that_never_switches_out_is_counted_every_interval() {
     let shown: Vec<String> = intervals
         .iter()
         .enumerate()
-        .map(|(i, (dg, lo, hi, stolen))| {
-            format!("interval {i}: captured {dg} ns, schedstat {lo}..{hi} ns, stolen {stolen} ns")
+        .map(|(i, (dg, lo, hi, stolen, unreported))| {
+            format!(
+                "interval {i}: captured {dg} ns, schedstat {lo}..{hi} ns, stolen {stolen} ns, \
+                 switches not reported {unreported}"
+            )
         })
         .collect();
     eprintln!("{}", shown.join("\n"));
-    for (i, (dg, lo, hi, stolen)) in intervals.into_iter().enumerate() {
-        // Within two scheduler ticks (8 ms at HZ=250, 20 ms at HZ=100) of schedstat: the
-        // task iterator reads a running thread's runtime as of its last tick (schedstat
-        // brings it up to date), so each end of the interval may lag by one.
-        let slack = 21_000_000 + stolen;
+    // Per interval, how far the capture is off schedstat beyond the slack: below it
+    // (negative) or above.
+    let off: Vec<i64> = intervals
+        .iter()
+        .map(|&(dg, lo, hi, stolen, _)| {
+            // Within two scheduler ticks (8 ms at HZ=250, 20 ms at HZ=100) of schedstat:
+            // the task iterator reads a running thread's runtime as of its last tick
+            // (schedstat brings it up to date), so each end of the interval may lag by one.
+            let slack = 21_000_000 + stolen;
+            if dg + slack < lo {
+                dg as i64 + slack as i64 - lo as i64
+            } else if dg > hi + slack {
+                (dg - hi - slack) as i64
+            } else {
+                0
+            }
+        })
+        .collect();
+    for (i, &o) in off.iter().enumerate() {
+        if o == 0 {
+            continue;
+        }
+        // Around switches the kernel did not report (counted at the next reported one on
+        // that CPU: in the interval that came short or in the one its time came in), the
+        // time is late, not lost: a short interval's time comes in the next one (unless it
+        // is the last), an interval over by what the one before lacked.
+        let around: u64 = intervals[i.saturating_sub(1)..(i + 2).min(intervals.len())]
+            .iter()
+            .map(|x| x.4)
+            .sum();
+        let late =
+            |short: i64, over: i64| short < 0 && over > 0 && (short + over).abs() <= 42_000_000;
+        let paired = if o < 0 {
+            off.get(i + 1).is_none_or(|&next| late(o, next))
+        } else {
+            i > 0 && late(off[i - 1], o)
+        };
         assert!(
-            dg + slack >= lo && dg <= hi + slack,
+            around > 0 && paired,
             "interval {i} is off:\n{}",
             shown.join("\n")
         );
+        eprintln!("interval {i} excused: {around} switches around it were not reported");
     }
     assert!(want_all > 200_000_000, "the spinner ran {want_all} ns");
-    let stolen = last.3 - first_steal;
+    // Then the spinner stops (its switch-out reported): every nanosecond it ran is in.
+    w.wait_done();
+    std::thread::sleep(Duration::from_millis(100));
+    let end = read(&mut cap);
+    got_all += end.0 - last.0;
+    want_all += end.2 - last.2;
+    let stolen = end.3 - first_steal;
     assert!(
         got_all.abs_diff(want_all) as f64 <= 0.05 * want_all as f64 + stolen as f64,
         "captured {got_all} ns, schedstat {want_all} ns, stolen {stolen} ns"
     );
-    w.wait_done();
     w.finish();
 }
 

@@ -194,13 +194,13 @@ fn host_privileged_tests() -> Result<()> {
 }
 
 /// The capture tests again on the per-event hooks (kernels without the iterator). They
-/// compare each interval with schedstat: run with no build beside them. Open on this path:
-/// with a nice-19 build beside it (the guests' builds; 5 of 12 runs of 8 intervals), one
-/// interval of a spinner comes 55–250 ms short and the next as much over — the time is
-/// late, not lost — while its CPU's slot shows another thread (this sandbox's PID 1
-/// worker) switched in just that long before and not seen switched out: a switch back to
-/// the spinner the slot did not record, with no recursion miss counted. Not seen without
-/// a build beside it.
+/// compare each interval with schedstat: run with no build beside them. This host's kernel
+/// reports no switch away from its PID 1's threads (`sched/sched_switch`, tracefs and BPF
+/// alike): a spinner those threads preempt is back on its CPU unseen, and its time comes
+/// at its next reported switch-out — an interval 55–250 ms short and the next as much
+/// over, most often with a build beside it (which keeps PID 1 busy). The hook counts such
+/// switches (`switch_unreported`) and the spinner's test excuses an interval only around
+/// them.
 fn host_hooks_tests() -> Result<()> {
     util::step("capture tests on the per-event hooks (capture.counters = \"hooks\")");
     util::cargo_env(

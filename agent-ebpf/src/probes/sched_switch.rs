@@ -8,6 +8,10 @@
 //! a per-CPU slot, so a switch costs one hash lookup for the process and one for `next`'s
 //! wait; `THREADS` holds only when each thread became runnable.
 //! <https://github.com/torvalds/linux/blob/v6.12/kernel/sched/core.c#L6684>
+//!
+//! A switch whose `prev` is not the task the slot last saw switched in was preceded by one
+//! the hook never saw (some kernels leave some tasks' switches untraced): counted as
+//! `switch_unreported`.
 
 use agent_common::{
     CpuState, Drop, ProcKey, RUNTIME_UNKNOWN, ThreadState, prog::SCHED_SWITCH as PROG,
@@ -109,6 +113,10 @@ fn on_switch(
     let cpu = unsafe { &mut *cpu };
     cpu.switches = cpu.switches.wrapping_add(1);
     let (prev_tid, _) = current_ids();
+    if cpu.since != 0 && cpu.tid != prev_tid {
+        // The switch that put `prev` on this CPU was not reported to this hook.
+        count_drop(PROG, Drop::SwitchUnreported);
+    }
     if prev_tid != 0 {
         switch_out(
             now,
