@@ -204,6 +204,12 @@ pub const REC_KTHREAD: u32 = 2;
 pub const REC_MM: u32 = 4;
 /// The thread's process is a 32-bit one on a 64-bit kernel.
 pub const REC_COMPAT: u32 = 8;
+/// With [`REC_SIGNAL`]: its `runtime_ns` is the whole process's — its exited threads' and
+/// every live thread's, read at once between two equal sequences of the process's
+/// `stats_lock` (as `thread_group_cputime` does) — and the threads' own records' runtime
+/// is not added to it. A thread that ends while a walk is between its leader and it is
+/// then counted once, not never (nor twice, when it came before its leader).
+pub const REC_GROUP: u32 = 32;
 /// A thread the iterator wrote in full before and that has not run since: only the first
 /// [`TASK_MARK_BYTES`] of the record (`tid`, `tgid`, `flags`) are written, and its
 /// counters — and, for a leader, its process's exited threads — are as in the full record
@@ -554,9 +560,18 @@ pub struct TaskOffsets {
     /// `thread_info.flags & (1 << TIF_32BIT)` (arm64); the mask is in `compat_mask`.
     pub task_compat: u32,
     pub compat_mask: u32,
+    /// A process's live threads and the lock its exited threads' totals are folded in
+    /// under: `signal_struct.thread_head` (a list of `task_struct.thread_node`),
+    /// `signal_struct.nr_threads`, and the sequence of `signal_struct.stats_lock` (a
+    /// `seqlock_t`), which a thread's exit holds while it adds its counters to the signal's
+    /// and leaves the list.
+    pub sig_thread_head: u32,
+    pub task_thread_node: u32,
+    pub sig_nr_threads: u32,
+    pub sig_stats_seq: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<TaskOffsets>() == 46 * 4);
+const _: () = assert!(size_of::<TaskOffsets>() == 50 * 4);
 
 impl TaskOffsets {
     /// Nothing known.
@@ -601,6 +616,10 @@ impl TaskOffsets {
         net_inum: ABSENT,
         task_compat: ABSENT,
         compat_mask: 0,
+        sig_thread_head: ABSENT,
+        task_thread_node: ABSENT,
+        sig_nr_threads: ABSENT,
+        sig_stats_seq: ABSENT,
         _pad: 0,
     };
 }
@@ -635,7 +654,8 @@ impl SyscallNrs {
 /// The task iterator's print of what can change without a thread's record saying so,
 /// folded into one word: `se.sum_exec_runtime` (any run moves it), `start_boottime` (a
 /// reused tid is another thread) and, for a leader, `signal->sum_sched_runtime` (a thread
-/// of its process was reaped). (A move to another cgroup, `task->cgroups`, is compared
+/// of its process was reaped) or, where it is read, its whole process's runtime (any
+/// thread of it ran or was reaped: [`REC_GROUP`]). (A move to another cgroup, `task->cgroups`, is compared
 /// apart: the verifier lets a program compare a pointer, not compute with it.) Each step
 /// (xor a value, multiply by an odd constant, xor-shift) is a bijection of the word, so a
 /// change of any one value always changes the print; a change of several at once leaves
@@ -674,7 +694,7 @@ pub struct KernelConfig {
 /// [`KernelConfig::flags`]: wake the ring buffer's reader at every exec event (the
 /// allocate stage places requests as they start), not only once a batch has built up.
 pub const CONFIG_WAKE_ON_EXEC: u64 = 1;
-const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 46 * 4 + 2 * 16 * 8 + 8 + 8 + 8);
+const _: () = assert!(size_of::<KernelConfig>() == 32 * 4 + 50 * 4 + 2 * 16 * 8 + 8 + 8 + 8);
 
 impl KernelConfig {
     /// A configuration with every field absent; the programs then record nothing that

@@ -778,6 +778,60 @@ fn threads_spinning_on_every_cpu_add_up() {
     w.finish();
 }
 
+/// Threads that end one after another while the task iterator walks: no interval of their
+/// process counts more CPU time than its one running thread can have used, and in the end
+/// it has all of it. A thread that ended after the walk passed its leader and before it
+/// reached it was counted nowhere that tick and twice the next (the exited threads' total
+/// is read at the leader): an interval of 0 and one of twice the time, every few ticks.
+#[test]
+fn threads_ending_during_walks_are_counted_in_their_interval() {
+    if !privileged("threads_ending_during_walks_are_counted_in_their_interval") {
+        return;
+    }
+    let mut cap = capture();
+    let mut w = Workload::start(&["thread-churn", "6", "40"]);
+    // Idle threads of a process started after it: the walk passes them between its leader
+    // and its running thread, which makes the window a thread can end in ~1 ms wide.
+    let mut idle = Workload::start(&["threads", "2000", "1"]);
+    idle.go();
+    idle.wait_done();
+    w.go();
+    let mut prev: Option<(u64, u64)> = None;
+    let mut over = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        let at = boottime_ns();
+        let tick = cap.sample().unwrap();
+        let Some(s) = tick.samples.iter().find(|s| s.tgid == w.pid()) else {
+            continue;
+        };
+        let cpu = s.counters.cpu_ns;
+        if let Some((t0, c0)) = prev {
+            let (wall, used) = (at - t0, cpu - c0);
+            // The walk is read a little after `at`, by a varying delay: a margin for it.
+            if used as f64 > 1.1 * wall as f64 + 5e6 {
+                over.push((wall, used));
+            }
+        }
+        prev = Some((at, cpu));
+    }
+    w.wait_done();
+    let want = process_cpu_ns(w.pid());
+    let got = sample_now(&mut cap, w.pid()).counters.cpu_ns;
+    eprintln!("threads ended: captured {got} ns, the process's CPU clock {want} ns");
+    assert!(
+        over.is_empty(),
+        "intervals (wall ns, CPU ns) over one thread's time: {over:?}"
+    );
+    assert!(
+        rel_err(got as f64, want as f64) <= 0.02,
+        "{got} ns of {want}"
+    );
+    w.finish();
+    idle.finish();
+}
+
 /// The CPU time of a thread that ended stays with its living process (on the iterator
 /// path, from `signal_struct`: the leader's record of its exited threads).
 #[test]
@@ -1456,4 +1510,31 @@ fn events_between_ticks_arrive_before_the_tick() {
         missing.is_empty(),
         "not delivered before the tick: {missing:?}"
     );
+}
+
+/// The CPU time of process `pid`, all its threads' and its exited threads' (its
+/// `CLOCK_PROCESS_CPUTIME_ID`, as the kernel sums it under the process's `stats_lock`), ns.
+fn process_cpu_ns(pid: u32) -> u64 {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: a valid out-pointer.
+    let r = unsafe { libc::clock_getcpuclockid(pid as i32, &mut clock) };
+    assert_eq!(r, 0, "clock_getcpuclockid({pid})");
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer.
+    assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `CLOCK_BOOTTIME`, ns: the clock the capture's walks are timed by.
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -4,10 +4,14 @@
 //! switches (`nvcsw`, `nivcsw`), run-queue wait (`sched_info.run_delay`, `pcount`), page
 //! faults (`min_flt`, `maj_flt`), I/O accounting (`ioac`) and the memory map's RSS
 //! counters. A process's leader also writes the totals of its exited threads
-//! (`signal_struct`), when it had any. No hook runs on any scheduler, syscall or fault event for these.
+//! (`signal_struct`), when it had any, and, when the process has other threads or had
+//! some, the whole process's runtime read at once ([`agent_common::REC_GROUP`]): a thread
+//! that ends while the walk is between its leader and it is then neither lost nor counted
+//! twice. No hook runs on any scheduler, syscall or fault event for these.
 //! A thread that has not run since its last full record (and was not moved, and whose
-//! process lost no thread) is written as a short mark, [`agent_common::REC_SAME`]: most
-//! threads of an edge device sleep through most ticks.
+//! process lost no thread; for a leader, no thread of its process ran) is written as a
+//! short mark, [`agent_common::REC_SAME`]: most threads of an edge device sleep through
+//! most ticks.
 //!
 //! aya-ebpf 0.2 has no `#[iter]` attribute: the program is placed in its `iter/task`
 //! section by hand, as the attribute macros do for the other program types.
@@ -16,9 +20,9 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    Drop, ITER_CTL_GEN, ITER_CTL_IN_WALK, ITER_CTL_WALK, ITER_CTL_WALK_START, ITER_REFRESH_WALKS,
-    REC_KTHREAD, REC_SAME, REC_SIGNAL, TASK_MARK_BYTES, TaskRecord, prog::TASK_ITER as PROG,
-    seen_print,
+    ABSENT, Drop, ITER_CTL_GEN, ITER_CTL_IN_WALK, ITER_CTL_WALK, ITER_CTL_WALK_START,
+    ITER_REFRESH_WALKS, REC_GROUP, REC_KTHREAD, REC_SAME, REC_SIGNAL, TASK_MARK_BYTES, TaskRecord,
+    prog::TASK_ITER as PROG, seen_print,
 };
 use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_seq_write};
 
@@ -26,7 +30,8 @@ use crate::{
     config,
     maps::{ITER_CTL, IterSeen, seen_slot},
     util::{
-        Direct, Mem, count_drop, task_record_signal, task_record_thread, zero_record, zeroed_record,
+        Direct, Mem, Probe, count_drop, task_record_signal, task_record_thread, zero_record,
+        zeroed_record,
     },
 };
 
@@ -67,15 +72,25 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
     // next walk write it in full again, never the other way round.
     let tid = Direct::read::<i32>(task, config!(task.task_pid)) as u32;
     let tgid = Direct::read::<i32>(task, config!(task.task_tgid)) as u32;
-    let sig_runtime = if tid == tgid {
+    // A leader: its process's runtime, read at once (see `group_runtime`) when the process
+    // has other threads or had some; it stands in the print for its exited threads'
+    // total, so a run of any of its threads writes the leader in full.
+    let (sig_runtime, group) = if tid == tgid {
         let sig = Direct::ptr(task, config!(task.task_signal));
         if sig.is_null() {
-            0
+            (0, None)
         } else {
-            Direct::read::<u64>(sig, config!(task.sig_runtime))
+            let exited = Direct::read::<u64>(sig, config!(task.sig_runtime));
+            let threads = Direct::read::<i32>(sig, config!(task.sig_nr_threads));
+            let group = if (exited != 0 || threads > 1) && threads as u32 <= GROUP_THREADS {
+                group_runtime(Probe::read::<u64>(task, config!(task.task_signal)))
+            } else {
+                None
+            };
+            (group.unwrap_or(exited), group)
         }
     } else {
-        0
+        (0, None)
     };
     let now = IterSeen {
         tid,
@@ -127,6 +142,10 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
         rec.flags = REC_SIGNAL;
         rec.start_ns = start_ns;
         task_record_signal::<Direct>(rec, task);
+        if let Some(g) = group {
+            rec.runtime_ns = g;
+            rec.flags |= REC_GROUP;
+        }
         // Most processes never had a thread exit: nothing to add, no record (half the
         // records of a walk over single-threaded processes).
         let mut any = rec.runtime_ns | rec.nvcsw | rec.nivcsw | rec.min_flt | rec.maj_flt;
@@ -135,7 +154,7 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
             any |= rec.ioac[i];
             i += 1;
         }
-        if any != 0 {
+        if any != 0 || group.is_some() {
             written &= write(seq, rec);
         }
     }
@@ -146,6 +165,57 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
         unsafe { *s = now };
     }
     0
+}
+
+/// Most threads [`group_runtime`] reads of one process: the runtime of a process of more
+/// is its threads' records' and its exited threads' sum, as read one by one.
+const GROUP_THREADS: u32 = 256;
+
+/// The scheduler runtime of the process whose `signal_struct` is at `sig`: its exited
+/// threads' total and each live thread's, read between two equal, even sequences of
+/// `stats_lock` — what `thread_group_cputime` does. A thread's exit adds its counters to
+/// the signal's and leaves the thread list under that lock: read this way, no thread is
+/// in neither (one that ends after the walk passed its leader and before it reached it)
+/// nor in both (one the walk passed before its leader, ending in between). Probe reads:
+/// the list's entries are addresses the verifier knows no type of. None when the process
+/// has more than [`GROUP_THREADS`] threads, or threads kept exiting during both tries.
+#[inline(always)]
+fn group_runtime(sig: u64) -> Option<u64> {
+    let (head_off, node_off, seq_off) = (
+        config!(task.sig_thread_head),
+        config!(task.task_thread_node),
+        config!(task.sig_stats_seq),
+    );
+    if sig == 0 || head_off == ABSENT || node_off == ABSENT || seq_off == ABSENT {
+        return None;
+    }
+    let (base, head) = (sig as *const u8, sig + head_off as u64);
+    let runtime = config!(task.task_runtime);
+    let mut tries = 0;
+    while tries < 2 {
+        tries += 1;
+        let seq = Probe::read::<u32>(base, seq_off);
+        if seq & 1 != 0 {
+            continue;
+        }
+        let mut sum = Probe::read::<u64>(base, config!(task.sig_runtime));
+        let mut node = Probe::read::<u64>(head as *const u8, 0);
+        let mut n = 0;
+        while n < GROUP_THREADS && node != head && node != 0 {
+            let thread = node.wrapping_sub(node_off as u64) as *const u8;
+            sum += Probe::read::<u64>(thread, runtime);
+            node = Probe::read::<u64>(node as *const u8, 0);
+            n += 1;
+        }
+        if node != head {
+            // More threads than one read takes, or an unreadable entry.
+            return None;
+        }
+        if Probe::read::<u32>(base, seq_off) == seq {
+            return Some(sum);
+        }
+    }
+    None
 }
 
 #[inline(always)]

@@ -125,7 +125,31 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, CaptureError> {
     if t.task_compat == ABSENT {
         t.compat_mask = 0;
     }
+    t.sig_thread_head = opt("signal_struct", "thread_head");
+    t.task_thread_node = opt("task_struct", "thread_node");
+    t.sig_nr_threads = opt("signal_struct", "nr_threads");
+    t.sig_stats_seq = stats_sequence(&btf).unwrap_or(ABSENT);
     Ok(t)
+}
+
+/// Where the sequence of `signal_struct.stats_lock` is: a `seqlock_t` whose `seqcount`
+/// (a `seqcount_spinlock_t` since Linux 5.10, a `seqcount_t` before) holds `sequence`.
+fn stats_sequence(btf: &Btf) -> Option<u32> {
+    let mut off = member_offset(btf, "signal_struct", "stats_lock")?;
+    let mut ty = member_type(btf, "signal_struct", "stats_lock")?;
+    for _ in 0..4 {
+        let Type::Struct(s) = ty else { return None };
+        if let Some(o) = find_in(btf, &s, "sequence", 0) {
+            return Some(off + o);
+        }
+        let m = s
+            .members
+            .iter()
+            .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == "seqcount"))?;
+        off += find_in(btf, &s, "seqcount", 0)?;
+        ty = skip_qualifiers(btf, btf.resolve_chained_type(m).ok()?)?;
+    }
+    None
 }
 
 /// Where `mm_struct.rss_stat`'s counters are: its offset, the distance between members
@@ -248,6 +272,10 @@ mod tests {
             ("sum_sched_runtime", o.sig_runtime),
             ("rss_stat", o.mm_rss),
             ("kernfs id", o.kn_id),
+            ("thread_head", o.sig_thread_head),
+            ("thread_node", o.task_thread_node),
+            ("nr_threads", o.sig_nr_threads),
+            ("stats_lock's sequence", o.sig_stats_seq),
         ] {
             assert_ne!(off, ABSENT, "{name}");
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use agent_common::{
     CpuState, ExitedKey, IOAC_RCHAR, IOAC_SYSCR, IOAC_SYSCW, IOAC_WCHAR, ProcKey, ProcStats,
-    REC_MM, REC_SAME, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP,
+    REC_GROUP, REC_MM, REC_SAME, REC_SIGNAL, RSS_ANON, RSS_FILE, RSS_MEMBERS, RSS_SHMEM, RSS_SWAP,
     RUNTIME_UNKNOWN, TaskRecord, hist_bucket,
 };
 use tracing::{debug, warn};
@@ -122,13 +122,22 @@ pub(super) struct Totals {
     /// Whether any of its records was written in full this walk (else every one is a
     /// held record: the process did not run, and its counters are as reported last).
     fresh: bool,
+    /// Its threads' runtime, record by record, and the whole process's, read at once
+    /// ([`REC_GROUP`]): the latter, when the walk had it, is `rec.runtime_ns`.
+    threads_runtime: u64,
+    group_runtime: Option<u64>,
 }
 
 impl Totals {
     fn add(&mut self, r: &TaskRecord) {
         self.fresh |= r.flags & REC_SAME == 0;
+        if r.flags & REC_GROUP != 0 {
+            self.group_runtime = Some(r.runtime_ns);
+        } else {
+            self.threads_runtime += r.runtime_ns;
+        }
         let t = &mut self.rec;
-        t.runtime_ns += r.runtime_ns;
+        t.runtime_ns = self.group_runtime.unwrap_or(self.threads_runtime);
         t.nvcsw += r.nvcsw;
         t.nivcsw += r.nivcsw;
         t.run_delay_ns += r.run_delay_ns;
@@ -1001,6 +1010,40 @@ mod tests {
             switches,
             ..CpuState::default()
         }
+    }
+
+    #[test]
+    fn a_whole_process_runtime_stands_for_its_threads_in_any_order() {
+        let rec = |tid: u32, flags: u32, runtime_ns: u64, nvcsw: u64| TaskRecord {
+            tid,
+            tgid: 10,
+            flags,
+            runtime_ns,
+            nvcsw,
+            ..TaskRecord::default()
+        };
+        let leader = rec(10, 0, 30, 1);
+        let group = rec(10, REC_SIGNAL | REC_GROUP, 100, 2);
+        let thread = rec(11, 0, 50, 4);
+        // A thread the walk reached before its leader (a wrapped tid), and after.
+        for order in [[thread, leader, group], [leader, group, thread]] {
+            let mut t = Totals::default();
+            for r in &order {
+                t.add(r);
+            }
+            assert_eq!(t.rec.runtime_ns, 100);
+            // The other counters are still the records' sum.
+            assert_eq!(t.rec.nvcsw, 7);
+        }
+        // Without the whole process's runtime: the records' sum.
+        let mut t = Totals::default();
+        for r in [leader, rec(10, REC_SIGNAL, 20, 2), thread] {
+            t.add(&r);
+        }
+        assert_eq!(t.rec.runtime_ns, 100);
+        let mut t = Totals::default();
+        t.add(&leader);
+        assert_eq!(t.rec.runtime_ns, 30);
     }
 
     #[test]

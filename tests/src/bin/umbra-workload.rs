@@ -138,6 +138,20 @@ fn main() {
                 .unwrap();
             done_then_exit();
         }
+        // thread-churn SECS MS: for SECS seconds, one thread after another, each busy until
+        // it has had MS ms of CPU time, then ended and joined (the leader idle meanwhile).
+        "thread-churn" => {
+            ready("");
+            wait_go();
+            let (secs, ms) = (num(1), num(2));
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                std::thread::spawn(move || spin_thread_cpu(Duration::from_millis(ms)))
+                    .join()
+                    .unwrap();
+            }
+            done_then_exit();
+        }
         // threads N MS: N threads, each busy until it has had MS ms of CPU time (unpinned:
         // on every CPU there is), then blocked, alive, until the second signal.
         "threads" => {
