@@ -1519,22 +1519,20 @@ fn process_cpu_ns(pid: u32) -> u64 {
     // SAFETY: a valid out-pointer.
     let r = unsafe { libc::clock_getcpuclockid(pid as i32, &mut clock) };
     assert_eq!(r, 0, "clock_getcpuclockid({pid})");
+    clock_ns(clock)
+}
+
+/// `CLOCK_BOOTTIME`, ns: the clock the capture's walks are timed by.
+fn boottime_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid timespec pointer.
     assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// `CLOCK_BOOTTIME`, ns: the clock the capture's walks are timed by.
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
