@@ -1525,15 +1525,6 @@ fn process_cpu_ns(pid: u32) -> u64 {
     // SAFETY: a valid out-pointer.
     let r = unsafe { libc::clock_getcpuclockid(pid as i32, &mut clock) };
     assert_eq!(r, 0, "clock_getcpuclockid({pid})");
-    clock_ns(clock)
-}
-
-/// `CLOCK_BOOTTIME`, ns: the clock the capture's walks are timed by.
-fn boottime_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
