@@ -655,8 +655,9 @@ impl SyscallNrs {
 /// folded into one word: `se.sum_exec_runtime` (any run moves it), `start_boottime` (a
 /// reused tid is another thread) and, for a leader, `signal->sum_sched_runtime` (a thread
 /// of its process was reaped) or, where it is read, its whole process's runtime (any
-/// thread of it ran or was reaped: [`REC_GROUP`]). (A move to another cgroup, `task->cgroups`, is compared
-/// apart: the verifier lets a program compare a pointer, not compute with it.) Each step
+/// thread of it ran or was reaped: [`REC_GROUP`]). (A move to another cgroup,
+/// `task->cgroups`, is compared apart: the verifier lets a program compare a pointer, not
+/// compute with it.) Each step
 /// (xor a value, multiply by an odd constant, xor-shift) is a bijection of the word, so a
 /// change of any one value always changes the print; a change of several at once leaves
 /// it the same with a chance of 2⁻⁶⁴, and the thread's refresh (every

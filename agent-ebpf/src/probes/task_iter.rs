@@ -24,7 +24,7 @@ use agent_common::{
     ITER_REFRESH_WALKS, REC_GROUP, REC_KTHREAD, REC_SAME, REC_SIGNAL, TASK_MARK_BYTES, TaskRecord,
     prog::TASK_ITER as PROG, seen_print,
 };
-use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_seq_write};
+use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_seq_write};
 
 use crate::{
     config,
@@ -169,7 +169,7 @@ pub fn task_iter(ctx: *mut c_void) -> i32 {
 
 /// Most threads [`group_runtime`] reads of one process: the runtime of a process of more
 /// is its threads' records' and its exited threads' sum, as read one by one.
-const GROUP_THREADS: u32 = 256;
+const GROUP_THREADS: u32 = 128;
 
 /// The scheduler runtime of the process whose `signal_struct` is at `sig`: its exited
 /// threads' total and each live thread's, read between two equal, even sequences of
@@ -178,7 +178,7 @@ const GROUP_THREADS: u32 = 256;
 /// in neither (one that ends after the walk passed its leader and before it reached it)
 /// nor in both (one the walk passed before its leader, ending in between). Probe reads:
 /// the list's entries are addresses the verifier knows no type of. None when the process
-/// has more than [`GROUP_THREADS`] threads, or threads kept exiting during both tries.
+/// has more than [`GROUP_THREADS`] threads, or a thread exited during the read (the walk sums its records then).
 #[inline(always)]
 fn group_runtime(sig: u64) -> Option<u64> {
     let (head_off, node_off, seq_off) = (
@@ -190,32 +190,36 @@ fn group_runtime(sig: u64) -> Option<u64> {
         return None;
     }
     let (base, head) = (sig as *const u8, sig + head_off as u64);
-    let runtime = config!(task.task_runtime);
-    let mut tries = 0;
-    while tries < 2 {
-        tries += 1;
-        let seq = Probe::read::<u32>(base, seq_off);
-        if seq & 1 != 0 {
-            continue;
-        }
-        let mut sum = Probe::read::<u64>(base, config!(task.sig_runtime));
-        let mut node = Probe::read::<u64>(head as *const u8, 0);
-        let mut n = 0;
-        while n < GROUP_THREADS && node != head && node != 0 {
-            let thread = node.wrapping_sub(node_off as u64) as *const u8;
-            sum += Probe::read::<u64>(thread, runtime);
-            node = Probe::read::<u64>(node as *const u8, 0);
-            n += 1;
-        }
-        if node != head {
-            // More threads than one read takes, or an unreadable entry.
-            return None;
-        }
-        if Probe::read::<u32>(base, seq_off) == seq {
-            return Some(sum);
-        }
+    // From a thread's list entry to its runtime. The loop makes the raw helper calls (an
+    // unreadable address reads as 0): the verifier walks its body once per possible
+    // thread, so each instruction in it costs the program's load GROUP_THREADS times.
+    let to_runtime = (config!(task.task_runtime) as u64).wrapping_sub(node_off as u64);
+    let seq = Probe::read::<u32>(base, seq_off);
+    if seq & 1 != 0 {
+        return None;
     }
-    None
+    let mut sum = Probe::read::<u64>(base, config!(task.sig_runtime));
+    let mut node = Probe::read::<u64>(head as *const u8, 0);
+    let mut n = 0;
+    while n < GROUP_THREADS && node != head && node != 0 {
+        let (mut runtime, mut next) = (0u64, 0u64);
+        // SAFETY: the helper checks the source address; the destinations are 8-byte
+        // locals.
+        unsafe {
+            bpf_probe_read_kernel(
+                (&raw mut runtime).cast(),
+                8,
+                node.wrapping_add(to_runtime) as *const c_void,
+            );
+            bpf_probe_read_kernel((&raw mut next).cast(), 8, node as *const c_void);
+        }
+        sum += runtime;
+        node = next;
+        n += 1;
+    }
+    // All of the list (not more threads than one read takes, no unreadable entry), and no
+    // exit folded in meanwhile.
+    (node == head && Probe::read::<u32>(base, seq_off) == seq).then_some(sum)
 }
 
 #[inline(always)]
