@@ -490,7 +490,8 @@ impl Config {
     }
 }
 
-fn check<T: PartialOrd + std::fmt::Display>(
+/// `value` within `range`, else the error naming `key`.
+pub(crate) fn check<T: PartialOrd + std::fmt::Display>(
     key: &'static str,
     value: T,
     range: std::ops::RangeInclusive<T>,

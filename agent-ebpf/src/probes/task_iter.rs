@@ -178,7 +178,8 @@ const GROUP_THREADS: u32 = 128;
 /// in neither (one that ends after the walk passed its leader and before it reached it)
 /// nor in both (one the walk passed before its leader, ending in between). Probe reads:
 /// the list's entries are addresses the verifier knows no type of. None when the process
-/// has more than [`GROUP_THREADS`] threads, or a thread exited during the read (the walk sums its records then).
+/// has more than [`GROUP_THREADS`] threads, or a thread exited during the read (the walk
+/// sums its records then).
 #[inline(always)]
 fn group_runtime(sig: u64) -> Option<u64> {
     let (head_off, node_off, seq_off) = (

@@ -6,7 +6,7 @@ use super::{
     baseline::{AutopilotConfig, BASELINES, EwmaConfig, SeasonalConfig, VpaConfig},
     calibrate::CalibrationConfig,
 };
-use crate::config::ConfigError;
+use crate::config::{ConfigError, check};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -60,22 +60,6 @@ impl Default for PredictConfig {
             vpa: VpaConfig::default(),
             autopilot: AutopilotConfig::default(),
         }
-    }
-}
-
-fn check<T: PartialOrd + std::fmt::Display>(
-    key: &'static str,
-    value: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<(), ConfigError> {
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            expected: format!("between {} and {}", range.start(), range.end()),
-        })
     }
 }
 
