@@ -666,10 +666,13 @@ mod tests {
         .unwrap();
     }
 
+    /// The live stage without candidates: these tests are about which model forecasts
+    /// (a candidate may take a workload over after three buckets: `select`'s tests).
     fn live(model: &str, state: Option<&Path>) -> ForecastStage {
         let cfg = PredictConfig {
             model: model.into(),
             interval_ms: Some(1000),
+            candidates: Vec::new(),
             ..Default::default()
         };
         ForecastStage::live(&cfg, 1000, state, None, runtime::default_runtime())

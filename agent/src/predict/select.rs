@@ -6,7 +6,9 @@
 //! arrives (the mean pinball loss of p10, p50 and p90), in a moving average per workload,
 //! target and predictor. A workload's target switches to a candidate once at least
 //! [`MIN_SCORED`] outcomes were scored and its loss is below [`SWITCH`] × the loss of the
-//! one in use (and back likewise): a workload with a period the model does not see — a
+//! one in use (and back likewise), or, after [`EARLY_SCORED`], below [`EARLY_SWITCH`] × it
+//! (a new workload's steady memory, whose band the model makes as wide as a build's): a
+//! workload with a period the model does not see — a
 //! batch step every few minutes — is forecast by the baseline that sees it, the others stay
 //! with the model. Each forecast names the predictor it came from (per target when they
 //! differ).
@@ -24,6 +26,10 @@ const DECAY: f64 = 0.97;
 pub const MIN_SCORED: u32 = 12;
 /// A candidate takes over when its loss is below this fraction of the one in use.
 pub const SWITCH: f64 = 0.85;
+/// Before [`MIN_SCORED`], after this many outcomes, a candidate takes over when its loss is
+/// below [`EARLY_SWITCH`] × the one in use: a predictor that far behind is not unlucky.
+pub const EARLY_SCORED: u32 = 3;
+pub const EARLY_SWITCH: f64 = 0.5;
 
 /// Bands of one forecast as scored: [predictor][target][step].
 type Made = Vec<[[Band; STEPS]; 4]>;
@@ -61,6 +67,12 @@ impl Choice {
     /// Each target switches to the predictor of the lowest loss if it is below [`SWITCH`] ×
     /// the loss of the one in use.
     pub fn switch(&mut self) {
+        self.switch_below(SWITCH);
+    }
+
+    /// Each target switches to the predictor of the lowest loss if it is below `factor` ×
+    /// the loss of the one in use.
+    pub fn switch_below(&mut self, factor: f64) {
         for i in 0..4 {
             let cur = self.loss[self.chosen[i]][i].unwrap_or(f64::INFINITY);
             let best = self
@@ -71,7 +83,7 @@ impl Choice {
                 .min_by(|a, b| a.1.total_cmp(&b.1));
             if let Some((p, l)) = best
                 && p != self.chosen[i]
-                && l < SWITCH * cur
+                && l < factor * cur
             {
                 self.chosen[i] = p;
             }
@@ -247,6 +259,8 @@ impl Predictor for Select {
             // Switch where another predictor has been clearly better.
             if t.scored >= MIN_SCORED {
                 t.choice.switch();
+            } else if t.scored >= EARLY_SCORED {
+                t.choice.switch_below(EARLY_SWITCH);
             }
             let Some(mut f) = primaries[r].take() else {
                 continue;
@@ -409,6 +423,23 @@ mod tests {
             }
         });
         assert!(switched);
+    }
+
+    /// Steady CPU and memory (before the first batch step): the primary's band (peak +
+    /// margin) costs far more than EWMA's from the first outcomes, and EWMA takes over
+    /// after [`EARLY_SCORED`] of them, not [`MIN_SCORED`].
+    #[test]
+    fn a_candidate_far_ahead_takes_over_early() {
+        let period = 12;
+        let ewma = baseline::by_name("ewma", &PredictConfig::default()).unwrap();
+        let mut s = Select::new(primary(), vec![ewma]);
+        let mut names = Vec::new();
+        drive(&mut s, MIN_SCORED as usize, period, |_, f| {
+            names.push(f.predictor.clone())
+        });
+        // Scored from the second bucket on: the third score comes with the fourth bucket.
+        let first = names.iter().position(|n| n == "ewma");
+        assert_eq!(first, Some(EARLY_SCORED as usize), "{names:?}");
     }
 
     #[test]
