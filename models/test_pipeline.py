@@ -203,6 +203,33 @@ class Scoring(unittest.TestCase):
         self.assertTrue(np.allclose(F.coverage(pred, yr), 0.75))
 
 
+class Spread(unittest.TestCase):
+    def test_the_cpu_band_widens_with_the_windows_volatility_in_jax_and_in_tract(self):
+        # A linear model of 2 features over 4 buckets, 2 targets × 1 step × 3 quantiles; the
+        # first target's gaps scale with feature 0's window. Its head is zero, so every gap
+        # is softplus(bias) (the same for each row) times the spread: b + c·mean|Δ|.
+        W, Fn, q = 4, 2, [0.1, 0.5, 0.9]
+        outputs = np.array([1, 1, 1, 0, 0, 0], np.float32)
+        spread = nn.Spread(columns=np.arange(W) * Fn, outputs=outputs)
+        spec = nn.Spec(W * Fn, 6, q, [], spread=spread)
+        params = nn.init(spec, __import__("jax").random.PRNGKey(0))
+        b, c = 0.5, 2.0
+        params["spread"] = (np.log(np.full(6, b, np.float32)), np.log(np.full(6, c, np.float32)))
+        x = np.random.default_rng(1).normal(size=(64, W * Fn)).astype(np.float32)
+        x[0, ::Fn] = 3.0  # a steady window: no change at all
+        want = nn.predict(params, spec, x)
+        gap0 = float(np.log1p(np.exp(nn.GAP_BIAS)))
+        vol = np.abs(np.diff(x[:, ::Fn], axis=1)).mean(axis=1)
+        self.assertTrue(np.allclose(want[:, 2] - want[:, 1], gap0 * (b + c * vol), rtol=1e-5, atol=1e-7))
+        self.assertTrue(np.allclose(want[:, 5] - want[:, 4], gap0, rtol=1e-5))
+        self.assertAlmostEqual(float(want[0, 2] - want[0, 1]), gap0 * b, places=6)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "m.onnx"
+            nn.export_onnx(params, spec, {"kind": "forecast"}, path)
+            got, _ = nn.tract_run(path, x)
+        self.assertLess(float(np.abs(got - want).max()), 1e-5)
+
+
 class Hub(unittest.TestCase):
     def test_hub_summaries_become_dense_series_and_train(self):
         with tempfile.TemporaryDirectory() as d:

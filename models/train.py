@@ -32,7 +32,7 @@ from umbra_train import data as D  # noqa: E402
 from umbra_train import forecast as F  # noqa: E402
 from umbra_train import nn  # noqa: E402
 
-MODEL_VERSION = "2026.12.05-2"
+MODEL_VERSION = "2026.12.07-1"
 
 # What the forecaster search compared (models/README.md has the numbers); KEPT is shipped.
 FORECAST_CANDIDATES = [
@@ -47,8 +47,9 @@ FORECAST_CANDIDATES = [
     F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3),
     F.Config(window=12, hidden=[64], train_skip=False, weighting="scale"),
     F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3, absent="fit"),
+    F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu"),
 ]
-FORECAST_KEPT = F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3)
+FORECAST_KEPT = F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu")
 
 
 def log(msg: str) -> None:
@@ -110,7 +111,7 @@ def run_forecast(args, report: dict) -> None:
     log(f"forecast: {len(series)} series, {sum(len(s) for s in series)} buckets of {data.interval_ms} ms")
     cfg = FORECAST_KEPT
     if args.quick:
-        cfg = F.Config(window=12, hidden=[16], steps=300)
+        cfg = F.Config(window=12, hidden=[16], steps=300, spread="cpu")
     if args.search:
         tr, va = time_split(0.75)
         if args.candidates:

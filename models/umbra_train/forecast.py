@@ -41,12 +41,16 @@ class Config:
     # scores only the buckets a workload ran in), "fit" fits their zeros as well.
     absent: str = "skip"
     quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
+    # A target whose quantile gaps scale with the volatility of its own feature's window
+    # (nn.Spread; a target with a feature, TARGET_FEATURE), or None.
+    spread: str | None = None
 
     def label(self) -> str:
         arch = "linear" if not self.hidden else "mlp" + "x".join(map(str, self.hidden))
         extra = ("" if self.train_skip else " fixed-skip") + ("" if self.weighting == "none" else f" w={self.weighting}")
         extra += "" if self.weight_decay == 1e-5 else f" wd={self.weight_decay:g}"
         extra += "" if self.absent == "skip" else f" absent={self.absent}"
+        extra += "" if not self.spread else f" spread={self.spread}"
         return f"{arch} W={self.window} {self.loss}{extra}"
 
 
@@ -182,6 +186,21 @@ def skip_init(sc: Scaling, cfg: Config) -> np.ndarray:
     return a
 
 
+def spread_of(sc: Scaling, cfg: Config) -> nn.Spread | None:
+    """`cfg.spread`'s outputs, scaled by the volatility of its own feature's window."""
+    if cfg.spread is None:
+        return None
+    F_, W, H, Q = len(sc.features), cfg.window, cfg.horizon, len(cfg.quantiles)
+    f = TARGET_FEATURE.get(cfg.spread)
+    if f not in sc.features:
+        raise ValueError(f"spread: the target {cfg.spread} has no feature in this model")
+    j = sc.features.index(f)
+    outputs = np.zeros(len(TARGETS) * H * Q, np.float32)
+    k = TARGETS.index(cfg.spread)
+    outputs[k * H * Q : (k + 1) * H * Q] = 1.0
+    return nn.Spread(columns=np.arange(W) * F_ + j, outputs=outputs)
+
+
 def to_units(pred: np.ndarray, sc: Scaling, cfg: Config) -> np.ndarray:
     """(n, T·H·Q) standardised → (n, T, H, Q) in target units."""
     p = pred.reshape(len(pred), len(TARGETS), cfg.horizon, len(cfg.quantiles)).astype(np.float64)
@@ -237,7 +256,7 @@ def fit(data: ForecastData, series: list[Series], cfg: Config, seed: int, sc: Sc
     top = np.log1p(2 * yr.max(axis=(0, 2)))
     lo = np.repeat((0.0 - sc.t_mean) / sc.t_std, H * Q).astype(np.float32)
     hi = np.repeat((top - sc.t_mean) / sc.t_std, H * Q).astype(np.float32)
-    spec = nn.Spec(x.shape[1], T * H * Q, cfg.quantiles, cfg.hidden, lo=lo, hi=hi)
+    spec = nn.Spec(x.shape[1], T * H * Q, cfg.quantiles, cfg.hidden, lo=lo, hi=hi, spread=spread_of(sc, cfg))
     y_g = y  # (n, T·H)
     weights = None
     if cfg.weighting == "scale":

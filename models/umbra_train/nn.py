@@ -2,7 +2,11 @@
 ops tract runs: Gemm, Relu, Softplus, MatMul, Add, Max, Min).
 
     raw = x·A + a  +  MLP(x)            (a linear skip, DLinear-like, plus a small ReLU MLP)
-    q   = raw·Pm + softplus(raw)·Pg      (quantiles that cannot cross)
+    q   = raw·Pm + (softplus(raw) ⊙ s)·Pg   (quantiles that cannot cross)
+
+s is 1, or for the outputs a `Spread` names, `b + c·v` with v the mean absolute change
+between consecutive inputs of one feature over the window (the workload's own volatility)
+and b, c > 0 learnt per output: a steady workload's band is narrow, a restless one's wide.
 
 Outputs come in groups of Q (one group per target and step, quantiles increasing). In each
 group the median column is `raw` itself; the column k levels above it adds softplus of its
@@ -42,6 +46,41 @@ class Spec:
     # Added to each output after ordering (standardised): a conformal widening of the band
     # (negative for the low quantiles, positive for the high ones), when calibrated.
     widen: np.ndarray | None = None
+    # Gaps between quantiles that scale with the window's volatility.
+    spread: Spread | None = None
+
+
+@dataclass
+class Spread:
+    """Which input columns hold one feature's window, oldest first, and which outputs' gaps
+    scale with its mean absolute change (1 = scaled)."""
+
+    columns: np.ndarray  # (W,) int
+    outputs: np.ndarray  # (d_out,) 0/1
+
+    def volatility(self, x):
+        """(n, d_in) → (n, 1): the mean absolute change between consecutive columns."""
+        v = x[:, self.columns]
+        return jnp.abs(v[:, 1:] - v[:, :-1]).mean(axis=1, keepdims=True)
+
+    def scale(self, params: dict, x):
+        b, c = params["spread"]
+        s = jnp.exp(b) + jnp.exp(c) * self.volatility(x)
+        return jnp.where(jnp.asarray(self.outputs) > 0, s, 1.0)
+
+    def folded(self, params: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The scale as `|Δ|·M + b0` for the export: M ((W−1) × d_out) averages the
+        changes and multiplies by c, b0 is b (1 and 0 for the outputs not scaled)."""
+        b, c = (np.asarray(a, np.float64) for a in params["spread"])
+        on = self.outputs > 0
+        b0 = np.where(on, np.exp(b), 1.0)
+        cw = np.where(on, np.exp(c), 0.0) / (len(self.columns) - 1)
+        m = np.repeat(cw[None, :], len(self.columns) - 1, axis=0)
+        return m.astype(np.float32), b0.astype(np.float32)
+
+
+# The spread's start: b = 1, c = 3 (a volatility of 0.3 standard deviations doubles the gaps).
+SPREAD_INIT = (0.0, float(np.log(3.0)))
 
 
 def order_matrices(d_out: int, quantiles: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +125,8 @@ def init(spec: Spec, key, skip_init: np.ndarray | None = None) -> dict:
     bias = np.full((spec.d_out,), GAP_BIAS, np.float32)
     bias[m::q] = 0.0
     params["skip"] = (jnp.asarray(a), jnp.asarray(bias))
+    if spec.spread is not None:
+        params["spread"] = tuple(jnp.full((spec.d_out,), v, jnp.float32) for v in SPREAD_INIT)
     return params
 
 
@@ -101,9 +142,12 @@ def raw_out(params: dict, x):
     return raw
 
 
-def apply(params: dict, x, pm, pg, lo=None, hi=None, widen=None):
+def apply(params: dict, x, pm, pg, lo=None, hi=None, widen=None, spread: Spread | None = None):
     raw = raw_out(params, x)
-    q = raw @ pm + jax.nn.softplus(raw) @ pg
+    gaps = jax.nn.softplus(raw)
+    if spread is not None:
+        gaps = gaps * spread.scale(params, x)
+    q = raw @ pm + gaps @ pg
     if widen is not None:
         q = q + widen
     if lo is not None:
@@ -169,7 +213,7 @@ def train(
         um, us, uscale = (jnp.asarray(np.asarray(a, np.float32)) for a in units)
 
     def loss_fn(p, xb, yb, wb):
-        pred = apply(p, xb, pm, pg, lo, hi).reshape(-1, g, q)
+        pred = apply(p, xb, pm, pg, lo, hi, spread=spec.spread).reshape(-1, g, q)
         if units is not None:
             pred = jnp.expm1(pred * us[:, None] + um[:, None]) / uscale[:, None]
             yb = jnp.expm1(yb * us + um) / uscale
@@ -219,7 +263,7 @@ def predict(params: dict, spec: Spec, x: np.ndarray, chunk: int = 8192) -> np.nd
     pm, pg = (jnp.asarray(m) for m in order_matrices(spec.d_out, spec.quantiles))
     lo, hi = bounds(spec)
     widen = None if spec.widen is None else jnp.asarray(spec.widen, jnp.float32)
-    f = jax.jit(lambda p, xb: apply(p, xb, pm, pg, lo, hi, widen))
+    f = jax.jit(lambda p, xb: apply(p, xb, pm, pg, lo, hi, widen, spec.spread))
     out = [np.asarray(f(params, jnp.asarray(x[i : i + chunk], jnp.float32))) for i in range(0, len(x), chunk)]
     return np.concatenate(out) if out else np.zeros((0, spec.d_out), np.float32)
 
@@ -279,14 +323,30 @@ def export_onnx(params: dict, spec: Spec, schema: dict, path, input_name="x", ou
         raw = "raw"
     pm, pg = order_matrices(spec.d_out, spec.quantiles)
     nodes.append(helper.make_node("Softplus", [raw], ["gaps"]))
+    gaps = "gaps"
+    if spec.spread is not None:
+        # |Δ| of the feature's window, averaged and scaled per output by one product.
+        m, b0 = spec.spread.folded(p)
+        cols = spec.spread.columns
+        nodes.append(helper.make_node("Gather", [input_name, ints("vol_cols", cols)], ["vol_x"], axis=1))
+        diff = np.zeros((len(cols), len(cols) - 1), np.float32)
+        for i in range(len(cols) - 1):
+            diff[i, i], diff[i + 1, i] = -1.0, 1.0
+        nodes.append(helper.make_node("MatMul", ["vol_x", const("vol_diff", diff)], ["vol_d"]))
+        nodes.append(helper.make_node("Mul", ["vol_d", const("vol_neg", np.float32([-1.0]))], ["vol_nd"]))
+        nodes.append(helper.make_node("Max", ["vol_d", "vol_nd"], ["vol_abs"]))
+        nodes.append(helper.make_node("MatMul", ["vol_abs", const("spread_m", m)], ["spread_c"]))
+        nodes.append(helper.make_node("Add", ["spread_c", const("spread_b", b0)], ["spread_s"]))
+        nodes.append(helper.make_node("Mul", ["gaps", "spread_s"], ["gaps_s"]))
+        gaps = "gaps_s"
     mid = picked(raw, pm, "mid")
     if mid is None:
         mid = "mid"
         nodes.append(helper.make_node("MatMul", [raw, const("pm", pm)], [mid]))
-    spread = picked("gaps", pg, "spread")
+    spread = picked(gaps, pg, "spread")
     if spread is None:
         spread = "spread"
-        nodes.append(helper.make_node("MatMul", ["gaps", const("pg", pg)], [spread]))
+        nodes.append(helper.make_node("MatMul", [gaps, const("pg", pg)], [spread]))
     ordered = output_name if spec.lo is None and spec.widen is None else "ordered"
     nodes.append(helper.make_node("Add", [mid, spread], [ordered]))
     if spec.widen is not None:

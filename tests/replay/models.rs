@@ -47,14 +47,11 @@ const FORECAST_HELD_OUT: usize = 3;
 /// The shipped forecaster against every baseline on the held-out recordings, as `umbra
 /// eval` scores them (forecasts for the next 6 buckets, scored in the buckets the workload
 /// ran in; each recording through fresh predictors). Measured when the model was shipped
-/// (2026.12.05-1; 2026.12.05-2 has its weights): as they are, model / best baseline 0.977
-/// for CPU (vs autopilot) and 0.962 for memory (vs last) — the goal of 0.80 is not
-/// reached; calibrated, model+aci /
-/// best calibrated baseline 0.736 for CPU (vs autopilot+aci) and 0.972 for memory (vs
-/// ewma+aci; 0.878 before memory's conformity scores were in fixed units, which made every
-/// calibrated memory forecast better — the baselines' most), its p10–p90 holding 88.0% of
-/// CPU and 82.1% of memory outcomes. The model before it (its loss
-/// fitting the buckets a workload was absent from) read 1.012 / 1.005.
+/// (2026.12.07-1, its CPU band scaled by the window's volatility): as they are, model /
+/// best baseline 0.908 for CPU (vs autopilot; 0.977 for the model before) and 0.962 for
+/// memory (vs last) — the goal of 0.80 is not reached; calibrated, model+aci / best
+/// calibrated baseline 0.730 for CPU (vs autopilot+aci) and 0.972 for memory (vs ewma+aci),
+/// its p10–p90 holding 87.2% of CPU and 82.4% of memory outcomes.
 #[test]
 fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
     let files = held_out();
@@ -116,10 +113,10 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
         |target: &str, calibrated: bool, live: bool| ratio_vs(target, calibrated, live, false);
     let ratio = |target: &str, calibrated: bool| ratio_of(target, calibrated, false);
     // The live stack (the model, the seasonal and EWMA candidates taking over where they
-    // were better, after 3 scored buckets when twice as good): measured 0.954 / 0.961 as
-    // it is, 0.726 / 0.989 calibrated (its band holding 77.7% of CPU and 81.4% of memory
-    // outcomes); before the early switch 0.957 / 0.953 and 0.726 / 0.977.
-    for (target, bound) in [("cpu", 1.01), ("memory", 1.00)] {
+    // were better, after 3 scored buckets when twice as good): measured 0.895 / 0.961 as
+    // it is, 0.725 / 0.989 calibrated (its band holding 80.1% of CPU and 81.4% of memory
+    // outcomes); with the model before 0.954 / 0.961 and 0.726 / 0.989.
+    for (target, bound) in [("cpu", 0.93), ("memory", 1.00)] {
         let (r, _) = ratio_of(target, false, true);
         assert!(r <= bound, "{target}, live stack: {r:.3}");
         let (r, _) = ratio_of(target, true, true);
@@ -143,7 +140,7 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
     let (memory, _) = ratio("memory", false);
     let (cpu_cal, cpu_m) = ratio("cpu", true);
     let (memory_cal, memory_m) = ratio("memory", true);
-    assert!(cpu <= 1.01, "cpu: pinball / best baseline {cpu:.3}");
+    assert!(cpu <= 0.94, "cpu: pinball / best baseline {cpu:.3}");
     assert!(
         memory <= 1.00,
         "memory: pinball / best baseline {memory:.3}"
