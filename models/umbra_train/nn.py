@@ -1,12 +1,12 @@
 """The quantile network both models use, in JAX, and its ONNX export (onnx.helper, opset 17,
-ops tract runs: Gemm, Relu, Softplus, MatMul, Add, Max, Min).
+ops tract runs: Gemm, Relu, Softplus, MatMul, Gather, Add, Mul, Max, Min).
 
     raw = x·A + a  +  MLP(x)            (a linear skip, DLinear-like, plus a small ReLU MLP)
     q   = raw·Pm + (softplus(raw) ⊙ s)·Pg   (quantiles that cannot cross)
 
-s is 1, or for the outputs a `Spread` names, `b + c·v` with v the mean absolute change
+s is 1, or for the outputs a `Spread` names, `eᵇ + eᶜ·v` with v the mean absolute change
 between consecutive inputs of one feature over the window (the workload's own volatility)
-and b, c > 0 learnt per output: a steady workload's band is narrow, a restless one's wide.
+and b, c learnt per output: a steady workload's band is narrow, a restless one's wide.
 
 Outputs come in groups of Q (one group per target and step, quantiles increasing). In each
 group the median column is `raw` itself; the column k levels above it adds softplus of its
@@ -70,7 +70,8 @@ class Spread:
 
     def folded(self, params: dict) -> tuple[np.ndarray, np.ndarray]:
         """The scale as `|Δ|·M + b0` for the export: M ((W−1) × d_out) averages the
-        changes and multiplies by c, b0 is b (1 and 0 for the outputs not scaled)."""
+        changes and multiplies them by eᶜ, b0 is eᵇ (for the outputs not scaled, M's
+        column is 0 and b0 is 1)."""
         b, c = (np.asarray(a, np.float64) for a in params["spread"])
         on = self.outputs > 0
         b0 = np.where(on, np.exp(b), 1.0)
@@ -79,7 +80,8 @@ class Spread:
         return m.astype(np.float32), b0.astype(np.float32)
 
 
-# The spread's start: b = 1, c = 3 (a volatility of 0.3 standard deviations doubles the gaps).
+# The spread's start (b, c): eᵇ = 1, eᶜ = 3 (a volatility of 0.3 standard deviations doubles
+# the gaps).
 SPREAD_INIT = (0.0, float(np.log(3.0)))
 
 
