@@ -32,7 +32,7 @@ from umbra_train import data as D  # noqa: E402
 from umbra_train import forecast as F  # noqa: E402
 from umbra_train import nn  # noqa: E402
 
-MODEL_VERSION = "2026.12.07-1"
+MODEL_VERSION = "2026.12.07-2"
 
 # What the forecaster search compared (models/README.md has the numbers); KEPT is shipped.
 FORECAST_CANDIDATES = [
@@ -48,8 +48,10 @@ FORECAST_CANDIDATES = [
     F.Config(window=12, hidden=[64], train_skip=False, weighting="scale"),
     F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3, absent="fit"),
     F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu"),
+    F.Config(window=18, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu"),
+    F.Config(window=24, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu"),
 ]
-FORECAST_KEPT = F.Config(window=12, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu")
+FORECAST_KEPT = F.Config(window=18, hidden=[64], train_skip=False, weight_decay=1e-3, spread="cpu")
 
 
 def log(msg: str) -> None:
