@@ -208,11 +208,13 @@ class Spread(unittest.TestCase):
         # A linear model of 2 features over 4 buckets, 2 targets × 1 step × 3 quantiles; the
         # first target's gaps scale with feature 0's window. Its head is zero, so every gap
         # is softplus(bias) (the same for each row) times the spread: b + c·mean|Δ|.
+        import jax
+
         W, Fn, q = 4, 2, [0.1, 0.5, 0.9]
         outputs = np.array([1, 1, 1, 0, 0, 0], np.float32)
         spread = nn.Spread(columns=np.arange(W) * Fn, outputs=outputs)
         spec = nn.Spec(W * Fn, 6, q, [], spread=spread)
-        params = nn.init(spec, __import__("jax").random.PRNGKey(0))
+        params = nn.init(spec, jax.random.PRNGKey(0))
         b, c = 0.5, 2.0
         params["spread"] = (np.log(np.full(6, b, np.float32)), np.log(np.full(6, c, np.float32)))
         x = np.random.default_rng(1).normal(size=(64, W * Fn)).astype(np.float32)
