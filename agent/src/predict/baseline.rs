@@ -806,7 +806,95 @@ impl Predictor for VpaLike {
 pub struct AutopilotLike {
     horizon: usize,
     cfg: AutopilotConfig,
-    state: States<VecDeque<Option<[f32; 4]>>>,
+    state: States<Window>,
+    /// `decay^k` for each age `k` in the window, made by repeated products (as the
+    /// weights of the average are).
+    powers: Vec<f64>,
+}
+
+/// A workload's window: per target the values of the buckets it ran in, sorted, each with
+/// the bucket that brought it (its age gives its weight), kept so from bucket to bucket —
+/// sorting the window anew per target and bucket was most of the baseline's time — and
+/// nothing else (the average and the peak come from the same values).
+#[derive(Default)]
+struct Window {
+    pushed: u32,
+    sorted: [Vec<(f32, u32)>; 4],
+}
+
+/// A target's decayed average, peak, and total weight over the window.
+struct Stats {
+    avg: f64,
+    peak: f64,
+    total: f64,
+}
+
+impl Window {
+    /// Takes the next bucket in (`None`: the workload did not run), room for `len`.
+    fn push(&mut self, v: Option<[f32; 4]>, len: usize) {
+        let stamp = self.pushed;
+        self.pushed = self.pushed.wrapping_add(1);
+        if let Some(v) = v {
+            for (sorted, x) in self.sorted.iter_mut().zip(v) {
+                if sorted.capacity() == 0 {
+                    sorted.reserve_exact(len);
+                }
+                let at = sorted.partition_point(|e| e.0.total_cmp(&x).is_lt());
+                sorted.insert(at, (x, stamp));
+            }
+        }
+    }
+
+    /// Lets target `t`'s values older than the last `len` buckets go, and sums the rest,
+    /// each weighing `powers[age]`.
+    fn stats(&mut self, t: usize, len: usize, powers: &[f64]) -> Stats {
+        let newest = self.pushed.wrapping_sub(1);
+        let sorted = &mut self.sorted[t];
+        sorted.retain(|e| (newest.wrapping_sub(e.1) as usize) < len);
+        let (mut sum, mut total) = (0.0, 0.0);
+        for e in sorted.iter() {
+            let w = powers[newest.wrapping_sub(e.1) as usize];
+            sum += w * e.0 as f64;
+            total += w;
+        }
+        Stats {
+            avg: if total > 0.0 { sum / total } else { 0.0 },
+            peak: sorted.last().map_or(0.0, |e| (e.0 as f64).max(0.0)),
+            total,
+        }
+    }
+
+    /// The weighted `q` percentiles of target `t`'s values (`total`: their weight, from
+    /// [`Window::stats`]): what [`weighted_percentile`] gives for each (the same sums in
+    /// the same order).
+    fn percentiles<const N: usize>(
+        &self,
+        t: usize,
+        q: [f64; N],
+        total: f64,
+        powers: &[f64],
+    ) -> [f64; N] {
+        let sorted = &self.sorted[t];
+        let Some(last) = sorted.last() else {
+            return [0.0; N];
+        };
+        let newest = self.pushed.wrapping_sub(1);
+        let mut out = [last.0 as f64; N];
+        let mut found = [false; N];
+        let mut sum = 0.0;
+        for e in sorted {
+            sum += powers[newest.wrapping_sub(e.1) as usize];
+            for k in 0..N {
+                if !found[k] && sum >= q[k] * total {
+                    (out[k], found[k]) = (e.0 as f64, true);
+                }
+            }
+            if found.iter().all(|&f| f) {
+                break;
+            }
+        }
+        out
+    }
 }
 
 impl AutopilotLike {
@@ -818,11 +906,17 @@ impl AutopilotLike {
                 ..cfg.clone()
             },
             state: States::new(),
+            powers: std::iter::successors(Some(1.0), |w| {
+                Some(w * 0.5f64.powf(1.0 / cfg.half_life.max(1e-3)))
+            })
+            .take(cfg.window.max(1))
+            .collect(),
         }
     }
 }
 
 /// The weighted `q` percentile of `(value, weight)` pairs (sorts them).
+#[cfg(test)]
 fn weighted_percentile(v: &mut [(f64, f64)], q: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -851,38 +945,28 @@ impl Predictor for AutopilotLike {
     }
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
         let (cfg, h) = (&self.cfg, self.horizon);
-        let decay = 0.5f64.powf(1.0 / cfg.half_life.max(1e-3));
-        let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(cfg.window);
+        let powers = &self.powers;
         let out = b
             .series
             .iter()
             .map(|s| {
-                let ring = self.state.get(s.workload, VecDeque::new);
+                let win = self.state.get(s.workload, Window::default);
                 let newest = s.buckets.last().filter(|x| x.present());
-                ring.push_back(newest.map(|x| Target::ALL.map(|t| x.target(t) as f32)));
-                while ring.len() > cfg.window {
-                    ring.pop_front();
-                }
+                win.push(
+                    newest.map(|x| Target::ALL.map(|t| x.target(t) as f32)),
+                    cfg.window,
+                );
                 let bands = Target::ALL.map(|t| {
-                    pairs.clear();
-                    let mut w = 1.0;
-                    let (mut sum, mut weights, mut peak) = (0.0, 0.0, 0.0f64);
-                    for v in ring.iter().rev() {
-                        if let Some(v) = v {
-                            let x = v[t as usize] as f64;
-                            pairs.push((x, w));
-                            sum += w * x;
-                            weights += w;
-                            peak = peak.max(x);
+                    let i = t as usize;
+                    let Stats { avg, peak, total } = win.stats(i, cfg.window, powers);
+                    let (low, rec) = match t {
+                        Target::Memory => (win.percentiles(i, [0.1], total, powers)[0], peak),
+                        _ => {
+                            let [low, p] = win.percentiles(i, [0.1, cfg.percentile], total, powers);
+                            (low, p.max(avg))
                         }
-                        w *= decay;
-                    }
-                    let avg = if weights > 0.0 { sum / weights } else { 0.0 };
-                    let low = weighted_percentile(&mut pairs, 0.1);
-                    let rec = match t {
-                        Target::Memory => peak,
-                        _ => weighted_percentile(&mut pairs, cfg.percentile).max(avg),
-                    } * (1.0 + cfg.margin);
+                    };
+                    let rec = rec * (1.0 + cfg.margin);
                     vec![band(low, avg.min(rec), rec); h]
                 });
                 forecast(s, b, "autopilot", bands)
@@ -1017,6 +1101,52 @@ mod tests {
     use crate::predict::profiles::quantiles;
 
     proptest::proptest! {
+        /// The Autopilot-like window's values kept sorted from bucket to bucket give the
+        /// weighted percentiles of the window sorted anew: through it filling, absences
+        /// and the oldest leaving.
+        #[test]
+        fn the_kept_window_weighs_percentiles_as_sorting_it_anew(
+            v in proptest::collection::vec(proptest::option::weighted(0.8, 0.0f32..10.0), 1..120),
+            len in 1usize..40,
+            q in 0.01f64..1.0,
+        ) {
+            let cfg = AutopilotConfig { window: len, half_life: 7.0, ..Default::default() };
+            let p = AutopilotLike::new(1, &cfg);
+            let decay = 0.5f64.powf(1.0 / 7.0);
+            let mut win = Window::default();
+            let mut ring: VecDeque<Option<[f32; 4]>> = VecDeque::new();
+            for x in &v {
+                let x = x.map(|x| [x, x * 2.0, -x, 1.0]);
+                win.push(x, len);
+                ring.push_back(x);
+                if ring.len() > len {
+                    ring.pop_front();
+                }
+                for t in 0..4 {
+                    // Weights by age, absent buckets counted.
+                    let (mut pairs, mut w, mut sum, mut peak) = (Vec::new(), 1.0, 0.0, 0.0f64);
+                    for b in ring.iter().rev() {
+                        if let Some(b) = b {
+                            pairs.push((b[t] as f64, w));
+                            sum += w * b[t] as f64;
+                            peak = peak.max(b[t] as f64);
+                        }
+                        w *= decay;
+                    }
+                    let st = win.stats(t, len, &p.powers);
+                    let total: f64 = pairs.iter().map(|p| p.1).sum();
+                    proptest::prop_assert_eq!(win.sorted[t].len(), pairs.len());
+                    proptest::prop_assert_eq!(st.peak, peak);
+                    let avg = if total > 0.0 { sum / total } else { 0.0 };
+                    proptest::prop_assert!((st.avg - avg).abs() <= 1e-12 * avg.abs().max(1.0));
+                    let want = weighted_percentile(&mut pairs, q);
+                    proptest::prop_assert_eq!(win.percentiles(t, [q], st.total, &p.powers), [want]);
+                    let both = win.percentiles(t, [0.1, q], st.total, &p.powers);
+                    proptest::prop_assert_eq!(both, [weighted_percentile(&mut pairs, 0.1), want]);
+                }
+            }
+        }
+
         #[test]
         fn p10_p90_by_selection_is_numpys(v in proptest::collection::vec(-1e3f64..1e3, 0..300)) {
             let mut sorted = v.clone();
