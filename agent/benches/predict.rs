@@ -1,7 +1,7 @@
 //! Hot paths of the predict stage: one tick of forecasts for 1,000 workloads and for one
 //! (the shipped forecaster, models/forecast.onnx: an MLP 64 over an 18-bucket window, 6
 //! steps, 4 targets, 3 quantiles — as it is, calibrated, as the live agent runs it (the
-//! candidate baselines competing per workload, calibrated), and the fallback baseline), and
+//! candidate baselines blended per workload, calibrated), and the fallback baseline), and
 //! a per-request prediction from the profile store and through the
 //! shipped request model.
 //! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).

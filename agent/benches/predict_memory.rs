@@ -2,8 +2,8 @@
 //! process's RSS before anything is loaded, after loading the forecaster (the benchmark's
 //! size, tests/fixtures/onnx/forecast_bench.onnx) and the request model, and after 100
 //! ticks of 1,000 workloads through the calibrated forecaster (its state full); then the
-//! live agent's stack (the shipped forecaster with the seasonal candidate competing,
-//! calibrated) after 300 ticks of 1,000 periodic workloads (the candidate's window of 288
+//! live agent's stack (the shipped forecaster with its candidates blended, calibrated)
+//! after 300 ticks of 1,000 periodic workloads (the seasonal candidate's window of 288
 //! buckets full). Not criterion: memory is the point.
 //! `cargo bench -p umbra --bench predict_memory`.
 

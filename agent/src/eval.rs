@@ -165,7 +165,7 @@ struct Entry {
 type PlotSeries = Vec<(u64, f64, Band)>;
 
 /// The predictors `umbra eval` runs: the model, the model with `predict.candidates`
-/// competing per workload as the live agent runs it (named `MODEL/CANDIDATES`), and each
+/// blended per workload as the live agent runs it (named `MODEL/CANDIDATES`), and each
 /// baseline, as they are and calibrated.
 fn predictors(
     cfg: &PredictConfig,

@@ -68,7 +68,8 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
         rt.as_ref(),
     )
     .unwrap();
-    // The model alone, or with its candidates as the live agent runs it (`MODEL/seasonal,ewma`).
+    // The model alone, or with its candidates as the live agent runs it
+    // (`MODEL/seasonal,ewma,autopilot`).
     let rows = |target: &str, kind: &str, calibrated: bool, live: bool| -> Vec<&Score> {
         report
             .forecast
@@ -113,15 +114,16 @@ fn the_shipped_forecaster_holds_its_ground_on_held_out_recordings() {
     let ratio_of =
         |target: &str, calibrated: bool, live: bool| ratio_vs(target, calibrated, live, false);
     let ratio = |target: &str, calibrated: bool| ratio_of(target, calibrated, false);
-    // The live stack (the model, the seasonal and EWMA candidates taking over where they
-    // were better, after 3 scored buckets when twice as good): measured 0.889 / 0.961 as
-    // it is, 0.725 / 0.989 calibrated (its band holding 80.4% of CPU and 81.4% of memory
-    // outcomes); with 2026.12.05-2 0.954 / 0.961 and 0.726 / 0.989.
-    for (target, bound) in [("cpu", 0.93), ("memory", 1.00)] {
+    // The live stack (the model blended with the seasonal, EWMA and Autopilot-like
+    // candidates, per quantile among those near the best): measured 0.864 / 0.889 as it
+    // is, 0.719 / 0.949 calibrated (its band holding 83.6% of CPU and 80.5% of memory
+    // outcomes). Before the blend (the seasonal and EWMA candidates taking over where
+    // they were clearly better) 0.889 / 0.961 and 0.725 / 0.989: this fails.
+    for (target, bound, calibrated) in [("cpu", 0.88, 0.77), ("memory", 0.93, 0.97)] {
         let (r, _) = ratio_of(target, false, true);
         assert!(r <= bound, "{target}, live stack: {r:.3}");
         let (r, _) = ratio_of(target, true, true);
-        assert!(r <= 1.00, "{target}, live stack calibrated: {r:.3}");
+        assert!(r <= calibrated, "{target}, live stack calibrated: {r:.3}");
     }
     // What the agent forecasts with — calibrated, alone or as the live stack — against the
     // best baseline as it is or calibrated, whichever is lower: measured 0.95 / 0.97 (CPU
@@ -265,12 +267,12 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
 }
 
 /// `umbra simulate` with the agent's defaults on the held-out recordings the forecaster is
-/// judged on: the shipped model and tiers against the VPA-like recommender. Measured when
-/// `cpu.max` and `memory.high` began to cover each workload's recent peak (2026-12-06): CPU
-/// slack 38.2% vs VPA-like's 35.1% at 3.76% throttled intervals vs 7.35%, memory slack
-/// 39.1% vs 39.2% with 16 violations vs 79. The goal — slack at least 30% below
+/// judged on: the shipped model and tiers against the VPA-like recommender. Measured with
+/// the live stack's blend (2026-12-07): CPU slack 37.8% vs VPA-like's 35.1% at 3.74%
+/// throttled intervals vs 7.35%, memory slack 37.6% vs 39.2% with 10 violations vs 79
+/// (before the blend 39.3% with 13: this fails). The goal — slack at least 30% below
 /// VPA-like's with no more violations — is not reached; with the limits at the forecast's
-/// p90 (before) CPU slack was 47.1%, 1.34× VPA-like's, and this fails.
+/// p90 (before 2026-12-06) CPU slack was 47.1%, 1.34× VPA-like's, and this fails.
 #[test]
 fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() {
     let files: Vec<PathBuf> = held_out().into_iter().take(FORECAST_HELD_OUT).collect();
@@ -293,7 +295,7 @@ fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() 
         v.cpu_slack
     );
     assert!(
-        u.memory_slack <= 1.05 * v.memory_slack,
+        u.memory_slack <= 0.99 * v.memory_slack,
         "memory slack {:.3} vs VPA-like's {:.3}",
         u.memory_slack,
         v.memory_slack

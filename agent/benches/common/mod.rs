@@ -4,11 +4,12 @@
 use umbra::{
     aggregate::WorkloadId,
     predict::{
-        Batch, Bucket, PredictConfig, Series, baseline,
+        Batch, Bucket, PredictConfig, Predictor, Series,
         calibrate::{Calibrated, CalibrationConfig},
         features::N_FEATURES,
         onnx::OnnxForecaster,
-        select::Select,
+        select::Combine,
+        select_with_candidates,
     },
 };
 
@@ -61,11 +62,12 @@ pub fn batch<'a>(ids: &'a [WorkloadId], bs: &'a [Vec<Bucket>]) -> Batch<'a> {
     }
 }
 
-/// The live agent's stack: `model` with the candidate baselines competing per workload
-/// (`predict.candidates`), calibrated.
+/// The live agent's stack: `model` with the candidate baselines beside it per workload
+/// (`predict.candidates`, combined as `predict.combine` says), calibrated.
 pub fn live(model: OnnxForecaster) -> Calibrated {
     let mut cfg = PredictConfig::default();
-    // Another set of candidates (comma-separated names; empty: none) to compare in one build.
+    // Another set of candidates (comma-separated names; empty: none), and another way of
+    // combining them (`select`), to compare in one build.
     if let Some(c) = std::env::var_os("UMBRA_BENCH_CANDIDATES") {
         let c = c.to_string_lossy().into_owned();
         cfg.candidates = c
@@ -74,13 +76,12 @@ pub fn live(model: OnnxForecaster) -> Calibrated {
             .map(String::from)
             .collect();
     }
-    let candidates = cfg
-        .candidates
-        .iter()
-        .filter_map(|c| baseline::by_name(c, &cfg))
-        .collect();
-    Calibrated::new(
-        Box::new(Select::new(Box::new(model), candidates)),
-        &CalibrationConfig::default(),
-    )
+    if std::env::var_os("UMBRA_BENCH_COMBINE").is_some_and(|c| c == "select") {
+        cfg.combine = Combine::Select;
+    }
+    let stack: Box<dyn Predictor> = match select_with_candidates(&cfg, Box::new(model)) {
+        Ok(s) => Box::new(s),
+        Err(model) => model,
+    };
+    Calibrated::new(stack, &CalibrationConfig::default())
 }

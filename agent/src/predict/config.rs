@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     baseline::{AutopilotConfig, BASELINES, EwmaConfig, SeasonalConfig, VpaConfig},
     calibrate::CalibrationConfig,
+    select::Combine,
 };
 use crate::config::{ConfigError, check};
 
@@ -25,11 +26,19 @@ pub struct PredictConfig {
     /// The baseline that forecasts while no model runs (one of `last`, `ewma`,
     /// `seasonal`, `vpa`, `autopilot`).
     pub fallback: String,
-    /// Baselines that compete with the model (or the fallback) per workload and target:
-    /// one takes over a workload's target when its recent forecasts were clearly better
-    /// (e.g. `seasonal` for a batch step every few minutes that the model does not see;
-    /// `ewma` for a level the model follows too slowly). Empty: the model alone.
+    /// Baselines that forecast beside the model (or the fallback) per workload and target,
+    /// their forecasts and its combined as `combine` says (e.g. `seasonal` for a batch
+    /// step every few minutes that the model does not see; `ewma` for a level the model
+    /// follows too slowly). A candidate that is the primary itself (the fallback, while no
+    /// model runs) is left out. Empty: the model alone.
     pub candidates: Vec<String>,
+    /// How the candidates' forecasts and the primary's become one: `"blend"` (per
+    /// workload, target and quantile, the mean of every predictor's whose recent loss of
+    /// it is within `blend_within` × the lowest; those further behind fall off steeply) or
+    /// `"select"` (per workload and target, the predictor of the lowest recent loss,
+    /// switched to when clearly better).
+    pub combine: Combine,
+    pub blend_within: f64,
     /// The forecast model: `"shipped"` (built into this binary from
     /// `models/forecast.onnx`), `"none"` (baselines only), or the path of an `.onnx` file,
     /// reloaded when it changes. A signed model from the fleet takes precedence.
@@ -51,7 +60,9 @@ impl Default for PredictConfig {
             window: 24,
             forget_after: 720,
             fallback: "autopilot".into(),
-            candidates: vec!["seasonal".into(), "ewma".into()],
+            candidates: vec!["seasonal".into(), "ewma".into(), "autopilot".into()],
+            combine: Combine::Blend,
+            blend_within: 10.0,
             model: "shipped".into(),
             request_model: "shipped".into(),
             calibration: CalibrationConfig::default(),
@@ -127,6 +138,7 @@ impl PredictConfig {
             self.calibration.max_workloads,
             1..=1_000_000,
         )?;
+        check("predict.blend_within", self.blend_within, 1.0..=1e6)?;
         check("predict.ewma.alpha", self.ewma.alpha, 0.001..=1.0)?;
         check(
             "predict.seasonal.max_period",

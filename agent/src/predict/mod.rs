@@ -550,7 +550,7 @@ impl ForecastStage {
     }
 }
 
-/// `primary`, with `cfg.candidates` competing per workload ([`select::Select`]).
+/// `primary`, with `cfg.candidates` beside it per workload ([`select::Select`]).
 fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn Predictor> {
     match select_with_candidates(cfg, primary) {
         Ok(s) => Box::new(s),
@@ -558,33 +558,28 @@ fn with_candidates(cfg: &PredictConfig, primary: Box<dyn Predictor>) -> Box<dyn 
     }
 }
 
-/// `primary` with `cfg.candidates` competing per workload, as the live agent runs it; the
+/// `primary` with `cfg.candidates` beside it per workload, as the live agent runs it; the
 /// primary back when there is no candidate.
 pub fn select_with_candidates(
     cfg: &PredictConfig,
     primary: Box<dyn Predictor>,
 ) -> Result<select::Select, Box<dyn Predictor>> {
-    let names: Vec<String> = cfg
-        .candidates
-        .iter()
-        .filter(|c| **c != cfg.fallback)
-        .cloned()
-        .collect();
-    if names.is_empty() {
+    if cfg.candidates.iter().all(|c| c == primary.name()) {
         return Err(primary);
     }
     let base = cfg.clone();
-    // Candidates forecast as far ahead as the primary (made again for a model of another
-    // horizon).
-    let make = move |h: usize| -> Vec<Box<dyn Predictor>> {
+    // Candidates forecast as far ahead as the primary, and are never the primary itself
+    // (made again for each primary).
+    let make = move |h: usize, primary: &str| -> Vec<Box<dyn Predictor>> {
         let mut c_cfg = base.clone();
         c_cfg.horizon = h;
-        names
+        base.candidates
             .iter()
+            .filter(|c| *c != primary)
             .filter_map(|c| baseline::by_name(c, &c_cfg))
             .collect()
     };
-    Ok(select::Select::with_make(primary, Box::new(make)))
+    Ok(select::Select::with_make(primary, Box::new(make)).combining(cfg.combine, cfg.blend_within))
 }
 
 /// The fallback baseline of `cfg`.

@@ -1,19 +1,30 @@
-//! Per workload and target, the predictor whose recent forecasts were best.
+//! Per workload and target, the predictors' forecasts made one.
 //!
 //! The primary predictor (the model, or the fallback baseline without one) forecasts every
-//! workload; the candidates (`predict.candidates`, by default the seasonal baseline) do
-//! too, alongside. Each forecast's first [`STEPS`] steps are scored when their outcome
-//! arrives (the mean pinball loss of p10, p50 and p90), in a moving average per workload,
-//! target and predictor. A workload's target switches to a candidate once at least
-//! [`MIN_SCORED`] outcomes were scored and its loss is below [`SWITCH`] × the loss of the
-//! one in use (and back likewise), or, after [`EARLY_SCORED`], below [`EARLY_SWITCH`] × it
-//! (a new workload's steady memory, whose band the model makes as wide as a build's): a
-//! workload with a period the model does not see — a
-//! batch step every few minutes — is forecast by the baseline that sees it, the others stay
-//! with the model. Each forecast names the predictor it came from (per target when they
-//! differ).
+//! workload; the candidates (`predict.candidates`: by default the seasonal baseline, EWMA
+//! and the Autopilot-like one) do too, alongside. Each forecast's first [`STEPS`] steps
+//! are scored when their outcome arrives, in moving averages per workload, target,
+//! predictor and quantile. Until [`EARLY_SCORED`] outcomes were scored a workload's
+//! forecast is the primary's; then, as `predict.combine` says:
+//! - **blend** (the default): per target and quantile, the mean of the values of every
+//!   predictor whose recent loss of that quantile is within `predict.blend_within` × the
+//!   lowest; a predictor further behind falls off as the power [`FALL_OFF`] of the ratio
+//!   (the three quantiles put in order again). An equal mean of forecasts is hard to beat
+//!   with weights learnt from noisy losses (the "forecast combination puzzle"); measured on
+//!   the training recordings, loss-proportional weights of any power lost to it
+//!   (models/README.md). A workload with a period only one predictor sees — a batch step
+//!   every few minutes — has that predictor far ahead, and its forecast alone.
+//! - **select**: the predictor of the lowest loss (the mean pinball loss of p10, p50 and
+//!   p90) takes a target over once at least [`MIN_SCORED`] outcomes were scored and its
+//!   loss is below [`SWITCH`] × the loss of the one in use (and back likewise), or, after
+//!   [`EARLY_SCORED`], below [`EARLY_SWITCH`] × it.
+//!
+//! Each forecast names the predictor it came from, or of the largest weight on p50 (per
+//! target when CPU's and memory's differ).
 
 use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
 
 use super::{Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target};
 use crate::{FastMap, aggregate::WorkloadId};
@@ -34,12 +45,31 @@ pub const EARLY_SWITCH: f64 = 0.5;
 /// Bands of one forecast as scored: [predictor][target][step].
 type Made = Vec<[[Band; STEPS]; 4]>;
 
+/// How the predictors' forecasts of a workload's target become one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Combine {
+    /// The predictor of the lowest recent loss, switched to when clearly better.
+    Select,
+    /// Per quantile, the mean of the predictors' values: of every predictor whose recent
+    /// loss of that quantile is within a factor of the lowest (those further behind fall
+    /// off steeply).
+    #[default]
+    Blend,
+}
+
+/// How steeply a predictor's weight in the blend falls with its loss beyond the band it
+/// shares equally (a power).
+const FALL_OFF: i32 = 16;
+
 /// Per target, a moving average of each predictor's loss, and the predictor in use (the
 /// first, the primary, until another was clearly better).
 #[derive(Clone, Debug)]
 pub struct Choice {
     /// [predictor][target]; `None` before the first score.
     loss: Vec<[Option<f64>; 4]>,
+    /// [predictor][target][quantile]: each quantile's own loss (the blend's weights).
+    qloss: Vec<[[f64; 3]; 4]>,
     chosen: [usize; 4],
 }
 
@@ -48,6 +78,7 @@ impl Choice {
     pub fn new(n: usize) -> Choice {
         Choice {
             loss: vec![[None; 4]; n],
+            qloss: vec![[[0.0; 3]; 4]; n],
             chosen: [0; 4],
         }
     }
@@ -55,12 +86,59 @@ impl Choice {
     /// Predictor `p`'s band `b` for target `t` scored against the outcome `y`, into its
     /// moving average (`decay`: the weight the average keeps).
     pub fn score(&mut self, p: usize, t: usize, b: &Band, y: f64, decay: f64) {
-        let l = pinball(b, y);
-        if let Some(avg) = self.loss.get_mut(p).and_then(|l| l.get_mut(t)) {
-            *avg = Some(match *avg {
-                Some(a) => decay * a + (1.0 - decay) * l,
-                None => l,
-            });
+        let q = quantile_losses(b, y);
+        let l = (q[0] + q[1] + q[2]) / 3.0;
+        let (Some(avg), Some(qa)) = (
+            self.loss.get_mut(p).and_then(|l| l.get_mut(t)),
+            self.qloss.get_mut(p).and_then(|l| l.get_mut(t)),
+        ) else {
+            return;
+        };
+        match *avg {
+            Some(a) => {
+                *avg = Some(decay * a + (1.0 - decay) * l);
+                for (x, v) in qa.iter_mut().zip(q) {
+                    *x = decay * *x + (1.0 - decay) * v;
+                }
+            }
+            None => {
+                *avg = Some(l);
+                *qa = q;
+            }
+        }
+    }
+
+    /// The blend's weights of target `t`'s quantile `q` over the predictors whose forecast
+    /// is `usable`, summing to 1 (the primary's alone when none was scored): equal among
+    /// those whose recent loss of it is within `within` × the lowest, falling off as
+    /// `(within · lowest / loss)^`[`FALL_OFF`] beyond.
+    fn weights(&self, t: usize, q: usize, within: f64, usable: &[bool], out: &mut Vec<f64>) {
+        out.clear();
+        let scored = |p: usize| usable[p] && self.loss[p][t].is_some();
+        let losses = || {
+            (0..self.loss.len())
+                .filter(|&p| scored(p))
+                .map(|p| self.qloss[p][t][q])
+        };
+        // Losses of zero (a predictor exactly right so far) count as a millionth of the
+        // largest.
+        let floor = (losses().fold(0.0f64, f64::max) * 1e-6).max(f64::MIN_POSITIVE);
+        let lowest = losses().fold(f64::INFINITY, |a, l| a.min(l.max(floor)));
+        out.extend((0..self.loss.len()).map(|p| {
+            if scored(p) {
+                (within * lowest / self.qloss[p][t][q].max(floor))
+                    .min(1.0)
+                    .powi(FALL_OFF)
+            } else {
+                0.0
+            }
+        }));
+        let sum: f64 = out.iter().sum();
+        if sum > 0.0 && sum.is_finite() {
+            out.iter_mut().for_each(|w| *w /= sum);
+        } else {
+            out.iter_mut().for_each(|w| *w = 0.0);
+            out[0] = 1.0;
         }
     }
 
@@ -104,8 +182,9 @@ struct Track {
     scored: u32,
 }
 
-/// Makes the candidates for a horizon (a primary of another horizon swaps in).
-pub type MakeCandidates = Box<dyn Fn(usize) -> Vec<Box<dyn Predictor>> + Send>;
+/// Makes the candidates for a primary's horizon and name (made again when another
+/// primary swaps in).
+pub type MakeCandidates = Box<dyn Fn(usize, &str) -> Vec<Box<dyn Predictor>> + Send>;
 
 pub struct Select {
     /// The primary first, then the candidates.
@@ -114,6 +193,8 @@ pub struct Select {
     tick: u64,
     name: String,
     make: Option<MakeCandidates>,
+    combine: Combine,
+    within: f64,
 }
 
 impl Select {
@@ -127,13 +208,21 @@ impl Select {
             tick: 0,
             name,
             make: None,
+            combine: Combine::Select,
+            within: 1.0,
         }
     }
 
-    /// Candidates made by `make` for the primary's horizon, and made again whenever a
-    /// primary of another horizon replaces it.
+    /// Combining the forecasts as `combine` says (`within`: the blend's factor).
+    pub fn combining(mut self, combine: Combine, within: f64) -> Select {
+        (self.combine, self.within) = (combine, within);
+        self
+    }
+
+    /// Candidates made by `make` for the primary, and made again whenever another primary
+    /// replaces it.
     pub fn with_make(primary: Box<dyn Predictor>, make: MakeCandidates) -> Select {
-        let candidates = make(primary.horizon());
+        let candidates = make(primary.horizon(), primary.name());
         let mut s = Select::new(primary, candidates);
         s.make = Some(make);
         s
@@ -152,13 +241,94 @@ impl Select {
     }
 }
 
-/// Mean pinball loss of a band's three quantiles against `y`.
-fn pinball(b: &Band, y: f64) -> f64 {
+/// `f` (the primary's forecast) made the blend of itself and `others` (the candidates',
+/// by predictor; `None` where one has none of this workload): per target and quantile,
+/// each predictor's value at every step weighted by [`Choice::weights`], the three put in
+/// order again. Named after the predictor of the largest weight on CPU's and memory's p50.
+fn blend(
+    f: &mut Forecast,
+    others: &[Option<&Forecast>],
+    choice: &Choice,
+    within: f64,
+    scratch: &mut Scratch,
+) {
+    let n = others.len();
+    let Scratch { usable, w } = scratch;
+    let mut top = [0usize; 2];
+    for target in Target::ALL {
+        let i = target as usize;
+        let len = f.bands[i].len();
+        usable.clear();
+        usable.extend((0..n).map(|p| p == 0 || others[p].is_some_and(|o| o.bands[i].len() == len)));
+        for (q, wq) in w.iter_mut().enumerate() {
+            choice.weights(i, q, within, usable, wq);
+        }
+        if i < 2 {
+            // The first of the largest: the primary's name while all weigh the same.
+            top[i] = (1..n).fold(0, |best, p| if w[1][p] > w[1][best] { p } else { best });
+        }
+        for h in 0..len {
+            let mut m = [0.0f64; 3];
+            for p in 0..n {
+                let b = match (p, others[p]) {
+                    (0, _) => f.bands[i][h],
+                    (_, Some(o)) if usable[p] => o.bands[i][h],
+                    _ => continue,
+                };
+                let v = [b.p10, b.p50, b.p90];
+                for q in 0..3 {
+                    m[q] += w[q][p] * v[q];
+                }
+            }
+            let [mut lo, mut mid, mut hi] = m;
+            if lo > mid {
+                std::mem::swap(&mut lo, &mut mid);
+            }
+            if mid > hi {
+                std::mem::swap(&mut mid, &mut hi);
+            }
+            if lo > mid {
+                std::mem::swap(&mut lo, &mut mid);
+            }
+            let b = &mut f.bands[i][h];
+            (b.p10, b.p50, b.p90) = (lo, mid, hi);
+        }
+    }
+    let [cpu, mem] = top;
+    if cpu != 0 || mem != 0 {
+        let name = |p: usize| match others[p] {
+            Some(o) if p != 0 => o.predictor.clone(),
+            _ => f.predictor.clone(),
+        };
+        f.predictor = if cpu == mem {
+            name(cpu)
+        } else {
+            format!("cpu {}, memory {}", name(cpu), name(mem))
+        };
+    }
+}
+
+/// Room the blend reuses from workload to workload.
+#[derive(Default)]
+struct Scratch {
+    usable: Vec<bool>,
+    /// Per quantile, the weights.
+    w: [Vec<f64>; 3],
+}
+
+/// Pinball loss of each of a band's three quantiles against `y`.
+fn quantile_losses(b: &Band, y: f64) -> [f64; 3] {
     let l = |q: f64, p: f64| {
         let d = y - p;
         (q * d).max((q - 1.0) * d)
     };
-    (l(0.1, b.p10) + l(0.5, b.p50) + l(0.9, b.p90)) / 3.0
+    [l(0.1, b.p10), l(0.5, b.p50), l(0.9, b.p90)]
+}
+
+/// Mean pinball loss of a band's three quantiles against `y`.
+#[cfg(test)]
+fn pinball(b: &Band, y: f64) -> f64 {
+    quantile_losses(b, y).iter().sum::<f64>() / 3.0
 }
 
 impl Predictor for Select {
@@ -180,12 +350,9 @@ impl Predictor for Select {
     /// Another primary (a model loaded or reloaded); what was scored starts over.
     fn replace_primary(&mut self, p: Box<dyn Predictor>) -> Option<Box<dyn Predictor>> {
         self.name = p.name().to_string();
-        let h = p.horizon();
-        if h != self.all[0].horizon()
-            && let Some(make) = &self.make
-        {
+        if let Some(make) = &self.make {
             self.all.truncate(1);
-            self.all.extend(make(h));
+            self.all.extend(make(p.horizon(), p.name()));
         }
         self.all[0] = p;
         self.tracks.clear();
@@ -201,6 +368,7 @@ impl Predictor for Select {
         let (tick, n) = (self.tick, self.all.len());
         let interval = (b.interval_ms as u64).max(1);
         let mut result = Vec::with_capacity(b.series.len());
+        let mut weights = Scratch::default();
         for (r, s) in b.series.iter().enumerate() {
             let Some(primary) = primaries.get(r).and_then(Option::as_ref) else {
                 continue;
@@ -265,6 +433,20 @@ impl Predictor for Select {
             let Some(mut f) = primaries[r].take() else {
                 continue;
             };
+            if self.combine == Combine::Blend {
+                if t.scored >= EARLY_SCORED {
+                    let others: Vec<Option<&Forecast>> = (0..n)
+                        .map(|p| {
+                            (p > 0)
+                                .then(|| outs[p].get(r).filter(|o| o.workload == *s.workload))
+                                .flatten()
+                        })
+                        .collect();
+                    blend(&mut f, &others, &t.choice, self.within, &mut weights);
+                }
+                result.push(f);
+                continue;
+            }
             for target in Target::ALL {
                 let i = target as usize;
                 let p = t.choice.chosen[i];
@@ -399,9 +581,155 @@ mod tests {
     }
 
     #[test]
+    fn blended_a_batch_step_is_forecast_ahead_by_the_candidate_far_ahead() {
+        // The primary's loss is over ten times the seasonal candidate's: the blend is the
+        // candidate's alone.
+        let period = 12;
+        let mut s = Select::new(primary(), vec![seasonal()]).combining(Combine::Blend, 10.0);
+        let out = run(&mut s, 12 * period, period);
+        for k in (8 * period..12 * period - 1).filter(|k| (k + 1) % period == period - 1) {
+            let (p90, who) = &out[k];
+            assert!(*p90 >= 1.4, "bucket {k}: {out:?}");
+            assert_eq!(who, "seasonal", "bucket {k}");
+        }
+        assert!(out[11 * period - 6].0 < 0.5, "{:?}", out[11 * period - 6]);
+    }
+
+    fn band(p10: f64, p50: f64, p90: f64) -> Band {
+        Band { p10, p50, p90 }
+    }
+
+    fn forecast(name: &str, b: Band) -> Forecast {
+        Forecast {
+            workload: WorkloadId("exe:w".into()),
+            made_ms: 0,
+            interval_ms: 5000,
+            predictor: name.into(),
+            bands: std::array::from_fn(|_| vec![b; 2]),
+        }
+    }
+
+    /// A choice among 3 predictors whose losses of every target's quantiles are `loss`.
+    fn choice_with(loss: [[f64; 3]; 3]) -> Choice {
+        let mut c = Choice::new(3);
+        for (p, l) in loss.iter().enumerate() {
+            c.loss[p] = [Some(l.iter().sum::<f64>() / 3.0); 4];
+            c.qloss[p] = [*l; 4];
+        }
+        c
+    }
+
+    #[test]
+    fn a_blend_is_the_mean_of_the_predictors_near_the_best_and_leaves_out_those_far_behind() {
+        let a = forecast("model", band(1.0, 2.0, 3.0));
+        let b = forecast("ewma", band(2.0, 3.0, 6.0));
+        let c = forecast("seasonal", band(9.0, 9.0, 9.0));
+        let others = [None, Some(&b), Some(&c)];
+        let mut w = Scratch::default();
+        // Within the factor: an equal mean of all three, per quantile.
+        let mut f = a.clone();
+        blend(
+            &mut f,
+            &others,
+            &choice_with([[1.0; 3], [2.0; 3], [5.0; 3]]),
+            10.0,
+            &mut w,
+        );
+        assert_eq!(f.predictor, "model", "all weigh the same");
+        for t in Target::ALL {
+            for x in f.of(t) {
+                assert!(
+                    (x.p10 - 4.0).abs() < 1e-9 && (x.p50 - 14.0 / 3.0).abs() < 1e-9,
+                    "{x:?}"
+                );
+                assert!((x.p90 - 6.0).abs() < 1e-9, "{x:?}");
+            }
+        }
+        // The third's losses 100 times the best: the mean of the other two.
+        let mut f = a.clone();
+        blend(
+            &mut f,
+            &others,
+            &choice_with([[1.0; 3], [2.0; 3], [100.0; 3]]),
+            10.0,
+            &mut w,
+        );
+        let x = f.of(Target::Cpu)[1];
+        assert!(
+            (x.p10 - 1.5).abs() < 1e-6 && (x.p50 - 2.5).abs() < 1e-6,
+            "{x:?}"
+        );
+        assert!((x.p90 - 4.5).abs() < 1e-6, "{x:?}");
+        // Per quantile: p90 from the third alone (the others' p90 far behind), p10 and p50
+        // from the first alone; still in order.
+        let mut f = a.clone();
+        let loss = [
+            [1.0, 1.0, 500.0],
+            [100.0, 100.0, 500.0],
+            [100.0, 100.0, 1.0],
+        ];
+        blend(&mut f, &others, &choice_with(loss), 10.0, &mut w);
+        let x = f.of(Target::Memory)[0];
+        assert!(
+            (x.p10 - 1.0).abs() < 1e-6 && (x.p50 - 2.0).abs() < 1e-6,
+            "{x:?}"
+        );
+        assert!((x.p90 - 9.0).abs() < 1e-6, "{x:?}");
+        assert_eq!(f.predictor, "model");
+        // Quantiles that cross in the blend are put in order.
+        let mut f = a.clone();
+        let loss = [
+            [100.0, 1.0, 100.0],
+            [100.0, 100.0, 100.0],
+            [1.0, 100.0, 1.0],
+        ];
+        blend(&mut f, &others, &choice_with(loss), 10.0, &mut w);
+        let x = f.of(Target::Cpu)[0];
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(
+            near(x.p10, 2.0) && near(x.p50, 9.0) && near(x.p90, 9.0),
+            "{x:?}"
+        );
+        let mut g = a.clone();
+        let loss = [
+            [100.0, 100.0, 1.0],
+            [100.0, 1.0, 100.0],
+            [1.0, 100.0, 100.0],
+        ];
+        blend(&mut g, &others, &choice_with(loss), 10.0, &mut w);
+        let x = g.of(Target::Cpu)[0];
+        assert!(
+            near(x.p10, 3.0) && near(x.p50, 3.0) && near(x.p90, 9.0),
+            "{x:?}"
+        );
+        // Named after the largest weight on p50.
+        assert_eq!(f.predictor, "model");
+        let mut f = a.clone();
+        blend(
+            &mut f,
+            &others,
+            &choice_with([[9.0; 3], [1.0; 3], [50.0; 3]]),
+            2.0,
+            &mut w,
+        );
+        assert_eq!(f.predictor, "ewma");
+    }
+
+    #[test]
+    fn a_candidate_that_is_the_primary_is_left_out() {
+        let cfg = PredictConfig::default();
+        assert!(cfg.candidates.contains(&cfg.fallback));
+        let s = crate::predict::select_with_candidates(&cfg, primary())
+            .ok()
+            .unwrap();
+        let names: Vec<&str> = s.all.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["autopilot", "seasonal", "ewma"]);
+    }
+
+    #[test]
     fn a_primary_of_another_horizon_gets_candidates_of_its_horizon() {
         let period = 12;
-        let make: MakeCandidates = Box::new(|h| {
+        let make: MakeCandidates = Box::new(|h, _| {
             vec![Box::new(SeasonalNaive::new(h, &SeasonalConfig { max_period: 24 })) as _]
         });
         let mut s = Select::with_make(primary(), make);
