@@ -4,8 +4,8 @@
 //! workload; the candidates (`predict.candidates`: by default the seasonal baseline, EWMA
 //! and the Autopilot-like one) do too, alongside. Each forecast's first [`STEPS`] steps
 //! are scored when their outcome arrives, in moving averages per workload, target,
-//! predictor and quantile. Until [`EARLY_SCORED`] outcomes were scored a workload's
-//! forecast is the primary's; then, as `predict.combine` says:
+//! predictor and quantile. Until the first is scored a workload's forecast is the
+//! primary's; then, as `predict.combine` says:
 //! - **blend** (the default): per target and quantile, the mean of the values of every
 //!   predictor whose recent loss of that quantile is within `predict.blend_within` × the
 //!   lowest; a predictor further behind falls off as the power [`FALL_OFF`] of the ratio
@@ -14,6 +14,8 @@
 //!   the training recordings, loss-proportional weights of any power lost to it
 //!   (models/README.md). A workload with a period only one predictor sees — a batch step
 //!   every few minutes — has that predictor far ahead, and its forecast alone.
+//!   It blends from the first scored outcome: a new workload's steady memory, whose band
+//!   the model makes as wide as a build's, has EWMA's narrow one in the mean at once.
 //! - **select**: the predictor of the lowest loss (the mean pinball loss of p10, p50 and
 //!   p90) takes a target over once at least [`MIN_SCORED`] outcomes were scored and its
 //!   loss is below [`SWITCH`] × the loss of the one in use (and back likewise), or, after
@@ -434,7 +436,7 @@ impl Predictor for Select {
                 continue;
             };
             if self.combine == Combine::Blend {
-                if t.scored >= EARLY_SCORED {
+                if t.scored >= 1 {
                     let others: Vec<Option<&Forecast>> = (0..n)
                         .map(|p| {
                             (p > 0)
