@@ -120,25 +120,56 @@ fn cpu_test(mut cap: umbra::capture::KernelCapture) {
     w.finish();
 }
 
-fn io_test(mode: &str) -> umbra::capture::ProcessSample {
+/// What a workload doing 64 MiB of I/O in `mode` was counted, and what the kernel's
+/// worker threads (`kworker/*`, where the flusher runs) wrote to disk meanwhile.
+fn io_test(mode: &str) -> (umbra::capture::ProcessSample, u64) {
     let mut cap = capture();
     let path = disk_dir().join(format!("io-{mode}-{}", std::process::id()));
     let bytes = (64 * MIB).to_string();
     let w = Workload::start(&["io", path.to_str().unwrap(), &bytes, mode]);
     let pid = w.pid();
-    let before = sample_now(&mut cap, pid);
+    let (before, flushed_before) = sample_and_flushed(&mut cap, |s| s.tgid == pid);
     w.go();
     w.wait();
-    let after = final_sample(&mut cap, pid);
+    let (after, flushed_after) =
+        sample_and_flushed(&mut cap, |s| s.tgid == pid && s.exit.is_some());
     let _ = std::fs::remove_file(&path);
     let d = after.counters.since(&before.counters);
+    let flushed = flushed_after.saturating_sub(flushed_before);
     eprintln!(
-        "io {mode}: read {} write {} block_read {} block_write {} block_ios {}",
+        "io {mode}: read {} write {} block_read {} block_write {} block_ios {} \
+         (kernel workers wrote {flushed})",
         d.read_bytes, d.write_bytes, d.block_read_bytes, d.block_write_bytes, d.block_ios
     );
     assert_eq!(d.write_bytes, 64 * MIB, "write bytes");
     assert_eq!(d.read_bytes, 64 * MIB, "read bytes");
-    d_into(after, d)
+    (d_into(after, d), flushed)
+}
+
+/// The first sample that satisfies `pred`, and the block writes of every kernel worker
+/// thread in the same tick.
+fn sample_and_flushed(
+    cap: &mut KernelCapture,
+    pred: impl Fn(&umbra::capture::ProcessSample) -> bool,
+) -> (umbra::capture::ProcessSample, u64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tick = cap.sample().unwrap();
+        if let Some(s) = tick.samples.iter().find(|s| pred(s)) {
+            let flushed = tick
+                .samples
+                .iter()
+                .filter(|s| s.comm.starts_with("kworker/"))
+                .map(|s| s.counters.block_write_bytes)
+                .sum();
+            return (std::sync::Arc::unwrap_or_clone(s.clone()), flushed);
+        }
+        assert!(
+            Instant::now() < end,
+            "the workload never appeared in the capture"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn d_into(
@@ -188,7 +219,7 @@ fn block_io_of_direct_writes_is_attributed_with_latency() {
     if !privileged("block_io_of_direct_writes_is_attributed_with_latency") {
         return;
     }
-    let s = io_test("direct");
+    let (s, _) = io_test("direct");
     let c = &s.counters;
     assert!(
         c.block_write_bytes >= 64 * MIB,
@@ -199,17 +230,23 @@ fn block_io_of_direct_writes_is_attributed_with_latency() {
     assert!(hist > 0, "empty block latency histogram");
 }
 
+/// A buffered write is written to disk by whoever writes its dirty pages back: the
+/// workload's `fsync` every 4 MiB, or the kernel's flusher thread when it gets there first
+/// (a guest's background writeback took 3.8 of 64 MiB once). Both together are the whole;
+/// the fsyncs keep a part however eager the flusher (18 MiB or more with a background
+/// threshold of 256 KiB).
 #[test]
 fn block_io_of_fsynced_writes_is_attributed() {
     if !privileged("block_io_of_fsynced_writes_is_attributed") {
         return;
     }
-    let s = io_test("fsync");
+    let (s, flushed) = io_test("fsync");
+    let own = s.counters.block_write_bytes;
     assert!(
-        s.counters.block_write_bytes >= 64 * MIB,
-        "block writes {} < 64 MiB",
-        s.counters.block_write_bytes
+        own + flushed >= 64 * MIB,
+        "block writes {own} + {flushed} by the flusher < 64 MiB"
     );
+    assert!(own >= 4 * MIB, "the fsyncs wrote only {own} bytes");
     assert!(s.counters.block_hist.iter().any(|&n| n > 0));
 }
 

@@ -453,9 +453,9 @@ fn io(path: &str, bytes: usize, mode: &str) {
             assert!(n > 0);
             left -= n as usize;
             unsynced += n as usize;
-            // Synced every 4 MiB: dirty data past the kernel's background threshold (10%
-            // of available memory: a small guest's can be below 16 MiB) is written back by
-            // the flusher thread, not by this process's fsync.
+            // Synced every 4 MiB, so that little is left for the kernel's flusher thread:
+            // dirty data past its background threshold (10% of available memory: a small
+            // guest's can be below 16 MiB) is written back by it, not by this fsync.
             if mode == "fsync" && unsynced >= 4 * CHUNK {
                 libc::fsync(fd);
                 unsynced = 0;
