@@ -376,6 +376,7 @@ impl Strategy for Forecasting {
                 m.state.tier = rec.tier;
                 m.state.cpu_margin = rec.cpu_margin;
                 m.state.memory_margin = rec.memory_margin;
+                m.state.memory_quantile = rec.memory_quantile;
             }
             // As the group used it: a capped group's usage is at most its limit.
             let used = match (m.state.tier, limits.get(id)) {

@@ -268,11 +268,12 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
 
 /// `umbra simulate` with the agent's defaults on the held-out recordings the forecaster is
 /// judged on: the shipped model and tiers against the VPA-like recommender. Measured with
-/// the live stack's blend (2026-12-07): CPU slack 37.8% vs VPA-like's 35.1% at 3.74%
-/// throttled intervals vs 7.35%, memory slack 38.0% vs 39.2% with 10 violations vs 79
-/// (before the blend 39.3% with 13: this fails). The goal — slack at least 30% below
-/// VPA-like's with no more violations — is not reached; with the limits at the forecast's
-/// p90 (before 2026-12-06) CPU slack was 47.1%, 1.34× VPA-like's, and this fails.
+/// `memory.high`'s quantile adapting (2026-12-07, later): CPU slack 37.8% vs VPA-like's
+/// 35.1% at 3.74% throttled intervals vs 7.35%, memory slack 30.7% vs 39.2% with 23
+/// violations vs 79 (on p90 alone 38.0% with 10: this fails). The goal — slack at least
+/// 30% below VPA-like's with no more violations — is reached by neither; with the limits
+/// at the forecast's p90 (before 2026-12-06) CPU slack was 47.1%, 1.34× VPA-like's, and
+/// this fails.
 #[test]
 fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() {
     let files: Vec<PathBuf> = held_out().into_iter().take(FORECAST_HELD_OUT).collect();
@@ -295,7 +296,7 @@ fn the_shipped_allocation_holds_its_ground_against_vpa_on_held_out_recordings() 
         v.cpu_slack
     );
     assert!(
-        u.memory_slack <= 0.99 * v.memory_slack,
+        u.memory_slack <= 0.85 * v.memory_slack,
         "memory slack {:.3} vs VPA-like's {:.3}",
         u.memory_slack,
         v.memory_slack

@@ -213,6 +213,8 @@ impl AllocateConfig {
         )?;
         frac("tiers.target_miss", t.target_miss, 0.0, 1.0)?;
         frac("tiers.margin_gain", t.margin_gain, 0.0, 1.0)?;
+        frac("tiers.memory_gain", t.memory_gain, 0.0, 1.0)?;
+        frac("tiers.memory_miss", t.memory_miss, 0.0, 1.0)?;
         if t.window == 0 || t.min_samples > t.window {
             return bad(
                 "tiers.window",

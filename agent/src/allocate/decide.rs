@@ -11,10 +11,12 @@
 //! - **full**: warm's, plus `memory.min` at p10; `cpu.max` at the workload's recent peak
 //!   — its largest one-interval usage over the last `peak_intervals` intervals — or the
 //!   forecast's p50 when that is higher (a rise the forecast sees coming), and
-//!   `memory.high` at p90 or the recent peak when that is higher, each × (1 + margin); the
-//!   margins adapted to what the limits missed ([`super::tiers`]). The forecast is of a
-//!   bucket's mean, but a limit holds each moment: a bucket-mean's p90 plus the margin that
-//!   covers the swings inside a bucket left far more room (measured in BENCHMARKS.md).
+//!   `memory.high` at the recent peak or the forecast when that is higher, each ×
+//!   (1 + margin); the margins adapted to what the limits missed, and `memory.high`'s
+//!   quantile too: from p90 down towards p50 while the limit keeps covering the workload
+//!   ([`super::tiers`]). The forecast is of a bucket's mean, but a limit holds each
+//!   moment: a bucket-mean's p90 plus the margin that covers the swings inside a bucket
+//!   left far more room (measured in BENCHMARKS.md).
 //!
 //! Then the safety rules, in this order, each one named in the explanation when it moved
 //! a value: floors (never `memory.high` below current usage or a minimum, never `cpu.max`
@@ -151,6 +153,14 @@ pub struct WorkloadState {
     pub cpu_peak: f64,
     #[serde(default)]
     pub memory_peak: f64,
+    /// Where between the forecast's p50 (0) and p90 (1) `memory.high` is built
+    /// ([`memory_base`]).
+    #[serde(default = "p90")]
+    pub memory_quantile: f64,
+}
+
+fn p90() -> f64 {
+    1.0
 }
 
 impl WorkloadState {
@@ -171,6 +181,7 @@ impl WorkloadState {
             memory_bump: 1.0,
             cpu_peak: 0.0,
             memory_peak: 0.0,
+            memory_quantile: 1.0,
         }
     }
 
@@ -180,7 +191,7 @@ impl WorkloadState {
         let keep = rules.keeps_peak();
         (
             cpu_base(cpu, keep.then_some(self.cpu_peak)),
-            memory_base(mem, keep.then_some(self.memory_peak)),
+            memory_base(mem, keep.then_some(self.memory_peak), self.memory_quantile),
         )
     }
 
@@ -261,6 +272,10 @@ pub struct Explanation {
     /// knobs).
     #[serde(default)]
     pub peak: f64,
+    /// `memory.high`, covering the recent peak: where between the band's p50 (0) and p90
+    /// (1) it is built ([`memory_base`]).
+    #[serde(default)]
+    pub quantile: Option<f64>,
     pub bounds: Vec<Bound>,
 }
 
@@ -305,6 +320,12 @@ impl Action {
         if w.peak > 0.0 {
             s.push_str(&format!(", recent peak {}", unit(w.peak)));
         }
+        if let Some(q) = w.quantile {
+            s.push_str(&format!(
+                ", built {:.0}% of the way from p50 to p90",
+                q * 100.0
+            ));
+        }
         if !w.bounds.is_empty() {
             let b: Vec<String> = w.bounds.iter().map(|b| b.text(self.knob)).collect();
             s.push_str(&format!("; bounded by {}", b.join(", ")));
@@ -335,12 +356,18 @@ pub fn cpu_base(band: &Band, peak: Option<f64>) -> f64 {
     }
 }
 
-/// What `memory.high`'s margin multiplies: the forecast's p90 over the lead steps, or the
-/// recent peak when that is higher. Not p50, as CPU's: going over `memory.high` makes the
-/// kernel reclaim, and a rise the forecast sees coming is met by its p90 (on the one-minute
-/// cycle of `simulate::tests`, p50 let three intervals over against VPA-like's one).
-pub fn memory_base(band: &Band, peak: Option<f64>) -> f64 {
-    band.p90.max(peak.unwrap_or(0.0))
+/// What `memory.high`'s margin multiplies: the forecast over the lead steps at `quantile`
+/// (0: p50, 1: p90, linearly between), or the recent peak when that is higher; with no
+/// peak kept, p90. The quantile is the workload's own ([`super::tiers::Record`]): it starts
+/// at p90 and falls while the limits keep covering it. Going over `memory.high` makes the
+/// kernel reclaim: p50 from the start let three intervals over on the one-minute cycle of
+/// `simulate::tests` (a young workload's step up, the forecast not yet seeing it) against
+/// VPA-like's one.
+pub fn memory_base(band: &Band, peak: Option<f64>, quantile: f64) -> f64 {
+    match peak {
+        Some(p) => (band.p50 + quantile.clamp(0.0, 1.0) * (band.p90 - band.p50)).max(p),
+        None => band.p90,
+    }
 }
 
 /// What the limits `decide` sets for workload `w` from forecast `f` are based on, for its
@@ -443,6 +470,7 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 usage,
                 wanted,
                 peak: 0.0,
+                quantile: None,
                 bounds: Vec::new(),
             };
         let cpu_margin = w
@@ -508,7 +536,10 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
             let mut why = explain(target, band, margin, usage, wanted);
             match knob {
                 Knob::CpuMax if keep => why.peak = w.cpu_peak,
-                Knob::MemoryHigh if keep => why.peak = w.memory_peak,
+                Knob::MemoryHigh if keep => {
+                    why.peak = w.memory_peak;
+                    why.quantile = Some(w.memory_quantile.clamp(0.0, 1.0));
+                }
                 _ => {}
             }
             if !set {
@@ -889,6 +920,30 @@ mod tests {
             high.text()
         );
         assert!(high.text().contains("recent peak 250"), "{}", high.text());
+        // A workload whose quantile fell to a quarter of the way from p50 (200 MiB) to
+        // p90 (220 MiB): memory.high on 205 MiB, above a recent peak of 190 MiB.
+        let mut wd = workload("d", Tier::Full);
+        wd.memory_peak = 190.0 * MIB as f64;
+        wd.memory_quantile = 0.25;
+        let acts_d = decide(
+            &[forecast("d", &c, &m)],
+            &state(vec![wd]),
+            &Rules::default(),
+        );
+        let high = find(&acts_d, "d", Knob::MemoryHigh).unwrap();
+        let want = m[0].p50 + 0.25 * (m[0].p90 - m[0].p50);
+        assert_eq!(
+            high.new,
+            Value::Amount(page(want * 1.15)),
+            "{}",
+            high.text()
+        );
+        assert_eq!(high.why.quantile, Some(0.25));
+        assert!(
+            high.text().contains("25% of the way from p50 to p90"),
+            "{}",
+            high.text()
+        );
         // No peak kept: the forecast's p90 × (1 + margin), as a recommender sets it.
         let rules = Rules {
             peak_intervals: 0,

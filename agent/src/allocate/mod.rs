@@ -852,6 +852,7 @@ impl Allocator {
             m.state.tier = m.record.tier;
             m.state.cpu_margin = m.record.cpu_margin;
             m.state.memory_margin = m.record.memory_margin;
+            m.state.memory_quantile = m.record.memory_quantile;
         }
         // Remember what this tick's reservations are made from, for the next scoring.
         let by_id: HashMap<&WorkloadId, &Forecast> =

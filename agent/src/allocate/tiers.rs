@@ -20,7 +20,13 @@
 //!   throttled group's demand above its cap is not seen, only that it missed, and this
 //!   step needs nothing more. Memory's: the smallest margin under which no more than
 //!   `target_miss` of the window's intervals would have exceeded the reservation (an
-//!   interval over `memory.high` counted as far over it).
+//!   interval over `memory.high` counted as far over it);
+//! - where the limits cover the recent peak, the **memory quantile** that `memory.high`
+//!   is built on, between the forecast's p50 (0) and p90 (1), adapts the same way as CPU's
+//!   margin: it starts at p90, goes down by `memory_gain` × `memory_miss` after an
+//!   interval covered and up by `memory_gain` × (1 − `memory_miss`) after a miss. A
+//!   workload whose p50 and recent peak have covered it long enough is held at them,
+//!   rather than at a p90 that stays wide for a volatile one; a miss brings p90 back.
 
 use std::collections::VecDeque;
 
@@ -91,6 +97,10 @@ pub struct TierRules {
     /// Memory stall time (PSI `some`) above this fraction of an interval is a memory
     /// miss (senpai's target: 10 ms per 6 s ≈ 0.17%).
     pub stall_miss: f64,
+    /// The memory quantile's step per interval, and the fraction of intervals it lets
+    /// miss in the long run (see the module's doc); a gain of 0 keeps `memory.high` on p90.
+    pub memory_gain: f64,
+    pub memory_miss: f64,
 }
 
 impl Default for TierRules {
@@ -108,6 +118,8 @@ impl Default for TierRules {
             margin_gain: 0.01,
             throttle_miss: 0.05,
             stall_miss: 0.01,
+            memory_gain: 0.3,
+            memory_miss: 0.03,
         }
     }
 }
@@ -170,6 +182,8 @@ pub struct Record {
     pub tier: Tier,
     pub cpu_margin: f64,
     pub memory_margin: f64,
+    /// Where between the forecast's p50 (0) and p90 (1) `memory.high` is built.
+    pub memory_quantile: f64,
 }
 
 impl Record {
@@ -181,6 +195,7 @@ impl Record {
             tier: r.start,
             cpu_margin: margin,
             memory_margin: margin,
+            memory_quantile: 1.0,
         }
     }
 
@@ -247,6 +262,9 @@ impl Record {
             self.evals.pop_front();
         }
         self.adapt_margins(r, margin, max_margin, cpu_miss);
+        let miss = if mem_miss { 1.0 } else { 0.0 };
+        self.memory_quantile =
+            (self.memory_quantile + r.memory_gain * (miss - r.memory_miss)).clamp(0.0, 1.0);
         let (coverage, error) = (self.coverage(), self.error());
         let from = self.tier;
         let change = |to: Tier, reason: String| TierChange {
@@ -510,6 +528,57 @@ mod tests {
             rec.memory_margin
         );
         assert_eq!(rec.cpu_margin, 0.15);
+    }
+
+    /// `memory.high`'s quantile starts at p90, falls by `memory_gain` × `memory_miss` with
+    /// each interval covered, and steps up by `memory_gain` × (1 − `memory_miss`) after a
+    /// miss: in the long run `memory_miss` of intervals miss.
+    #[test]
+    fn the_memory_quantile_falls_while_covered_and_rises_after_a_miss() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        assert_eq!(rec.memory_quantile, 1.0);
+        rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
+        let down = r.memory_gain * r.memory_miss;
+        assert!((rec.memory_quantile - (1.0 - down)).abs() < 1e-12);
+        for _ in 0..1000 {
+            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
+        }
+        assert_eq!(rec.memory_quantile, 0.0, "at p50, never below");
+        // Memory 30% over the base, beyond the 15% margin: a miss.
+        rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, 1.3 * M), Tier::Full);
+        let up = r.memory_gain * (1.0 - r.memory_miss);
+        assert!(
+            (rec.memory_quantile - up).abs() < 1e-12,
+            "{}",
+            rec.memory_quantile
+        );
+        // Usage above the base one interval in ten, the margin held at 15%: the quantile
+        // settles where `memory_miss` of intervals miss.
+        let mut rec = Record::new(&r, 0.15);
+        let (mut misses, mut n) = (0, 0);
+        for i in 0..20_000u32 {
+            // The base is p50 (M) + quantile × (p90 − p50) (M/2); usage is M, and 1.6 M in
+            // one interval of ten: covered only with the quantile above 0.78.
+            let base = M * (1.0 + 0.5 * rec.memory_quantile);
+            let mem = if i % 10 == 0 { 1.6 * M } else { M };
+            let b = Basis {
+                memory_base: base,
+                ..basis(1.0)
+            };
+            if i >= 10_000 {
+                misses += (mem > base * 1.15) as u32;
+                n += 1;
+            }
+            rec.observe(&r, (0.15, 0.15), b, &out(1.0, mem), Tier::Full);
+        }
+        let rate = misses as f64 / n as f64;
+        assert!((rate - r.memory_miss).abs() < 0.005, "miss rate {rate}");
+        assert!(
+            (0.6..0.9).contains(&rec.memory_quantile),
+            "{}",
+            rec.memory_quantile
+        );
     }
 
     /// A capped group's demand above its cap is never seen, only that it was throttled:
