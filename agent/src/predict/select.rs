@@ -68,9 +68,10 @@ const FALL_OFF: i32 = 16;
 /// first, the primary, until another was clearly better).
 #[derive(Clone, Debug)]
 pub struct Choice {
-    /// [predictor][target]; `None` before the first score.
-    loss: Vec<[Option<f64>; 4]>,
-    /// [predictor][target][quantile]: each quantile's own loss (the blend's weights).
+    /// [predictor][target]: scored yet.
+    scored: Vec<[bool; 4]>,
+    /// [predictor][target][quantile]: each quantile's moving average loss (the blend's
+    /// weights; their mean is the band's, the choice's).
     qloss: Vec<[[f64; 3]; 4]>,
     chosen: [usize; 4],
 }
@@ -79,7 +80,7 @@ impl Choice {
     /// A choice among `n` predictors.
     pub fn new(n: usize) -> Choice {
         Choice {
-            loss: vec![[None; 4]; n],
+            scored: vec![[false; 4]; n],
             qloss: vec![[[0.0; 3]; 4]; n],
             chosen: [0; 4],
         }
@@ -89,25 +90,27 @@ impl Choice {
     /// moving average (`decay`: the weight the average keeps).
     pub fn score(&mut self, p: usize, t: usize, b: &Band, y: f64, decay: f64) {
         let q = quantile_losses(b, y);
-        let l = (q[0] + q[1] + q[2]) / 3.0;
-        let (Some(avg), Some(qa)) = (
-            self.loss.get_mut(p).and_then(|l| l.get_mut(t)),
+        let (Some(scored), Some(qa)) = (
+            self.scored.get_mut(p).and_then(|s| s.get_mut(t)),
             self.qloss.get_mut(p).and_then(|l| l.get_mut(t)),
         ) else {
             return;
         };
-        match *avg {
-            Some(a) => {
-                *avg = Some(decay * a + (1.0 - decay) * l);
-                for (x, v) in qa.iter_mut().zip(q) {
-                    *x = decay * *x + (1.0 - decay) * v;
-                }
+        if *scored {
+            for (x, v) in qa.iter_mut().zip(q) {
+                *x = decay * *x + (1.0 - decay) * v;
             }
-            None => {
-                *avg = Some(l);
-                *qa = q;
-            }
+        } else {
+            *scored = true;
+            *qa = q;
         }
+    }
+
+    /// Predictor `p`'s moving average loss of target `t`'s band (the mean over its
+    /// quantiles); `None` before the first score.
+    fn loss(&self, p: usize, t: usize) -> Option<f64> {
+        let q = &self.qloss[p][t];
+        self.scored[p][t].then(|| (q[0] + q[1] + q[2]) / 3.0)
     }
 
     /// The blend's weights of target `t`'s quantile `q` over the predictors whose forecast
@@ -116,9 +119,9 @@ impl Choice {
     /// `(within · lowest / loss)^`[`FALL_OFF`] beyond.
     fn weights(&self, t: usize, q: usize, within: f64, usable: &[bool], out: &mut Vec<f64>) {
         out.clear();
-        let scored = |p: usize| usable[p] && self.loss[p][t].is_some();
+        let scored = |p: usize| usable[p] && self.scored[p][t];
         let losses = || {
-            (0..self.loss.len())
+            (0..self.qloss.len())
                 .filter(|&p| scored(p))
                 .map(|p| self.qloss[p][t][q])
         };
@@ -126,7 +129,7 @@ impl Choice {
         // largest.
         let floor = (losses().fold(0.0f64, f64::max) * 1e-6).max(f64::MIN_POSITIVE);
         let lowest = losses().fold(f64::INFINITY, |a, l| a.min(l.max(floor)));
-        out.extend((0..self.loss.len()).map(|p| {
+        out.extend((0..self.qloss.len()).map(|p| {
             if scored(p) {
                 (within * lowest / self.qloss[p][t][q].max(floor))
                     .min(1.0)
@@ -154,12 +157,9 @@ impl Choice {
     /// the loss of the one in use.
     pub fn switch_below(&mut self, factor: f64) {
         for i in 0..4 {
-            let cur = self.loss[self.chosen[i]][i].unwrap_or(f64::INFINITY);
-            let best = self
-                .loss
-                .iter()
-                .enumerate()
-                .filter_map(|(p, l)| l[i].map(|l| (p, l)))
+            let cur = self.loss(self.chosen[i], i).unwrap_or(f64::INFINITY);
+            let best = (0..self.qloss.len())
+                .filter_map(|p| self.loss(p, i).map(|l| (p, l)))
                 .min_by(|a, b| a.1.total_cmp(&b.1));
             if let Some((p, l)) = best
                 && p != self.chosen[i]
@@ -615,7 +615,7 @@ mod tests {
     fn choice_with(loss: [[f64; 3]; 3]) -> Choice {
         let mut c = Choice::new(3);
         for (p, l) in loss.iter().enumerate() {
-            c.loss[p] = [Some(l.iter().sum::<f64>() / 3.0); 4];
+            c.scored[p] = [true; 4];
             c.qloss[p] = [*l; 4];
         }
         c
