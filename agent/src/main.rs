@@ -172,6 +172,10 @@ enum Command {
         /// `{"strategies": [...]}` instead of a table.
         #[arg(long)]
         json: bool,
+        /// Each managed workload's score too, per recording and strategy (JSON:
+        /// `"workloads": [...]`), with the intervals it spent at the static limits.
+        #[arg(long)]
+        by_workload: bool,
         /// Reservations against usage over time (the first recording) as SVG.
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -624,6 +628,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             strategy,
             workloads,
             json,
+            by_workload,
             plot,
         } => {
             let mut sim = umbra::simulate::SimConfig::new(&cfg);
@@ -631,6 +636,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 sim.strategies = strategy;
             }
             sim.workloads = workloads;
+            sim.by_workload = by_workload;
             let s =
                 tokio::task::spawn_blocking(move || umbra::simulate::simulate(&recordings, &sim))
                     .await??;
@@ -641,6 +647,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&s.report)?);
             } else {
                 print!("{}", umbra::simulate::table(&s.report));
+                if by_workload {
+                    print!("\n{}", umbra::simulate::workload_table(&s.report));
+                }
             }
             if let Some(p) = plot {
                 umbra::simulate::write_svg(&s, &p)?;

@@ -31,7 +31,9 @@
 //! workloads and time (used counted up to the limit); `throttled_fraction` the fraction of
 //! intervals whose CPU demand exceeded the CPU limit (would-be throttling);
 //! `memory_violations` the intervals whose memory exceeded the memory limit; `changes` the
-//! limit changes; `core_s` and `gib_s` the reservations' cost.
+//! limit changes; `core_s` and `gib_s` the reservations' cost. With `--by-workload` the
+//! same per recording, workload and strategy, with the intervals each workload spent at
+//! the static limits (for Umbra: before it earned the full tier).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -86,6 +88,8 @@ pub struct SimConfig {
     pub predict: PredictConfig,
     pub rules: Rules,
     pub tiers: TierRules,
+    /// Score each managed workload too ([`Report::workloads`]).
+    pub by_workload: bool,
 }
 
 impl SimConfig {
@@ -97,6 +101,7 @@ impl SimConfig {
             predict: cfg.predict.clone(),
             rules: cfg.allocate.rules.clone(),
             tiers: cfg.allocate.tiers.clone(),
+            by_workload: false,
         }
     }
 }
@@ -117,6 +122,24 @@ pub struct Score {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub strategies: Vec<Score>,
+    /// With [`SimConfig::by_workload`]: each managed workload's score per recording and
+    /// strategy, in that order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadScore>,
+}
+
+/// One managed workload of one recording under one strategy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadScore {
+    pub recording: String,
+    pub workload: String,
+    pub name: String,
+    /// Capture intervals it was present in, and of those, the intervals its limits were
+    /// still the static ones (the operator's, before the strategy changed them).
+    pub intervals: u64,
+    pub static_intervals: u64,
+    #[serde(flatten)]
+    pub score: Score,
 }
 
 /// What a simulation found, with notes for people (which predictor ran, and why) and the
@@ -151,9 +174,22 @@ struct Tally {
     throttled: u64,
     violations: u64,
     changes: u64,
+    static_intervals: u64,
 }
 
 impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.cpu_reserved += o.cpu_reserved;
+        self.cpu_used += o.cpu_used;
+        self.mem_reserved += o.mem_reserved;
+        self.mem_used += o.mem_used;
+        self.intervals += o.intervals;
+        self.throttled += o.throttled;
+        self.violations += o.violations;
+        self.changes += o.changes;
+        self.static_intervals += o.static_intervals;
+    }
+
     fn score(&self, name: &str) -> Score {
         let slack = |r: f64, u: f64| if r > 0.0 { (r - u) / r } else { 0.0 };
         Score {
@@ -591,16 +627,24 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
                     ))
                 }
             };
-            let (tally, series, usage) = run(path, sim, &statics, strategy.as_mut())?;
-            let t = tallies.entry(name.clone()).or_default();
-            t.cpu_reserved += tally.cpu_reserved;
-            t.cpu_used += tally.cpu_used;
-            t.mem_reserved += tally.mem_reserved;
-            t.mem_used += tally.mem_used;
-            t.intervals += tally.intervals;
-            t.throttled += tally.throttled;
-            t.violations += tally.violations;
-            t.changes += tally.changes;
+            let r = run(path, sim, &statics, strategy.as_mut())?;
+            tallies.entry(name.clone()).or_default().add(&r.tally);
+            if sim.by_workload {
+                for id in &survey.managed {
+                    let Some((wname, t)) = r.by_workload.get(id) else {
+                        continue;
+                    };
+                    out.report.workloads.push(WorkloadScore {
+                        recording: path.display().to_string(),
+                        workload: id.0.clone(),
+                        name: wname.clone(),
+                        intervals: t.intervals,
+                        static_intervals: t.static_intervals,
+                        score: t.score(name),
+                    });
+                }
+            }
+            let (series, usage) = (r.series, r.usage);
             if ri == 0 {
                 out.series.push((name.clone(), series));
                 out.usage = usage;
@@ -660,15 +704,24 @@ fn umbra_stage(
     ))
 }
 
+/// What one strategy did over one recording: its tally, each managed workload's (with
+/// its name), and the series to plot.
+struct Run {
+    tally: Tally,
+    by_workload: HashMap<WorkloadId, (String, Tally)>,
+    series: Vec<Sample>,
+    usage: Vec<Sample>,
+}
+
 /// One strategy over one recording.
 fn run(
     path: &Path,
     sim: &SimConfig,
     statics: &HashMap<WorkloadId, Limits>,
     strategy: &mut dyn Strategy,
-) -> Result<(Tally, Vec<Sample>, Vec<Sample>), SimulateError> {
+) -> Result<Run, SimulateError> {
     let mut limits = statics.clone();
-    let mut t = Tally::default();
+    let mut by_workload: HashMap<WorkloadId, (String, Tally)> = HashMap::new();
     let mut series = Vec::new();
     let mut usage = Vec::new();
     let mut first: Option<u64> = None;
@@ -689,6 +742,10 @@ fn run(
                 continue;
             };
             let (cpu, mem) = (Target::Cpu.of(p), Target::Memory.of(p));
+            let (name, t) = by_workload.entry(p.workload.clone()).or_default();
+            if name.is_empty() {
+                name.clone_from(&p.name);
+            }
             t.intervals += 1;
             t.cpu_reserved += l.cpu * secs;
             t.cpu_used += cpu.min(l.cpu) * secs;
@@ -696,6 +753,7 @@ fn run(
             t.mem_used += mem.min(l.mem) * secs;
             t.throttled += (cpu > l.cpu * (1.0 + 1e-9) + 1e-6) as u64;
             t.violations += (mem > l.mem + 1.0) as u64;
+            t.static_intervals += (statics.get(&p.workload) == Some(&l)) as u64;
             (rc, rm, uc, um) = (rc + l.cpu, rm + l.mem, uc + cpu, um + mem);
         }
         let at = w.node.timestamp_ms.saturating_sub(start) as f64 / 1000.0;
@@ -713,12 +771,22 @@ fn run(
         strategy.step(w, &mut limits);
         for (id, l) in &limits {
             if let Some(b) = before.get(id) {
+                let (_, t) = by_workload.entry(id.clone()).or_default();
                 t.changes += (changed(b.cpu, l.cpu)) as u64 + (changed(b.mem, l.mem)) as u64;
             }
         }
         Ok(())
     })?;
-    Ok((t, series, usage))
+    let mut tally = Tally::default();
+    for (_, t) in by_workload.values() {
+        tally.add(t);
+    }
+    Ok(Run {
+        tally,
+        by_workload,
+        series,
+        usage,
+    })
 }
 
 fn changed(a: f64, b: f64) -> bool {
@@ -746,6 +814,60 @@ pub fn table(r: &Report) -> String {
         );
     }
     s
+}
+
+/// The report's workloads as a table: per recording and workload, each strategy's row.
+pub fn workload_table(r: &Report) -> String {
+    let mut s = format!(
+        "{:<16} {:<24} {:<10} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}\n",
+        "RECORDING",
+        "WORKLOAD",
+        "STRATEGY",
+        "INTERVALS",
+        "STATIC",
+        "CPU SLACK",
+        "MEM SLACK",
+        "THROTTLED",
+        "MEM VIOL",
+        "CORE-S",
+        "GIB-S"
+    );
+    for w in &r.workloads {
+        let file = Path::new(&w.recording)
+            .file_name()
+            .map_or(w.recording.clone(), |f| f.to_string_lossy().into_owned());
+        let x = &w.score;
+        let _ = writeln!(
+            s,
+            "{:<16} {:<24} {:<10} {:>9} {:>7} {:>8.1}% {:>8.1}% {:>8.2}% {:>8} {:>9.1} {:>9.1}",
+            clip(&file, 16),
+            clip(&format!("{} {}", w.name, short_id(&w.workload)), 24),
+            x.strategy,
+            w.intervals,
+            w.static_intervals,
+            x.cpu_slack * 100.0,
+            x.memory_slack * 100.0,
+            x.throttled_fraction * 100.0,
+            x.memory_violations,
+            x.core_s,
+            x.gib_s
+        );
+    }
+    s
+}
+
+/// At most `n` characters of `s` (a name need not be ASCII).
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// A workload id's distinguishing part: an executable's hash cut to 8 hex digits, else
+/// the id itself.
+fn short_id(id: &str) -> String {
+    match id.split_once("sha256:") {
+        Some((_, h)) => h.chars().take(8).collect(),
+        None => id.to_string(),
+    }
 }
 
 /// The first recording's reservations against usage, CPU above and memory below, as SVG.
@@ -976,6 +1098,66 @@ mod tests {
             ]
         );
         assert!(svg(&s).starts_with("<svg"));
+        assert_eq!(
+            j.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["strategies"],
+            "no workloads unless asked"
+        );
+    }
+
+    #[test]
+    fn each_workload_is_scored_and_the_workloads_add_up_to_the_strategy() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("stepping.umbra");
+        stepping(&rec);
+        let mut cfg = sim(&STRATEGIES);
+        cfg.by_workload = true;
+        let r = simulate(std::slice::from_ref(&rec), &cfg).unwrap().report;
+        eprintln!("{}", workload_table(&r));
+        for st in &r.strategies {
+            let ws: Vec<&WorkloadScore> = r
+                .workloads
+                .iter()
+                .filter(|w| w.score.strategy == st.strategy)
+                .collect();
+            let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+            assert_eq!(names, ["svc", "bg"], "the managed, busiest first");
+            let sum = |f: fn(&Score) -> f64| ws.iter().map(|w| f(&w.score)).sum::<f64>();
+            assert!((sum(|x| x.core_s) - st.core_s).abs() < 1e-6 * st.core_s);
+            assert!((sum(|x| x.gib_s) - st.gib_s).abs() < 1e-6 * st.gib_s);
+            assert_eq!(
+                ws.iter().map(|w| w.score.memory_violations).sum::<u64>(),
+                st.memory_violations
+            );
+            assert_eq!(ws.iter().map(|w| w.score.changes).sum::<u64>(), st.changes);
+            for w in &ws {
+                assert_eq!(w.intervals, 1799, "{w:?}");
+                let held = w.static_intervals;
+                match st.strategy.as_str() {
+                    "static" => assert_eq!(held, w.intervals),
+                    // Earned the full tier after a while; never before its first forecast.
+                    "umbra" => assert!(held > 10 && held < w.intervals / 2, "{w:?}"),
+                    _ => assert!((1..10).contains(&held), "{w:?}"),
+                }
+            }
+        }
+        let j = serde_json::to_value(&r).unwrap();
+        let w0 = j["workloads"][0].as_object().unwrap();
+        for k in [
+            "recording",
+            "workload",
+            "name",
+            "intervals",
+            "static_intervals",
+        ] {
+            assert!(w0.contains_key(k), "{k}: {w0:?}");
+        }
+        assert_eq!(w0["strategy"], "umbra");
+        assert!(
+            workload_table(&r).contains("svc 5c"),
+            "{}",
+            workload_table(&r)
+        );
     }
 
     #[test]

@@ -202,6 +202,42 @@ fn export_cli(out: &std::path::Path) -> usize {
     err.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
+/// `umbra simulate --by-workload` as users run it: each managed workload's row per
+/// strategy, in JSON and in the table.
+#[test]
+fn simulate_scores_each_workload_when_asked() {
+    let run = |json: bool| {
+        let mut c = std::process::Command::new(umbra_tests::workspace_bin("umbra"));
+        c.args(["simulate", "--by-workload", "--strategy", "umbra"])
+            .args(["--strategy", "static", "--workloads", "3"])
+            .arg(fixture("compile"));
+        if json {
+            c.arg("--json");
+        }
+        let st = c.output().unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        String::from_utf8(st.stdout).unwrap()
+    };
+    let j: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let ws = j["workloads"].as_array().unwrap();
+    assert_eq!(ws.len(), 6, "3 workloads × 2 strategies: {j}");
+    for w in ws {
+        assert!(w["intervals"].as_u64().unwrap() > 0, "{w}");
+        if w["strategy"] == "static" {
+            assert_eq!(w["static_intervals"], w["intervals"], "{w}");
+        }
+    }
+    let table = run(false);
+    assert!(
+        table.contains("RECORDING") && table.contains("compile.umbra"),
+        "{table}"
+    );
+}
+
 #[test]
 fn damaged_fixture_names_file_and_offset_and_keeps_earlier_points() {
     let data = std::fs::read(fixture("idle")).unwrap();
