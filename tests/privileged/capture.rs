@@ -152,24 +152,14 @@ fn sample_and_flushed(
     cap: &mut KernelCapture,
     pred: impl Fn(&umbra::capture::ProcessSample) -> bool,
 ) -> (umbra::capture::ProcessSample, u64) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let tick = cap.sample().unwrap();
-        if let Some(s) = tick.samples.iter().find(|s| pred(s)) {
-            let flushed = tick
-                .samples
-                .iter()
-                .filter(|s| s.comm.starts_with("kworker/"))
-                .map(|s| s.counters.block_write_bytes)
-                .sum();
-            return (std::sync::Arc::unwrap_or_clone(s.clone()), flushed);
-        }
-        assert!(
-            Instant::now() < end,
-            "the workload never appeared in the capture"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (s, tick) = tick_where(cap, Duration::from_secs(10), pred)
+        .expect("the workload never appeared in the capture");
+    let flushed = tick
+        .iter()
+        .filter(|s| s.comm.starts_with("kworker/"))
+        .map(|s| s.counters.block_write_bytes)
+        .sum();
+    (s, flushed)
 }
 
 fn d_into(

@@ -174,6 +174,26 @@ impl Drop for Workload {
     }
 }
 
+/// Reads the capture until a tick holds a sample that satisfies `pred` (or `timeout`
+/// passes): that sample, and every sample of its tick.
+pub fn tick_where(
+    cap: &mut KernelCapture,
+    timeout: Duration,
+    pred: impl Fn(&ProcessSample) -> bool,
+) -> Option<(ProcessSample, Vec<std::sync::Arc<ProcessSample>>)> {
+    let end = Instant::now() + timeout;
+    loop {
+        let tick = cap.sample().unwrap();
+        if let Some(s) = tick.samples.iter().find(|s| pred(s)).cloned() {
+            return Some((std::sync::Arc::unwrap_or_clone(s), tick.samples));
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Reads the capture until the sample of `tgid` satisfies `pred` (or `timeout` passes).
 pub fn sample_where(
     cap: &mut KernelCapture,
@@ -181,17 +201,7 @@ pub fn sample_where(
     timeout: Duration,
     pred: impl Fn(&ProcessSample) -> bool,
 ) -> Option<ProcessSample> {
-    let end = Instant::now() + timeout;
-    loop {
-        let tick = cap.sample().unwrap();
-        if let Some(s) = tick.samples.into_iter().find(|s| s.tgid == tgid && pred(s)) {
-            return Some(std::sync::Arc::unwrap_or_clone(s));
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tick_where(cap, timeout, |s| s.tgid == tgid && pred(s)).map(|(s, _)| s)
 }
 
 /// The current sample of `tgid`.
@@ -202,20 +212,8 @@ pub fn sample_now(cap: &mut KernelCapture, tgid: u32) -> ProcessSample {
 
 /// The final sample of `tgid`, once it has exited.
 pub fn final_sample(cap: &mut KernelCapture, tgid: u32) -> ProcessSample {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < end, "no final sample for {tgid}");
-        if let Some(s) = cap
-            .sample()
-            .unwrap()
-            .samples
-            .into_iter()
-            .find(|s| s.tgid == tgid && s.exit.is_some())
-        {
-            return std::sync::Arc::unwrap_or_clone(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sample_where(cap, tgid, Duration::from_secs(10), |s| s.exit.is_some())
+        .unwrap_or_else(|| panic!("no final sample for {tgid}"))
 }
 
 /// Drains lifecycle events (and ticks, whose samples it drops) for `dur`.

@@ -628,15 +628,14 @@ mod tests {
         let c = forecast("seasonal", band(9.0, 9.0, 9.0));
         let others = [None, Some(&b), Some(&c)];
         let mut w = Scratch::default();
+        // `a` blended with the others, their losses `loss`, within `within`.
+        let mut blended = |loss: [[f64; 3]; 3], within: f64| {
+            let mut f = a.clone();
+            blend(&mut f, &others, &choice_with(loss), within, &mut w);
+            f
+        };
         // Within the factor: an equal mean of all three, per quantile.
-        let mut f = a.clone();
-        blend(
-            &mut f,
-            &others,
-            &choice_with([[1.0; 3], [2.0; 3], [5.0; 3]]),
-            10.0,
-            &mut w,
-        );
+        let f = blended([[1.0; 3], [2.0; 3], [5.0; 3]], 10.0);
         assert_eq!(f.predictor, "model", "all weigh the same");
         for t in Target::ALL {
             for x in f.of(t) {
@@ -648,14 +647,7 @@ mod tests {
             }
         }
         // The third's losses 100 times the best: the mean of the other two.
-        let mut f = a.clone();
-        blend(
-            &mut f,
-            &others,
-            &choice_with([[1.0; 3], [2.0; 3], [100.0; 3]]),
-            10.0,
-            &mut w,
-        );
+        let f = blended([[1.0; 3], [2.0; 3], [100.0; 3]], 10.0);
         let x = f.of(Target::Cpu)[1];
         assert!(
             (x.p10 - 1.5).abs() < 1e-6 && (x.p50 - 2.5).abs() < 1e-6,
@@ -664,13 +656,12 @@ mod tests {
         assert!((x.p90 - 4.5).abs() < 1e-6, "{x:?}");
         // Per quantile: p90 from the third alone (the others' p90 far behind), p10 and p50
         // from the first alone; still in order.
-        let mut f = a.clone();
         let loss = [
             [1.0, 1.0, 500.0],
             [100.0, 100.0, 500.0],
             [100.0, 100.0, 1.0],
         ];
-        blend(&mut f, &others, &choice_with(loss), 10.0, &mut w);
+        let f = blended(loss, 10.0);
         let x = f.of(Target::Memory)[0];
         assert!(
             (x.p10 - 1.0).abs() < 1e-6 && (x.p50 - 2.0).abs() < 1e-6,
@@ -679,26 +670,24 @@ mod tests {
         assert!((x.p90 - 9.0).abs() < 1e-6, "{x:?}");
         assert_eq!(f.predictor, "model");
         // Quantiles that cross in the blend are put in order.
-        let mut f = a.clone();
         let loss = [
             [100.0, 1.0, 100.0],
             [100.0, 100.0, 100.0],
             [1.0, 100.0, 1.0],
         ];
-        blend(&mut f, &others, &choice_with(loss), 10.0, &mut w);
+        let f = blended(loss, 10.0);
         let x = f.of(Target::Cpu)[0];
         let near = |a: f64, b: f64| (a - b).abs() < 1e-6;
         assert!(
             near(x.p10, 2.0) && near(x.p50, 9.0) && near(x.p90, 9.0),
             "{x:?}"
         );
-        let mut g = a.clone();
         let loss = [
             [100.0, 100.0, 1.0],
             [100.0, 1.0, 100.0],
             [1.0, 100.0, 100.0],
         ];
-        blend(&mut g, &others, &choice_with(loss), 10.0, &mut w);
+        let g = blended(loss, 10.0);
         let x = g.of(Target::Cpu)[0];
         assert!(
             near(x.p10, 3.0) && near(x.p50, 3.0) && near(x.p90, 9.0),
@@ -706,14 +695,7 @@ mod tests {
         );
         // Named after the largest weight on p50.
         assert_eq!(f.predictor, "model");
-        let mut f = a.clone();
-        blend(
-            &mut f,
-            &others,
-            &choice_with([[9.0; 3], [1.0; 3], [50.0; 3]]),
-            2.0,
-            &mut w,
-        );
+        let f = blended([[9.0; 3], [1.0; 3], [50.0; 3]], 2.0);
         assert_eq!(f.predictor, "ewma");
     }
 
