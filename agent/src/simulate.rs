@@ -708,7 +708,8 @@ fn umbra_stage(
 /// its name), and the series to plot.
 struct Run {
     tally: Tally,
-    by_workload: HashMap<WorkloadId, (String, Tally)>,
+    /// In the workloads' order, so the totals are summed the same way every run.
+    by_workload: BTreeMap<WorkloadId, (String, Tally)>,
     series: Vec<Sample>,
     usage: Vec<Sample>,
 }
@@ -721,7 +722,7 @@ fn run(
     strategy: &mut dyn Strategy,
 ) -> Result<Run, SimulateError> {
     let mut limits = statics.clone();
-    let mut by_workload: HashMap<WorkloadId, (String, Tally)> = HashMap::new();
+    let mut by_workload: BTreeMap<WorkloadId, (String, Tally)> = BTreeMap::new();
     let mut series = Vec::new();
     let mut usage = Vec::new();
     let mut first: Option<u64> = None;

@@ -238,6 +238,29 @@ fn simulate_scores_each_workload_when_asked() {
     );
 }
 
+/// The same recording gives the same report, to the last digit, every run (the totals
+/// once depended on a hash map's order, which each process picks anew).
+#[test]
+fn simulate_reports_the_same_numbers_every_run() {
+    let run = || {
+        let st = std::process::Command::new(umbra_tests::workspace_bin("umbra"))
+            .args(["simulate", "--json"])
+            .arg(fixture("compile"))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        String::from_utf8(st.stdout).unwrap()
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert_eq!(run(), first);
+    }
+}
+
 #[test]
 fn damaged_fixture_names_file_and_offset_and_keeps_earlier_points() {
     let data = std::fs::read(fixture("idle")).unwrap();
