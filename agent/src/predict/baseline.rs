@@ -396,10 +396,12 @@ impl Seasonal {
         let leaving = period
             .filter(|_| q.len() >= keep)
             .map(|p| change_key(q, p, p));
-        q.push_back(y);
-        while q.len() > keep {
+        // The oldest leaves first: pushed past its capacity (`keep`), the ring would
+        // double.
+        while q.len() >= keep.max(1) {
             q.pop_front();
         }
+        q.push_back(y);
         let n = q.len();
         if let Some(p) = period {
             let k = change_key(q, n - 1, p);
@@ -602,7 +604,8 @@ impl Predictor for SeasonalNaive {
             .iter()
             .map(|s| {
                 let st = self.state.get(s.workload, || Seasonal {
-                    // Of the window's size (grown by doubling, a ring would reach 512).
+                    // Of the window's size (grown by doubling, a ring would reach 512;
+                    // `push` never takes it past this).
                     ys: std::array::from_fn(|_| VecDeque::with_capacity(keep)),
                     period: [None; 4],
                     changes: Default::default(),
@@ -815,11 +818,15 @@ pub struct AutopilotLike {
 /// A workload's window: per target the values of the buckets it ran in, sorted, each with
 /// the bucket that brought it (its age gives its weight), kept so from bucket to bucket —
 /// sorting the window anew per target and bucket was most of the baseline's time — and
-/// nothing else (the average and the peak come from the same values).
+/// nothing else (the average and the peak come from the same values). The values are kept
+/// as their [`order_key32`]s and the buckets beside them, so that where a new value goes
+/// and which one leaves are found in one pass over each: a binary search's loads each wait
+/// on the one before, and with a thousand workloads each misses the cache.
 #[derive(Default)]
 struct Window {
     pushed: u32,
-    sorted: [Vec<(f32, u32)>; 4],
+    keys: [Vec<i32>; 4],
+    stamps: [Vec<u32>; 4],
 }
 
 /// A target's decayed average, peak, and total weight over the window.
@@ -830,36 +837,94 @@ struct Stats {
 }
 
 impl Window {
-    /// Takes the next bucket in (`None`: the workload did not run), room for `len`.
+    /// Takes the next bucket in (`None`: the workload did not run), room for `len`; the
+    /// values older than the last `len` buckets leave.
     fn push(&mut self, v: Option<[f32; 4]>, len: usize) {
         let stamp = self.pushed;
         self.pushed = self.pushed.wrapping_add(1);
-        if let Some(v) = v {
-            for (sorted, x) in self.sorted.iter_mut().zip(v) {
-                if sorted.capacity() == 0 {
-                    sorted.reserve_exact(len);
+        for t in 0..4 {
+            let (keys, stamps) = (&mut self.keys[t], &mut self.stamps[t]);
+            if keys.capacity() == 0 {
+                keys.reserve_exact(len);
+                stamps.reserve_exact(len);
+            }
+            let aged = |s: u32| stamp.wrapping_sub(s) as usize >= len;
+            // One bucket comes per push, so at most one value leaves.
+            let old = stamps.iter().position(|&s| aged(s));
+            let one = old.is_some_and(|o| !stamps[o + 1..].iter().any(|&s| aged(s)));
+            let k = v.map(|v| order_key32(v[t]));
+            match (old, k) {
+                (None, None) => {}
+                (None, Some(k)) => {
+                    let at = below(keys, k);
+                    keys.insert(at, k);
+                    stamps.insert(at, stamp);
                 }
-                let at = sorted.partition_point(|e| e.0.total_cmp(&x).is_lt());
-                sorted.insert(at, (x, stamp));
+                // The new value takes the leaving one's place: one shift of what lies
+                // between.
+                (Some(o), Some(k)) if one => {
+                    let at = below(keys, k);
+                    let at = if at > o {
+                        keys.copy_within(o + 1..at, o);
+                        stamps.copy_within(o + 1..at, o);
+                        at - 1
+                    } else {
+                        keys.copy_within(at..o, at + 1);
+                        stamps.copy_within(at..o, at + 1);
+                        at
+                    };
+                    (keys[at], stamps[at]) = (k, stamp);
+                }
+                (Some(_), k) => {
+                    let mut j = 0;
+                    for i in 0..keys.len() {
+                        if !aged(stamps[i]) {
+                            (keys[j], stamps[j]) = (keys[i], stamps[i]);
+                            j += 1;
+                        }
+                    }
+                    keys.truncate(j);
+                    stamps.truncate(j);
+                    if let Some(k) = k {
+                        let at = below(keys, k);
+                        keys.insert(at, k);
+                        stamps.insert(at, stamp);
+                    }
+                }
             }
         }
     }
 
-    /// Lets target `t`'s values older than the last `len` buckets go, and sums the rest,
-    /// each weighing `powers[age]`.
-    fn stats(&mut self, t: usize, len: usize, powers: &[f64]) -> Stats {
+    /// Target `t`'s values, each with its weight `powers[age]`.
+    fn weighted<'a>(
+        &'a self,
+        t: usize,
+        powers: &'a [f64],
+    ) -> impl Iterator<Item = (f64, f64)> + 'a {
         let newest = self.pushed.wrapping_sub(1);
-        let sorted = &mut self.sorted[t];
-        sorted.retain(|e| (newest.wrapping_sub(e.1) as usize) < len);
+        self.keys[t]
+            .iter()
+            .zip(&self.stamps[t])
+            .map(move |(&k, &s)| {
+                (
+                    from_order_key32(k) as f64,
+                    powers[newest.wrapping_sub(s) as usize],
+                )
+            })
+    }
+
+    /// Target `t`'s sums, each value weighing `powers[age]`.
+    fn stats(&self, t: usize, powers: &[f64]) -> Stats {
         let (mut sum, mut total) = (0.0, 0.0);
-        for e in sorted.iter() {
-            let w = powers[newest.wrapping_sub(e.1) as usize];
-            sum += w * e.0 as f64;
+        for (x, w) in self.weighted(t, powers) {
+            sum += w * x;
             total += w;
         }
         Stats {
             avg: if total > 0.0 { sum / total } else { 0.0 },
-            peak: sorted.last().map_or(0.0, |e| (e.0 as f64).max(0.0)),
+            peak: self.keys[t]
+                .last()
+                .map_or(0.0, |&k| (from_order_key32(k) as f64).max(0.0)),
             total,
         }
     }
@@ -874,19 +939,17 @@ impl Window {
         total: f64,
         powers: &[f64],
     ) -> [f64; N] {
-        let sorted = &self.sorted[t];
-        let Some(last) = sorted.last() else {
+        let Some(&last) = self.keys[t].last() else {
             return [0.0; N];
         };
-        let newest = self.pushed.wrapping_sub(1);
-        let mut out = [last.0 as f64; N];
+        let mut out = [from_order_key32(last) as f64; N];
         let mut found = [false; N];
         let mut sum = 0.0;
-        for e in sorted {
-            sum += powers[newest.wrapping_sub(e.1) as usize];
+        for (x, w) in self.weighted(t, powers) {
+            sum += w;
             for k in 0..N {
                 if !found[k] && sum >= q[k] * total {
-                    (out[k], found[k]) = (e.0 as f64, true);
+                    (out[k], found[k]) = (x, true);
                 }
             }
             if found.iter().all(|&f| f) {
@@ -958,7 +1021,7 @@ impl Predictor for AutopilotLike {
                 );
                 let bands = Target::ALL.map(|t| {
                     let i = t as usize;
-                    let Stats { avg, peak, total } = win.stats(i, cfg.window, powers);
+                    let Stats { avg, peak, total } = win.stats(i, powers);
                     let (low, rec) = match t {
                         Target::Memory => (win.percentiles(i, [0.1], total, powers)[0], peak),
                         _ => {
@@ -1133,9 +1196,10 @@ mod tests {
                         }
                         w *= decay;
                     }
-                    let st = win.stats(t, len, &p.powers);
+                    let st = win.stats(t, &p.powers);
                     let total: f64 = pairs.iter().map(|p| p.1).sum();
-                    proptest::prop_assert_eq!(win.sorted[t].len(), pairs.len());
+                    proptest::prop_assert_eq!(win.keys[t].len(), pairs.len());
+                    proptest::prop_assert_eq!(win.stamps[t].len(), pairs.len());
                     proptest::prop_assert_eq!(st.peak, peak);
                     let avg = if total > 0.0 { sum / total } else { 0.0 };
                     proptest::prop_assert!((st.avg - avg).abs() <= 1e-12 * avg.abs().max(1.0));
