@@ -3,7 +3,7 @@
 //! programs did.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, ffi::OsStr, path::PathBuf};
 
 use umbra::{
     aggregate::{Aggregator, GroupBy, ShadowPoint, Window},
@@ -187,19 +187,27 @@ fn export_writes_one_row_per_point() {
 
 /// `umbra export` as users run it.
 fn export_cli(out: &std::path::Path) -> usize {
-    let st = std::process::Command::new(umbra_tests::workspace_bin("umbra"))
-        .args(["export", "--format", "csv", "-o"])
+    let st = umbra_cli(["export", "--format", "csv", "-o"].map(OsStr::new))
         .arg(out)
         .arg(fixture("http"))
         .output()
         .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let err = String::from_utf8_lossy(&st.stderr);
+    let err = succeeded(&st).1;
     err.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// `umbra` with `args`, as users run it.
+fn umbra_cli<'a>(args: impl IntoIterator<Item = &'a OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new(umbra_tests::workspace_bin("umbra"));
+    c.args(args);
+    c
+}
+
+/// The stdout and stderr of a run that must have succeeded (its stderr shown if not).
+fn succeeded(st: &std::process::Output) -> (String, String) {
+    let err = String::from_utf8_lossy(&st.stderr).into_owned();
+    assert!(st.status.success(), "{err}");
+    (String::from_utf8(st.stdout.clone()).unwrap(), err)
 }
 
 /// `umbra simulate --by-workload` as users run it: each managed workload's row per
@@ -207,20 +215,13 @@ fn export_cli(out: &std::path::Path) -> usize {
 #[test]
 fn simulate_scores_each_workload_when_asked() {
     let run = |json: bool| {
-        let mut c = std::process::Command::new(umbra_tests::workspace_bin("umbra"));
-        c.args(["simulate", "--by-workload", "--strategy", "umbra"])
-            .args(["--strategy", "static", "--workloads", "3"])
+        let mut c = umbra_cli(["simulate", "--by-workload", "--strategy", "umbra"].map(OsStr::new));
+        c.args(["--strategy", "static", "--workloads", "3"])
             .arg(fixture("compile"));
         if json {
             c.arg("--json");
         }
-        let st = c.output().unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        String::from_utf8(st.stdout).unwrap()
+        succeeded(&c.output().unwrap()).0
     };
     let j: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
     let ws = j["workloads"].as_array().unwrap();
@@ -243,17 +244,13 @@ fn simulate_scores_each_workload_when_asked() {
 #[test]
 fn simulate_reports_the_same_numbers_every_run() {
     let run = || {
-        let st = std::process::Command::new(umbra_tests::workspace_bin("umbra"))
-            .args(["simulate", "--json"])
-            .arg(fixture("compile"))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        String::from_utf8(st.stdout).unwrap()
+        let rec = fixture("compile");
+        let args = [
+            OsStr::new("simulate"),
+            OsStr::new("--json"),
+            rec.as_os_str(),
+        ];
+        succeeded(&umbra_cli(args).output().unwrap()).0
     };
     let first = run();
     for _ in 0..3 {
