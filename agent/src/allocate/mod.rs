@@ -55,13 +55,24 @@ use crate::{
     FastMap,
     aggregate::{Aggregator, GroupBy, Window, WorkloadId},
     capture::{Lifecycle, LifecycleKind, Tick},
-    predict::{Band, Forecast, RequestPrediction, Target},
+    predict::{
+        Band, Forecast, MIN_REQUEST_SECONDS, RequestPrediction, Target, per_request::RECORD,
+    },
 };
 
 /// Ticks a managed group stays after its last process, before it is removed.
 const LINGER_TICKS: u32 = 5;
 /// Exec → placed latencies kept for the percentiles.
 const LATENCIES: usize = 4096;
+/// Executables whose requests' held-back record is kept.
+const MAX_HELD_BACK: usize = 4096;
+
+/// Whether `limits` hold a request back: a CPU cap or a memory limit.
+fn hard(limits: &[(Knob, Value)]) -> bool {
+    limits
+        .iter()
+        .any(|(k, _)| matches!(k, Knob::CpuMax | Knob::MemoryHigh | Knob::MemoryMax))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocateError {
@@ -301,6 +312,12 @@ struct Request {
     hold: HoldMode,
     /// Ticks since its group emptied.
     idle: u32,
+    /// Its executable's key (`exe:…`; empty without a prediction), and whether hard limits
+    /// were written for it (then its group's counters say, when it ends, whether they held
+    /// it back), since when, ms.
+    key: String,
+    hard: bool,
+    placed_ms: u64,
 }
 
 struct Managed {
@@ -332,6 +349,10 @@ pub struct Allocator {
     /// pid → the group Umbra put it in.
     placed: FastMap<u32, Group>,
     requests: BTreeMap<u32, Request>,
+    /// Per executable, its last [`RECORD`] requests placed with hard limits: whether the
+    /// kernel held each back (throttled, or reclaimed at `memory.high`) — what its
+    /// requests' predictions cannot see, their usage capped ([`Allocator::request_tier`]).
+    held_back: FastMap<String, VecDeque<bool>>,
     held: VecDeque<u32>,
     stats: AllocateStats,
     latencies: VecDeque<u64>,
@@ -467,6 +488,7 @@ impl Allocator {
             seen: FastMap::default(),
             placed: FastMap::default(),
             requests: BTreeMap::new(),
+            held_back: FastMap::default(),
             held: VecDeque::new(),
             stats: AllocateStats::default(),
             latencies: VecDeque::new(),
@@ -1202,7 +1224,12 @@ impl Allocator {
             .get(&g)
             .map(|m| m.record.tier)
             .unwrap_or_default();
+        let (tier, earned) = self.request_tier(&g, tier, prediction);
         let (limits, mut source, mut cores, mut bytes) = self.request_limits(&g, tier, prediction);
+        if let Some(e) = earned {
+            source.push_str("; ");
+            source.push_str(&e);
+        }
         // A request of a workload whose forecasts have not earned a tier yet is placed
         // (its own group: its own accounting and pressure), its limits explained only.
         let shadow = tier == Tier::Shadow && !limits.is_empty();
@@ -1230,6 +1257,7 @@ impl Allocator {
             w.arm();
         }
         let r = self.place_request(&g, &group, tgid, if shadow { &[] } else { &limits });
+        let capped = !shadow && hard(&limits);
         let latency = boot_ns().saturating_sub(ev.timestamp_ns) / 1000;
         let error = r.as_ref().err().map(|e| e.to_string());
         if error.is_none() {
@@ -1267,6 +1295,9 @@ impl Allocator {
                     held_since_ms: None,
                     hold: self.cfg.admission.hold,
                     idle: 0,
+                    key: prediction.map(|p| p.workload.0.clone()).unwrap_or_default(),
+                    hard: capped,
+                    placed_ms: self.now_ms.max(crate::capture::procfs::wall_ms()),
                 },
             );
             if let Some(d) = self.admit(tgid) {
@@ -1274,6 +1305,59 @@ impl Allocator {
             }
         }
         out
+    }
+
+    /// The tier a new request of workload `g` (at `tier`) is placed at: its workload's, or
+    /// the full tier (within its rule's cap) when its executable's own recent requests have
+    /// earned it — at least `tiers.min_samples` of them in its record, and at least
+    /// `tiers.promote_coverage` of those within the limits their predictions set (CPU rate
+    /// and peak RSS at most 1 + `request.margin` times what was predicted). A program run
+    /// again and again — a compressor, a linker — is a workload whose series starts and
+    /// stops, whose forecasts seldom earn a tier; its requests' predictions can. With why,
+    /// when earned.
+    fn request_tier(
+        &self,
+        g: &Group,
+        tier: Tier,
+        p: Option<&RequestPrediction>,
+    ) -> (Tier, Option<String>) {
+        let max = self
+            .managed
+            .get(g)
+            .map(|m| self.max_tier(m))
+            .unwrap_or(Tier::Full);
+        let Some(p) = p.filter(|p| !p.is_prior()) else {
+            return (tier, None);
+        };
+        let n = p.record.len();
+        let bound = (1.0 + self.cfg.request.margin) as f32;
+        // A request its limits held back used no more than they let it: it counts as a
+        // miss, not as within.
+        let back = self
+            .held_back
+            .get(&p.workload.0)
+            .map_or(0, |h| h.iter().filter(|&&b| b).count());
+        let within = p
+            .record
+            .iter()
+            .filter(|r| r[0] <= bound && r[1] <= bound)
+            .count()
+            .saturating_sub(back);
+        let t = &self.cfg.tiers;
+        if tier >= Tier::Full
+            || max < Tier::Full
+            || n < t.min_samples.max(1)
+            || (within as f64) < t.promote_coverage * n as f64
+        {
+            return (tier, None);
+        }
+        (
+            Tier::Full,
+            Some(format!(
+                "full tier earned by its executable's requests: {within} of the last {n} \
+                 within their limits"
+            )),
+        )
     }
 
     /// Limits of a new request of workload `g` at `tier`: (limits, their source, reserved
@@ -1294,7 +1378,7 @@ impl Allocator {
         };
         let margin = 1.0 + self.cfg.request.margin;
         let r = &self.cfg.rules;
-        let duration = p.duration_seconds.p50.max(0.1);
+        let duration = p.duration_seconds.p50.max(MIN_REQUEST_SECONDS);
         let mut cores = (p.cpu_seconds.p90 / duration * margin).max(r.min_cpu_cores);
         if self.cpus > 0.0 {
             cores = cores.min(self.cpus);
@@ -1399,8 +1483,12 @@ impl Allocator {
             .get(&g)
             .map(|m| m.record.tier)
             .unwrap_or_default();
-        let (limits, source, cores, bytes) =
-            self.request_limits(&g, tier.max(Tier::Warm), prediction);
+        let (tier, earned) = self.request_tier(&g, tier.max(Tier::Warm), prediction);
+        let (limits, mut source, cores, bytes) = self.request_limits(&g, tier, prediction);
+        if let Some(e) = earned {
+            source.push_str("; ");
+            source.push_str(&e);
+        }
         let a = self
             .applier
             .as_mut()
@@ -1432,6 +1520,9 @@ impl Allocator {
                 held_since_ms: None,
                 hold: self.cfg.admission.hold,
                 idle: 0,
+                key: prediction.map(|p| p.workload.0.clone()).unwrap_or_default(),
+                hard: hard(&limits),
+                placed_ms: self.now_ms.max(crate::capture::procfs::wall_ms()),
             },
         );
         let mut decisions = vec![Decision::Place {
@@ -1579,9 +1670,27 @@ impl Allocator {
                 r.idle = 0;
             }
         }
+        let now = self.now_ms.max(crate::capture::procfs::wall_ms());
         for pid in done {
             if let Some(r) = self.requests.remove(&pid) {
                 self.held.retain(|p| *p != pid);
+                if r.hard
+                    && !r.key.is_empty()
+                    && let Ok(st) = a.stats(&r.group)
+                {
+                    let lived_us = now.saturating_sub(r.placed_ms).max(1) as f64 * 1000.0;
+                    let back = st.throttled_us as f64 / lived_us > self.cfg.tiers.throttle_miss
+                        || st.memory_high_events > 0;
+                    if self.held_back.len() >= MAX_HELD_BACK && !self.held_back.contains_key(&r.key)
+                    {
+                        self.held_back.clear();
+                    }
+                    let h = self.held_back.entry(r.key).or_default();
+                    if h.len() >= RECORD {
+                        h.pop_front();
+                    }
+                    h.push_back(back);
+                }
                 if enforce && let Err(e) = a.remove(&r.group) {
                     warn!(group = %r.group, error = %e, "Request group not removed");
                 }

@@ -380,6 +380,7 @@ fn prediction(pid: u32, cores: f64, peak: f64) -> RequestPrediction {
         duration_seconds: b(10.0),
         io_bytes: b(0.0),
         source: "profile".into(),
+        record: Vec::new(),
     }
 }
 
@@ -473,6 +474,105 @@ fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_relea
     assert_eq!(a.stats().released_fit, 1);
     a.shutdown();
     assert_eq!(r.fake.group_of(21), Some(g("system.slice/app.service")));
+}
+
+/// A workload whose forecasts have earned no tier (a program run again and again) gets
+/// hard limits on a request once its executable's own requests have stayed within their
+/// predictions — enough of them, covered often enough — and not before, nor above its
+/// rule's cap.
+#[test]
+fn a_request_earns_the_full_tier_from_its_executables_record() {
+    let place = |record: Vec<[f32; 2]>, max: Option<Tier>| {
+        let r = rig();
+        let mut c = cfg(Tier::Shadow);
+        c.workload[0].per_request = true;
+        c.workload[0].max_tier = max;
+        let (mut a, _) = start(&r, &c, true);
+        step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
+        r.fake.spawn(20, &g("system.slice/app.service"));
+        let mut p = prediction(20, 1.0, 100.0 * MIB as f64);
+        p.record = record;
+        let d = exec_on(&mut a, &exec(20), Some(&p));
+        let Decision::Place { limits, source, .. } = &d[0] else {
+            panic!("{d:#?}")
+        };
+        let req = worker_group().child("req-20");
+        let written = r.fake.read(&req, Knob::CpuMax).ok();
+        (limits.clone(), source.clone(), written)
+    };
+    let hard = |l: &[(Knob, Value)]| l.iter().any(|(k, _)| *k == Knob::CpuMax);
+    // Ten runs, each within the limits (1.15 × what was predicted; 1.1 is within).
+    let (limits, source, written) = place(vec![[0.5, 1.1]; 10], None);
+    assert!(hard(&limits), "{limits:?} {source}");
+    assert!(
+        limits.iter().any(|(k, _)| *k == Knob::MemoryHigh),
+        "{limits:?}"
+    );
+    assert_eq!(written, Some(Value::of_cores(1.2 * 1.15)), "{source}");
+    assert!(
+        source.contains("full tier earned") && source.contains("10 of the last 10"),
+        "{source}"
+    );
+    // Nine of ten within is the 90% the tiers ask for; eight is not.
+    let mut nine = vec![[0.5, 0.5]; 10];
+    nine[3] = [1.3, 0.5];
+    assert!(hard(&place(nine.clone(), None).0));
+    let mut eight = nine.clone();
+    eight[7] = [0.5, 1.2];
+    let (limits, source, _) = place(eight, None);
+    assert!(!hard(&limits), "{limits:?}");
+    assert!(source.contains("shadow tier"), "{source}");
+    // Too few runs to judge, or a rule that caps the workload below the full tier.
+    assert!(!hard(&place(vec![[0.5, 0.5]; 9], None).0));
+    assert!(!hard(&place(vec![[0.5, 0.5]; 10], Some(Tier::Warm)).0));
+}
+
+/// A request its hard limits held back (throttled, here) used no more than they let it,
+/// so its own record reads it as within: the allocator counts it as a miss instead, and
+/// an executable at the edge of the full tier loses it.
+#[test]
+fn a_request_its_limits_held_back_counts_against_its_executables_record() {
+    let run = |throttled_us: u64| {
+        let r = rig();
+        let mut c = cfg(Tier::Shadow);
+        c.workload[0].per_request = true;
+        let (mut a, _) = start(&r, &c, true);
+        step(&mut a, &tick(vec![]), &window(1000, 0.0, 0), &[]);
+        // Nine of its last ten requests within their limits: just enough.
+        let mut record = vec![[0.5, 0.5]; 10];
+        record[0] = [2.0, 0.5];
+        let place = |a: &mut Allocator, pid: u32| {
+            r.fake.spawn(pid, &g("system.slice/app.service"));
+            let mut p = prediction(pid, 1.0, 100.0 * MIB as f64);
+            p.record.clone_from(&record);
+            let d = exec_on(a, &exec(pid), Some(&p));
+            let Decision::Place { limits, source, .. } = &d[0] else {
+                panic!("{d:#?}")
+            };
+            (
+                limits.iter().any(|(k, _)| *k == Knob::CpuMax),
+                source.clone(),
+            )
+        };
+        let (hard, source) = place(&mut a, 20);
+        assert!(hard, "{source}");
+        let req = worker_group().child("req-20");
+        let stat = format!(
+            "usage_usec 1000\nnr_periods 10\nnr_throttled 9\nthrottled_usec {throttled_us}\n"
+        );
+        r.fake.set_file(&req, "cpu.stat", &stat);
+        r.fake.exit(20);
+        for t in 2..6 {
+            step(&mut a, &tick(vec![]), &window(t * 1000, 0.0, 0), &[]);
+        }
+        assert!(!r.fake.exists(&req), "an ended request's group is removed");
+        place(&mut a, 21)
+    };
+    let (hard, source) = run(0);
+    assert!(hard, "not held back: still earned ({source})");
+    let (hard, source) = run(60_000_000);
+    assert!(!hard, "{source}");
+    assert!(source.contains("shadow tier"), "{source}");
 }
 
 #[test]

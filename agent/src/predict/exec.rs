@@ -76,6 +76,7 @@ fn prediction(e: &Exec<'_>, q: [[f64; 3]; 4], source: String) -> RequestPredicti
         duration_seconds: b(2),
         io_bytes: b(3),
         source,
+        record: Vec::new(),
     }
 }
 

@@ -38,11 +38,15 @@ const MAX_KEYS: usize = 4096;
 /// Journaled runs after which the store is compacted into its snapshot.
 pub const SAVE_EVERY: u64 = 1024;
 
-/// A model prediction made at an exec, and the profile's beside it.
+/// Requests kept per executable in its record ([`RequestPrediction::record`]).
+pub const RECORD: usize = 16;
+
+/// A prediction made at an exec: the model's and the profile's beside it (when the model
+/// made it), and what was predicted in the end.
 struct Made {
     exec_ns: u64,
-    model: [Band; 4],
-    profile: [Band; 4],
+    model: Option<([Band; 4], [Band; 4])>,
+    emitted: RequestPrediction,
 }
 
 pub struct ProfilePredictor {
@@ -56,9 +60,12 @@ pub struct ProfilePredictor {
     /// Why the request model is not in use, when it was asked for.
     pub model_problem: Option<String>,
     guard: Guard,
-    /// The model's and the profile's bands made at each predicted exec still running, by
-    /// pid: the guard scores them when the request ends.
+    /// The predictions made at each predicted exec still running, by pid: the guard
+    /// scores the model's and the profile's when the request ends, and what the request
+    /// used of the one emitted joins its executable's record.
     made: FastMap<u32, Made>,
+    /// Per executable, what its last [`RECORD`] predicted requests used.
+    records: FastMap<String, std::collections::VecDeque<[f32; 2]>>,
     row: Vec<f32>,
     row_f64: Vec<f64>,
     /// Runs kept in memory only (the journal could not be written), and the last error.
@@ -84,6 +91,7 @@ impl ProfilePredictor {
             model_problem: None,
             guard: Guard::new(MAX_KEYS),
             made: FastMap::default(),
+            records: FastMap::default(),
             row: Vec::new(),
             row_f64: Vec::new(),
             unjournaled: 0,
@@ -163,9 +171,23 @@ impl ProfilePredictor {
 
     fn learn(&mut self, c: &Completed) {
         if let Some(m) = self.made.remove(&c.tgid).filter(|m| m.exec_ns == c.exec_ns) {
-            let outcome = std::array::from_fn(|t| c.outcome.get(t));
-            self.guard
-                .scored(&c.facts.key, &m.model, &m.profile, outcome);
+            if let Some((model, profile)) = &m.model {
+                let outcome = std::array::from_fn(|t| c.outcome.get(t));
+                self.guard.scored(&c.facts.key, model, profile, outcome);
+            }
+            if self.records.len() >= MAX_KEYS && !self.records.contains_key(&c.facts.key) {
+                // Executables the store no longer holds make room.
+                let store = &self.store;
+                self.records.retain(|k, _| store.get(k).is_some());
+                if self.records.len() >= MAX_KEYS {
+                    self.records.clear();
+                }
+            }
+            let r = self.records.entry(c.facts.key.clone()).or_default();
+            if r.len() >= RECORD {
+                r.pop_front();
+            }
+            r.push_back(m.emitted.used(&c.outcome));
         }
         self.baseline.recorded();
         if let Some(m) = &mut self.model {
@@ -223,22 +245,10 @@ impl ProfilePredictor {
             _ => self.baseline.predict(&self.store, &e),
         };
         let mut to_profile = [false; 4];
+        let mut model = None;
         if p.source == "model" {
             let b = self.baseline.predict(&self.store, &e);
-            if self.made.len() >= MAX_KEYS {
-                // Requests whose end was never seen (a lost exit) make room.
-                let tracker = &self.tracker;
-                self.made.retain(|tgid, _| tracker.facts(*tgid).is_some());
-                if self.made.len() >= MAX_KEYS {
-                    self.made.clear();
-                }
-            }
-            let made = Made {
-                exec_ns,
-                model: p.bands(),
-                profile: b.bands(),
-            };
-            self.made.insert(tgid, made);
+            model = Some((p.bands(), b.bands()));
             to_profile = self.guard.apply(&key, &mut p, &b);
         }
         p.source = match p.source.as_str() {
@@ -261,6 +271,30 @@ impl ProfilePredictor {
                 None => s.to_string(),
             },
         };
+        if let Some(r) = self.records.get(&key) {
+            p.record = r.iter().copied().collect();
+        }
+        if p.is_prior() {
+            // Kin's runs, not its own: nothing of its record to learn from.
+            return Some(p);
+        }
+        if self.made.len() >= MAX_KEYS {
+            // Requests whose end was never seen (a lost exit) make room.
+            let tracker = &self.tracker;
+            self.made.retain(|tgid, _| tracker.facts(*tgid).is_some());
+            if self.made.len() >= MAX_KEYS {
+                self.made.clear();
+            }
+        }
+        let emitted = p.clone();
+        self.made.insert(
+            tgid,
+            Made {
+                exec_ns,
+                model,
+                emitted,
+            },
+        );
         Some(p)
     }
 }
@@ -270,7 +304,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::predict::profiles::{Outcome, Run};
+    use crate::predict::{
+        profiles::{Outcome, Run},
+        request::ExecFacts,
+    };
 
     #[test]
     fn an_executable_with_past_runs_is_predicted_from_them() {
@@ -300,6 +337,66 @@ mod tests {
         assert_eq!(r.peak_rss_bytes.p90, 1e8);
         // Another executable has no past.
         assert!(p.predict(u32::MAX, "/bin/sh", 5).is_none());
+    }
+
+    /// What each predicted request used of its prediction joins its executable's record
+    /// when it ends, and the record comes with the executable's next predictions: the
+    /// last [`RECORD`] requests, oldest first.
+    #[test]
+    fn an_executables_predicted_requests_make_its_record() {
+        let me = std::env::current_exe().unwrap();
+        let exe = me.to_str().unwrap();
+        let mut id = Identity::new();
+        let key = format!("exe:{}", id.exe_hash(u32::MAX, Some(exe)).unwrap());
+        let o = |cpu: f64, peak: f64| Outcome {
+            cpu_seconds: cpu,
+            peak_rss_bytes: peak,
+            duration_seconds: 2.0,
+            io_bytes: 0.0,
+        };
+        let mut store = ProfileStore::in_memory(16);
+        for _ in 0..10 {
+            store
+                .record(&key, "me", "sh", Run::new(&o(1.0, 1e8), 0, 1))
+                .unwrap();
+        }
+        let mut p = ProfilePredictor::new(store);
+        let pid = std::process::id();
+        let end = |p: &mut ProfilePredictor, exec_ns: u64, outcome: Outcome| {
+            p.learn(&Completed {
+                tgid: pid,
+                exec_ns,
+                ended_ms: 2,
+                facts: ExecFacts {
+                    key: key.clone(),
+                    ..Default::default()
+                },
+                features: Vec::new(),
+                outcome,
+            })
+        };
+        let first = p.predict(pid, exe, 1).unwrap();
+        assert!(first.record.is_empty(), "{first:?}");
+        // The profile allows 1 CPU second over 2 s and 100 MB: twice the rate, half the
+        // peak; a peak too small to be a measurement is not judged.
+        end(&mut p, 1, o(2.0, 5e7));
+        let second = p.predict(pid, exe, 2).unwrap();
+        assert_eq!(second.record, vec![[2.0, 0.5]]);
+        end(&mut p, 2, o(0.5, 1000.0));
+        // A request that ended is learnt once; another exec's end is not this one's.
+        end(&mut p, 2, o(9.0, 9e9));
+        end(&mut p, 99, o(9.0, 9e9));
+        assert_eq!(
+            p.predict(pid, exe, 3).unwrap().record,
+            vec![[2.0, 0.5], [0.5, 0.0]]
+        );
+        for k in 3..40 {
+            end(&mut p, k, o(1.0, 1e8));
+            p.predict(pid, exe, k + 1).unwrap();
+        }
+        let r = p.predict(pid, exe, 50).unwrap().record;
+        assert_eq!(r.len(), RECORD);
+        assert!(r.iter().all(|&x| x != [2.0, 0.5]), "the oldest left: {r:?}");
     }
 
     #[test]
