@@ -571,7 +571,7 @@ fn a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it() {
 /// twice the prediction (`request.margin = 1`) so that the program's run-to-run wobble
 /// stays within; the workload itself stays at the shadow tier throughout. A request that
 /// does not fit the node (up to 2 cores reserved here) runs at low weight rather than
-/// frozen (a frozen child cannot be killed until the admission timeout thaws it).
+/// frozen: frozen, it could not say it is ready until the admission timeout (30 s).
 #[test]
 fn an_executables_requests_earn_their_hard_limits_by_staying_within_them() {
     if !privileged("an_executables_requests_earn_their_hard_limits_by_staying_within_them") {
