@@ -1224,12 +1224,8 @@ impl Allocator {
             .get(&g)
             .map(|m| m.record.tier)
             .unwrap_or_default();
-        let (tier, earned) = self.request_tier(&g, tier, prediction);
-        let (limits, mut source, mut cores, mut bytes) = self.request_limits(&g, tier, prediction);
-        if let Some(e) = earned {
-            source.push_str("; ");
-            source.push_str(&e);
-        }
+        let (tier, limits, mut source, mut cores, mut bytes) =
+            self.request_reservation(&g, tier, prediction);
         // A request of a workload whose forecasts have not earned a tier yet is placed
         // (its own group: its own accounting and pressure), its limits explained only.
         let shadow = tier == Tier::Shadow && !limits.is_empty();
@@ -1297,7 +1293,7 @@ impl Allocator {
                     idle: 0,
                     key: prediction.map(|p| p.workload.0.clone()).unwrap_or_default(),
                     hard: capped,
-                    placed_ms: self.now_ms.max(crate::capture::procfs::wall_ms()),
+                    placed_ms: self.wall_ms(),
                 },
             );
             if let Some(d) = self.admit(tgid) {
@@ -1305,6 +1301,29 @@ impl Allocator {
             }
         }
         out
+    }
+
+    /// Now, ms since the Unix epoch (the last tick's time, or the clock when it is later).
+    fn wall_ms(&self) -> u64 {
+        self.now_ms.max(crate::capture::procfs::wall_ms())
+    }
+
+    /// A new request's reservation: its tier ([`Allocator::request_tier`]) and what
+    /// [`Allocator::request_limits`] gives at it, the source saying when the tier was
+    /// earned.
+    fn request_reservation(
+        &self,
+        g: &Group,
+        tier: Tier,
+        p: Option<&RequestPrediction>,
+    ) -> (Tier, Vec<(Knob, Value)>, String, f64, f64) {
+        let (tier, earned) = self.request_tier(g, tier, p);
+        let (limits, mut source, cores, bytes) = self.request_limits(g, tier, p);
+        if let Some(e) = earned {
+            source.push_str("; ");
+            source.push_str(&e);
+        }
+        (tier, limits, source, cores, bytes)
     }
 
     /// The tier a new request of workload `g` (at `tier`) is placed at: its workload's, or
@@ -1483,12 +1502,8 @@ impl Allocator {
             .get(&g)
             .map(|m| m.record.tier)
             .unwrap_or_default();
-        let (tier, earned) = self.request_tier(&g, tier.max(Tier::Warm), prediction);
-        let (limits, mut source, cores, bytes) = self.request_limits(&g, tier, prediction);
-        if let Some(e) = earned {
-            source.push_str("; ");
-            source.push_str(&e);
-        }
+        let (_, limits, source, cores, bytes) =
+            self.request_reservation(&g, tier.max(Tier::Warm), prediction);
         let a = self
             .applier
             .as_mut()
@@ -1522,7 +1537,7 @@ impl Allocator {
                 idle: 0,
                 key: prediction.map(|p| p.workload.0.clone()).unwrap_or_default(),
                 hard: hard(&limits),
-                placed_ms: self.now_ms.max(crate::capture::procfs::wall_ms()),
+                placed_ms: self.wall_ms(),
             },
         );
         let mut decisions = vec![Decision::Place {
@@ -1572,7 +1587,7 @@ impl Allocator {
         }
         let hold = self.cfg.admission.hold;
         let low = self.cfg.admission.low_weight;
-        let now = self.now_ms.max(crate::capture::procfs::wall_ms());
+        let now = self.wall_ms();
         let r = self.requests.get_mut(&pid)?;
         let a = self.applier.as_mut()?;
         let res = match hold {
@@ -1653,6 +1668,7 @@ impl Allocator {
             self.release(pid, held_ms, reason, out);
         }
         // Empty request groups go.
+        let wall = self.wall_ms();
         let Some(a) = self.applier.as_mut() else {
             return;
         };
@@ -1670,7 +1686,6 @@ impl Allocator {
                 r.idle = 0;
             }
         }
-        let now = self.now_ms.max(crate::capture::procfs::wall_ms());
         for pid in done {
             if let Some(r) = self.requests.remove(&pid) {
                 self.held.retain(|p| *p != pid);
@@ -1678,7 +1693,7 @@ impl Allocator {
                     && !r.key.is_empty()
                     && let Ok(st) = a.stats(&r.group)
                 {
-                    let lived_us = now.saturating_sub(r.placed_ms).max(1) as f64 * 1000.0;
+                    let lived_us = wall.saturating_sub(r.placed_ms).max(1) as f64 * 1000.0;
                     let back = st.throttled_us as f64 / lived_us > self.cfg.tiers.throttle_miss
                         || st.memory_high_events > 0;
                     if self.held_back.len() >= MAX_HELD_BACK && !self.held_back.contains_key(&r.key)

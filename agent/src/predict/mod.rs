@@ -126,41 +126,12 @@ pub struct RequestPrediction {
     pub source: String,
     /// How the executable's last predicted requests since the agent started (at most
     /// [`per_request::RECORD`], oldest first) used what was predicted for them
-    /// ([`RequestPrediction::used`]): what earns its requests their hard limits.
+    /// (`per_request::used`): what earns its requests their hard limits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub record: Vec<[f32; 2]>,
 }
 
 impl RequestPrediction {
-    /// What a request that ended with `o` used of this prediction: its CPU rate (CPU
-    /// seconds over its duration) over the rate the prediction allows (p90 CPU seconds
-    /// over the p50 duration, as a request's `cpu.max` is made before its margin), and its
-    /// peak RSS over the p90 (0 where the peak was not measured). 1 or less: within.
-    pub fn used(&self, o: &profiles::Outcome) -> [f32; 2] {
-        let rate = |cpu: f64, secs: f64| cpu.max(0.0) / secs.max(MIN_REQUEST_SECONDS);
-        let ratio = |used: f64, allowed: f64| {
-            if used <= 0.0 {
-                0.0
-            } else if allowed > 0.0 {
-                (used / allowed) as f32
-            } else {
-                f32::INFINITY
-            }
-        };
-        let peak = if o.peak_rss_bytes >= profiles::MEASURED_RSS as f64 {
-            o.peak_rss_bytes
-        } else {
-            0.0
-        };
-        [
-            ratio(
-                rate(o.cpu_seconds, o.duration_seconds),
-                rate(self.cpu_seconds.p90, self.duration_seconds.p50),
-            ),
-            ratio(peak, self.peak_rss_bytes.p90),
-        ]
-    }
-
     /// Borrowed from other executables: the executable has no runs of its own.
     pub fn is_prior(&self) -> bool {
         self.source.starts_with("prior:")

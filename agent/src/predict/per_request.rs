@@ -21,9 +21,9 @@ use std::path::Path;
 use tracing::{info, warn};
 
 use super::{
-    Band, RequestPrediction,
+    Band, MIN_REQUEST_SECONDS, RequestPrediction,
     exec::{Exec, Guard, OnnxRequest, ProfileBaseline, RequestPredictor},
-    profiles::{Loaded, OUTCOMES, ProfileError, ProfileStore},
+    profiles::{Loaded, MEASURED_RSS, OUTCOMES, Outcome, ProfileError, ProfileStore},
     request::{Completed, DEFAULT_HASH_BUCKETS, RequestFeaturizer, RequestTracker},
     source::Sources,
 };
@@ -42,11 +42,42 @@ pub const SAVE_EVERY: u64 = 1024;
 pub const RECORD: usize = 16;
 
 /// A prediction made at an exec: the model's and the profile's beside it (when the model
-/// made it), and what was predicted in the end.
+/// made it), and what was predicted in the end (its bands).
 struct Made {
     exec_ns: u64,
     model: Option<([Band; 4], [Band; 4])>,
-    emitted: RequestPrediction,
+    emitted: [Band; 4],
+}
+
+/// What a request that ended with `o` used of the bands `b` predicted for it
+/// ([`RequestPrediction::bands`]): its CPU rate (CPU seconds over its duration) over the
+/// rate the prediction allows (p90 CPU seconds over the p50 duration, as a request's
+/// `cpu.max` is made before its margin), and its peak RSS over the p90 (0 where the peak
+/// was not measured). 1 or less: within.
+fn used(b: &[Band; 4], o: &Outcome) -> [f32; 2] {
+    let [cpu, peak_rss, duration, _] = b;
+    let rate = |cpu: f64, secs: f64| cpu.max(0.0) / secs.max(MIN_REQUEST_SECONDS);
+    let ratio = |used: f64, allowed: f64| {
+        if used <= 0.0 {
+            0.0
+        } else if allowed > 0.0 {
+            (used / allowed) as f32
+        } else {
+            f32::INFINITY
+        }
+    };
+    let peak = if o.peak_rss_bytes >= MEASURED_RSS as f64 {
+        o.peak_rss_bytes
+    } else {
+        0.0
+    };
+    [
+        ratio(
+            rate(o.cpu_seconds, o.duration_seconds),
+            rate(cpu.p90, duration.p50),
+        ),
+        ratio(peak, peak_rss.p90),
+    ]
 }
 
 pub struct ProfilePredictor {
@@ -187,7 +218,7 @@ impl ProfilePredictor {
             if r.len() >= RECORD {
                 r.pop_front();
             }
-            r.push_back(m.emitted.used(&c.outcome));
+            r.push_back(used(&m.emitted, &c.outcome));
         }
         self.baseline.recorded();
         if let Some(m) = &mut self.model {
@@ -286,13 +317,12 @@ impl ProfilePredictor {
                 self.made.clear();
             }
         }
-        let emitted = p.clone();
         self.made.insert(
             tgid,
             Made {
                 exec_ns,
                 model,
-                emitted,
+                emitted: p.bands(),
             },
         );
         Some(p)
