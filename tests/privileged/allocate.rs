@@ -459,9 +459,10 @@ fn an_opted_in_exec_is_placed_in_its_own_group_with_its_limits() {
     // Past runs: 0.4 cpu-seconds over 1 s (p90 0.4 cores), 64 MiB.
     profile(&dir.path().join("state"), &wl, 0.4, 1.0, 64.0 * MIB as f64);
     // The profile alone predicts (its numbers are known here); the request model's path is
-    // a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it.
+    // a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it. No forecast
+    // writes the workload's own limits (which would pool its requests' use).
     let extra = format!(
-        "[allocate.tiers]\nstart = \"full\"\n[[allocate.workload]]\nexe = \"{}\"\nper_request = true\n\n[predict]\nrequest_model = \"none\"\n",
+        "[allocate.tiers]\nstart = \"full\"\n[[allocate.workload]]\nexe = \"{}\"\nper_request = true\n\n[predict]\nrequest_model = \"none\"\ninterval_ms = 3600000\n",
         wl.display()
     );
     let agent = Agent::start_in(dir, root.clone(), &extra, true);
@@ -556,7 +557,9 @@ fn a_run_of_an_executable_is_learned_and_its_next_exec_gets_limits_from_it() {
     if backend().is_none() {
         return;
     }
-    let l = Learning::start("[allocate.tiers]\nstart = \"full\"");
+    // Forecast steps of an hour: no forecast writes the workload's own limits, which
+    // would pool its requests' use in place of limits of their own.
+    let l = Learning::start("[allocate.tiers]\nstart = \"full\"\n[predict]\ninterval_ms = 3600000");
     // Never seen: placed, no limits.
     assert_eq!(l.run(1), None, "{}", l.agent.output());
     // Known now: its one run (0.3 cpu-seconds) bounds the next exec.

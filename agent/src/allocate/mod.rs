@@ -29,6 +29,7 @@ pub mod egress;
 
 pub mod journal;
 pub mod launch;
+pub mod request;
 pub mod tiers;
 pub mod warm;
 
@@ -49,23 +50,20 @@ use self::{
     config::{AllocateConfig, Candidate, HoldMode, Matcher, uid_of},
     control::{Control, Tier as Priority},
     decide::{Action, RecentPeak, State, WorkloadState, basis, decide},
+    request::{HeldBack, reservation, was_held_back},
     tiers::{Basis, Outcome, Record, TierChange},
 };
 use crate::{
     FastMap,
     aggregate::{Aggregator, GroupBy, Window, WorkloadId},
     capture::{Lifecycle, LifecycleKind, Tick},
-    predict::{
-        Band, Forecast, MIN_REQUEST_SECONDS, RequestPrediction, Target, per_request::RECORD,
-    },
+    predict::{Band, Forecast, RequestPrediction, Target},
 };
 
 /// Ticks a managed group stays after its last process, before it is removed.
 const LINGER_TICKS: u32 = 5;
 /// Exec → placed latencies kept for the percentiles.
 const LATENCIES: usize = 4096;
-/// Executables whose requests' held-back record is kept.
-const MAX_HELD_BACK: usize = 4096;
 
 /// Whether `limits` hold a request back: a CPU cap or a memory limit.
 fn hard(limits: &[(Knob, Value)]) -> bool {
@@ -349,10 +347,10 @@ pub struct Allocator {
     /// pid → the group Umbra put it in.
     placed: FastMap<u32, Group>,
     requests: BTreeMap<u32, Request>,
-    /// Per executable, its last [`RECORD`] requests placed with hard limits: whether the
-    /// kernel held each back (throttled, or reclaimed at `memory.high`) — what its
-    /// requests' predictions cannot see, their usage capped ([`Allocator::request_tier`]).
-    held_back: FastMap<String, VecDeque<bool>>,
+    /// Per executable, whether the kernel held back each of its last requests placed with
+    /// hard limits (throttled, or reclaimed at `memory.high`) — what its requests'
+    /// predictions cannot see, their usage capped ([`Allocator::request_tier`]).
+    held_back: HeldBack,
     held: VecDeque<u32>,
     stats: AllocateStats,
     latencies: VecDeque<u64>,
@@ -488,7 +486,7 @@ impl Allocator {
             seen: FastMap::default(),
             placed: FastMap::default(),
             requests: BTreeMap::new(),
-            held_back: FastMap::default(),
+            held_back: HeldBack::default(),
             held: VecDeque::new(),
             stats: AllocateStats::default(),
             latencies: VecDeque::new(),
@@ -1326,14 +1324,14 @@ impl Allocator {
         (tier, limits, source, cores, bytes)
     }
 
-    /// The tier a new request of workload `g` (at `tier`) is placed at: its workload's, or
-    /// the full tier (within its rule's cap) when its executable's own recent requests have
-    /// earned it — at least `tiers.min_samples` of them in its record, and at least
-    /// `tiers.promote_coverage` of those within the limits their predictions set (CPU rate
-    /// and peak RSS at most 1 + `request.margin` times what was predicted). A program run
-    /// again and again — a compressor, a linker — is a workload whose series starts and
-    /// stops, whose forecasts seldom earn a tier; its requests' predictions can. With why,
-    /// when earned.
+    /// The tier a new request of workload `g` (at `tier`) is placed at
+    /// ([`request::tier`]): its executable's own recent requests decide once there are
+    /// `tiers.min_samples` of them — the full tier (within its rule's cap) when at least
+    /// `tiers.promote_coverage` of them stayed within the limits their predictions set (CPU
+    /// rate and peak RSS at most 1 + `request.margin` times what was predicted), soft
+    /// settings only when not. A program run again and again — a compressor, a linker — is
+    /// a workload whose series starts and stops, whose forecasts seldom earn a tier; its
+    /// requests' predictions can. With why, when its record decided.
     fn request_tier(
         &self,
         g: &Group,
@@ -1345,38 +1343,17 @@ impl Allocator {
             .get(g)
             .map(|m| self.max_tier(m))
             .unwrap_or(Tier::Full);
-        let Some(p) = p.filter(|p| !p.is_prior()) else {
-            return (tier, None);
-        };
-        let n = p.record.len();
-        let bound = (1.0 + self.cfg.request.margin) as f32;
-        // A request its limits held back used no more than they let it: it counts as a
-        // miss, not as within.
-        let back = self
-            .held_back
-            .get(&p.workload.0)
-            .map_or(0, |h| h.iter().filter(|&&b| b).count());
-        let within = p
-            .record
-            .iter()
-            .filter(|r| r[0] <= bound && r[1] <= bound)
-            .count()
-            .saturating_sub(back);
-        let t = &self.cfg.tiers;
-        if tier >= Tier::Full
-            || max < Tier::Full
-            || n < t.min_samples.max(1)
-            || (within as f64) < t.promote_coverage * n as f64
-        {
-            return (tier, None);
+        match p {
+            Some(p) => request::tier(
+                p,
+                tier,
+                max,
+                self.held_back.count(&p.workload.0),
+                self.cfg.request.margin,
+                &self.cfg.tiers,
+            ),
+            None => (tier, None),
         }
-        (
-            Tier::Full,
-            Some(format!(
-                "full tier earned by its executable's requests: {within} of the last {n} \
-                 within their limits"
-            )),
-        )
     }
 
     /// Limits of a new request of workload `g` at `tier`: (limits, their source, reserved
@@ -1395,28 +1372,17 @@ impl Allocator {
                 0.0,
             );
         };
-        let margin = 1.0 + self.cfg.request.margin;
-        let r = &self.cfg.rules;
-        let duration = p.duration_seconds.p50.max(MIN_REQUEST_SECONDS);
-        let mut cores = (p.cpu_seconds.p90 / duration * margin).max(r.min_cpu_cores);
-        if self.cpus > 0.0 {
-            cores = cores.min(self.cpus);
-        }
         // A request never gets more than its workload's own cap (v1 refuses it).
-        if let Some(cap) = self
+        let cap = self
             .managed
             .get(g)
-            .and_then(|m| m.state.value(Knob::CpuMax).cores())
-        {
-            cores = cores.min(cap);
-        }
-        let high =
-            ((p.peak_rss_bytes.p90 * margin).max(r.min_memory_bytes as f64) as u64) / 4096 * 4096;
-        let low = (p.peak_rss_bytes.p10.max(0.0) as u64) / 4096 * 4096;
+            .and_then(|m| m.state.value(Knob::CpuMax).cores());
+        let r = reservation(p, self.cfg.request.margin, &self.cfg.rules, self.cpus, cap);
+        let (cores, high, low) = (r.cores, r.high, r.low);
         let mut limits = vec![
             (
                 Knob::CpuWeight,
-                Value::Amount(decide::weight_for(p.cpu_seconds.p10 / duration)),
+                Value::Amount(decide::weight_for(r.weight_cores)),
             ),
             (Knob::MemoryLow, Value::Amount(low)),
         ];
@@ -1430,9 +1396,18 @@ impl Allocator {
                 0.0,
             );
         }
-        if tier == Tier::Full {
+        let pooled = self
+            .managed
+            .get(g)
+            .map_or((false, false), |m| request::pooled(&m.state));
+        let (cpu, memory) = request::hard(p, tier, pooled);
+        if cpu {
             limits.push((Knob::CpuMax, Value::of_cores(cores)));
+        }
+        if memory {
             limits.push((Knob::MemoryHigh, Value::Amount(high)));
+        }
+        if tier == Tier::Full {
             limits.push((Knob::MemoryMin, Value::Amount(low)));
         }
         (
@@ -1693,18 +1668,14 @@ impl Allocator {
                     && !r.key.is_empty()
                     && let Ok(st) = a.stats(&r.group)
                 {
-                    let lived_us = wall.saturating_sub(r.placed_ms).max(1) as f64 * 1000.0;
-                    let back = st.throttled_us as f64 / lived_us > self.cfg.tiers.throttle_miss
-                        || st.memory_high_events > 0;
-                    if self.held_back.len() >= MAX_HELD_BACK && !self.held_back.contains_key(&r.key)
-                    {
-                        self.held_back.clear();
-                    }
-                    let h = self.held_back.entry(r.key).or_default();
-                    if h.len() >= RECORD {
-                        h.pop_front();
-                    }
-                    h.push_back(back);
+                    let lived_s = wall.saturating_sub(r.placed_ms).max(1) as f64 / 1000.0;
+                    let back = was_held_back(
+                        st.throttled_us as f64 / 1e6,
+                        lived_s,
+                        st.memory_high_events,
+                        &self.cfg.tiers,
+                    );
+                    self.held_back.push(&r.key, back);
                 }
                 if enforce && let Err(e) = a.remove(&r.group) {
                     warn!(group = %r.group, error = %e, "Request group not removed");

@@ -417,6 +417,53 @@ fn a_request_predicted_from_a_prior_gets_soft_settings_only_and_is_never_held() 
     assert!(source.contains("soft only"), "{source}");
 }
 
+/// A request of a workload at the full tier gets its own `cpu.max` and `memory.high` only
+/// while its workload has none written: once its forecasts set the workload's, those pool
+/// its requests' use. And once its executable's recent requests went over their
+/// predictions too often, soft settings only, said why.
+#[test]
+fn a_request_of_a_full_tier_workload_is_capped_where_nothing_pools_it_and_its_record_holds() {
+    let place = |record: Vec<[f32; 2]>, forecast_first: bool| {
+        let (r, mut a) = per_request_with_pid_20();
+        if forecast_first {
+            r.fake.spawn(7, &g("system.slice/app.service"));
+            let t = tick(vec![sample(7, EXE)]);
+            step(
+                &mut a,
+                &t,
+                &window(2000, 1.0, 100 * MIB),
+                &[forecast(1.0, 200.0 * MIB as f64)],
+            );
+            assert!(r.fake.read(&worker_group(), Knob::CpuMax).unwrap() != Value::Max);
+        }
+        let mut p = prediction(20, 1.0, 100.0 * MIB as f64);
+        p.record = record;
+        let d = exec_on(&mut a, &exec(20), Some(&p));
+        let Decision::Place { limits, source, .. } = &d[0] else {
+            panic!("{d:#?}")
+        };
+        let knobs: Vec<Knob> = limits.iter().map(|(k, _)| *k).collect();
+        (knobs, source.clone())
+    };
+    let within = vec![[0.9, 0.9]; 10];
+    let (knobs, source) = place(within.clone(), false);
+    assert!(knobs.contains(&Knob::CpuMax), "{knobs:?} {source}");
+    assert!(knobs.contains(&Knob::MemoryHigh), "{knobs:?} {source}");
+    let (knobs, source) = place(within, true);
+    assert!(!knobs.contains(&Knob::CpuMax), "{knobs:?} {source}");
+    assert!(!knobs.contains(&Knob::MemoryHigh), "{knobs:?} {source}");
+    assert!(knobs.contains(&Knob::MemoryMin), "{knobs:?} {source}");
+    let mut failed = vec![[0.9, 0.9]; 10];
+    failed[..2].fill([0.9, 1.6]);
+    let (knobs, source) = place(failed, false);
+    assert!(!knobs.contains(&Knob::CpuMax), "{knobs:?} {source}");
+    assert!(knobs.contains(&Knob::CpuWeight), "{knobs:?}");
+    assert!(
+        source.contains("did not earn hard limits, 8 of the last 10"),
+        "{source}"
+    );
+}
+
 #[test]
 fn an_exec_gets_its_own_group_and_a_request_that_does_not_fit_is_held_then_released() {
     let (r, mut a) = per_request_with_pid_20();
