@@ -176,6 +176,9 @@ enum Command {
         /// `"workloads": [...]`), with the intervals it spent at the static limits.
         #[arg(long)]
         by_workload: bool,
+        /// Umbra holds each workload as a whole, without placing its execs on their own.
+        #[arg(long)]
+        no_per_request: bool,
         /// Reservations against usage over time (the first recording) as SVG.
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -629,9 +632,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             workloads,
             json,
             by_workload,
+            no_per_request,
             plot,
         } => {
             let mut sim = umbra::simulate::SimConfig::new(&cfg);
+            sim.per_request = !no_per_request;
             if !strategy.is_empty() {
                 sim.strategies = strategy;
             }

@@ -11,7 +11,14 @@
 //!   tiers earned and lost as the live agent earns them ([`tiers::Record`]), forecasts'
 //!   lead steps, `cpu.max` and `memory.high` over each workload's recent peak and the
 //!   adaptive margins. Until a workload reaches the full tier its hard limits are what was
-//!   there before Umbra: the static ones.
+//!   there before Umbra: the static ones. Each exec of a managed workload is placed on its
+//!   own as a rule with `per_request = true` places it (unless `--no-per-request`): its
+//!   per-request prediction (the request model over the profiles learned so far), its
+//!   tier from its executable's record, its own `cpu.max` and `memory.high` from its
+//!   prediction where its workload's do not pool it ([`crate::allocate::request`]). An
+//!   interval in which every process of a workload ran with a limit of its own is held by
+//!   those limits summed (within its workload's), per resource; throttled or over memory
+//!   when any one of them was.
 //! - **vpa**: the VPA recommender (decaying histogram, p90 + 15%), applied reactively
 //!   (one step, no extra margin, its limits at its target, no recent peak), its published
 //!   per-pod minimum (25 mcores, 250 MB).
@@ -44,15 +51,22 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::{GroupBy, Window, WorkloadId},
+    FastMap,
+    aggregate::{GroupBy, Window, WorkloadId, exe_key},
     allocate::{
         cgroups::{Group, Knob, Value},
+        config::RequestConfig,
         control::Tier as Priority,
         decide::{RecentPeak, Rules, State, WorkloadState, basis, decide},
+        request::{self, HeldBack},
         tiers::{Basis, Outcome, Record, Tier, TierRules},
     },
+    capture::{Lifecycle, LifecycleKind, Tick},
     export::{self, Step},
-    predict::{Band, Forecast, ForecastStage, PredictConfig, Target, baseline},
+    predict::{
+        Band, Forecast, ForecastStage, PredictConfig, Target, baseline,
+        per_request::{self, ProfilePredictor},
+    },
     record::RecordError,
 };
 
@@ -90,6 +104,10 @@ pub struct SimConfig {
     pub tiers: TierRules,
     /// Score each managed workload too ([`Report::workloads`]).
     pub by_workload: bool,
+    /// Umbra places each exec of a managed workload on its own, with limits from its
+    /// per-request prediction, as a rule with `per_request = true` would.
+    pub per_request: bool,
+    pub request: RequestConfig,
 }
 
 impl SimConfig {
@@ -102,6 +120,8 @@ impl SimConfig {
             rules: cfg.allocate.rules.clone(),
             tiers: cfg.allocate.tiers.clone(),
             by_workload: false,
+            per_request: true,
+            request: cfg.allocate.request.clone(),
         }
     }
 }
@@ -284,12 +304,217 @@ fn scaled(p: &PredictConfig, buckets: usize) -> PredictConfig {
 /// A strategy: sees each window, sets the limits of the next interval.
 trait Strategy {
     fn step(&mut self, w: &Window, limits: &mut HashMap<WorkloadId, Limits>);
+
+    /// An exec, fork or exit, as it happened.
+    fn event(&mut self, _: &Lifecycle) {}
+
+    /// The managed workloads all of whose processes ran the interval `t` ends as requests
+    /// placed with hard limits of their own.
+    fn requests(&mut self, _: &Tick, _: &Window) -> HashMap<WorkloadId, Share> {
+        HashMap::new()
+    }
 }
 
 struct Static;
 
 impl Strategy for Static {
     fn step(&mut self, _: &Window, _: &mut HashMap<WorkloadId, Limits>) {}
+}
+
+/// A workload's interval run by requests placed with hard limits of their own: per
+/// resource, when every one of its processes had one, their limits summed, their use
+/// (each counted up to its limit), and whether any went over.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Share {
+    cpu: Option<Held>,
+    memory: Option<Held>,
+}
+
+/// Limits summed, use up to them, and whether any was exceeded.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Held {
+    limit: f64,
+    used: f64,
+    over: bool,
+}
+
+impl Held {
+    /// `held` with one more process, `used` of its own `limit` (`first`: the workload's
+    /// first this interval); None once one had none.
+    fn fold(held: Option<Held>, first: bool, limit: Option<f64>, used: f64) -> Option<Held> {
+        let mut h = if first { Held::default() } else { held? };
+        let limit = limit?;
+        h.limit += limit;
+        h.used += used.min(limit);
+        h.over |= used > limit * (1.0 + 1e-9) + 1e-6;
+        Some(h)
+    }
+}
+
+/// A request of a managed workload, as Umbra placed it: its own `cpu.max` (cores) and
+/// `memory.high` (bytes), each when it has one; and what it used under them so far.
+#[derive(Default)]
+struct Placed {
+    key: String,
+    cpu: Option<f64>,
+    memory: Option<f64>,
+    lived_s: f64,
+    cpu_s: f64,
+    throttled_s: f64,
+}
+
+/// Umbra's per-request path over a recording: each exec of a managed workload predicted
+/// by the live agent's [`ProfilePredictor`] (the configured request model over the
+/// profiles learned from the recording so far) and placed as the allocator places it —
+/// its tier from its executable's record ([`request::tier`]), its limits from its
+/// prediction ([`request::reservation`], [`request::hard`]). A recording's use is what a
+/// request would use unlimited: its executable's record sees each request whose use over
+/// its life went over its limits (which the live agent, seeing capped use, learns from
+/// the kernel's counters); what it cannot see — a request within its CPU limit on
+/// average, throttled in its bursts — joins its [`HeldBack`] record as the live agent's.
+/// A prediction is made at the first tick that samples the new process (a recording
+/// names an executable by its content there), for the whole request.
+struct Requests {
+    predictor: ProfilePredictor,
+    execs: FastMap<u32, (u64, String)>,
+    placed: FastMap<u32, Placed>,
+    cpu_ns: FastMap<u32, u64>,
+    held_back: HeldBack,
+    margin: f64,
+    rules: Rules,
+    tiers: TierRules,
+}
+
+impl Requests {
+    fn new(sim: &SimConfig) -> Requests {
+        use crate::predict::{
+            profiles::ProfileStore,
+            runtime::default_runtime,
+            schema::ModelKind,
+            source::{ModelSetting, Sources, shipped},
+        };
+        let store = ProfileStore::in_memory(per_request::MAX_KEYS);
+        Requests {
+            predictor: ProfilePredictor::new(store).with_model(Sources::new(
+                ModelKind::Request,
+                ModelSetting::parse(&sim.predict.request_model),
+                shipped::REQUEST,
+                default_runtime(),
+            )),
+            execs: FastMap::default(),
+            placed: FastMap::default(),
+            cpu_ns: FastMap::default(),
+            held_back: HeldBack::default(),
+            margin: sim.request.margin,
+            rules: sim.rules.clone(),
+            tiers: sim.tiers.clone(),
+        }
+    }
+
+    fn event(&mut self, e: &Lifecycle) {
+        self.predictor.event(e);
+        // Placed at its first sample; its exit event comes before its last one.
+        if let LifecycleKind::Exec { filename, .. } = &e.kind {
+            self.execs
+                .insert(e.tgid, (e.timestamp_ns, filename.clone()));
+        }
+    }
+
+    /// A request of `m` exec'd at `exec_ns`, placed.
+    fn place(&mut self, tgid: u32, exe: &str, exec_ns: u64, m: &Managed, cpus: f64) -> Placed {
+        let key = &m.state.workload.0;
+        let p = self.predictor.predict_key(tgid, key, exe, exec_ns);
+        let held_back = self.held_back.count(key);
+        let (cpu, memory) = match &p {
+            Some(p) => {
+                let workload = m.state.tier;
+                let (tier, _) =
+                    request::tier(p, workload, Tier::Full, held_back, self.margin, &self.tiers);
+                let cap = (workload >= Tier::Full)
+                    .then(|| m.state.value(Knob::CpuMax).cores())
+                    .flatten();
+                let r = request::reservation(p, self.margin, &self.rules, cpus, cap);
+                let (cpu, memory) = request::hard(p, tier, request::pooled(&m.state));
+                (cpu.then_some(r.cores), memory.then_some(r.high as f64))
+            }
+            None => (None, None),
+        };
+        Placed {
+            key: key.clone(),
+            cpu,
+            memory,
+            ..Placed::default()
+        }
+    }
+
+    /// The interval `t` ends: each managed process's use against its request's limits
+    /// (`managed`: the workloads, their tiers and caps).
+    fn interval(
+        &mut self,
+        t: &Tick,
+        w: &Window,
+        managed: &BTreeMap<WorkloadId, Managed>,
+    ) -> HashMap<WorkloadId, Share> {
+        let secs = w.node.interval_ms.max(1) as f64 / 1000.0;
+        let mut shares: HashMap<WorkloadId, Share> = HashMap::new();
+        for s in &t.samples {
+            let (id, _) = exe_key(s);
+            let Some(m) = managed.get(&id) else {
+                continue;
+            };
+            let before = self.cpu_ns.insert(s.tgid, s.counters.cpu_ns).unwrap_or(0);
+            let cores = s.counters.cpu_ns.saturating_sub(before) as f64 / 1e9 / secs;
+            let rss = if s.exit.is_some() {
+                0.0
+            } else {
+                s.memory.rss() as f64
+            };
+            if let Some((exec_ns, exe)) = self.execs.remove(&s.tgid) {
+                let p = self.place(s.tgid, &exe, exec_ns, m, w.node.cpus as f64);
+                self.placed.insert(s.tgid, p);
+            }
+            let first = !shares.contains_key(&id);
+            let share = shares.entry(id).or_default();
+            let p = self.placed.get_mut(&s.tgid);
+            let (cpu, memory) = p.as_ref().map_or((None, None), |p| (p.cpu, p.memory));
+            // A process without a limit of its own leaves that resource to its workload's.
+            share.cpu = Held::fold(share.cpu, first, cpu, cores);
+            share.memory = Held::fold(share.memory, first, memory, rss);
+            if let Some(p) = self.placed.get_mut(&s.tgid)
+                && let Some(c) = p.cpu
+            {
+                p.lived_s += secs;
+                p.cpu_s += cores * secs;
+                if cores > c {
+                    p.throttled_s += secs * (cores - c) / cores;
+                }
+            }
+            if s.exit.is_some() {
+                self.cpu_ns.remove(&s.tgid);
+                if let Some(p) = self.placed.remove(&s.tgid)
+                    && let Some(c) = p.cpu
+                    && p.cpu_s <= c * p.lived_s
+                {
+                    let back = request::was_held_back(p.throttled_s, p.lived_s, 0, &self.tiers);
+                    self.held_back.push(&p.key, back);
+                }
+            }
+        }
+        self.predictor.tick(t, w);
+        // Processes gone without a final sample (a capture drop) are let go.
+        if self.cpu_ns.len() > 4 * t.samples.len() + 1024 {
+            let live: HashSet<u32> = t.samples.iter().map(|s| s.tgid).collect();
+            self.cpu_ns.retain(|p, _| live.contains(p));
+            self.placed.retain(|p, _| live.contains(p));
+        }
+        // Execs never sampled (a capture drop, a process of no managed workload) go after
+        // a minute.
+        if self.execs.len() > 1024 {
+            let since = t.timestamp_ns.saturating_sub(60_000_000_000);
+            self.execs.retain(|_, (at, _)| *at >= since);
+        }
+        shares
+    }
 }
 
 /// A workload as a forecasting strategy keeps it.
@@ -309,6 +534,8 @@ struct Forecasting {
     forecasts: Vec<Forecast>,
     managed: BTreeMap<WorkloadId, Managed>,
     statics: HashMap<WorkloadId, Limits>,
+    /// Umbra's per-request path, when on.
+    requests: Option<Requests>,
 }
 
 impl Forecasting {
@@ -355,11 +582,25 @@ impl Forecasting {
             forecasts: Vec::new(),
             managed,
             statics: statics.clone(),
+            requests: None,
         }
     }
 }
 
 impl Strategy for Forecasting {
+    fn event(&mut self, e: &Lifecycle) {
+        if let Some(r) = &mut self.requests {
+            r.event(e);
+        }
+    }
+
+    fn requests(&mut self, t: &Tick, w: &Window) -> HashMap<WorkloadId, Share> {
+        match &mut self.requests {
+            Some(r) => r.interval(t, w, &self.managed),
+            None => HashMap::new(),
+        }
+    }
+
     fn step(&mut self, w: &Window, limits: &mut HashMap<WorkloadId, Limits>) {
         if let Some(fs) = self.stage.push(w) {
             self.forecasts = fs
@@ -618,13 +859,17 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
                     if ri == 0 || !out.notes.contains(&note) {
                         out.notes.push(format!("{}: {note}", path.display()));
                     }
-                    Box::new(Forecasting::new(
+                    let mut f = Forecasting::new(
                         stage,
                         sim.rules.clone(),
                         Some(sim.tiers.clone()),
                         &survey,
                         &statics,
-                    ))
+                    );
+                    if sim.per_request && sim.group_by == GroupBy::Exe {
+                        f.requests = Some(Requests::new(sim));
+                    }
+                    Box::new(f)
                 }
             };
             let r = run(path, sim, &statics, strategy.as_mut())?;
@@ -728,10 +973,15 @@ fn run(
     let mut first: Option<u64> = None;
     let mut seen = 0usize;
     export::replay::<RecordError>(path, sim.group_by, |s| {
-        let Step::Window(_, w) = s else {
-            return Ok(());
+        let (t, w) = match s {
+            Step::Event(e) => {
+                strategy.event(e);
+                return Ok(());
+            }
+            Step::Window(t, w) => (t, w),
         };
         seen += 1;
+        let shares = strategy.requests(t, w);
         if seen == 1 {
             return Ok(());
         }
@@ -748,13 +998,32 @@ fn run(
                 name.clone_from(&p.name);
             }
             t.intervals += 1;
+            // All of it requests with limits of their own: those hold it, within its
+            // workload's.
+            let share = shares.get(&p.workload).copied().unwrap_or_default();
+            if share.cpu.is_none() && share.memory.is_none() {
+                t.static_intervals += (statics.get(&p.workload) == Some(&l)) as u64;
+            }
+            // Each resource held by requests' own limits where all its processes had one,
+            // within its workload's; else by its workload's.
+            let held = |h: Option<Held>, limit: f64, used: f64| match h {
+                Some(h) => (h.limit.min(limit), h.used.min(limit), h.over),
+                None => (limit, used.min(limit), false),
+            };
+            let (lc, uc_, oc) = held(share.cpu, l.cpu, cpu);
+            let (lm, um_, om) = held(share.memory, l.mem, mem);
+            let (l, used, throttled, over) = (
+                Limits { cpu: lc, mem: lm },
+                Limits { cpu: uc_, mem: um_ },
+                oc,
+                om,
+            );
             t.cpu_reserved += l.cpu * secs;
-            t.cpu_used += cpu.min(l.cpu) * secs;
+            t.cpu_used += used.cpu * secs;
             t.mem_reserved += l.mem * secs;
-            t.mem_used += mem.min(l.mem) * secs;
-            t.throttled += (cpu > l.cpu * (1.0 + 1e-9) + 1e-6) as u64;
-            t.violations += (mem > l.mem + 1.0) as u64;
-            t.static_intervals += (statics.get(&p.workload) == Some(&l)) as u64;
+            t.mem_used += used.mem * secs;
+            t.throttled += (throttled || cpu > l.cpu * (1.0 + 1e-9) + 1e-6) as u64;
+            t.violations += (over || mem > l.mem + 1.0) as u64;
             (rc, rm, uc, um) = (rc + l.cpu, rm + l.mem, uc + cpu, um + mem);
         }
         let at = w.node.timestamp_ms.saturating_sub(start) as f64 / 1000.0;
@@ -972,12 +1241,10 @@ mod tests {
 
     const MB: f64 = 1e6;
 
-    /// A recording of a service whose load steps on a one-minute cycle (20 s at 0.3
-    /// cores and 100 MB, 20 s at 1.5 cores and 300 MB, 20 s back at the first level), with
-    /// a little deterministic noise, beside a steady background process: 30 minutes at 1 s.
-    fn stepping(path: &Path) {
+    /// A recording at 1 s intervals, and its start (ms since the Unix epoch).
+    fn writer(path: &Path) -> (u64, Writer) {
         let start_ms = 1_700_000_000_000u64;
-        let mut w = Writer::create(
+        let w = Writer::create(
             path,
             &Header {
                 kernel: "6.1".into(),
@@ -988,7 +1255,20 @@ mod tests {
             },
         )
         .unwrap();
-        let proc_ = |tgid: u32, exe: &str, hash: &str, cpu_ns: u64, rss: f64| ProcessSample {
+        (start_ms, w)
+    }
+
+    /// A process of `exe` (content `hash`) that used `cpu_ns` so far; its last sample
+    /// when it `exit`ed (ns).
+    fn process(
+        tgid: u32,
+        exe: &str,
+        hash: &str,
+        cpu_ns: u64,
+        rss: f64,
+        exit: Option<u64>,
+    ) -> ProcessSample {
+        ProcessSample {
             tgid,
             start_ns: tgid as u64,
             ppid: Some(1),
@@ -1006,7 +1286,20 @@ mod tests {
                 anon: rss as u64,
                 ..Default::default()
             },
-            exit: None,
+            exit: exit.map(|timestamp_ns| crate::capture::Exit {
+                code: Some(0),
+                timestamp_ns,
+            }),
+        }
+    }
+
+    /// A recording of a service whose load steps on a one-minute cycle (20 s at 0.3
+    /// cores and 100 MB, 20 s at 1.5 cores and 300 MB, 20 s back at the first level), with
+    /// a little deterministic noise, beside a steady background process: 30 minutes at 1 s.
+    fn stepping(path: &Path) {
+        let (start_ms, mut w) = writer(path);
+        let proc_ = |tgid: u32, exe: &str, hash: &str, cpu_ns: u64, rss: f64| {
+            process(tgid, exe, hash, cpu_ns, rss, None)
         };
         // A kernel thread, busier than `bg`: no executable.
         let kthread = |cpu_ns: u64| ProcessSample {
@@ -1046,6 +1339,90 @@ mod tests {
             };
             w.write(&CaptureItem::Tick(Box::new(t))).unwrap();
         }
+    }
+
+    /// A recording of a program run again and again (`pack`: 3 s at 1 core and 80 MB, 3 s
+    /// apart; every 20th run at 2 cores), each run its own exec, beside a steady
+    /// background process: 12 minutes at 1 s.
+    fn intermittent(path: &Path) {
+        use crate::capture::{Lifecycle, LifecycleKind};
+        let (start_ms, mut w) = writer(path);
+        let sample = |tgid: u32, exe: &str, cpu_ns: u64, rss: f64, exit: Option<u64>| {
+            process(tgid, exe, &format!("sha256:{exe}"), cpu_ns, rss, exit)
+        };
+        let mut bg_ns = 0u64;
+        for i in 0..720u64 {
+            let (run, at) = (i / 6, i % 6);
+            let tgid = 1000 + run as u32;
+            let cores = if run % 20 == 19 { 2.0 } else { 1.0 };
+            let now_ns = (i + 1) * 1_000_000_000;
+            if at == 0 {
+                let e = Lifecycle {
+                    kind: LifecycleKind::exec("/usr/bin/pack"),
+                    pid: tgid,
+                    tgid,
+                    ppid: Some(1),
+                    timestamp_ns: now_ns - 900_000_000,
+                    cgroup_id: 0,
+                    comm: "pack".into(),
+                };
+                w.write(&CaptureItem::Event(e)).unwrap();
+            }
+            bg_ns += 100_000_000;
+            let mut samples = vec![sample(200, "/usr/bin/bg", bg_ns, 20.0 * MB, None).into()];
+            if at < 3 {
+                let cpu_ns = ((at + 1) as f64 * cores * 1e9) as u64;
+                let end = (at == 2).then_some(now_ns - 100_000_000);
+                samples.push(sample(tgid, "/usr/bin/pack", cpu_ns, 80.0 * MB, end).into());
+            }
+            let t = Tick {
+                timestamp_ns: now_ns,
+                wall_ms: start_ms + (i + 1) * 1000,
+                samples,
+                drops: DropCounts::default(),
+                node: NodeStats {
+                    cpus: 4,
+                    cpu_busy_ns: bg_ns,
+                    mem_total_bytes: 8 << 30,
+                    mem_available_bytes: 6 << 30,
+                },
+                pressure: Vec::new(),
+            };
+            w.write(&CaptureItem::Tick(Box::new(t))).unwrap();
+        }
+    }
+
+    /// A program run again and again earns its requests their own limits, as the live
+    /// agent places them: its runs then hold far less than the static limit (its
+    /// recording's peak) that held it before — the rare bigger run throttled, not the
+    /// common one over-reserved.
+    #[test]
+    fn a_program_run_again_and_again_is_held_by_its_requests_limits() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("intermittent.umbra");
+        intermittent(&rec);
+        let run = |per_request: bool| {
+            let mut s = sim(&["umbra"]);
+            s.by_workload = true;
+            s.per_request = per_request;
+            s.predict.request_model = "none".into();
+            let r = simulate(std::slice::from_ref(&rec), &s).unwrap().report;
+            r.workloads.into_iter().find(|w| w.name == "pack").unwrap()
+        };
+        let (whole, placed) = (run(false), run(true));
+        eprintln!("{whole:?}\n{placed:?}");
+        assert!(
+            placed.static_intervals * 2 < whole.static_intervals,
+            "{whole:?}\n{placed:?}"
+        );
+        assert!(
+            placed.score.core_s < 0.8 * whole.score.core_s,
+            "{whole:?}\n{placed:?}"
+        );
+        assert!(placed.score.cpu_slack < whole.score.cpu_slack);
+        // The bigger runs are throttled; no memory limit is crossed.
+        assert!(placed.score.throttled_fraction > 0.0);
+        assert_eq!(placed.score.memory_violations, 0);
     }
 
     fn sim(strategies: &[&str]) -> SimConfig {

@@ -27,9 +27,18 @@ pub struct Reservation {
     pub weight_cores: f64,
 }
 
+/// The most a request's `memory.high` is raised over its prediction's p90 for its
+/// executable's past misses.
+const MAX_MEMORY_FACTOR: f64 = 4.0;
+
 /// The reservation of a request predicted `p`: its CPU seconds' p90 over its duration's
-/// p50 and its peak RSS's p90, each times `1 + margin`, at least the rules' minimums; never
-/// more cores than the node's `cpus` (0: unknown) or its workload's own `cap`.
+/// p50 times `1 + margin`, at least the rules' minimum; never more cores than the node's
+/// `cpus` (0: unknown) or its workload's own `cap`. Its `memory.high` at its peak RSS's
+/// p90 times `1 + margin`, or — when one of its executable's recent requests peaked
+/// further over its own prediction — times that request's ratio (at most
+/// [`MAX_MEMORY_FACTOR`]): a request short of memory is reclaimed, not merely slowed as
+/// one short of CPU is, and an executable whose peaks vary widely (a linker, by what it
+/// links) gets the room its record shows it needs.
 pub fn reservation(
     p: &RequestPrediction,
     margin: f64,
@@ -46,9 +55,16 @@ pub fn reservation(
     if let Some(cap) = cap {
         cores = cores.min(cap);
     }
+    let memory = p
+        .record
+        .iter()
+        .map(|r| r[1] as f64)
+        .filter(|r| r.is_finite())
+        .fold(margin, f64::max)
+        .min(MAX_MEMORY_FACTOR.max(margin));
     Reservation {
         cores,
-        high: ((p.peak_rss_bytes.p90 * margin).max(rules.min_memory_bytes as f64) as u64) / 4096
+        high: ((p.peak_rss_bytes.p90 * memory).max(rules.min_memory_bytes as f64) as u64) / 4096
             * 4096,
         low: (p.peak_rss_bytes.p10.max(0.0) as u64) / 4096 * 4096,
         weight_cores: p.cpu_seconds.p10 / duration,
@@ -297,6 +313,31 @@ mod tests {
         let r = reservation(&p, 0.15, &Rules::default(), 4.0, None);
         assert!((r.cores - 2.4 / 4.0 * 1.15).abs() < 1e-9, "{r:?}");
         assert_eq!(r.high, (1.2e8 * 1.15) as u64 / 4096 * 4096);
+    }
+
+    /// A request's `memory.high` makes room for the furthest its executable's recent
+    /// requests peaked over their predictions, within bounds.
+    #[test]
+    fn a_requests_memory_limit_makes_room_for_its_executables_past_misses() {
+        let high = |record: Vec<[f32; 2]>| {
+            let p = predicted("profile", record);
+            reservation(&p, 0.15, &Rules::default(), 4.0, None).high
+        };
+        let p90 = 1.2e8;
+        let page = |b: f64| b as u64 / 4096 * 4096;
+        assert_eq!(high(Vec::new()), page(p90 * 1.15));
+        assert_eq!(high(vec![[0.5, 0.9]; 10]), page(p90 * 1.15));
+        let mut missed = vec![[0.5, 0.9]; 10];
+        missed[4] = [0.5, 1.6];
+        assert_eq!(high(missed.clone()), page(p90 * 1.6f32 as f64));
+        missed[5] = [0.5, f32::INFINITY];
+        assert_eq!(
+            high(missed.clone()),
+            page(p90 * 1.6f32 as f64),
+            "no prediction to scale"
+        );
+        missed[6] = [0.5, 9.0];
+        assert_eq!(high(missed), page(p90 * MAX_MEMORY_FACTOR));
     }
 
     #[test]

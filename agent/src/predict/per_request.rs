@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// Profiles kept by the agent's store.
-const MAX_KEYS: usize = 4096;
+pub const MAX_KEYS: usize = 4096;
 /// Journaled runs after which the store is compacted into its snapshot.
 pub const SAVE_EVERY: u64 = 1024;
 
@@ -249,26 +249,32 @@ impl ProfilePredictor {
     /// first time a binary is seen).
     pub fn predict(&mut self, tgid: u32, exe: &str, exec_ns: u64) -> Option<RequestPrediction> {
         let hash = self.identity.exe_hash(tgid, Some(exe))?;
-        let key = format!("exe:{hash}");
+        self.predict_key(tgid, &format!("exe:{hash}"), exe, exec_ns)
+    }
+
+    /// [`predict`](Self::predict) for an executable whose key is known (a recording's:
+    /// `umbra simulate`).
+    pub fn predict_key(
+        &mut self,
+        tgid: u32,
+        key: &str,
+        exe: &str,
+        exec_ns: u64,
+    ) -> Option<RequestPrediction> {
         let facts = self.tracker.facts(tgid);
         let e = Exec {
             tgid,
             exec_ns,
-            key: &key,
+            key,
             name: exe.rsplit('/').next().unwrap_or(exe),
             parent: facts.map_or("", |f| f.parent.as_str()),
             input_bytes: facts.map_or(0, |f| f.input_bytes()),
         };
-        let runs = self.store.get(&key).map_or(0, |p| p.runs.len());
+        let runs = self.store.get(key).map_or(0, |p| p.runs.len());
         // The model for an executable with runs of its own; one never seen gets a prior
         // (a guess, given soft settings only).
         let mut p = match &mut self.model {
-            Some(m)
-                if runs > 0
-                    && self
-                        .tracker
-                        .row_into(tgid, &key, &self.store, &mut self.row) =>
-            {
+            Some(m) if runs > 0 && self.tracker.row_into(tgid, key, &self.store, &mut self.row) => {
                 self.row_f64.clear();
                 self.row_f64.extend(self.row.iter().map(|v| *v as f64));
                 m.predict_row(&self.store, &e, &self.row_f64)
@@ -280,7 +286,7 @@ impl ProfilePredictor {
         if p.source == "model" {
             let b = self.baseline.predict(&self.store, &e);
             model = Some((p.bands(), b.bands()));
-            to_profile = self.guard.apply(&key, &mut p, &b);
+            to_profile = self.guard.apply(key, &mut p, &b);
         }
         p.source = match p.source.as_str() {
             "none" => return None,
@@ -302,7 +308,7 @@ impl ProfilePredictor {
                 None => s.to_string(),
             },
         };
-        if let Some(r) = self.records.get(&key) {
+        if let Some(r) = self.records.get(key) {
             p.record = r.iter().copied().collect();
         }
         if p.is_prior() {
