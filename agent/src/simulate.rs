@@ -1392,6 +1392,24 @@ mod tests {
         }
     }
 
+    /// Requests side by side: their limits summed and their use each up to its own; one
+    /// over its limit is throttled though the sum is within; one without a limit of its
+    /// own leaves the resource to its workload's.
+    #[test]
+    fn requests_side_by_side_are_each_held_by_their_own_limits() {
+        let h = Held::fold(None, true, Some(1.0), 1.5);
+        let h = Held::fold(h, false, Some(2.0), 0.5).unwrap();
+        assert_eq!((h.limit, h.used, h.over), (3.0, 1.5, true));
+        let within = Held::fold(None, true, Some(1.0), 0.5);
+        assert!(!Held::fold(within, false, Some(2.0), 0.5).unwrap().over);
+        assert_eq!(Held::fold(within, false, None, 0.5), None);
+        assert_eq!(
+            Held::fold(None, false, Some(1.0), 0.5),
+            None,
+            "one before had none"
+        );
+    }
+
     /// A program run again and again earns its requests their own limits, as the live
     /// agent places them: its runs then hold far less than the static limit (its
     /// recording's peak) that held it before — the rare bigger run throttled, not the
