@@ -17,8 +17,10 @@
 //!   tier from its executable's record, its own `cpu.max` and `memory.high` from its
 //!   prediction where its workload's do not pool it ([`crate::allocate::request`]). An
 //!   interval in which every process of a workload ran with a limit of its own is held by
-//!   those limits summed (within its workload's), per resource; throttled or over memory
-//!   when any one of them was.
+//!   those limits summed (within its workload's), per resource, each over the part of the
+//!   interval its request lived (its group holds nothing before its exec or after its
+//!   exit; at least one 100 ms CFS period); throttled or over memory when any one of
+//!   them was.
 //! - **vpa**: the VPA recommender (decaying histogram, p90 + 15%), applied reactively
 //!   (one step, no extra margin, its limits at its target, no recent peak), its published
 //!   per-pod minimum (25 mcores, 250 MB).
@@ -64,7 +66,7 @@ use crate::{
     capture::{Lifecycle, LifecycleKind, Tick},
     export::{self, Step},
     predict::{
-        Band, Forecast, ForecastStage, PredictConfig, Target, baseline,
+        Band, Forecast, ForecastStage, MIN_REQUEST_SECONDS, PredictConfig, Target, baseline,
         per_request::{self, ProfilePredictor},
     },
     record::RecordError,
@@ -356,6 +358,7 @@ impl Held {
 #[derive(Default)]
 struct Placed {
     key: String,
+    exec_ns: u64,
     cpu: Option<f64>,
     memory: Option<f64>,
     lived_s: f64,
@@ -441,6 +444,7 @@ impl Requests {
         };
         Placed {
             key: key.clone(),
+            exec_ns,
             cpu,
             memory,
             ..Placed::default()
@@ -475,18 +479,28 @@ impl Requests {
             }
             let first = !shares.contains_key(&id);
             let share = shares.entry(id).or_default();
-            let p = self.placed.get_mut(&s.tgid);
-            let (cpu, memory) = p.as_ref().map_or((None, None), |p| (p.cpu, p.memory));
+            // A request's group holds its limits from its exec to its exit: over the part
+            // of the interval it lived, the whole of it in between; at least one CFS
+            // period (a shorter life's use within its quota is not throttled).
+            let (cpu, memory, lived) = self.placed.get(&s.tgid).map_or((None, None, 1.0), |p| {
+                let exit = s.exit.map(|x| x.timestamp_ns);
+                (
+                    p.cpu,
+                    p.memory,
+                    lived(p.exec_ns, exit, t.timestamp_ns, secs),
+                )
+            });
             // A process without a limit of its own leaves that resource to its workload's.
-            share.cpu = Held::fold(share.cpu, first, cpu, cores);
-            share.memory = Held::fold(share.memory, first, memory, rss);
+            share.cpu = Held::fold(share.cpu, first, cpu.map(|c| c * lived), cores);
+            share.memory = Held::fold(share.memory, first, memory.map(|b| b * lived), rss * lived);
             if let Some(p) = self.placed.get_mut(&s.tgid)
                 && let Some(c) = p.cpu
             {
-                p.lived_s += secs;
+                let (rate, lived_s) = (cores / lived, secs * lived);
+                p.lived_s += lived_s;
                 p.cpu_s += cores * secs;
-                if cores > c {
-                    p.throttled_s += secs * (cores - c) / cores;
+                if rate > c {
+                    p.throttled_s += lived_s * (rate - c) / rate;
                 }
             }
             if s.exit.is_some() {
@@ -515,6 +529,16 @@ impl Requests {
         }
         shares
     }
+}
+
+/// The part of the interval of `secs` ending at `tick_ns` that a request exec'd at
+/// `exec_ns` (and ended at `exit_ns`) lived, at least one CFS period: a shorter life's
+/// use within its quota is not throttled.
+fn lived(exec_ns: u64, exit_ns: Option<u64>, tick_ns: u64, secs: f64) -> f64 {
+    let end = exit_ns.map_or(tick_ns, |x| x.min(tick_ns));
+    let start = exec_ns.max(tick_ns.saturating_sub((secs * 1e9) as u64));
+    let part = end.saturating_sub(start) as f64 / 1e9 / secs;
+    part.max(MIN_REQUEST_SECONDS / secs).min(1.0)
 }
 
 /// A workload as a forecasting strategy keeps it.
@@ -1004,26 +1028,24 @@ fn run(
             if share.cpu.is_none() && share.memory.is_none() {
                 t.static_intervals += (statics.get(&p.workload) == Some(&l)) as u64;
             }
-            // Each resource held by requests' own limits where all its processes had one,
-            // within its workload's; else by its workload's.
-            let held = |h: Option<Held>, limit: f64, used: f64| match h {
-                Some(h) => (h.limit.min(limit), h.used.min(limit), h.over),
-                None => (limit, used.min(limit), false),
+            // Each resource held by requests' own limits where all its processes had one
+            // (each over the part of the interval it lived), within its workload's; else
+            // by its workload's. Over: any request over its own, or all over the
+            // workload's.
+            let held = |h: Option<Held>, limit: f64, used: f64, over: bool| match h {
+                Some(h) => (h.limit.min(limit), h.used.min(limit), h.over || over),
+                None => (limit, used.min(limit), over),
             };
-            let (lc, uc_, oc) = held(share.cpu, l.cpu, cpu);
-            let (lm, um_, om) = held(share.memory, l.mem, mem);
-            let (l, used, throttled, over) = (
-                Limits { cpu: lc, mem: lm },
-                Limits { cpu: uc_, mem: um_ },
-                oc,
-                om,
-            );
-            t.cpu_reserved += l.cpu * secs;
-            t.cpu_used += used.cpu * secs;
-            t.mem_reserved += l.mem * secs;
-            t.mem_used += used.mem * secs;
-            t.throttled += (throttled || cpu > l.cpu * (1.0 + 1e-9) + 1e-6) as u64;
-            t.violations += (over || mem > l.mem + 1.0) as u64;
+            let (lc, uc_, throttled) =
+                held(share.cpu, l.cpu, cpu, cpu > l.cpu * (1.0 + 1e-9) + 1e-6);
+            let (lm, um_, over) = held(share.memory, l.mem, mem, mem > l.mem + 1.0);
+            t.cpu_reserved += lc * secs;
+            t.cpu_used += uc_ * secs;
+            t.mem_reserved += lm * secs;
+            t.mem_used += um_ * secs;
+            t.throttled += throttled as u64;
+            t.violations += over as u64;
+            let l = Limits { cpu: lc, mem: lm };
             (rc, rm, uc, um) = (rc + l.cpu, rm + l.mem, uc + cpu, um + mem);
         }
         let at = w.node.timestamp_ms.saturating_sub(start) as f64 / 1000.0;
@@ -1390,6 +1412,29 @@ mod tests {
             };
             w.write(&CaptureItem::Tick(Box::new(t))).unwrap();
         }
+    }
+
+    /// A request's limits are held from its exec to its exit: over the part of an
+    /// interval it lived, at least a CFS period.
+    #[test]
+    fn a_request_is_held_over_the_part_of_the_interval_it_lived() {
+        let s = 1_000_000_000u64;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(lived(10 * s + s / 4, None, 11 * s, 1.0), 0.75));
+        assert!(close(lived(5 * s, None, 11 * s, 1.0), 1.0));
+        assert!(close(lived(5 * s, Some(10 * s + s / 2), 11 * s, 1.0), 0.5));
+        assert!(close(
+            lived(10 * s + s / 4, Some(10 * s + s / 2), 11 * s, 1.0),
+            0.25
+        ));
+        assert!(close(
+            lived(10 * s, Some(10 * s + s / 200), 11 * s, 1.0),
+            0.1
+        ));
+        assert!(close(
+            lived(10 * s, Some(10 * s + s / 2), 12 * s, 2.0),
+            0.25
+        ));
     }
 
     /// Requests side by side: their limits summed and their use each up to its own; one
