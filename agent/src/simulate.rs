@@ -42,7 +42,7 @@
 //! `memory_violations` the intervals whose memory exceeded the memory limit; `changes` the
 //! limit changes; `core_s` and `gib_s` the reservations' cost. With `--by-workload` the
 //! same per recording, workload and strategy, with the intervals each workload spent at
-//! the static limits (for Umbra: before it earned the full tier).
+//! the static limits (for Umbra: before it or its requests earned the full tier).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
