@@ -433,9 +433,7 @@ impl Requests {
                 let workload = m.state.tier;
                 let (tier, _) =
                     request::tier(p, workload, Tier::Full, held_back, self.margin, &self.tiers);
-                let cap = (workload >= Tier::Full)
-                    .then(|| m.state.value(Knob::CpuMax).cores())
-                    .flatten();
+                let cap = m.state.value(Knob::CpuMax).cores();
                 let r = request::reservation(p, self.margin, &self.rules, cpus, cap);
                 let (cpu, memory) = request::hard(p, tier, request::pooled(&m.state));
                 (cpu.then_some(r.cores), memory.then_some(r.high as f64))

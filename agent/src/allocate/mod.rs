@@ -1372,11 +1372,9 @@ impl Allocator {
                 0.0,
             );
         };
+        let workload = self.managed.get(g).map(|m| &m.state);
         // A request never gets more than its workload's own cap (v1 refuses it).
-        let cap = self
-            .managed
-            .get(g)
-            .and_then(|m| m.state.value(Knob::CpuMax).cores());
+        let cap = workload.and_then(|w| w.value(Knob::CpuMax).cores());
         let r = reservation(p, self.cfg.request.margin, &self.cfg.rules, self.cpus, cap);
         let (cores, high, low) = (r.cores, r.high, r.low);
         let mut limits = vec![
@@ -1396,11 +1394,8 @@ impl Allocator {
                 0.0,
             );
         }
-        let pooled = self
-            .managed
-            .get(g)
-            .map_or((false, false), |m| request::pooled(&m.state));
-        let (cpu, memory) = request::hard(p, tier, pooled);
+        let (cpu, memory) =
+            request::hard(p, tier, workload.map_or((false, false), request::pooled));
         if cpu {
             limits.push((Knob::CpuMax, Value::of_cores(cores)));
         }
