@@ -61,7 +61,7 @@ use crate::{
         control::Tier as Priority,
         decide::{RecentPeak, Rules, State, WorkloadState, basis, decide},
         request::{self, HeldBack},
-        tiers::{Basis, Outcome, Record, Tier, TierRules},
+        tiers::{Basis, Margins, Outcome, Record, Tier, TierRules},
     },
     capture::{Lifecycle, LifecycleKind, Tick},
     export::{self, Step},
@@ -638,7 +638,7 @@ impl Strategy for Forecasting {
             .collect();
         let by_id: HashMap<&WorkloadId, &Forecast> =
             self.forecasts.iter().map(|f| (&f.workload, f)).collect();
-        let (margin, max_margin) = (self.rules.margin, self.rules.max_margin);
+        let margins = Margins::of(&self.rules);
         for (id, m) in &mut self.managed {
             let Some(&(cpu, mem)) = present.get(id) else {
                 continue;
@@ -670,7 +670,7 @@ impl Strategy for Forecasting {
                     memory_capped: capped,
                 };
                 if let Some(basis) = m.last {
-                    rec.observe(t, (margin, max_margin), basis, &o, Tier::Full);
+                    rec.observe(t, margins, basis, &o, Tier::Full);
                 }
                 m.state.tier = rec.tier;
                 m.state.cpu_margin = rec.cpu_margin;

@@ -183,6 +183,7 @@ impl AllocateConfig {
         };
         frac("rules.margin", r.margin, 0.0, 10.0)?;
         frac("rules.max_margin", r.max_margin, r.margin, 10.0)?;
+        frac("rules.min_cpu_margin", r.min_cpu_margin, 0.0, r.margin)?;
         frac("rules.memory_headroom", r.memory_headroom, 0.0, 10.0)?;
         frac("rules.max_increase", r.max_increase, 0.0, 100.0)?;
         frac("rules.max_decrease", r.max_decrease, 0.0, 1.0)?;

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     cgroups::{Group, Knob, Value},
     control::Tier as Priority,
-    tiers::{Basis, Tier},
+    tiers::{Basis, Margins, Tier},
 };
 use crate::{
     aggregate::WorkloadId,
@@ -65,6 +65,9 @@ pub struct Rules {
     pub margin: f64,
     /// The largest margin the observed error may ask for.
     pub max_margin: f64,
+    /// The smallest margin `cpu.max`'s may fall to while its limits keep covering the
+    /// workload (it starts at `margin`; see [`super::tiers`]).
+    pub min_cpu_margin: f64,
     /// Floors.
     pub min_cpu_cores: f64,
     pub min_memory_bytes: u64,
@@ -95,6 +98,7 @@ impl Default for Rules {
             lead_steps: 2,
             margin: 0.15,
             max_margin: 1.0,
+            min_cpu_margin: 0.0,
             min_cpu_cores: 0.05,
             min_memory_bytes: 32 << 20,
             memory_headroom: 0.05,
@@ -473,9 +477,8 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 quantile: None,
                 bounds: Vec::new(),
             };
-        let cpu_margin = w
-            .cpu_margin
-            .clamp(rules.margin, rules.max_margin.max(rules.margin));
+        let m = Margins::of(rules);
+        let cpu_margin = w.cpu_margin.clamp(m.min_cpu, m.max);
         let mem_margin = w
             .memory_margin
             .clamp(rules.margin, rules.max_margin.max(rules.margin));
@@ -1263,6 +1266,29 @@ mod tests {
             find(&acts, "a", Knob::CpuMax).unwrap().new,
             Value::of_cores(1.2 * 1.5)
         );
+    }
+
+    /// A CPU margin adapted below the configured one is used down to `min_cpu_margin`;
+    /// memory's never goes below the configured margin.
+    #[test]
+    fn a_margin_fallen_below_the_start_is_used_down_to_its_floor() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let mut w = workload("a", Tier::Full);
+        w.cpu_peak = 1.2;
+        w.cpu_margin = 0.05;
+        w.memory_margin = 0.05;
+        let cpu_max = |w: &WorkloadState, rules: &Rules| {
+            let acts = decide(&[forecast("a", &c, &m)], &state(vec![w.clone()]), rules);
+            let mem = find(&acts, "a", Knob::MemoryHigh).unwrap().new;
+            assert_eq!(mem, Value::Amount(page(m[0].p90 * 1.15)));
+            find(&acts, "a", Knob::CpuMax).unwrap().new
+        };
+        assert_eq!(cpu_max(&w, &Rules::default()), Value::of_cores(1.2 * 1.05));
+        let floored = Rules {
+            min_cpu_margin: 0.1,
+            ..Rules::default()
+        };
+        assert_eq!(cpu_max(&w, &floored), Value::of_cores(1.2 * 1.1));
     }
 
     #[test]

@@ -51,7 +51,7 @@ use self::{
     control::{Control, Tier as Priority},
     decide::{Action, RecentPeak, State, WorkloadState, basis, decide},
     request::{HeldBack, reservation, was_held_back},
-    tiers::{Basis, Outcome, Record, TierChange},
+    tiers::{Basis, Margins, Outcome, Record, TierChange},
 };
 use crate::{
     FastMap,
@@ -801,11 +801,7 @@ impl Allocator {
                     .unwrap_or(Priority::Normal)
             });
             let secs = self.interval_ms as f64 / 1000.0;
-            let (tiers, margin, max_margin) = (
-                &self.cfg.tiers,
-                self.cfg.rules.margin,
-                self.cfg.rules.max_margin,
-            );
+            let (tiers, margins) = (&self.cfg.tiers, Margins::of(&self.cfg.rules));
             let Some(m) = self.managed.get_mut(g) else {
                 continue;
             };
@@ -851,9 +847,7 @@ impl Allocator {
                 m.state.memory_bump = 1.0 + (m.state.memory_bump - 1.0) * 0.99;
             }
             if let Some(basis) = m.last {
-                let change = m
-                    .record
-                    .observe(tiers, (margin, max_margin), basis, &o, max);
+                let change = m.record.observe(tiers, margins, basis, &o, max);
                 if let Some(change) = change {
                     info!(
                         workload = m.state.name,

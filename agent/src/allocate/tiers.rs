@@ -13,8 +13,10 @@
 //! - **demotion** one tier down when coverage falls below `demote_coverage` (a lower bar:
 //!   hysteresis), or at once on an OOM kill; then a cool-down before the next promotion,
 //!   and the record starts over;
-//! - the **margins** adapt to the misses, each between the configured margin and the
-//!   largest allowed. CPU's by adaptive conformal inference: up by `margin_gain` ×
+//! - the **margins** adapt to the misses ([`Margins`]): both start at the configured
+//!   margin and rise to at most the largest allowed; CPU's may fall below its start, to
+//!   `min_cpu_margin` (by default none: the recent peak or p50 alone), memory's may not.
+//!   CPU's by adaptive conformal inference: up by `margin_gain` ×
 //!   (1 − `target_miss`) after a miss, down by `margin_gain` × `target_miss` after an
 //!   interval covered, so that in the long run `target_miss` of intervals miss. A
 //!   throttled group's demand above its cap is not seen, only that it missed, and this
@@ -32,6 +34,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::decide::Rules;
 use crate::predict::Band;
 
 /// How strongly a workload's forecasts are mirrored into its cgroup: earned by the
@@ -163,6 +166,25 @@ struct Eval {
 const CPU_FLOOR: f64 = 0.05;
 const MEM_FLOOR: f64 = 16.0 * 1024.0 * 1024.0;
 
+/// What the adaptive margins move within (`[allocate.rules]`): both start at `start`;
+/// CPU's may fall to `min_cpu`, memory's to `start`; neither rises above `max`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Margins {
+    pub start: f64,
+    pub min_cpu: f64,
+    pub max: f64,
+}
+
+impl Margins {
+    pub fn of(r: &Rules) -> Margins {
+        Margins {
+            start: r.margin,
+            min_cpu: r.min_cpu_margin.min(r.margin),
+            max: r.max_margin.max(r.margin),
+        }
+    }
+}
+
 /// A tier change and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TierChange {
@@ -218,17 +240,16 @@ impl Record {
     }
 
     /// Scores the reservation made an interval ago (`basis`) against what came; may
-    /// change the tier (capped at `max`). `margins`: the configured margin and the largest
-    /// one allowed.
+    /// change the tier (capped at `max`). `margins`: what the margins adapt within.
     pub fn observe(
         &mut self,
         r: &TierRules,
-        margins: (f64, f64),
+        margins: Margins,
         basis: Basis,
         o: &Outcome,
         max: Tier,
     ) -> Option<TierChange> {
-        let (margin, max_margin) = margins;
+        let max_margin = margins.max.max(margins.start);
         let (cpu, mem) = (basis.cpu, basis.memory);
         let cpu_ratio = o.cpu_cores / basis.cpu_base.max(CPU_FLOOR);
         let mem_ratio = o.memory_bytes / basis.memory_base.max(MEM_FLOOR);
@@ -261,7 +282,7 @@ impl Record {
         while self.evals.len() > r.window.max(1) {
             self.evals.pop_front();
         }
-        self.adapt_margins(r, margin, max_margin, cpu_miss);
+        self.adapt_margins(r, margins, cpu_miss);
         let miss = if mem_miss { 1.0 } else { 0.0 };
         self.memory_quantile =
             (self.memory_quantile + r.memory_gain * (miss - r.memory_miss)).clamp(0.0, 1.0);
@@ -347,11 +368,12 @@ impl Record {
         self.evals.clear();
     }
 
-    fn adapt_margins(&mut self, r: &TierRules, margin: f64, max_margin: f64, cpu_miss: bool) {
-        let max_margin = max_margin.max(margin);
+    fn adapt_margins(&mut self, r: &TierRules, m: Margins, cpu_miss: bool) {
+        let (margin, max_margin) = (m.start, m.max.max(m.start));
+        let min_cpu = m.min_cpu.min(margin);
         let miss = if cpu_miss { 1.0 } else { 0.0 };
         self.cpu_margin =
-            (self.cpu_margin + r.margin_gain * (miss - r.target_miss)).clamp(margin, max_margin);
+            (self.cpu_margin + r.margin_gain * (miss - r.target_miss)).clamp(min_cpu, max_margin);
         let mut v: Vec<f64> = self.evals.iter().map(|e| e.mem_ratio).collect();
         self.memory_margin = if v.len() < r.min_samples.max(1) {
             margin
@@ -366,6 +388,13 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default margins, CPU's held at its start.
+    const KEPT: Margins = Margins {
+        start: 0.15,
+        min_cpu: 0.15,
+        max: 1.0,
+    };
 
     fn band(v: f64) -> Band {
         Band {
@@ -402,7 +431,7 @@ mod tests {
         let mut rec = Record::new(&r, 0.15);
         let mut changes = Vec::new();
         for i in 0..100 {
-            if let Some(c) = rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full) {
+            if let Some(c) = rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full) {
                 changes.push((i, c.to));
             }
         }
@@ -412,12 +441,38 @@ mod tests {
         assert_eq!(rec.cpu_margin, 0.15);
     }
 
+    /// CPU's margin falls from its start while the limits keep covering the workload, to
+    /// `min_cpu` and no lower; memory's stays at its start.
+    #[test]
+    fn the_cpu_margin_falls_below_its_start_to_its_floor_while_covered() {
+        let r = TierRules::default();
+        let m = Margins {
+            start: 0.15,
+            min_cpu: 0.05,
+            max: 1.0,
+        };
+        let mut rec = Record::new(&r, m.start);
+        let covered = 0.15 / (r.margin_gain * r.target_miss);
+        for _ in 0..(covered as usize / 2) {
+            rec.observe(&r, m, basis(1.0), &out(1.0, M), Tier::Full);
+        }
+        assert!(
+            (0.05..0.12).contains(&rec.cpu_margin),
+            "half way down: {}",
+            rec.cpu_margin
+        );
+        for _ in 0..covered as usize {
+            rec.observe(&r, m, basis(1.0), &out(1.0, M), Tier::Full);
+        }
+        assert_eq!(rec.cpu_margin, 0.05);
+        assert_eq!(rec.memory_margin, 0.15);
+    }
+
     #[test]
     fn a_drifting_workload_goes_to_shadow_and_stays_there_while_it_drifts() {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
-        let good =
-            |rec: &mut Record| rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
+        let good = |rec: &mut Record| rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full);
         for _ in 0..30 {
             good(&mut rec);
         }
@@ -445,7 +500,7 @@ mod tests {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
         for _ in 0..100 {
-            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Warm);
+            rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Warm);
         }
         assert_eq!(rec.tier, Tier::Warm);
     }
@@ -455,7 +510,7 @@ mod tests {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
         for _ in 0..30 {
-            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
+            rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full);
         }
         assert_eq!(rec.tier, Tier::Full);
         // Capped and throttled a third of the time: coverage falls under 75%.
@@ -474,7 +529,7 @@ mod tests {
                     ..out(1.0, M)
                 }
             };
-            if let Some(c) = rec.observe(&r, (0.15, 1.0), basis(1.0), &o, Tier::Full) {
+            if let Some(c) = rec.observe(&r, KEPT, basis(1.0), &o, Tier::Full) {
                 assert_eq!(c.to, Tier::Warm, "{c:?}");
                 demoted_at = Some(i);
                 break;
@@ -488,7 +543,7 @@ mod tests {
         // Perfect again: no promotion before the cool-down and a fresh record.
         let mut back = None;
         for i in 0..100 {
-            if let Some(c) = rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full) {
+            if let Some(c) = rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full) {
                 back.get_or_insert((i, c.to));
             }
         }
@@ -506,9 +561,7 @@ mod tests {
             oom_kills: 1,
             ..out(1.0, M)
         };
-        let c = rec
-            .observe(&r, (0.15, 1.0), basis(1.0), &o, Tier::Full)
-            .unwrap();
+        let c = rec.observe(&r, KEPT, basis(1.0), &o, Tier::Full).unwrap();
         assert_eq!((c.from, c.to), (Tier::Full, Tier::Warm));
         assert!(c.reason.contains("OOM"));
     }
@@ -520,7 +573,7 @@ mod tests {
         // Memory runs 40% over the forecast's p90 a fifth of the time.
         for i in 0..60 {
             let mem = if i % 5 == 0 { 1.1 * 1.4 * M } else { M };
-            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, mem), Tier::Full);
+            rec.observe(&r, KEPT, basis(1.0), &out(1.0, mem), Tier::Full);
         }
         assert!(
             (rec.memory_margin - 0.4).abs() < 1e-6,
@@ -538,15 +591,15 @@ mod tests {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
         assert_eq!(rec.memory_quantile, 1.0);
-        rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
+        rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full);
         let down = r.memory_gain * r.memory_miss;
         assert!((rec.memory_quantile - (1.0 - down)).abs() < 1e-12);
         for _ in 0..1000 {
-            rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, M), Tier::Full);
+            rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full);
         }
         assert_eq!(rec.memory_quantile, 0.0, "at p50, never below");
         // Memory 30% over the base, beyond the 15% margin: a miss.
-        rec.observe(&r, (0.15, 1.0), basis(1.0), &out(1.0, 1.3 * M), Tier::Full);
+        rec.observe(&r, KEPT, basis(1.0), &out(1.0, 1.3 * M), Tier::Full);
         let up = r.memory_gain * (1.0 - r.memory_miss);
         assert!(
             (rec.memory_quantile - up).abs() < 1e-12,
@@ -570,7 +623,13 @@ mod tests {
                 misses += (mem > base * 1.15) as u32;
                 n += 1;
             }
-            rec.observe(&r, (0.15, 0.15), b, &out(1.0, mem), Tier::Full);
+            rec.observe(
+                &r,
+                Margins { max: 0.15, ..KEPT },
+                b,
+                &out(1.0, mem),
+                Tier::Full,
+            );
         }
         let rate = misses as f64 / n as f64;
         assert!((rate - r.memory_miss).abs() < 0.005, "miss rate {rate}");
@@ -601,7 +660,17 @@ mod tests {
                 throttled_s: if throttled { 1.0 - cap / demand } else { 0.0 },
                 ..out(demand.min(cap), M)
             };
-            rec.observe(&r, (0.0, 1.0), basis(1.0), &o, Tier::Full);
+            rec.observe(
+                &r,
+                Margins {
+                    start: 0.0,
+                    min_cpu: 0.0,
+                    max: 1.0,
+                },
+                basis(1.0),
+                &o,
+                Tier::Full,
+            );
             if i >= 10_000 {
                 misses += (o.throttled_s > r.throttle_miss) as usize;
                 n += 1;
