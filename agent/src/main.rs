@@ -176,6 +176,10 @@ enum Command {
         /// `"workloads": [...]`), with the intervals it spent at the static limits.
         #[arg(long)]
         by_workload: bool,
+        /// Each strategy's intervals scored by what held them too: the static limits, the
+        /// strategy's limits for the workload, or its requests' own (JSON: `"holders"`).
+        #[arg(long)]
+        by_holder: bool,
         /// Umbra holds each workload as a whole, without placing its execs on their own.
         #[arg(long)]
         no_per_request: bool,
@@ -632,6 +636,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             workloads,
             json,
             by_workload,
+            by_holder,
             no_per_request,
             plot,
         } => {
@@ -642,6 +647,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             }
             sim.workloads = workloads;
             sim.by_workload = by_workload;
+            sim.by_holder = by_holder;
             let s =
                 tokio::task::spawn_blocking(move || umbra::simulate::simulate(&recordings, &sim))
                     .await??;
@@ -652,6 +658,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&s.report)?);
             } else {
                 print!("{}", umbra::simulate::table(&s.report));
+                if by_holder {
+                    print!("\n{}", umbra::simulate::holder_table(&s.report));
+                }
                 if by_workload {
                     print!("\n{}", umbra::simulate::workload_table(&s.report));
                 }

@@ -106,6 +106,8 @@ pub struct SimConfig {
     pub tiers: TierRules,
     /// Score each managed workload too ([`Report::workloads`]).
     pub by_workload: bool,
+    /// Score each strategy's intervals by what held them too ([`Report::holders`]).
+    pub by_holder: bool,
     /// Umbra places each exec of a managed workload on its own, with limits from its
     /// per-request prediction, as a rule with `per_request = true` would.
     pub per_request: bool,
@@ -122,6 +124,7 @@ impl SimConfig {
             rules: cfg.allocate.rules.clone(),
             tiers: cfg.allocate.tiers.clone(),
             by_workload: false,
+            by_holder: false,
             per_request: true,
             request: cfg.allocate.request.clone(),
         }
@@ -148,6 +151,28 @@ pub struct Report {
     /// strategy, in that order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadScore>,
+    /// With [`SimConfig::by_holder`]: per strategy, its managed workloads' intervals
+    /// scored by what held each resource ([`HOLDERS`]), in that order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderScore>,
+}
+
+/// What holds a managed workload's resource in an interval: the static limits (before the
+/// strategy changed them, or after it set them back), the strategy's limits for the
+/// workload, or its requests' own limits (each exec placed on its own).
+pub const HOLDERS: [&str; 3] = ["static", "workload", "requests"];
+
+/// A strategy's intervals held by one of [`HOLDERS`]: CPU's slack and throttled fraction
+/// over the intervals whose CPU it held, memory's slack and violations over those whose
+/// memory it held (`changes` is not split).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HolderScore {
+    pub holder: String,
+    /// Intervals whose CPU, and whose memory, it held.
+    pub cpu_intervals: u64,
+    pub memory_intervals: u64,
+    #[serde(flatten)]
+    pub score: Score,
 }
 
 /// One managed workload of one recording under one strategy.
@@ -197,6 +222,8 @@ struct Tally {
     violations: u64,
     changes: u64,
     static_intervals: u64,
+    /// Intervals whose memory it counts (the CPU's: `intervals`), where the two differ.
+    memory_intervals: u64,
 }
 
 impl Tally {
@@ -210,6 +237,7 @@ impl Tally {
         self.violations += o.violations;
         self.changes += o.changes;
         self.static_intervals += o.static_intervals;
+        self.memory_intervals += o.memory_intervals;
     }
 
     fn score(&self, name: &str) -> Score {
@@ -314,6 +342,12 @@ trait Strategy {
     /// placed with hard limits of their own.
     fn requests(&mut self, _: &Tick, _: &Window) -> HashMap<WorkloadId, Share> {
         HashMap::new()
+    }
+
+    /// Whether the limits its last step left for workload `id` are its own, CPU's and
+    /// memory's — not the static ones it falls back to.
+    fn holds(&self, _: &WorkloadId) -> (bool, bool) {
+        (false, false)
     }
 }
 
@@ -548,6 +582,21 @@ struct Managed {
     peak: RecentPeak,
 }
 
+impl Managed {
+    /// Its own `cpu.max` (cores) and `memory.high` (bytes), where its tier sets them.
+    fn own(&self) -> (Option<f64>, Option<f64>) {
+        if self.state.tier != Tier::Full {
+            return (None, None);
+        }
+        let cpu = self.state.value(Knob::CpuMax).cores();
+        let mem = match self.state.value(Knob::MemoryHigh) {
+            Value::Amount(b) => Some(b as f64),
+            _ => None,
+        };
+        (cpu, mem)
+    }
+}
+
 /// Forecasts through `decide`: the live agent's path.
 struct Forecasting {
     stage: ForecastStage,
@@ -610,6 +659,13 @@ impl Forecasting {
 }
 
 impl Strategy for Forecasting {
+    fn holds(&self, id: &WorkloadId) -> (bool, bool) {
+        self.managed.get(id).map_or((false, false), |m| {
+            let (cpu, mem) = m.own();
+            (cpu.is_some(), mem.is_some())
+        })
+    }
+
     fn event(&mut self, e: &Lifecycle) {
         if let Some(r) = &mut self.requests {
             r.event(e);
@@ -712,15 +768,8 @@ impl Strategy for Forecasting {
                 cpu: w.node.cpus as f64,
                 mem: w.node.mem_total_bytes as f64,
             });
-            let full = m.state.tier == Tier::Full;
-            let cpu = match (full, m.state.value(Knob::CpuMax)) {
-                (true, v @ Value::Amount(_)) => v.cores().unwrap_or(fallback.cpu),
-                _ => fallback.cpu,
-            };
-            let mem = match (full, m.state.value(Knob::MemoryHigh)) {
-                (true, Value::Amount(b)) => b as f64,
-                _ => fallback.mem,
-            };
+            let (cpu, mem) = m.own();
+            let (cpu, mem) = (cpu.unwrap_or(fallback.cpu), mem.unwrap_or(fallback.mem));
             limits.insert(id.clone(), Limits { cpu, mem });
         }
     }
@@ -831,6 +880,7 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
     }
     let mut out = Simulation::default();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut held: BTreeMap<String, [Tally; 3]> = BTreeMap::new();
     for (ri, path) in paths.iter().enumerate() {
         let survey = survey(path, sim.group_by, sim.workloads)?;
         let interval = sim.predict.interval_ms(survey.interval_ms);
@@ -896,6 +946,10 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
             };
             let r = run(path, sim, &statics, strategy.as_mut())?;
             tallies.entry(name.clone()).or_default().add(&r.tally);
+            let h = held.entry(name.clone()).or_default();
+            for (sum, t) in h.iter_mut().zip(&r.holders) {
+                sum.add(t);
+            }
             if sim.by_workload {
                 for id in &survey.managed {
                     let Some((wname, t)) = r.by_workload.get(id) else {
@@ -923,6 +977,21 @@ pub fn simulate(paths: &[PathBuf], sim: &SimConfig) -> Result<Simulation, Simula
         .iter()
         .filter_map(|s| tallies.get(s).map(|t| t.score(s)))
         .collect();
+    if sim.by_holder {
+        out.report.holders = sim
+            .strategies
+            .iter()
+            .filter_map(|s| held.get(s).map(|h| (s, h)))
+            .flat_map(|(s, h)| {
+                h.iter().zip(HOLDERS).map(|(t, holder)| HolderScore {
+                    holder: holder.into(),
+                    cpu_intervals: t.intervals,
+                    memory_intervals: t.memory_intervals,
+                    score: t.score(s),
+                })
+            })
+            .collect();
+    }
     Ok(out)
 }
 
@@ -977,6 +1046,8 @@ struct Run {
     tally: Tally,
     /// In the workloads' order, so the totals are summed the same way every run.
     by_workload: BTreeMap<WorkloadId, (String, Tally)>,
+    /// By what held each resource, in [`HOLDERS`]' order.
+    holders: [Tally; 3],
     series: Vec<Sample>,
     usage: Vec<Sample>,
 }
@@ -990,6 +1061,7 @@ fn run(
 ) -> Result<Run, SimulateError> {
     let mut limits = statics.clone();
     let mut by_workload: BTreeMap<WorkloadId, (String, Tally)> = BTreeMap::new();
+    let mut holders: [Tally; 3] = Default::default();
     let mut series = Vec::new();
     let mut usage = Vec::new();
     let mut first: Option<u64> = None;
@@ -1043,6 +1115,18 @@ fn run(
             t.mem_used += um_ * secs;
             t.throttled += throttled as u64;
             t.violations += over as u64;
+            let (cpu_own, mem_own) = strategy.holds(&p.workload);
+            let holder = |requests: bool, own: bool| if requests { 2 } else { own as usize };
+            let h = &mut holders[holder(share.cpu.is_some(), cpu_own)];
+            h.intervals += 1;
+            h.cpu_reserved += lc * secs;
+            h.cpu_used += uc_ * secs;
+            h.throttled += throttled as u64;
+            let h = &mut holders[holder(share.memory.is_some(), mem_own)];
+            h.memory_intervals += 1;
+            h.mem_reserved += lm * secs;
+            h.mem_used += um_ * secs;
+            h.violations += over as u64;
             let l = Limits { cpu: lc, mem: lm };
             (rc, rm, uc, um) = (rc + l.cpu, rm + l.mem, uc + cpu, um + mem);
         }
@@ -1074,6 +1158,7 @@ fn run(
     Ok(Run {
         tally,
         by_workload,
+        holders,
         series,
         usage,
     })
@@ -1100,6 +1185,41 @@ pub fn table(r: &Report) -> String {
             x.memory_violations,
             x.changes,
             x.core_s,
+            x.gib_s
+        );
+    }
+    s
+}
+
+/// The report's holders as a table: per strategy, a row for each of [`HOLDERS`].
+pub fn holder_table(r: &Report) -> String {
+    let mut s = format!(
+        "{:<10} {:<9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        "STRATEGY",
+        "HELD BY",
+        "CPU INTV",
+        "CPU SLACK",
+        "THROTTLED",
+        "CORE-S",
+        "MEM INTV",
+        "MEM SLACK",
+        "MEM VIOL",
+        "GIB-S"
+    );
+    for h in &r.holders {
+        let x = &h.score;
+        let _ = writeln!(
+            s,
+            "{:<10} {:<9} {:>9} {:>8.1}% {:>9.2}% {:>9.1} {:>9} {:>8.1}% {:>9} {:>9.1}",
+            x.strategy,
+            h.holder,
+            h.cpu_intervals,
+            x.cpu_slack * 100.0,
+            x.throttled_fraction * 100.0,
+            x.core_s,
+            h.memory_intervals,
+            x.memory_slack * 100.0,
+            x.memory_violations,
             x.gib_s
         );
     }
@@ -1465,13 +1585,18 @@ mod tests {
         let run = |per_request: bool| {
             let mut s = sim(&["umbra"]);
             s.by_workload = true;
+            s.by_holder = true;
             s.per_request = per_request;
             s.predict.request_model = "none".into();
             let r = simulate(std::slice::from_ref(&rec), &s).unwrap().report;
-            r.workloads.into_iter().find(|w| w.name == "pack").unwrap()
+            let requests = r.holders[2].clone();
+            let w = r.workloads.into_iter().find(|w| w.name == "pack").unwrap();
+            (w, requests)
         };
-        let (whole, placed) = (run(false), run(true));
-        eprintln!("{whole:?}\n{placed:?}");
+        let ((whole, none), (placed, requests)) = (run(false), run(true));
+        eprintln!("{whole:?}\n{placed:?}\n{requests:?}");
+        assert_eq!(none.cpu_intervals + none.memory_intervals, 0, "{none:?}");
+        assert!(requests.cpu_intervals > 100, "{requests:?}");
         assert!(
             placed.static_intervals * 2 < whole.static_intervals,
             "{whole:?}\n{placed:?}"
@@ -1597,6 +1722,51 @@ mod tests {
             "{}",
             workload_table(&r)
         );
+    }
+
+    /// Each strategy's intervals split by what held them add up to the strategy's; the
+    /// static strategy's are all the static limits', Umbra's the static limits' until its
+    /// tier is earned and its own after.
+    #[test]
+    fn each_strategys_intervals_are_split_by_what_held_them() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("stepping.umbra");
+        stepping(&rec);
+        let mut cfg = sim(&STRATEGIES);
+        cfg.by_holder = true;
+        let r = simulate(std::slice::from_ref(&rec), &cfg).unwrap().report;
+        eprintln!("{}", holder_table(&r));
+        assert_eq!(r.holders.len(), STRATEGIES.len() * HOLDERS.len());
+        for st in &r.strategies {
+            let hs: Vec<&HolderScore> = r
+                .holders
+                .iter()
+                .filter(|h| h.score.strategy == st.strategy)
+                .collect();
+            let names: Vec<&str> = hs.iter().map(|h| h.holder.as_str()).collect();
+            assert_eq!(names, HOLDERS);
+            let core_s: f64 = hs.iter().map(|h| h.score.core_s).sum();
+            let gib_s: f64 = hs.iter().map(|h| h.score.gib_s).sum();
+            assert!((core_s - st.core_s).abs() < 1e-6 * st.core_s, "{st:?}");
+            assert!((gib_s - st.gib_s).abs() < 1e-6 * st.gib_s, "{st:?}");
+            let cpu: u64 = hs.iter().map(|h| h.cpu_intervals).sum();
+            let mem: u64 = hs.iter().map(|h| h.memory_intervals).sum();
+            assert_eq!((cpu, mem), (2 * 1799, 2 * 1799), "{st:?}");
+            let violations: u64 = hs.iter().map(|h| h.score.memory_violations).sum();
+            assert_eq!(violations, st.memory_violations);
+            let (held, own) = (hs[0].cpu_intervals, hs[1].cpu_intervals);
+            match st.strategy.as_str() {
+                "static" => assert_eq!(held, cpu),
+                "umbra" => assert!(held > 30 && own > cpu / 2, "{hs:?}"),
+                _ => assert!((3..30).contains(&held), "{hs:?}"),
+            }
+            assert_eq!(hs[2].cpu_intervals, 0, "no exec: no request placed");
+        }
+        let j = serde_json::to_value(&r).unwrap();
+        let h0 = j["holders"][0].as_object().unwrap();
+        for k in ["holder", "cpu_intervals", "memory_intervals", "cpu_slack"] {
+            assert!(h0.contains_key(k), "{k}: {h0:?}");
+        }
     }
 
     #[test]

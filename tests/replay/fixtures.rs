@@ -210,13 +210,13 @@ fn succeeded(st: &std::process::Output) -> (String, String) {
     (String::from_utf8(st.stdout.clone()).unwrap(), err)
 }
 
-/// `umbra simulate --by-workload` as users run it: each managed workload's row per
-/// strategy, in JSON and in the table.
+/// `umbra simulate --by-workload --by-holder` as users run it: each managed workload's row
+/// per strategy, and each strategy's intervals by what held them, in JSON and in tables.
 #[test]
 fn simulate_scores_each_workload_when_asked() {
     let run = |json: bool| {
         let mut c = umbra_cli(["simulate", "--by-workload", "--strategy", "umbra"].map(OsStr::new));
-        c.args(["--strategy", "static", "--workloads", "3"])
+        c.args(["--by-holder", "--strategy", "static", "--workloads", "3"])
             .arg(fixture("compile"));
         if json {
             c.arg("--json");
@@ -232,11 +232,33 @@ fn simulate_scores_each_workload_when_asked() {
             assert_eq!(w["static_intervals"], w["intervals"], "{w}");
         }
     }
+    let holders = j["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 6, "2 strategies × 3 holders: {j}");
+    let of = |strategy: &str, holder: &str| {
+        holders
+            .iter()
+            .find(|h| h["strategy"] == strategy && h["holder"] == holder)
+            .unwrap_or_else(|| panic!("{strategy}, {holder}: {j}"))["cpu_intervals"]
+            .as_u64()
+            .unwrap()
+    };
+    let intervals: u64 = ws
+        .iter()
+        .filter(|w| w["strategy"] == "static")
+        .map(|w| w["intervals"].as_u64().unwrap())
+        .sum();
+    assert_eq!(of("static", "static"), intervals, "{j}");
+    assert_eq!(
+        of("static", "workload") + of("static", "requests"),
+        0,
+        "{j}"
+    );
     let table = run(false);
     assert!(
         table.contains("RECORDING") && table.contains("compile.umbra"),
         "{table}"
     );
+    assert!(table.contains("HELD BY"), "{table}");
 }
 
 /// The same recording gives the same report, to the last digit, every run (the totals
