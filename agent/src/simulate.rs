@@ -704,6 +704,7 @@ impl Strategy for Forecasting {
             if let (Some(rec), Some(t)) = (m.record.as_mut(), self.tiers.as_ref()) {
                 let l = limits.get(id).copied();
                 let capped = m.state.tier == Tier::Full;
+                let mem_capped = capped && m.state.memory_hard;
                 let over_cpu = l.map_or(0.0, |l| (cpu - l.cpu).max(0.0));
                 let over_mem = l.is_some_and(|l| mem > l.mem);
                 let o = Outcome {
@@ -719,16 +720,17 @@ impl Strategy for Forecasting {
                     } else {
                         0.0
                     },
-                    memory_high_events: (capped && over_mem) as u64,
-                    memory_stall_s: if capped && over_mem { secs } else { 0.0 },
+                    memory_high_events: (mem_capped && over_mem) as u64,
+                    memory_stall_s: if mem_capped && over_mem { secs } else { 0.0 },
                     oom_kills: 0,
                     cpu_capped: capped,
-                    memory_capped: capped,
+                    memory_capped: mem_capped,
                 };
                 if let Some(basis) = m.last {
                     rec.observe(t, margins, basis, &o, Tier::Full);
                 }
                 m.state.tier = rec.tier;
+                m.state.memory_hard = rec.memory_hard(t);
                 m.state.cpu_margin = rec.cpu_margin;
                 m.state.memory_margin = rec.memory_margin;
                 m.state.memory_quantile = rec.memory_quantile;

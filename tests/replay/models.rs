@@ -268,10 +268,10 @@ fn the_shipped_request_model_beats_the_profile_baseline_on_held_out_requests() {
 
 /// `umbra simulate` with the agent's defaults on the held-out recordings the forecaster is
 /// judged on: the shipped model and tiers against the VPA-like recommender. Measured with
-/// requests placed on their own and CPU's margin free to fall below its start (2026-12-07,
-/// evening): CPU slack 36.4% vs VPA-like's 35.1% at 4.56% throttled intervals vs 7.35%
-/// (the margin held at its start: 37.6% at 3.74%), memory slack 30.6% vs 39.2% with 23
-/// violations vs 79 (with `memory.high` on p90 alone, before its quantile adapted, 38.0%
+/// requests placed on their own, CPU's margin free to fall below its start and `cpu.max`
+/// earned before the memory limits (2026-12-07, evening): CPU slack 35.9% vs VPA-like's
+/// 35.1% at 4.66% throttled intervals vs 7.35% (the margin held at its start: 37.6% at
+/// 3.74%), memory slack 30.7% vs 39.2% with 23 violations vs 79 (with `memory.high` on p90 alone, before its quantile adapted, 38.0%
 /// with 10: this fails). The goal — slack at least 30% below VPA-like's with no more
 /// violations — is reached by neither; with the limits at the forecast's p90 (before
 /// 2026-12-06) CPU slack was 47.1%, 1.34× VPA-like's, and this fails.

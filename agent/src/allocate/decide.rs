@@ -60,8 +60,9 @@ pub fn priority_name(p: Priority) -> &'static str {
 pub struct Rules {
     /// Forecast steps the next reservation covers (the largest band among them).
     pub lead_steps: usize,
-    /// Margin over p90 for `cpu.max` and `memory.high`, at least; the observed error
-    /// raises it per workload.
+    /// Margin over the base of `cpu.max` and `memory.high` ([`cpu_base`],
+    /// [`memory_base`]) each workload starts at; what its limits miss raises it, up to
+    /// `max_margin`, and what they cover lowers CPU's, down to `min_cpu_margin`.
     pub margin: f64,
     /// The largest margin the observed error may ask for.
     pub max_margin: f64,
@@ -146,7 +147,7 @@ pub struct WorkloadState {
     /// Usage in the last interval.
     pub cpu_cores: f64,
     pub memory_bytes: u64,
-    /// Margins over p90 the observed error asks for (at least `Rules::margin`).
+    /// Margins over the limits' bases the observed error asks for (within [`Margins`]).
     pub cpu_margin: f64,
     pub memory_margin: f64,
     /// Memory multiplier after OOM events (VPA-like ×1.2 each, decaying to 1).
@@ -161,6 +162,15 @@ pub struct WorkloadState {
     /// ([`memory_base`]).
     #[serde(default = "p90")]
     pub memory_quantile: f64,
+    /// At the full tier, whether its memory limits (`memory.min`, `memory.high`) are set
+    /// too: `cpu.max` comes with the tier, memory's once it has held a while (a CPU limit
+    /// missed throttles; a memory limit missed reclaims).
+    #[serde(default = "yes")]
+    pub memory_hard: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn p90() -> f64 {
@@ -186,6 +196,7 @@ impl WorkloadState {
             cpu_peak: 0.0,
             memory_peak: 0.0,
             memory_quantile: 1.0,
+            memory_hard: true,
         }
     }
 
@@ -238,6 +249,9 @@ pub enum Bound {
     Hysteresis,
     /// Lifted to the kernel default: the tier no longer sets it.
     TierLifted,
+    /// Not set yet: the full tier's memory limits wait until it has held for
+    /// `tiers.memory_after` intervals ([`WorkloadState::memory_hard`]).
+    MemoryWaits,
 }
 
 impl Bound {
@@ -250,6 +264,7 @@ impl Bound {
             Bound::Interval { since_ms } => format!("written {since_ms} ms ago"),
             Bound::Hysteresis => "inside the hysteresis band".into(),
             Bound::TierLifted => "not set at this tier".into(),
+            Bound::MemoryWaits => "not yet: the full tier has not held long enough".into(),
         }
     }
 }
@@ -531,6 +546,10 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
             } else {
                 (Target::Cpu, cpu, cpu_margin, w.cpu_cores)
             };
+            let waits = w.tier == Tier::Full
+                && !w.memory_hard
+                && matches!(knob, Knob::MemoryMin | Knob::MemoryHigh);
+            let set = set && !waits;
             let wanted = if set {
                 soft(knob)
             } else {
@@ -545,7 +564,9 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 }
                 _ => {}
             }
-            if !set {
+            if waits {
+                why.bounds.push(Bound::MemoryWaits);
+            } else if !set {
                 why.bounds.push(Bound::TierLifted);
             }
             pending.push(Pending {
@@ -560,7 +581,7 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
     }
     for p in &mut pending {
         let w = &state.workloads[p.w];
-        if p.why.bounds.contains(&Bound::TierLifted) {
+        if p.why.bounds.contains(&Bound::TierLifted) || p.why.bounds.contains(&Bound::MemoryWaits) {
             continue;
         }
         floor(p, w, rules);
@@ -1266,6 +1287,41 @@ mod tests {
             find(&acts, "a", Knob::CpuMax).unwrap().new,
             Value::of_cores(1.2 * 1.5)
         );
+    }
+
+    /// Newly at the full tier: `cpu.max` is set, the memory limits wait (said so), the soft
+    /// ones stay.
+    #[test]
+    fn a_workload_new_to_the_full_tier_gets_its_cpu_limit_before_its_memory_limits() {
+        let (c, m) = steady(1.0, 100 * MIB);
+        let mut w = workload("a", Tier::Full);
+        w.memory_hard = false;
+        w.applied.insert(Knob::MemoryHigh, Value::Amount(200 * MIB));
+        let acts = decide(
+            &[forecast("a", &c, &m)],
+            &state(vec![w.clone()]),
+            &Rules::default(),
+        );
+        assert!(
+            find(&acts, "a", Knob::CpuMax)
+                .unwrap()
+                .new
+                .cores()
+                .is_some()
+        );
+        assert!(find(&acts, "a", Knob::MemoryLow).is_some());
+        let high = find(&acts, "a", Knob::MemoryHigh).unwrap();
+        assert_eq!(high.new, Value::Max);
+        assert_eq!(high.why.bounds, vec![Bound::MemoryWaits]);
+        assert!(
+            find(&acts, "a", Knob::MemoryMin).is_none(),
+            "never set: no change"
+        );
+        w.memory_hard = true;
+        let acts = decide(&[forecast("a", &c, &m)], &state(vec![w]), &Rules::default());
+        for k in [Knob::MemoryHigh, Knob::MemoryMin] {
+            assert!(find(&acts, "a", k).unwrap().new.amount().is_some(), "{k:?}");
+        }
     }
 
     /// A CPU margin adapted below the configured one is used down to `min_cpu_margin`;

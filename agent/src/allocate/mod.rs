@@ -864,6 +864,7 @@ impl Allocator {
                 }
             }
             m.state.tier = m.record.tier;
+            m.state.memory_hard = m.record.memory_hard(tiers);
             m.state.cpu_margin = m.record.cpu_margin;
             m.state.memory_margin = m.record.memory_margin;
             m.state.memory_quantile = m.record.memory_quantile;

@@ -9,7 +9,10 @@
 //! memory stalls (PSI) count as misses instead — and the relative error of the step-1
 //! p50. Over a window of evaluations:
 //! - **promotion** one tier up after `promote_after` consecutive evaluations with coverage
-//!   ≥ `promote_coverage` and mean error ≤ `max_error` (at least `min_samples` of them);
+//!   ≥ `promote_coverage` and mean error ≤ `max_error`, once the record holds at least
+//!   `min_samples` (the run may begin before it does). At the full tier `cpu.max` is set
+//!   at once, the memory limits after `memory_after` more evaluations: a CPU limit
+//!   missed throttles, a memory limit missed makes the kernel reclaim;
 //! - **demotion** one tier down when coverage falls below `demote_coverage` (a lower bar:
 //!   hysteresis), or at once on an OOM kill; then a cool-down before the next promotion,
 //!   and the record starts over;
@@ -104,6 +107,10 @@ pub struct TierRules {
     /// miss in the long run (see the module's doc); a gain of 0 keeps `memory.high` on p90.
     pub memory_gain: f64,
     pub memory_miss: f64,
+    /// Evaluations at the full tier, once promoted to it, before its memory limits are
+    /// set too ([`Record::memory_hard`]); a workload that starts there (`start`) has them
+    /// from the start.
+    pub memory_after: usize,
 }
 
 impl Default for TierRules {
@@ -123,6 +130,7 @@ impl Default for TierRules {
             stall_miss: 0.01,
             memory_gain: 0.3,
             memory_miss: 0.03,
+            memory_after: 5,
         }
     }
 }
@@ -201,6 +209,8 @@ pub struct Record {
     evals: VecDeque<Eval>,
     streak: usize,
     cooldown: usize,
+    /// Evaluations made at the full tier since it was reached.
+    at_full: usize,
     pub tier: Tier,
     pub cpu_margin: f64,
     pub memory_margin: f64,
@@ -214,6 +224,12 @@ impl Record {
             evals: VecDeque::new(),
             streak: 0,
             cooldown: 0,
+            // Started there by configuration: trusted from the start.
+            at_full: if r.start == Tier::Full {
+                r.memory_after
+            } else {
+                0
+            },
             tier: r.start,
             cpu_margin: margin,
             memory_margin: margin,
@@ -223,6 +239,12 @@ impl Record {
 
     pub fn samples(&self) -> usize {
         self.evals.len()
+    }
+
+    /// Whether the full tier has held for `memory_after` evaluations: its memory limits
+    /// are set from then on, `cpu.max` from the promotion.
+    pub fn memory_hard(&self, r: &TierRules) -> bool {
+        self.tier == Tier::Full && self.at_full >= r.memory_after
     }
 
     pub fn coverage(&self) -> f64 {
@@ -250,6 +272,11 @@ impl Record {
         max: Tier,
     ) -> Option<TierChange> {
         let max_margin = margins.max.max(margins.start);
+        self.at_full = if self.tier == Tier::Full {
+            self.at_full + 1
+        } else {
+            0
+        };
         let (cpu, mem) = (basis.cpu, basis.memory);
         let cpu_ratio = o.cpu_cores / basis.cpu_base.max(CPU_FLOOR);
         let mem_ratio = o.memory_bytes / basis.memory_base.max(MEM_FLOOR);
@@ -319,11 +346,13 @@ impl Record {
             return Some(change(max, format!("capped at {}", max.name())));
         }
         self.cooldown = self.cooldown.saturating_sub(1);
-        let good = self.evals.len() >= r.min_samples
-            && coverage >= r.promote_coverage
-            && error <= r.max_error;
+        let good = coverage >= r.promote_coverage && error <= r.max_error;
         self.streak = if good { self.streak + 1 } else { 0 };
-        if self.streak >= r.promote_after && self.cooldown == 0 && self.tier < max {
+        if self.streak >= r.promote_after
+            && self.evals.len() >= r.min_samples
+            && self.cooldown == 0
+            && self.tier < max
+        {
             self.tier = self.tier.up();
             self.streak = 0;
             return Some(change(
@@ -430,15 +459,58 @@ mod tests {
         let r = TierRules::default();
         let mut rec = Record::new(&r, 0.15);
         let mut changes = Vec::new();
+        let mut memory = None;
         for i in 0..100 {
             if let Some(c) = rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full) {
                 changes.push((i, c.to));
             }
+            if rec.memory_hard(&r) && memory.is_none() {
+                memory = Some(i);
+            }
         }
-        // 10 samples, then 5 good in a row: warm at the 14th, full 5 later.
-        assert_eq!(changes, vec![(13, Tier::Warm), (18, Tier::Full)]);
+        // 10 samples, the last 5 good in a row: warm at the 10th, full 5 later; the memory
+        // limits after 5 more.
+        assert_eq!(changes, vec![(9, Tier::Warm), (14, Tier::Full)]);
+        assert_eq!(memory, Some(19));
         assert_eq!(rec.tier, Tier::Full);
         assert_eq!(rec.cpu_margin, 0.15);
+        // Demoted and promoted again: the memory limits wait again.
+        rec.demote(&r);
+        let good = |rec: &mut Record| {
+            rec.observe(&r, KEPT, basis(1.0), &out(1.0, M), Tier::Full);
+        };
+        while rec.tier != Tier::Full {
+            good(&mut rec);
+        }
+        for _ in 0..r.memory_after {
+            assert!(!rec.memory_hard(&r));
+            good(&mut rec);
+        }
+        assert!(rec.memory_hard(&r));
+        // Started at the full tier by configuration: trusted from the start.
+        let start = TierRules {
+            start: Tier::Full,
+            ..TierRules::default()
+        };
+        assert!(Record::new(&start, 0.15).memory_hard(&start));
+        assert!(!Record::new(&r, 0.15).memory_hard(&r));
+    }
+
+    /// The run of good evaluations a promotion needs may begin before the record holds
+    /// `min_samples`, but not before a miss that left coverage under the bar.
+    #[test]
+    fn a_promotion_counts_its_run_from_the_last_evaluation_under_the_bar() {
+        let r = TierRules::default();
+        let mut rec = Record::new(&r, 0.15);
+        let mut changes = Vec::new();
+        for i in 0..40 {
+            // Over the base by half at the 3rd: coverage under 90% until the 10th.
+            let cpu = if i == 2 { 1.5 } else { 1.0 };
+            if let Some(c) = rec.observe(&r, KEPT, basis(1.0), &out(cpu, M), Tier::Full) {
+                changes.push((i, c.to));
+            }
+        }
+        assert_eq!(changes, vec![(13, Tier::Warm), (18, Tier::Full)]);
     }
 
     /// CPU's margin falls from its start while the limits keep covering the workload, to
