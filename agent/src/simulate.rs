@@ -56,7 +56,7 @@ use crate::{
     FastMap,
     aggregate::{GroupBy, Window, WorkloadId, exe_key},
     allocate::{
-        cgroups::{Group, Knob, Value},
+        cgroups::{Group, Knob},
         config::RequestConfig,
         control::Tier as Priority,
         decide::{RecentPeak, Rules, State, WorkloadState, basis, decide},
@@ -589,11 +589,8 @@ impl Managed {
             return (None, None);
         }
         let cpu = self.state.value(Knob::CpuMax).cores();
-        let mem = match self.state.value(Knob::MemoryHigh) {
-            Value::Amount(b) => Some(b as f64),
-            _ => None,
-        };
-        (cpu, mem)
+        let mem = self.state.value(Knob::MemoryHigh).amount();
+        (cpu, mem.map(|b| b as f64))
     }
 }
 

@@ -464,6 +464,7 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
     let by_id: BTreeMap<&WorkloadId, &Forecast> =
         forecasts.iter().map(|f| (&f.workload, f)).collect();
     let mut pending: Vec<Pending> = Vec::new();
+    let margins = Margins::of(rules);
     for (i, w) in state.workloads.iter().enumerate() {
         let Some(f) = by_id.get(&w.workload) else {
             continue;
@@ -492,11 +493,8 @@ pub fn decide(forecasts: &[Forecast], state: &State, rules: &Rules) -> Vec<Actio
                 quantile: None,
                 bounds: Vec::new(),
             };
-        let m = Margins::of(rules);
-        let cpu_margin = w.cpu_margin.clamp(m.min_cpu, m.max);
-        let mem_margin = w
-            .memory_margin
-            .clamp(rules.margin, rules.max_margin.max(rules.margin));
+        let cpu_margin = w.cpu_margin.clamp(margins.min_cpu, margins.max);
+        let mem_margin = w.memory_margin.clamp(margins.start, margins.max);
         let bump = w.memory_bump.max(1.0);
         let (cpu_limit, mem_limit) = w.limit_bases(&cpu, &mem, rules);
         let keep = rules.keeps_peak();

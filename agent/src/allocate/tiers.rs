@@ -175,7 +175,8 @@ const CPU_FLOOR: f64 = 0.05;
 const MEM_FLOOR: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// What the adaptive margins move within (`[allocate.rules]`): both start at `start`;
-/// CPU's may fall to `min_cpu`, memory's to `start`; neither rises above `max`.
+/// CPU's may fall to `min_cpu`, memory's to `start`; neither rises above `max`
+/// (`min_cpu` ≤ `start` ≤ `max`, as [`Margins::of`] makes them).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Margins {
     pub start: f64,
@@ -271,7 +272,7 @@ impl Record {
         o: &Outcome,
         max: Tier,
     ) -> Option<TierChange> {
-        let max_margin = margins.max.max(margins.start);
+        let max_margin = margins.max;
         self.at_full = if self.tier == Tier::Full {
             self.at_full + 1
         } else {
@@ -398,11 +399,10 @@ impl Record {
     }
 
     fn adapt_margins(&mut self, r: &TierRules, m: Margins, cpu_miss: bool) {
-        let (margin, max_margin) = (m.start, m.max.max(m.start));
-        let min_cpu = m.min_cpu.min(margin);
+        let (margin, max_margin) = (m.start, m.max);
         let miss = if cpu_miss { 1.0 } else { 0.0 };
         self.cpu_margin =
-            (self.cpu_margin + r.margin_gain * (miss - r.target_miss)).clamp(min_cpu, max_margin);
+            (self.cpu_margin + r.margin_gain * (miss - r.target_miss)).clamp(m.min_cpu, max_margin);
         let mut v: Vec<f64> = self.evals.iter().map(|e| e.mem_ratio).collect();
         self.memory_margin = if v.len() < r.min_samples.max(1) {
             margin
