@@ -98,6 +98,7 @@ fn requests(c: &mut Criterion) {
                         outcome: [v * 0.01, v * 1e6, v * 0.02, v * 1e5],
                         input_bytes: r * 1000,
                         ended_ms: k * 1000 + r,
+                        used: Some([0.8, 0.9]),
                     },
                 )
                 .expect("in memory");

@@ -351,6 +351,10 @@ pub struct Allocator {
     /// hard limits (throttled, or reclaimed at `memory.high`) — what its requests'
     /// predictions cannot see, their usage capped ([`Allocator::request_tier`]).
     held_back: HeldBack,
+    /// Where the held-back record is kept (`None`: in memory only), and the verdicts
+    /// since it was last written.
+    held_back_dir: Option<PathBuf>,
+    held_back_unsaved: u32,
     held: VecDeque<u32>,
     stats: AllocateStats,
     latencies: VecDeque<u64>,
@@ -373,6 +377,9 @@ pub struct Allocator {
     /// Keeps moves fast after each placed exec (`allocate::warm`), where it runs.
     warmer: Option<warm::Warmer>,
 }
+
+/// Requests' held-back verdicts between writes of their record (and on the way out).
+const HELD_BACK_SAVE_EVERY: u32 = 32;
 
 /// Where the journal lives.
 pub fn state_dir(cfg: &AllocateConfig, publish_state_dir: &Path) -> PathBuf {
@@ -460,6 +467,19 @@ impl Allocator {
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
         let mut a = Allocator::new(cfg, group_by, Some(applier), root);
         a.warmer = warmer;
+        match HeldBack::load(state_dir) {
+            Ok(h) => {
+                a.held_back = h;
+                a.held_back_dir = Some(state_dir.to_path_buf());
+            }
+            Err(e @ request::HeldBackError::Newer { .. }) => {
+                warn!(error = %e, "Requests' held-back record not read, and kept in memory only");
+            }
+            Err(e) => {
+                warn!(error = %e, "Requests' held-back record starts empty");
+                a.held_back_dir = Some(state_dir.to_path_buf());
+            }
+        }
         // The node's size before the first window (a request may come first).
         let node = crate::capture::procfs::node_stats();
         a.cpus = node.cpus as f64;
@@ -487,6 +507,8 @@ impl Allocator {
             placed: FastMap::default(),
             requests: BTreeMap::new(),
             held_back: HeldBack::default(),
+            held_back_dir: None,
+            held_back_unsaved: 0,
             held: VecDeque::new(),
             stats: AllocateStats::default(),
             latencies: VecDeque::new(),
@@ -1666,11 +1688,15 @@ impl Allocator {
                         &self.cfg.tiers,
                     );
                     self.held_back.push(&r.key, back);
+                    self.held_back_unsaved += 1;
                 }
                 if enforce && let Err(e) = a.remove(&r.group) {
                     warn!(group = %r.group, error = %e, "Request group not removed");
                 }
             }
+        }
+        if self.held_back_unsaved >= HELD_BACK_SAVE_EVERY {
+            self.save_held_back();
         }
     }
 
@@ -1725,8 +1751,22 @@ impl Allocator {
 
     /// SIGTERM/SIGINT: every original value restored, processes moved back, the subtree
     /// removed, the journal deleted.
+    /// Writes the held-back record (where it is kept); a failure is logged, and the
+    /// record stays in memory.
+    fn save_held_back(&mut self) {
+        self.held_back_unsaved = 0;
+        if let Some(dir) = &self.held_back_dir
+            && let Err(e) = self.held_back.save(dir)
+        {
+            warn!(error = %e, "Requests' held-back record not kept");
+        }
+    }
+
     pub fn shutdown(mut self) -> Option<Restored> {
         self.egress_off();
+        if self.held_back_unsaved > 0 {
+            self.save_held_back();
+        }
         let a = self.applier.take()?;
         let r = a.shutdown();
         info!(

@@ -576,10 +576,10 @@ fn a_request_earns_the_full_tier_from_its_executables_record() {
 
 /// A request its hard limits held back (throttled, here) used no more than they let it,
 /// so its own record reads it as within: the allocator counts it as a miss instead, and
-/// an executable at the edge of the full tier loses it.
+/// an executable at the edge of the full tier loses it — after a restart too.
 #[test]
 fn a_request_its_limits_held_back_counts_against_its_executables_record() {
-    let run = |throttled_us: u64| {
+    let run = |throttled_us: u64, restart: bool| {
         let r = rig();
         let mut c = cfg(Tier::Shadow);
         c.workload[0].per_request = true;
@@ -613,13 +613,20 @@ fn a_request_its_limits_held_back_counts_against_its_executables_record() {
             step(&mut a, &tick(vec![]), &window(t * 1000, 0.0, 0), &[]);
         }
         assert!(!r.fake.exists(&req), "an ended request's group is removed");
+        if restart {
+            a.shutdown();
+            a = start(&r, &c, true).0;
+            step(&mut a, &tick(vec![]), &window(7000, 0.0, 0), &[]);
+        }
         place(&mut a, 21)
     };
-    let (hard, source) = run(0);
-    assert!(hard, "not held back: still earned ({source})");
-    let (hard, source) = run(60_000_000);
-    assert!(!hard, "{source}");
-    assert!(source.contains("shadow tier"), "{source}");
+    for restart in [false, true] {
+        let (hard, source) = run(0, restart);
+        assert!(hard, "not held back: still earned ({source})");
+        let (hard, source) = run(60_000_000, restart);
+        assert!(!hard, "{source}");
+        assert!(source.contains("shadow tier"), "{source}");
+    }
 }
 
 #[test]

@@ -515,6 +515,7 @@ mod tests {
             outcome: [cpu, cpu * 1e8, cpu * 2.0, cpu * 1e6],
             input_bytes: 0,
             ended_ms: ms,
+            used: None,
         }
     }
 

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::{
     Band, MIN_REQUEST_SECONDS, RequestPrediction,
     exec::{Exec, Guard, OnnxRequest, ProfileBaseline, RequestPredictor},
-    profiles::{Loaded, MEASURED_RSS, OUTCOMES, Outcome, ProfileError, ProfileStore},
+    profiles::{Loaded, MEASURED_RSS, OUTCOMES, Outcome, Profile, ProfileError, ProfileStore},
     request::{Completed, DEFAULT_HASH_BUCKETS, RequestFeaturizer, RequestTracker},
     source::Sources,
 };
@@ -40,6 +40,20 @@ pub const SAVE_EVERY: u64 = 1024;
 
 /// Requests kept per executable in its record ([`RequestPrediction::record`]).
 pub const RECORD: usize = 16;
+
+/// What `profile`'s last [`RECORD`] predicted runs used of their predictions, oldest
+/// first.
+fn record(profile: &Profile) -> Vec<[f32; 2]> {
+    let mut r: Vec<[f32; 2]> = profile
+        .runs
+        .iter()
+        .rev()
+        .filter_map(|run| run.used)
+        .take(RECORD)
+        .collect();
+    r.reverse();
+    r
+}
 
 /// A prediction made at an exec: the model's and the profile's beside it (when the model
 /// made it), and what was predicted in the end (its bands).
@@ -95,8 +109,6 @@ pub struct ProfilePredictor {
     /// scores the model's and the profile's when the request ends, and what the request
     /// used of the one emitted joins its executable's record.
     made: FastMap<u32, Made>,
-    /// Per executable, what its last [`RECORD`] predicted requests used.
-    records: FastMap<String, std::collections::VecDeque<[f32; 2]>>,
     row: Vec<f32>,
     row_f64: Vec<f64>,
     /// Runs kept in memory only (the journal could not be written), and the last error.
@@ -122,7 +134,6 @@ impl ProfilePredictor {
             model_problem: None,
             guard: Guard::new(MAX_KEYS),
             made: FastMap::default(),
-            records: FastMap::default(),
             row: Vec::new(),
             row_f64: Vec::new(),
             unjournaled: 0,
@@ -201,24 +212,14 @@ impl ProfilePredictor {
     }
 
     fn learn(&mut self, c: &Completed) {
+        let mut run = c.run();
         if let Some(m) = self.made.remove(&c.tgid).filter(|m| m.exec_ns == c.exec_ns) {
             if let Some((model, profile)) = &m.model {
                 let outcome = std::array::from_fn(|t| c.outcome.get(t));
                 self.guard.scored(&c.facts.key, model, profile, outcome);
             }
-            if self.records.len() >= MAX_KEYS && !self.records.contains_key(&c.facts.key) {
-                // Executables the store no longer holds make room.
-                let store = &self.store;
-                self.records.retain(|k, _| store.get(k).is_some());
-                if self.records.len() >= MAX_KEYS {
-                    self.records.clear();
-                }
-            }
-            let r = self.records.entry(c.facts.key.clone()).or_default();
-            if r.len() >= RECORD {
-                r.pop_front();
-            }
-            r.push_back(used(&m.emitted, &c.outcome));
+            // Its executable's record: kept with the run, so it lasts as the runs do.
+            run.used = Some(used(&m.emitted, &c.outcome));
         }
         self.baseline.recorded();
         if let Some(m) = &mut self.model {
@@ -226,7 +227,7 @@ impl ProfilePredictor {
         }
         let r = self
             .store
-            .record(&c.facts.key, c.name(), &c.facts.parent, c.run());
+            .record(&c.facts.key, c.name(), &c.facts.parent, run);
         if let Err(e) = r {
             // Kept in memory (a full disk, a read-only state dir): predictions go on.
             self.unjournaled += 1;
@@ -308,8 +309,8 @@ impl ProfilePredictor {
                 None => s.to_string(),
             },
         };
-        if let Some(r) = self.records.get(key) {
-            p.record = r.iter().copied().collect();
+        if let Some(profile) = self.store.get(key) {
+            p.record = record(profile);
         }
         if p.is_prior() {
             // Kin's runs, not its own: nothing of its record to learn from.
@@ -433,6 +434,52 @@ mod tests {
         let r = p.predict(pid, exe, 50).unwrap().record;
         assert_eq!(r.len(), RECORD);
         assert!(r.iter().all(|&x| x != [2.0, 0.5]), "the oldest left: {r:?}");
+    }
+
+    /// The record is kept with the runs: after a restart (here a crash: nothing saved but
+    /// the journal) the executable's next prediction comes with the same record.
+    #[test]
+    fn an_executables_record_survives_a_restart() {
+        let me = std::env::current_exe().unwrap();
+        let exe = me.to_str().unwrap();
+        let key = format!(
+            "exe:{}",
+            Identity::new().exe_hash(u32::MAX, Some(exe)).unwrap()
+        );
+        let o = |cpu: f64| Outcome {
+            cpu_seconds: cpu,
+            peak_rss_bytes: 1e8,
+            duration_seconds: 2.0,
+            io_bytes: 0.0,
+        };
+        let d = tempfile::tempdir().unwrap();
+        let (mut p, _) = ProfilePredictor::open(d.path()).unwrap();
+        for _ in 0..10 {
+            p.store
+                .record(&key, "me", "sh", Run::new(&o(1.0), 0, 1))
+                .unwrap();
+        }
+        let pid = std::process::id();
+        for (k, cpu) in [(1, 2.0), (2, 0.5), (3, 1.0)] {
+            p.predict(pid, exe, k).unwrap();
+            p.learn(&Completed {
+                tgid: pid,
+                exec_ns: k,
+                ended_ms: 2,
+                facts: ExecFacts {
+                    key: key.clone(),
+                    ..Default::default()
+                },
+                features: Vec::new(),
+                outcome: o(cpu),
+            });
+        }
+        let before = p.predict(pid, exe, 9).unwrap().record;
+        assert_eq!(before.len(), 3, "{before:?}");
+        drop(p);
+        let (mut p, loaded) = ProfilePredictor::open(d.path()).unwrap();
+        assert_eq!(loaded.journal_runs, 13);
+        assert_eq!(p.predict(pid, exe, 10).unwrap().record, before);
     }
 
     #[test]

@@ -5,9 +5,16 @@
 //! - `profiles.bin`: a snapshot. `UMBRAPRF` (8 bytes), format version (u16 LE), reserved
 //!   (u16), payload length (u32 LE), CRC32 of the payload (u32 LE), then the postcard
 //!   payload ([`Snapshot`]). Written to a temporary file, synced, renamed over the old one.
-//! - `profiles.journal`: runs completed since the snapshot, each a frame
-//!   `[length u32 LE][CRC32 u32 LE][postcard JournalEntry]`, appended as they complete.
-//!   A torn tail (a crash mid-write) is cut at the last whole frame and counted.
+//! - `profiles.journal`: runs completed since the snapshot: `UMBRAPRJ` (8 bytes), format
+//!   version (u16 LE), reserved (u16), then a frame per run,
+//!   `[length u32 LE][CRC32 u32 LE][postcard JournalEntry]`, appended as it completes. A
+//!   torn tail (a crash mid-write) is cut at the last whole frame and counted.
+//!
+//! Version 2 keeps with each run what it used of the prediction made at its exec
+//! ([`Run::used`]: its executable's record, which decides its next requests' tier), so
+//! the record survives restarts as the runs do. Version 1 files (no `used`; a journal of
+//! frames without the header) are read, and the store is rewritten as version 2 when
+//! opened.
 //!
 //! A snapshot that does not decode is an error naming the file and what is wrong; the
 //! agent moves it aside (`profiles.bin.corrupt`) and starts empty, so nothing is
@@ -28,8 +35,11 @@ use super::{
 };
 
 pub const MAGIC: &[u8; 8] = b"UMBRAPRF";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes, and the newest it reads (every earlier one too).
+pub const VERSION: u16 = 2;
+/// The journal's header: its magic, then the version (u16 LE) and two reserved bytes.
+pub const JOURNAL_MAGIC: &[u8; 8] = b"UMBRAPRJ";
+const JOURNAL_HEADER: usize = 12;
 /// Completed runs kept per key.
 pub const RUNS_KEPT: usize = 64;
 const FORMAT: Format = Format {
@@ -94,6 +104,9 @@ pub struct Run {
     pub input_bytes: u64,
     /// Wall clock at the end, ms since the Unix epoch.
     pub ended_ms: u64,
+    /// What it used of the prediction made at its exec — CPU seconds and peak RSS, each
+    /// over the prediction's p90 (`per_request::used`) — when one was made.
+    pub used: Option<[f32; 2]>,
 }
 
 impl Run {
@@ -119,6 +132,83 @@ impl Run {
             ],
             input_bytes,
             ended_ms,
+            used: None,
+        }
+    }
+}
+
+/// Version 1's shapes, read and converted.
+mod v1 {
+    use std::collections::VecDeque;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Run {
+        outcome: [f32; 4],
+        input_bytes: u64,
+        ended_ms: u64,
+    }
+
+    impl From<Run> for super::Run {
+        fn from(r: Run) -> super::Run {
+            super::Run {
+                outcome: r.outcome,
+                input_bytes: r.input_bytes,
+                ended_ms: r.ended_ms,
+                used: None,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Profile {
+        name: String,
+        parent: String,
+        runs: VecDeque<Run>,
+        total_runs: u64,
+        last_ms: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Snapshot {
+        profiles: Vec<(String, Profile)>,
+    }
+
+    impl From<Snapshot> for super::Snapshot {
+        fn from(s: Snapshot) -> super::Snapshot {
+            let profiles = s.profiles.into_iter().map(|(k, p)| {
+                let p = super::Profile {
+                    name: p.name,
+                    parent: p.parent,
+                    runs: p.runs.into_iter().map(Into::into).collect(),
+                    total_runs: p.total_runs,
+                    last_ms: p.last_ms,
+                };
+                (k, p)
+            });
+            super::Snapshot {
+                profiles: profiles.collect(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct JournalEntry {
+        key: String,
+        name: String,
+        parent: String,
+        run: Run,
+    }
+
+    impl From<JournalEntry> for super::JournalEntry {
+        fn from(e: JournalEntry) -> super::JournalEntry {
+            super::JournalEntry {
+                key: e.key,
+                name: e.name,
+                parent: e.parent,
+                run: e.run.into(),
+            }
         }
     }
 }
@@ -227,8 +317,8 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, ProfileErr
         path: path.to_path_buf(),
         what,
     };
-    let payload = match FORMAT.unframe(bytes) {
-        Ok((_, payload)) => payload,
+    let (version, payload) = match FORMAT.unframe(bytes) {
+        Ok(v) => v,
         Err(Unframed::Newer(found)) => {
             return Err(ProfileError::NewerVersion {
                 path: path.to_path_buf(),
@@ -237,8 +327,14 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, ProfileErr
         }
         Err(Unframed::Corrupt(what)) => return Err(corrupt(what)),
     };
-    let snap: Snapshot = postcard::from_bytes(payload)
-        .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+    let undecoded = |e: postcard::Error| corrupt(format!("payload does not decode: {e}"));
+    let snap: Snapshot = if version == 1 {
+        postcard::from_bytes::<v1::Snapshot>(payload)
+            .map_err(undecoded)?
+            .into()
+    } else {
+        postcard::from_bytes(payload).map_err(undecoded)?
+    };
     if let Some((k, p)) = snap.profiles.iter().find(|(_, p)| p.runs.len() > RUNS_KEPT) {
         return Err(corrupt(format!(
             "key {k} holds {} runs (at most {RUNS_KEPT})",
@@ -253,10 +349,63 @@ pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
     FORMAT.frame(&postcard::to_stdvec(s).unwrap_or_default())
 }
 
-/// Journal entries from `bytes`, and where the last whole frame ends.
-pub fn decode_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
+/// A journal's bytes as read: its entries, where the last whole frame ends, and its
+/// format version (0: a header cut short, or none at all in an empty file).
+#[derive(Debug, Default, PartialEq)]
+pub struct Journal {
+    pub entries: Vec<JournalEntry>,
+    pub good: usize,
+    pub version: u16,
+}
+
+/// The journal's header.
+fn journal_header() -> [u8; JOURNAL_HEADER] {
+    let mut h = [0u8; JOURNAL_HEADER];
+    h[..8].copy_from_slice(JOURNAL_MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// Decodes a journal's bytes: version 1's frames (no header) or a later version's header
+/// and frames; a version newer than this build's is an error naming it.
+pub fn decode_journal(path: &Path, bytes: &[u8]) -> Result<Journal, ProfileError> {
+    let header = bytes.len().min(JOURNAL_HEADER);
+    if bytes.is_empty() || bytes[..header.min(8)] != JOURNAL_MAGIC[..header.min(8)] {
+        // Version 1: frames from the first byte (a frame's length never reads as the
+        // magic: it is far above the largest frame).
+        let (entries, good) = decode_frames::<v1::JournalEntry>(bytes, 0);
+        let version = if bytes.is_empty() { 0 } else { 1 };
+        return Ok(Journal {
+            entries,
+            good,
+            version,
+        });
+    }
+    if bytes.len() < JOURNAL_HEADER {
+        // A header cut short (a crash as the journal started over): nothing after it.
+        return Ok(Journal::default());
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version > VERSION {
+        return Err(ProfileError::NewerVersion {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    let (entries, good) = decode_frames::<JournalEntry>(bytes, JOURNAL_HEADER);
+    Ok(Journal {
+        entries,
+        good,
+        version,
+    })
+}
+
+/// The whole frames of `T` in `bytes` from `at`, and where the last one ends.
+fn decode_frames<T: Into<JournalEntry> + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    mut at: usize,
+) -> (Vec<JournalEntry>, usize) {
     let mut out = Vec::new();
-    let mut at = 0usize;
     while bytes.len() >= at + 8 {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
         let want = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
@@ -268,8 +417,8 @@ pub fn decode_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
         if crc32fast::hash(payload) != want {
             break;
         }
-        match postcard::from_bytes::<JournalEntry>(payload) {
-            Ok(e) => out.push(e),
+        match postcard::from_bytes::<T>(payload) {
+            Ok(e) => out.push(e.into()),
             Err(_) => break,
         }
         at = end;
@@ -345,15 +494,18 @@ impl ProfileStore {
         }
         let jpath = Self::journal_path(dir);
         let mut loaded = Loaded::default();
+        let mut version = 0;
         match fs::read(&jpath) {
             Ok(bytes) => {
-                let (entries, good) = decode_journal(&bytes);
-                loaded.journal_runs = entries.len() as u64;
+                let j = decode_journal(&jpath, &bytes)?;
+                version = j.version;
+                let good = j.good;
+                loaded.journal_runs = j.entries.len() as u64;
                 loaded.journal_cut_bytes = (bytes.len() - good) as u64;
-                for e in entries {
+                for e in j.entries {
                     store.insert(&e.key, &e.name, &e.parent, e.run);
                 }
-                if good < bytes.len() {
+                if good < bytes.len() && version == VERSION {
                     let f = OpenOptions::new()
                         .write(true)
                         .open(&jpath)
@@ -374,6 +526,11 @@ impl ProfileStore {
         );
         store.dir = Some(dir.to_path_buf());
         store.evict();
+        if version != VERSION {
+            // A new store, or an earlier version's: written as this one's (the snapshot
+            // holds every run, the journal starts over with its header).
+            store.save()?;
+        }
         loaded.keys = store.profiles.len();
         Ok((store, loaded))
     }
@@ -495,8 +652,10 @@ impl ProfileStore {
         }
         // The snapshot holds every journaled run now: the journal starts over.
         let jpath = Self::journal_path(&dir);
-        if let Some(j) = &self.journal {
+        if let Some(j) = &mut self.journal {
             j.set_len(0).map_err(io(&jpath))?;
+            // Appended: at the start of the emptied file.
+            j.write_all(&journal_header()).map_err(io(&jpath))?;
         }
         self.unsaved = 0;
         Ok(())
@@ -527,7 +686,7 @@ impl ProfileStore {
         let jpath = Self::journal_path(dir);
         match fs::read(&jpath) {
             Ok(bytes) => {
-                for e in decode_journal(&bytes).0 {
+                for e in decode_journal(&jpath, &bytes)?.entries {
                     store.insert(&e.key, &e.name, &e.parent, e.run);
                 }
             }
@@ -681,6 +840,7 @@ mod tests {
             outcome: [cpu, 1e6, cpu * 2.0, 100.0],
             input_bytes: 10,
             ended_ms: ms,
+            used: None,
         }
     }
 
@@ -728,10 +888,9 @@ mod tests {
         assert_eq!(s.get("exe:a").unwrap().runs.len(), 2);
         s.save().unwrap();
         assert_eq!(
-            fs::metadata(ProfileStore::journal_path(d.path()))
-                .unwrap()
-                .len(),
-            0
+            fs::read(ProfileStore::journal_path(d.path())).unwrap(),
+            journal_header(),
+            "the journal starts over"
         );
         s.record("exe:b", "b", "sh", run(3.0, 3)).unwrap();
         drop(s);
@@ -739,6 +898,78 @@ mod tests {
         assert_eq!(l.journal_runs, 1);
         assert_eq!(s.len(), 2);
         assert_eq!(s.get("exe:a").unwrap().quantiles(0, &[0.5]), vec![1.5]);
+    }
+
+    /// `tests/fixtures/profiles-v1`: a store the previous release wrote (five runs of one
+    /// executable in the snapshot, three of another in the journal).
+    #[test]
+    fn a_store_of_the_previous_version_is_read_and_rewritten_as_this_one() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/profiles-v1");
+        let d = tempfile::tempdir().unwrap();
+        for f in ["profiles.bin", "profiles.journal"] {
+            fs::copy(fixture.join(f), d.path().join(f)).unwrap();
+        }
+        let check = |s: &ProfileStore| {
+            assert_eq!(s.len(), 2);
+            let xz = s.get("exe:sha256:aa").unwrap();
+            assert_eq!(
+                (xz.name.as_str(), xz.runs.len(), xz.total_runs),
+                ("xz", 5, 5)
+            );
+            assert_eq!(xz.quantiles(0, &[0.5]), vec![3.0]);
+            assert_eq!(xz.runs[0].input_bytes, 1 << 20);
+            let gz = s.get("exe:sha256:bb").unwrap();
+            assert_eq!((gz.parent.as_str(), gz.runs.len()), ("make", 3));
+            assert_eq!(gz.runs[2].ended_ms, 1_796_000_001_002);
+            assert!(
+                s.iter()
+                    .all(|(_, p)| p.runs.iter().all(|r| r.used.is_none()))
+            );
+        };
+        let (s, l) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(l.journal_runs, 3);
+        check(&s);
+        drop(s);
+        let snap = fs::read(ProfileStore::snapshot_path(d.path())).unwrap();
+        assert_eq!(u16::from_le_bytes([snap[8], snap[9]]), VERSION);
+        let journal = fs::read(ProfileStore::journal_path(d.path())).unwrap();
+        assert_eq!(journal, journal_header(), "rewritten as this version");
+        let (s, l) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(l.journal_runs, 0);
+        check(&s);
+        check(&ProfileStore::read(&fixture).unwrap());
+    }
+
+    #[test]
+    fn a_runs_record_is_kept_and_a_newer_journal_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        let mut r = run(1.0, 1);
+        r.used = Some([0.5, f32::INFINITY]);
+        s.record("exe:a", "a", "sh", r).unwrap();
+        drop(s);
+        let (mut s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(
+            s.get("exe:a").unwrap().runs[0].used,
+            Some([0.5, f32::INFINITY])
+        );
+        s.save().unwrap();
+        let (s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(
+            s.get("exe:a").unwrap().runs[0].used,
+            Some([0.5, f32::INFINITY])
+        );
+        drop(s);
+        let jp = ProfileStore::journal_path(d.path());
+        let mut newer = journal_header();
+        newer[8] = 9;
+        fs::write(&jp, newer).unwrap();
+        let e = ProfileStore::open(d.path(), 100).err().unwrap().to_string();
+        assert!(
+            e.contains("profiles.journal") && e.contains("version 9"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&jp).unwrap(), newer, "left as it was");
     }
 
     #[test]
@@ -818,8 +1049,13 @@ mod tests {
             let mut framed = MAGIC.to_vec();
             framed.extend_from_slice(&bytes);
             let _ = decode_snapshot(Path::new("x"), &framed);
-            let (_, good) = decode_journal(&bytes);
-            proptest::prop_assert!(good <= bytes.len());
+            if let Ok(j) = decode_journal(Path::new("x"), &bytes) {
+                proptest::prop_assert!(j.good <= bytes.len());
+            }
+            let mut headed = journal_header().to_vec();
+            headed.extend_from_slice(&bytes);
+            let j = decode_journal(Path::new("x"), &headed).unwrap();
+            proptest::prop_assert!(j.good >= JOURNAL_HEADER && j.good <= headed.len());
         }
     }
 }

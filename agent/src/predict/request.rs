@@ -605,6 +605,7 @@ mod tests {
                     outcome,
                     input_bytes,
                     ended_ms: 1,
+                    used: None,
                 })
                 .collect(),
             ..Default::default()
