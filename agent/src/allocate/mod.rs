@@ -10,6 +10,7 @@
 //! - [`cgroups`]: the cgroup filesystem behind one trait (v2, v1, a temp-dir fake).
 //! - [`decide`]: the pure decision, forecasts and state in, explained actions out.
 //! - [`tiers`]: forecasts scored against usage; tiers earned and lost; margins adapted.
+//! - [`earned`]: tier records and held-back verdicts that outlive workloads and the agent.
 //! - [`apply`]: the journaled applier, the only path to the cgroup tree, and restore.
 //! - [`journal`]: the write-ahead journal on disk.
 //! - [`control`]: the mode and priorities the fleet sets, persisted.
@@ -25,6 +26,7 @@ pub mod cgroups;
 pub mod config;
 pub mod control;
 pub mod decide;
+pub mod earned;
 pub mod egress;
 
 pub mod journal;
@@ -50,7 +52,8 @@ use self::{
     config::{AllocateConfig, Candidate, HoldMode, Matcher, uid_of},
     control::{Control, Tier as Priority},
     decide::{Action, RecentPeak, State, WorkloadState, basis, decide},
-    request::{HeldBack, reservation, was_held_back},
+    earned::Earned,
+    request::{reservation, was_held_back},
     tiers::{Basis, Margins, Outcome, Record, TierChange},
 };
 use crate::{
@@ -321,6 +324,8 @@ struct Request {
 struct Managed {
     state: WorkloadState,
     record: Record,
+    /// Its record was kept from before (its processes' last run): said at the next tick.
+    restored: Option<TierChange>,
     rule: usize,
     /// Live processes seen in the last tick: pid → start ns.
     pids: HashMap<u32, u64>,
@@ -347,14 +352,11 @@ pub struct Allocator {
     /// pid → the group Umbra put it in.
     placed: FastMap<u32, Group>,
     requests: BTreeMap<u32, Request>,
-    /// Per executable, whether the kernel held back each of its last requests placed with
-    /// hard limits (throttled, or reclaimed at `memory.high`) — what its requests'
-    /// predictions cannot see, their usage capped ([`Allocator::request_tier`]).
-    held_back: HeldBack,
-    /// Where the held-back record is kept (`None`: in memory only), and the verdicts
-    /// since it was last written.
-    held_back_dir: Option<PathBuf>,
-    held_back_unsaved: u32,
+    /// Retired workloads' tier records, and per executable whether the kernel held back
+    /// each of its last requests placed with hard limits (throttled, or reclaimed at
+    /// `memory.high`) — what its requests' predictions cannot see, their usage capped
+    /// ([`Allocator::request_tier`]); kept on disk.
+    earned: Earned,
     held: VecDeque<u32>,
     stats: AllocateStats,
     latencies: VecDeque<u64>,
@@ -377,9 +379,6 @@ pub struct Allocator {
     /// Keeps moves fast after each placed exec (`allocate::warm`), where it runs.
     warmer: Option<warm::Warmer>,
 }
-
-/// Requests' held-back verdicts between writes of their record (and on the way out).
-const HELD_BACK_SAVE_EVERY: u32 = 32;
 
 /// Where the journal lives.
 pub fn state_dir(cfg: &AllocateConfig, publish_state_dir: &Path) -> PathBuf {
@@ -467,19 +466,11 @@ impl Allocator {
             Applier::open_with(backend, root.clone(), &state_dir.join("journal"), start_of)?;
         let mut a = Allocator::new(cfg, group_by, Some(applier), root);
         a.warmer = warmer;
-        match HeldBack::load(state_dir) {
-            Ok(h) => {
-                a.held_back = h;
-                a.held_back_dir = Some(state_dir.to_path_buf());
-            }
-            Err(e @ request::HeldBackError::Newer { .. }) => {
-                warn!(error = %e, "Requests' held-back record not read, and kept in memory only");
-            }
-            Err(e) => {
-                warn!(error = %e, "Requests' held-back record starts empty");
-                a.held_back_dir = Some(state_dir.to_path_buf());
-            }
+        let (earned, problem) = Earned::open(state_dir);
+        if let Some(e) = problem {
+            warn!(error = %e, "Earned tiers and held-back verdicts not read");
         }
+        a.earned = earned;
         // The node's size before the first window (a request may come first).
         let node = crate::capture::procfs::node_stats();
         a.cpus = node.cpus as f64;
@@ -506,9 +497,7 @@ impl Allocator {
             seen: FastMap::default(),
             placed: FastMap::default(),
             requests: BTreeMap::new(),
-            held_back: HeldBack::default(),
-            held_back_dir: None,
-            held_back_unsaved: 0,
+            earned: Earned::default(),
             held: VecDeque::new(),
             stats: AllocateStats::default(),
             latencies: VecDeque::new(),
@@ -702,6 +691,31 @@ impl Allocator {
             .get(rule)
             .and_then(|r| r.priority)
             .unwrap_or(Priority::Normal);
+        let kept = if self.managed.contains_key(g) {
+            None
+        } else {
+            self.earned.take(g, self.now_ms, tiers)
+        };
+        let (record, restored) = match kept {
+            Some(k) => {
+                info!(
+                    workload = name,
+                    tier = k.record.tier.name(),
+                    retired_s = k.age_ms / 1000,
+                    probation = k.probation,
+                    "Tier record kept from before"
+                );
+                let change = (k.record.tier > Tier::Shadow).then(|| TierChange {
+                    from: Tier::Shadow,
+                    to: k.record.tier,
+                    coverage: k.record.coverage(),
+                    error: k.record.error(),
+                    reason: k.reason(),
+                });
+                (k.record, change)
+            }
+            None => (Record::new(tiers, margin), None),
+        };
         self.managed.entry(g.clone()).or_insert_with(|| {
             let mut state = WorkloadState::new(WorkloadId::default(), name, g.clone());
             state.priority = priority;
@@ -709,7 +723,8 @@ impl Allocator {
             state.memory_margin = margin;
             Managed {
                 state,
-                record: Record::new(tiers, margin),
+                record,
+                restored,
                 rule,
                 pids: HashMap::new(),
                 last: None,
@@ -867,6 +882,13 @@ impl Allocator {
                 m.state.memory_bump *= 1.2f64.powi(o.oom_kills.min(10) as i32);
             } else {
                 m.state.memory_bump = 1.0 + (m.state.memory_bump - 1.0) * 0.99;
+            }
+            if let Some(change) = m.restored.take() {
+                out.push(Decision::Tier {
+                    workload: m.state.workload.clone(),
+                    name: m.state.name.clone(),
+                    change,
+                });
             }
             if let Some(basis) = m.last {
                 let change = m.record.observe(tiers, margins, basis, &o, max);
@@ -1171,14 +1193,18 @@ impl Allocator {
             }
         }
         for g in gone {
-            if let Some(m) = self.managed.remove(&g)
-                && enforce
+            let Some(m) = self.managed.remove(&g) else {
+                continue;
+            };
+            if enforce
                 && m.created
                 && let Some(a) = self.applier.as_mut()
             {
                 let base = g.child("base");
                 let _ = a.remove(&base).and_then(|_| a.remove(&g));
             }
+            // Kept for when its executable runs again.
+            self.earned.retire(&g, m.record, self.now_ms);
         }
     }
 
@@ -1365,7 +1391,7 @@ impl Allocator {
                 p,
                 tier,
                 max,
-                self.held_back.count(&p.workload.0),
+                self.earned.held_back.count(&p.workload.0),
                 self.cfg.request.margin,
                 &self.cfg.tiers,
             ),
@@ -1687,16 +1713,15 @@ impl Allocator {
                         st.memory_high_events,
                         &self.cfg.tiers,
                     );
-                    self.held_back.push(&r.key, back);
-                    self.held_back_unsaved += 1;
+                    self.earned.verdict(&r.key, back);
                 }
                 if enforce && let Err(e) = a.remove(&r.group) {
                     warn!(group = %r.group, error = %e, "Request group not removed");
                 }
             }
         }
-        if self.held_back_unsaved >= HELD_BACK_SAVE_EVERY {
-            self.save_held_back();
+        if self.earned.due(self.clock()) {
+            self.save_earned();
         }
     }
 
@@ -1751,22 +1776,29 @@ impl Allocator {
 
     /// SIGTERM/SIGINT: every original value restored, processes moved back, the subtree
     /// removed, the journal deleted.
-    /// Writes the held-back record (where it is kept); a failure is logged, and the
-    /// record stays in memory.
-    fn save_held_back(&mut self) {
-        self.held_back_unsaved = 0;
-        if let Some(dir) = &self.held_back_dir
-            && let Err(e) = self.held_back.save(dir)
-        {
-            warn!(error = %e, "Requests' held-back record not kept");
+    /// The last window's time (what records are dated by), or the wall clock before the
+    /// first.
+    fn clock(&self) -> u64 {
+        if self.now_ms > 0 {
+            self.now_ms
+        } else {
+            crate::capture::procfs::wall_ms()
+        }
+    }
+
+    /// Writes what was earned (where it is kept); a failure is logged, and it stays in
+    /// memory.
+    fn save_earned(&mut self) {
+        let now = self.clock();
+        let running = self.managed.iter().map(|(g, m)| (g, &m.record));
+        if let Err(e) = self.earned.save(running, now) {
+            warn!(error = %e, "Earned tiers and held-back verdicts not kept");
         }
     }
 
     pub fn shutdown(mut self) -> Option<Restored> {
         self.egress_off();
-        if self.held_back_unsaved > 0 {
-            self.save_held_back();
-        }
+        self.save_earned();
         let a = self.applier.take()?;
         let r = a.shutdown();
         info!(

@@ -2,14 +2,7 @@
 //! the limits its prediction sets, whether its executable's recent requests earned them,
 //! and whether the kernel held a capped request back.
 
-use std::{
-    collections::VecDeque,
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-};
-
-use tracing::warn;
+use std::collections::VecDeque;
 
 use super::{
     cgroups::Knob,
@@ -18,11 +11,7 @@ use super::{
 };
 use crate::{
     FastMap,
-    predict::{
-        MIN_REQUEST_SECONDS, RequestPrediction,
-        framed::{Format, Unframed},
-        per_request::RECORD,
-    },
+    predict::{MIN_REQUEST_SECONDS, RequestPrediction, per_request::RECORD},
 };
 
 /// Executables whose held-back record is kept; past it the records start over.
@@ -196,104 +185,26 @@ pub fn was_held_back(
 #[derive(Debug, Default)]
 pub struct HeldBack(FastMap<String, VecDeque<bool>>);
 
-/// The held-back record's file (under the allocate state dir): [`Format`]'s frame around
-/// a postcard `Vec<(key, [back…])>`, oldest first.
-const HELD_BACK: Format = Format {
-    magic: b"UMBRAHBK",
-    version: 1,
-};
-
-/// The held-back record's file under `dir`.
-pub fn held_back_path(dir: &Path) -> PathBuf {
-    dir.join("held-back.bin")
-}
-
-/// Why the held-back record on disk was not read.
-#[derive(Debug, thiserror::Error)]
-pub enum HeldBackError {
-    #[error("cannot read or write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is damaged ({what}); it is kept aside as {path}.corrupt")]
-    Corrupt { path: PathBuf, what: String },
-    #[error("{path} is format version {found}, newer than this build reads ({}): run a newer umbra, or move the file away", HELD_BACK.version)]
-    Newer { path: PathBuf, found: u16 },
-}
-
 impl HeldBack {
-    /// Decodes the file's bytes; `path` names it in errors.
-    pub fn decode(path: &Path, bytes: &[u8]) -> Result<HeldBack, HeldBackError> {
-        let corrupt = |what: String| HeldBackError::Corrupt {
-            path: path.into(),
-            what,
-        };
-        let payload = match HELD_BACK.unframe(bytes) {
-            Ok((_, p)) => p,
-            Err(Unframed::Newer(found)) => {
-                return Err(HeldBackError::Newer {
-                    path: path.into(),
-                    found,
-                });
-            }
-            Err(Unframed::Corrupt(what)) => return Err(corrupt(what)),
-        };
-        let keys: Vec<(String, Vec<bool>)> =
-            postcard::from_bytes(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
+    /// Every executable's verdicts, oldest first, sorted by key.
+    pub fn entries(&self) -> Vec<(String, Vec<bool>)> {
+        let mut v: Vec<(String, Vec<bool>)> = self
+            .0
+            .iter()
+            .map(|(k, b)| (k.clone(), b.iter().copied().collect()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A record of `entries` ([`entries`](Self::entries)), within the bounds.
+    pub fn from_entries(entries: Vec<(String, Vec<bool>)>) -> HeldBack {
         let mut h = HeldBack::default();
-        for (k, backs) in keys.into_iter().take(MAX_HELD_BACK) {
+        for (k, backs) in entries.into_iter().take(MAX_HELD_BACK) {
             let skip = backs.len().saturating_sub(RECORD);
             h.0.insert(k, backs.into_iter().skip(skip).collect());
         }
-        Ok(h)
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut keys: Vec<(&String, Vec<bool>)> = self
-            .0
-            .iter()
-            .map(|(k, v)| (k, v.iter().copied().collect()))
-            .collect();
-        keys.sort();
-        HELD_BACK.frame(&postcard::to_stdvec(&keys).unwrap_or_default())
-    }
-
-    /// The record kept under `dir` (empty without one). A damaged file is moved aside
-    /// and named in the error; a newer one is left where it is.
-    pub fn load(dir: &Path) -> Result<HeldBack, HeldBackError> {
-        let path = held_back_path(dir);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HeldBack::default()),
-            Err(source) => return Err(HeldBackError::Io { path, source }),
-        };
-        let r = HeldBack::decode(&path, &bytes);
-        if let Err(HeldBackError::Corrupt { .. }) = &r
-            && let Err(e) = fs::rename(&path, path.with_extension("bin.corrupt"))
-        {
-            warn!(path = %path.display(), error = %e, "Damaged held-back record not moved aside");
-        }
-        r
-    }
-
-    /// Keeps the record under `dir` (temporary file, sync, rename).
-    pub fn save(&self, dir: &Path) -> Result<(), HeldBackError> {
-        let path = held_back_path(dir);
-        let tmp = path.with_extension("bin.tmp");
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HeldBackError::Io {
-                path: path.clone(),
-                source,
-            }
-        };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&self.encode()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))
+        h
     }
 
     pub fn push(&mut self, key: &str, back: bool) {
@@ -461,43 +372,6 @@ mod tests {
         h.push("a", false);
         assert_eq!(h.count("a"), 0, "the oldest leaves past {RECORD}");
         assert_eq!(h.count("b"), 0);
-    }
-
-    #[test]
-    fn the_held_back_record_is_kept_on_disk_and_a_bad_file_is_named() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(HeldBack::load(d.path()).unwrap().count("exe:a"), 0);
-        let mut h = HeldBack::default();
-        for i in 0..20 {
-            h.push("exe:a", i % 4 == 0);
-        }
-        h.push("exe:b", true);
-        h.save(d.path()).unwrap();
-        let back = HeldBack::load(d.path()).unwrap();
-        assert_eq!(
-            (back.count("exe:a"), back.count("exe:b")),
-            (h.count("exe:a"), 1)
-        );
-        assert_eq!(back.count("exe:a"), 4);
-        let path = held_back_path(d.path());
-        let good = std::fs::read(&path).unwrap();
-        let mut newer = good.clone();
-        newer[8] = 2;
-        std::fs::write(&path, &newer).unwrap();
-        let e = HeldBack::load(d.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("held-back.bin") && e.contains("version 2"),
-            "{e}"
-        );
-        assert_eq!(std::fs::read(&path).unwrap(), newer, "a newer file is left");
-        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        let e = HeldBack::load(d.path()).unwrap_err().to_string();
-        assert!(e.contains("held-back.bin") && e.contains("damaged"), "{e}");
-        assert!(!path.exists() && path.with_extension("bin.corrupt").exists());
-        assert_eq!(HeldBack::load(d.path()).unwrap().count("exe:a"), 0);
-        for cut in 0..good.len() {
-            assert!(HeldBack::decode(&path, &good[..cut]).is_err());
-        }
     }
 
     #[test]

@@ -704,6 +704,72 @@ fn tiers_are_earned_before_anything_is_written() {
     a.shutdown();
 }
 
+/// Runs `pid` with good forecasts from tick `from` to `to` (exclusive); its tier changes.
+fn earn(a: &mut Allocator, pid: u32, from: u64, to: u64) -> Vec<(u64, TierChange)> {
+    let mut changes = Vec::new();
+    for i in from..to {
+        let d = step(
+            a,
+            &tick(vec![sample(pid, EXE)]),
+            &window(1000 * (i + 1), 1.0, 100 * MIB),
+            &[forecast(1.0, 100.0 * MIB as f64)],
+        );
+        for x in d {
+            if let Decision::Tier { change, .. } = x {
+                changes.push((i, change));
+            }
+        }
+    }
+    changes
+}
+
+/// A workload whose processes end and come back (a job run every few minutes) keeps the
+/// tier its forecasts earned, and its limits are written at once; after an agent restart
+/// its record is kept too, but the full tier must be earned again.
+#[test]
+fn an_earned_tier_outlives_its_workloads_processes_and_the_agent() {
+    let r = rig();
+    let c = cfg(Tier::Shadow);
+    let (mut a, _) = start(&r, &c, true);
+    let to: Vec<Tier> = earn(&mut a, 7, 0, 40).iter().map(|x| x.1.to).collect();
+    assert_eq!(to, vec![Tier::Warm, Tier::Full]);
+    // Its processes end: its group is retired, and the limits with it.
+    r.fake.exit(7);
+    for i in 40..50u64 {
+        step(&mut a, &tick(vec![]), &window(1000 * (i + 1), 0.0, 0), &[]);
+    }
+    let wg = worker_group();
+    assert!(!r.fake.exists(&wg), "retired");
+    // It runs again: at the full tier from its first tick.
+    r.fake.spawn(9, &g("system.slice/app.service"));
+    let back = earn(&mut a, 9, 50, 52);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!((back[0].1.from, back[0].1.to), (Tier::Shadow, Tier::Full));
+    assert!(
+        back[0].1.reason.contains("its processes' last run"),
+        "{}",
+        back[0].1.reason
+    );
+    assert_ne!(r.fake.read(&wg, Knob::CpuMax).unwrap(), Value::Max);
+    // A restart: kept, on probation (warm), full again after five good evaluations.
+    a.shutdown();
+    let (mut a, _) = start(&r, &c, true);
+    let again = earn(&mut a, 9, 52, 62);
+    let to: Vec<(u64, Tier)> = again.iter().map(|x| (x.0, x.1.to)).collect();
+    assert_eq!(to, vec![(52, Tier::Warm), (57, Tier::Full)], "{again:?}");
+    assert!(
+        again[0].1.reason.contains("the agent's last run") && again[0].1.reason.contains("again"),
+        "{}",
+        again[0].1.reason
+    );
+    a.shutdown();
+    // A fresh state dir: nothing kept, the shadow tier.
+    let fresh = rig();
+    let (mut b, _) = start(&fresh, &c, true);
+    assert!(earn(&mut b, 7, 0, 10).is_empty());
+    b.shutdown();
+}
+
 #[test]
 fn leaving_enforce_puts_everything_back() {
     let r = rig();

@@ -163,7 +163,7 @@ pub struct Basis {
     pub memory_base: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 struct Eval {
     covered: bool,
     error: f64,
@@ -205,7 +205,7 @@ pub struct TierChange {
 }
 
 /// One workload's record.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     evals: VecDeque<Eval>,
     streak: usize,
@@ -240,6 +240,35 @@ impl Record {
 
     pub fn samples(&self) -> usize {
         self.evals.len()
+    }
+
+    /// Its evaluations were made by forecasts the agent no longer holds the history of (a
+    /// record kept from the last run, or from long ago): kept, but its full tier must be
+    /// earned again — `promote_after` good evaluations from the warm tier, the memory
+    /// limits `memory_after` after that — unless `r` starts every workload there. Never
+    /// below where a new record starts; the margins stay as they were adapted.
+    pub fn on_probation(&mut self, r: &TierRules) {
+        self.tier = self.tier.min(Tier::Warm).max(r.start);
+        self.streak = 0;
+        self.at_full = if self.tier == Tier::Full {
+            r.memory_after
+        } else {
+            0
+        };
+    }
+
+    /// Whether what was read from disk is a record this build could have made: at most
+    /// `max_evals` evaluations, every number finite and in its range.
+    pub fn is_sound(&self, max_evals: usize) -> bool {
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        self.evals.len() <= max_evals
+            && self
+                .evals
+                .iter()
+                .all(|e| e.error.is_finite() && e.mem_ratio.is_finite())
+            && self.cpu_margin.is_finite()
+            && self.memory_margin.is_finite()
+            && unit(self.memory_quantile)
     }
 
     /// Whether the full tier has held for `memory_after` evaluations: its memory limits
