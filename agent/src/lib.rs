@@ -20,6 +20,20 @@
 /// faster than SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The `over` keys of least age among `entries` (a bounded store's first to go).
+pub(crate) fn oldest<K: Clone + Ord, A: Ord>(
+    entries: impl Iterator<Item = (A, K)>,
+    over: usize,
+) -> Vec<K> {
+    if over == 0 {
+        return Vec::new();
+    }
+    let mut by_age: Vec<(A, K)> = entries.collect();
+    by_age.sort_unstable();
+    by_age.truncate(over);
+    by_age.into_iter().map(|(_, k)| k).collect()
+}
+
 pub mod aggregate;
 pub mod allocate;
 pub mod anomaly;

@@ -16,6 +16,7 @@ pub const TARGETS: &[&str] = &[
     "spool_segment",
     "config",
     "profile_decoder",
+    "earned_decoder",
 ];
 
 #[derive(ClapArgs)]

@@ -17,7 +17,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -29,7 +28,7 @@ use super::{
     request::HeldBack,
     tiers::{Record, TierRules},
 };
-use crate::predict::framed::{Format, Unframed};
+use crate::predict::framed::{Format, Unframed, write_whole};
 
 const FORMAT: Format = Format {
     magic: b"UMBRAERN",
@@ -282,36 +281,15 @@ impl Earned {
     /// At most [`MAX_RETIRED`], the longest retired going first.
     fn bound(&mut self) {
         let over = self.retired.len().saturating_sub(MAX_RETIRED);
-        if over == 0 {
-            return;
-        }
-        let mut by_age: Vec<(u64, Group)> = self
-            .retired
-            .iter()
-            .map(|(g, r)| (r.at_ms, g.clone()))
-            .collect();
-        by_age.sort_unstable();
-        for (_, g) in by_age.into_iter().take(over) {
+        let ages = self.retired.iter().map(|(g, r)| (r.at_ms, g.clone()));
+        for g in crate::oldest(ages, over) {
             self.retired.remove(&g);
         }
     }
 }
 
 fn write(dir: &Path, bytes: &[u8]) -> Result<(), EarnedError> {
-    let p = path(dir);
-    let tmp = p.with_extension("bin.tmp");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EarnedError::Io {
-            path: path.clone(),
-            source,
-        }
-    };
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, &p).map_err(io(&p))
+    write_whole(&path(dir), bytes).map_err(|(path, source)| EarnedError::Io { path, source })
 }
 
 #[cfg(test)]

@@ -28,7 +28,6 @@
 use std::{
     collections::VecDeque,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -37,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Band, Batch, Forecast, ModelStats, Predictor, PredictorKind, Target,
     baseline::{below, from_order_key32, order_key32},
-    framed::{Format, Unframed},
+    framed::{Format, Unframed, write_whole},
 };
 use crate::{FastMap, aggregate::WorkloadId};
 
@@ -532,16 +531,8 @@ impl Calibrated {
 
     fn evict(&mut self) {
         let over = self.workloads.len().saturating_sub(self.cfg.max_workloads);
-        if over == 0 {
-            return;
-        }
-        let mut by_age: Vec<(u64, WorkloadId)> = self
-            .workloads
-            .iter()
-            .map(|(k, w)| (w.seen, k.clone()))
-            .collect();
-        by_age.sort_unstable();
-        for (_, k) in by_age.into_iter().take(over) {
+        let ages = self.workloads.iter().map(|(k, w)| (w.seen, k.clone()));
+        for k in crate::oldest(ages, over) {
             self.workloads.remove(&k);
         }
     }
@@ -760,20 +751,8 @@ pub fn load(dir: &Path) -> Result<Option<Saved>, CalibrationError> {
 
 /// Keeps the state under `dir` (temporary file, sync, rename).
 pub fn save(dir: &Path, s: &Saved) -> Result<(), CalibrationError> {
-    let p = path(dir);
-    let tmp = p.with_extension("bin.tmp");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CalibrationError::Io {
-            path: path.clone(),
-            source,
-        }
-    };
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&encode(s)).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, &p).map_err(io(&p))
+    write_whole(&path(dir), &encode(s))
+        .map_err(|(path, source)| CalibrationError::Io { path, source })
 }
 
 #[cfg(test)]

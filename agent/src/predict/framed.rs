@@ -2,6 +2,36 @@
 //! store's snapshot): an 8-byte magic, the format version (u16), two reserved bytes, the
 //! payload's length (u32) and CRC32, then the payload. Little-endian.
 
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+/// Writes `bytes` as `path` whole or not at all: a temporary file beside it (`.tmp`
+/// added), synced, renamed over it, and the directory synced; the directory is made
+/// first. An error names the path that failed.
+pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p.clone(), e)
+    };
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    let mut f = fs::File::create(&tmp).map_err(at(&tmp))?;
+    f.write_all(bytes).map_err(at(&tmp))?;
+    f.sync_all().map_err(at(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(at(path))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Header bytes before the payload.
 pub const HEADER: usize = 8 + 2 + 2 + 4 + 4;
 /// Payloads larger than this are damage, not data.

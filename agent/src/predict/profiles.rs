@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     LEVELS,
-    framed::{Format, Unframed},
+    framed::{Format, Unframed, write_whole},
 };
 
 pub const MAGIC: &[u8; 8] = b"UMBRAPRF";
@@ -566,16 +566,8 @@ impl ProfileStore {
     /// Lets go of the least recently used keys beyond `max_keys`.
     fn evict(&mut self) {
         let over = self.profiles.len().saturating_sub(self.max_keys);
-        if over == 0 {
-            return;
-        }
-        let mut by_age: Vec<(u64, String)> = self
-            .profiles
-            .iter()
-            .map(|(k, p)| (p.last_ms, k.clone()))
-            .collect();
-        by_age.sort_unstable();
-        for (_, k) in by_age.into_iter().take(over) {
+        let ages = self.profiles.iter().map(|(k, p)| (p.last_ms, k.clone()));
+        for k in crate::oldest(ages, over) {
             self.profiles.remove(&k);
         }
     }
@@ -632,30 +624,20 @@ impl ProfileStore {
         let Some(dir) = self.dir.clone() else {
             return Ok(());
         };
-        let path = Self::snapshot_path(&dir);
-        let tmp = dir.join("profiles.bin.tmp");
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| ProfileError::Io {
-                path: p.clone(),
-                source,
-            }
-        };
-        let bytes = encode_snapshot(&self.snapshot());
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
+        write_whole(
+            &Self::snapshot_path(&dir),
+            &encode_snapshot(&self.snapshot()),
+        )
+        .map_err(|(path, source)| ProfileError::Io { path, source })?;
         // The snapshot holds every journaled run now: the journal starts over.
-        let jpath = Self::journal_path(&dir);
         if let Some(j) = &mut self.journal {
-            j.set_len(0).map_err(io(&jpath))?;
+            let io = |source| ProfileError::Io {
+                path: Self::journal_path(&dir),
+                source,
+            };
+            j.set_len(0).map_err(io)?;
             // Appended: at the start of the emptied file.
-            j.write_all(&journal_header()).map_err(io(&jpath))?;
+            j.write_all(&journal_header()).map_err(io)?;
         }
         self.unsaved = 0;
         Ok(())
