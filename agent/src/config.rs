@@ -54,6 +54,9 @@ pub struct PublishConfig {
     pub summary_every_ms: u64,
     /// How often status is published (besides at connect and on request), ms.
     pub status_every_ms: u64,
+    /// How often the executables' profiles with new runs are published (`profiles`
+    /// topic), ms; 0: never.
+    pub profiles_every_ms: u64,
     /// Workloads listed in a summary; the rest are folded into one `other` row.
     pub max_workloads: u32,
     /// Where the spool, the active model and trace snapshots live.
@@ -108,6 +111,7 @@ impl Default for PublishConfig {
             payload: Payload::Postcard,
             summary_every_ms: 10_000,
             status_every_ms: 60_000,
+            profiles_every_ms: 600_000,
             max_workloads: 100,
             state_dir: PathBuf::from("/var/lib/umbra"),
             spool_max_bytes: 32 << 20,
@@ -258,6 +262,13 @@ impl PublishConfig {
             self.status_every_ms,
             1000..=86_400_000,
         )?;
+        if self.profiles_every_ms != 0 {
+            check(
+                "publish.profiles_every_ms",
+                self.profiles_every_ms,
+                1000..=86_400_000,
+            )?;
+        }
         check("publish.max_workloads", self.max_workloads, 1..=100_000)?;
         check("publish.keep_alive_s", self.keep_alive_s, 5..=3600)?;
         check("publish.max_backoff_ms", self.max_backoff_ms, 100..=600_000)?;
@@ -549,6 +560,7 @@ mod tests {
         "allocate.workload[0]"
     )]
     #[case("[allocate]\nroot = \"../etc\"\n", "allocate.root")]
+    #[case("[publish]\nprofiles_every_ms = 10\n", "publish.profiles_every_ms")]
     #[case("[allocate.request]\nwarm_ms = 86400000\n", "allocate.request.warm_ms")]
     #[case(
         "[[aggregate.history.tiers]]\nresolution_ms = 1000\nspan_ms = 60000\n[[aggregate.history.tiers]]\nresolution_ms = 1500\nspan_ms = 600000\n",

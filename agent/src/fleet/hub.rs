@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::Dedup;
 use crate::publish::{
-    Body, Envelope, PublishError, Security, Summary, Topics,
+    Body, Envelope, ProfileRow, PublishError, Security, Summary, Topics,
     client::fleet_client,
     model::{BUNDLE_FORMAT, ModelBundle, SignedModel},
 };
@@ -102,6 +102,8 @@ pub struct NodeSeen {
     pub duplicate_id: bool,
     /// Workloads of the node whose forecasts drifted (each flagged for retraining).
     pub drifts: u64,
+    /// Executables' profiles received (rows of `profiles` messages).
+    pub profiles: u64,
     #[serde(skip)]
     last_instance: Option<(u64, bool)>,
 }
@@ -115,6 +117,10 @@ pub struct Hub {
     tag: String,
     files: u64,
     pub summaries: u64,
+    /// Each node's executables' latest profiles, and when they were sent; written whole
+    /// to `profiles.parquet` when changed.
+    profiles: BTreeMap<(String, String), (u64, ProfileRow)>,
+    profiles_changed: bool,
 }
 
 impl Hub {
@@ -131,6 +137,8 @@ impl Hub {
             tag: tag.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
             files: 0,
             summaries: 0,
+            profiles: BTreeMap::new(),
+            profiles_changed: false,
         })
     }
 
@@ -205,6 +213,20 @@ impl Hub {
                 seen.drifts += 1;
                 self.flag_for_retraining(&node, a);
             }
+            Body::Profiles(p) => {
+                seen.profiles += p.profiles.len() as u64;
+                for r in &p.profiles {
+                    let at = (node.clone(), r.key.clone());
+                    if self
+                        .profiles
+                        .get(&at)
+                        .is_none_or(|(t, _)| *t <= env.time_ms)
+                    {
+                        self.profiles.insert(at, (env.time_ms, r.clone()));
+                        self.profiles_changed = true;
+                    }
+                }
+            }
             Body::CmdResult(_) | Body::Decisions(_) | Body::Anomaly(_) => {}
         }
         true
@@ -233,8 +255,12 @@ impl Hub {
         }
     }
 
-    /// Writes held rows to a new Parquet file; returns its path.
+    /// Writes held rows to a new Parquet file (returns its path), and the profiles when
+    /// they changed.
     pub fn flush(&mut self) -> Result<Option<PathBuf>, HubError> {
+        if self.profiles_changed {
+            self.write_profiles()?;
+        }
         if self.rows.len == 0 {
             return Ok(None);
         }
@@ -258,6 +284,51 @@ impl Hub {
         })?;
         info!(file = %path.display(), rows = rows.len, "Summaries stored");
         Ok(Some(path))
+    }
+
+    /// Every node's executables' latest profiles as `<data>/profiles.parquet` (written
+    /// whole, then renamed over the last).
+    fn write_profiles(&mut self) -> Result<(), HubError> {
+        let path = self.data.join(PROFILES_FILE);
+        let tmp = self.data.join(format!(".{PROFILES_FILE}.tmp"));
+        let n = self.profiles.len();
+        let mut strs: [Vec<ByteArray>; 4] = Default::default();
+        let mut ints: [Vec<i64>; 4] = Default::default();
+        let mut floats: [Vec<f32>; 15] = std::array::from_fn(|_| Vec::with_capacity(n));
+        for ((node, key), (time_ms, r)) in &self.profiles {
+            for (c, v) in strs.iter_mut().zip([node, key, &r.name, &r.parent]) {
+                c.push(ByteArray::from(v.as_bytes().to_vec()));
+            }
+            let i = |v: u64| v.min(i64::MAX as u64) as i64;
+            for (c, v) in ints
+                .iter_mut()
+                .zip([*time_ms, r.runs as u64, r.total_runs, r.last_ms])
+            {
+                c.push(i(v));
+            }
+            let qs = [
+                r.cpu_seconds,
+                r.peak_rss_bytes,
+                r.duration_seconds,
+                r.io_bytes,
+                r.input_bytes,
+            ];
+            for (c, v) in floats.iter_mut().zip(qs.iter().flatten()) {
+                c.push(*v);
+            }
+        }
+        let parquet = |message| HubError::Parquet {
+            path: path.clone(),
+            message,
+        };
+        write_table(&tmp, PROFILES_SCHEMA, &strs, &ints, &floats, &[], &[]).map_err(parquet)?;
+        fs::rename(&tmp, &path).map_err(|source| HubError::Data {
+            path: path.clone(),
+            source,
+        })?;
+        self.profiles_changed = false;
+        info!(file = %path.display(), rows = n, "Profiles stored");
+        Ok(())
     }
 
     pub fn duplicates(&self) -> u64 {
@@ -425,55 +496,105 @@ impl Rows {
     }
 
     fn write(&self, path: &Path) -> Result<(), String> {
-        let e = |e: parquet::errors::ParquetError| e.to_string();
-        let schema = Arc::new(parse_message_type(SCHEMA).map_err(e)?);
-        let props = Arc::new(
-            WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .build(),
-        );
-        let file = fs::File::create(path).map_err(|e| e.to_string())?;
-        let mut w = SerializedFileWriter::new(file, schema, props).map_err(e)?;
-        let mut rg = w.next_row_group().map_err(e)?;
-        let mut col = 0usize;
-        while let Some(mut c) = rg.next_column().map_err(e)? {
-            let (s, n, f, b) = (
-                self.strs.len(),
-                self.ints.len(),
-                self.floats.len(),
-                self.bools.len(),
-            );
-            if col < s {
-                c.typed::<ByteArrayType>()
-                    .write_batch(&self.strs[col], None, None)
-                    .map_err(e)?;
-            } else if col < s + n {
-                c.typed::<Int64Type>()
-                    .write_batch(&self.ints[col - s], None, None)
-                    .map_err(e)?;
-            } else if col < s + n + f {
-                c.typed::<FloatType>()
-                    .write_batch(&self.floats[col - s - n], None, None)
-                    .map_err(e)?;
-            } else if col < s + n + f + b {
-                c.typed::<BoolType>()
-                    .write_batch(&self.bools[col - s - n - f], None, None)
-                    .map_err(e)?;
-            } else {
-                let opt = &self.psi[col - s - n - f - b];
-                let values: Vec<f32> = opt.iter().flatten().copied().collect();
-                let defs: Vec<i16> = opt.iter().map(|v| v.is_some() as i16).collect();
-                c.typed::<FloatType>()
-                    .write_batch(&values, Some(&defs), None)
-                    .map_err(e)?;
-            }
-            c.close().map_err(e)?;
-            col += 1;
-        }
-        rg.close().map_err(e)?;
-        w.close().map_err(e)?;
-        Ok(())
+        write_table(
+            path,
+            SCHEMA,
+            &self.strs,
+            &self.ints,
+            &self.floats,
+            &self.bools,
+            &self.psi,
+        )
     }
+}
+
+/// Under the data dir: every node's executables' latest profiles.
+pub const PROFILES_FILE: &str = "profiles.parquet";
+
+/// The `profiles` table: one row per node and executable, its latest profile (p10, p50,
+/// p90 of each outcome over its kept runs).
+const PROFILES_SCHEMA: &str = "message profiles {
+  REQUIRED BYTE_ARRAY node (STRING);
+  REQUIRED BYTE_ARRAY key (STRING);
+  REQUIRED BYTE_ARRAY name (STRING);
+  REQUIRED BYTE_ARRAY parent (STRING);
+  REQUIRED INT64 time_ms;
+  REQUIRED INT64 runs;
+  REQUIRED INT64 total_runs;
+  REQUIRED INT64 last_ms;
+  REQUIRED FLOAT cpu_seconds_p10;
+  REQUIRED FLOAT cpu_seconds_p50;
+  REQUIRED FLOAT cpu_seconds_p90;
+  REQUIRED FLOAT peak_rss_bytes_p10;
+  REQUIRED FLOAT peak_rss_bytes_p50;
+  REQUIRED FLOAT peak_rss_bytes_p90;
+  REQUIRED FLOAT duration_seconds_p10;
+  REQUIRED FLOAT duration_seconds_p50;
+  REQUIRED FLOAT duration_seconds_p90;
+  REQUIRED FLOAT io_bytes_p10;
+  REQUIRED FLOAT io_bytes_p50;
+  REQUIRED FLOAT io_bytes_p90;
+  REQUIRED FLOAT input_bytes_p10;
+  REQUIRED FLOAT input_bytes_p50;
+  REQUIRED FLOAT input_bytes_p90;
+}";
+
+/// Writes one row group of `schema`'s columns, in its order: strings, ints, floats,
+/// bools, optional floats.
+fn write_table(
+    path: &Path,
+    schema: &str,
+    strs: &[Vec<ByteArray>],
+    ints: &[Vec<i64>],
+    floats: &[Vec<f32>],
+    bools: &[Vec<bool>],
+    opts: &[Vec<Option<f32>>],
+) -> Result<(), String> {
+    let e = |e: parquet::errors::ParquetError| e.to_string();
+    let schema = Arc::new(parse_message_type(schema).map_err(e)?);
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let file = fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut w = SerializedFileWriter::new(file, schema, props).map_err(e)?;
+    let mut rg = w.next_row_group().map_err(e)?;
+    let mut col = 0usize;
+    while let Some(mut c) = rg.next_column().map_err(e)? {
+        let (s, n, f, b) = (strs.len(), ints.len(), floats.len(), bools.len());
+        if col < s {
+            c.typed::<ByteArrayType>()
+                .write_batch(&strs[col], None, None)
+                .map_err(e)?;
+        } else if col < s + n {
+            c.typed::<Int64Type>()
+                .write_batch(&ints[col - s], None, None)
+                .map_err(e)?;
+        } else if col < s + n + f {
+            c.typed::<FloatType>()
+                .write_batch(&floats[col - s - n], None, None)
+                .map_err(e)?;
+        } else if col < s + n + f + b {
+            c.typed::<BoolType>()
+                .write_batch(&bools[col - s - n - f], None, None)
+                .map_err(e)?;
+        } else {
+            let opt = opts
+                .get(col - s - n - f - b)
+                .ok_or("more columns in the schema than given")?;
+            let values: Vec<f32> = opt.iter().flatten().copied().collect();
+            let defs: Vec<i16> = opt.iter().map(|v| v.is_some() as i16).collect();
+            c.typed::<FloatType>()
+                .write_batch(&values, Some(&defs), None)
+                .map_err(e)?;
+        }
+        c.close().map_err(e)?;
+        col += 1;
+    }
+    rg.close().map_err(e)?;
+    w.close().map_err(e)?;
+    Ok(())
 }
 
 /// Runs the hub until `shutdown` (or `max_summaries`); writes what it holds on the way out.
@@ -489,7 +610,7 @@ pub async fn run<W: Write>(
         })?;
     let mut hub = Hub::new(&args.data, &args.client_id)?;
     let base = format!("umbra/v1/{}/+", args.fleet);
-    let topics: Vec<String> = ["summary", "status", "cmd/result", "anomaly"]
+    let topics: Vec<String> = ["summary", "status", "cmd/result", "anomaly", "profiles"]
         .iter()
         .map(|k| match &args.group {
             Some(g) => format!("$share/{g}/{base}/{k}"),
@@ -838,6 +959,65 @@ mod tests {
             "{first}"
         );
         assert!(rows[1].to_string().contains("psi_io_max: null"));
+    }
+
+    /// The latest profile of each node's executable, whatever order they came in, as
+    /// one row each of `profiles.parquet`, written when they changed.
+    #[test]
+    fn each_nodes_latest_profiles_become_a_parquet_table() {
+        let d = tempfile::tempdir().unwrap();
+        let mut hub = Hub::new(d.path(), "test").unwrap();
+        let msg = |node: &str, seq: u64, cpu: f32| {
+            Envelope {
+                schema: ENV_SCHEMA,
+                node: node.into(),
+                seq,
+                time_ms: 1000 * seq,
+                historical: false,
+                body: Body::Profiles(crate::publish::Profiles {
+                    profiles: vec![ProfileRow {
+                        key: "exe:sha256:aa".into(),
+                        name: "xz".into(),
+                        parent: "make".into(),
+                        runs: 3,
+                        total_runs: seq,
+                        cpu_seconds: [cpu, cpu * 2.0, cpu * 3.0],
+                        ..Default::default()
+                    }],
+                    more: 0,
+                }),
+            }
+            .encode(Payload::Postcard)
+        };
+        assert!(hub.ingest("umbra/v1/f/n1/profiles", &msg("n1", 2, 1.0)));
+        assert!(
+            hub.ingest("umbra/v1/f/n1/profiles", &msg("n1", 1, 9.0)),
+            "late"
+        );
+        assert!(hub.ingest("umbra/v1/f/n2/profiles", &msg("n2", 1, 4.0)));
+        assert_eq!(hub.nodes["n1"].profiles, 2);
+        assert!(hub.flush().unwrap().is_none(), "no summaries");
+        let path = d.path().join(PROFILES_FILE);
+        let r = SerializedFileReader::new(fs::File::open(&path).unwrap()).unwrap();
+        let rows: Vec<String> = r
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().to_string())
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            rows[0].contains("node: \"n1\"")
+                && rows[0].contains("cpu_seconds_p50: 2.0")
+                && rows[0].contains("parent: \"make\"")
+                && rows[0].contains("total_runs: 2"),
+            "the newer of n1's: {}",
+            rows[0]
+        );
+        assert!(rows[1].contains("node: \"n2\"") && rows[1].contains("cpu_seconds_p90: 12.0"));
+        // Unchanged since: not written again.
+        fs::remove_file(&path).unwrap();
+        hub.flush().unwrap();
+        assert!(!path.exists());
     }
 
     fn status_msg(node: &str, instance: u64, online: bool) -> Vec<u8> {

@@ -164,6 +164,29 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> String {
             s
         }
         Body::Anomaly(a) => format!("{head} ANOMALY {}: {}", a.kind, clip(&a.text, 300)),
+        Body::Profiles(p) => {
+            let mut s = format!(
+                "{head} profiles {}{}",
+                p.profiles.len(),
+                if p.more > 0 {
+                    format!(" ({} more to come)", p.more)
+                } else {
+                    String::new()
+                }
+            );
+            for r in &p.profiles {
+                s.push_str(&format!(
+                    "\n  {} ({} runs, {} kept): cpu {:.2} s, peak RSS {:.1} MiB, {:.2} s (p50)",
+                    clip(&r.name, 40),
+                    r.total_runs,
+                    r.runs,
+                    r.cpu_seconds[1],
+                    r.peak_rss_bytes[1] / 1_048_576.0,
+                    r.duration_seconds[1],
+                ));
+            }
+            s
+        }
     }
 }
 
@@ -202,6 +225,26 @@ mod tests {
         assert_eq!(j["envelope"]["kind"], "cmd/result");
         assert_eq!(j["envelope"]["seq"], 4);
         assert!(render("x", b"\x00garbage", false).contains("undecodable"));
+        let p = Envelope {
+            body: Body::Profiles(crate::publish::Profiles {
+                profiles: vec![crate::publish::ProfileRow {
+                    name: "xz".into(),
+                    runs: 3,
+                    total_runs: 80,
+                    cpu_seconds: [1.0, 2.5, 4.0],
+                    peak_rss_bytes: [0.0, 3_145_728.0, 0.0],
+                    duration_seconds: [0.0, 1.25, 0.0],
+                    ..Default::default()
+                }],
+                more: 2,
+            }),
+            ..e.clone()
+        };
+        assert_eq!(
+            render("umbra/v1/f/n1/profiles", &p.encode(Payload::Json), false),
+            "n1 #4 historical profiles 1 (2 more to come)\n  xz (80 runs, 3 kept): cpu 2.50 s, \
+             peak RSS 3.0 MiB, 1.25 s (p50)"
+        );
         assert_eq!(
             Filter {
                 fleet: Some("f".into()),

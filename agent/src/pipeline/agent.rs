@@ -202,7 +202,14 @@ pub struct Agent<O: Output> {
     started: Instant,
     status_every: tokio::time::Interval,
     drain: Option<Duration>,
+    /// How often profiles with new runs go to the fleet (0: never), and when they last did
+    /// (the window's clock).
+    profiles_every_ms: u64,
+    profiles_sent_ms: u64,
 }
+
+/// Profiles in one `profiles` message, at most (a row is ~150 bytes).
+const PROFILES_PER_MESSAGE: usize = 256;
 
 /// What, besides capture, wakes the agent.
 pub enum AgentWake {
@@ -299,6 +306,8 @@ impl<O: Output> Agent<O> {
             started: Instant::now(),
             status_every: tokio::time::interval(Duration::from_millis(p.status_every_ms)),
             drain: opts.drain,
+            profiles_every_ms: p.profiles_every_ms,
+            profiles_sent_ms: 0,
         };
         agent
             .status_every
@@ -434,8 +443,32 @@ impl<O: Output> Agent<O> {
                 p.decisions(wire::decisions(w.node.timestamp_ms, &mode, &decided));
                 p.remember(status);
             }
+            self.publish_profiles(w.node.timestamp_ms);
         }
         Ok(())
+    }
+
+    /// Every `publish.profiles_every_ms`, the profiles with runs since they were last
+    /// sent (all of them after a start), in messages of at most [`PROFILES_PER_MESSAGE`].
+    fn publish_profiles(&mut self, now_ms: u64) {
+        let (Some(p), Some(r)) = (&mut self.publish, &mut self.requests) else {
+            return;
+        };
+        let every = self.profiles_every_ms;
+        if every == 0 || now_ms.saturating_sub(self.profiles_sent_ms) < every {
+            return;
+        }
+        self.profiles_sent_ms = now_ms;
+        loop {
+            let (rows, more) = r.take_changed(PROFILES_PER_MESSAGE);
+            if rows.is_empty() {
+                break;
+            }
+            p.profiles(wire::profiles(rows, more));
+            if more == 0 {
+                break;
+            }
+        }
     }
 
     /// The allocate stage's state and decisions into the insights: each managed

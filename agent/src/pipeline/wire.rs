@@ -3,7 +3,8 @@
 
 use crate::{
     allocate::{AllocateStats, Decision},
-    publish::{AllocationStatus, DecisionRecord, Decisions},
+    predict::profiles::Profile,
+    publish::{AllocationStatus, DecisionRecord, Decisions, ProfileRow, Profiles},
 };
 
 /// Decisions listed in one message at most; the rest are counted.
@@ -128,4 +129,70 @@ fn record(d: &Decision) -> DecisionRecord {
         }
     }
     r
+}
+
+/// Executables' profiles for the fleet: p10, p50, p90 of each outcome over the kept runs;
+/// `more` changed ones wait for the next message.
+pub fn profiles(rows: Vec<(String, Profile)>, more: usize) -> Profiles {
+    let f = |b: [f64; 3]| b.map(|v| v as f32);
+    let profiles = rows
+        .into_iter()
+        .map(|(key, p)| {
+            let b = p.bands();
+            ProfileRow {
+                runs: p.runs.len() as u32,
+                total_runs: p.total_runs,
+                last_ms: p.last_ms,
+                cpu_seconds: f(b[0]),
+                peak_rss_bytes: f(b[1]),
+                duration_seconds: f(b[2]),
+                io_bytes: f(b[3]),
+                input_bytes: f(p.input_bands()),
+                key,
+                name: p.name,
+                parent: p.parent,
+            }
+        })
+        .collect();
+    Profiles {
+        profiles,
+        more: more.min(u32::MAX as usize) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predict::profiles::{Outcome, Run};
+
+    #[test]
+    fn a_profile_goes_to_the_fleet_as_its_bands() {
+        let mut p = Profile {
+            name: "xz".into(),
+            parent: "sh".into(),
+            total_runs: 70,
+            last_ms: 9,
+            ..Default::default()
+        };
+        for i in 1..=5u64 {
+            let o = Outcome {
+                cpu_seconds: i as f64,
+                peak_rss_bytes: 1e8,
+                duration_seconds: 2.0,
+                io_bytes: 0.0,
+            };
+            p.runs.push_back(Run::new(&o, i * 1000, i));
+        }
+        let m = profiles(vec![("exe:sha256:aa".into(), p)], 7);
+        assert_eq!(m.more, 7);
+        let r = &m.profiles[0];
+        assert_eq!(
+            (r.key.as_str(), r.name.as_str(), r.parent.as_str()),
+            ("exe:sha256:aa", "xz", "sh")
+        );
+        assert_eq!((r.runs, r.total_runs, r.last_ms), (5, 70, 9));
+        assert_eq!(r.cpu_seconds, [1.4, 3.0, 4.6]);
+        assert_eq!(r.peak_rss_bytes, [1e8; 3]);
+        assert_eq!(r.input_bytes, [1400.0, 3000.0, 4600.0]);
+    }
 }

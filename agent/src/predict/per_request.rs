@@ -203,6 +203,12 @@ impl ProfilePredictor {
         }
     }
 
+    /// Up to `max` profiles with runs not yet published, and how many more there are
+    /// ([`ProfileStore::take_changed`]).
+    pub fn take_changed(&mut self, max: usize) -> (Vec<(String, Profile)>, usize) {
+        self.store.take_changed(max)
+    }
+
     /// Compacts the journal into the snapshot (also on the way out). A failure is kept
     /// for status; the journal still holds every run.
     pub fn save(&mut self) {

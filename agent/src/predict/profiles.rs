@@ -21,7 +21,7 @@
 //! overwritten.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     fs::{self, File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
@@ -240,6 +240,13 @@ impl Profile {
         quantiles(&mut v, levels)
     }
 
+    /// p10/p50/p90 of the input bytes its runs' argv named.
+    pub fn input_bands(&self) -> [f64; 3] {
+        let mut inputs: Vec<f64> = self.runs.iter().map(|r| r.input_bytes as f64).collect();
+        let q = quantiles(&mut inputs, &LEVELS);
+        [q[0], q[1], q[2]]
+    }
+
     /// p10/p50/p90 of every outcome, `[outcome][level]`.
     pub fn bands(&self) -> [[f64; 3]; 4] {
         let mut out = [[0.0; 3]; 4];
@@ -443,6 +450,8 @@ pub struct ProfileStore {
     journal: Option<File>,
     /// Runs journaled since the last snapshot.
     pub unsaved: u64,
+    /// Keys with runs not yet published ([`ProfileStore::take_changed`]).
+    changed: BTreeSet<String>,
 }
 
 impl ProfileStore {
@@ -454,6 +463,7 @@ impl ProfileStore {
             dir: None,
             journal: None,
             unsaved: 0,
+            changed: BTreeSet::new(),
         }
     }
 
@@ -526,6 +536,8 @@ impl ProfileStore {
         );
         store.dir = Some(dir.to_path_buf());
         store.evict();
+        // Published once after each start (a hub may not have them).
+        store.changed = store.profiles.keys().cloned().collect();
         if version != VERSION {
             // A new store, or an earlier version's: written as this one's (the snapshot
             // holds every run, the journal starts over with its header).
@@ -561,6 +573,22 @@ impl ProfileStore {
         p.runs.push_back(run);
         p.total_runs += 1;
         p.last_ms = p.last_ms.max(run.ended_ms);
+        self.changed.insert(key.to_string());
+    }
+
+    /// Up to `max` profiles with runs since they were last taken (each kept one is, once
+    /// after the store opens), and how many more there are.
+    pub fn take_changed(&mut self, max: usize) -> (Vec<(String, Profile)>, usize) {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(k) = self.changed.pop_first() else {
+                break;
+            };
+            if let Some(p) = self.profiles.get(&k) {
+                out.push((k, p.clone()));
+            }
+        }
+        (out, self.changed.len())
     }
 
     /// Lets go of the least recently used keys beyond `max_keys`.
@@ -569,6 +597,7 @@ impl ProfileStore {
         let ages = self.profiles.iter().map(|(k, p)| (p.last_ms, k.clone()));
         for k in crate::oldest(ages, over) {
             self.profiles.remove(&k);
+            self.changed.remove(&k);
         }
     }
 
@@ -727,8 +756,7 @@ pub fn print(state_dir: &Path, json: bool, out: &mut impl Write) -> Result<(), P
     }
     for (key, p) in all {
         let b = p.bands();
-        let mut inputs: Vec<f64> = p.runs.iter().map(|r| r.input_bytes as f64).collect();
-        let iq = quantiles(&mut inputs, &LEVELS);
+        let iq = p.input_bands();
         if json {
             let l = Listed {
                 key,
@@ -952,6 +980,32 @@ mod tests {
             "{e}"
         );
         assert_eq!(fs::read(&jp).unwrap(), newer, "left as it was");
+    }
+
+    /// What the fleet is sent: each profile with runs since it was last taken, every kept
+    /// one once after the store opens, in bounded batches.
+    #[test]
+    fn profiles_with_new_runs_are_taken_once_and_all_after_a_start() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(s.take_changed(10).0.len(), 0);
+        for (k, ms) in [("exe:a", 1), ("exe:b", 2), ("exe:a", 3)] {
+            s.record(k, "p", "sh", run(1.0, ms)).unwrap();
+        }
+        let (first, more) = s.take_changed(1);
+        assert_eq!(
+            (first[0].0.as_str(), first[0].1.runs.len(), more),
+            ("exe:a", 2, 1)
+        );
+        let (rest, more) = s.take_changed(10);
+        assert_eq!((rest.len(), rest[0].0.as_str(), more), (1, "exe:b", 0));
+        assert!(s.take_changed(10).0.is_empty(), "taken once");
+        s.record("exe:b", "p", "sh", run(2.0, 4)).unwrap();
+        let keys = |v: Vec<(String, Profile)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(s.take_changed(10).0), vec!["exe:b"]);
+        drop(s);
+        let (mut s, _) = ProfileStore::open(d.path(), 100).unwrap();
+        assert_eq!(keys(s.take_changed(10).0), vec!["exe:a", "exe:b"]);
     }
 
     #[test]

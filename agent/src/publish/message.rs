@@ -44,6 +44,8 @@ pub enum Body {
     /// affected).
     Decisions(Decisions),
     Anomaly(AnomalyReport),
+    /// Added after decisions and anomalies, as they were.
+    Profiles(Profiles),
 }
 
 /// Kinds of message; each has its own topic.
@@ -54,15 +56,17 @@ pub enum Kind {
     CmdResult,
     Decision,
     Anomaly,
+    Profiles,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Summary,
         Kind::Status,
         Kind::CmdResult,
         Kind::Decision,
         Kind::Anomaly,
+        Kind::Profiles,
     ];
 
     /// The topic under `umbra/v1/<fleet>/<node>/`, and the `kind` of JSON payloads.
@@ -73,6 +77,7 @@ impl Kind {
             Kind::CmdResult => "cmd/result",
             Kind::Decision => "decision",
             Kind::Anomaly => "anomaly",
+            Kind::Profiles => "profiles",
         }
     }
 
@@ -89,8 +94,40 @@ impl Body {
             Body::CmdResult(_) => Kind::CmdResult,
             Body::Decisions(_) => Kind::Decision,
             Body::Anomaly(_) => Kind::Anomaly,
+            Body::Profiles(_) => Kind::Profiles,
         }
     }
+}
+
+/// Executables' profiles, compact (`profiles` topic): those with runs completed since the
+/// last such message (every one kept, once after each start), so the fleet can share what
+/// each program needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profiles {
+    pub profiles: Vec<ProfileRow>,
+    /// Profiles changed beyond the per-message bound: in the next message.
+    pub more: u32,
+}
+
+/// One executable's profile: p10, p50 and p90 of each outcome over its kept runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileRow {
+    /// `exe:sha256:<hex>`: the same binary has the same key on every node.
+    pub key: String,
+    pub name: String,
+    /// The parent's executable file name at its last run.
+    pub parent: String,
+    /// Runs kept (the quantiles are over them), and completed in all.
+    pub runs: u32,
+    pub total_runs: u64,
+    /// Its last run's end, ms since the Unix epoch.
+    pub last_ms: u64,
+    pub cpu_seconds: [f32; 3],
+    pub peak_rss_bytes: [f32; 3],
+    pub duration_seconds: [f32; 3],
+    pub io_bytes: [f32; 3],
+    /// Bytes of the input files its argv named.
+    pub input_bytes: [f32; 3],
 }
 
 /// A workload that stopped behaving like itself, or whose forecasts drifted (`anomaly`
@@ -381,6 +418,7 @@ impl Envelope {
             Body::CmdResult(b) => serde_json::to_value(b),
             Body::Decisions(b) => serde_json::to_value(b),
             Body::Anomaly(b) => serde_json::to_value(b),
+            Body::Profiles(b) => serde_json::to_value(b),
         }
         .unwrap_or_default();
         serde_json::json!({
@@ -422,6 +460,7 @@ impl Envelope {
             Kind::CmdResult => Body::CmdResult(serde_json::from_value(body).map_err(bad)?),
             Kind::Decision => Body::Decisions(serde_json::from_value(body).map_err(bad)?),
             Kind::Anomaly => Body::Anomaly(serde_json::from_value(body).map_err(bad)?),
+            Kind::Profiles => Body::Profiles(serde_json::from_value(body).map_err(bad)?),
         };
         Ok(Envelope {
             schema: head.schema,
@@ -538,6 +577,20 @@ mod tests {
                         ..Default::default()
                     }],
                     omitted: n as u32,
+                }),
+                Body::Profiles(Profiles {
+                    profiles: vec![ProfileRow {
+                        key: "exe:sha256:ab".into(),
+                        name: "xz".into(),
+                        parent: "sh".into(),
+                        runs: n as u32,
+                        total_runs: seq,
+                        last_ms: seq,
+                        cpu_seconds: [cpu, cpu * 2.0, cpu * 3.0],
+                        peak_rss_bytes: [1e6, 2e6, 3e6],
+                        ..Default::default()
+                    }],
+                    more: 3,
                 }),
                 Body::Status(Status {
                     allocation: Some(Box::new(AllocationStatus {

@@ -193,6 +193,13 @@ impl Stage {
         }
     }
 
+    /// Executables' profiles, on their own topic.
+    pub fn profiles(&mut self, p: super::message::Profiles) {
+        if !p.profiles.is_empty() {
+            self.push(Body::Profiles(p));
+        }
+    }
+
     /// An anomaly or a drift, on its own topic.
     pub fn anomaly(&mut self, a: super::message::AnomalyReport) {
         self.push(Body::Anomaly(a));
