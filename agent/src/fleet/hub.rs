@@ -858,14 +858,24 @@ mod tests {
     use super::*;
     use crate::publish::{NodeSummary, Payload, SCHEMA as ENV_SCHEMA, WorkloadSummary};
 
-    fn summary_msg(node: &str, seq: u64, workloads: usize) -> Vec<u8> {
+    /// `body` as node `node`'s message `seq`, made at `seq` seconds.
+    fn encoded(node: &str, seq: u64, body: Body) -> Vec<u8> {
         Envelope {
             schema: ENV_SCHEMA,
             node: node.into(),
             seq,
             time_ms: 1000 * seq,
             historical: false,
-            body: Body::Summary(Summary {
+            body,
+        }
+        .encode(Payload::Postcard)
+    }
+
+    fn summary_msg(node: &str, seq: u64, workloads: usize) -> Vec<u8> {
+        encoded(
+            node,
+            seq,
+            Body::Summary(Summary {
                 start_ms: 0,
                 period_ms: 10_000,
                 intervals: 10,
@@ -884,8 +894,7 @@ mod tests {
                     .collect(),
                 other: None,
             }),
-        }
-        .encode(Payload::Postcard)
+        )
     }
 
     #[test]
@@ -893,13 +902,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut hub = Hub::new(d.path(), "test").unwrap();
         let msg = |seq: u64, kind: &str| {
-            Envelope {
-                schema: ENV_SCHEMA,
-                node: "n1".into(),
+            encoded(
+                "n1",
                 seq,
-                time_ms: 1000 * seq,
-                historical: false,
-                body: Body::Anomaly(crate::publish::message::AnomalyReport {
+                Body::Anomaly(crate::publish::message::AnomalyReport {
                     workload: "exe:sha256:ab".into(),
                     name: "nginx \u{fffd}".into(),
                     kind: kind.into(),
@@ -909,8 +915,7 @@ mod tests {
                     text: "drifted".into(),
                     ..Default::default()
                 }),
-            }
-            .encode(Payload::Postcard)
+            )
         };
         let t = "umbra/v1/f/n1/anomaly";
         assert!(hub.ingest(t, &msg(1, "outside-band")));
@@ -968,13 +973,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut hub = Hub::new(d.path(), "test").unwrap();
         let msg = |node: &str, seq: u64, cpu: f32| {
-            Envelope {
-                schema: ENV_SCHEMA,
-                node: node.into(),
+            encoded(
+                node,
                 seq,
-                time_ms: 1000 * seq,
-                historical: false,
-                body: Body::Profiles(crate::publish::Profiles {
+                Body::Profiles(crate::publish::Profiles {
                     profiles: vec![ProfileRow {
                         key: "exe:sha256:aa".into(),
                         name: "xz".into(),
@@ -986,8 +988,7 @@ mod tests {
                     }],
                     more: 0,
                 }),
-            }
-            .encode(Payload::Postcard)
+            )
         };
         assert!(hub.ingest("umbra/v1/f/n1/profiles", &msg("n1", 2, 1.0)));
         assert!(
