@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use umbra::publish::{
     Body, BrokerUrl, Envelope, NodeSummary, Outbox, Payload, SCHEMA, Security, Settings, Status,
-    Summary, Topics, WorkloadSummary,
+    Summary, Topics, WorkloadForecast, WorkloadSummary,
     spool::{Spool, SpoolLimits},
 };
 
@@ -52,9 +52,15 @@ fn summary(workloads: usize) -> Envelope {
                     conn_opened: 30,
                     syscalls: 150_000,
                     pressure_max: Some([1.5, 0.2, 3.0]),
+                    forecast: Some(WorkloadForecast {
+                        cpu_cores: [0.03 * i as f32, 0.05 * i as f32, 0.09 * i as f32],
+                        rss_bytes: [40e6, 42e6, 45e6],
+                    }),
                 })
                 .collect(),
             other: None,
+            predictor: "onnx:2026.12.07-2/seasonal,ewma,autopilot+aci".into(),
+            forecast_step_ms: 5000,
         }),
     }
 }

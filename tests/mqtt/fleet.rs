@@ -76,6 +76,12 @@ fn replayed_summaries_arrive_and_decode_to_the_same_values() {
             .map(|v| serde_json::from_value(v).unwrap())
             .collect();
         assert_eq!(got, expected, "{node} ({payload})");
+        assert!(
+            got.iter().any(
+                |s| !s.predictor.is_empty() && s.workloads.iter().any(|w| w.forecast.is_some())
+            ),
+            "summaries carry the forecasts"
+        );
     }
     drop(s);
 }

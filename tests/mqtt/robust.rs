@@ -13,6 +13,7 @@ use std::{
 };
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
+use umbra::publish::SCHEMA;
 use umbra_tests::{
     mqtt::{
         Broker, MOSQUITTO_PASSWD, Umbra, agent_config, expected_summaries, fixture, have_mosquitto,
@@ -409,12 +410,18 @@ fn a_spool_of_the_previous_release_is_sent_after_an_upgrade() {
     if !have_mosquitto(name) {
         return;
     }
+    // Written with schema 1 (umbra 0.1.0) and schema 2: see each fixture's README.
+    for (fixture_dir, node) in [("spool-v1", "v1node"), ("spool-v2", "v2node")] {
+        sends_an_old_spool(fixture_dir, node);
+    }
+}
+
+fn sends_an_old_spool(fixture_dir: &str, node: &str) {
     let b = Broker::start();
     let d = tempfile::tempdir().unwrap();
-    // Written by umbra 0.1.0 (schema 1): see tests/fixtures/spool-v1/README.
-    let spool = d.path().join("v1node").join("spool");
+    let spool = d.path().join(node).join("spool");
     fs::create_dir_all(&spool).unwrap();
-    let src = fixture("spool-v1");
+    let src = fixture(fixture_dir);
     let mut old = 0;
     for e in fs::read_dir(&src).unwrap() {
         let p = e.unwrap().path();
@@ -433,14 +440,9 @@ fn a_spool_of_the_previous_release_is_sent_after_an_upgrade() {
     let pending = rec.pending;
     drop(s);
     assert!(pending >= 5, "the fixture holds {pending} messages");
-    let cfg = agent_config(d.path(), &b.url(), "v1node", "summary_every_ms = 1000");
+    let cfg = agent_config(d.path(), &b.url(), node, "summary_every_ms = 1000");
     let got = d.path().join("got.jsonl");
-    let _s = sub(
-        &b.url(),
-        &["--node", "v1node"],
-        &got,
-        d.path().join("sub.log"),
-    );
+    let _s = sub(&b.url(), &["--node", node], &got, d.path().join("sub.log"));
     let mut a = replay_publish(
         &cfg,
         &fixture("idle.umbra"),
@@ -464,7 +466,7 @@ fn a_spool_of_the_previous_release_is_sent_after_an_upgrade() {
     // They decode as summaries and status of this schema, with their old values.
     let lines = json_lines(&got);
     let first = lines.iter().find(|l| l["envelope"]["seq"] == 1).unwrap();
-    assert_eq!(first["envelope"]["schema"], 2, "{first}");
+    assert_eq!(first["envelope"]["schema"], SCHEMA, "{first}");
     assert!(
         lines
             .iter()

@@ -15,6 +15,7 @@ use umbra::{
     aggregate::Aggregator,
     capture::CaptureItem,
     config::Config,
+    predict::ForecastStage,
     publish::{Summary, summary::Summarizer},
     record::Reader,
 };
@@ -306,12 +307,23 @@ pub fn expected_summaries(cfg: &Path, recording: &Path) -> Vec<Summary> {
         cfg.publish.summary_every_ms,
         cfg.publish.max_workloads as usize,
     );
+    // The forecasts, as the agent makes them from the second window on.
+    let mut forecasts = ForecastStage::live(
+        &cfg.predict,
+        reader.header().interval_ms as u64,
+        None,
+        None,
+        umbra::predict::runtime::default_runtime(),
+    );
     let mut out = Vec::new();
     let mut first = true;
     while let Some(item) = reader.next_item() {
         if let CaptureItem::Tick(t) = item.unwrap() {
             let w = agg.tick(&t);
             if !std::mem::take(&mut first) {
+                if let Some(fs) = forecasts.push(&w) {
+                    sum.forecasts(&fs);
+                }
                 out.extend(sum.push(&w));
             }
         }

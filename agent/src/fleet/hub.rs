@@ -400,7 +400,8 @@ struct Rows {
     ints: [Vec<i64>; 22],
     floats: [Vec<f32>; 4],
     bools: [Vec<bool>; 1],
-    psi: [Vec<Option<f32>>; 3],
+    /// PSI (cpu, memory, io), then the forecast's p10, p50, p90 of CPU and of RSS.
+    opts: [Vec<Option<f32>>; 9],
 }
 
 /// The schema, in column order: strings, ints, floats, bools, optional floats.
@@ -438,6 +439,12 @@ const SCHEMA: &str = "message summaries {
   OPTIONAL FLOAT psi_cpu_max;
   OPTIONAL FLOAT psi_memory_max;
   OPTIONAL FLOAT psi_io_max;
+  OPTIONAL FLOAT forecast_cpu_p10;
+  OPTIONAL FLOAT forecast_cpu_p50;
+  OPTIONAL FLOAT forecast_cpu_p90;
+  OPTIONAL FLOAT forecast_rss_p10;
+  OPTIONAL FLOAT forecast_rss_p50;
+  OPTIONAL FLOAT forecast_rss_p90;
 }";
 
 impl Rows {
@@ -489,8 +496,13 @@ impl Rows {
                 c.push(v);
             }
             self.bools[0].push(env.historical);
-            for (k, c) in self.psi.iter_mut().enumerate() {
-                c.push(w.pressure_max.map(|p| p[k]));
+            let f = w.forecast;
+            for (k, c) in self.opts.iter_mut().enumerate() {
+                c.push(match k {
+                    0..3 => w.pressure_max.map(|p| p[k]),
+                    3..6 => f.map(|f| f.cpu_cores[k - 3]),
+                    _ => f.map(|f| f.rss_bytes[k - 6]),
+                });
             }
         }
     }
@@ -503,7 +515,7 @@ impl Rows {
             &self.ints,
             &self.floats,
             &self.bools,
-            &self.psi,
+            &self.opts,
         )
     }
 }
@@ -889,10 +901,16 @@ mod tests {
                         name: format!("w{i}"),
                         read_bytes: seq * 10 + i as u64,
                         pressure_max: (i == 0).then_some([1.0, 2.0, 3.0]),
+                        forecast: (i == 0).then_some(crate::publish::WorkloadForecast {
+                            cpu_cores: [0.5, 1.0, 1.5],
+                            rss_bytes: [1e6, 2e6, 3e6],
+                        }),
                         ..Default::default()
                     })
                     .collect(),
                 other: None,
+                predictor: "onnx:1".into(),
+                forecast_step_ms: 5000,
             }),
         )
     }
@@ -960,10 +978,14 @@ mod tests {
         let rows: Vec<_> = r.get_row_iter(None).unwrap().map(|r| r.unwrap()).collect();
         let first = rows[0].to_string();
         assert!(
-            first.contains("node: \"n1\"") && first.contains("psi_io_max: 3.0"),
+            first.contains("node: \"n1\"")
+                && first.contains("psi_io_max: 3.0")
+                && first.contains("forecast_cpu_p50: 1.0")
+                && first.contains("forecast_rss_p90: 3000000.0"),
             "{first}"
         );
         assert!(rows[1].to_string().contains("psi_io_max: null"));
+        assert!(rows[1].to_string().contains("forecast_cpu_p10: null"));
     }
 
     /// The latest profile of each node's executable, whatever order they came in, as

@@ -390,6 +390,9 @@ impl<O: Output> Agent<O> {
             }
             if let Some(fs) = self.forecast.as_mut().and_then(|f| f.push(w)) {
                 self.expect(&fs);
+                if let Some(p) = &mut self.publish {
+                    p.forecasts(&fs);
+                }
                 self.forecasts = fs;
             }
             if let Some(a) = &mut self.allocate {

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the envelope and of every body. A subscriber refuses a newer one and reads
-/// every older one (schema 1: [`super::message_v1`]).
-pub const SCHEMA: u16 = 2;
+/// every older one (schema 1: [`super::message_v1`]; 2: [`super::message_v2`]). Schema 3
+/// added the forecasts to summaries.
+pub const SCHEMA: u16 = 3;
 
 /// Payload encoding on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +169,20 @@ pub struct Summary {
     pub workloads: Vec<WorkloadSummary>,
     /// Everything else folded into one row (`workload` = `"other"`), if anything.
     pub other: Option<WorkloadSummary>,
+    /// What made the workloads' forecasts (`predict` in status: the model and its
+    /// candidates, or a baseline), and the length of the step they forecast, ms; empty
+    /// and 0 without forecasts.
+    #[serde(default)]
+    pub predictor: String,
+    #[serde(default)]
+    pub forecast_step_ms: u32,
+}
+
+/// A workload's forecast for the step after the period: p10, p50, p90.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadForecast {
+    pub cpu_cores: [f32; 3],
+    pub rss_bytes: [f32; 3],
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -207,6 +222,9 @@ pub struct WorkloadSummary {
     pub syscalls: u64,
     /// Peak PSI `some avg10` of the workload's cgroup, percent (cpu, memory, io).
     pub pressure_max: Option<[f32; 3]>,
+    /// Its forecast as the period ended (none for `other`, or before its first).
+    #[serde(default)]
+    pub forecast: Option<WorkloadForecast>,
 }
 
 /// The agent's state: retained, so a new subscriber sees it at once. `online` is false only
@@ -403,10 +421,16 @@ impl Envelope {
         if schema > SCHEMA {
             return Err(DecodeError::NewerSchema { found: schema });
         }
+        let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
         if schema == 1 {
             return postcard::from_bytes::<super::message_v1::Envelope>(bytes)
                 .map(Envelope::from)
-                .map_err(|e| DecodeError::Malformed(e.to_string()));
+                .map_err(malformed);
+        }
+        if schema == 2 {
+            return postcard::from_bytes::<super::message_v2::Envelope>(bytes)
+                .map(Envelope::from)
+                .map_err(malformed);
         }
         postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
     }
@@ -550,11 +574,65 @@ mod tests {
                     cpu_cores_mean: cpu / (i + 1) as f32,
                     read_bytes: i as u64 * 4096,
                     pressure_max: (i % 2 == 0).then_some([1.0, 2.0, 3.5]),
+                    forecast: (i % 3 == 0).then_some(WorkloadForecast {
+                        cpu_cores: [cpu * 0.5, cpu, cpu * 2.0],
+                        rss_bytes: [1e6, 2e6, 3e6],
+                    }),
                     ..Default::default()
                 })
                 .collect(),
             other: None,
+            predictor: "onnx:2026.12.07-2/seasonal+aci".into(),
+            forecast_step_ms: 5000,
         }
+    }
+
+    /// A schema-2 message (the release before summaries carried forecasts) decodes as
+    /// this schema's, without them.
+    #[test]
+    fn schema_2_messages_are_read_and_converted() {
+        use super::super::message_v2 as v2;
+        let old = v2::Envelope {
+            schema: 2,
+            node: "edge-1".into(),
+            seq: 7,
+            time_ms: 9,
+            historical: false,
+            body: v2::Body::Summary(v2::Summary {
+                start_ms: 5,
+                period_ms: 10_000,
+                intervals: 10,
+                workloads: vec![v2::WorkloadSummary {
+                    workload: "exe:sha256:ab".into(),
+                    cpu_cores_mean: 1.5,
+                    pressure_max: Some([1.0, 2.0, 3.0]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        };
+        let e = Envelope::decode(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!((e.schema, e.seq, e.node.as_str()), (SCHEMA, 7, "edge-1"));
+        let Body::Summary(s) = e.body else {
+            panic!("{e:?}")
+        };
+        assert_eq!((s.start_ms, s.predictor.as_str()), (5, ""));
+        let w = &s.workloads[0];
+        assert_eq!(
+            (w.cpu_cores_mean, w.pressure_max),
+            (1.5, Some([1.0, 2.0, 3.0]))
+        );
+        assert_eq!(w.forecast, None);
+        let status = v2::Envelope {
+            body: v2::Body::Status(Status {
+                online: true,
+                mode: "enforce".into(),
+                ..Default::default()
+            }),
+            ..old
+        };
+        let e = Envelope::decode(&postcard::to_stdvec(&status).unwrap()).unwrap();
+        assert!(matches!(e.body, Body::Status(s) if s.mode == "enforce"));
     }
 
     proptest! {

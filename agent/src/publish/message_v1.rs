@@ -167,6 +167,8 @@ impl From<Summary> for super::Summary {
             },
             workloads: s.workloads.into_iter().map(Into::into).collect(),
             other: s.other.map(Into::into),
+            predictor: String::new(),
+            forecast_step_ms: 0,
         }
     }
 }
@@ -194,6 +196,7 @@ impl From<WorkloadSummary> for super::WorkloadSummary {
             conn_opened: w.conn_opened,
             syscalls: w.syscalls,
             pressure_max: w.pressure_max,
+            forecast: None,
         }
     }
 }

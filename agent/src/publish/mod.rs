@@ -18,6 +18,7 @@ pub mod command;
 pub mod identity;
 pub mod message;
 pub mod message_v1;
+pub mod message_v2;
 pub mod model;
 pub mod spool;
 pub mod stage;

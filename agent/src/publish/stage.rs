@@ -179,6 +179,11 @@ impl Stage {
     }
 
     /// A window for the summaries.
+    /// The forecasts made as a bucket closed: summaries carry them.
+    pub fn forecasts(&mut self, fs: &[crate::predict::Forecast]) {
+        self.summarizer.forecasts(fs);
+    }
+
     pub fn window(&mut self, w: &Window) {
         if let Some(sum) = self.summarizer.push(w) {
             self.push(Body::Summary(sum));

@@ -5,8 +5,11 @@
 
 use std::collections::HashMap;
 
-use super::message::{NodeSummary, Summary, WorkloadSummary};
-use crate::aggregate::{ShadowPoint, Window};
+use super::message::{NodeSummary, Summary, WorkloadForecast, WorkloadSummary};
+use crate::{
+    aggregate::{ShadowPoint, Window},
+    predict::{Forecast, Target},
+};
 
 /// Folds windows into summaries; a pure, synchronous core.
 pub struct Summarizer {
@@ -18,6 +21,10 @@ pub struct Summarizer {
     cpu_busy_sum: f64,
     rows: HashMap<String, Row>,
     last_ms: u64,
+    /// The latest forecast of each workload, what made them and their step.
+    forecasts: HashMap<String, WorkloadForecast>,
+    predictor: String,
+    forecast_step_ms: u32,
 }
 
 #[derive(Default)]
@@ -37,6 +44,29 @@ impl Summarizer {
             cpu_busy_sum: 0.0,
             rows: HashMap::new(),
             last_ms: 0,
+            forecasts: HashMap::new(),
+            predictor: String::new(),
+            forecast_step_ms: 0,
+        }
+    }
+
+    /// The forecasts made as a bucket closed: each workload's next step goes into the
+    /// summary of the period they are in effect at the end of.
+    pub fn forecasts(&mut self, fs: &[Forecast]) {
+        let f32s = |b: &crate::predict::Band| [b.p10 as f32, b.p50 as f32, b.p90 as f32];
+        self.forecasts.clear();
+        for f in fs {
+            if let (Some(c), Some(m)) = (f.of(Target::Cpu).first(), f.of(Target::Memory).first()) {
+                let wf = WorkloadForecast {
+                    cpu_cores: f32s(c),
+                    rss_bytes: f32s(m),
+                };
+                self.forecasts.insert(f.workload.0.clone(), wf);
+            }
+        }
+        if let Some(f) = fs.first() {
+            self.predictor.clone_from(&f.predictor);
+            self.forecast_step_ms = f.interval_ms;
         }
     }
 
@@ -86,6 +116,7 @@ impl Summarizer {
             .drain()
             .map(|(_, mut r)| {
                 r.s.cpu_cores_mean = (r.cpu_sum / intervals as f64) as f32;
+                r.s.forecast = self.forecasts.get(&r.s.workload).copied();
                 r.s
             })
             .collect();
@@ -113,6 +144,16 @@ impl Summarizer {
             node,
             workloads: rows,
             other,
+            predictor: if self.forecasts.is_empty() {
+                String::new()
+            } else {
+                self.predictor.clone()
+            },
+            forecast_step_ms: if self.forecasts.is_empty() {
+                0
+            } else {
+                self.forecast_step_ms
+            },
         }
     }
 }
@@ -238,6 +279,62 @@ mod tests {
             (20_000, 5000, 5)
         );
         assert!(s.flush().is_none());
+    }
+
+    /// Each workload's forecast as the period ended rides with its row; one without a
+    /// forecast (and `other`) has none, and the summary names what made them.
+    #[test]
+    fn a_summary_carries_each_workloads_latest_forecast() {
+        use crate::predict::Band;
+        let mut s = Summarizer::new(10_000, 2);
+        let f = |w: &str, cpu: f64, made_ms: u64| Forecast {
+            workload: WorkloadId(w.into()),
+            made_ms,
+            interval_ms: 5000,
+            predictor: "onnx:1+aci".into(),
+            bands: [
+                vec![Band {
+                    p10: cpu * 0.5,
+                    p50: cpu,
+                    p90: cpu * 2.0,
+                }],
+                vec![Band {
+                    p10: 1e6,
+                    p50: 2e6,
+                    p90: 4e6,
+                }],
+                vec![],
+                vec![],
+            ],
+        };
+        for t in 1..=9 {
+            s.push(&window(t, 3));
+            if t == 5 {
+                s.forecasts(&[f("exe:2", 9.0, 5000), f("exe:1", 7.0, 5000)]);
+            }
+        }
+        s.forecasts(&[f("exe:2", 1.0, 9000)]);
+        let sum = s.push(&window(10, 3)).unwrap();
+        assert_eq!(
+            (sum.predictor.as_str(), sum.forecast_step_ms),
+            ("onnx:1+aci", 5000)
+        );
+        let top = &sum.workloads[0];
+        assert_eq!(top.workload, "exe:2");
+        let fc = top.forecast.unwrap();
+        assert_eq!(
+            (fc.cpu_cores, fc.rss_bytes),
+            ([0.5, 1.0, 2.0], [1e6, 2e6, 4e6])
+        );
+        assert_eq!(
+            sum.workloads[1].forecast, None,
+            "its forecast is no longer the latest"
+        );
+        assert_eq!(sum.other.as_ref().unwrap().forecast, None);
+        // Without forecasts, nothing is said of them.
+        let mut plain = Summarizer::new(10_000, 2);
+        let sum = (1..=10).find_map(|t| plain.push(&window(t, 1))).unwrap();
+        assert_eq!((sum.predictor.as_str(), sum.forecast_step_ms), ("", 0));
     }
 
     #[test]
