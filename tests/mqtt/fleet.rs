@@ -16,7 +16,7 @@ use umbra::{publish::Summary, record::Reader};
 use umbra_tests::{
     mqtt::{
         Broker, Umbra, agent_config, expected_summaries, fixture, have_mosquitto, json_lines,
-        replay_publish, sub, wait_until,
+        replay_publish, sub, summary_files, wait_until,
     },
     privileged, workspace_bin,
 };
@@ -180,17 +180,11 @@ fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
 }
 
-/// (node, seq, workload) of every row of every Parquet file in `dir`.
+/// (node, seq, workload) of every row of every summaries file in `dir` (not the
+/// profiles' table beside them).
 fn parquet_rows(dir: &Path) -> Vec<(String, u64, String)> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.extension().is_none_or(|x| x != "parquet") {
-            continue;
-        }
+    for p in summary_files(dir) {
         let r = SerializedFileReader::new(fs::File::open(&p).unwrap()).unwrap();
         for row in r.get_row_iter(None).unwrap() {
             let row = row.unwrap();

@@ -17,7 +17,7 @@ use umbra::publish::SCHEMA;
 use umbra_tests::{
     mqtt::{
         Broker, MOSQUITTO_PASSWD, Umbra, agent_config, expected_summaries, fixture, have_mosquitto,
-        json_lines, replay_publish, sub, wait_until,
+        json_lines, replay_publish, sub, summary_files, wait_until,
     },
     privileged,
 };
@@ -56,11 +56,7 @@ fn hub(broker: &Broker, dir: &Path) -> Umbra {
 fn stored_periods(data: &Path, node: &str) -> (BTreeSet<u64>, BTreeSet<u64>) {
     let mut periods = BTreeSet::new();
     let mut seqs = BTreeSet::new();
-    for e in fs::read_dir(data).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_none_or(|x| x != "parquet") {
-            continue;
-        }
+    for p in summary_files(data) {
         let r = SerializedFileReader::new(fs::File::open(&p).unwrap()).unwrap();
         for row in r.get_row_iter(None).unwrap() {
             let row = row.unwrap();

@@ -332,6 +332,21 @@ pub fn expected_summaries(cfg: &Path, recording: &Path) -> Vec<Summary> {
     out
 }
 
+/// The hub's summaries files in `data` (not the profiles' table beside them).
+pub fn summary_files(data: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(data) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with("summaries-") && name.ends_with(".parquet")
+        })
+        .collect()
+}
+
 pub fn replay_publish(cfg: &Path, recording: &Path, extra: &[&str], log: PathBuf) -> Umbra {
     let mut args = vec!["--config", cfg.to_str().unwrap(), "replay"];
     args.push(recording.to_str().unwrap());
