@@ -123,14 +123,41 @@ pub fn band(a: f64, b: f64, c: f64) -> Band {
     }
 }
 
-fn forecast(s: &Series<'_>, b: &Batch<'_>, name: &str, bands: [Vec<Band>; 4]) -> Forecast {
-    Forecast {
-        workload: s.workload.clone(),
-        made_ms: b.now_ms,
-        interval_ms: b.interval_ms,
-        predictor: name.to_string(),
-        bands,
+/// The forecast at `r` of a baseline's tick for `s`, its bands empty: the one `out` holds
+/// there from an earlier tick with its rooms kept (names, band vectors), else a new one —
+/// a candidate's tick allocates nothing once its workloads are known.
+fn reuse<'o>(
+    out: &'o mut Vec<Forecast>,
+    r: usize,
+    s: &Series<'_>,
+    b: &Batch<'_>,
+    name: &str,
+) -> &'o mut Forecast {
+    if r >= out.len() {
+        out.push(Forecast {
+            workload: s.workload.clone(),
+            made_ms: b.now_ms,
+            interval_ms: b.interval_ms,
+            predictor: name.to_string(),
+            bands: Default::default(),
+        });
     }
+    let f = &mut out[r];
+    f.workload.0.clone_from(&s.workload.0);
+    if f.predictor != name {
+        f.predictor.clear();
+        f.predictor.push_str(name);
+    }
+    (f.made_ms, f.interval_ms) = (b.now_ms, b.interval_ms);
+    f.bands.iter_mut().for_each(Vec::clear);
+    f
+}
+
+/// A baseline's forecasts as a new vector.
+fn fresh(p: &mut dyn Predictor, b: &Batch<'_>) -> Vec<Forecast> {
+    let mut out = Vec::with_capacity(b.series.len());
+    p.forecast_into(b, &mut out);
+    out
 }
 
 /// Per-workload state, let go when a workload leaves the batches.
@@ -147,18 +174,20 @@ impl<S> States<S> {
         }
     }
 
-    fn get(&mut self, id: &WorkloadId, init: impl FnOnce() -> S) -> &mut S {
+    /// `f` of `id`'s state (made by `init` when it has none): one lookup when it has.
+    fn with<R>(
+        &mut self,
+        id: &WorkloadId,
+        init: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> R {
         let tick = self.tick;
-        if !self.map.contains_key(id) {
-            self.map.insert(id.clone(), (tick, init()));
-        }
-        match self.map.get_mut(id) {
-            Some(e) => {
-                e.0 = tick;
-                &mut e.1
-            }
-            None => unreachable!("inserted above"),
-        }
+        let e = match self.map.get_mut(id) {
+            Some(e) => e,
+            None => self.map.entry(id.clone()).or_insert_with(|| (tick, init())),
+        };
+        e.0 = tick;
+        f(&mut e.1)
     }
 
     /// After a batch: forget workloads it did not hold.
@@ -192,26 +221,25 @@ fn empirical_bands(
     base: impl Fn(usize) -> f64,
     lag: impl Fn(usize) -> usize,
     scratch: &mut Vec<i64>,
-) -> Vec<Band> {
+    out: &mut Vec<Band>,
+) {
     // Steps of the same lag (every step of a seasonal forecast) share their changes.
     let mut last: Option<(usize, (f64, f64))> = None;
-    (1..=horizon)
-        .map(|h| {
-            let p50 = base(h);
-            let l = lag(h).max(1);
-            let q = match last {
-                Some((lag, q)) if lag == l => q,
-                _ => {
-                    scratch.clear();
-                    scratch.extend((l..ys.len()).map(|i| order_key(ys[i] - ys[i - l])));
-                    let q = p10_p90(scratch);
-                    last = Some((l, q));
-                    q
-                }
-            };
-            band(p50 + q.0, p50, p50 + q.1)
-        })
-        .collect()
+    out.extend((1..=horizon).map(|h| {
+        let p50 = base(h);
+        let l = lag(h).max(1);
+        let q = match last {
+            Some((lag, q)) if lag == l => q,
+            _ => {
+                scratch.clear();
+                scratch.extend((l..ys.len()).map(|i| order_key(ys[i] - ys[i - l])));
+                let q = p10_p90(scratch);
+                last = Some((l, q));
+                q
+            }
+        };
+        band(p50 + q.0, p50, p50 + q.1)
+    }));
 }
 
 /// `x` as an integer in `f64::total_cmp`'s order (the same bits trick): selections on
@@ -281,25 +309,27 @@ impl Predictor for LastValue {
         self.window
     }
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        fresh(self, b)
+    }
+    fn forecast_into(&mut self, b: &Batch<'_>, out: &mut Vec<Forecast>) {
         let mut ys = Vec::new();
         let mut scratch = Vec::new();
-        b.series
-            .iter()
-            .map(|s| {
-                let bands = Target::ALL.map(|t| {
-                    ys.clear();
-                    let n = s.buckets.len();
-                    ys.extend(
-                        s.buckets[n.saturating_sub(self.window)..]
-                            .iter()
-                            .map(|x| x.target(t)),
-                    );
-                    let last = ys.last().copied().unwrap_or(0.0);
-                    empirical_bands(&ys, self.horizon, |_| last, |h| h, &mut scratch)
-                });
-                forecast(s, b, self.name(), bands)
-            })
-            .collect()
+        for (r, s) in b.series.iter().enumerate() {
+            let f = reuse(out, r, s, b, "last");
+            for t in Target::ALL {
+                ys.clear();
+                let n = s.buckets.len();
+                ys.extend(
+                    s.buckets[n.saturating_sub(self.window)..]
+                        .iter()
+                        .map(|x| x.target(t)),
+                );
+                let last = ys.last().copied().unwrap_or(0.0);
+                let bands = &mut f.bands[t as usize];
+                empirical_bands(&ys, self.horizon, |_| last, |h| h, &mut scratch, bands);
+            }
+        }
+        out.truncate(b.series.len());
     }
 }
 
@@ -331,27 +361,26 @@ impl Predictor for Ewma {
         self.horizon
     }
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
-        let a = self.alpha;
-        let out = b
-            .series
-            .iter()
-            .map(|s| {
-                let st = self
-                    .state
-                    .get(s.workload, || Target::ALL.map(|t| (s.last(t), 0.0)));
-                let bands = Target::ALL.map(|t| {
+        fresh(self, b)
+    }
+    fn forecast_into(&mut self, b: &Batch<'_>, out: &mut Vec<Forecast>) {
+        let (a, h) = (self.alpha, self.horizon);
+        for (r, s) in b.series.iter().enumerate() {
+            let f = reuse(out, r, s, b, "ewma");
+            let init = || Target::ALL.map(|t| (s.last(t), 0.0));
+            self.state.with(s.workload, init, |st| {
+                for t in Target::ALL {
                     let (m, v) = &mut st[t as usize];
                     let e = s.last(t) - *m;
                     *m += a * e;
                     *v = (1.0 - a) * (*v + a * e * e);
                     let sd = v.sqrt();
-                    vec![band(*m - Z90 * sd, *m, *m + Z90 * sd); self.horizon]
-                });
-                forecast(s, b, "ewma", bands)
-            })
-            .collect();
+                    f.bands[t as usize].resize(h, band(*m - Z90 * sd, *m, *m + Z90 * sd));
+                }
+            });
+        }
+        out.truncate(b.series.len());
         self.state.sweep();
-        out
     }
 }
 
@@ -595,26 +624,29 @@ impl Predictor for SeasonalNaive {
         self.horizon
     }
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        fresh(self, b)
+    }
+    fn forecast_into(&mut self, b: &Batch<'_>, out: &mut Vec<Forecast>) {
         let keep = 2 * self.max_period;
         let (h_max, max_period) = (self.horizon, self.max_period);
         let mut ys: Vec<f64> = Vec::with_capacity(keep);
         let mut scratch = Vec::new();
-        let out = b
-            .series
-            .iter()
-            .map(|s| {
-                let st = self.state.get(s.workload, || Seasonal {
-                    // Of the window's size (grown by doubling, a ring would reach 512;
-                    // `push` never takes it past this).
-                    ys: std::array::from_fn(|_| VecDeque::with_capacity(keep)),
-                    period: [None; 4],
-                    changes: Default::default(),
-                    // Spread the searches of workloads over the buckets.
-                    until_detect: [s.workload.0.len() % REDETECT_EVERY; 4],
-                    every: [REDETECT_EVERY; 4],
-                });
-                let bands = Target::ALL.map(|t| {
+        for (r, s) in b.series.iter().enumerate() {
+            let f = reuse(out, r, s, b, "seasonal");
+            let init = || Seasonal {
+                // Of the window's size (grown by doubling, a ring would reach 512; `push`
+                // never takes it past this).
+                ys: std::array::from_fn(|_| VecDeque::with_capacity(keep)),
+                period: [None; 4],
+                changes: Default::default(),
+                // Spread the searches of workloads over the buckets.
+                until_detect: [s.workload.0.len() % REDETECT_EVERY; 4],
+                every: [REDETECT_EVERY; 4],
+            };
+            self.state.with(s.workload, init, |st| {
+                for t in Target::ALL {
                     let i = t as usize;
+                    let bands = &mut f.bands[i];
                     let detect = st.due(i);
                     let changed = st.push(
                         i,
@@ -631,26 +663,23 @@ impl Predictor for SeasonalNaive {
                     match st.period[i].filter(|&p| p < n) {
                         Some(p) => {
                             let (lo, hi) = p10_p90_sorted(&st.changes[i]);
-                            (1..=h_max)
-                                .map(|h| {
-                                    let p50 = q[n - 1 + h - p * h.div_ceil(p)] as f64;
-                                    band(p50 + lo, p50, p50 + hi)
-                                })
-                                .collect()
+                            bands.extend((1..=h_max).map(|h| {
+                                let p50 = q[n - 1 + h - p * h.div_ceil(p)] as f64;
+                                band(p50 + lo, p50, p50 + hi)
+                            }));
                         }
                         None => {
                             let last = q.back().map_or(0.0, |&v| v as f64);
                             ys.clear();
                             ys.extend(q.range(n.saturating_sub(24)..).map(|&v| v as f64));
-                            empirical_bands(&ys, h_max, |_| last, |h| h, &mut scratch)
+                            empirical_bands(&ys, h_max, |_| last, |h| h, &mut scratch, bands);
                         }
                     }
-                });
-                forecast(s, b, "seasonal", bands)
-            })
-            .collect();
+                }
+            });
+        }
+        out.truncate(b.series.len());
         self.state.sweep();
-        out
     }
 }
 
@@ -774,34 +803,35 @@ impl Predictor for VpaLike {
         self.horizon
     }
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        fresh(self, b)
+    }
+    fn forecast_into(&mut self, b: &Batch<'_>, out: &mut Vec<Forecast>) {
         let (cfg, clock, h) = (&self.cfg, self.clock, self.horizon);
-        let out = b
-            .series
-            .iter()
-            .map(|s| {
-                let hs = self.state.get(s.workload, || {
-                    VPA_BUCKETS
-                        .iter()
-                        .map(|&(first, max)| {
-                            DecayingHistogram::new(first, max, 1.05, cfg.half_life)
-                        })
-                        .collect()
-                });
-                let present = s.buckets.last().is_some_and(|x| x.present());
-                let bands = Target::ALL.map(|t| {
-                    let hist = &mut hs[t as usize];
-                    if present {
-                        hist.add(s.last(t), clock);
+        for (r, s) in b.series.iter().enumerate() {
+            let f = reuse(out, r, s, b, "vpa");
+            let init = || {
+                VPA_BUCKETS
+                    .iter()
+                    .map(|&(first, max)| DecayingHistogram::new(first, max, 1.05, cfg.half_life))
+                    .collect()
+            };
+            let present = s.buckets.last().is_some_and(|x| x.present());
+            self.state
+                .with(s.workload, init, |hs: &mut Vec<DecayingHistogram>| {
+                    for t in Target::ALL {
+                        let hist = &mut hs[t as usize];
+                        if present {
+                            hist.add(s.last(t), clock);
+                        }
+                        let top = hist.percentile(cfg.target) * (1.0 + cfg.margin);
+                        let p = band(hist.percentile(0.1), hist.percentile(0.5), top);
+                        f.bands[t as usize].resize(h, p);
                     }
-                    let top = hist.percentile(cfg.target) * (1.0 + cfg.margin);
-                    vec![band(hist.percentile(0.1), hist.percentile(0.5), top); h]
                 });
-                forecast(s, b, "vpa", bands)
-            })
-            .collect();
+        }
+        out.truncate(b.series.len());
         self.state.sweep();
         self.clock += 1.0;
-        out
     }
 }
 
@@ -813,6 +843,8 @@ pub struct AutopilotLike {
     /// `decay^k` for each age `k` in the window, made by repeated products (as the
     /// weights of the average are).
     powers: Vec<f64>,
+    /// A target's running sums of weights, from one workload's target to the next.
+    prefix: Vec<f64>,
 }
 
 /// A workload's window: per target the values of the buckets it ran in, sorted, each with
@@ -913,12 +945,16 @@ impl Window {
             })
     }
 
-    /// Target `t`'s sums, each value weighing `powers[age]`.
-    fn stats(&self, t: usize, powers: &[f64]) -> Stats {
+    /// Target `t`'s sums, each value weighing `powers[age]`; `prefix` gets the running
+    /// sum of the weights at each value, in the values' order (for
+    /// [`Window::percentiles`]).
+    fn stats(&self, t: usize, powers: &[f64], prefix: &mut Vec<f64>) -> Stats {
+        prefix.clear();
         let (mut sum, mut total) = (0.0, 0.0);
         for (x, w) in self.weighted(t, powers) {
             sum += w * x;
             total += w;
+            prefix.push(total);
         }
         Stats {
             avg: if total > 0.0 { sum / total } else { 0.0 },
@@ -929,34 +965,24 @@ impl Window {
         }
     }
 
-    /// The weighted `q` percentiles of target `t`'s values (`total`: their weight, from
-    /// [`Window::stats`]): what [`weighted_percentile`] gives for each (the same sums in
-    /// the same order).
+    /// The weighted `q` percentiles of target `t`'s values (`total`: their weight and
+    /// `prefix` its running sums, from [`Window::stats`]): what [`weighted_percentile`]
+    /// gives for each (the same sums in the same order), found by binary search.
     fn percentiles<const N: usize>(
         &self,
         t: usize,
         q: [f64; N],
         total: f64,
-        powers: &[f64],
+        prefix: &[f64],
     ) -> [f64; N] {
-        let Some(&last) = self.keys[t].last() else {
+        let keys = &self.keys[t];
+        let Some(&last) = keys.last() else {
             return [0.0; N];
         };
-        let mut out = [from_order_key32(last) as f64; N];
-        let mut found = [false; N];
-        let mut sum = 0.0;
-        for (x, w) in self.weighted(t, powers) {
-            sum += w;
-            for k in 0..N {
-                if !found[k] && sum >= q[k] * total {
-                    (out[k], found[k]) = (x, true);
-                }
-            }
-            if found.iter().all(|&f| f) {
-                break;
-            }
-        }
-        out
+        q.map(|q| {
+            let at = prefix.partition_point(|&s| s < q * total);
+            from_order_key32(keys.get(at).copied().unwrap_or(last)) as f64
+        })
     }
 }
 
@@ -974,6 +1000,7 @@ impl AutopilotLike {
             })
             .take(cfg.window.max(1))
             .collect(),
+            prefix: Vec::new(),
         }
     }
 }
@@ -1007,36 +1034,37 @@ impl Predictor for AutopilotLike {
         self.horizon
     }
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
+        fresh(self, b)
+    }
+    fn forecast_into(&mut self, b: &Batch<'_>, out: &mut Vec<Forecast>) {
         let (cfg, h) = (&self.cfg, self.horizon);
         let powers = &self.powers;
-        let out = b
-            .series
-            .iter()
-            .map(|s| {
-                let win = self.state.get(s.workload, Window::default);
-                let newest = s.buckets.last().filter(|x| x.present());
+        let prefix = &mut self.prefix;
+        for (r, s) in b.series.iter().enumerate() {
+            let f = reuse(out, r, s, b, "autopilot");
+            let newest = s.buckets.last().filter(|x| x.present());
+            self.state.with(s.workload, Window::default, |win| {
                 win.push(
                     newest.map(|x| Target::ALL.map(|t| x.target(t) as f32)),
                     cfg.window,
                 );
-                let bands = Target::ALL.map(|t| {
+                for t in Target::ALL {
                     let i = t as usize;
-                    let Stats { avg, peak, total } = win.stats(i, powers);
+                    let Stats { avg, peak, total } = win.stats(i, powers, prefix);
                     let (low, rec) = match t {
-                        Target::Memory => (win.percentiles(i, [0.1], total, powers)[0], peak),
+                        Target::Memory => (win.percentiles(i, [0.1], total, prefix)[0], peak),
                         _ => {
-                            let [low, p] = win.percentiles(i, [0.1, cfg.percentile], total, powers);
+                            let [low, p] = win.percentiles(i, [0.1, cfg.percentile], total, prefix);
                             (low, p.max(avg))
                         }
                     };
                     let rec = rec * (1.0 + cfg.margin);
-                    vec![band(low, avg.min(rec), rec); h]
-                });
-                forecast(s, b, "autopilot", bands)
-            })
-            .collect();
+                    f.bands[i].resize(h, band(low, avg.min(rec), rec));
+                }
+            });
+        }
+        out.truncate(b.series.len());
         self.state.sweep();
-        out
     }
 }
 
@@ -1164,6 +1192,50 @@ mod tests {
     use crate::predict::profiles::quantiles;
 
     proptest::proptest! {
+        /// A baseline writing each tick into the forecasts it gave the tick before (their
+        /// rooms reused, as the live stack's candidates run) gives what one making new
+        /// forecasts gives: through workloads coming, leaving and changing places, and
+        /// workloads' names of other lengths.
+        #[test]
+        fn forecasts_written_over_the_last_ticks_are_new_ones(
+            ticks in proptest::collection::vec(
+                proptest::collection::vec((0usize..6, 0.0f64..4.0), 0..6),
+                1..30,
+            ),
+        ) {
+            let ids: Vec<WorkloadId> =
+                (0..6).map(|i| WorkloadId(format!("exe:{}", "w".repeat(1 + 7 * i)))).collect();
+            for name in BASELINES {
+                let mut fresh = by_name(name, &cfg(3)).unwrap();
+                let mut kept = by_name(name, &cfg(3)).unwrap();
+                let mut out = Vec::new();
+                let mut history: Vec<Vec<Bucket>> = vec![Vec::new(); ids.len()];
+                for (k, tick) in ticks.iter().enumerate() {
+                    let mut seen = [false; 6];
+                    let tick: Vec<_> = tick.iter().filter(|(w, _)| !std::mem::replace(&mut seen[*w], true)).collect();
+                    for &&(w, y) in &tick {
+                        let mut b = buckets(&[y]).remove(0);
+                        b.end_ms = (k as u64 + 1) * 5000;
+                        history[w].push(b);
+                    }
+                    let batch = Batch {
+                        now_ms: (k as u64 + 1) * 5000,
+                        interval_ms: 5000,
+                        series: tick
+                            .iter()
+                            .map(|&&(w, _)| Series {
+                                workload: &ids[w],
+                                name: "w",
+                                buckets: &history[w][history[w].len().saturating_sub(24)..],
+                            })
+                            .collect(),
+                    };
+                    kept.forecast_into(&batch, &mut out);
+                    proptest::prop_assert_eq!(&out, &fresh.forecast(&batch), "{}", name);
+                }
+            }
+        }
+
         /// The Autopilot-like window's values kept sorted from bucket to bucket give the
         /// weighted percentiles of the window sorted anew: through it filling, absences
         /// and the oldest leaving.
@@ -1196,7 +1268,8 @@ mod tests {
                         }
                         w *= decay;
                     }
-                    let st = win.stats(t, &p.powers);
+                    let mut prefix = Vec::new();
+                    let st = win.stats(t, &p.powers, &mut prefix);
                     let total: f64 = pairs.iter().map(|p| p.1).sum();
                     proptest::prop_assert_eq!(win.keys[t].len(), pairs.len());
                     proptest::prop_assert_eq!(win.stamps[t].len(), pairs.len());
@@ -1204,8 +1277,8 @@ mod tests {
                     let avg = if total > 0.0 { sum / total } else { 0.0 };
                     proptest::prop_assert!((st.avg - avg).abs() <= 1e-12 * avg.abs().max(1.0));
                     let want = weighted_percentile(&mut pairs, q);
-                    proptest::prop_assert_eq!(win.percentiles(t, [q], st.total, &p.powers), [want]);
-                    let both = win.percentiles(t, [0.1, q], st.total, &p.powers);
+                    proptest::prop_assert_eq!(win.percentiles(t, [q], st.total, &prefix), [want]);
+                    let both = win.percentiles(t, [0.1, q], st.total, &prefix);
                     proptest::prop_assert_eq!(both, [weighted_percentile(&mut pairs, 0.1), want]);
                 }
             }

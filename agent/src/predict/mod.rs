@@ -205,6 +205,12 @@ pub trait Predictor: Send {
     }
     /// One forecast per series of the batch, in the batch's order.
     fn forecast(&mut self, batch: &Batch<'_>) -> Vec<Forecast>;
+    /// As [`Predictor::forecast`], into `out`: a predictor that keeps its output's rooms
+    /// (names, band vectors) from tick to tick, as the baselines do, allocates nothing for
+    /// known workloads.
+    fn forecast_into(&mut self, batch: &Batch<'_>, out: &mut Vec<Forecast>) {
+        *out = self.forecast(batch);
+    }
     /// A model's counters (crossed quantiles, rows that fell back); `None` for baselines.
     fn model_stats(&self) -> Option<&ModelStats> {
         None

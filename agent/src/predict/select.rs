@@ -191,6 +191,8 @@ pub type MakeCandidates = Box<dyn Fn(usize, &str) -> Vec<Box<dyn Predictor>> + S
 pub struct Select {
     /// The primary first, then the candidates.
     all: Vec<Box<dyn Predictor>>,
+    /// The candidates' forecasts of the last tick, their rooms reused by the next.
+    outs: Vec<Vec<Forecast>>,
     tracks: FastMap<WorkloadId, Track>,
     tick: u64,
     name: String,
@@ -205,6 +207,7 @@ impl Select {
         all.extend(candidates);
         let name = all[0].name().to_string();
         Select {
+            outs: Vec::new(),
             all,
             tracks: FastMap::default(),
             tick: 0,
@@ -362,10 +365,14 @@ impl Predictor for Select {
     }
 
     fn forecast(&mut self, b: &Batch<'_>) -> Vec<Forecast> {
-        let mut outs: Vec<Vec<Forecast>> = self.all.iter_mut().map(|p| p.forecast(b)).collect();
         // The primary's forecasts are moved into the result, a candidate's bands copied in.
         let mut primaries: Vec<Option<Forecast>> =
-            std::mem::take(&mut outs[0]).into_iter().map(Some).collect();
+            self.all[0].forecast(b).into_iter().map(Some).collect();
+        self.outs.resize_with(self.all.len(), Vec::new);
+        for (p, out) in self.all.iter_mut().zip(&mut self.outs).skip(1) {
+            p.forecast_into(b, out);
+        }
+        let outs = &self.outs;
         self.tick += 1;
         let (tick, n) = (self.tick, self.all.len());
         let interval = (b.interval_ms as u64).max(1);
