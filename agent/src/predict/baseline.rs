@@ -1212,7 +1212,8 @@ mod tests {
                 let mut history: Vec<Vec<Bucket>> = vec![Vec::new(); ids.len()];
                 for (k, tick) in ticks.iter().enumerate() {
                     let mut seen = [false; 6];
-                    let tick: Vec<_> = tick.iter().filter(|(w, _)| !std::mem::replace(&mut seen[*w], true)).collect();
+                    let first = |(w, _): &&(usize, f64)| !std::mem::replace(&mut seen[*w], true);
+                    let tick: Vec<_> = tick.iter().filter(first).collect();
                     for &&(w, y) in &tick {
                         let mut b = buckets(&[y]).remove(0);
                         b.end_ms = (k as u64 + 1) * 5000;
