@@ -275,7 +275,8 @@ impl Earned {
             workloads,
             held_back: self.held_back.entries(),
         };
-        write(dir, &encode(&s))
+        write_whole(&path(dir), &encode(&s))
+            .map_err(|(path, source)| EarnedError::Io { path, source })
     }
 
     /// At most [`MAX_RETIRED`], the longest retired going first.
@@ -286,10 +287,6 @@ impl Earned {
             self.retired.remove(&g);
         }
     }
-}
-
-fn write(dir: &Path, bytes: &[u8]) -> Result<(), EarnedError> {
-    write_whole(&path(dir), bytes).map_err(|(path, source)| EarnedError::Io { path, source })
 }
 
 #[cfg(test)]
