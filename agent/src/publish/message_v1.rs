@@ -28,59 +28,8 @@ pub enum Body {
     CmdResult(CmdResult),
 }
 
-/// Per-workload aggregates of the shadow data points of one summary period.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Start and length of the period, ms.
-    pub start_ms: u64,
-    pub period_ms: u32,
-    /// Intervals (shadow data points per workload) the period holds.
-    pub intervals: u32,
-    pub node: NodeSummary,
-    /// The busiest workloads by CPU, at most `publish.max_workloads`.
-    pub workloads: Vec<WorkloadSummary>,
-    /// Everything else folded into one row (`workload` = `"other"`), if anything.
-    pub other: Option<WorkloadSummary>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeSummary {
-    pub cpus: u32,
-    /// Busy CPU, cores: mean and peak interval.
-    pub cpu_busy_mean: f32,
-    pub cpu_busy_max: f32,
-    pub mem_total_bytes: u64,
-    /// Lowest available memory seen in the period.
-    pub mem_available_min_bytes: u64,
-    pub workloads: u32,
-}
-
-/// One workload over a summary period: sums of counts, mean and peak of rates, peaks of
-/// levels.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct WorkloadSummary {
-    pub workload: String,
-    pub name: String,
-    pub processes_max: u32,
-    pub cpu_cores_mean: f32,
-    pub cpu_cores_max: f32,
-    pub rss_max_bytes: u64,
-    pub runq_p99_max_ns: u64,
-    pub page_faults: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub block_read_bytes: u64,
-    pub block_write_bytes: u64,
-    pub net_rx_bytes: u64,
-    pub net_tx_bytes: u64,
-    pub retransmits: u64,
-    pub execs: u64,
-    pub conn_accepted: u64,
-    pub conn_opened: u64,
-    pub syscalls: u64,
-    /// Peak PSI `some avg10` of the workload's cgroup, percent (cpu, memory, io).
-    pub pressure_max: Option<[f32; 3]>,
-}
+/// A schema-1 summary is a schema-2 one (frozen in `message_v2`, converted there).
+pub use super::message_v2::{Summary, WorkloadSummary};
 
 /// The agent's state: retained, so a new subscriber sees it at once. `online` is false only
 /// in the Last Will the broker publishes when the agent vanishes.
@@ -146,57 +95,6 @@ impl From<Envelope> for super::Envelope {
                     message: c.message,
                 }),
             },
-        }
-    }
-}
-
-impl From<Summary> for super::Summary {
-    fn from(s: Summary) -> Self {
-        let n = s.node;
-        super::Summary {
-            start_ms: s.start_ms,
-            period_ms: s.period_ms,
-            intervals: s.intervals,
-            node: super::NodeSummary {
-                cpus: n.cpus,
-                cpu_busy_mean: n.cpu_busy_mean,
-                cpu_busy_max: n.cpu_busy_max,
-                mem_total_bytes: n.mem_total_bytes,
-                mem_available_min_bytes: n.mem_available_min_bytes,
-                workloads: n.workloads,
-            },
-            workloads: s.workloads.into_iter().map(Into::into).collect(),
-            other: s.other.map(Into::into),
-            predictor: String::new(),
-            forecast_step_ms: 0,
-        }
-    }
-}
-
-impl From<WorkloadSummary> for super::WorkloadSummary {
-    fn from(w: WorkloadSummary) -> Self {
-        super::WorkloadSummary {
-            workload: w.workload,
-            name: w.name,
-            processes_max: w.processes_max,
-            cpu_cores_mean: w.cpu_cores_mean,
-            cpu_cores_max: w.cpu_cores_max,
-            rss_max_bytes: w.rss_max_bytes,
-            runq_p99_max_ns: w.runq_p99_max_ns,
-            page_faults: w.page_faults,
-            read_bytes: w.read_bytes,
-            write_bytes: w.write_bytes,
-            block_read_bytes: w.block_read_bytes,
-            block_write_bytes: w.block_write_bytes,
-            net_rx_bytes: w.net_rx_bytes,
-            net_tx_bytes: w.net_tx_bytes,
-            retransmits: w.retransmits,
-            execs: w.execs,
-            conn_accepted: w.conn_accepted,
-            conn_opened: w.conn_opened,
-            syscalls: w.syscalls,
-            pressure_max: w.pressure_max,
-            forecast: None,
         }
     }
 }
