@@ -406,13 +406,18 @@ fn a_spool_of_the_previous_release_is_sent_after_an_upgrade() {
     if !have_mosquitto(name) {
         return;
     }
-    // Written with schema 1 (umbra 0.1.0) and schema 2: see each fixture's README.
-    for (fixture_dir, node) in [("spool-v1", "v1node"), ("spool-v2", "v2node")] {
-        sends_an_old_spool(fixture_dir, node);
+    // Written with schemas 1 (umbra 0.1.0), 2 and 3: see each fixture's README. Schema
+    // 3's summaries carry forecasts; they arrive with them.
+    for (fixture_dir, node, forecasts) in [
+        ("spool-v1", "v1node", false),
+        ("spool-v2", "v2node", false),
+        ("spool-v3", "v3node", true),
+    ] {
+        sends_an_old_spool(fixture_dir, node, forecasts);
     }
 }
 
-fn sends_an_old_spool(fixture_dir: &str, node: &str) {
+fn sends_an_old_spool(fixture_dir: &str, node: &str, forecasts: bool) {
     let b = Broker::start();
     let d = tempfile::tempdir().unwrap();
     let spool = d.path().join(node).join("spool");
@@ -473,4 +478,11 @@ fn sends_an_old_spool(fixture_dir: &str, node: &str) {
                     .is_some_and(|w| !w.is_empty())),
         "{lines:#?}"
     );
+    let forecast = |l: &&serde_json::Value| {
+        l["envelope"]["historical"] == true
+            && l["envelope"]["body"]["workloads"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["forecast"]["cpu_cores"].is_array()))
+    };
+    assert_eq!(lines.iter().any(|l| forecast(&l)), forecasts, "{lines:#?}");
 }
