@@ -5,12 +5,14 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use umbra::publish::{
-    Body, BrokerUrl, Envelope, NodeSummary, Outbox, Payload, SCHEMA, Security, Settings, Status,
-    Summary, Topics, WorkloadForecast, WorkloadSummary,
+    Body, BrokerUrl, Envelope, NodeSummary, Outbox, Payload, REQUESTS_PER_SUMMARY, RequestSummary,
+    RequestUse, SCHEMA, Security, Settings, Status, Summary, Topics, WorkloadForecast,
+    WorkloadSummary,
     spool::{Spool, SpoolLimits},
 };
 
-/// A summary as a busy node sends it: 100 workloads with every field set.
+/// A summary as a busy node sends it: 100 workloads with every field set, and as many
+/// requests as a summary lists, half of them ended.
 fn summary(workloads: usize) -> Envelope {
     Envelope {
         schema: SCHEMA,
@@ -61,6 +63,27 @@ fn summary(workloads: usize) -> Envelope {
             other: None,
             predictor: "onnx:2026.12.07-2/seasonal,ewma,autopilot+aci".into(),
             forecast_step_ms: 5000,
+            requests: (0..REQUESTS_PER_SUMMARY)
+                .map(|i| RequestSummary {
+                    key: format!("exe:sha256:{:064x}", i * 104_729),
+                    name: format!("job-{i}"),
+                    pid: 40_000 + i as u32,
+                    exec_ms: 1_796_000_000_000 - 9_000 + i as u64 * 100,
+                    source: "model".into(),
+                    runs: 16,
+                    cpu_seconds: [0.2, 0.5, 1.1],
+                    peak_rss_bytes: [20e6, 31e6, 48e6],
+                    duration_seconds: [0.4, 0.9, 2.0],
+                    io_bytes: [1e6, 8e6, 3e7],
+                    used: (i % 2 == 0).then_some(RequestUse {
+                        cpu_seconds: 0.6,
+                        peak_rss_bytes: 33e6,
+                        duration_seconds: 1.1,
+                        io_bytes: 9e6,
+                    }),
+                })
+                .collect(),
+            requests_omitted: 3,
         }),
     }
 }

@@ -67,7 +67,7 @@ use crate::{
     export::{self, Step},
     predict::{
         Band, Forecast, ForecastStage, MIN_REQUEST_SECONDS, PredictConfig, Target, baseline,
-        per_request::{self, ProfilePredictor},
+        per_request::ProfilePredictor,
     },
     record::RecordError,
 };
@@ -424,20 +424,8 @@ struct Requests {
 
 impl Requests {
     fn new(sim: &SimConfig) -> Requests {
-        use crate::predict::{
-            profiles::ProfileStore,
-            runtime::default_runtime,
-            schema::ModelKind,
-            source::{ModelSetting, Sources, shipped},
-        };
-        let store = ProfileStore::in_memory(per_request::MAX_KEYS);
         Requests {
-            predictor: ProfilePredictor::new(store).with_model(Sources::new(
-                ModelKind::Request,
-                ModelSetting::parse(&sim.predict.request_model),
-                shipped::REQUEST,
-                default_runtime(),
-            )),
+            predictor: ProfilePredictor::in_memory(&sim.predict.request_model),
             execs: FastMap::default(),
             placed: FastMap::default(),
             cpu_ns: FastMap::default(),

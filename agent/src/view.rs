@@ -9,7 +9,7 @@ use crate::{
     aggregate::{ShadowPoint, Window},
     allocate::Decision,
     insight::{Insights, NoteKind},
-    predict::{Forecast, Target},
+    predict::{Band, Forecast, Target, per_request::Reported},
     trace,
 };
 
@@ -60,6 +60,8 @@ pub struct Frame<'a> {
     pub forecasts: &'a [Forecast],
     /// What the allocate stage decided since the last frame.
     pub decisions: &'a [Decision],
+    /// The requests predicted, and those predicted that ended, since the last frame.
+    pub requests: &'a [Reported],
 }
 
 impl<'a> Frame<'a> {
@@ -70,6 +72,7 @@ impl<'a> Frame<'a> {
             drops,
             forecasts: &[],
             decisions: &[],
+            requests: &[],
         }
     }
 }
@@ -88,6 +91,46 @@ impl View {
 pub fn decisions<W: Write>(out: &mut W, ds: &[Decision]) -> std::io::Result<()> {
     for d in ds {
         writeln!(out, "   {} {}", d.kind(), clip(&d.text(), 600))?;
+    }
+    out.flush()
+}
+
+/// Requests predicted and ended, one a line (`umbra run --explain`): what each was
+/// predicted to need (p50 and the p10–p90 band) and what made it; what each that ended
+/// used.
+pub fn requests<W: Write>(out: &mut W, rs: &[Reported]) -> std::io::Result<()> {
+    let band = |b: &Band, show: &dyn Fn(f64) -> String| {
+        format!("{} [{}-{}]", show(b.p50), show(b.p10), show(b.p90))
+    };
+    let secs = |s: f64| format!("{s:.2}");
+    let mem = |b: f64| trace::bytes(b.max(0.0) as u64);
+    for r in rs {
+        let who = format!("{} (pid {})", clip(&r.name, 40), r.tgid);
+        let [cpu, peak, duration, _] = &r.bands;
+        match r.used {
+            None => writeln!(
+                out,
+                "   request {who}: cpu {} s, peak RSS {}, {} s ({}, {} runs)",
+                band(cpu, &secs),
+                band(peak, &mem),
+                band(duration, &secs),
+                r.source,
+                r.runs
+            )?,
+            Some([c, p, d, _]) => writeln!(
+                out,
+                "   ended   {who}: cpu {} s{}, peak RSS {}, {} s",
+                secs(c),
+                // Over as shown, not by a rounding's width.
+                if secs(c) != secs(cpu.p90) && c > cpu.p90 {
+                    " (over its p90)"
+                } else {
+                    ""
+                },
+                if p > 0.0 { mem(p) } else { "-".into() },
+                secs(d)
+            )?,
+        }
     }
     out.flush()
 }
@@ -249,10 +292,47 @@ mod tests {
             drops: Drops::default(),
             forecasts: &[],
             decisions: &[],
+            requests: &[],
         };
         View::Table { top: 10 }.window(&mut out, &f).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 2 + names.len());
         assert!(!text.contains('\t'));
+    }
+
+    #[test]
+    fn requests_show_their_prediction_then_what_they_used() {
+        let b = |p50: f64| Band {
+            p10: p50 / 2.0,
+            p50,
+            p90: p50 * 2.0,
+        };
+        let r = Reported {
+            tgid: 42,
+            exec_ns: 1,
+            key: "exe:sha256:ab".into(),
+            name: "xz\n".into(),
+            source: "model".into(),
+            runs: 5,
+            bands: [b(1.0), b(2e6), b(3.0), b(0.0)],
+            used: None,
+        };
+        let ended = |cpu: f64, peak: f64| Reported {
+            used: Some([cpu, peak, 2.5, 0.0]),
+            ..r.clone()
+        };
+        let mut out = Vec::new();
+        requests(&mut out, &[r.clone(), ended(2.5, 0.0), ended(2.001, 3e6)]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "   request xz\\n (pid 42): cpu 1.00 [0.50-2.00] s, peak RSS 1.9MiB [976.6KiB-3.8MiB], \
+                 3.00 [1.50-6.00] s (model, 5 runs)",
+                "   ended   xz\\n (pid 42): cpu 2.50 s (over its p90), peak RSS -, 2.50 s",
+                "   ended   xz\\n (pid 42): cpu 2.00 s, peak RSS 2.9MiB, 2.50 s",
+            ]
+        );
     }
 }

@@ -71,9 +71,14 @@ fn replayed_summaries_arrive_and_decode_to_the_same_values() {
             a.log()
         );
         let got = bodies(&json_lines(&out), node);
+        // Their requests are checked against the recording below.
         let got: Vec<Summary> = got
             .into_values()
-            .map(|v| serde_json::from_value(v).unwrap())
+            .map(|v| Summary {
+                requests: Vec::new(),
+                requests_omitted: 0,
+                ..serde_json::from_value(v).unwrap()
+            })
             .collect();
         assert_eq!(got, expected, "{node} ({payload})");
         assert!(
@@ -84,6 +89,137 @@ fn replayed_summaries_arrive_and_decode_to_the_same_values() {
         );
     }
     drop(s);
+}
+
+/// A replay's summaries carry each request (a process exec) predicted from the profiles
+/// of the runs before it, and, once it ended, what it used: checked against the
+/// recording's execs, exits and samples.
+#[test]
+fn replayed_summaries_carry_each_requests_prediction_and_what_it_used() {
+    use umbra::{
+        capture::{CaptureItem, LifecycleKind},
+        publish::RequestSummary,
+    };
+    if !have_mosquitto("replayed_summaries_carry_each_requests_prediction_and_what_it_used") {
+        return;
+    }
+    let b = Broker::start();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("sub.jsonl");
+    let s = sub(
+        &b.url(),
+        &["--kind", "summary"],
+        &out,
+        d.path().join("sub.log"),
+    );
+    let rec = fixture("compress.umbra");
+    let cfg = agent_config(d.path(), &b.url(), "rq", "summary_every_ms = 3000");
+    let want = expected_summaries(&cfg, &rec).len();
+    let mut a = replay_publish(
+        &cfg,
+        &rec,
+        &["--as-fast-as-possible"],
+        d.path().join("agent.log"),
+    );
+    assert!(a.wait_exit(Duration::from_secs(60)), "{}", a.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || json_lines(&out).len() >= want),
+        "{}",
+        a.log()
+    );
+    drop(s);
+    let summaries: Vec<Summary> = bodies(&json_lines(&out), "rq")
+        .into_values()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    // The recording: each process's execs and exit (boot clock: its final sample's, else
+    // its exit event's), its CPU time, and the
+    // clocks' offset at the first tick (the agent dates execs by it).
+    let (mut execs, mut exits) = (BTreeMap::<u32, Vec<u64>>::new(), BTreeMap::new());
+    let (mut cpu_ns, mut offset_ms) = (BTreeMap::<u32, u64>::new(), None);
+    let mut reader = Reader::open(&rec).unwrap();
+    while let Some(item) = reader.next_item() {
+        match item.unwrap() {
+            CaptureItem::Event(e) => match e.kind {
+                LifecycleKind::Exec { .. } => execs.entry(e.tgid).or_default().push(e.timestamp_ns),
+                LifecycleKind::Exit { .. } if e.pid == e.tgid => {
+                    exits.insert(e.tgid, e.timestamp_ns);
+                }
+                _ => {}
+            },
+            CaptureItem::Tick(t) => {
+                offset_ms.get_or_insert(t.wall_ms as i64 - (t.timestamp_ns / 1_000_000) as i64);
+                for p in &t.samples {
+                    let c = cpu_ns.entry(p.tgid).or_default();
+                    *c = (*c).max(p.counters.cpu_ns);
+                    if let Some(x) = p.exit {
+                        exits.insert(p.tgid, x.timestamp_ns);
+                    }
+                }
+            }
+        }
+    }
+    let offset_ms = offset_ms.unwrap();
+    let exec_ms = |ns: u64| ((ns / 1_000_000) as i64 + offset_ms) as u64;
+    let rows: Vec<(usize, &RequestSummary)> = summaries
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.requests.iter().map(move |r| (i, r)))
+        .collect();
+    assert!(summaries.iter().all(|s| s.requests_omitted == 0));
+    // Where each request was predicted and ended: by summary.
+    let (mut predicted, mut ended) = (BTreeMap::new(), BTreeMap::new());
+    for &(i, r) in &rows {
+        // An exec of the recording, the end of its request, its bands in order.
+        let at = execs
+            .get(&r.pid)
+            .and_then(|es| es.iter().position(|&ns| exec_ms(ns) == r.exec_ms))
+            .unwrap_or_else(|| panic!("no such exec in the recording: {r:?}"));
+        for b in [
+            r.cpu_seconds,
+            r.peak_rss_bytes,
+            r.duration_seconds,
+            r.io_bytes,
+        ] {
+            assert!(b[0] <= b[1] && b[1] <= b[2], "{r:?}");
+        }
+        assert_eq!(r.source.starts_with("prior:"), r.runs == 0, "{r:?}");
+        match r.used {
+            None => {
+                let twice = predicted.insert((r.pid, r.exec_ms), i);
+                assert!(twice.is_none(), "predicted twice: {r:?}");
+            }
+            Some(u) => {
+                let twice = ended.insert((r.pid, r.exec_ms), i);
+                assert!(twice.is_none(), "ended twice: {r:?}");
+                let es = &execs[&r.pid];
+                let exec_ns = es[at];
+                let end_ns = es.get(at + 1).or(exits.get(&r.pid)).copied().unwrap();
+                let secs = (end_ns - exec_ns) as f64 / 1e9;
+                assert!(
+                    (u.duration_seconds as f64 - secs).abs() < 1e-3,
+                    "{secs} s: {r:?}"
+                );
+                let cpu = cpu_ns[&r.pid] as f64 / 1e9;
+                assert!(
+                    u.cpu_seconds >= 0.0 && u.cpu_seconds as f64 <= cpu + 1e-3,
+                    "{r:?}"
+                );
+            }
+        }
+    }
+    // A request that ended in a later period than its prediction's is in both: its
+    // prediction's row first, without what it used.
+    for (req, at) in &predicted {
+        assert!(ended.get(req).is_none_or(|end| end > at), "{req:?}");
+    }
+    let own = rows.iter().filter(|(_, r)| r.runs > 0).count();
+    assert!(
+        ended.len() >= 20 && own >= 20 && own < rows.len(),
+        "{} ended, {own} of {} from the executable's own runs",
+        ended.len(),
+        rows.len()
+    );
 }
 
 /// A live agent publishing a summary a second; a hub storing them.
@@ -215,6 +351,72 @@ fn assert_complete(seen: &serde_json::Value, rows: &[(u64, String)], min_summari
     assert_eq!(distinct.len(), rows.len(), "a row stored twice");
     let seqs: BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(seqs.len() as u64, summaries, "every summary stored");
+}
+
+/// A live agent predicts each exec as it happens: a program run again and again is
+/// predicted from its own runs, and what each run used follows in the summaries.
+#[test]
+fn a_live_agents_summaries_carry_its_requests() {
+    use umbra::publish::RequestSummary;
+    let name = "a_live_agents_summaries_carry_its_requests";
+    if !privileged(name) || !have_mosquitto(name) {
+        return;
+    }
+    let f = Fleet::new("live-rq");
+    let out = f.dir.path().join("sub.jsonl");
+    let _s = sub(
+        &f.broker.url(),
+        &["--kind", "summary", "--node", "live-rq"],
+        &out,
+        f.dir.path().join("sub.log"),
+    );
+    let a = f.agent(1);
+    let input = f.dir.path().join("input");
+    fs::write(&input, vec![7u8; 32 << 20]).unwrap();
+    let start_ms = umbra::capture::procfs::wall_ms();
+    let mut pids = BTreeSet::new();
+    for _ in 0..10 {
+        let c = Command::new("sha256sum").arg(&input).output().unwrap();
+        assert!(c.status.success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let rows = || -> Vec<RequestSummary> {
+        bodies(&json_lines(&out), "live-rq")
+            .into_values()
+            .flat_map(|v| serde_json::from_value::<Summary>(v).unwrap().requests)
+            .filter(|r| r.name == "sha256sum")
+            .collect()
+    };
+    let ended = |rs: &[RequestSummary]| rs.iter().filter(|r| r.used.is_some()).count();
+    assert!(
+        // The runs before the first is learned have nothing to be predicted from (the
+        // store is new): up to three, a tick of a second apart.
+        wait_until(Duration::from_secs(20), || ended(&rows()) >= 6),
+        "{:#?}\n{}",
+        rows(),
+        a.log()
+    );
+    let log = a.log.clone();
+    assert!(a.stop(), "{}", read(&log));
+    let rows = rows();
+    for r in &rows {
+        assert!(r.exec_ms >= start_ms.saturating_sub(1000), "{r:?}");
+        if let Some(u) = r.used {
+            assert!(pids.insert(r.pid), "ended twice: {r:?}");
+            assert!(
+                u.duration_seconds > 0.0 && u.duration_seconds < 10.0,
+                "{r:?}"
+            );
+            assert!(u.cpu_seconds > 0.0, "{r:?}");
+        }
+    }
+    // The last runs are predicted from its own runs.
+    let last = rows.iter().rev().find(|r| r.used.is_some()).unwrap();
+    assert!(
+        last.runs >= 4 && !last.source.starts_with("prior"),
+        "{rows:#?}"
+    );
+    assert!(last.key.starts_with("exe:sha256:"), "{last:?}");
 }
 
 #[test]

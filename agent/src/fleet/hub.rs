@@ -113,6 +113,7 @@ pub struct Hub {
     dedup: Dedup,
     pub nodes: BTreeMap<String, NodeSeen>,
     rows: Rows,
+    requests: RequestRows,
     data: PathBuf,
     tag: String,
     files: u64,
@@ -133,6 +134,7 @@ impl Hub {
             dedup: Dedup::default(),
             nodes: BTreeMap::new(),
             rows: Rows::default(),
+            requests: RequestRows::default(),
             data: data.into(),
             tag: tag.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
             files: 0,
@@ -184,6 +186,7 @@ impl Hub {
                 seen.cpu_busy = s.node.cpu_busy_mean;
                 seen.cpus = s.node.cpus;
                 self.rows.push(&node, &env, s);
+                self.requests.push(&node, &env, s);
                 self.summaries += 1;
             }
             Body::Status(s) => {
@@ -255,26 +258,46 @@ impl Hub {
         }
     }
 
-    /// Writes held rows to a new Parquet file (returns its path), and the profiles when
-    /// they changed.
+    /// Writes held rows to a new Parquet file (returns its path) and their requests to
+    /// another, and the profiles when they changed.
     pub fn flush(&mut self) -> Result<Option<PathBuf>, HubError> {
         if self.profiles_changed {
             self.write_profiles()?;
         }
-        if self.rows.len == 0 {
+        if self.rows.len == 0 && self.requests.len == 0 {
             return Ok(None);
         }
         self.files += 1;
-        let name = format!(
-            "summaries-{}-{}-{:04}.parquet",
+        let stamp = format!(
+            "{}-{}-{:04}",
             crate::capture::procfs::wall_ms(),
             self.tag,
             self.files
         );
-        let path = self.data.join(&name);
-        let tmp = self.data.join(format!(".{name}.tmp"));
+        let requests = std::mem::take(&mut self.requests);
+        if requests.len > 0 {
+            let path = self.write(&format!("requests-{stamp}.parquet"), |p| requests.write(p))?;
+            info!(file = %path.display(), rows = requests.len, "Requests stored");
+        }
         let rows = std::mem::take(&mut self.rows);
-        rows.write(&tmp).map_err(|message| HubError::Parquet {
+        if rows.len == 0 {
+            return Ok(None);
+        }
+        let path = self.write(&format!("summaries-{stamp}.parquet"), |p| rows.write(p))?;
+        info!(file = %path.display(), rows = rows.len, "Summaries stored");
+        Ok(Some(path))
+    }
+
+    /// A table written whole by `write` under the data dir as `name`, then renamed into
+    /// place.
+    fn write(
+        &self,
+        name: &str,
+        write: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<PathBuf, HubError> {
+        let path = self.data.join(name);
+        let tmp = self.data.join(format!(".{name}.tmp"));
+        write(&tmp).map_err(|message| HubError::Parquet {
             path: path.clone(),
             message,
         })?;
@@ -282,8 +305,7 @@ impl Hub {
             path: path.clone(),
             source,
         })?;
-        info!(file = %path.display(), rows = rows.len, "Summaries stored");
-        Ok(Some(path))
+        Ok(path)
     }
 
     /// Every node's executables' latest profiles as `<data>/profiles.parquet` (written
@@ -511,6 +533,98 @@ impl Rows {
         write_table(
             path,
             SCHEMA,
+            &self.strs,
+            &self.ints,
+            &self.floats,
+            &self.bools,
+            &self.opts,
+        )
+    }
+}
+
+/// Column buffers of the `requests` table.
+#[derive(Default)]
+struct RequestRows {
+    len: usize,
+    strs: [Vec<ByteArray>; 4],
+    ints: [Vec<i64>; 5],
+    floats: [Vec<f32>; 12],
+    bools: [Vec<bool>; 1],
+    /// What it used (none until it ended).
+    opts: [Vec<Option<f32>>; 4],
+}
+
+/// The `requests` table: one row per request row of a summary (a request predicted in
+/// one summary's period and ended in a later one has two rows, joined by node, pid and
+/// `exec_ms`). Its column order: strings, ints, floats, bools, optional floats.
+const REQUESTS_SCHEMA: &str = "message requests {
+  REQUIRED BYTE_ARRAY node (STRING);
+  REQUIRED BYTE_ARRAY key (STRING);
+  REQUIRED BYTE_ARRAY name (STRING);
+  REQUIRED BYTE_ARRAY source (STRING);
+  REQUIRED INT64 seq;
+  REQUIRED INT64 time_ms;
+  REQUIRED INT64 pid;
+  REQUIRED INT64 exec_ms;
+  REQUIRED INT64 runs;
+  REQUIRED FLOAT cpu_seconds_p10;
+  REQUIRED FLOAT cpu_seconds_p50;
+  REQUIRED FLOAT cpu_seconds_p90;
+  REQUIRED FLOAT peak_rss_bytes_p10;
+  REQUIRED FLOAT peak_rss_bytes_p50;
+  REQUIRED FLOAT peak_rss_bytes_p90;
+  REQUIRED FLOAT duration_seconds_p10;
+  REQUIRED FLOAT duration_seconds_p50;
+  REQUIRED FLOAT duration_seconds_p90;
+  REQUIRED FLOAT io_bytes_p10;
+  REQUIRED FLOAT io_bytes_p50;
+  REQUIRED FLOAT io_bytes_p90;
+  REQUIRED BOOLEAN historical;
+  OPTIONAL FLOAT used_cpu_seconds;
+  OPTIONAL FLOAT used_peak_rss_bytes;
+  OPTIONAL FLOAT used_duration_seconds;
+  OPTIONAL FLOAT used_io_bytes;
+}";
+
+impl RequestRows {
+    fn push(&mut self, node: &str, env: &Envelope, s: &Summary) {
+        let i = |v: u64| v.min(i64::MAX as u64) as i64;
+        for r in &s.requests {
+            self.len += 1;
+            for (c, v) in self.strs.iter_mut().zip([node, &r.key, &r.name, &r.source]) {
+                c.push(ByteArray::from(v.as_bytes().to_vec()));
+            }
+            let ints = [env.seq, env.time_ms, r.pid as u64, r.exec_ms, r.runs as u64];
+            for (c, v) in self.ints.iter_mut().zip(ints) {
+                c.push(i(v));
+            }
+            let bands = [
+                r.cpu_seconds,
+                r.peak_rss_bytes,
+                r.duration_seconds,
+                r.io_bytes,
+            ];
+            for (c, v) in self.floats.iter_mut().zip(bands.iter().flatten()) {
+                c.push(*v);
+            }
+            self.bools[0].push(env.historical);
+            let u = r.used;
+            let used = [
+                u.map(|u| u.cpu_seconds),
+                u.map(|u| u.peak_rss_bytes),
+                u.map(|u| u.duration_seconds),
+                u.map(|u| u.io_bytes),
+            ];
+            for (c, v) in self.opts.iter_mut().zip(used) {
+                c.push(v);
+            }
+        }
+    }
+
+    fn write(&self, path: &Path) -> Result<(), String> {
+        write_table(
+            path,
+            REQUESTS_SCHEMA,
             &self.strs,
             &self.ints,
             &self.floats,
@@ -911,6 +1025,23 @@ mod tests {
                 other: None,
                 predictor: "onnx:1".into(),
                 forecast_step_ms: 5000,
+                requests: (0..workloads.min(2))
+                    .map(|i| crate::publish::RequestSummary {
+                        key: "exe:sha256:ab".into(),
+                        name: "xz".into(),
+                        pid: 100 + i as u32,
+                        exec_ms: 1000 * seq,
+                        source: "profile".into(),
+                        runs: 3,
+                        cpu_seconds: [1.0, 2.0, 3.0],
+                        used: (i == 1).then_some(crate::publish::RequestUse {
+                            cpu_seconds: 2.5,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                requests_omitted: 0,
             }),
         )
     }
@@ -986,6 +1117,25 @@ mod tests {
         );
         assert!(rows[1].to_string().contains("psi_io_max: null"));
         assert!(rows[1].to_string().contains("forecast_cpu_p10: null"));
+        // Their requests: a table of their own, beside.
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let requests = path.with_file_name(name.replace("summaries-", "requests-"));
+        let r = SerializedFileReader::new(fs::File::open(&requests).unwrap()).unwrap();
+        let rows: Vec<String> = r
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().to_string())
+            .collect();
+        assert_eq!(rows.len(), 6, "{rows:#?}");
+        assert!(
+            rows[0].contains("seq: 1")
+                && rows[0].contains("pid: 100")
+                && rows[0].contains("cpu_seconds_p90: 3.0")
+                && rows[0].contains("used_cpu_seconds: null"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[1].contains("used_cpu_seconds: 2.5"), "{}", rows[1]);
     }
 
     /// The latest profile of each node's executable, whatever order they came in, as

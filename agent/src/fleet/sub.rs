@@ -115,8 +115,26 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> String {
                 .take(3)
                 .map(|w| format!("{} {:.2}", w.name, w.cpu_cores_mean))
                 .collect();
+            let ended: Vec<_> = s
+                .requests
+                .iter()
+                .filter_map(|r| Some((r, r.used?)))
+                .collect();
+            let within = ended
+                .iter()
+                .filter(|(r, u)| (r.cpu_seconds[0]..=r.cpu_seconds[2]).contains(&u.cpu_seconds))
+                .count();
+            let requests = if s.requests.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} requests, {} ended ({within} within their CPU p10–p90)",
+                    s.requests.len() + s.requests_omitted as usize,
+                    ended.len()
+                )
+            };
             format!(
-                "{head} summary {} s: cpu {:.2}/{} cores, {} workloads; top {}",
+                "{head} summary {} s: cpu {:.2}/{} cores, {} workloads; top {}{requests}",
                 s.period_ms / 1000,
                 s.node.cpu_busy_mean,
                 s.node.cpus,
@@ -244,6 +262,28 @@ mod tests {
             render("umbra/v1/f/n1/profiles", &p.encode(Payload::Json), false),
             "n1 #4 historical profiles 1 (2 more to come)\n  xz (80 runs, 3 kept): cpu 2.50 s, \
              peak RSS 3.0 MiB, 1.25 s (p50)"
+        );
+        let request = |used: Option<f32>| crate::publish::RequestSummary {
+            cpu_seconds: [1.0, 2.0, 3.0],
+            used: used.map(|cpu_seconds| crate::publish::RequestUse {
+                cpu_seconds,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = Envelope {
+            body: Body::Summary(crate::publish::Summary {
+                period_ms: 10_000,
+                requests: vec![request(None), request(Some(2.5)), request(Some(3.5))],
+                requests_omitted: 1,
+                ..Default::default()
+            }),
+            ..e.clone()
+        };
+        assert_eq!(
+            render("umbra/v1/f/n1/summary", &s.encode(Payload::Postcard), false),
+            "n1 #4 historical summary 10 s: cpu 0.00/0 cores, 0 workloads; top ; 4 requests, 2 \
+             ended (1 within their CPU p10–p90)"
         );
         assert_eq!(
             Filter {

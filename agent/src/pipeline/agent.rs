@@ -22,7 +22,8 @@ use super::{
     wire,
 };
 use crate::{
-    aggregate::{Aggregator, History, Window, WorkloadId},
+    FastMap,
+    aggregate::{Aggregator, History, Window, WorkloadId, exe_key},
     allocate::{
         self, Allocator, Decision, Mode,
         cgroups::{CPU_PERIOD_US, Group, Knob},
@@ -30,10 +31,14 @@ use crate::{
         launch::LaunchReply,
     },
     anomaly::Detector,
-    capture::{CaptureItem, Tick},
+    capture::{CaptureItem, Lifecycle, LifecycleKind, Tick},
     config::Config,
     insight::{Insights, Note, NoteKind, Reservation, next_bands},
-    predict::{Forecast, ForecastStage, per_request::ProfilePredictor, runtime},
+    predict::{
+        Forecast, ForecastStage, RequestPrediction,
+        per_request::{self, ProfilePredictor, Reported},
+        runtime,
+    },
     publish::{
         self, Accepted, Inbound, ModelInfo, Stage, Status, command::Command, model::ModelBundle,
     },
@@ -120,6 +125,7 @@ impl<W: Write + Send> Output for Shown<W> {
         self.view.window(&mut self.out, f)?;
         if self.explain {
             view::decisions(&mut self.out, f.decisions)?;
+            view::requests(&mut self.out, f.requests)?;
         }
         Ok(())
     }
@@ -172,8 +178,18 @@ pub struct Agent<O: Output> {
     /// The latest forecast of each workload.
     forecasts: Vec<Forecast>,
     allocate: Option<Allocator>,
-    /// Per-request predictions (the profile store), for execs the allocator places.
+    /// Per-request predictions (the profile store): every exec predicted, for the
+    /// allocator's per-request placement and for summaries. A live agent predicts at the
+    /// exec; a replay at the process's first sample (where a recording names its
+    /// executable), from a store of the replay's own runs.
     requests: Option<ProfilePredictor>,
+    /// A replay's execs whose first sample has not come yet: exec time and file name.
+    unsampled: FastMap<u32, (u64, String)>,
+    /// Requests predicted and ended since the last window, for the output.
+    reported: Vec<Reported>,
+    /// Wall-clock ms minus boot-clock ms as first seen, and again after the wall clock
+    /// stepped: a request's exec has the same date in every summary it is in.
+    wall_offset_ms: Option<i64>,
     /// `umbra exec`'s socket.
     launcher: Option<Launcher>,
     /// Decided since the last window (execs arrive between windows).
@@ -263,6 +279,9 @@ impl<O: Output> Agent<O> {
         };
         let (requests, launcher) = if live {
             start_requests(cfg, &mut problems)
+        } else if opts.stages && !feed.live {
+            let p = ProfilePredictor::in_memory(&cfg.predict.request_model);
+            (Some(p.reporting()), None)
         } else {
             (None, None)
         };
@@ -278,6 +297,9 @@ impl<O: Output> Agent<O> {
             forecasts: Vec::new(),
             allocate,
             requests,
+            unsampled: FastMap::default(),
+            reported: Vec::new(),
+            wall_offset_ms: None,
             launcher,
             decided: Vec::new(),
             decisions: 0,
@@ -418,8 +440,10 @@ impl<O: Output> Agent<O> {
                     drops,
                     forecasts: &self.forecasts,
                     decisions: &[],
+                    requests: &self.reported,
                 })?;
             }
+            self.reported.clear();
             return Ok(());
         }
         let decided = std::mem::take(&mut self.decided);
@@ -430,7 +454,9 @@ impl<O: Output> Agent<O> {
             drops,
             forecasts: &self.forecasts,
             decisions: &decided,
+            requests: &self.reported,
         })?;
+        self.reported.clear();
         self.insights.timestamp_ms = w.node.timestamp_ms;
         self.output.insights(&self.insights)?;
         self.insights.notes.clear();
@@ -453,8 +479,9 @@ impl<O: Output> Agent<O> {
 
     /// Every `publish.profiles_every_ms`, the profiles with runs since they were last
     /// sent (all of them after a start), in messages of at most [`PROFILES_PER_MESSAGE`].
+    /// A live agent's only: a replay's profiles are of its own runs, kept in memory.
     fn publish_profiles(&mut self, now_ms: u64) {
-        let (Some(p), Some(r)) = (&mut self.publish, &mut self.requests) else {
+        let (Some(p), Some(r), true) = (&mut self.publish, &mut self.requests, self.live) else {
             return;
         };
         let every = self.profiles_every_ms;
@@ -647,6 +674,58 @@ impl<O: Output> Agent<O> {
         }
     }
 
+    /// An exec or exit, to the per-request predictions: a live agent predicts each exec as
+    /// it happens (its executable read from `/proc`); a replay waits for its first sample.
+    fn request_event(&mut self, ev: &Lifecycle) -> Option<RequestPrediction> {
+        let r = self.requests.as_mut()?;
+        r.event(ev);
+        let LifecycleKind::Exec { filename, .. } = &ev.kind else {
+            return None;
+        };
+        let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
+        if !self.live {
+            if self.unsampled.len() >= per_request::MAX_KEYS {
+                self.unsampled.clear();
+            }
+            self.unsampled
+                .insert(tgid, (ev.timestamp_ns, filename.clone()));
+            return None;
+        }
+        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| filename.clone());
+        r.predict(tgid, &exe, ev.timestamp_ns)
+    }
+
+    /// A tick, to the per-request predictions: a replay's new processes predicted, the
+    /// requests that ended learned, and what was predicted and ended to the summaries.
+    fn request_tick(&mut self, t: &Tick, w: &Window) {
+        let Some(r) = &mut self.requests else {
+            return;
+        };
+        if !self.unsampled.is_empty() {
+            for s in &t.samples {
+                if let Some((exec_ns, exe)) = self.unsampled.remove(&s.tgid) {
+                    r.predict_key(s.tgid, &exe_key(s).0.0, &exe, exec_ns);
+                }
+            }
+            // Every process exec'd before the tick has a sample in it (a final one if it
+            // exited): the rest were exec'd after it.
+            self.unsampled.retain(|_, (ns, _)| *ns > t.timestamp_ns);
+        }
+        r.tick(t, w);
+        let (reports, dropped) = r.take_reports();
+        let now = t.wall_ms as i64 - (t.timestamp_ns / 1_000_000) as i64;
+        let offset = match self.wall_offset_ms {
+            Some(o) if (now - o).abs() <= 1000 => o,
+            _ => *self.wall_offset_ms.insert(now),
+        };
+        if let Some(p) = &mut self.publish {
+            p.requests(reports.iter().map(|q| wire::request(q, offset)), dropped);
+        }
+        self.reported.extend(reports);
+    }
+
     /// `umbra exec` asks for a group for a process it is about to start.
     fn launch(&mut self, p: Pending) {
         let req = p.request;
@@ -705,16 +784,10 @@ impl<O: Output> Sink for Agent<O> {
         let t = match item {
             CaptureItem::Tick(t) => t,
             CaptureItem::Event(ev) => {
-                if let Some(r) = &mut self.requests {
-                    r.event(&ev);
-                }
+                let made = self.request_event(&ev);
                 if let Some(a) = &mut self.allocate {
-                    let requests = &mut self.requests;
-                    let mut predict = |tgid: u32, exe: &str| {
-                        requests
-                            .as_mut()
-                            .and_then(|r| r.predict(tgid, exe, ev.timestamp_ns))
-                    };
+                    let mut predict =
+                        |tgid: u32, _: &str| made.as_ref().filter(|p| p.tgid == tgid).cloned();
                     let ds = a.on_exec(&ev, &mut predict, &self.control);
                     self.decided.extend(ds);
                 }
@@ -723,9 +796,7 @@ impl<O: Output> Sink for Agent<O> {
         };
         self.kernel_drops = self.kernel_drops.max(t.drops.lost());
         let w = self.aggregate.tick(&t);
-        if let Some(r) = &mut self.requests {
-            r.tick(&t, &w);
-        }
+        self.request_tick(&t, &w);
         self.window(&t, &w, t.drops.lost())
     }
 
@@ -913,22 +984,15 @@ fn start_requests(
 ) -> (Option<ProfilePredictor>, Option<Launcher>) {
     let profiles = match ProfilePredictor::open(&cfg.publish.state_dir.join("profiles")) {
         Ok((p, _)) => {
-            use crate::predict::{
-                runtime::default_runtime,
-                schema::ModelKind,
-                source::{ModelSetting, Sources, shipped},
-            };
-            let setting = ModelSetting::parse(&cfg.predict.request_model);
+            use crate::predict::source::{ModelSetting, shipped};
+            let setting = &cfg.predict.request_model;
             // A build without the model runtime, or without a shipped request model, is
             // not a problem unless a file was asked for.
-            let asked = matches!(setting, ModelSetting::File(_))
+            let asked = matches!(ModelSetting::parse(setting), ModelSetting::File(_))
                 || (cfg!(feature = "onnx") && shipped::REQUEST.is_some());
-            let p = p.with_model(Sources::new(
-                ModelKind::Request,
-                setting,
-                shipped::REQUEST,
-                default_runtime(),
-            ));
+            let p = p
+                .with_model(per_request::request_model(setting))
+                .reporting();
             if asked {
                 problems.extend(p.model_problem.clone());
             }

@@ -1,10 +1,14 @@
 //! What the allocate stage reports, in the fleet's wire types (`docs/mqtt.md`): its
-//! counters for status, its decisions for the `decision` topic.
+//! counters for status, its decisions for the `decision` topic; the per-request
+//! predictions for summaries.
 
 use crate::{
     allocate::{AllocateStats, Decision},
-    predict::profiles::Profile,
-    publish::{AllocationStatus, DecisionRecord, Decisions, ProfileRow, Profiles},
+    predict::{per_request::Reported, profiles::Profile},
+    publish::{
+        AllocationStatus, DecisionRecord, Decisions, ProfileRow, Profiles, RequestSummary,
+        RequestUse,
+    },
 };
 
 /// Decisions listed in one message at most; the rest are counted.
@@ -157,6 +161,32 @@ pub fn profiles(rows: Vec<(String, Profile)>, more: usize) -> Profiles {
     Profiles {
         profiles,
         more: more.min(u32::MAX as usize) as u32,
+    }
+}
+
+/// A request predicted (or ended) as summaries carry it; `wall_offset_ms` (wall-clock ms
+/// minus boot-clock ms) dates its exec in wall-clock time.
+pub fn request(r: &Reported, wall_offset_ms: i64) -> RequestSummary {
+    let f32s = |b: &crate::predict::Band| [b.p10 as f32, b.p50 as f32, b.p90 as f32];
+    let exec_ms = (r.exec_ns / 1_000_000) as i64 + wall_offset_ms;
+    let [cpu, peak_rss, duration, io] = &r.bands;
+    RequestSummary {
+        key: r.key.clone(),
+        name: r.name.clone(),
+        pid: r.tgid,
+        exec_ms: exec_ms.max(0) as u64,
+        source: r.source.clone(),
+        runs: r.runs,
+        cpu_seconds: f32s(cpu),
+        peak_rss_bytes: f32s(peak_rss),
+        duration_seconds: f32s(duration),
+        io_bytes: f32s(io),
+        used: r.used.map(|[cpu, peak_rss, duration, io]| RequestUse {
+            cpu_seconds: cpu as f32,
+            peak_rss_bytes: peak_rss as f32,
+            duration_seconds: duration as f32,
+            io_bytes: io as f32,
+        }),
     }
 }
 

@@ -56,11 +56,38 @@ fn record(profile: &Profile) -> Vec<[f32; 2]> {
 }
 
 /// A prediction made at an exec: the model's and the profile's beside it (when the model
-/// made it), and what was predicted in the end (its bands).
+/// made it), what was predicted in the end (its bands), and whether it was a prior.
 struct Made {
     exec_ns: u64,
     model: Option<([Band; 4], [Band; 4])>,
     emitted: [Band; 4],
+    prior: bool,
+    /// What a report of its end says of it, when reports are kept.
+    reported: Option<Reported>,
+}
+
+/// Reports kept between two takes, at most (beyond: counted).
+pub const REPORTED: usize = 256;
+
+/// A request as the agent reports it ([`ProfilePredictor::take_reports`]): predicted at
+/// its exec, and again when it ends, with what it used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reported {
+    pub tgid: u32,
+    /// Boot-clock ns of the exec.
+    pub exec_ns: u64,
+    pub key: String,
+    pub name: String,
+    /// What made it, short: `model`, `model+profile`, `profile`, `profile+prior:<kin>`
+    /// or `prior:<kin>` ([`RequestPrediction::source`] says it for people).
+    pub source: String,
+    /// The executable's runs it was made from.
+    pub runs: u32,
+    /// The bands predicted, in [`OUTCOMES`] order.
+    pub bands: [Band; 4],
+    /// What it used, in [`OUTCOMES`] order (peak RSS 0 where it was not measured), once it
+    /// ended.
+    pub used: Option<[f64; 4]>,
 }
 
 /// What a request that ended with `o` used of the bands `b` predicted for it
@@ -94,6 +121,22 @@ fn used(b: &[Band; 4], o: &Outcome) -> [f32; 2] {
     ]
 }
 
+/// The request model `setting` names (`predict.request_model`): the shipped one, a file
+/// (re-read when it changes) or none.
+pub fn request_model(setting: &str) -> Sources {
+    use super::{
+        runtime::default_runtime,
+        schema::ModelKind,
+        source::{ModelSetting, shipped},
+    };
+    Sources::new(
+        ModelKind::Request,
+        ModelSetting::parse(setting),
+        shipped::REQUEST,
+        default_runtime(),
+    )
+}
+
 pub struct ProfilePredictor {
     store: ProfileStore,
     identity: Identity,
@@ -109,6 +152,10 @@ pub struct ProfilePredictor {
     /// scores the model's and the profile's when the request ends, and what the request
     /// used of the one emitted joins its executable's record.
     made: FastMap<u32, Made>,
+    /// Predictions made and predicted requests ended since the last take, when kept
+    /// ([`reporting`](Self::reporting)), and those beyond [`REPORTED`].
+    reports: Option<Vec<Reported>>,
+    reports_dropped: u64,
     row: Vec<f32>,
     row_f64: Vec<f64>,
     /// Runs kept in memory only (the journal could not be written), and the last error.
@@ -134,6 +181,8 @@ impl ProfilePredictor {
             model_problem: None,
             guard: Guard::new(MAX_KEYS),
             made: FastMap::default(),
+            reports: None,
+            reports_dropped: 0,
             row: Vec::new(),
             row_f64: Vec::new(),
             unjournaled: 0,
@@ -148,6 +197,40 @@ impl ProfilePredictor {
         self.sources = Some(sources);
         self.load_model();
         self
+    }
+
+    /// Keeps a report of each prediction and of each predicted request's end, for
+    /// [`take_reports`](Self::take_reports).
+    pub fn reporting(mut self) -> ProfilePredictor {
+        self.reports = Some(Vec::new());
+        self
+    }
+
+    /// The requests predicted and ended since the last take, in order, and how many more
+    /// were not kept.
+    pub fn take_reports(&mut self) -> (Vec<Reported>, u64) {
+        let rs = self
+            .reports
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        (rs, std::mem::take(&mut self.reports_dropped))
+    }
+
+    fn report(&mut self, r: Reported) {
+        if let Some(rs) = &mut self.reports {
+            if rs.len() < REPORTED {
+                rs.push(r);
+            } else {
+                self.reports_dropped += 1;
+            }
+        }
+    }
+
+    /// A store in memory (a replay, `umbra simulate`) with the request model `setting`
+    /// names (`predict.request_model`).
+    pub fn in_memory(setting: &str) -> ProfilePredictor {
+        ProfilePredictor::new(ProfileStore::in_memory(MAX_KEYS)).with_model(request_model(setting))
     }
 
     /// The request model in use, by name.
@@ -224,8 +307,20 @@ impl ProfilePredictor {
                 let outcome = std::array::from_fn(|t| c.outcome.get(t));
                 self.guard.scored(&c.facts.key, model, profile, outcome);
             }
-            // Its executable's record: kept with the run, so it lasts as the runs do.
-            run.used = Some(used(&m.emitted, &c.outcome));
+            if !m.prior {
+                // Its executable's record: kept with the run, so it lasts as the runs do.
+                run.used = Some(used(&m.emitted, &c.outcome));
+            }
+            if let Some(mut r) = m.reported {
+                let o = &c.outcome;
+                let peak = if o.peak_rss_bytes >= MEASURED_RSS as f64 {
+                    o.peak_rss_bytes
+                } else {
+                    0.0
+                };
+                r.used = Some([o.cpu_seconds, peak, o.duration_seconds, o.io_bytes]);
+                self.report(r);
+            }
         }
         self.baseline.recorded();
         if let Some(m) = &mut self.model {
@@ -295,6 +390,11 @@ impl ProfilePredictor {
             model = Some((p.bands(), b.bands()));
             to_profile = self.guard.apply(key, &mut p, &b);
         }
+        // What made it, short (reports): the guard's hand-over named.
+        let made_by = match p.source.as_str() {
+            "model" if to_profile.contains(&true) => "model+profile".to_string(),
+            s => s.to_string(),
+        };
         p.source = match p.source.as_str() {
             "none" => return None,
             "model" if to_profile.contains(&true) => {
@@ -318,9 +418,20 @@ impl ProfilePredictor {
         if let Some(profile) = self.store.get(key) {
             p.record = record(profile);
         }
-        if p.is_prior() {
-            // Kin's runs, not its own: nothing of its record to learn from.
-            return Some(p);
+        // A prediction for a process not started yet (`umbra exec`'s reservation) is
+        // reported at the exec that starts it.
+        let reported = (self.reports.is_some() && tgid != 0).then(|| Reported {
+            tgid,
+            exec_ns,
+            key: key.to_string(),
+            name: e.name.to_string(),
+            source: made_by,
+            runs: runs as u32,
+            bands: p.bands(),
+            used: None,
+        });
+        if let Some(r) = &reported {
+            self.report(r.clone());
         }
         if self.made.len() >= MAX_KEYS {
             // Requests whose end was never seen (a lost exit) make room.
@@ -336,6 +447,9 @@ impl ProfilePredictor {
                 exec_ns,
                 model,
                 emitted: p.bands(),
+                // Kin's runs, not its own: nothing of its record to learn from.
+                prior: p.is_prior(),
+                reported,
             },
         );
         Some(p)
@@ -440,6 +554,102 @@ mod tests {
         let r = p.predict(pid, exe, 50).unwrap().record;
         assert_eq!(r.len(), RECORD);
         assert!(r.iter().all(|&x| x != [2.0, 0.5]), "the oldest left: {r:?}");
+    }
+
+    /// Reported: each prediction as it is made, and each predicted request again when it
+    /// ends, with what it used (its peak when measured) — a prior's too, though it joins
+    /// no record; a reservation for a process not started yet is not; beyond the bound,
+    /// reports are counted.
+    #[test]
+    fn predictions_and_their_ends_are_reported() {
+        let me = std::env::current_exe().unwrap();
+        let exe = me.to_str().unwrap();
+        let mut id = Identity::new();
+        let key = format!("exe:{}", id.exe_hash(u32::MAX, Some(exe)).unwrap());
+        let o = |cpu: f64, peak: f64| Outcome {
+            cpu_seconds: cpu,
+            peak_rss_bytes: peak,
+            duration_seconds: 2.0,
+            io_bytes: 7.0,
+        };
+        let mut store = ProfileStore::in_memory(16);
+        for _ in 0..10 {
+            store
+                .record(&key, "me", "sh", Run::new(&o(1.0, 1e8), 0, 1))
+                .unwrap();
+        }
+        for k in 0..3 {
+            let run = Run::new(&o(1.0, 1e8), 0, 1);
+            store.record(&format!("exe:{k}"), "kin", "sh", run).unwrap();
+        }
+        let mut p = ProfilePredictor::new(store).reporting();
+        let end = |p: &mut ProfilePredictor, tgid: u32, key: &str, exec_ns: u64, o: Outcome| {
+            p.learn(&Completed {
+                tgid,
+                exec_ns,
+                ended_ms: 2,
+                facts: ExecFacts {
+                    key: key.into(),
+                    ..Default::default()
+                },
+                features: Vec::new(),
+                outcome: o,
+            })
+        };
+        let pid = std::process::id();
+        let made = p.predict(pid, exe, 5).unwrap();
+        assert!(p.predict(0, exe, 6).is_some(), "a reservation");
+        let (rs, dropped) = p.take_reports();
+        assert_eq!(dropped, 0);
+        let want = Reported {
+            tgid: pid,
+            exec_ns: 5,
+            key: key.clone(),
+            name: made
+                .source
+                .is_empty()
+                .then(String::new)
+                .unwrap_or_else(|| me.file_name().unwrap().to_str().unwrap().to_string()),
+            source: "profile".into(),
+            runs: 10,
+            bands: made.bands(),
+            used: None,
+        };
+        assert_eq!(rs, vec![want.clone()]);
+        end(&mut p, pid, &key, 5, o(2.0, 1000.0));
+        let (rs, _) = p.take_reports();
+        assert_eq!(
+            rs,
+            vec![Reported {
+                used: Some([2.0, 0.0, 2.0, 7.0]),
+                ..want
+            }]
+        );
+        // A stranger's exec: a prior from the node's executables; reported, and its end.
+        let prior = p
+            .predict_key(7, "exe:sha256:other", "/bin/other", 8)
+            .unwrap();
+        assert!(prior.is_prior(), "{prior:?}");
+        end(&mut p, 7, "exe:sha256:other", 8, o(1.0, 1e8));
+        let (rs, _) = p.take_reports();
+        assert_eq!(rs.len(), 2, "{rs:?}");
+        assert_eq!((rs[0].runs, rs[0].source.as_str()), (0, "prior:node"));
+        assert_eq!(rs[1].used, Some([1.0, 1e8, 2.0, 7.0]));
+        assert!(
+            p.store.get("exe:sha256:other").unwrap().runs[0]
+                .used
+                .is_none()
+        );
+        for k in 0..REPORTED as u64 + 3 {
+            p.predict(pid, exe, 100 + k).unwrap();
+        }
+        let (rs, dropped) = p.take_reports();
+        assert_eq!((rs.len(), dropped), (REPORTED, 3));
+        assert_eq!(p.take_reports(), (Vec::new(), 0));
+        // Without reporting, nothing is kept.
+        let mut quiet = ProfilePredictor::new(ProfileStore::in_memory(16));
+        quiet.predict_key(7, &key, exe, 1);
+        assert_eq!(quiet.take_reports(), (Vec::new(), 0));
     }
 
     /// The record is kept with the runs: after a restart (here a crash: nothing saved but

@@ -5,9 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the envelope and of every body. A subscriber refuses a newer one and reads
-/// every older one (schema 1: [`super::message_v1`]; 2: [`super::message_v2`]). Schema 3
-/// added the forecasts to summaries.
-pub const SCHEMA: u16 = 3;
+/// every older one (schema 1: [`super::message_v1`]; 2: [`super::message_v2`]; 3:
+/// [`super::message_v3`]). Schema 3 added the forecasts to summaries, schema 4 the
+/// per-request predictions.
+pub const SCHEMA: u16 = 4;
 
 /// Payload encoding on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +177,53 @@ pub struct Summary {
     pub predictor: String,
     #[serde(default)]
     pub forecast_step_ms: u32,
+    /// The requests (process execs) predicted in the period, and those predicted before
+    /// it that ended in it, with what they used (at most [`REQUESTS_PER_SUMMARY`]; a
+    /// request predicted in one period and ended in a later one is in both).
+    #[serde(default)]
+    pub requests: Vec<RequestSummary>,
+    /// Requests beyond the bound, not listed.
+    #[serde(default)]
+    pub requests_omitted: u32,
+}
+
+/// Requests in one summary, at most (a row is ~150 bytes).
+pub const REQUESTS_PER_SUMMARY: usize = 64;
+
+/// A request — a process exec — predicted at its exec from its executable's profile:
+/// what it was predicted to need (p10, p50, p90) and, once it ended, what it used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    /// Its executable's key (`exe:sha256:<hex>`, as in `profiles`) and file name.
+    pub key: String,
+    pub name: String,
+    pub pid: u32,
+    /// The exec, ms since the Unix epoch.
+    pub exec_ms: u64,
+    /// What made it: `model` (the request model over the executable's profile),
+    /// `model+profile` (some outcomes from the profile, where the model was worse on the
+    /// executable's last runs), `profile` (the quantiles of its runs), `profile+prior:<kin>`
+    /// (too few runs: its band from its kin's) or `prior:<kin>` (an executable never
+    /// seen: what executables of the same `name`, of its `parent` or of the `node` used).
+    pub source: String,
+    /// The runs of its executable it was made from (0 for a prior).
+    pub runs: u32,
+    pub cpu_seconds: [f32; 3],
+    pub peak_rss_bytes: [f32; 3],
+    pub duration_seconds: [f32; 3],
+    pub io_bytes: [f32; 3],
+    /// What it used, in the summary of the period it ended in.
+    pub used: Option<RequestUse>,
+}
+
+/// What a request used over its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestUse {
+    pub cpu_seconds: f32,
+    /// 0 where its peak was not measured (it lived less than a sample).
+    pub peak_rss_bytes: f32,
+    pub duration_seconds: f32,
+    pub io_bytes: f32,
 }
 
 /// A workload's forecast for the step after the period: p10, p50, p90.
@@ -432,6 +480,11 @@ impl Envelope {
                 .map(Envelope::from)
                 .map_err(malformed);
         }
+        if schema == 3 {
+            return postcard::from_bytes::<super::message_v3::Envelope>(bytes)
+                .map(Envelope::from)
+                .map_err(malformed);
+        }
         postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
     }
 
@@ -584,7 +637,78 @@ mod tests {
             other: None,
             predictor: "onnx:2026.12.07-2/seasonal+aci".into(),
             forecast_step_ms: 5000,
+            requests: (0..n % 4)
+                .map(|i| RequestSummary {
+                    key: format!("exe:sha256:{i:064x}"),
+                    name: "xz".into(),
+                    pid: 100 + i as u32,
+                    exec_ms: 1_700_000_000_000 + i as u64,
+                    source: "profile".into(),
+                    runs: 3,
+                    cpu_seconds: [cpu * 0.5, cpu, cpu * 2.0],
+                    peak_rss_bytes: [1e6, 2e6, 3e6],
+                    duration_seconds: [0.5, 1.0, 2.0],
+                    io_bytes: [0.0, 4096.0, 8192.0],
+                    used: (i % 2 == 1).then_some(RequestUse {
+                        cpu_seconds: cpu,
+                        peak_rss_bytes: 2.5e6,
+                        duration_seconds: 1.5,
+                        io_bytes: 4096.0,
+                    }),
+                })
+                .collect(),
+            requests_omitted: n as u32 / 4,
         }
+    }
+
+    /// A schema-3 message (the release before summaries carried per-request predictions)
+    /// decodes as this schema's, its forecasts kept, without requests.
+    #[test]
+    fn schema_3_messages_are_read_and_converted() {
+        use super::super::message_v3 as v3;
+        let new = summary(6, 1.5);
+        let old = v3::Envelope {
+            schema: 3,
+            node: "edge-1".into(),
+            seq: 7,
+            time_ms: 9,
+            historical: true,
+            body: v3::Body::Summary(v3::Summary {
+                start_ms: new.start_ms,
+                period_ms: new.period_ms,
+                intervals: new.intervals,
+                node: new.node.clone(),
+                workloads: new.workloads.clone(),
+                other: None,
+                predictor: new.predictor.clone(),
+                forecast_step_ms: new.forecast_step_ms,
+            }),
+        };
+        let e = Envelope::decode(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!((e.schema, e.seq, e.historical), (SCHEMA, 7, true));
+        let Body::Summary(s) = e.body else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            s,
+            Summary {
+                requests: Vec::new(),
+                requests_omitted: 0,
+                ..new
+            }
+        );
+        assert!(s.workloads[0].forecast.is_some());
+        // Schema 3's JSON lacks the requests: they default.
+        let mut json = serde_json::to_value(envelope(1, Body::Summary(s.clone()))).unwrap();
+        let body = &mut json["body"]["Summary"];
+        body.as_object_mut().unwrap().remove("requests");
+        body.as_object_mut().unwrap().remove("requests_omitted");
+        let json = serde_json::json!({
+            "schema": 3, "node": "e", "seq": 1, "time_ms": 2, "kind": "summary",
+            "body": body.take(),
+        });
+        let e = Envelope::decode(json.to_string().as_bytes()).unwrap();
+        assert!(matches!(e.body, Body::Summary(b) if b == s));
     }
 
     /// A schema-2 message (the release before summaries carried forecasts) decodes as

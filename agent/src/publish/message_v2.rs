@@ -96,6 +96,8 @@ impl From<Summary> for super::Summary {
             other: s.other.map(Into::into),
             predictor: String::new(),
             forecast_step_ms: 0,
+            requests: Vec::new(),
+            requests_omitted: 0,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Publish: the agent's link to the fleet over MQTT.
 //!
-//! - [`message`]: the envelope and bodies, postcard or JSON; topics ([`message_v1`]: the
-//!   previous schema, still read).
+//! - [`message`]: the envelope and bodies, postcard or JSON; topics ([`message_v1`],
+//!   [`message_v2`], [`message_v3`]: the previous schemas, still read).
 //! - [`summary`]: shadow data points of a period folded per workload.
 //! - [`spool`]: the on-disk store-and-forward queue every message goes through.
 //! - [`client`]: the rumqttc tasks and the [`Outbox`] the stage writes to.
@@ -19,6 +19,7 @@ pub mod identity;
 pub mod message;
 pub mod message_v1;
 pub mod message_v2;
+pub mod message_v3;
 pub mod model;
 pub mod spool;
 pub mod stage;

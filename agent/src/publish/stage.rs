@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    Body, CmdResult, Decisions, Inbound, Outbox, PublishError, Settings, Status, client,
+    Body, CmdResult, Decisions, Inbound, Outbox, PublishError, RequestSummary, Settings, Status,
+    client,
     command::{Command, Verifier},
     model::{ModelBundle, ModelError, ModelStore, SignedModel},
     summary::Summarizer,
@@ -178,12 +179,21 @@ impl Stage {
         }
     }
 
-    /// A window for the summaries.
     /// The forecasts made as a bucket closed: summaries carry them.
     pub fn forecasts(&mut self, fs: &[crate::predict::Forecast]) {
         self.summarizer.forecasts(fs);
     }
 
+    /// Requests predicted and ended, and how many more were not kept: summaries carry
+    /// them.
+    pub fn requests(&mut self, rows: impl IntoIterator<Item = RequestSummary>, dropped: u64) {
+        for r in rows {
+            self.summarizer.request(r);
+        }
+        self.summarizer.omit(dropped);
+    }
+
+    /// A window for the summaries.
     pub fn window(&mut self, w: &Window) {
         if let Some(sum) = self.summarizer.push(w) {
             self.push(Body::Summary(sum));

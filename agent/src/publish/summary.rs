@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use super::message::{NodeSummary, Summary, WorkloadForecast, WorkloadSummary};
+use super::message::{
+    NodeSummary, REQUESTS_PER_SUMMARY, RequestSummary, Summary, WorkloadForecast, WorkloadSummary,
+};
 use crate::{
     aggregate::{ShadowPoint, Window},
     predict::{Forecast, Target},
@@ -25,6 +27,9 @@ pub struct Summarizer {
     forecasts: HashMap<String, WorkloadForecast>,
     predictor: String,
     forecast_step_ms: u32,
+    /// The period's requests ([`Summary::requests`]) and those beyond the bound.
+    requests: Vec<RequestSummary>,
+    requests_omitted: u32,
 }
 
 #[derive(Default)]
@@ -47,6 +52,26 @@ impl Summarizer {
             forecasts: HashMap::new(),
             predictor: String::new(),
             forecast_step_ms: 0,
+            requests: Vec::new(),
+            requests_omitted: 0,
+        }
+    }
+
+    /// A request predicted at its exec, or one that ended (`used` set): into the summary
+    /// of the period they are in. An end joins its prediction's row when that is in the
+    /// same period.
+    pub fn request(&mut self, r: RequestSummary) {
+        if r.used.is_some()
+            && let Some(row) = self
+                .requests
+                .iter_mut()
+                .find(|q| (q.pid, q.exec_ms, q.used) == (r.pid, r.exec_ms, None))
+        {
+            row.used = r.used;
+        } else if self.requests.len() < REQUESTS_PER_SUMMARY {
+            self.requests.push(r);
+        } else {
+            self.requests_omitted += 1;
         }
     }
 
@@ -68,6 +93,11 @@ impl Summarizer {
             self.predictor.clone_from(&f.predictor);
             self.forecast_step_ms = f.interval_ms;
         }
+    }
+
+    /// Requests that were not kept before they reached the summary.
+    pub fn omit(&mut self, n: u64) {
+        self.requests_omitted = self.requests_omitted.saturating_add(n as u32);
     }
 
     /// Adds a window; returns the summary of the period when this window completes it.
@@ -154,6 +184,8 @@ impl Summarizer {
             } else {
                 self.forecast_step_ms
             },
+            requests: std::mem::take(&mut self.requests),
+            requests_omitted: std::mem::take(&mut self.requests_omitted),
         }
     }
 }
@@ -335,6 +367,44 @@ mod tests {
         let mut plain = Summarizer::new(10_000, 2);
         let sum = (1..=10).find_map(|t| plain.push(&window(t, 1))).unwrap();
         assert_eq!((sum.predictor.as_str(), sum.forecast_step_ms), ("", 0));
+    }
+
+    /// A request predicted and ended in one period is one row with what it used; one
+    /// still running at the period's end is in it without, and in the period it ends in
+    /// again with; rows beyond the bound are counted.
+    #[test]
+    fn a_summary_carries_the_requests_predicted_and_ended_in_its_period() {
+        use super::super::message::RequestUse;
+        let req = |pid: u32, used: Option<f32>| RequestSummary {
+            key: "exe:sha256:ab".into(),
+            name: "xz".into(),
+            pid,
+            exec_ms: 1000 + pid as u64,
+            cpu_seconds: [1.0, 2.0, 3.0],
+            used: used.map(|cpu| RequestUse {
+                cpu_seconds: cpu,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut s = Summarizer::new(10_000, 10);
+        s.push(&window(1, 1));
+        s.request(req(1, None));
+        s.request(req(2, None));
+        s.request(req(1, Some(2.5)));
+        let first = (2..=10).find_map(|t| s.push(&window(t, 1))).unwrap();
+        assert_eq!(first.requests, vec![req(1, Some(2.5)), req(2, None)]);
+        assert_eq!(first.requests_omitted, 0);
+        s.request(req(2, Some(0.5)));
+        for pid in 3..3 + REQUESTS_PER_SUMMARY as u32 {
+            s.request(req(pid, None));
+        }
+        let second = (11..=20).find_map(|t| s.push(&window(t, 1))).unwrap();
+        assert_eq!(second.requests.len(), REQUESTS_PER_SUMMARY);
+        assert_eq!(second.requests[0], req(2, Some(0.5)));
+        assert_eq!(second.requests_omitted, 1);
+        let third = (21..=30).find_map(|t| s.push(&window(t, 1))).unwrap();
+        assert_eq!((third.requests.len(), third.requests_omitted), (0, 0));
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! The message types of schema 3, where they differ from schema 4's, frozen: a schema-3
+//! envelope — spooled by the previous release and still on disk after an upgrade, or sent
+//! by a node not yet upgraded — is decoded with these and converted. Schema 4 added the
+//! per-request predictions to summaries ([`super::Summary::requests`]); every other body
+//! is schema 4's own type, unchanged since 3 (a schema that changes one freezes its
+//! schema-3 shape here first). Never change them.
+
+use serde::{Deserialize, Serialize};
+
+use super::{AnomalyReport, CmdResult, Decisions, NodeSummary, Profiles, Status, WorkloadSummary};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub schema: u16,
+    pub node: String,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub historical: bool,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    Summary(Summary),
+    Status(Status),
+    CmdResult(CmdResult),
+    Decisions(Decisions),
+    Anomaly(AnomalyReport),
+    Profiles(Profiles),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub start_ms: u64,
+    pub period_ms: u32,
+    pub intervals: u32,
+    pub node: NodeSummary,
+    pub workloads: Vec<WorkloadSummary>,
+    pub other: Option<WorkloadSummary>,
+    pub predictor: String,
+    pub forecast_step_ms: u32,
+}
+
+impl From<Envelope> for super::Envelope {
+    fn from(e: Envelope) -> Self {
+        super::Envelope {
+            // Converted: it is a message of this schema now.
+            schema: super::SCHEMA,
+            node: e.node,
+            seq: e.seq,
+            time_ms: e.time_ms,
+            historical: e.historical,
+            body: match e.body {
+                Body::Summary(s) => super::Body::Summary(s.into()),
+                Body::Status(s) => super::Body::Status(s),
+                Body::CmdResult(c) => super::Body::CmdResult(c),
+                Body::Decisions(d) => super::Body::Decisions(d),
+                Body::Anomaly(a) => super::Body::Anomaly(a),
+                Body::Profiles(p) => super::Body::Profiles(p),
+            },
+        }
+    }
+}
+
+impl From<Summary> for super::Summary {
+    fn from(s: Summary) -> Self {
+        super::Summary {
+            start_ms: s.start_ms,
+            period_ms: s.period_ms,
+            intervals: s.intervals,
+            node: s.node,
+            workloads: s.workloads,
+            other: s.other,
+            predictor: s.predictor,
+            forecast_step_ms: s.forecast_step_ms,
+            requests: Vec::new(),
+            requests_omitted: 0,
+        }
+    }
+}
