@@ -11,9 +11,9 @@ use umbra::publish::{
     spool::{Spool, SpoolLimits},
 };
 
-/// A summary as a busy node sends it: 100 workloads with every field set, and as many
-/// requests as a summary lists, half of them ended.
-fn summary(workloads: usize) -> Envelope {
+/// A summary as a busy node sends it: `workloads` with every field set, and `requests`
+/// (as many as a summary lists, at most), half of them ended.
+fn summary(workloads: usize, requests: usize) -> Envelope {
     Envelope {
         schema: SCHEMA,
         node: "edge-gateway-0042".into(),
@@ -63,7 +63,7 @@ fn summary(workloads: usize) -> Envelope {
             other: None,
             predictor: "onnx:2026.12.07-2/seasonal,ewma,autopilot+aci".into(),
             forecast_step_ms: 5000,
-            requests: (0..REQUESTS_PER_SUMMARY)
+            requests: (0..requests)
                 .map(|i| RequestSummary {
                     key: format!("exe:sha256:{:064x}", i * 104_729),
                     name: format!("job-{i}"),
@@ -83,27 +83,30 @@ fn summary(workloads: usize) -> Envelope {
                     }),
                 })
                 .collect(),
-            requests_omitted: 3,
+            requests_omitted: 0,
         }),
     }
 }
 
 fn encode(c: &mut Criterion) {
-    let e = summary(100);
-    for p in [Payload::Postcard, Payload::Json] {
-        let bytes = e.encode(p).len();
-        eprintln!("summary of 100 workloads, {p:?}: {bytes} bytes");
-        let mut g = c.benchmark_group("summary of 100 workloads");
-        g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(format!("encode {p:?} ({bytes} bytes)"), |b| {
-            b.iter(|| black_box(e.encode(p)))
-        });
-        g.finish();
+    for requests in [0, REQUESTS_PER_SUMMARY] {
+        let e = summary(100, requests);
+        for p in [Payload::Postcard, Payload::Json] {
+            let bytes = e.encode(p).len();
+            let what = format!("summary of 100 workloads, {requests} requests");
+            eprintln!("{what}, {p:?}: {bytes} bytes");
+            let mut g = c.benchmark_group(what);
+            g.throughput(Throughput::Bytes(bytes as u64));
+            g.bench_function(format!("encode {p:?} ({bytes} bytes)"), |b| {
+                b.iter(|| black_box(e.encode(p)))
+            });
+            g.finish();
+        }
     }
 }
 
 fn spool(c: &mut Criterion) {
-    let payload = summary(10).encode(Payload::Postcard);
+    let payload = summary(10, 0).encode(Payload::Postcard);
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = SpoolLimits {
         max_bytes: 64 << 20,
@@ -187,7 +190,7 @@ fn broker(c: &mut Criterion) {
         stop.clone(),
     ));
     rt.spawn(async move { while rx.recv().await.is_some() {} });
-    let body = match summary(10).body {
+    let body = match summary(10, 0).body {
         Body::Summary(s) => s,
         _ => unreachable!("a summary"),
     };

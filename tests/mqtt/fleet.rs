@@ -354,7 +354,8 @@ fn assert_complete(seen: &serde_json::Value, rows: &[(u64, String)], min_summari
 }
 
 /// A live agent predicts each exec as it happens: a program run again and again is
-/// predicted from its own runs, and what each run used follows in the summaries.
+/// predicted from its own runs, and what each run used follows in the summaries; a shell
+/// script, from the script's runs (not its shell's).
 #[test]
 fn a_live_agents_summaries_carry_its_requests() {
     use umbra::publish::RequestSummary;
@@ -373,32 +374,45 @@ fn a_live_agents_summaries_carry_its_requests() {
     let a = f.agent(1);
     let input = f.dir.path().join("input");
     fs::write(&input, vec![7u8; 32 << 20]).unwrap();
+    let script = f.dir.path().join("job.sh");
+    fs::write(&script, "head -c 4000000 /dev/zero | gzip -1 > /dev/null\n").unwrap();
     let start_ms = umbra::capture::procfs::wall_ms();
     let mut pids = BTreeSet::new();
     for _ in 0..10 {
         let c = Command::new("sha256sum").arg(&input).output().unwrap();
         assert!(c.status.success());
+        let c = Command::new("sh").arg(&script).output().unwrap();
+        assert!(c.status.success());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let rows = || -> Vec<RequestSummary> {
+    let rows = |name: &str| -> Vec<RequestSummary> {
         bodies(&json_lines(&out), "live-rq")
             .into_values()
             .flat_map(|v| serde_json::from_value::<Summary>(v).unwrap().requests)
-            .filter(|r| r.name == "sha256sum")
+            .filter(|r| r.name == name)
             .collect()
     };
     let ended = |rs: &[RequestSummary]| rs.iter().filter(|r| r.used.is_some()).count();
     assert!(
         // The runs before the first is learned have nothing to be predicted from (the
         // store is new): up to three, a tick of a second apart.
-        wait_until(Duration::from_secs(20), || ended(&rows()) >= 6),
-        "{:#?}\n{}",
-        rows(),
+        wait_until(Duration::from_secs(20), || {
+            ended(&rows("sha256sum")) >= 6 && ended(&rows("job.sh")) >= 6
+        }),
+        "{:#?}\n{:#?}\n{}",
+        rows("sha256sum"),
+        rows("job.sh"),
         a.log()
     );
     let log = a.log.clone();
     assert!(a.stop(), "{}", read(&log));
-    let rows = rows();
+    let scripts = rows("job.sh");
+    let last = scripts.iter().rev().find(|r| r.used.is_some()).unwrap();
+    assert!(
+        last.runs >= 4 && last.key.starts_with("script:sha256:"),
+        "{scripts:#?}"
+    );
+    let rows = rows("sha256sum");
     for r in &rows {
         assert!(r.exec_ms >= start_ms.saturating_sub(1000), "{r:?}");
         if let Some(u) = r.used {

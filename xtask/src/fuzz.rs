@@ -17,6 +17,7 @@ pub const TARGETS: &[&str] = &[
     "config",
     "profile_decoder",
     "earned_decoder",
+    "mqtt_message",
 ];
 
 #[derive(ClapArgs)]

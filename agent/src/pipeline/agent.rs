@@ -675,7 +675,7 @@ impl<O: Output> Agent<O> {
     }
 
     /// An exec or exit, to the per-request predictions: a live agent predicts each exec as
-    /// it happens (its executable read from `/proc`); a replay waits for its first sample.
+    /// it happens; a replay waits for its first sample.
     fn request_event(&mut self, ev: &Lifecycle) -> Option<RequestPrediction> {
         let r = self.requests.as_mut()?;
         r.event(ev);
@@ -691,10 +691,7 @@ impl<O: Output> Agent<O> {
                 .insert(tgid, (ev.timestamp_ns, filename.clone()));
             return None;
         }
-        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| filename.clone());
-        r.predict(tgid, &exe, ev.timestamp_ns)
+        r.predict_exec(ev)
     }
 
     /// A tick, to the per-request predictions: a replay's new processes predicted, the

@@ -16,7 +16,7 @@
 //! its executable's profile (journaled at once, compacted into the snapshot every
 //! [`SAVE_EVERY`] runs and on the way out).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
@@ -30,7 +30,7 @@ use super::{
 use crate::{
     FastMap,
     aggregate::Window,
-    capture::{Identity, Lifecycle, Tick},
+    capture::{Identity, Lifecycle, LifecycleKind, Tick, procfs},
 };
 
 /// Profiles kept by the agent's store.
@@ -352,6 +352,23 @@ impl ProfilePredictor {
     pub fn predict(&mut self, tgid: u32, exe: &str, exec_ns: u64) -> Option<RequestPrediction> {
         let hash = self.identity.exe_hash(tgid, Some(exe))?;
         self.predict_key(tgid, &format!("exe:{hash}"), exe, exec_ns)
+    }
+
+    /// The exec `ev` as it happens (a live agent), its request keyed as capture keys its
+    /// process: the program an interpreter runs ([`Identity::app_key`]: a script, a
+    /// module), else the executable's fingerprint — so a script is predicted from its own
+    /// runs, not from its interpreter's.
+    pub fn predict_exec(&mut self, ev: &Lifecycle) -> Option<RequestPrediction> {
+        let LifecycleKind::Exec { filename, argv, .. } = &ev.kind else {
+            return None;
+        };
+        let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
+        let exe = procfs::exe_bytes(tgid).unwrap_or_else(|| filename.as_bytes().to_vec());
+        let cwd = PathBuf::from(format!("/proc/{tgid}/cwd"));
+        if let Some(app) = self.identity.app_key(&exe, argv, &cwd) {
+            return self.predict_key(tgid, &app.key, &app.name, ev.timestamp_ns);
+        }
+        self.predict(tgid, &String::from_utf8_lossy(&exe), ev.timestamp_ns)
     }
 
     /// [`predict`](Self::predict) for an executable whose key is known (a recording's:
