@@ -7,7 +7,7 @@ use crate::{
     predict::{per_request::Reported, profiles::Profile},
     publish::{
         AllocationStatus, DecisionRecord, Decisions, ProfileRow, Profiles, RequestSummary,
-        RequestUse,
+        RequestUse, wire_band, wire_f32,
     },
 };
 
@@ -167,7 +167,6 @@ pub fn profiles(rows: Vec<(String, Profile)>, more: usize) -> Profiles {
 /// A request predicted (or ended) as summaries carry it; `wall_offset_ms` (wall-clock ms
 /// minus boot-clock ms) dates its exec in wall-clock time.
 pub fn request(r: &Reported, wall_offset_ms: i64) -> RequestSummary {
-    let f32s = |b: &crate::predict::Band| [b.p10 as f32, b.p50 as f32, b.p90 as f32];
     let exec_ms = (r.exec_ns / 1_000_000) as i64 + wall_offset_ms;
     let [cpu, peak_rss, duration, io] = &r.bands;
     RequestSummary {
@@ -177,15 +176,15 @@ pub fn request(r: &Reported, wall_offset_ms: i64) -> RequestSummary {
         exec_ms: exec_ms.max(0) as u64,
         source: r.source.clone(),
         runs: r.runs,
-        cpu_seconds: f32s(cpu),
-        peak_rss_bytes: f32s(peak_rss),
-        duration_seconds: f32s(duration),
-        io_bytes: f32s(io),
+        cpu_seconds: wire_band(cpu),
+        peak_rss_bytes: wire_band(peak_rss),
+        duration_seconds: wire_band(duration),
+        io_bytes: wire_band(io),
         used: r.used.map(|[cpu, peak_rss, duration, io]| RequestUse {
-            cpu_seconds: cpu as f32,
-            peak_rss_bytes: peak_rss as f32,
-            duration_seconds: duration as f32,
-            io_bytes: io as f32,
+            cpu_seconds: wire_f32(cpu),
+            peak_rss_bytes: wire_f32(peak_rss),
+            duration_seconds: wire_f32(duration),
+            io_bytes: wire_f32(io),
         }),
     }
 }

@@ -187,6 +187,21 @@ pub struct Summary {
     pub requests_omitted: u32,
 }
 
+/// `v` as a float on the wire: always finite (JSON has none other: a subscriber would find
+/// the message malformed) — NaN as 0, beyond `f32`'s range at its end.
+pub fn wire_f32(v: f64) -> f32 {
+    if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(f32::MIN as f64, f32::MAX as f64) as f32
+    }
+}
+
+/// A band on the wire: p10, p50, p90 ([`wire_f32`]).
+pub fn wire_band(b: &crate::predict::Band) -> [f32; 3] {
+    [wire_f32(b.p10), wire_f32(b.p50), wire_f32(b.p90)]
+}
+
 /// Requests in one summary, at most (a row is ~150 bytes).
 pub const REQUESTS_PER_SUMMARY: usize = 64;
 
@@ -877,6 +892,27 @@ mod tests {
             panic!()
         };
         assert_eq!((s.start_ms, s.workloads[0].read_bytes), (10, 12));
+    }
+
+    /// Whatever a predictor made, its bands go on the wire finite, so a JSON subscriber
+    /// can read the message.
+    #[test]
+    fn bands_go_on_the_wire_finite() {
+        use crate::predict::Band;
+        assert_eq!(wire_f32(f64::NAN), 0.0);
+        assert_eq!(wire_f32(f64::INFINITY), f32::MAX);
+        assert_eq!(wire_f32(-1e300), f32::MIN);
+        assert_eq!(wire_f32(1.5), 1.5);
+        let band = wire_band(&Band {
+            p10: f64::NAN,
+            p50: 2.0,
+            p90: f64::INFINITY,
+        });
+        let mut s = summary(5, 1.0);
+        s.requests[0].cpu_seconds = band;
+        s.workloads[0].forecast.as_mut().unwrap().cpu_cores = band;
+        let e = envelope(1, Body::Summary(s));
+        assert_eq!(Envelope::decode(&e.encode(Payload::Json)).unwrap(), e);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use super::message::{
     NodeSummary, REQUESTS_PER_SUMMARY, RequestSummary, Summary, WorkloadForecast, WorkloadSummary,
+    wire_band,
 };
 use crate::{
     aggregate::{ShadowPoint, Window},
@@ -78,13 +79,12 @@ impl Summarizer {
     /// The forecasts made as a bucket closed: each workload's next step goes into the
     /// summary of the period they are in effect at the end of.
     pub fn forecasts(&mut self, fs: &[Forecast]) {
-        let f32s = |b: &crate::predict::Band| [b.p10 as f32, b.p50 as f32, b.p90 as f32];
         self.forecasts.clear();
         for f in fs {
             if let (Some(c), Some(m)) = (f.of(Target::Cpu).first(), f.of(Target::Memory).first()) {
                 let wf = WorkloadForecast {
-                    cpu_cores: f32s(c),
-                    rss_bytes: f32s(m),
+                    cpu_cores: wire_band(c),
+                    rss_bytes: wire_band(m),
                 };
                 self.forecasts.insert(f.workload.0.clone(), wf);
             }
