@@ -104,6 +104,10 @@ pub struct NodeSeen {
     pub drifts: u64,
     /// Executables' profiles received (rows of `profiles` messages).
     pub profiles: u64,
+    /// Predicted requests that ended (summaries' request rows with what they used), and
+    /// those of them whose CPU seconds were within their predicted p10–p90.
+    pub requests_ended: u64,
+    pub requests_within_cpu: u64,
     #[serde(skip)]
     last_instance: Option<(u64, bool)>,
 }
@@ -185,6 +189,13 @@ impl Hub {
                 seen.workloads = s.node.workloads;
                 seen.cpu_busy = s.node.cpu_busy_mean;
                 seen.cpus = s.node.cpus;
+                for r in &s.requests {
+                    if let Some(u) = r.used {
+                        seen.requests_ended += 1;
+                        let [lo, _, hi] = r.cpu_seconds;
+                        seen.requests_within_cpu += (lo..=hi).contains(&u.cpu_seconds) as u64;
+                    }
+                }
                 self.rows.push(&node, &env, s);
                 self.requests.push(&node, &env, s);
                 self.summaries += 1;
@@ -360,12 +371,31 @@ impl Hub {
     /// The fleet table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<14} {:<16} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}\n",
-            "NODE", "HOST", "STATUS", "SEQ", "SUMMARIES", "DUPS", "MISSING", "WLS", "CPU", "SPOOL"
+            "{:<14} {:<16} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7} {:>12}\n",
+            "NODE",
+            "HOST",
+            "STATUS",
+            "SEQ",
+            "SUMMARIES",
+            "DUPS",
+            "MISSING",
+            "WLS",
+            "CPU",
+            "SPOOL",
+            "REQ IN BAND"
         );
         for (n, v) in &self.nodes {
+            // Of the node's predicted requests that ended, those whose CPU was within
+            // their p10–p90.
+            let in_band = match v.requests_ended {
+                0 => "-".to_string(),
+                n => format!(
+                    "{:.0}% of {n}",
+                    v.requests_within_cpu as f64 * 100.0 / n as f64
+                ),
+            };
             s += &format!(
-                "{:<14} {:<16} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7}{}\n",
+                "{:<14} {:<16} {:>7} {:>8} {:>9} {:>6} {:>9} {:>5} {:>7} {:>7} {:>12}{}\n",
                 crate::view::clip(n, 14),
                 crate::view::clip(&v.hostname, 16),
                 match v.online {
@@ -380,6 +410,7 @@ impl Hub {
                 v.workloads,
                 format!("{:.2}/{}", v.cpu_busy, v.cpus),
                 v.spool_pending,
+                in_band,
                 if v.duplicate_id {
                     "  TWO DEVICES ON ONE NODE ID"
                 } else {
@@ -1035,7 +1066,7 @@ mod tests {
                         runs: 3,
                         cpu_seconds: [1.0, 2.0, 3.0],
                         used: (i == 1).then_some(crate::publish::RequestUse {
-                            cpu_seconds: 2.5,
+                            cpu_seconds: if seq == 2 { 9.0 } else { 2.5 },
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -1102,6 +1133,9 @@ mod tests {
             ),
             (3, 1, 0, 1)
         );
+        // Of their requests, one a summary ended: two within their CPU band.
+        assert_eq!((seen.requests_ended, seen.requests_within_cpu), (3, 2));
+        assert!(hub.table().contains("67% of 3"), "{}", hub.table());
         let path = hub.flush().unwrap().unwrap();
         assert!(hub.flush().unwrap().is_none());
         let r = SerializedFileReader::new(fs::File::open(&path).unwrap()).unwrap();
