@@ -555,7 +555,9 @@ impl Envelope {
             Kind::Profiles => Body::Profiles(serde_json::from_value(body).map_err(bad)?),
         };
         Ok(Envelope {
-            schema: head.schema,
+            // Converted, as a postcard one is: its body is of this schema now (re-encoded, it
+            // must not claim an older one's shape).
+            schema: SCHEMA,
             node: head.node,
             seq: head.seq,
             time_ms: head.time_ms,
@@ -723,6 +725,7 @@ mod tests {
             "body": body.take(),
         });
         let e = Envelope::decode(json.to_string().as_bytes()).unwrap();
+        assert_eq!(e.schema, SCHEMA);
         assert!(matches!(e.body, Body::Summary(b) if b == s));
     }
 
