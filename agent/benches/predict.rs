@@ -3,7 +3,7 @@
 //! steps, 4 targets, 3 quantiles — as it is, calibrated, as the live agent runs it (the
 //! candidate baselines blended per workload, calibrated), and the fallback baseline), and
 //! a per-request prediction from the profile store and through the
-//! shipped request model.
+//! shipped request model, alone and as the live agent makes it from an exec event.
 //! `cargo bench -p umbra --bench predict` (or `cargo xtask bench micro`).
 
 mod common;
@@ -13,11 +13,13 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use umbra::{
     aggregate::WorkloadId,
+    capture::{Argv, ArgvSource, Identity, Lifecycle, LifecycleKind},
     predict::{
         PredictConfig, Predictor, baseline,
         calibrate::{Calibrated, CalibrationConfig},
         exec::{Exec, ProfileBaseline, RequestPredictor, load_request_model},
         onnx::{Model, OnnxForecaster},
+        per_request::{self, ProfilePredictor},
         profiles::{ProfileStore, Run},
         request::{DEFAULT_HASH_BUCKETS, ExecFacts, NodeLoad, RequestFeaturizer},
         runtime::default_runtime,
@@ -177,6 +179,50 @@ fn requests(c: &mut Criterion) {
                 },
                 &row,
             ))
+        })
+    });
+    // The live agent's whole path from an exec event: the process's executable read from
+    // /proc (this bench's own, its fingerprint cached after the first), the request opened,
+    // its row made, the shipped request model over a profile of 64 runs.
+    let me = std::env::current_exe().expect("the bench's executable");
+    let exe = me.to_str().expect("a UTF-8 path").to_string();
+    let key = format!(
+        "exe:{}",
+        Identity::new()
+            .exe_hash(u32::MAX, Some(&exe))
+            .expect("the bench's executable, hashed")
+    );
+    let mut own = ProfileStore::in_memory(16);
+    for r in 0..64u64 {
+        let v = (r % 17) as f32;
+        let run = Run {
+            outcome: [v * 0.01, v * 1e6, v * 0.02, v * 1e5],
+            input_bytes: 0,
+            ended_ms: r,
+            used: None,
+        };
+        own.record(&key, "predict", "cargo", run)
+            .expect("in memory");
+    }
+    let mut live = ProfilePredictor::new(own).with_model(per_request::request_model("shipped"));
+    let pid = std::process::id();
+    let ev = Lifecycle {
+        kind: LifecycleKind::Exec {
+            filename: exe.clone(),
+            argv: Argv::from_raw(b"predict\0--bench\0", 16, ArgvSource::Proc),
+            inputs: Vec::new(),
+        },
+        pid,
+        tgid: pid,
+        ppid: None,
+        timestamp_ns: 1,
+        cgroup_id: 0,
+        comm: "predict".into(),
+    };
+    g.bench_function("live exec", |b| {
+        b.iter(|| {
+            live.event(black_box(&ev));
+            black_box(live.predict_exec(black_box(&ev)).expect("a prediction"))
         })
     });
     g.finish();

@@ -35,7 +35,7 @@ use crate::{
     config::Config,
     insight::{Insights, Note, NoteKind, Reservation, next_bands},
     predict::{
-        Forecast, ForecastStage, RequestPrediction,
+        Forecast, ForecastStage,
         per_request::{self, ProfilePredictor, Reported},
         runtime,
     },
@@ -179,11 +179,11 @@ pub struct Agent<O: Output> {
     forecasts: Vec<Forecast>,
     allocate: Option<Allocator>,
     /// Per-request predictions (the profile store): every exec predicted, for the
-    /// allocator's per-request placement and for summaries. A live agent predicts at the
-    /// exec; a replay at the process's first sample (where a recording names its
-    /// executable), from a store of the replay's own runs.
+    /// allocator's per-request placement (at the exec) and for summaries (at the process's
+    /// first sample, where capture — or a recording — names its executable). A replay's
+    /// store holds its own runs.
     requests: Option<ProfilePredictor>,
-    /// A replay's execs whose first sample has not come yet: exec time and file name.
+    /// Execs not predicted yet, whose first sample has not come: exec time and file name.
     unsampled: FastMap<u32, (u64, String)>,
     /// Requests predicted and ended since the last window, for the output.
     reported: Vec<Reported>,
@@ -674,28 +674,41 @@ impl<O: Output> Agent<O> {
         }
     }
 
-    /// An exec or exit, to the per-request predictions: a live agent predicts each exec as
-    /// it happens; a replay waits for its first sample.
-    fn request_event(&mut self, ev: &Lifecycle) -> Option<RequestPrediction> {
-        let r = self.requests.as_mut()?;
-        r.event(ev);
-        let LifecycleKind::Exec { filename, .. } = &ev.kind else {
-            return None;
+    /// An exec or exit, to the per-request predictions: a request opened (or ended), and
+    /// the exec predicted at its process's first sample, where capture has named its
+    /// executable — unless the allocator places it on its own and asks for its prediction
+    /// now ([`Allocator::on_exec`]; a live agent only).
+    fn request_event(&mut self, ev: &Lifecycle) {
+        let Some(r) = &mut self.requests else {
+            return;
         };
-        let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
-        if !self.live {
+        r.event(ev);
+        if let LifecycleKind::Exec { filename, .. } = &ev.kind {
+            let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
             if self.unsampled.len() >= per_request::MAX_KEYS {
                 self.unsampled.clear();
             }
             self.unsampled
                 .insert(tgid, (ev.timestamp_ns, filename.clone()));
-            return None;
         }
-        r.predict_exec(ev)
+        let Some(a) = &mut self.allocate else {
+            return;
+        };
+        let (live, unsampled) = (self.live, &mut self.unsampled);
+        let mut predict = |tgid: u32, _: &str| {
+            // Read from /proc: the exec's own process only while it runs.
+            live.then(|| {
+                unsampled.remove(&tgid);
+                r.predict_exec(ev)
+            })
+            .flatten()
+        };
+        let ds = a.on_exec(ev, &mut predict, &self.control);
+        self.decided.extend(ds);
     }
 
-    /// A tick, to the per-request predictions: a replay's new processes predicted, the
-    /// requests that ended learned, and what was predicted and ended to the summaries.
+    /// A tick, to the per-request predictions: the new processes predicted, the requests
+    /// that ended learned, and what was predicted and ended to the summaries.
     fn request_tick(&mut self, t: &Tick, w: &Window) {
         let Some(r) = &mut self.requests else {
             return;
@@ -703,7 +716,8 @@ impl<O: Output> Agent<O> {
         if !self.unsampled.is_empty() {
             for s in &t.samples {
                 if let Some((exec_ns, exe)) = self.unsampled.remove(&s.tgid) {
-                    r.predict_key(s.tgid, &exe_key(s).0.0, &exe, exec_ns);
+                    let (key, name) = exe_key(s);
+                    r.predict_shown(s.tgid, &key.0, &exe, &name, exec_ns);
                 }
             }
             // Every process exec'd before the tick has a sample in it (a final one if it
@@ -781,11 +795,10 @@ impl<O: Output> Sink for Agent<O> {
         let t = match item {
             CaptureItem::Tick(t) => t,
             CaptureItem::Event(ev) => {
-                let made = self.request_event(&ev);
-                if let Some(a) = &mut self.allocate {
-                    let mut predict =
-                        |tgid: u32, _: &str| made.as_ref().filter(|p| p.tgid == tgid).cloned();
-                    let ds = a.on_exec(&ev, &mut predict, &self.control);
+                if self.requests.is_some() {
+                    self.request_event(&ev);
+                } else if let Some(a) = &mut self.allocate {
+                    let ds = a.on_exec(&ev, &mut |_, _| None, &self.control);
                     self.decided.extend(ds);
                 }
                 return Ok(());

@@ -366,7 +366,7 @@ impl ProfilePredictor {
         let exe = procfs::exe_bytes(tgid).unwrap_or_else(|| filename.as_bytes().to_vec());
         let cwd = PathBuf::from(format!("/proc/{tgid}/cwd"));
         if let Some(app) = self.identity.app_key(&exe, argv, &cwd) {
-            return self.predict_key(tgid, &app.key, &app.name, ev.timestamp_ns);
+            return self.predict_shown(tgid, &app.key, filename, &app.name, ev.timestamp_ns);
         }
         self.predict(tgid, &String::from_utf8_lossy(&exe), ev.timestamp_ns)
     }
@@ -378,6 +378,20 @@ impl ProfilePredictor {
         tgid: u32,
         key: &str,
         exe: &str,
+        exec_ns: u64,
+    ) -> Option<RequestPrediction> {
+        let shown = exe.rsplit('/').next().unwrap_or(exe);
+        self.predict_shown(tgid, key, exe, shown, exec_ns)
+    }
+
+    /// [`predict_key`](Self::predict_key), reported as `shown` (the program an interpreter
+    /// runs: its workload's name).
+    pub fn predict_shown(
+        &mut self,
+        tgid: u32,
+        key: &str,
+        exe: &str,
+        shown: &str,
         exec_ns: u64,
     ) -> Option<RequestPrediction> {
         let facts = self.tracker.facts(tgid);
@@ -441,7 +455,7 @@ impl ProfilePredictor {
             tgid,
             exec_ns,
             key: key.to_string(),
-            name: e.name.to_string(),
+            name: shown.to_string(),
             source: made_by,
             runs: runs as u32,
             bands: p.bands(),
@@ -667,6 +681,63 @@ mod tests {
         let mut quiet = ProfilePredictor::new(ProfileStore::in_memory(16));
         quiet.predict_key(7, &key, exe, 1);
         assert_eq!(quiet.take_reports(), (Vec::new(), 0));
+    }
+
+    /// A live exec of a script is predicted from the script's runs (keyed as capture keys
+    /// its process), not from its shell's, and reported by the script's name.
+    #[test]
+    fn a_scripts_exec_is_predicted_from_the_scripts_runs() {
+        use crate::capture::{Argv, ArgvSource};
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("job.sh");
+        std::fs::write(&script, "sleep 5\n").unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg(&script)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let raw = format!("sh\0{}\0", script.display());
+        let argv = Argv::from_raw(raw.as_bytes(), raw.len() as u32, ArgvSource::Kernel);
+        let exe = procfs::exe_bytes(pid).unwrap();
+        let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
+        let app = Identity::new().app_key(&exe, &argv, &cwd).unwrap();
+        assert!(app.key.starts_with("script:sha256:"), "{app:?}");
+        let mut store = ProfileStore::in_memory(16);
+        for _ in 0..5 {
+            let o = Outcome {
+                cpu_seconds: 0.5,
+                peak_rss_bytes: 1e6,
+                duration_seconds: 5.0,
+                io_bytes: 0.0,
+            };
+            store
+                .record(&app.key, "sh", "bash", Run::new(&o, 0, 1))
+                .unwrap();
+        }
+        let mut p = ProfilePredictor::new(store).reporting();
+        let ev = Lifecycle {
+            kind: LifecycleKind::Exec {
+                filename: "/bin/sh".into(),
+                argv,
+                inputs: Vec::new(),
+            },
+            pid,
+            tgid: pid,
+            ppid: None,
+            timestamp_ns: 1,
+            cgroup_id: 0,
+            comm: "sh".into(),
+        };
+        let made = p.predict_exec(&ev);
+        let _ = child.kill();
+        let _ = child.wait();
+        let made = made.expect("a prediction from the script's runs");
+        assert_eq!(
+            (made.workload.0.as_str(), made.cpu_seconds.p50),
+            (app.key.as_str(), 0.5)
+        );
+        let (rs, _) = p.take_reports();
+        assert_eq!((rs[0].name.as_str(), rs[0].runs), ("job.sh", 5));
     }
 
     /// The record is kept with the runs: after a restart (here a crash: nothing saved but
