@@ -484,6 +484,9 @@ impl Envelope {
         if schema > SCHEMA {
             return Err(DecodeError::NewerSchema { found: schema });
         }
+        if schema == 0 {
+            return Err(DecodeError::Malformed("schema version 0: none has it".into()));
+        }
         let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
         if schema == 1 {
             return postcard::from_bytes::<super::message_v1::Envelope>(bytes)
@@ -543,6 +546,9 @@ impl Envelope {
             serde_json::from_value(v).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if head.schema > SCHEMA {
             return Err(DecodeError::NewerSchema { found: head.schema });
+        }
+        if head.schema == 0 {
+            return Err(DecodeError::Malformed("schema version 0: none has it".into()));
         }
         let kind = Kind::from_name(&head.kind).ok_or(DecodeError::UnknownKind(head.kind))?;
         let bad = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
@@ -926,6 +932,12 @@ mod tests {
             let err = Envelope::decode(&e.encode(p)).unwrap_err();
             assert!(matches!(err, DecodeError::NewerSchema { found } if found == SCHEMA + 1));
             assert!(err.to_string().contains("upgrade"), "{err}");
+        }
+        // No schema 0 ever was (found by the mqtt_message fuzz target).
+        e.schema = 0;
+        for p in [Payload::Postcard, Payload::Json] {
+            let err = Envelope::decode(&e.encode(p)).unwrap_err();
+            assert!(err.to_string().contains("schema version 0"), "{err}");
         }
     }
 
