@@ -287,20 +287,24 @@ impl Hub {
         );
         let requests = std::mem::take(&mut self.requests);
         if requests.len > 0 {
-            let path = self.write(&format!("requests-{stamp}.parquet"), |p| requests.write(p))?;
+            let path = self.write(&format!("requests-{stamp}.parquet"), |p| {
+                requests.write(p, REQUESTS_SCHEMA)
+            })?;
             info!(file = %path.display(), rows = requests.len, "Requests stored");
         }
         let rows = std::mem::take(&mut self.rows);
         if rows.len == 0 {
             return Ok(None);
         }
-        let path = self.write(&format!("summaries-{stamp}.parquet"), |p| rows.write(p))?;
+        let path = self.write(&format!("summaries-{stamp}.parquet"), |p| {
+            rows.write(p, SCHEMA)
+        })?;
         info!(file = %path.display(), rows = rows.len, "Summaries stored");
         Ok(Some(path))
     }
 
     /// A table written whole by `write` under the data dir as `name`, then renamed into
-    /// place.
+    /// place (over the last of that name).
     fn write(
         &self,
         name: &str,
@@ -322,23 +326,11 @@ impl Hub {
     /// Every node's executables' latest profiles as `<data>/profiles.parquet` (written
     /// whole, then renamed over the last).
     fn write_profiles(&mut self) -> Result<(), HubError> {
-        let path = self.data.join(PROFILES_FILE);
-        let tmp = self.data.join(format!(".{PROFILES_FILE}.tmp"));
-        let n = self.profiles.len();
-        let mut strs: [Vec<ByteArray>; 4] = Default::default();
-        let mut ints: [Vec<i64>; 4] = Default::default();
-        let mut floats: [Vec<f32>; 15] = std::array::from_fn(|_| Vec::with_capacity(n));
+        let mut t = Columns::<4, 4, 15, 0, 0>::default();
         for ((node, key), (time_ms, r)) in &self.profiles {
-            for (c, v) in strs.iter_mut().zip([node, key, &r.name, &r.parent]) {
-                c.push(ByteArray::from(v.as_bytes().to_vec()));
-            }
-            let i = |v: u64| v.min(i64::MAX as u64) as i64;
-            for (c, v) in ints
-                .iter_mut()
-                .zip([*time_ms, r.runs as u64, r.total_runs, r.last_ms])
-            {
-                c.push(i(v));
-            }
+            t.len += 1;
+            t.push_strs([node, key, &r.name, &r.parent]);
+            t.push_ints([*time_ms, r.runs as u64, r.total_runs, r.last_ms]);
             let qs = [
                 r.cpu_seconds,
                 r.peak_rss_bytes,
@@ -346,21 +338,13 @@ impl Hub {
                 r.io_bytes,
                 r.input_bytes,
             ];
-            for (c, v) in floats.iter_mut().zip(qs.iter().flatten()) {
+            for (c, v) in t.floats.iter_mut().zip(qs.iter().flatten()) {
                 c.push(*v);
             }
         }
-        let parquet = |message| HubError::Parquet {
-            path: path.clone(),
-            message,
-        };
-        write_table(&tmp, PROFILES_SCHEMA, &strs, &ints, &floats, &[], &[]).map_err(parquet)?;
-        fs::rename(&tmp, &path).map_err(|source| HubError::Data {
-            path: path.clone(),
-            source,
-        })?;
+        let path = self.write(PROFILES_FILE, |p| t.write(p, PROFILES_SCHEMA))?;
         self.profiles_changed = false;
-        info!(file = %path.display(), rows = n, "Profiles stored");
+        info!(file = %path.display(), rows = t.len, "Profiles stored");
         Ok(())
     }
 
@@ -445,17 +429,64 @@ fn flag_duplicate(node: &str, seen: &mut NodeSeen, why: &str) {
     seen.duplicate_id = true;
 }
 
-/// Column buffers of the `summaries` table.
-#[derive(Default)]
-struct Rows {
+/// Column buffers of one table, in its schema's order: strings, ints, floats, bools,
+/// optional floats ([`write_table`]).
+struct Columns<const S: usize, const I: usize, const F: usize, const B: usize, const O: usize> {
     len: usize,
-    strs: [Vec<ByteArray>; 3],
-    ints: [Vec<i64>; 22],
-    floats: [Vec<f32>; 4],
-    bools: [Vec<bool>; 1],
-    /// PSI (cpu, memory, io), then the forecast's p10, p50, p90 of CPU and of RSS.
-    opts: [Vec<Option<f32>>; 9],
+    strs: [Vec<ByteArray>; S],
+    ints: [Vec<i64>; I],
+    floats: [Vec<f32>; F],
+    bools: [Vec<bool>; B],
+    opts: [Vec<Option<f32>>; O],
 }
+
+impl<const S: usize, const I: usize, const F: usize, const B: usize, const O: usize> Default
+    for Columns<S, I, F, B, O>
+{
+    fn default() -> Self {
+        Columns {
+            len: 0,
+            strs: std::array::from_fn(|_| Vec::new()),
+            ints: std::array::from_fn(|_| Vec::new()),
+            floats: std::array::from_fn(|_| Vec::new()),
+            bools: std::array::from_fn(|_| Vec::new()),
+            opts: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+}
+
+impl<const S: usize, const I: usize, const F: usize, const B: usize, const O: usize>
+    Columns<S, I, F, B, O>
+{
+    fn push_strs(&mut self, vs: [&str; S]) {
+        for (c, v) in self.strs.iter_mut().zip(vs) {
+            c.push(ByteArray::from(v.as_bytes().to_vec()));
+        }
+    }
+
+    /// Saturated at `i64::MAX`.
+    fn push_ints(&mut self, vs: [u64; I]) {
+        for (c, v) in self.ints.iter_mut().zip(vs) {
+            c.push(v.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    fn write(&self, path: &Path, schema: &str) -> Result<(), String> {
+        write_table(
+            path,
+            schema,
+            &self.strs,
+            &self.ints,
+            &self.floats,
+            &self.bools,
+            &self.opts,
+        )
+    }
+}
+
+/// Column buffers of the `summaries` table; its optional floats: PSI (cpu, memory, io),
+/// then the forecast's p10, p50, p90 of CPU and of RSS.
+type Rows = Columns<3, 22, 4, 1, 9>;
 
 /// The schema, in column order: strings, ints, floats, bools, optional floats.
 const SCHEMA: &str = "message summaries {
@@ -502,17 +533,10 @@ const SCHEMA: &str = "message summaries {
 
 impl Rows {
     fn push(&mut self, node: &str, env: &Envelope, s: &Summary) {
-        let i = |v: u64| v.min(i64::MAX as u64) as i64;
         for w in s.workloads.iter().chain(&s.other) {
             self.len += 1;
-            for (c, v) in self
-                .strs
-                .iter_mut()
-                .zip([node, w.workload.as_str(), w.name.as_str()])
-            {
-                c.push(ByteArray::from(v.as_bytes().to_vec()));
-            }
-            let ints = [
+            self.push_strs([node, &w.workload, &w.name]);
+            self.push_ints([
                 env.seq,
                 env.time_ms,
                 s.start_ms,
@@ -535,10 +559,7 @@ impl Rows {
                 w.syscalls,
                 s.node.cpus as u64,
                 s.node.mem_available_min_bytes,
-            ];
-            for (c, v) in self.ints.iter_mut().zip(ints) {
-                c.push(i(v));
-            }
+            ]);
             let floats = [
                 w.cpu_cores_mean,
                 w.cpu_cores_max,
@@ -559,31 +580,11 @@ impl Rows {
             }
         }
     }
-
-    fn write(&self, path: &Path) -> Result<(), String> {
-        write_table(
-            path,
-            SCHEMA,
-            &self.strs,
-            &self.ints,
-            &self.floats,
-            &self.bools,
-            &self.opts,
-        )
-    }
 }
 
-/// Column buffers of the `requests` table.
-#[derive(Default)]
-struct RequestRows {
-    len: usize,
-    strs: [Vec<ByteArray>; 4],
-    ints: [Vec<i64>; 5],
-    floats: [Vec<f32>; 12],
-    bools: [Vec<bool>; 1],
-    /// What it used (none until it ended).
-    opts: [Vec<Option<f32>>; 4],
-}
+/// Column buffers of the `requests` table; its optional floats: what the request used
+/// (none until it ended).
+type RequestRows = Columns<4, 5, 12, 1, 4>;
 
 /// The `requests` table: one row per request row of a summary (a request predicted in
 /// one summary's period and ended in a later one has two rows, joined by node, pid and
@@ -619,16 +620,10 @@ const REQUESTS_SCHEMA: &str = "message requests {
 
 impl RequestRows {
     fn push(&mut self, node: &str, env: &Envelope, s: &Summary) {
-        let i = |v: u64| v.min(i64::MAX as u64) as i64;
         for r in &s.requests {
             self.len += 1;
-            for (c, v) in self.strs.iter_mut().zip([node, &r.key, &r.name, &r.source]) {
-                c.push(ByteArray::from(v.as_bytes().to_vec()));
-            }
-            let ints = [env.seq, env.time_ms, r.pid as u64, r.exec_ms, r.runs as u64];
-            for (c, v) in self.ints.iter_mut().zip(ints) {
-                c.push(i(v));
-            }
+            self.push_strs([node, &r.key, &r.name, &r.source]);
+            self.push_ints([env.seq, env.time_ms, r.pid as u64, r.exec_ms, r.runs as u64]);
             let bands = [
                 r.cpu_seconds,
                 r.peak_rss_bytes,
@@ -650,18 +645,6 @@ impl RequestRows {
                 c.push(v);
             }
         }
-    }
-
-    fn write(&self, path: &Path) -> Result<(), String> {
-        write_table(
-            path,
-            REQUESTS_SCHEMA,
-            &self.strs,
-            &self.ints,
-            &self.floats,
-            &self.bools,
-            &self.opts,
-        )
     }
 }
 

@@ -485,7 +485,9 @@ impl Envelope {
             return Err(DecodeError::NewerSchema { found: schema });
         }
         if schema == 0 {
-            return Err(DecodeError::Malformed("schema version 0: none has it".into()));
+            return Err(DecodeError::Malformed(
+                "schema version 0: none has it".into(),
+            ));
         }
         let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
         if schema == 1 {
@@ -548,7 +550,9 @@ impl Envelope {
             return Err(DecodeError::NewerSchema { found: head.schema });
         }
         if head.schema == 0 {
-            return Err(DecodeError::Malformed("schema version 0: none has it".into()));
+            return Err(DecodeError::Malformed(
+                "schema version 0: none has it".into(),
+            ));
         }
         let kind = Kind::from_name(&head.kind).ok_or(DecodeError::UnknownKind(head.kind))?;
         let bad = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
