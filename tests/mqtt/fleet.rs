@@ -35,6 +35,28 @@ fn bodies(lines: &[serde_json::Value], node: &str) -> BTreeMap<u64, serde_json::
         .collect()
 }
 
+/// `rec` replayed as fast as it goes by an agent of config `cfg` publishing as `node`,
+/// until the subscriber writing `out` holds `want` summaries in all; the node's, decoded.
+fn replayed(d: &Path, out: &Path, cfg: &Path, rec: &Path, node: &str, want: usize) -> Vec<Summary> {
+    let mut a = replay_publish(
+        cfg,
+        rec,
+        &["--as-fast-as-possible"],
+        d.join(format!("{node}.log")),
+    );
+    assert!(a.wait_exit(Duration::from_secs(60)), "{}", a.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || json_lines(out).len() >= want),
+        "{} of {want} summaries arrived; agent log: {}",
+        json_lines(out).len(),
+        a.log()
+    );
+    bodies(&json_lines(out), node)
+        .into_values()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
+}
+
 #[test]
 fn replayed_summaries_arrive_and_decode_to_the_same_values() {
     if !have_mosquitto("replayed_summaries_arrive_and_decode_to_the_same_values") {
@@ -57,27 +79,13 @@ fn replayed_summaries_arrive_and_decode_to_the_same_values() {
         let expected = expected_summaries(&cfg, &rec);
         assert!(expected.len() >= 4, "{} summaries", expected.len());
         want += expected.len();
-        let mut a = replay_publish(
-            &cfg,
-            &rec,
-            &["--as-fast-as-possible"],
-            d.path().join(format!("{node}.log")),
-        );
-        assert!(a.wait_exit(Duration::from_secs(30)), "{}", a.log());
-        assert!(
-            wait_until(Duration::from_secs(10), || json_lines(&out).len() >= want),
-            "{} of {want} summaries arrived; agent log: {}",
-            json_lines(&out).len(),
-            a.log()
-        );
-        let got = bodies(&json_lines(&out), node);
         // Their requests are checked against the recording below.
-        let got: Vec<Summary> = got
-            .into_values()
-            .map(|v| Summary {
+        let got: Vec<Summary> = replayed(d.path(), &out, &cfg, &rec, node, want)
+            .into_iter()
+            .map(|s| Summary {
                 requests: Vec::new(),
                 requests_omitted: 0,
-                ..serde_json::from_value(v).unwrap()
+                ..s
             })
             .collect();
         assert_eq!(got, expected, "{node} ({payload})");
@@ -115,23 +123,8 @@ fn replayed_summaries_carry_each_requests_prediction_and_what_it_used() {
     let rec = fixture("compress.umbra");
     let cfg = agent_config(d.path(), &b.url(), "rq", "summary_every_ms = 3000");
     let want = expected_summaries(&cfg, &rec).len();
-    let mut a = replay_publish(
-        &cfg,
-        &rec,
-        &["--as-fast-as-possible"],
-        d.path().join("agent.log"),
-    );
-    assert!(a.wait_exit(Duration::from_secs(60)), "{}", a.log());
-    assert!(
-        wait_until(Duration::from_secs(10), || json_lines(&out).len() >= want),
-        "{}",
-        a.log()
-    );
+    let summaries = replayed(d.path(), &out, &cfg, &rec, "rq", want);
     drop(s);
-    let summaries: Vec<Summary> = bodies(&json_lines(&out), "rq")
-        .into_values()
-        .map(|v| serde_json::from_value(v).unwrap())
-        .collect();
     // The recording: each process's execs and exit (boot clock: its final sample's, else
     // its exit event's), its CPU time, and the
     // clocks' offset at the first tick (the agent dates execs by it).

@@ -1011,6 +1011,15 @@ mod tests {
         .encode(Payload::Postcard)
     }
 
+    /// Each row of the Parquet file at `path`, as text.
+    fn table_rows(path: &Path) -> Vec<String> {
+        let r = SerializedFileReader::new(fs::File::open(path).unwrap()).unwrap();
+        r.get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().to_string())
+            .collect()
+    }
+
     fn summary_msg(node: &str, seq: u64, workloads: usize) -> Vec<u8> {
         encoded(
             node,
@@ -1137,12 +1146,7 @@ mod tests {
         // Their requests: a table of their own, beside.
         let name = path.file_name().unwrap().to_str().unwrap();
         let requests = path.with_file_name(name.replace("summaries-", "requests-"));
-        let r = SerializedFileReader::new(fs::File::open(&requests).unwrap()).unwrap();
-        let rows: Vec<String> = r
-            .get_row_iter(None)
-            .unwrap()
-            .map(|r| r.unwrap().to_string())
-            .collect();
+        let rows = table_rows(&requests);
         assert_eq!(rows.len(), 6, "{rows:#?}");
         assert!(
             rows[0].contains("seq: 1")
@@ -1188,12 +1192,7 @@ mod tests {
         assert_eq!(hub.nodes["n1"].profiles, 2);
         assert!(hub.flush().unwrap().is_none(), "no summaries");
         let path = d.path().join(PROFILES_FILE);
-        let r = SerializedFileReader::new(fs::File::open(&path).unwrap()).unwrap();
-        let rows: Vec<String> = r
-            .get_row_iter(None)
-            .unwrap()
-            .map(|r| r.unwrap().to_string())
-            .collect();
+        let rows = table_rows(&path);
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert!(
             rows[0].contains("node: \"n1\"")

@@ -530,38 +530,61 @@ mod tests {
     /// What each predicted request used of its prediction joins its executable's record
     /// when it ends, and the record comes with the executable's next predictions: the
     /// last [`RECORD`] requests, oldest first.
-    #[test]
-    fn an_executables_predicted_requests_make_its_record() {
+    /// This test's executable: its path and its profile's key.
+    fn me() -> (String, String) {
         let me = std::env::current_exe().unwrap();
-        let exe = me.to_str().unwrap();
-        let mut id = Identity::new();
-        let key = format!("exe:{}", id.exe_hash(u32::MAX, Some(exe)).unwrap());
-        let o = |cpu: f64, peak: f64| Outcome {
+        let exe = me.to_str().unwrap().to_string();
+        let key = format!(
+            "exe:{}",
+            Identity::new().exe_hash(u32::MAX, Some(&exe)).unwrap()
+        );
+        (exe, key)
+    }
+
+    /// What a 2 s request used: `cpu` seconds, a peak of `peak` bytes, 7 bytes of I/O.
+    fn o(cpu: f64, peak: f64) -> Outcome {
+        Outcome {
             cpu_seconds: cpu,
             peak_rss_bytes: peak,
             duration_seconds: 2.0,
-            io_bytes: 0.0,
-        };
+            io_bytes: 7.0,
+        }
+    }
+
+    /// A store holding ten runs of `key` (1 CPU second, 100 MB each).
+    fn store_of(key: &str) -> ProfileStore {
         let mut store = ProfileStore::in_memory(16);
         for _ in 0..10 {
             store
-                .record(&key, "me", "sh", Run::new(&o(1.0, 1e8), 0, 1))
+                .record(key, "me", "sh", Run::new(&o(1.0, 1e8), 0, 1))
                 .unwrap();
         }
-        let mut p = ProfilePredictor::new(store);
+        store
+    }
+
+    /// `tgid`'s request of `key`, exec'd at `exec_ns`, ended having used `outcome`.
+    fn end(p: &mut ProfilePredictor, tgid: u32, key: &str, exec_ns: u64, outcome: Outcome) {
+        p.learn(&Completed {
+            tgid,
+            exec_ns,
+            ended_ms: 2,
+            facts: ExecFacts {
+                key: key.into(),
+                ..Default::default()
+            },
+            features: Vec::new(),
+            outcome,
+        })
+    }
+
+    #[test]
+    fn an_executables_predicted_requests_make_its_record() {
+        let (exe, key) = me();
+        let exe = exe.as_str();
+        let mut p = ProfilePredictor::new(store_of(&key));
         let pid = std::process::id();
         let end = |p: &mut ProfilePredictor, exec_ns: u64, outcome: Outcome| {
-            p.learn(&Completed {
-                tgid: pid,
-                exec_ns,
-                ended_ms: 2,
-                facts: ExecFacts {
-                    key: key.clone(),
-                    ..Default::default()
-                },
-                features: Vec::new(),
-                outcome,
-            })
+            end(p, pid, &key, exec_ns, outcome)
         };
         let first = p.predict(pid, exe, 1).unwrap();
         assert!(first.record.is_empty(), "{first:?}");
@@ -593,40 +616,14 @@ mod tests {
     /// reports are counted.
     #[test]
     fn predictions_and_their_ends_are_reported() {
-        let me = std::env::current_exe().unwrap();
-        let exe = me.to_str().unwrap();
-        let mut id = Identity::new();
-        let key = format!("exe:{}", id.exe_hash(u32::MAX, Some(exe)).unwrap());
-        let o = |cpu: f64, peak: f64| Outcome {
-            cpu_seconds: cpu,
-            peak_rss_bytes: peak,
-            duration_seconds: 2.0,
-            io_bytes: 7.0,
-        };
-        let mut store = ProfileStore::in_memory(16);
-        for _ in 0..10 {
-            store
-                .record(&key, "me", "sh", Run::new(&o(1.0, 1e8), 0, 1))
-                .unwrap();
-        }
+        let (exe, key) = me();
+        let exe = exe.as_str();
+        let mut store = store_of(&key);
         for k in 0..3 {
             let run = Run::new(&o(1.0, 1e8), 0, 1);
             store.record(&format!("exe:{k}"), "kin", "sh", run).unwrap();
         }
         let mut p = ProfilePredictor::new(store).reporting();
-        let end = |p: &mut ProfilePredictor, tgid: u32, key: &str, exec_ns: u64, o: Outcome| {
-            p.learn(&Completed {
-                tgid,
-                exec_ns,
-                ended_ms: 2,
-                facts: ExecFacts {
-                    key: key.into(),
-                    ..Default::default()
-                },
-                features: Vec::new(),
-                outcome: o,
-            })
-        };
         let pid = std::process::id();
         let made = p.predict(pid, exe, 5).unwrap();
         assert!(p.predict(0, exe, 6).is_some(), "a reservation");
@@ -636,11 +633,7 @@ mod tests {
             tgid: pid,
             exec_ns: 5,
             key: key.clone(),
-            name: made
-                .source
-                .is_empty()
-                .then(String::new)
-                .unwrap_or_else(|| me.file_name().unwrap().to_str().unwrap().to_string()),
+            name: exe.rsplit('/').next().unwrap().to_string(),
             source: "profile".into(),
             runs: 10,
             bands: made.bands(),
