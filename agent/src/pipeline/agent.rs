@@ -373,6 +373,7 @@ impl<O: Output> Agent<O> {
                 .as_ref()
                 .map(|a| Box::new(wire::allocation_status(&a.stats(), self.decisions))),
             predict: self.forecast.as_ref().map(|f| Box::new(f.status())),
+            requests: self.requests.as_ref().map(|r| Box::new(r.status())),
             ..Default::default()
         };
         if let Some(p) = &self.publish {

@@ -31,6 +31,7 @@ use crate::{
     FastMap,
     aggregate::Window,
     capture::{Identity, Lifecycle, LifecycleKind, Tick, procfs},
+    publish::RequestStatus,
 };
 
 /// Profiles kept by the agent's store.
@@ -156,6 +157,11 @@ pub struct ProfilePredictor {
     /// ([`reporting`](Self::reporting)), and those beyond [`REPORTED`].
     reports: Option<Vec<Reported>>,
     reports_dropped: u64,
+    /// Since start: execs predicted; of them, those that ended, and those whose CPU
+    /// seconds were within their p10–p90.
+    predicted: u64,
+    ended: u64,
+    within_cpu: u64,
     row: Vec<f32>,
     row_f64: Vec<f64>,
     /// Runs kept in memory only (the journal could not be written), and the last error.
@@ -183,6 +189,9 @@ impl ProfilePredictor {
             made: FastMap::default(),
             reports: None,
             reports_dropped: 0,
+            predicted: 0,
+            ended: 0,
+            within_cpu: 0,
             row: Vec::new(),
             row_f64: Vec::new(),
             unjournaled: 0,
@@ -231,6 +240,17 @@ impl ProfilePredictor {
     /// names (`predict.request_model`).
     pub fn in_memory(setting: &str) -> ProfilePredictor {
         ProfilePredictor::new(ProfileStore::in_memory(MAX_KEYS)).with_model(request_model(setting))
+    }
+
+    /// What the fleet's status says of the per-request predictions.
+    pub fn status(&self) -> RequestStatus {
+        RequestStatus {
+            model: self.model_name().map(str::to_string),
+            profiles: self.store.len() as u32,
+            predicted: self.predicted,
+            ended: self.ended,
+            within_cpu: self.within_cpu,
+        }
     }
 
     /// The request model in use, by name.
@@ -311,6 +331,9 @@ impl ProfilePredictor {
                 // Its executable's record: kept with the run, so it lasts as the runs do.
                 run.used = Some(used(&m.emitted, &c.outcome));
             }
+            self.ended += 1;
+            let cpu = &m.emitted[0];
+            self.within_cpu += (cpu.p10..=cpu.p90).contains(&c.outcome.cpu_seconds) as u64;
             if let Some(mut r) = m.reported {
                 let o = &c.outcome;
                 let peak = if o.peak_rss_bytes >= MEASURED_RSS as f64 {
@@ -463,6 +486,9 @@ impl ProfilePredictor {
         });
         if let Some(r) = &reported {
             self.report(r.clone());
+        }
+        if tgid != 0 {
+            self.predicted += 1;
         }
         if self.made.len() >= MAX_KEYS {
             // Requests whose end was never seen (a lost exit) make room.
@@ -669,6 +695,14 @@ mod tests {
         }
         let (rs, dropped) = p.take_reports();
         assert_eq!((rs.len(), dropped), (REPORTED, 3));
+        // Counted for status: the reservation is no request; of the two that ended, the
+        // first used twice its profile's CPU, the prior's within its kin's band.
+        let s = p.status();
+        assert_eq!(
+            (s.predicted, s.ended, s.within_cpu, s.profiles),
+            (2 + REPORTED as u64 + 3, 2, 1, 5)
+        );
+        assert_eq!(s.model, None);
         assert_eq!(p.take_reports(), (Vec::new(), 0));
         // Without reporting, nothing is kept.
         let mut quiet = ProfilePredictor::new(ProfileStore::in_memory(16));

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Version of the envelope and of every body. A subscriber refuses a newer one and reads
 /// every older one (schema 1: [`super::message_v1`]; 2: [`super::message_v2`]; 3:
 /// [`super::message_v3`]). Schema 3 added the forecasts to summaries, schema 4 the
-/// per-request predictions.
+/// per-request predictions (to summaries and status).
 pub const SCHEMA: u16 = 4;
 
 /// Payload encoding on the wire.
@@ -327,6 +327,25 @@ pub struct Status {
     /// calibrated band's coverage (none where the stage does not run).
     #[serde(default)]
     pub predict: Option<Box<crate::predict::PredictStatus>>,
+    /// What predicts requests: the request model in use, the profile store, and how the
+    /// predicted requests that ended used their bands (none where the stage does not run;
+    /// schema 4).
+    #[serde(default)]
+    pub requests: Option<Box<RequestStatus>>,
+}
+
+/// The per-request predictions since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestStatus {
+    /// The request model in use (`onnx:<version>`); none: the profiles alone.
+    pub model: Option<String>,
+    /// Executables in the profile store.
+    pub profiles: u32,
+    /// Execs predicted; of them, those that ended, and those whose CPU seconds were
+    /// within their predicted p10–p90.
+    pub predicted: u64,
+    pub ended: u64,
+    pub within_cpu: u64,
 }
 
 /// What the allocate stage has done since start.
@@ -725,6 +744,27 @@ mod tests {
             }
         );
         assert!(s.workloads[0].forecast.is_some());
+        // Its status: as it was, without the requests' counters.
+        let status = v3::Status {
+            online: true,
+            mode: "enforce".into(),
+            problems: vec!["a problem".into()],
+            predict: Some(Box::default()),
+            ..Default::default()
+        };
+        let old = v3::Envelope {
+            body: v3::Body::Status(status.clone()),
+            ..old
+        };
+        let e = Envelope::decode(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        let Body::Status(s3) = e.body else {
+            panic!("{e:?}")
+        };
+        assert_eq!(s3, status.into());
+        assert_eq!(
+            (s3.requests, s3.problems.len(), s3.predict.is_some()),
+            (None, 1, true)
+        );
         // Schema 3's JSON lacks the requests: they default.
         let mut json = serde_json::to_value(envelope(1, Body::Summary(s.clone()))).unwrap();
         let body = &mut json["body"]["Summary"];
@@ -776,7 +816,7 @@ mod tests {
         );
         assert_eq!(w.forecast, None);
         let status = v2::Envelope {
-            body: v2::Body::Status(Status {
+            body: v2::Body::Status(super::super::message_v3::Status {
                 online: true,
                 mode: "enforce".into(),
                 ..Default::default()

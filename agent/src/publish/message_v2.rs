@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AnomalyReport, CmdResult, Decisions, NodeSummary, Profiles, Status};
+use super::{AnomalyReport, CmdResult, Decisions, NodeSummary, Profiles, message_v3::Status};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -75,7 +75,7 @@ impl From<Envelope> for super::Envelope {
             historical: e.historical,
             body: match e.body {
                 Body::Summary(s) => super::Body::Summary(s.into()),
-                Body::Status(s) => super::Body::Status(s),
+                Body::Status(s) => super::Body::Status(s.into()),
                 Body::CmdResult(c) => super::Body::CmdResult(c),
                 Body::Decisions(d) => super::Body::Decisions(d),
                 Body::Anomaly(a) => super::Body::Anomaly(a),

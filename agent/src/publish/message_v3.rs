@@ -1,13 +1,17 @@
 //! The message types of schema 3, where they differ from schema 4's, frozen: a schema-3
 //! envelope — spooled by the previous release and still on disk after an upgrade, or sent
 //! by a node not yet upgraded — is decoded with these and converted. Schema 4 added the
-//! per-request predictions to summaries ([`super::Summary::requests`]); every other body
-//! is schema 4's own type, unchanged since 3 (a schema that changes one freezes its
-//! schema-3 shape here first). Never change them.
+//! per-request predictions to summaries ([`super::Summary::requests`]) and status
+//! ([`super::Status::requests`]); every other body is schema 4's own type, unchanged since
+//! 3 (a schema that changes one freezes its schema-3 shape here first). Never change them.
 
 use serde::{Deserialize, Serialize};
 
-use super::{AnomalyReport, CmdResult, Decisions, NodeSummary, Profiles, Status, WorkloadSummary};
+use super::{
+    AllocationStatus, AnomalyReport, CmdResult, Decisions, ModelInfo, NodeSummary, Profiles,
+    SpoolStatus, WorkloadSummary,
+};
+use crate::predict::PredictStatus;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -41,6 +45,54 @@ pub struct Summary {
     pub forecast_step_ms: u32,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub online: bool,
+    pub agent_version: String,
+    pub kernel: String,
+    pub uptime_s: u64,
+    pub mode: String,
+    pub model: Option<ModelInfo>,
+    pub workloads: u32,
+    pub capture_drops: u64,
+    pub spool: SpoolStatus,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub node_id_source: String,
+    #[serde(default)]
+    pub instance: u64,
+    #[serde(default)]
+    pub problems: Vec<String>,
+    #[serde(default)]
+    pub allocation: Option<Box<AllocationStatus>>,
+    #[serde(default)]
+    pub predict: Option<Box<PredictStatus>>,
+}
+
+impl From<Status> for super::Status {
+    fn from(s: Status) -> Self {
+        super::Status {
+            online: s.online,
+            agent_version: s.agent_version,
+            kernel: s.kernel,
+            uptime_s: s.uptime_s,
+            mode: s.mode,
+            model: s.model,
+            workloads: s.workloads,
+            capture_drops: s.capture_drops,
+            spool: s.spool,
+            hostname: s.hostname,
+            node_id_source: s.node_id_source,
+            instance: s.instance,
+            problems: s.problems,
+            allocation: s.allocation,
+            predict: s.predict,
+            requests: None,
+        }
+    }
+}
+
 impl From<Envelope> for super::Envelope {
     fn from(e: Envelope) -> Self {
         super::Envelope {
@@ -52,7 +104,7 @@ impl From<Envelope> for super::Envelope {
             historical: e.historical,
             body: match e.body {
                 Body::Summary(s) => super::Body::Summary(s.into()),
-                Body::Status(s) => super::Body::Status(s),
+                Body::Status(s) => super::Body::Status(s.into()),
                 Body::CmdResult(c) => super::Body::CmdResult(c),
                 Body::Decisions(d) => super::Body::Decisions(d),
                 Body::Anomaly(a) => super::Body::Anomaly(a),
