@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::Dedup;
 use crate::publish::{
-    Body, Envelope, ProfileRow, PublishError, Security, Summary, Topics,
+    Body, Envelope, ProfileRow, PublishError, RequestSummary, Security, Summary, Topics,
     client::fleet_client,
     model::{BUNDLE_FORMAT, ModelBundle, SignedModel},
 };
@@ -189,12 +189,9 @@ impl Hub {
                 seen.workloads = s.node.workloads;
                 seen.cpu_busy = s.node.cpu_busy_mean;
                 seen.cpus = s.node.cpus;
-                for r in &s.requests {
-                    if let Some(u) = r.used {
-                        seen.requests_ended += 1;
-                        let [lo, _, hi] = r.cpu_seconds;
-                        seen.requests_within_cpu += (lo..=hi).contains(&u.cpu_seconds) as u64;
-                    }
+                for within in s.requests.iter().filter_map(RequestSummary::within_cpu) {
+                    seen.requests_ended += 1;
+                    seen.requests_within_cpu += within as u64;
                 }
                 self.rows.push(&node, &env, s);
                 self.requests.push(&node, &env, s);
@@ -285,21 +282,23 @@ impl Hub {
             self.tag,
             self.files
         );
-        let requests = std::mem::take(&mut self.requests);
-        if requests.len > 0 {
+        // Each table's rows are let go once written, not before: a write that failed (a
+        // full disk) leaves them held.
+        if self.requests.len > 0 {
             let path = self.write(&format!("requests-{stamp}.parquet"), |p| {
-                requests.write(p, REQUESTS_SCHEMA)
+                self.requests.write(p, REQUESTS_SCHEMA)
             })?;
-            info!(file = %path.display(), rows = requests.len, "Requests stored");
+            info!(file = %path.display(), rows = self.requests.len, "Requests stored");
+            self.requests = RequestRows::default();
         }
-        let rows = std::mem::take(&mut self.rows);
-        if rows.len == 0 {
+        if self.rows.len == 0 {
             return Ok(None);
         }
         let path = self.write(&format!("summaries-{stamp}.parquet"), |p| {
-            rows.write(p, SCHEMA)
+            self.rows.write(p, SCHEMA)
         })?;
-        info!(file = %path.display(), rows = rows.len, "Summaries stored");
+        info!(file = %path.display(), rows = self.rows.len, "Summaries stored");
+        self.rows = Rows::default();
         Ok(Some(path))
     }
 

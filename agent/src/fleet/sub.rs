@@ -115,15 +115,8 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> String {
                 .take(3)
                 .map(|w| format!("{} {:.2}", w.name, w.cpu_cores_mean))
                 .collect();
-            let ended: Vec<_> = s
-                .requests
-                .iter()
-                .filter_map(|r| Some((r, r.used?)))
-                .collect();
-            let within = ended
-                .iter()
-                .filter(|(r, u)| (r.cpu_seconds[0]..=r.cpu_seconds[2]).contains(&u.cpu_seconds))
-                .count();
+            let ended: Vec<bool> = s.requests.iter().filter_map(|r| r.within_cpu()).collect();
+            let within = ended.iter().filter(|w| **w).count();
             let requests = if s.requests.is_empty() {
                 String::new()
             } else {

@@ -91,6 +91,15 @@ pub struct Reported {
     pub used: Option<[f64; 4]>,
 }
 
+/// `o`'s peak RSS where a sample measured it, else 0 ([`MEASURED_RSS`]).
+fn measured_peak(o: &Outcome) -> f64 {
+    if o.peak_rss_bytes >= MEASURED_RSS as f64 {
+        o.peak_rss_bytes
+    } else {
+        0.0
+    }
+}
+
 /// What a request that ended with `o` used of the bands `b` predicted for it
 /// ([`RequestPrediction::bands`]): its CPU rate (CPU seconds over its duration) over the
 /// rate the prediction allows (p90 CPU seconds over the p50 duration, as a request's
@@ -108,11 +117,7 @@ fn used(b: &[Band; 4], o: &Outcome) -> [f32; 2] {
             f32::INFINITY
         }
     };
-    let peak = if o.peak_rss_bytes >= MEASURED_RSS as f64 {
-        o.peak_rss_bytes
-    } else {
-        0.0
-    };
+    let peak = measured_peak(o);
     [
         ratio(
             rate(o.cpu_seconds, o.duration_seconds),
@@ -336,12 +341,12 @@ impl ProfilePredictor {
             self.within_cpu += (cpu.p10..=cpu.p90).contains(&c.outcome.cpu_seconds) as u64;
             if let Some(mut r) = m.reported {
                 let o = &c.outcome;
-                let peak = if o.peak_rss_bytes >= MEASURED_RSS as f64 {
-                    o.peak_rss_bytes
-                } else {
-                    0.0
-                };
-                r.used = Some([o.cpu_seconds, peak, o.duration_seconds, o.io_bytes]);
+                r.used = Some([
+                    o.cpu_seconds,
+                    measured_peak(o),
+                    o.duration_seconds,
+                    o.io_bytes,
+                ]);
                 self.report(r);
             }
         }
@@ -553,9 +558,6 @@ mod tests {
         assert!(p.predict(u32::MAX, "/bin/sh", 5).is_none());
     }
 
-    /// What each predicted request used of its prediction joins its executable's record
-    /// when it ends, and the record comes with the executable's next predictions: the
-    /// last [`RECORD`] requests, oldest first.
     /// This test's executable: its path and its profile's key.
     fn me() -> (String, String) {
         let me = std::env::current_exe().unwrap();
@@ -603,6 +605,9 @@ mod tests {
         })
     }
 
+    /// What each predicted request used of its prediction joins its executable's record
+    /// when it ends, and the record comes with the executable's next predictions: the
+    /// last [`RECORD`] requests, oldest first.
     #[test]
     fn an_executables_predicted_requests_make_its_record() {
         let (exe, key) = me();

@@ -231,6 +231,14 @@ pub struct RequestSummary {
     pub used: Option<RequestUse>,
 }
 
+impl RequestSummary {
+    /// Whether its CPU seconds were within their predicted p10–p90; none until it ended.
+    pub fn within_cpu(&self) -> Option<bool> {
+        let [lo, _, hi] = self.cpu_seconds;
+        self.used.map(|u| (lo..=hi).contains(&u.cpu_seconds))
+    }
+}
+
 /// What a request used over its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestUse {
@@ -475,6 +483,17 @@ pub enum DecodeError {
     UnknownKind(String),
 }
 
+/// Whether this build reads messages of `schema`: none newer, and no schema 0 ever was.
+fn readable(schema: u16) -> Result<(), DecodeError> {
+    match schema {
+        0 => Err(DecodeError::Malformed(
+            "schema version 0: none has it".into(),
+        )),
+        s if s > SCHEMA => Err(DecodeError::NewerSchema { found: s }),
+        _ => Ok(()),
+    }
+}
+
 impl Envelope {
     pub fn encode(&self, payload: Payload) -> Vec<u8> {
         match payload {
@@ -500,14 +519,7 @@ impl Envelope {
         // The schema version leads the envelope: check it before the rest.
         let (schema, _) = postcard::take_from_bytes::<u16>(bytes)
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if schema > SCHEMA {
-            return Err(DecodeError::NewerSchema { found: schema });
-        }
-        if schema == 0 {
-            return Err(DecodeError::Malformed(
-                "schema version 0: none has it".into(),
-            ));
-        }
+        readable(schema)?;
         let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
         if schema == 1 {
             return postcard::from_bytes::<super::message_v1::Envelope>(bytes)
@@ -565,14 +577,7 @@ impl Envelope {
             .ok_or_else(|| DecodeError::Malformed("no \"body\"".into()))?;
         let head: Head =
             serde_json::from_value(v).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if head.schema > SCHEMA {
-            return Err(DecodeError::NewerSchema { found: head.schema });
-        }
-        if head.schema == 0 {
-            return Err(DecodeError::Malformed(
-                "schema version 0: none has it".into(),
-            ));
-        }
+        readable(head.schema)?;
         let kind = Kind::from_name(&head.kind).ok_or(DecodeError::UnknownKind(head.kind))?;
         let bad = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
         let body = match kind {
