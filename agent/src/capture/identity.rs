@@ -9,7 +9,10 @@ use std::{
     ffi::OsStr,
     fs::File,
     io::{Read, Seek, SeekFrom},
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -58,9 +61,10 @@ impl Identity {
     }
 
     /// The workload key of what an interpreter runs: `exe` is its executable, `argv` its
-    /// arguments, `cwd` where relative paths start (`/proc/<pid>/cwd` while it lives).
-    /// `None` when `exe` is no known interpreter or it runs no named program.
-    pub fn app_key(&mut self, exe: &[u8], argv: &Argv, cwd: &Path) -> Option<AppKey> {
+    /// arguments, `view` the process's paths. `None` when `exe` is no known interpreter,
+    /// it runs no named program, or the program is no file — a pipe or a terminal
+    /// (`bash <(curl …)`, `python3 /dev/stdin`): nothing names it but its interpreter.
+    pub fn app_key(&mut self, exe: &[u8], argv: &Argv, view: &ProcView) -> Option<AppKey> {
         let args: Vec<&[u8]> = argv.args().take(MAX_ARGS).collect();
         let interp = Interpreter::of(exe, args.first().copied().unwrap_or(b""))?;
         match interp::target(interp, args.get(1..).unwrap_or(&[]))? {
@@ -73,24 +77,35 @@ impl Identity {
                 name: bounded(String::from_utf8_lossy(m).into_owned()),
             }),
             Target::Script(path) => {
-                let name = bounded(String::from_utf8_lossy(interp::basename(path)).into_owned());
-                let full = resolve(path, cwd);
-                let hash = File::open(&full).ok().and_then(|f| self.file_hash(f));
-                let key = match hash {
+                let (full, descriptor) = view.resolve(path);
+                // Looked at before it is opened: opening a FIFO would wait for a writer.
+                match std::fs::metadata(&full) {
+                    Ok(m) if !m.is_file() => return None,
+                    Err(_) if descriptor => return None,
+                    _ => {}
+                }
+                let file = File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&full)
+                    .ok();
+                // A descriptor is named after the file it holds open.
+                let name = match descriptor {
+                    true => std::fs::read_link(&full).ok().map(|t| {
+                        let t = t.as_os_str().as_bytes();
+                        interp::basename(t.strip_suffix(b" (deleted)").unwrap_or(t)).to_vec()
+                    })?,
+                    false => interp::basename(path).to_vec(),
+                };
+                let key = match file.and_then(|f| self.file_hash(f)) {
                     Some(h) => format!("script:{h}"),
-                    None => {
-                        // Unreadable: its path stands in, absolute where the cwd is known.
-                        let shown = std::fs::read_link(cwd)
-                            .ok()
-                            .filter(|_| !path.starts_with(b"/"))
-                            .map(|d| d.join(OsStr::from_bytes(path)))
-                            .unwrap_or_else(|| PathBuf::from(OsStr::from_bytes(path)));
-                        format!("script:path:{}", shown.to_string_lossy())
-                    }
+                    None if descriptor => return None,
+                    // Unreadable: its path stands in, absolute where the cwd is known.
+                    None => format!("script:path:{}", view.shown(path).to_string_lossy()),
                 };
                 Some(AppKey {
                     key: bounded(key),
-                    name,
+                    name: bounded(String::from_utf8_lossy(&name).into_owned()),
                 })
             }
         }
@@ -156,21 +171,82 @@ fn bounded(mut s: String) -> String {
     s
 }
 
-/// `path` as given when absolute, else below `cwd`.
-fn resolve(path: &[u8], cwd: &Path) -> PathBuf {
-    let p = Path::new(OsStr::from_bytes(path));
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        cwd.join(p)
+/// The paths a process names, as the agent opens them (`/proc/<pid>`): an absolute path
+/// below the process's root — its mount namespace and chroot, a container's files and not
+/// the host's — a relative one below its working directory, and `/dev/stdin`,
+/// `/dev/fd/N`, `/proc/self/fd/N` as its own descriptors: opened by the agent, they would
+/// be the agent's. Once the process is gone (its root unreadable), an absolute path is
+/// taken as the agent sees it — right for a process of the host, the best guess for a
+/// container's — and relative ones and descriptors resolve to nothing.
+pub struct ProcView {
+    dir: PathBuf,
+    alive: bool,
+}
+
+impl ProcView {
+    /// Process `tgid`'s view.
+    pub fn of(tgid: u32) -> ProcView {
+        ProcView::at(PathBuf::from(format!("/proc/{tgid}")))
+    }
+
+    /// The view of the process whose `/proc` directory is `dir`.
+    pub fn at(dir: PathBuf) -> ProcView {
+        let alive = std::fs::read_link(dir.join("root")).is_ok();
+        ProcView { dir, alive }
+    }
+
+    /// Where `path` is for the agent, and whether it names one of the process's
+    /// descriptors.
+    pub fn resolve(&self, path: &[u8]) -> (PathBuf, bool) {
+        if let Some(fd) = descriptor(path) {
+            return (self.dir.join("fd").join(fd.to_string()), true);
+        }
+        let p = Path::new(OsStr::from_bytes(path));
+        let full = match p.strip_prefix("/") {
+            Ok(below) if self.alive => self.dir.join("root").join(below),
+            Ok(_) => p.to_path_buf(),
+            Err(_) => self.dir.join("cwd").join(p),
+        };
+        (full, false)
+    }
+
+    /// `path` as the process named it, absolute where its working directory is known.
+    fn shown(&self, path: &[u8]) -> PathBuf {
+        let p = Path::new(OsStr::from_bytes(path));
+        match std::fs::read_link(self.dir.join("cwd")) {
+            Ok(cwd) if p.is_relative() => cwd.join(p),
+            _ => p.to_path_buf(),
+        }
     }
 }
 
-/// Arguments of an exec that name existing regular files (relative ones below `cwd`),
-/// with their sizes: the argument itself, or the value of a `--name=value` option. Costs a
-/// `stat` per argument that could be a path (at most [`MAX_ARGS`]); at most
-/// [`MAX_INPUTS`] are kept. Relative paths resolve only while the process lives.
-pub fn input_files(argv: &Argv, cwd: &Path) -> Vec<InputFile> {
+/// The descriptor a path names in any process: `/dev/stdin` (and stdout, stderr),
+/// `/dev/fd/N`, `/proc/self/fd/N`, `/proc/thread-self/fd/N`.
+fn descriptor(path: &[u8]) -> Option<u32> {
+    match path {
+        b"/dev/stdin" => return Some(0),
+        b"/dev/stdout" => return Some(1),
+        b"/dev/stderr" => return Some(2),
+        _ => {}
+    }
+    let n = [
+        &b"/dev/fd/"[..],
+        b"/proc/self/fd/",
+        b"/proc/thread-self/fd/",
+    ]
+    .iter()
+    .find_map(|pre| path.strip_prefix(*pre))?;
+    if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+/// Arguments of an exec that name existing regular files (as the process sees them:
+/// [`ProcView`]), with their sizes: the argument itself, or the value of a `--name=value`
+/// option. Costs a `stat` per argument that could be a path (at most [`MAX_ARGS`]); at
+/// most [`MAX_INPUTS`] are kept.
+pub fn input_files(argv: &Argv, view: &ProcView) -> Vec<InputFile> {
     let mut out = Vec::new();
     for (i, a) in argv.args().enumerate().take(MAX_ARGS).skip(1) {
         if out.len() >= MAX_INPUTS {
@@ -186,7 +262,7 @@ pub fn input_files(argv: &Argv, cwd: &Path) -> Vec<InputFile> {
         if cand.is_empty() || cand.len() > 4096 || cand.contains(&0) {
             continue;
         }
-        if let Ok(m) = std::fs::metadata(resolve(cand, cwd))
+        if let Ok(m) = std::fs::metadata(view.resolve(cand).0)
             && m.is_file()
         {
             out.push(InputFile {
@@ -318,7 +394,133 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::{Command, Stdio};
+
     use super::*;
+    use crate::capture::ArgvSource;
+
+    fn argv(args: &[&str]) -> Argv {
+        let raw: Vec<u8> = args
+            .iter()
+            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+            .collect();
+        Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Kernel)
+    }
+
+    fn script_key(f: &Path) -> String {
+        format!("script:{}", sha256(File::open(f).unwrap()).unwrap())
+    }
+
+    #[test]
+    fn descriptor_paths_name_a_descriptor_of_the_process() {
+        for (p, fd) in [
+            ("/dev/stdin", Some(0)),
+            ("/dev/stderr", Some(2)),
+            ("/dev/fd/3", Some(3)),
+            ("/proc/self/fd/12", Some(12)),
+            ("/proc/thread-self/fd/0", Some(0)),
+            ("/dev/fd/", None),
+            ("/dev/fd/3x", None),
+            ("/dev/fdx/3", None),
+            ("/dev/fd/99999999999", None),
+            ("dev/fd/3", None),
+            ("/proc/1/fd/3", None),
+            ("/tmp/job.sh", None),
+        ] {
+            assert_eq!(descriptor(p.as_bytes()), fd, "{p}");
+        }
+    }
+
+    /// A process in a container: its root and working directory are not the agent's.
+    #[test]
+    fn a_processs_paths_are_found_below_its_root_and_working_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::create_dir_all(root.join("work")).unwrap();
+        std::fs::write(root.join("app/job.sh"), "echo job\n").unwrap();
+        std::fs::write(root.join("work/rel.sh"), "echo relative\n").unwrap();
+        let proc = d.path().join("proc");
+        std::fs::create_dir(&proc).unwrap();
+        std::os::unix::fs::symlink(&root, proc.join("root")).unwrap();
+        std::os::unix::fs::symlink(root.join("work"), proc.join("cwd")).unwrap();
+        let view = ProcView::at(proc);
+        let mut id = Identity::new();
+
+        let k = id
+            .app_key(b"/bin/sh", &argv(&["sh", "/app/job.sh"]), &view)
+            .unwrap();
+        assert_eq!(k.key, script_key(&root.join("app/job.sh")));
+        assert_eq!(k.name, "job.sh");
+        let k = id
+            .app_key(b"/bin/sh", &argv(&["sh", "rel.sh"]), &view)
+            .unwrap();
+        assert_eq!(k.key, script_key(&root.join("work/rel.sh")));
+        let k = id
+            .app_key(b"/bin/sh", &argv(&["sh", "/app/gone.sh"]), &view)
+            .unwrap();
+        assert_eq!(k.key, "script:path:/app/gone.sh");
+
+        let inputs = input_files(
+            &argv(&["gzip", "/app/job.sh", "rel.sh", "/etc/hostname"]),
+            &view,
+        );
+        let sizes: Vec<(u16, u64)> = inputs.iter().map(|f| (f.arg, f.size)).collect();
+        assert_eq!(sizes, [(1, 9), (2, 14)]);
+
+        // A FIFO is no program, and is not opened: that would wait for a writer.
+        let fifo = root.join("app/fifo.sh");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            id.app_key(b"/bin/sh", &argv(&["sh", "/app/fifo.sh"]), &view),
+            None
+        );
+    }
+
+    #[test]
+    fn a_program_read_from_a_descriptor_is_its_file_or_else_its_interpreters() {
+        let mut id = Identity::new();
+        let scripts = [
+            ["sh", "/dev/stdin"],
+            ["bash", "/dev/fd/0"],
+            ["sh", "/proc/self/fd/0"],
+        ];
+        // From a pipe: nothing names it but the shell.
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let view = ProcView::of(child.id());
+        for a in scripts {
+            assert_eq!(id.app_key(b"/bin/sh", &argv(&a), &view), None, "{a:?}");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // From a file: the file, named after it.
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("nightly.sh");
+        std::fs::write(&f, "echo nightly\n").unwrap();
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .stdin(File::open(&f).unwrap())
+            .spawn()
+            .unwrap();
+        let view = ProcView::of(child.id());
+        for a in scripts {
+            let k = id.app_key(b"/bin/sh", &argv(&a), &view).unwrap();
+            assert_eq!(
+                (k.key.as_str(), k.name.as_str()),
+                (script_key(&f).as_str(), "nightly.sh")
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Gone: nothing to read.
+        assert_eq!(id.app_key(b"/bin/sh", &argv(&scripts[0]), &view), None);
+    }
 
     #[test]
     fn the_same_file_has_the_same_hash_and_it_is_cached() {

@@ -7,7 +7,7 @@ use std::{
     collections::VecDeque,
     fmt,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
     pin::Pin,
     sync::Arc,
     time::Duration,
@@ -922,11 +922,11 @@ impl KernelCapture {
                     // The kernel could not read them: what /proc shows now (racy).
                     *argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
                 }
-                let cwd = PathBuf::from(format!("/proc/{}/cwd", ev.tgid));
-                *inputs = identity::input_files(argv, &cwd);
+                let view = identity::ProcView::of(ev.tgid);
+                *inputs = identity::input_files(argv, &view);
                 let exe =
                     procfs::exe_bytes(ev.tgid).unwrap_or_else(|| filename.as_bytes().to_vec());
-                let app = self.identity.app_key(&exe, argv, &cwd);
+                let app = self.identity.app_key(&exe, argv, &view);
                 let (comm, ppid, filename) = (ev.comm.clone(), ev.ppid, filename.clone());
                 let info = self.info_of(ev.tgid, start);
                 info.comm = comm.into();

@@ -21,7 +21,7 @@ mod types;
 use std::{future::Future, path::PathBuf};
 
 pub use agent_common::Drop as DropKind;
-pub use identity::{Identity, cgroup2_root, input_files};
+pub use identity::{Identity, ProcView, cgroup2_root, input_files};
 pub use kernel::{
     AttachReport, CounterPath, Counters, Hook, HookStatus, KernelCapture, ProgramStats,
     UNHELD_NAME, enable_program_stats,

@@ -522,8 +522,8 @@ impl KernelCapture {
             info.app = Some(procfs::cmdline(tgid).and_then(|raw| {
                 let argv = Argv::from_raw(&raw, raw.len() as u32, ArgvSource::Proc);
                 let exe = procfs::exe_bytes(tgid)?;
-                let cwd = std::path::PathBuf::from(format!("/proc/{tgid}/cwd"));
-                self.identity.app_key(&exe, &argv, &cwd).map(Arc::new)
+                let view = super::identity::ProcView::of(tgid);
+                self.identity.app_key(&exe, &argv, &view).map(Arc::new)
             }));
         }
         if info.exe_hash.is_none() && info.exe.is_some() {

@@ -16,7 +16,7 @@
 //! its executable's profile (journaled at once, compacted into the snapshot every
 //! [`SAVE_EVERY`] runs and on the way out).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::{info, warn};
 
@@ -30,7 +30,7 @@ use super::{
 use crate::{
     FastMap,
     aggregate::Window,
-    capture::{Identity, Lifecycle, LifecycleKind, Tick, procfs},
+    capture::{Identity, Lifecycle, LifecycleKind, ProcView, Tick, procfs},
     publish::RequestStatus,
 };
 
@@ -392,8 +392,7 @@ impl ProfilePredictor {
         };
         let tgid = if ev.tgid != 0 { ev.tgid } else { ev.pid };
         let exe = procfs::exe_bytes(tgid).unwrap_or_else(|| filename.as_bytes().to_vec());
-        let cwd = PathBuf::from(format!("/proc/{tgid}/cwd"));
-        if let Some(app) = self.identity.app_key(&exe, argv, &cwd) {
+        if let Some(app) = self.identity.app_key(&exe, argv, &ProcView::of(tgid)) {
             return self.predict_shown(tgid, &app.key, filename, &app.name, ev.timestamp_ns);
         }
         self.predict(tgid, &String::from_utf8_lossy(&exe), ev.timestamp_ns)
@@ -731,8 +730,9 @@ mod tests {
         let raw = format!("sh\0{}\0", script.display());
         let argv = Argv::from_raw(raw.as_bytes(), raw.len() as u32, ArgvSource::Kernel);
         let exe = procfs::exe_bytes(pid).unwrap();
-        let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
-        let app = Identity::new().app_key(&exe, &argv, &cwd).unwrap();
+        let app = Identity::new()
+            .app_key(&exe, &argv, &ProcView::of(pid))
+            .unwrap();
         assert!(app.key.starts_with("script:sha256:"), "{app:?}");
         let mut store = ProfileStore::in_memory(16);
         for _ in 0..5 {
