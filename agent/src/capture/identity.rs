@@ -180,7 +180,8 @@ fn bounded(mut s: String) -> String {
 /// container's — and relative ones and descriptors resolve to nothing.
 pub struct ProcView {
     dir: PathBuf,
-    alive: bool,
+    /// Whether its root is readable, looked at once, when an absolute path needs it.
+    alive: std::cell::OnceCell<bool>,
 }
 
 impl ProcView {
@@ -191,8 +192,16 @@ impl ProcView {
 
     /// The view of the process whose `/proc` directory is `dir`.
     pub fn at(dir: PathBuf) -> ProcView {
-        let alive = std::fs::read_link(dir.join("root")).is_ok();
-        ProcView { dir, alive }
+        ProcView {
+            dir,
+            alive: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        *self
+            .alive
+            .get_or_init(|| std::fs::read_link(self.dir.join("root")).is_ok())
     }
 
     /// Where `path` is for the agent, and whether it names one of the process's
@@ -203,7 +212,7 @@ impl ProcView {
         }
         let p = Path::new(OsStr::from_bytes(path));
         let full = match p.strip_prefix("/") {
-            Ok(below) if self.alive => self.dir.join("root").join(below),
+            Ok(below) if self.alive() => self.dir.join("root").join(below),
             Ok(_) => p.to_path_buf(),
             Err(_) => self.dir.join("cwd").join(p),
         };
