@@ -64,6 +64,22 @@ pub enum EvalError {
     Output(#[from] std::io::Error),
 }
 
+/// A forecast target as the report names it: `cpu`, `rss` (resident memory, the agent's
+/// `memory` target), `io`, `net`.
+pub fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Memory => "rss",
+        t => t.name(),
+    }
+}
+
+/// The target a report name (or the agent's own name) stands for.
+pub fn target_named(name: &str) -> Option<Target> {
+    Target::ALL
+        .into_iter()
+        .find(|&t| target_name(t) == name || t.name() == name)
+}
+
 /// One row of the report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Score {
@@ -306,7 +322,7 @@ pub fn run(
         for t in Target::ALL {
             report
                 .forecast
-                .push(e.acc[t as usize].score(e.p.name(), e.p.kind(), t.name()));
+                .push(e.acc[t as usize].score(e.p.name(), e.p.kind(), target_name(t)));
         }
     }
     if let Some(path) = &opts.plot {
@@ -623,7 +639,7 @@ fn draw(path: &Path, plot: &Plot, opts: &EvalOptions, predictor: &str) -> Result
     let title = format!(
         "{} {} ({unit}): actual vs {predictor} p10-p90, one step ahead",
         crate::view::clip(name, 40),
-        opts.plot_target.name()
+        target_name(opts.plot_target)
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
@@ -864,6 +880,15 @@ mod tests {
             ]
         );
         assert_eq!(v["forecast"][0]["kind"], "baseline");
+        // The names: `cpu`, `rss`, … — resident memory is `rss` in the report.
+        let targets: Vec<&str> = v["forecast"].as_array().unwrap()[..4]
+            .iter()
+            .map(|r| r["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, ["cpu", "rss", "io", "net"]);
+        assert_eq!(target_named("rss"), Some(Target::Memory));
+        assert_eq!(target_named("memory"), Some(Target::Memory));
+        assert_eq!(target_named("ram"), None);
         assert!(v["request"].as_array().unwrap().is_empty());
         // The time split scores fewer buckets.
         let mut o = opts(None, None);

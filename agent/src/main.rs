@@ -163,7 +163,8 @@ enum Command {
     Simulate {
         #[arg(required = true)]
         recordings: Vec<PathBuf>,
-        /// Only these strategies (repeatable; default: all).
+        /// Only these strategies (repeatable; default: all): umbra, vpa (or vpa-like),
+        /// autopilot (or autopilot-like), static (or static-limits).
         #[arg(long)]
         strategy: Vec<String>,
         /// Managed workloads per recording: the busiest by CPU-seconds.
@@ -235,7 +236,7 @@ enum Command {
         /// The workload plotted (its name or key, or a part of it; default: the busiest).
         #[arg(long)]
         workload: Option<String>,
-        /// The target plotted: cpu, memory, io or net.
+        /// The target plotted: cpu, rss (memory), io or net.
         #[arg(long, default_value = "cpu")]
         target: String,
         /// The forecast model evaluated (default: predict.model when it is a file, else
@@ -643,7 +644,10 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             let mut sim = umbra::simulate::SimConfig::new(&cfg);
             sim.per_request = !no_per_request;
             if !strategy.is_empty() {
-                sim.strategies = strategy;
+                sim.strategies = strategy
+                    .into_iter()
+                    .map(|s| umbra::simulate::strategy_named(&s).map_or(s, str::to_string))
+                    .collect();
             }
             sim.workloads = workloads;
             sim.by_workload = by_workload;
@@ -774,12 +778,8 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
             interval_ms,
             score_after,
         } => {
-            let plot_target = umbra::predict::Target::ALL
-                .into_iter()
-                .find(|t| t.name() == target)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--target {target:?}: one of cpu, memory, io, net")
-                })?;
+            let plot_target = umbra::eval::target_named(&target)
+                .ok_or_else(|| anyhow::anyhow!("--target {target:?}: one of cpu, rss, io, net"))?;
             if !(0.0..1.0).contains(&score_after) {
                 anyhow::bail!("--score-after {score_after}: a fraction in [0, 1)");
             }

@@ -74,6 +74,17 @@ use crate::{
 
 /// The strategies, in the order reported.
 pub const STRATEGIES: [&str; 4] = ["umbra", "vpa", "autopilot", "static"];
+
+/// The strategy a name given on the command line stands for: one of [`STRATEGIES`] or its
+/// longer name (`vpa-like`, `autopilot-like`, `static-limits`), in any case.
+pub fn strategy_named(name: &str) -> Option<&'static str> {
+    let n = name.trim().to_ascii_lowercase();
+    let n = n
+        .strip_suffix("-like")
+        .or_else(|| n.strip_suffix("-limits"))
+        .unwrap_or(&n);
+    STRATEGIES.into_iter().find(|s| *s == n)
+}
 const GIB: f64 = (1u64 << 30) as f64;
 /// The static strategy's (and every reservation's starting) margin over the peak.
 const STATIC_MARGIN: f64 = 0.15;
@@ -1521,6 +1532,22 @@ mod tests {
 
     /// A request's limits are held from its exec to its exit: over the part of an
     /// interval it lived, at least a CFS period.
+    #[test]
+    fn strategies_are_named_short_or_long_in_any_case() {
+        for (given, want) in [
+            ("umbra", Some("umbra")),
+            ("VPA", Some("vpa")),
+            ("vpa-like", Some("vpa")),
+            ("Autopilot-like", Some("autopilot")),
+            ("static-limits", Some("static")),
+            (" static ", Some("static")),
+            ("senpai", None),
+            ("vpa-limits-like", None),
+        ] {
+            assert_eq!(strategy_named(given), want, "{given}");
+        }
+    }
+
     #[test]
     fn a_request_is_held_over_the_part_of_the_interval_it_lived() {
         let s = 1_000_000_000u64;
