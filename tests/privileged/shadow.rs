@@ -249,10 +249,11 @@ fn a_recording_replays_to_exactly_the_live_points() {
     assert_eq!(replayed, live_windows);
 }
 
-/// Interpreted programs are workloads of their own under executable grouping: two shell
+/// Interpreted programs are workloads of their own under executable grouping: shell
 /// scripts (one run as `sh FILE`, one through its `#!` line, one with a name that is not
-/// UTF-8) and, where installed, two Python scripts and a Python module, live and in
-/// replay of the recording made at the same time.
+/// UTF-8, one in a mount namespace of its own where the host does not see it) and, where
+/// installed, two Python scripts and a Python module, live and in replay of the recording
+/// made at the same time; a shell reading its program from a pipe stays the shell's.
 #[test]
 fn interpreted_programs_are_workloads_of_their_own_live_and_in_replay() {
     if !privileged("interpreted_programs_are_workloads_of_their_own_live_and_in_replay") {
@@ -283,6 +284,10 @@ fn interpreted_programs_are_workloads_of_their_own_live_and_in_replay() {
     sh(OsStr::new("a.sh"), "a.sh");
     sh(OsStr::from_bytes(b"b\xff.sh"), "b\u{fffd}.sh");
     runs.push((Command::new(&shebang), "c.sh".into()));
+    runs.push((
+        in_own_namespace(&dir.join("ns"), "f.sh", work),
+        "f.sh".into(),
+    ));
     match python() {
         Some(py) => {
             let spin = "import time\nx=0\nfor i in range(300000): x+=i\ntime.sleep(1.5)\n";
@@ -315,6 +320,17 @@ fn interpreted_programs_are_workloads_of_their_own_live_and_in_replay() {
         .iter_mut()
         .map(|(c, _)| c.current_dir(&dir).spawn().unwrap())
         .collect();
+    let mut piped = Command::new("/bin/sh")
+        .arg("/dev/stdin")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = piped.stdin.take().unwrap();
+        stdin.write_all(work.as_bytes()).unwrap();
+    }
+    children.push(piped);
     let live_windows = live(
         &mut cap,
         &mut Aggregator::new(GroupBy::Exe, 500),
@@ -342,6 +358,11 @@ fn interpreted_programs_are_workloads_of_their_own_live_and_in_replay() {
         keys.insert(p.name.clone(), p.workload.0.clone());
     }
     eprintln!("workloads: {keys:#?}");
+    // The agent's own standard input is not the shell's program.
+    assert!(
+        !keys.values().any(|k| k.contains("/dev/stdin")) && !keys.contains_key("stdin"),
+        "a program read from a pipe keyed by its path: {keys:#?}"
+    );
     let mut seen = std::collections::HashSet::new();
     for (_, name) in &runs {
         let key = keys
@@ -355,6 +376,61 @@ fn interpreted_programs_are_workloads_of_their_own_live_and_in_replay() {
         assert!(key.starts_with(want), "{name}: {key}");
         assert!(seen.insert(key.clone()), "{name} shares its workload {key}");
     }
+}
+
+/// `/bin/sh <dir>/<name>` in a mount namespace of its own, where a tmpfs over `dir` (empty
+/// on the host) holds the script `body` — a container's file, seen only through the
+/// process's root.
+fn in_own_namespace(dir: &std::path::Path, name: &str, body: &str) -> std::process::Command {
+    use std::{ffi::CString, os::unix::process::CommandExt};
+    std::fs::create_dir_all(dir).unwrap();
+    let c = |s: &str| CString::new(s).unwrap();
+    let (root, at, tmpfs) = (c("/"), c(dir.to_str().unwrap()), c("tmpfs"));
+    let file = c(dir.join(name).to_str().unwrap());
+    let body = body.as_bytes().to_vec();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg(dir.join(name));
+    // SAFETY: between fork and exec only async-signal-safe calls (unshare, mount, open,
+    // write, close) on buffers made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = |r: libc::c_int| {
+                if r < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(r)
+                }
+            };
+            ok(libc::unshare(libc::CLONE_NEWNS))?;
+            let none = std::ptr::null();
+            ok(libc::mount(
+                none,
+                root.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            ))?;
+            ok(libc::mount(
+                tmpfs.as_ptr(),
+                at.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                none.cast(),
+            ))?;
+            let fd = ok(libc::open(
+                file.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT,
+                0o644,
+            ))?;
+            let n = libc::write(fd, body.as_ptr().cast(), body.len());
+            libc::close(fd);
+            if n != body.len() as isize {
+                return Err(std::io::Error::other("writing the script"));
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// A Python 3 interpreter binary (not a wrapper script), if one is installed.
